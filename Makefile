@@ -10,7 +10,6 @@ all: venv
 
 $(STAMP): pyproject.toml constraints/dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints/dev.txt -e ".[dev]"
 	touch $(STAMP)
 

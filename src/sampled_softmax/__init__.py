@@ -1,0 +1,31 @@
+"""Sampled softmax for PyTorch, TensorFlow and Keras 3.
+
+``import sampled_softmax`` loads NumPy only. Each front end imports its own framework:
+``sampled_softmax.torch``, ``sampled_softmax.tensorflow``, ``sampled_softmax.keras``.
+"""
+
+from typing import Any, NamedTuple
+
+__version__ = "0.1.0"
+
+__all__ = ["SampledValues", "SampledSoftmaxError", "__version__"]
+
+
+class SampledValues(NamedTuple):
+    """The triple a candidate sampler returns, as TensorFlow's ``*_candidate_sampler`` ops do.
+
+    Attributes:
+        sampled_candidates: ``[S]`` integer class ids shared by the whole batch.
+        true_expected_count: ``[B, T]`` expected count of each true label under the sampler.
+        sampled_expected_count: ``[S]`` expected count of each candidate. ``inf`` marks a
+            padding slot (``draw="unique_exact"``): it is removed from every row's normalizer.
+    """
+
+    sampled_candidates: Any
+    true_expected_count: Any
+    sampled_expected_count: Any
+
+
+class SampledSoftmaxError(ValueError):
+    """An argument had the wrong value or shape; the message names it, the expectation and
+    what was received."""

@@ -1,0 +1,210 @@
+"""Argument checks shared by every front end.
+
+Each check takes plain Python values (ints, shape tuples, dtype names), so the PyTorch,
+TensorFlow and Keras front ends raise the same errors with the same messages. Every message
+names the argument, what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+from . import SampledSoftmaxError
+
+REDUCTIONS = ("none", "mean", "sum")
+PARTITION_STRATEGIES = ("div", "mod")
+
+
+def check_choice(name: str, value, choices: Iterable[str]) -> str:
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise SampledSoftmaxError(
+            f"`{name}` must be one of {', '.join(repr(c) for c in choices)}; received {value!r}"
+        )
+    return value
+
+
+def check_positive_int(name: str, value, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        # numpy / framework integer scalars are accepted through __index__.
+        try:
+            value = value.__index__()
+        except (AttributeError, TypeError):
+            raise TypeError(f"`{name}` must be an int; received {type(value).__name__}") from None
+    if value < minimum:
+        raise SampledSoftmaxError(f"`{name}` must be >= {minimum}; received {value}")
+    return value
+
+
+def check_num_sampled(num_sampled, num_classes: int, *, unique: bool, support: int | None = None):
+    """``unique`` draws need ``num_sampled`` distinct classes of non-zero probability."""
+    num_sampled = check_positive_int("num_sampled", num_sampled)
+    if unique:
+        available = num_classes if support is None else support
+        if num_sampled > available:
+            what = "num_classes" if support is None else "classes with non-zero probability"
+            raise SampledSoftmaxError(
+                f"`num_sampled` must be <= {available} ({what}) when drawing unique candidates; "
+                f"received {num_sampled}"
+            )
+    return num_sampled
+
+
+def check_label_smoothing(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`label_smoothing` must be a float; received {type(value).__name__}")
+    if not 0.0 <= float(value) <= 1.0 or math.isnan(value):
+        raise SampledSoftmaxError(f"`label_smoothing` must be in [0, 1]; received {value}")
+    return float(value)
+
+
+def check_integer_dtype(name: str, is_integer: bool, dtype_name: str) -> None:
+    if not is_integer:
+        raise TypeError(f"`{name}` must have an integer dtype; received {dtype_name}")
+
+
+def check_floating_dtype(name: str, is_floating: bool, dtype_name: str) -> None:
+    if not is_floating:
+        raise TypeError(f"`{name}` must have a floating dtype; received {dtype_name}")
+
+
+def resolve_label_shape(
+    labels_shape: Sequence[int], inputs_shape: Sequence[int], num_true
+) -> tuple[tuple[int, ...], int]:
+    """Leading shape and ``num_true`` from ``labels [...]`` or ``[..., T]`` and ``inputs [..., D]``."""
+    num_true = check_positive_int("num_true", num_true)
+    labels_shape, inputs_shape = tuple(labels_shape), tuple(inputs_shape)
+    if len(inputs_shape) < 1:
+        raise SampledSoftmaxError(f"`inputs` must have shape [..., dim]; received shape {list(inputs_shape)}")
+    lead = inputs_shape[:-1]
+    if labels_shape == lead:
+        if num_true != 1:
+            raise SampledSoftmaxError(
+                f"`labels` must have shape {list(lead) + [num_true]} for num_true={num_true}; "
+                f"received shape {list(labels_shape)}"
+            )
+        return lead, 1
+    if labels_shape[:-1] == lead and len(labels_shape) == len(inputs_shape):
+        if labels_shape[-1] != num_true:
+            raise SampledSoftmaxError(
+                f"`labels` last dimension must equal num_true={num_true}; "
+                f"received shape {list(labels_shape)}"
+            )
+        return lead, num_true
+    raise SampledSoftmaxError(
+        f"`labels` must have shape {list(lead)} or {list(lead) + [num_true]} to match `inputs` of "
+        f"shape {list(inputs_shape)}; received shape {list(labels_shape)}"
+    )
+
+
+def shard_layout(shard_rows: Sequence[int], num_classes: int, strategy: str) -> list[int]:
+    """Check shard row counts against TensorFlow's layout; return each shard's first class id
+    (``div``) or the shard count repeated (``mod``, where shard ``p`` holds ids ``p, p+n, ...``)."""
+    check_choice("partition_strategy", strategy, PARTITION_STRATEGIES)
+    n = len(shard_rows)
+    base, extra = divmod(num_classes, n)
+    expected = [base + 1 if p < extra else base for p in range(n)]
+    if list(shard_rows) != expected:
+        raise SampledSoftmaxError(
+            f"`weights` shards must have {expected} rows for num_classes={num_classes} in {n} "
+            f"shards (TensorFlow's {strategy!r} layout); received {list(shard_rows)}"
+        )
+    offsets, start = [], 0
+    for rows in shard_rows:
+        offsets.append(start)
+        start += rows
+    return offsets
+
+
+def check_weights_shapes(
+    shard_shapes: Sequence[Sequence[int]], num_classes, inputs_dim: int
+) -> tuple[int, int]:
+    """``weights`` shards are ``[rows, D]`` with one ``D`` equal to ``inputs``' last dim and
+    rows summing to ``num_classes``. Returns ``(num_classes, dim)``."""
+    if len(shard_shapes) == 0:
+        raise SampledSoftmaxError("`weights` must be a [num_classes, dim] tensor or a non-empty list of shards; received an empty list")
+    for i, shape in enumerate(shard_shapes):
+        if len(shape) != 2:
+            what = "`weights`" if len(shard_shapes) == 1 else f"`weights[{i}]`"
+            raise SampledSoftmaxError(f"{what} must have shape [num_classes, dim]; received shape {list(shape)}")
+    dims = [shape[1] for shape in shard_shapes]
+    if len(set(dims)) != 1:
+        raise SampledSoftmaxError(f"`weights` shards must all have the same dim; received dims {dims}")
+    dim = dims[0]
+    if dim != inputs_dim:
+        raise SampledSoftmaxError(
+            f"`inputs` last dimension must equal the weights' dim {dim}; received {inputs_dim}"
+        )
+    rows = sum(shape[0] for shape in shard_shapes)
+    if num_classes is not None:
+        num_classes = check_positive_int("num_classes", num_classes)
+        if rows != num_classes:
+            raise SampledSoftmaxError(
+                f"`num_classes` must equal the number of rows of `weights` ({rows}); received {num_classes}"
+            )
+    return rows, dim
+
+
+def check_biases_shape(biases_shape: Sequence[int] | None, num_classes: int) -> None:
+    if biases_shape is not None and tuple(biases_shape) != (num_classes,):
+        raise SampledSoftmaxError(
+            f"`biases` must have shape [{num_classes}]; received shape {list(biases_shape)}"
+        )
+
+
+def check_label_values(lo: int, hi: int, num_classes: int, ignore_index) -> None:
+    """``lo``/``hi``: the smallest and largest label other than ``ignore_index`` (None if none)."""
+    if lo is None:
+        return
+    if lo < 0 or hi >= num_classes:
+        bad = lo if lo < 0 else hi
+        extra = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+        side = "down to" if lo < 0 else "up to"
+        raise SampledSoftmaxError(
+            f"`labels` must be in [0, {num_classes - 1}]{extra}; received values {side} {bad}"
+        )
+
+
+def check_sampled_values_shapes(
+    candidates_shape, true_count_shape, sampled_count_shape, num_sampled, lead_size: int, num_true: int
+) -> None:
+    s = [num_sampled] if num_sampled is not None else None
+    if len(candidates_shape) != 1 or (s is not None and list(candidates_shape) != s):
+        raise SampledSoftmaxError(
+            f"`sampled_values[0]` (sampled_candidates) must have shape {s or '[num_sampled]'}; "
+            f"received shape {list(candidates_shape)}"
+        )
+    if list(sampled_count_shape) != list(candidates_shape):
+        raise SampledSoftmaxError(
+            f"`sampled_values[2]` (sampled_expected_count) must have shape {list(candidates_shape)}; "
+            f"received shape {list(sampled_count_shape)}"
+        )
+    if list(true_count_shape) not in ([lead_size, num_true],) and not (
+        num_true == 1 and list(true_count_shape) == [lead_size]
+    ):
+        raise SampledSoftmaxError(
+            f"`sampled_values[1]` (true_expected_count) must have shape [{lead_size}, {num_true}] "
+            f"(batch, num_true); received shape {list(true_count_shape)}"
+        )
+
+
+def check_sampled_values_values(
+    cand_lo: int, cand_hi: int, num_classes: int, true_count_min: float, true_count_max: float,
+    sampled_count_min: float,
+) -> None:
+    if cand_lo is not None and (cand_lo < 0 or cand_hi >= num_classes):
+        bad = cand_lo if cand_lo < 0 else cand_hi
+        raise SampledSoftmaxError(
+            f"`sampled_values[0]` (sampled_candidates) must be in [0, {num_classes - 1}]; received {bad}"
+        )
+    if true_count_min is not None and not (true_count_min > 0 and math.isfinite(true_count_max)):
+        bad = true_count_min if not true_count_min > 0 else true_count_max
+        raise SampledSoftmaxError(
+            f"`sampled_values[1]` (true_expected_count) must be positive and finite; received {bad}"
+        )
+    if sampled_count_min is not None and not sampled_count_min > 0:
+        raise SampledSoftmaxError(
+            f"`sampled_values[2]` (sampled_expected_count) must be positive (inf marks a padding "
+            f"slot); received {sampled_count_min}"
+        )

@@ -1,0 +1,194 @@
+"""The NumPy float64 oracle: sampled softmax loss, its analytic gradients, the full softmax.
+
+Every front end is tested against these functions. They favour clarity over speed.
+
+Shapes: ``B`` batch, ``D`` dim, ``V`` classes, ``S`` candidates, ``T`` true labels per row.
+Given ``SampledValues (c [S], E(y) [B, T], E(c) [S])``, row ``i`` has the logits
+
+    t[i, j] = h_i . W[y_ij] + b[y_ij] - log E(y_ij)        (true columns)
+    s[i, k] = h_i . W[c_k]  + b[c_k]  - log E(c_k)         (candidate columns)
+
+(without the ``- log E`` terms when ``subtract_log_q=False``: negative sampling). Column ``k``
+is removed from row ``i``'s normalizer when ``c_k`` equals one of row ``i``'s labels
+(``remove_accidental_hits``) or when ``E(c_k) = inf`` (a padding slot); a true column is removed
+when its label is ``ignore_index``. With ``K_i`` kept columns, ``T_i`` kept labels and label
+smoothing ``eps``, the target puts ``(1 - eps) / T_i + eps / K_i`` on each kept true column and
+``eps / K_i`` on each kept candidate, and
+
+    loss_i = logsumexp_{kept}(row_i) - sum_{kept} target_ik row_ik.
+
+A row with no kept label (all ``ignore_index``) has loss 0 and no gradient.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "sampled_logits", "sampled_softmax_loss", "sampled_softmax_grads",
+    "full_softmax_loss", "full_softmax_grads", "log_softmax",
+]
+
+
+def _as_2d_labels(labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    return labels[:, None] if labels.ndim == 1 else labels
+
+
+def _valid_labels(labels: np.ndarray, ignore_index) -> np.ndarray:
+    return np.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
+
+
+def sampled_logits(
+    weights, biases, labels, inputs, sampled_values, *,
+    remove_accidental_hits=True, subtract_log_q=True, ignore_index=None,
+):
+    """Row logits ``[B, T + S]`` (true columns first) and the keep mask ``[B, T + S]``.
+
+    Removed columns hold ``-inf`` in the returned logits.
+    """
+    W = np.asarray(weights, np.float64)
+    b = np.zeros(W.shape[0]) if biases is None else np.asarray(biases, np.float64)
+    h = np.asarray(inputs, np.float64)
+    y = _as_2d_labels(labels)
+    cand, true_count, samp_count = (np.asarray(v) for v in sampled_values)
+    true_count = np.asarray(true_count, np.float64).reshape(y.shape)
+    samp_count = np.asarray(samp_count, np.float64)
+    valid = _valid_labels(y, ignore_index)
+    y_safe = np.where(valid, y, 0)
+
+    t = np.einsum("bd,btd->bt", h, W[y_safe]) + b[y_safe]
+    s = h @ W[cand].T + b[cand]
+    if subtract_log_q:
+        t = t - np.log(np.where(valid, true_count, 1.0))
+        with np.errstate(divide="ignore"):
+            s = s - np.log(samp_count)
+    keep_s = np.broadcast_to(np.isfinite(samp_count), s.shape).copy()
+    if remove_accidental_hits:
+        hits = (cand[None, None, :] == y[:, :, None]) & valid[:, :, None]
+        keep_s &= ~hits.any(axis=1)
+    keep = np.concatenate([valid, keep_s], axis=1)
+    logits = np.where(keep, np.concatenate([t, s], axis=1), -np.inf)
+    return logits, keep
+
+
+def _targets(keep: np.ndarray, num_true: int, label_smoothing: float) -> np.ndarray:
+    n_true = keep[:, :num_true].sum(axis=1, keepdims=True)
+    n_kept = keep.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        target = np.zeros(keep.shape)
+        target[:, :num_true] = (1.0 - label_smoothing) / n_true
+        target = np.where(keep, target + label_smoothing / n_kept, 0.0)
+    return np.where(n_true > 0, target, 0.0)
+
+
+def _softmax_xent(logits, keep, target):
+    """Per-row loss and d loss / d logits for rows with at least one kept label."""
+    row_live = target.sum(axis=1) > 0
+    m = np.max(np.where(keep, logits, -np.inf), axis=1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    e = np.where(keep, np.exp(logits - m), 0.0)
+    z = e.sum(axis=1, keepdims=True)
+    lse = (m + np.log(np.where(z > 0, z, 1.0)))[:, 0]
+    loss = lse - np.where(keep, target * np.where(keep, logits, 0.0), 0.0).sum(axis=1)
+    prob = e / np.where(z > 0, z, 1.0)
+    grad = prob - target
+    return np.where(row_live, loss, 0.0), np.where(row_live[:, None], grad, 0.0)
+
+
+def sampled_softmax_loss(
+    weights, biases, labels, inputs, sampled_values, *,
+    remove_accidental_hits=True, subtract_log_q=True, label_smoothing=0.0, ignore_index=None,
+):
+    """Per-example sampled softmax loss ``[B]`` in float64 (see the module docstring).
+
+    Args:
+        weights: ``[V, D]`` class table.
+        biases: ``[V]`` or None.
+        labels: ``[B]`` or ``[B, T]`` integer labels.
+        inputs: ``[B, D]`` hidden states.
+        sampled_values: ``(candidates [S], true_expected_count [B, T], sampled_expected_count [S])``.
+    """
+    y = _as_2d_labels(labels)
+    logits, keep = sampled_logits(
+        weights, biases, y, inputs, sampled_values, remove_accidental_hits=remove_accidental_hits,
+        subtract_log_q=subtract_log_q, ignore_index=ignore_index,
+    )
+    loss, _ = _softmax_xent(logits, keep, _targets(keep, y.shape[1], label_smoothing))
+    return loss
+
+
+def sampled_softmax_grads(
+    weights, biases, labels, inputs, sampled_values, *, grad_loss=None,
+    remove_accidental_hits=True, subtract_log_q=True, label_smoothing=0.0, ignore_index=None,
+):
+    """Analytic gradients of ``sum_i grad_loss_i * loss_i``: ``(d_inputs, d_weights, d_biases)``.
+
+    With ``g = grad_loss_i (softmax(row_i) - target_i)``: ``d h_i = sum_k g_ik W[id_k]``,
+    ``d W[id_k] += g_ik h_i``, ``d b[id_k] += g_ik`` (a scatter-add, duplicates included).
+    """
+    W = np.asarray(weights, np.float64)
+    h = np.asarray(inputs, np.float64)
+    y = _as_2d_labels(labels)
+    cand = np.asarray(sampled_values[0])
+    logits, keep = sampled_logits(
+        W, biases, y, h, sampled_values, remove_accidental_hits=remove_accidental_hits,
+        subtract_log_q=subtract_log_q, ignore_index=ignore_index,
+    )
+    _, g = _softmax_xent(logits, keep, _targets(keep, y.shape[1], label_smoothing))
+    if grad_loss is not None:
+        g = g * np.asarray(grad_loss, np.float64)[:, None]
+    B, T = y.shape
+    valid = _valid_labels(y, ignore_index)
+    y_safe = np.where(valid, y, 0)
+    ids = np.concatenate([y_safe, np.broadcast_to(cand, (B, cand.size))], axis=1)  # [B, T+S]
+    d_inputs = np.einsum("bk,bkd->bd", g, W[ids])
+    d_weights = np.zeros_like(W)
+    np.add.at(d_weights, ids.ravel(), (g[:, :, None] * h[:, None, :]).reshape(-1, W.shape[1]))
+    d_biases = np.zeros(W.shape[0])
+    np.add.at(d_biases, ids.ravel(), g.ravel())
+    return d_inputs, d_weights, (None if biases is None else d_biases)
+
+
+def log_softmax(weights, biases, inputs) -> np.ndarray:
+    """Exact ``log softmax(h W^T + b)`` over all classes, ``[B, V]``."""
+    W = np.asarray(weights, np.float64)
+    z = np.asarray(inputs, np.float64) @ W.T
+    if biases is not None:
+        z = z + np.asarray(biases, np.float64)
+    m = z.max(axis=1, keepdims=True)
+    return z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
+
+
+def _full_target(labels, num_classes, label_smoothing, ignore_index):
+    y = _as_2d_labels(labels)
+    valid = _valid_labels(y, ignore_index)
+    n_true = valid.sum(axis=1)
+    target = np.zeros((y.shape[0], num_classes))
+    rows = np.repeat(np.arange(y.shape[0]), y.shape[1])
+    w = np.where(valid, (1.0 - label_smoothing) / np.maximum(n_true, 1)[:, None], 0.0)
+    np.add.at(target, (rows, np.where(valid, y, 0).ravel()), w.ravel())
+    target += np.where(n_true > 0, label_smoothing / num_classes, 0.0)[:, None]
+    return target, n_true > 0
+
+
+def full_softmax_loss(weights, biases, labels, inputs, *, label_smoothing=0.0, ignore_index=None):
+    """Exact per-example softmax cross-entropy ``[B]`` over all ``V`` classes (float64).
+
+    With ``T`` labels per row the target is ``1 / T`` on each (smoothed by ``eps / V``).
+    """
+    logp = log_softmax(weights, biases, inputs)
+    target, live = _full_target(labels, logp.shape[1], label_smoothing, ignore_index)
+    return np.where(live, -(target * logp).sum(axis=1), 0.0)
+
+
+def full_softmax_grads(weights, biases, labels, inputs, *, grad_loss=None, label_smoothing=0.0, ignore_index=None):
+    """Gradients of ``sum_i grad_loss_i * full_loss_i``: ``(d_inputs, d_weights, d_biases)``."""
+    W = np.asarray(weights, np.float64)
+    h = np.asarray(inputs, np.float64)
+    logp = log_softmax(W, biases, h)
+    target, live = _full_target(labels, W.shape[0], label_smoothing, ignore_index)
+    g = np.where(live[:, None], np.exp(logp) - target, 0.0)
+    if grad_loss is not None:
+        g = g * np.asarray(grad_loss, np.float64)[:, None]
+    return g @ W, g.T @ h, (None if biases is None else g.sum(axis=0))

@@ -1,0 +1,224 @@
+"""Candidate-sampler distributions and expected counts, framework-free (NumPy).
+
+The distributions ``Q`` over ``[0, num_classes)`` match TensorFlow's ``*_candidate_sampler``:
+
+* ``uniform``: ``Q(k) = 1 / V``.
+* ``log_uniform`` (Zipf, classes sorted by decreasing frequency):
+  ``Q(k) = log((k + 2) / (k + 1)) / log(V + 1)``, drawn as ``floor(exp(u log(V + 1))) - 1``.
+* ``unigram``: ``Q(k) ∝ weight(k) ** distortion``, with ``num_reserved_ids`` leading ids at 0.
+* ``learned_unigram``: ``unigram`` whose counts start at 1 and grow with the labels seen.
+
+Three ways to draw ``S`` candidates, and the expected count ``E(k)`` each gives:
+
+* ``"with_replacement"``: ``S`` independent draws; ``E(k) = S Q(k)`` exactly.
+* ``"unique"`` (TensorFlow's ``unique=True``): draw until ``S`` distinct classes have been seen,
+  after ``n`` tries; ``E(k) = 1 - (1 - Q(k)) ** n`` (``S Q(k)`` when ``n == S``). TensorFlow's
+  own source calls this approximation false: ``n`` is random and depends on the draw.
+* ``"unique_exact"``: ``S`` independent draws, de-duplicated; repeated slots are padding
+  (expected count ``inf``, removed from every normalizer). ``E(k) = 1 - (1 - Q(k)) ** S`` is
+  then the exact inclusion probability of class ``k``.
+
+The NumPy draws here are the reference used by tests; each front end has its own sampler on
+its own device that follows the same formulas.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import SampledSoftmaxError, SampledValues
+from ._validation import check_choice, check_num_sampled, check_positive_int
+
+SAMPLERS = ("uniform", "log_uniform", "unigram", "learned_unigram")
+DRAWS = ("with_replacement", "unique", "unique_exact")
+
+__all__ = [
+    "SAMPLERS", "DRAWS", "uniform_probs", "log_uniform_probs", "unigram_weights",
+    "expected_count", "Distribution", "Uniform", "LogUniform", "Unigram", "sample_candidates",
+]
+
+
+def uniform_probs(ids, num_classes: int) -> np.ndarray:
+    """``Q(k) = 1 / V`` for each id (float64)."""
+    return np.full(np.shape(ids), 1.0 / num_classes)
+
+
+def log_uniform_probs(ids, num_classes: int) -> np.ndarray:
+    """``Q(k) = log((k + 2) / (k + 1)) / log(V + 1)``, computed as ``log1p(1 / (k + 1))``
+    so it keeps full precision for large ``k`` (float64)."""
+    k = np.asarray(ids, dtype=np.float64)
+    return np.log1p(1.0 / (k + 1.0)) / np.log1p(float(num_classes))
+
+
+def unigram_weights(
+    unigrams, *, num_classes: int | None = None, distortion: float = 1.0, num_reserved_ids: int = 0
+) -> np.ndarray:
+    """Unnormalised sampling weights ``[V]``: ``num_reserved_ids`` zeros, then ``unigrams ** distortion``.
+
+    ``unigrams`` are counts or probabilities for ids ``num_reserved_ids .. V - 1`` (TensorFlow's
+    ``fixed_unigram_candidate_sampler`` convention).
+    """
+    u = np.asarray(unigrams, dtype=np.float64)
+    if u.ndim != 1 or u.size == 0:
+        raise SampledSoftmaxError(f"`unigrams` must be a non-empty 1-D sequence; received shape {list(u.shape)}")
+    if not np.all(np.isfinite(u)) or np.any(u < 0):
+        raise SampledSoftmaxError(
+            f"`unigrams` must be finite and >= 0; received values down to {np.nanmin(u)} (min) "
+            f"and {'non-finite entries' if not np.all(np.isfinite(u)) else 'no non-finite entries'}"
+        )
+    if num_reserved_ids < 0:
+        raise SampledSoftmaxError(f"`num_reserved_ids` must be >= 0; received {num_reserved_ids}")
+    if num_classes is not None and u.size + num_reserved_ids != num_classes:
+        raise SampledSoftmaxError(
+            f"`unigrams` must have num_classes - num_reserved_ids = {num_classes - num_reserved_ids} "
+            f"entries; received {u.size}"
+        )
+    if not np.isfinite(distortion) or distortion < 0:
+        raise SampledSoftmaxError(f"`distortion` must be finite and >= 0; received {distortion}")
+    w = np.concatenate([np.zeros(num_reserved_ids), u**distortion])
+    if not w.sum() > 0:
+        raise SampledSoftmaxError("`unigrams` must have at least one positive entry; received all zeros")
+    return w
+
+
+def expected_count(probs, num_sampled: int, draw: str, num_tries: int | None = None) -> np.ndarray:
+    """Expected count of classes with single-draw probabilities ``probs`` (float64).
+
+    ``num_tries`` is needed for ``draw="unique"`` (the draws it took to see ``num_sampled``
+    distinct classes).
+    """
+    check_choice("draw", draw, DRAWS)
+    p = np.asarray(probs, dtype=np.float64)
+    if draw == "with_replacement":
+        return p * num_sampled
+    if draw == "unique":
+        if num_tries is None:
+            raise SampledSoftmaxError("`num_tries` is required for draw='unique'; received None")
+        if num_tries == num_sampled:  # TensorFlow's shortcut: no repeat was drawn.
+            return p * num_sampled
+        return -np.expm1(num_tries * np.log1p(-p))
+    return -np.expm1(num_sampled * np.log1p(-p))
+
+
+class Distribution:
+    """A fixed distribution over ``[0, num_classes)``: ``probs(ids)`` and ``sample(n, rng)``."""
+
+    name = ""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = check_positive_int("num_classes", num_classes)
+
+    @property
+    def support(self) -> int:
+        """Number of classes with non-zero probability."""
+        return self.num_classes
+
+    def probs(self, ids) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def all_probs(self) -> np.ndarray:
+        return self.probs(np.arange(self.num_classes))
+
+
+class Uniform(Distribution):
+    name = "uniform"
+
+    def probs(self, ids):
+        return uniform_probs(ids, self.num_classes)
+
+    def sample(self, n, rng):
+        return rng.integers(0, self.num_classes, size=n, dtype=np.int64)
+
+
+class LogUniform(Distribution):
+    name = "log_uniform"
+
+    def probs(self, ids):
+        return log_uniform_probs(ids, self.num_classes)
+
+    def sample(self, n, rng):
+        u = rng.random(n)
+        # `% V` guards the float round-off at u -> 1, as TensorFlow does.
+        return (np.floor(np.exp(u * np.log1p(self.num_classes))).astype(np.int64) - 1) % self.num_classes
+
+
+class Unigram(Distribution):
+    name = "unigram"
+
+    def __init__(self, weights):
+        w = np.asarray(weights, dtype=np.float64)
+        super().__init__(w.size)
+        self.weights = w
+        self._cdf = np.cumsum(w)
+
+    @property
+    def support(self):
+        return int(np.count_nonzero(self.weights))
+
+    def probs(self, ids):
+        return self.weights[np.asarray(ids)] / self._cdf[-1]
+
+    def sample(self, n, rng):
+        u = rng.random(n) * self._cdf[-1]
+        # side="right" skips zero-weight classes: cdf[k-1] <= u < cdf[k] needs weight(k) > 0.
+        return np.minimum(np.searchsorted(self._cdf, u, side="right"), self.num_classes - 1).astype(np.int64)
+
+
+def sample_candidates(
+    distribution: Distribution,
+    true_classes,
+    num_sampled: int,
+    draw: str = "unique",
+    rng: np.random.Generator | None = None,
+) -> SampledValues:
+    """Draw candidates and expected counts in NumPy (the reference sampler).
+
+    Args:
+        distribution: the sampling distribution ``Q``.
+        true_classes: ``[B, T]`` integer labels whose expected counts are returned.
+        num_sampled: ``S``.
+        draw: ``"with_replacement"``, ``"unique"`` (TensorFlow) or ``"unique_exact"``.
+        rng: a ``numpy.random.Generator``.
+
+    Returns:
+        ``SampledValues`` of NumPy arrays: ``[S]`` int64, ``[B, T]`` float64, ``[S]`` float64.
+    """
+    check_choice("draw", draw, DRAWS)
+    num_sampled = check_num_sampled(
+        num_sampled, distribution.num_classes, unique=draw == "unique", support=distribution.support
+    )
+    rng = np.random.default_rng() if rng is None else rng
+    true_classes = np.asarray(true_classes)
+    num_tries = num_sampled
+    if draw == "unique":
+        picked: list[int] = []
+        seen: set[int] = set()
+        num_tries = 0
+        while len(picked) < num_sampled:
+            chunk = distribution.sample(max(num_sampled, 64), rng)
+            for value in chunk.tolist():
+                num_tries += 1
+                if value not in seen:
+                    seen.add(value)
+                    picked.append(value)
+                    if len(picked) == num_sampled:
+                        break
+        candidates = np.asarray(picked, dtype=np.int64)
+    else:
+        candidates = distribution.sample(num_sampled, rng)
+    sampled_count = expected_count(distribution.probs(candidates), num_sampled, draw, num_tries)
+    if draw == "unique_exact":
+        sampled_count[_repeated_slots(candidates)] = np.inf
+    true_count = expected_count(distribution.probs(true_classes), num_sampled, draw, num_tries)
+    return SampledValues(candidates, true_count, sampled_count)
+
+
+def _repeated_slots(candidates: np.ndarray) -> np.ndarray:
+    """True for each slot whose class already appeared in an earlier slot."""
+    _, first = np.unique(candidates, return_index=True)
+    repeated = np.ones(candidates.shape, dtype=bool)
+    repeated[first] = False
+    return repeated

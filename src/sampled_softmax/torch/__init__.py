@@ -1,0 +1,16 @@
+"""PyTorch front end: ``sampled_softmax_loss``, ``full_softmax_loss``, ``SampledSoftmaxLoss``,
+the candidate samplers as modules, and ``SparseRowAdam`` for training steps that do not grow
+with the vocabulary. Imports PyTorch (and no other framework)."""
+
+from .. import SampledSoftmaxError, SampledValues
+from .functional import full_logits, full_softmax_loss, sampled_softmax_loss
+from .modules import SampledSoftmaxLoss, SampledSoftmaxOutput
+from .samplers import (
+    CandidateSampler, LearnedUnigramSampler, LogUniformSampler, UniformSampler, UnigramSampler,
+)
+
+__all__ = [
+    "sampled_softmax_loss", "full_softmax_loss", "full_logits", "SampledSoftmaxLoss",
+    "SampledSoftmaxOutput", "CandidateSampler", "UniformSampler", "LogUniformSampler",
+    "UnigramSampler", "LearnedUnigramSampler", "SampledValues", "SampledSoftmaxError",
+]

@@ -1,0 +1,492 @@
+"""``sampled_softmax_loss`` and ``full_softmax_loss`` for PyTorch.
+
+The sampled loss is one ``autograd.Function`` with an explicit backward: one gather of the
+``B*T + S`` touched rows of the class table, two matrix products, a stable log-sum-exp over
+the true and candidate columns without concatenating them, and a scatter of the row gradients
+(dense, or sparse COO rows with ``sparse=True``). Nothing of size ``V`` or ``B x V`` is made,
+except the dense gradient itself when ``sparse=False``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import torch
+
+from .. import SampledSoftmaxError, SampledValues
+from .. import _validation as V
+from .samplers import CandidateSampler, make_sampler
+
+__all__ = ["sampled_softmax_loss", "full_softmax_loss", "full_logits"]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class _Spec(NamedTuple):
+    """Static settings of one call, carried from forward to backward."""
+
+    num_true: int
+    offsets: tuple  # first class id of each shard ("div"), or () for one table
+    strategy: str
+    label_smoothing: float
+    sparse: bool
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument handling
+
+
+def _shards(weights) -> list[torch.Tensor]:
+    if isinstance(weights, torch.Tensor):
+        return [weights]
+    if isinstance(weights, (list, tuple)):
+        for i, w in enumerate(weights):
+            if not isinstance(w, torch.Tensor):
+                raise TypeError(f"`weights[{i}]` must be a torch.Tensor; received {type(w).__name__}")
+        return list(weights)
+    raise TypeError(f"`weights` must be a torch.Tensor or a list of shards; received {type(weights).__name__}")
+
+
+def _check_tensor(name, x, *, floating=None):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor; received {type(x).__name__}")
+    if floating is True:
+        V.check_floating_dtype(name, x.is_floating_point(), str(x.dtype))
+    elif floating is False:
+        V.check_integer_dtype(name, not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool, str(x.dtype))
+
+
+def _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_index, label_smoothing,
+             reduction, partition_strategy):
+    """Validate; return ``(shards, biases, y [N, T], h [N, D], lead, V, offsets, valid)``."""
+    shards = _shards(weights)
+    for i, w in enumerate(shards):
+        _check_tensor("weights" if len(shards) == 1 else f"weights[{i}]", w, floating=True)
+    _check_tensor("inputs", inputs, floating=True)
+    _check_tensor("labels", labels, floating=False)
+    if biases is not None:
+        _check_tensor("biases", biases, floating=True)
+    V.check_choice("reduction", reduction, V.REDUCTIONS)
+    label_smoothing = V.check_label_smoothing(label_smoothing)
+    num_classes, dim = V.check_weights_shapes([tuple(w.shape) for w in shards], num_classes, inputs.shape[-1] if inputs.dim() else -1)
+    V.check_biases_shape(None if biases is None else tuple(biases.shape), num_classes)
+    lead, num_true = V.resolve_label_shape(tuple(labels.shape), tuple(inputs.shape), num_true)
+    V.check_choice("partition_strategy", partition_strategy, V.PARTITION_STRATEGIES)
+    offsets = ()
+    if len(shards) > 1:
+        offsets = tuple(V.shard_layout([w.shape[0] for w in shards], num_classes, partition_strategy))
+    n = math.prod(lead)
+    y = labels.reshape(n, num_true)
+    h = inputs.reshape(n, dim)
+    valid = None if ignore_index is None else y != ignore_index
+    if y.numel():
+        if valid is None:
+            lo, hi = torch.aminmax(y)
+        else:  # zero stands in for ignored labels: it is always in range.
+            y0 = torch.where(valid, y, 0)
+            lo, hi = torch.aminmax(y0)
+        lo, hi = torch.stack([lo, hi]).tolist()
+        V.check_label_values(lo, hi, num_classes, ignore_index)
+    return shards, biases, y, h, lead, num_classes, offsets, valid, label_smoothing
+
+
+def _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid, device):
+    if not isinstance(sampled_values, (tuple, list)) or len(sampled_values) != 3:
+        raise SampledSoftmaxError(
+            "`sampled_values` must be a triple (sampled_candidates, true_expected_count, "
+            f"sampled_expected_count); received {type(sampled_values).__name__}"
+            + (f" of length {len(sampled_values)}" if isinstance(sampled_values, (tuple, list)) else "")
+        )
+    cand, true_count, samp_count = (torch.as_tensor(v, device=device) for v in sampled_values)
+    _check_tensor("sampled_values[0]", cand, floating=False)
+    n, t = y.shape
+    V.check_sampled_values_shapes(tuple(cand.shape), tuple(true_count.shape), tuple(samp_count.shape),
+                                  num_sampled, n, t)
+    true_count = true_count.reshape(n, t)
+    if cand.numel():
+        tc = true_count if valid is None else torch.where(valid, true_count, 1.0)
+        stats = torch.stack([cand.min().double(), cand.max().double(), tc.min().double() if tc.numel() else torch.tensor(1.0, dtype=torch.float64, device=device),
+                             tc.max().double() if tc.numel() else torch.tensor(1.0, dtype=torch.float64, device=device),
+                             samp_count.min().double(), samp_count.max().double()]).tolist()
+        V.check_sampled_values_values(int(stats[0]), int(stats[1]), num_classes, stats[2], stats[3], stats[4])
+        padded = stats[5] == math.inf
+    else:
+        padded = False
+    return cand.long(), true_count, samp_count, padded
+
+
+def _reduce(per_row: torch.Tensor, live: torch.Tensor | None, reduction: str, lead) -> torch.Tensor:
+    if reduction == "none":
+        return per_row.reshape(lead)
+    if reduction == "sum":
+        return per_row.sum()
+    count = per_row.new_tensor(per_row.numel()) if live is None else live.sum().to(per_row.dtype)
+    return per_row.sum() / count
+
+
+# ---------------------------------------------------------------------------------------------
+# Gather and scatter over one table or shards
+
+
+def _locate(ids: torch.Tensor, spec: _Spec, num_shards: int):
+    """Shard index and row within the shard of each class id."""
+    if spec.strategy == "mod":
+        return ids.remainder(num_shards), ids.div(num_shards, rounding_mode="floor")
+    offsets = torch.tensor(spec.offsets, device=ids.device)
+    shard = torch.bucketize(ids, offsets[1:], right=True)
+    return shard, ids - offsets[shard]
+
+
+def _gather_rows(shards, ids, spec: _Spec, dtype):
+    if len(shards) == 1:
+        return shards[0].index_select(0, ids).to(dtype)
+    shard, local = _locate(ids, spec, len(shards))
+    rows = None
+    for p, w in enumerate(shards):
+        part = w.index_select(0, local.clamp(max=w.shape[0] - 1)).to(dtype)
+        rows = part if rows is None else torch.where((shard == p).unsqueeze(1), part, rows)
+    return rows
+
+
+def _scatter_rows(shape, ids, row_grads, sparse: bool, keep: torch.Tensor | None):
+    """``zeros(shape).index_add_(0, ids, row_grads)``, or the same as a coalesced sparse tensor.
+
+    ``keep`` drops rows (ignored labels) from a sparse gradient so optimizers do not treat
+    their classes as touched.
+    """
+    if sparse:
+        if keep is not None:
+            ids, row_grads = ids[keep], row_grads[keep]
+        return torch.sparse_coo_tensor(ids.unsqueeze(0), row_grads, shape).coalesce()
+    return torch.zeros(shape, dtype=row_grads.dtype, device=row_grads.device).index_add_(0, ids, row_grads)
+
+
+def _scatter_to_shards(shards, ids, row_grads, spec: _Spec, keep, needs):
+    if len(shards) == 1:
+        return [_scatter_rows(tuple(shards[0].shape), ids, row_grads.to(shards[0].dtype), spec.sparse, keep)
+                if needs[0] else None]
+    shard, local = _locate(ids, spec, len(shards))
+    grads = []
+    for p, w in enumerate(shards):
+        if not needs[p]:
+            grads.append(None)
+            continue
+        mine = shard == p
+        if spec.sparse:
+            sel = mine if keep is None else mine & keep
+            grads.append(_scatter_rows(tuple(w.shape), local, row_grads.to(w.dtype), True, sel))
+        else:
+            g = row_grads.to(w.dtype) * mine.unsqueeze(1)
+            grads.append(_scatter_rows(tuple(w.shape), local.clamp(max=w.shape[0] - 1), g, False, None))
+    return grads
+
+
+# ---------------------------------------------------------------------------------------------
+# The fused loss
+
+
+class _SampledSoftmax(torch.autograd.Function):
+    """Per-row sampled softmax loss and the sampled log-probability of the targets.
+
+    forward(h [N, D], ids [N*T + S], logq_true [N, T], logq_cand [S], keep_true [N, T] or None,
+            keep_cand [N, S] or None, spec, bias [V] or None, *shards) -> (loss [N], logp [N])
+    """
+
+    @staticmethod
+    def forward(ctx, h, ids, logq_true, logq_cand, keep_true, keep_cand, spec: _Spec, bias, *shards):
+        n, t = logq_true.shape
+        cdt = torch.float32 if h.dtype in _LOW_PRECISION else h.dtype
+        hc = h.to(cdt)
+        rows = _gather_rows(shards, ids, spec, cdt)
+        w_true, w_cand = rows[: n * t], rows[n * t:]
+        if t == 1:
+            tl = (hc * w_true).sum(1, keepdim=True)
+        else:
+            tl = torch.bmm(w_true.view(n, t, -1), hc.unsqueeze(2)).squeeze(2)
+        if bias is not None:
+            b = bias.index_select(0, ids).to(cdt)
+            sl = torch.addmm((b[n * t:] - logq_cand.to(cdt)).unsqueeze(0), hc, w_cand.t())
+            tl = tl + b[: n * t].view(n, t) - logq_true.to(cdt)
+        else:
+            sl = torch.addmm((-logq_cand.to(cdt)).unsqueeze(0), hc, w_cand.t())
+            tl = tl - logq_true.to(cdt)
+        if keep_cand is not None:
+            sl = sl.masked_fill(~keep_cand, -math.inf)
+        if keep_true is not None:
+            tl = tl.masked_fill(~keep_true, -math.inf)
+        m = torch.maximum(tl.amax(1), sl.amax(1) if sl.shape[1] else tl.amax(1))
+        if keep_true is not None or keep_cand is not None:
+            m = torch.where(torch.isfinite(m), m, 0.0)
+        z = torch.exp(tl - m.unsqueeze(1)).sum(1) + torch.exp(sl - m.unsqueeze(1)).sum(1)
+        lse = m + torch.log(z)
+        if keep_true is not None or keep_cand is not None:
+            # A row with every column removed (only possible when it is ignored) keeps lse
+            # finite, so its probabilities are exactly 0 rather than nan.
+            lse = torch.where(z > 0, lse, 0.0)
+
+        target_true, cand_weight, live = _targets(tl, sl, keep_true, keep_cand, spec.label_smoothing)
+        t0 = tl if keep_true is None else tl.masked_fill(~keep_true, 0.0)
+        unsmoothed = (t0 * target_true[1]).sum(1)  # sum_j t_ij / T_i
+        loss = lse - (t0 * target_true[0]).sum(1)
+        if cand_weight is not None:
+            s0 = sl if keep_cand is None else sl.masked_fill(~keep_cand, 0.0)
+            loss = loss - cand_weight * s0.sum(1)
+        logp = unsmoothed - lse
+        if live is not None:
+            loss = torch.where(live, loss, 0.0)
+            logp = torch.where(live, logp, 0.0)
+
+        ctx.spec = spec
+        ctx.num_shards = len(shards)
+        ctx.has_bias = bias is not None
+        ctx.dtypes = (h.dtype, None if bias is None else bias.dtype)
+        ctx.save_for_backward(hc, rows, ids, tl, sl, lse, keep_true, keep_cand, bias, *shards)
+        # float16/bfloat16 inputs get float32 losses, as under autocast.
+        return loss, logp
+
+    @staticmethod
+    def backward(ctx, g_loss, g_logp):
+        hc, rows, ids, tl, sl, lse, keep_true, keep_cand, bias, *shards = ctx.saved_tensors
+        spec: _Spec = ctx.spec
+        n, t = tl.shape
+        target_true, cand_weight, live = _targets(tl, sl, keep_true, keep_cand, spec.label_smoothing)
+        a = g_loss.to(tl.dtype) if g_loss is not None else tl.new_zeros(n)
+        c = g_logp.to(tl.dtype) if g_logp is not None else tl.new_zeros(n)
+        if live is not None:
+            a, c = a * live, c * live
+        # d loss / d z = p - target_smoothed, d logp / d z = target_unsmoothed - p.
+        scale = (a - c).unsqueeze(1)
+        p_true = torch.exp(tl - lse.unsqueeze(1))
+        p_cand = torch.exp(sl - lse.unsqueeze(1))
+        g_true = scale * p_true - a.unsqueeze(1) * target_true[0] + c.unsqueeze(1) * target_true[1]
+        g_cand = scale * p_cand
+        if cand_weight is not None:
+            kc = 1.0 if keep_cand is None else keep_cand.to(sl.dtype)
+            g_cand = g_cand - (a * cand_weight).unsqueeze(1) * kc
+
+        w_true, w_cand = rows[: n * t], rows[n * t:]
+        d_h = None
+        if ctx.needs_input_grad[0]:
+            if t == 1:
+                d_h = g_true * w_true
+            else:
+                d_h = torch.bmm(g_true.unsqueeze(1), w_true.view(n, t, -1)).squeeze(1)
+            d_h = d_h.addmm_(g_cand, w_cand).to(ctx.dtypes[0])
+
+        needs_w = ctx.needs_input_grad[8:]
+        keep_rows = None
+        if keep_true is not None and spec.sparse:
+            keep_rows = torch.cat([keep_true.reshape(-1), torch.ones(sl.shape[1], dtype=torch.bool, device=ids.device)])
+        d_bias = None
+        d_shards = [None] * len(shards)
+        if any(needs_w) or ctx.needs_input_grad[7]:
+            d_true_rows = (g_true.unsqueeze(2) * hc.unsqueeze(1)).reshape(n * t, -1)
+            d_rows = torch.cat([d_true_rows, g_cand.t().mm(hc)])
+            if any(needs_w):
+                d_shards = _scatter_to_shards(shards, ids, d_rows, spec, keep_rows, needs_w)
+            if ctx.needs_input_grad[7]:
+                d_b_rows = torch.cat([g_true.reshape(-1), g_cand.sum(0)]).to(ctx.dtypes[1])
+                d_bias = _scatter_rows(tuple(bias.shape), ids, d_b_rows, spec.sparse, keep_rows)
+        return (d_h, None, None, None, None, None, None, d_bias, *d_shards)
+
+
+def _targets(tl, sl, keep_true, keep_cand, eps):
+    """Target weights: ``((w_smoothed [N, T] or scalar, w_unsmoothed), eps / K [N] or None, live [N] or None)``.
+
+    On true columns the target is ``(1 - eps) / T_i + eps / K_i``; on kept candidates ``eps / K_i``.
+    """
+    n, t = tl.shape
+    if keep_true is None:
+        unsmoothed = tl.new_full((1, 1), 1.0 / t)
+        n_true, live = None, None
+    else:
+        n_true = keep_true.sum(1, keepdim=True).to(tl.dtype)
+        live = n_true[:, 0] > 0
+        unsmoothed = keep_true.to(tl.dtype) / n_true.clamp(min=1.0)
+    if eps == 0.0:
+        return (unsmoothed, unsmoothed), None, live
+    k_true = tl.new_full((n, 1), float(t)) if n_true is None else n_true
+    k_cand = tl.new_full((n, 1), float(sl.shape[1])) if keep_cand is None else keep_cand.sum(1, keepdim=True).to(tl.dtype)
+    cand_weight = eps / (k_true + k_cand)  # eps / K_i, [N, 1]
+    kt = 1.0 if keep_true is None else keep_true.to(tl.dtype)
+    smoothed = (1.0 - eps) * unsmoothed + cand_weight * kt
+    return (smoothed, unsmoothed), cand_weight[:, 0], live
+
+
+# ---------------------------------------------------------------------------------------------
+# Public functions
+
+
+def sampled_softmax_loss(
+    weights, biases, labels, inputs, num_sampled, num_classes, num_true=1, sampled_values=None,
+    remove_accidental_hits=True, *, sampler="log_uniform", reduction="none", ignore_index=None,
+    label_smoothing=0.0, generator=None, partition_strategy="div", subtract_log_q=True,
+    sparse=False, return_log_prob=False,
+):
+    r"""Sampled softmax loss (Jean et al. 2014), the semantics of ``tf.nn.sampled_softmax_loss``.
+
+    Draws one set of ``S`` candidate classes ``c`` for the whole batch and computes, per row,
+    the softmax cross-entropy over the true and candidate columns with corrected logits
+
+    .. math::
+        o_{ik} = h_i \cdot W_{k} + b_{k} - \log E(k),\qquad
+        \ell_i = \log\sum_{k \in \text{kept}} e^{o_{ik}} - \frac{1}{T}\sum_{j} o_{i y_{ij}}
+
+    where ``E(k)`` is the sampler's expected count of class ``k``. Candidates equal to one of
+    row ``i``'s labels are removed from its normalizer (``remove_accidental_hits``: a true mask,
+    probability 0 and gradient exactly 0). With ``label_smoothing = eps`` the target is
+    ``(1 - eps) / T`` on each label plus ``eps / K_i`` on each of the row's ``K_i`` kept columns.
+    For training only; evaluate with :func:`full_softmax_loss`.
+
+    Args:
+        weights: ``[V, D]`` tensor, or a list of shards (TensorFlow's ``"div"`` layout by
+            default, ``partition_strategy="mod"`` for ``id % n``).
+        biases: ``[V]`` tensor or None.
+        labels: integer ``[...]`` (``num_true = 1``) or ``[..., T]``.
+        inputs: ``[..., D]`` hidden states.
+        num_sampled: ``S``, candidates drawn per call (shared by the batch).
+        num_classes: ``V``; must equal the rows of ``weights``.
+        num_true: ``T``, labels per example.
+        sampled_values: optional ``(candidates [S], true_expected_count [N, T],
+            sampled_expected_count [S])``, e.g. from a sampler; fixes the randomness.
+        remove_accidental_hits: mask candidates equal to a row's label. Default True.
+        sampler: ``"log_uniform"`` (default), ``"uniform"``, or a :class:`CandidateSampler`.
+        reduction: ``"none"`` (default, per-example like ``tf.nn``), ``"mean"`` over the
+            examples with a kept label, or ``"sum"``.
+        ignore_index: label value to ignore. A row whose labels are all ignored gets loss 0 and
+            no gradient; with ``T > 1`` an ignored label is dropped from its row (padding).
+        label_smoothing: ``eps`` in ``[0, 1]``.
+        generator: ``torch.Generator`` for the sampler.
+        partition_strategy: ``"div"`` or ``"mod"`` for sharded ``weights``.
+        subtract_log_q: subtract ``log E``; False gives negative sampling's uncorrected logits.
+        sparse: return sparse COO row gradients for ``weights`` and ``biases``.
+        return_log_prob: also return the sampled estimate of ``log p(target)`` per example.
+
+    Returns:
+        The loss: shape ``[...]`` for ``reduction="none"``, else a scalar. With
+        ``return_log_prob``, a pair ``(loss, log_prob [...])``.
+
+    Raises:
+        SampledSoftmaxError: on a bad shape or value (the message names the argument).
+        TypeError: on a wrong type or dtype.
+
+    Example:
+        >>> import torch
+        >>> from sampled_softmax.torch import sampled_softmax_loss
+        >>> W, b = torch.eye(3, 2, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+        >>> h = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+        >>> sv = (torch.tensor([1, 2]), torch.ones(1, 1), torch.ones(2))
+        >>> sampled_softmax_loss(W, b, torch.tensor([0]), h, 2, 3, sampled_values=sv)
+        tensor([1.4076], dtype=torch.float64)
+    """
+    shards, biases, y, h, lead, num_classes, offsets, valid, label_smoothing = _prepare(
+        weights, biases, labels, inputs, num_classes, num_true, ignore_index, label_smoothing,
+        reduction, partition_strategy,
+    )
+    y = y.long()
+    n, t = y.shape
+    y_safe = y if valid is None else torch.where(valid, y, 0)
+    if sampled_values is None:
+        sampler = make_sampler(sampler, num_classes)
+        cand, true_count, samp_count = sampler(y_safe, num_sampled, generator=generator, ignore_index=ignore_index)
+        padded = sampler.draw == "unique_exact"
+    else:
+        cand, true_count, samp_count, padded = _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid, h.device)
+    s = cand.shape[0]
+
+    keep_cand = None
+    if remove_accidental_hits:
+        hits = y_safe.unsqueeze(2) == cand.view(1, 1, s)
+        if valid is not None:
+            hits &= valid.unsqueeze(2)
+        keep_cand = ~(hits[:, 0] if t == 1 else hits.any(1))
+    if padded:  # padding slots (expected count inf) are removed from every row
+        finite = torch.isfinite(samp_count)
+        keep_cand = finite.expand(n, s) if keep_cand is None else keep_cand & finite
+    if subtract_log_q:
+        true_count = true_count.reshape(n, t)
+        logq_true = torch.log(true_count if valid is None else torch.where(valid, true_count, 1.0))
+        logq_cand = torch.log(samp_count)
+        if padded:
+            logq_cand = logq_cand.masked_fill(~finite, 0.0)
+    else:
+        logq_true = h.new_zeros(n, t)
+        logq_cand = h.new_zeros(s)
+    ids = torch.cat([y_safe.reshape(-1), cand])
+    spec = _Spec(t, offsets, partition_strategy, label_smoothing, bool(sparse))
+    loss, logp = _SampledSoftmax.apply(h, ids, logq_true, logq_cand, valid, keep_cand, spec, biases, *shards)
+    live = None if valid is None else valid.any(1)
+    loss = _reduce(loss, live, reduction, lead)
+    if return_log_prob:
+        return loss, logp.reshape(lead)
+    return loss
+
+
+def _full_table(shards, strategy, offsets_unused=None):
+    if len(shards) == 1:
+        return shards[0]
+    if strategy == "div":
+        return torch.cat(shards)
+    n = len(shards)
+    num_classes = sum(w.shape[0] for w in shards)
+    ids = torch.arange(num_classes, device=shards[0].device)
+    order = torch.cat([ids[p::n] for p in range(n)])  # class id of each row of cat(shards)
+    return torch.cat(shards)[torch.argsort(order)]
+
+
+def full_logits(weights, biases, inputs, *, partition_strategy="div") -> torch.Tensor:
+    """Exact logits ``inputs @ W^T + b``, ``[..., V]``, from one table or shards."""
+    shards = _shards(weights)
+    if len(shards) > 1:
+        V.shard_layout([w.shape[0] for w in shards], sum(w.shape[0] for w in shards), partition_strategy)
+    W = _full_table(shards, partition_strategy)
+    cdt = torch.float32 if inputs.dtype in _LOW_PRECISION else inputs.dtype
+    return torch.nn.functional.linear(inputs.to(cdt), W.to(cdt), None if biases is None else biases.to(cdt))
+
+
+def full_softmax_loss(
+    weights, biases, labels, inputs, *, reduction="none", ignore_index=None, label_smoothing=0.0,
+    partition_strategy="div", return_log_prob=False,
+):
+    r"""Exact softmax cross-entropy over all ``V`` classes, for evaluation.
+
+    .. math:: \ell_i = -\frac{1 - \epsilon}{T}\sum_j \log p(y_{ij} \mid h_i) - \frac{\epsilon}{V}\sum_k \log p(k \mid h_i),
+        \qquad p(\cdot \mid h_i) = \mathrm{softmax}(W h_i + b)
+
+    Same arguments and conventions as :func:`sampled_softmax_loss` (``T = 1`` and ``eps``
+    match ``F.cross_entropy``). ``return_log_prob`` also returns the mean
+    ``log p(y_ij | h_i)`` over the row's kept labels.
+
+    Example:
+        >>> import torch
+        >>> from sampled_softmax.torch import full_softmax_loss
+        >>> W = torch.eye(3, 2, dtype=torch.float64)
+        >>> full_softmax_loss(W, None, torch.tensor([0]), torch.tensor([[1.0, 2.0]], dtype=torch.float64))
+        tensor([1.4076], dtype=torch.float64)
+    """
+    shards, biases, y, h, lead, num_classes, _, valid, label_smoothing = _prepare(
+        weights, biases, labels, inputs, None, labels.shape[-1] if labels.dim() == inputs.dim() else 1,
+        ignore_index, label_smoothing, reduction, partition_strategy,
+    )
+    y = y.long()
+    logp_all = torch.log_softmax(full_logits(shards, biases, h, partition_strategy=partition_strategy), dim=-1)
+    n, t = y.shape
+    y_safe = y if valid is None else torch.where(valid, y, 0)
+    picked = logp_all.gather(1, y_safe)
+    if valid is None:
+        logp = picked.mean(1)
+        live = None
+    else:
+        n_true = valid.sum(1)
+        live = n_true > 0
+        logp = torch.where(live, (picked * valid).sum(1) / n_true.clamp(min=1), 0.0)
+    loss = -logp
+    if label_smoothing:
+        loss = (1.0 - label_smoothing) * loss - label_smoothing * logp_all.mean(1)
+        if live is not None:
+            loss = torch.where(live, loss, 0.0)
+    loss = _reduce(loss, live, reduction, lead)
+    if return_log_prob:
+        return loss, logp.reshape(lead)
+    return loss

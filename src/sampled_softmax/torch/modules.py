@@ -1,0 +1,141 @@
+"""``SampledSoftmaxLoss``: an output layer that trains with sampled softmax and evaluates exactly."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .. import _validation as V
+from .functional import full_logits, full_softmax_loss, sampled_softmax_loss
+from .samplers import CandidateSampler, make_sampler
+
+__all__ = ["SampledSoftmaxLoss", "SampledSoftmaxOutput"]
+
+
+class SampledSoftmaxOutput(NamedTuple):
+    """``output``: per-example log-probability of the target ``[...]`` (the sampled estimate
+    in training mode, exact in eval mode); ``loss``: the loss, reduced as asked."""
+
+    output: torch.Tensor
+    loss: torch.Tensor
+
+
+class SampledSoftmaxLoss(nn.Module):
+    r"""Softmax output layer over ``num_classes`` trained with sampled softmax (Jean et al. 2014).
+
+    Owns the class table ``weight [V, D]`` and ``bias [V]`` (or shares a given ``weight``
+    Parameter, e.g. a tied input embedding). In training mode each call draws ``num_sampled``
+    candidates shared by the batch and returns the sampled softmax loss with corrected logits
+    ``o_k = h . W_k + b_k - log E(k)``; in eval mode it computes the exact full softmax. Only
+    ``B*T + S`` rows of the table are read or receive gradient per training step; with
+    ``sparse=True`` those gradients are sparse rows, for :class:`SparseRowAdam`,
+    ``torch.optim.SparseAdam``, ``SGD`` or ``Adagrad``.
+
+    Args:
+        in_features: ``D``.
+        num_classes: ``V``.
+        num_sampled: ``S``, candidates drawn per training step.
+        sampler: ``"log_uniform"`` (default), ``"uniform"`` or a :class:`CandidateSampler`
+            (registered as a submodule: its state is in ``state_dict``).
+        bias: learn a bias per class. Default True.
+        weight: an existing ``[V, D]`` Parameter to share instead of creating one.
+        remove_accidental_hits: mask candidates equal to a row's label. Default True.
+        sparse: sparse row gradients for ``weight`` and ``bias``. Default False.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+        ignore_index: target value that contributes nothing. Default -100.
+        label_smoothing: ``eps`` in ``[0, 1]``. Default 0.
+        subtract_log_q: subtract ``log E(k)`` (False gives negative sampling). Default True.
+
+    Shape:
+        - input: ``[..., D]``
+        - target: ``[...]`` or ``[..., T]`` for ``T`` labels per example
+        - output: ``[...]``; loss: scalar, or ``[...]`` for ``reduction="none"``
+
+    Example:
+        >>> import torch
+        >>> from sampled_softmax.torch import SampledSoftmaxLoss
+        >>> _ = torch.manual_seed(0)
+        >>> layer = SampledSoftmaxLoss(16, 1000, num_sampled=20)
+        >>> out = layer(torch.randn(4, 7, 16), torch.randint(1000, (4, 7)))
+        >>> out.output.shape, out.loss.shape
+        (torch.Size([4, 7]), torch.Size([]))
+        >>> layer.log_prob(torch.randn(4, 16)).shape
+        torch.Size([4, 1000])
+    """
+
+    def __init__(self, in_features, num_classes, num_sampled, *, sampler="log_uniform", bias=True,
+                 weight=None, remove_accidental_hits=True, sparse=False, reduction="mean",
+                 ignore_index=-100, label_smoothing=0.0, subtract_log_q=True, device=None, dtype=None):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.in_features = V.check_positive_int("in_features", in_features)
+        self.num_classes = V.check_positive_int("num_classes", num_classes)
+        self.num_sampled = V.check_positive_int("num_sampled", num_sampled)
+        self.reduction = V.check_choice("reduction", reduction, V.REDUCTIONS)
+        self.label_smoothing = V.check_label_smoothing(label_smoothing)
+        self.ignore_index = ignore_index
+        self.remove_accidental_hits = bool(remove_accidental_hits)
+        self.subtract_log_q = bool(subtract_log_q)
+        self.sparse = bool(sparse)
+        self.sampler = make_sampler(sampler, num_classes)
+        V.check_num_sampled(num_sampled, num_classes, unique=self.sampler.draw == "unique", support=self.sampler.support)
+        if weight is None:
+            self.weight = nn.Parameter(torch.empty(num_classes, in_features, **factory))
+        else:
+            if not isinstance(weight, torch.Tensor):
+                raise TypeError(f"`weight` must be a torch.Tensor or Parameter; received {type(weight).__name__}")
+            if tuple(weight.shape) != (num_classes, in_features):
+                raise V.SampledSoftmaxError(
+                    f"`weight` must have shape [{num_classes}, {in_features}]; received shape {list(weight.shape)}"
+                )
+            self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight)
+        self.bias = nn.Parameter(torch.empty(num_classes, **factory)) if bias else None
+        self._owns_weight = weight is None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Linear's initialisation; a shared weight is left as it is.
+        bound = 1.0 / math.sqrt(self.in_features)
+        if self._owns_weight:
+            nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def _num_true(self, input, target):
+        return target.shape[-1] if target.dim() == input.dim() else 1
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, *, generator=None) -> SampledSoftmaxOutput:
+        if self.training:
+            loss, output = sampled_softmax_loss(
+                self.weight, self.bias, target, input, self.num_sampled, self.num_classes,
+                self._num_true(input, target), remove_accidental_hits=self.remove_accidental_hits,
+                sampler=self.sampler, reduction=self.reduction, ignore_index=self.ignore_index,
+                label_smoothing=self.label_smoothing, generator=generator,
+                subtract_log_q=self.subtract_log_q, sparse=self.sparse, return_log_prob=True,
+            )
+        else:
+            loss, output = full_softmax_loss(
+                self.weight, self.bias, target, input, reduction=self.reduction,
+                ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, return_log_prob=True,
+            )
+        return SampledSoftmaxOutput(output, loss)
+
+    def logits(self, input: torch.Tensor) -> torch.Tensor:
+        """Exact logits ``[..., V]``."""
+        return full_logits(self.weight, self.bias, input)
+
+    def log_prob(self, input: torch.Tensor) -> torch.Tensor:
+        """Exact log-probabilities over all classes, ``[..., V]``."""
+        return torch.log_softmax(self.logits(input), dim=-1)
+
+    def predict(self, input: torch.Tensor) -> torch.Tensor:
+        """The most likely class, ``[...]``."""
+        return self.logits(input).argmax(dim=-1)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, num_classes={self.num_classes}, "
+                f"num_sampled={self.num_sampled}, bias={self.bias is not None}, sparse={self.sparse}, "
+                f"reduction={self.reduction!r}")

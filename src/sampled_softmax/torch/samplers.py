@@ -1,0 +1,257 @@
+"""Candidate samplers as ``nn.Module``s: their state lives in ``state_dict``.
+
+Each returns :class:`sampled_softmax.SampledValues` (candidates int64 ``[S]``, expected counts
+float32 ``[B, T]`` and ``[S]``, as TensorFlow's samplers do), drawn on the device of the true
+classes with an optional ``torch.Generator``. The formulas are those of
+:mod:`sampled_softmax.samplers`.
+
+``draw`` picks how candidates are drawn:
+
+* ``"with_replacement"``: ``S`` independent draws, ``E = S Q``. No host synchronisation.
+* ``"unique"`` (default, TensorFlow's ``unique=True``): ``S`` distinct classes,
+  ``E = 1 - (1 - Q) ** num_tries``. The number of tries is data dependent, so this mode reads
+  one count back to the host per call (free on the CPU, a synchronisation on an accelerator).
+* ``"unique_exact"``: ``S`` draws, de-duplicated; repeats become padding slots (``E = inf``,
+  removed from every normalizer) and ``E = 1 - (1 - Q) ** S`` is the exact inclusion
+  probability. No host synchronisation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import SampledSoftmaxError, SampledValues
+from .._validation import check_choice, check_num_sampled, check_positive_int
+from ..samplers import DRAWS, unigram_weights
+
+__all__ = [
+    "CandidateSampler", "UniformSampler", "LogUniformSampler", "UnigramSampler",
+    "LearnedUnigramSampler", "make_sampler",
+]
+
+
+def _repeated_slots(values: torch.Tensor) -> torch.Tensor:
+    """True where a value already appeared at an earlier position (sort-based, no sync)."""
+    sorted_vals, order = torch.sort(values, stable=True)
+    first = torch.ones_like(sorted_vals, dtype=torch.bool)
+    first[1:] = sorted_vals[1:] != sorted_vals[:-1]
+    repeated = torch.empty_like(first)
+    repeated[order] = ~first
+    return repeated
+
+
+class CandidateSampler(nn.Module):
+    """Base class: subclasses define ``probs(ids)`` (float64) and ``_sample(n, generator, device)``."""
+
+    def __init__(self, num_classes: int, *, draw: str = "unique"):
+        super().__init__()
+        self.num_classes = check_positive_int("num_classes", num_classes)
+        self.draw = check_choice("draw", draw, DRAWS)
+
+    @property
+    def support(self) -> int:
+        """Number of classes with non-zero probability."""
+        return self.num_classes
+
+    def probs(self, ids: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _sample(self, n: int, generator, device) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def _uniform(self, n, generator, device) -> torch.Tensor:
+        return torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+
+    def _sample_unique(self, num_sampled: int, generator, device):
+        """TensorFlow's procedure: draw until ``num_sampled`` distinct classes were seen."""
+        chunk = 2 * num_sampled + 64
+        drawn = self._sample(chunk, generator, device)
+        while True:
+            first = ~_repeated_slots(drawn)
+            # One read-back: whether enough distinct classes have been drawn.
+            if int(first.sum()) >= num_sampled:
+                break
+            chunk *= 2
+            drawn = torch.cat([drawn, self._sample(chunk, generator, device)])
+        positions = torch.arange(drawn.numel(), device=device)
+        first_positions = torch.where(first, positions, drawn.numel()).sort().values[:num_sampled]
+        return drawn[first_positions], first_positions[-1] + 1
+
+    def forward(
+        self, true_classes: torch.Tensor, num_sampled: int, *, generator=None, ignore_index=None
+    ) -> SampledValues:
+        """Draw ``num_sampled`` candidates; expected counts of ``true_classes [B, T]`` and of them.
+
+        ``true_classes`` equal to ``ignore_index`` get an expected count of 1 (they are unused).
+        """
+        num_sampled = check_num_sampled(
+            num_sampled, self.num_classes, unique=self.draw == "unique", support=self.support
+        )
+        device = true_classes.device
+        valid = None if ignore_index is None else true_classes != ignore_index
+        true_safe = true_classes if valid is None else torch.where(valid, true_classes, 0)
+        if self.draw == "unique":
+            candidates, num_tries = self._sample_unique(num_sampled, generator, device)
+        else:
+            candidates, num_tries = self._sample(num_sampled, generator, device), None
+        true_count = self._expected_count(self.probs(true_safe), num_sampled, num_tries)
+        sampled_count = self._expected_count(self.probs(candidates), num_sampled, num_tries)
+        if self.draw == "unique_exact":
+            sampled_count = sampled_count.masked_fill(_repeated_slots(candidates), math.inf)
+        if valid is not None:
+            true_count = torch.where(valid, true_count, 1.0)
+        if self.training:
+            self.update(true_safe, valid)
+        return SampledValues(candidates, true_count.float(), sampled_count.float())
+
+    def _expected_count(self, p: torch.Tensor, num_sampled: int, num_tries) -> torch.Tensor:
+        if self.draw == "with_replacement":
+            return p * num_sampled
+        if self.draw == "unique_exact":
+            return -torch.expm1(num_sampled * torch.log1p(-p))
+        # TensorFlow's shortcut when no repeat was drawn keeps E = S Q exactly.
+        return torch.where(num_tries == num_sampled, p * num_sampled, -torch.expm1(num_tries * torch.log1p(-p)))
+
+    def update(self, true_classes: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """Learn from the labels seen (only :class:`LearnedUnigramSampler` does)."""
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, draw={self.draw!r}"
+
+
+class UniformSampler(CandidateSampler):
+    """``Q(k) = 1 / V`` (``tf.random.uniform_candidate_sampler``)."""
+
+    def probs(self, ids):
+        return torch.full(ids.shape, 1.0 / self.num_classes, dtype=torch.float64, device=ids.device)
+
+    def _sample(self, n, generator, device):
+        return torch.randint(self.num_classes, (n,), generator=generator, device=device)
+
+
+class LogUniformSampler(CandidateSampler):
+    """Zipfian ``Q(k) = log((k + 2) / (k + 1)) / log(V + 1)`` for classes sorted by decreasing
+    frequency (``tf.random.log_uniform_candidate_sampler``, the default of
+    ``tf.nn.sampled_softmax_loss``)."""
+
+    def __init__(self, num_classes: int, *, draw: str = "unique"):
+        super().__init__(num_classes, draw=draw)
+        self._log_range = math.log1p(num_classes)
+
+    def probs(self, ids):
+        return torch.log1p(1.0 / (ids.to(torch.float64) + 1.0)) / self._log_range
+
+    def _sample(self, n, generator, device):
+        u = self._uniform(n, generator, device)
+        return (torch.exp(u * self._log_range).long() - 1).remainder_(self.num_classes)
+
+
+class _TableSampler(CandidateSampler):
+    """Sampling by inverting a cumulative weight table ``cdf [V]`` (float64 buffer)."""
+
+    def _weights(self) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _cdf(self) -> torch.Tensor:
+        return torch.cumsum(self._weights(), 0)
+
+    def probs(self, ids):
+        w = self._weights()
+        return w[ids.to(w.device)].to(ids.device) / self._total()
+
+    def _total(self):
+        return self._weights().sum()
+
+    def _sample(self, n, generator, device):
+        cdf = self._cdf()
+        u = self._uniform(n, generator, cdf.device) * cdf[-1]
+        # right=True skips zero-weight classes: cdf[k-1] <= u < cdf[k] needs weight(k) > 0.
+        ids = torch.searchsorted(cdf, u, right=True).clamp_(max=self.num_classes - 1)
+        return ids.to(device)
+
+
+class UnigramSampler(_TableSampler):
+    """Fixed unigram ``Q(k) ∝ unigrams[k] ** distortion`` (``tf.random.fixed_unigram_candidate_sampler``).
+
+    Args:
+        num_classes: ``V``.
+        unigrams: counts or probabilities for ids ``num_reserved_ids .. V - 1``.
+        distortion: exponent applied to each unigram (word2vec uses 0.75).
+        num_reserved_ids: leading ids that are never sampled (probability 0).
+    """
+
+    def __init__(self, num_classes: int, unigrams, *, distortion: float = 1.0, num_reserved_ids: int = 0,
+                 draw: str = "unique"):
+        super().__init__(num_classes, draw=draw)
+        if isinstance(unigrams, torch.Tensor):
+            unigrams = unigrams.detach().cpu().numpy()
+        w = unigram_weights(unigrams, num_classes=num_classes, distortion=distortion,
+                            num_reserved_ids=num_reserved_ids)
+        self.distortion, self.num_reserved_ids = float(distortion), int(num_reserved_ids)
+        self.register_buffer("weights", torch.from_numpy(w))
+        self.register_buffer("cdf", torch.from_numpy(np.cumsum(w)))
+        self._support = int(np.count_nonzero(w))
+
+    @property
+    def support(self):
+        return self._support
+
+    def _weights(self):
+        return self.weights
+
+    def _cdf(self):
+        return self.cdf
+
+    def _total(self):
+        return self.cdf[-1]
+
+    def extra_repr(self):
+        return super().extra_repr() + f", distortion={self.distortion}, num_reserved_ids={self.num_reserved_ids}"
+
+
+class LearnedUnigramSampler(_TableSampler):
+    """Unigram distribution learned from the labels seen (``tf.random.learned_unigram_candidate_sampler``).
+
+    Counts start at 1 for every class (as TensorFlow's) and each call in training mode adds the
+    true classes it was given, after drawing. The counts are a buffer: ``state_dict`` saves and
+    restores them. Drawing rebuilds the cumulative table, an ``O(V)`` pass per call.
+    """
+
+    def __init__(self, num_classes: int, *, draw: str = "unique"):
+        super().__init__(num_classes, draw=draw)
+        self.register_buffer("counts", torch.ones(num_classes, dtype=torch.float64))
+
+    def _weights(self):
+        return self.counts
+
+    @torch.no_grad()
+    def update(self, true_classes, valid=None):
+        ones = torch.ones(true_classes.numel(), dtype=self.counts.dtype, device=self.counts.device)
+        if valid is not None:
+            ones = valid.reshape(-1).to(self.counts)
+        self.counts.index_add_(0, true_classes.reshape(-1).to(self.counts.device), ones)
+
+
+_BY_NAME = {"uniform": UniformSampler, "log_uniform": LogUniformSampler}
+
+
+def make_sampler(sampler, num_classes: int) -> CandidateSampler:
+    """A sampler from a name (``"uniform"``, ``"log_uniform"``) or an existing instance."""
+    if isinstance(sampler, CandidateSampler):
+        if sampler.num_classes != num_classes:
+            raise SampledSoftmaxError(
+                f"`sampler` must cover num_classes={num_classes}; received a sampler over {sampler.num_classes}"
+            )
+        return sampler
+    if sampler in ("unigram", "learned_unigram"):
+        raise SampledSoftmaxError(
+            f"`sampler={sampler!r}` needs state: pass an instance, e.g. "
+            f"{'UnigramSampler(num_classes, counts)' if sampler == 'unigram' else 'LearnedUnigramSampler(num_classes)'}"
+        )
+    check_choice("sampler", sampler, tuple(_BY_NAME) + ("unigram", "learned_unigram"))
+    return _BY_NAME[sampler](num_classes)
+
