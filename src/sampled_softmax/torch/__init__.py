@@ -5,6 +5,7 @@ with the vocabulary. Imports PyTorch (and no other framework)."""
 from .. import SampledSoftmaxError, SampledValues
 from .functional import full_logits, full_softmax_loss, sampled_softmax_loss
 from .modules import SampledSoftmaxLoss, SampledSoftmaxOutput
+from .optim import SparseRowAdam
 from .samplers import (
     CandidateSampler, LearnedUnigramSampler, LogUniformSampler, UniformSampler, UnigramSampler,
 )
@@ -12,5 +13,5 @@ from .samplers import (
 __all__ = [
     "sampled_softmax_loss", "full_softmax_loss", "full_logits", "SampledSoftmaxLoss",
     "SampledSoftmaxOutput", "CandidateSampler", "UniformSampler", "LogUniformSampler",
-    "UnigramSampler", "LearnedUnigramSampler", "SampledValues", "SampledSoftmaxError",
+    "UnigramSampler", "LearnedUnigramSampler", "SparseRowAdam", "SampledValues", "SampledSoftmaxError",
 ]

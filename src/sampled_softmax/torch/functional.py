@@ -158,7 +158,7 @@ def _scatter_rows(shape, ids, row_grads, sparse: bool, keep: torch.Tensor | None
     if sparse:
         if keep is not None:
             ids, row_grads = ids[keep], row_grads[keep]
-        return torch.sparse_coo_tensor(ids.unsqueeze(0), row_grads, shape).coalesce()
+        return torch.sparse_coo_tensor(ids.unsqueeze(0), row_grads, shape, check_invariants=False).coalesce()
     return torch.zeros(shape, dtype=row_grads.dtype, device=row_grads.device).index_add_(0, ids, row_grads)
 
 
@@ -281,7 +281,7 @@ class _SampledSoftmax(torch.autograd.Function):
         d_bias = None
         d_shards = [None] * len(shards)
         if any(needs_w) or ctx.needs_input_grad[7]:
-            d_true_rows = (g_true.unsqueeze(2) * hc.unsqueeze(1)).reshape(n * t, -1)
+            d_true_rows = (g_true.unsqueeze(2) * hc.unsqueeze(1)).reshape(n * t, hc.shape[1])
             d_rows = torch.cat([d_true_rows, g_cand.t().mm(hc)])
             if any(needs_w):
                 d_shards = _scatter_to_shards(shards, ids, d_rows, spec, keep_rows, needs_w)
@@ -405,9 +405,10 @@ def sampled_softmax_loss(
         finite = torch.isfinite(samp_count)
         keep_cand = finite.expand(n, s) if keep_cand is None else keep_cand & finite
     if subtract_log_q:
-        true_count = true_count.reshape(n, t)
+        cdt = torch.float32 if h.dtype in _LOW_PRECISION else h.dtype
+        true_count = true_count.reshape(n, t).to(cdt)
         logq_true = torch.log(true_count if valid is None else torch.where(valid, true_count, 1.0))
-        logq_cand = torch.log(samp_count)
+        logq_cand = torch.log(samp_count.to(cdt))
         if padded:
             logq_cand = logq_cand.masked_fill(~finite, 0.0)
     else:

@@ -1,0 +1,37 @@
+import os
+
+import numpy as np
+import pytest
+
+# Hypothesis: deterministic and bounded for CI.
+try:
+    from hypothesis import settings
+
+    settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True)
+    settings.load_profile("ci")
+except ImportError:  # pragma: no cover
+    pass
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def random_problem(rng, *, V=40, D=6, B=5, T=1, S=8, hits=True, dup_candidates=False):
+    """A random float64 problem with sampled values that include accidental hits."""
+    W = rng.normal(size=(V, D))
+    b = rng.normal(size=V)
+    h = rng.normal(size=(B, D))
+    y = rng.integers(0, V, size=(B, T))
+    cand = rng.choice(V, size=S, replace=dup_candidates)
+    if dup_candidates:
+        cand[1] = cand[0]
+    if hits:
+        cand[-1] = y[0, 0]
+        cand[-2] = y[min(1, B - 1), -1]
+    true_count = rng.uniform(0.05, 3.0, size=(B, T))
+    samp_count = rng.uniform(0.05, 3.0, size=S)
+    return W, b, y, h, (cand, true_count, samp_count)
