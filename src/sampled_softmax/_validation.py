@@ -43,7 +43,7 @@ def check_num_sampled(num_sampled, num_classes: int, *, unique: bool, support: i
     if unique:
         available = num_classes if support is None else support
         if num_sampled > available:
-            what = "num_classes" if support is None else "classes with non-zero probability"
+            what = "num_classes" if available == num_classes else "classes with non-zero probability"
             raise SampledSoftmaxError(
                 f"`num_sampled` must be <= {available} ({what}) when drawing unique candidates; "
                 f"received {num_sampled}"
