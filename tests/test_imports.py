@@ -1,0 +1,38 @@
+"""Import hygiene: the core loads no framework; each front end loads only its own."""
+
+import subprocess
+import sys
+
+FRAMEWORKS = ("torch", "tensorflow", "keras", "jax")
+
+
+def loaded_after(statement):
+    code = f"import sys; {statement}; print(' '.join(m for m in {FRAMEWORKS!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_core_loads_no_framework():
+    assert loaded_after("import sampled_softmax, sampled_softmax.reference, sampled_softmax.samplers") == set()
+
+
+def test_torch_front_end_loads_only_torch():
+    assert loaded_after("import sampled_softmax.torch") == {"torch"}
+
+
+def test_front_ends_ci_expects_are_importable():
+    # Fails loudly (no skip) if the dev environment lost a framework.
+    import sampled_softmax.torch  # noqa: F401
+    import tensorflow  # noqa: F401
+
+
+def test_public_names():
+    import sampled_softmax
+    import sampled_softmax.torch as sst
+
+    assert sampled_softmax.__version__
+    assert issubclass(sampled_softmax.SampledSoftmaxError, ValueError)
+    assert sampled_softmax.SampledValues._fields == ("sampled_candidates", "true_expected_count", "sampled_expected_count")
+    for name in ("sampled_softmax_loss", "full_softmax_loss", "SampledSoftmaxLoss", "SampledSoftmaxOutput",
+                 "UniformSampler", "LogUniformSampler", "UnigramSampler", "LearnedUnigramSampler", "SparseRowAdam"):
+        assert hasattr(sst, name), name

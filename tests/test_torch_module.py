@@ -1,0 +1,92 @@
+"""``SampledSoftmaxLoss``: sampled in training, exact in eval, tied weights, state, learning."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from sampled_softmax.torch import (LearnedUnigramSampler, SampledSoftmaxLoss, SampledSoftmaxOutput,
+                                   SparseRowAdam, full_softmax_loss, sampled_softmax_loss)
+
+
+def test_training_mode_is_the_sampled_loss_and_eval_mode_the_full_softmax():
+    torch.manual_seed(0)
+    layer = SampledSoftmaxLoss(8, 100, 10, dtype=torch.float64)
+    x, y = torch.randn(2, 5, 8, dtype=torch.float64), torch.randint(100, (2, 5))
+    out = layer(x, y, generator=torch.Generator().manual_seed(3))
+    assert isinstance(out, SampledSoftmaxOutput) and out.output.shape == (2, 5) and out.loss.shape == ()
+    expected = sampled_softmax_loss(layer.weight, layer.bias, y, x, 10, 100, sampler="log_uniform",
+                                    reduction="mean", ignore_index=-100,
+                                    generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(out.loss, expected, rtol=1e-12)
+    layer.eval()
+    out = layer(x, y)
+    assert torch.allclose(out.loss, full_softmax_loss(layer.weight, layer.bias, y, x, reduction="mean"), rtol=1e-12)
+    logp = layer.log_prob(x)
+    assert torch.allclose(out.output, logp.gather(-1, y.unsqueeze(-1)).squeeze(-1), rtol=1e-12)
+    assert torch.allclose(logp.logsumexp(-1), torch.zeros(2, 5, dtype=torch.float64), atol=1e-12)
+    assert torch.equal(layer.predict(x), logp.argmax(-1))
+
+
+def test_tied_weight_is_shared_and_receives_gradient_from_both_uses():
+    emb = torch.nn.Embedding(50, 6)
+    layer = SampledSoftmaxLoss(6, 50, 7, weight=emb.weight, bias=False)
+    assert layer.weight is emb.weight and layer.bias is None
+    tokens = torch.randint(50, (4, 3))
+    out = layer(emb(tokens), tokens.roll(1, dims=1))
+    out.loss.backward()
+    assert emb.weight.grad is not None and torch.count_nonzero(emb.weight.grad) > 0
+
+
+def test_module_ignore_index_and_num_true():
+    layer = SampledSoftmaxLoss(4, 30, 6, reduction="none")
+    x = torch.randn(3, 4)
+    y = torch.tensor([[1, 2], [-100, -100], [3, -100]])
+    out = layer(x, y)
+    assert out.loss.shape == (3,) and out.loss[1] == 0 and out.output[1] == 0
+    assert torch.all(out.loss[[0, 2]] > 0)
+
+
+def test_learned_sampler_state_goes_into_the_module_state_dict():
+    layer = SampledSoftmaxLoss(4, 30, 6, sampler=LearnedUnigramSampler(30))
+    layer(torch.randn(3, 4), torch.tensor([5, 5, 6]))
+    state = layer.state_dict()
+    assert state["sampler.counts"][5] == 3
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    fresh = SampledSoftmaxLoss(4, 30, 6, sampler=LearnedUnigramSampler(30))
+    fresh.load_state_dict(torch.load(buf))
+    assert torch.equal(fresh.sampler.counts, layer.sampler.counts)
+    assert torch.equal(fresh.weight, layer.weight)
+
+
+def test_extra_repr_and_dtype():
+    layer = SampledSoftmaxLoss(4, 30, 6, sparse=True, dtype=torch.float64)
+    assert "in_features=4, num_classes=30, num_sampled=6" in repr(layer) and "sparse=True" in repr(layer)
+    assert "LogUniformSampler(num_classes=30, draw='unique')" in repr(layer)
+    assert layer.weight.dtype == torch.float64 and layer.bias.dtype == torch.float64
+
+
+def test_training_with_sparse_rows_reduces_the_full_softmax_loss():
+    """A learnable task: the class is a fixed linear function of the input."""
+    g = torch.Generator().manual_seed(0)
+    V, D, N = 200, 16, 2048
+    true_W = torch.randn(V, D, generator=g) * 3
+    x = torch.randn(N, D, generator=g)
+    y = (x @ true_W.T).argmax(1)
+    layer = SampledSoftmaxLoss(D, V, 20, sparse=True)
+    opt = SparseRowAdam(layer.parameters(), lr=0.05)
+    layer.eval()
+    before = layer(x, y).loss.item()
+    layer.train()
+    for step in range(200):
+        idx = torch.randint(N, (64,), generator=g)
+        opt.zero_grad(set_to_none=True)
+        layer(x[idx], y[idx], generator=g).loss.backward()
+        assert layer.weight.grad.is_sparse
+        opt.step()
+    layer.eval()
+    after = layer(x, y).loss.item()
+    assert after < 0.5 * before and after < np.log(V) / 2

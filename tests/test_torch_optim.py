@@ -1,0 +1,78 @@
+"""``SparseRowAdam`` against ``torch.optim.Adam`` / ``SparseAdam`` and its row-wise state."""
+
+import pytest
+import torch
+
+from sampled_softmax import SampledSoftmaxError
+from sampled_softmax.torch import SparseRowAdam
+
+
+def sparse(rows, values, shape):
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), values, shape, check_invariants=True)
+
+
+def test_equals_adam_when_every_row_is_touched():
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(20, 4))
+    b = torch.nn.Parameter(a.detach().clone())
+    opt_a, opt_b = torch.optim.Adam([a], lr=0.01), SparseRowAdam([b], lr=0.01)
+    for _ in range(6):
+        g = torch.randn(20, 4)
+        a.grad, b.grad = g.clone(), sparse(torch.arange(20), g, (20, 4))
+        opt_a.step()
+        opt_b.step()
+    assert torch.allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_lazy_like_sparse_adam_and_untouched_rows_keep_parameters_and_state():
+    torch.manual_seed(1)
+    a = torch.nn.Parameter(torch.randn(30, 3))
+    b = torch.nn.Parameter(a.detach().clone())
+    start = a.detach().clone()
+    # Tiny eps: SparseAdam puts eps outside the bias correction, Adam inside; they agree as eps -> 0.
+    opt_a, opt_b = torch.optim.SparseAdam([a], lr=0.02, eps=1e-12), SparseRowAdam([b], lr=0.02, eps=1e-12)
+    for step in range(5):
+        rows = torch.tensor([1, 5, 5, 7 + step])  # duplicates are summed
+        g = torch.randn(4, 3)
+        a.grad, b.grad = sparse(rows, g, (30, 3)), sparse(rows, g, (30, 3))
+        opt_a.step()
+        opt_b.step()
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    touched = {1, 5, 7, 8, 9, 10, 11}
+    untouched = [r for r in range(30) if r not in touched]
+    assert torch.equal(b.detach()[untouched], start[untouched])
+    assert torch.count_nonzero(opt_b.state[b]["exp_avg_sq"][untouched]) == 0
+
+
+def test_rowwise_second_moment_is_one_value_per_row():
+    p = torch.nn.Parameter(torch.zeros(10, 4))
+    opt = SparseRowAdam([p], lr=0.1, betas=(0.0, 0.5), eps=0.0, rowwise=True)
+    g = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    p.grad = sparse(torch.tensor([3]), g, (10, 4))
+    opt.step()
+    assert "exp_avg" not in opt.state[p]
+    v = opt.state[p]["exp_avg_sq"]
+    assert v.shape == (10,) and v[3] == pytest.approx(0.5 * (1 + 4 + 9 + 16) / 4)
+    # One step: v_hat = mean(g^2), update = -lr * g / sqrt(mean(g^2)).
+    assert torch.allclose(p[3], -0.1 * g[0] / (7.5 ** 0.5))
+    assert opt.state_bytes() == 10 * 4 + 8 * 0  # float32 [10], no first moment
+
+
+def test_state_sizes():
+    p = torch.nn.Parameter(torch.zeros(1000, 16))
+    full, row = SparseRowAdam([p]), SparseRowAdam([torch.nn.Parameter(torch.zeros(1000, 16))], rowwise=True)
+    p.grad = sparse(torch.tensor([0]), torch.ones(1, 16), (1000, 16))
+    full.step()
+    q = row.param_groups[0]["params"][0]
+    q.grad = sparse(torch.tensor([0]), torch.ones(1, 16), (1000, 16))
+    row.step()
+    assert full.state_bytes() == 2 * 1000 * 16 * 4
+    assert row.state_bytes() == 1000 * 16 * 4 + 1000 * 4
+
+
+def test_bad_hyperparameters():
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.raises(SampledSoftmaxError, match=r"`lr` must be > 0; received 0"):
+        SparseRowAdam(p, lr=0)
+    with pytest.raises(SampledSoftmaxError, match=r"`betas` must be in \[0, 1\); received \(0.9, 1.0\)"):
+        SparseRowAdam(p, betas=(0.9, 1.0))
