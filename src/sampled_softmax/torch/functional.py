@@ -191,6 +191,9 @@ class _SampledSoftmax(torch.autograd.Function):
 
     forward(h [N, D], ids [N*T + S], logq_true [N, T], logq_cand [S], keep_true [N, T] or None,
             keep_cand [N, S] or None, spec, bias [V] or None, *shards) -> (loss [N], logp [N])
+
+    The row logits ``[N, T + S]`` (true columns first) are one small matrix; removed columns
+    hold ``-inf``, so their probability is exactly 0 and so is their gradient.
     """
 
     @staticmethod
@@ -199,119 +202,115 @@ class _SampledSoftmax(torch.autograd.Function):
         cdt = torch.float32 if h.dtype in _LOW_PRECISION else h.dtype
         hc = h.to(cdt)
         rows = _gather_rows(shards, ids, spec, cdt)
-        w_true, w_cand = rows[: n * t], rows[n * t:]
-        if t == 1:
-            tl = (hc * w_true).sum(1, keepdim=True)
-        else:
-            tl = torch.bmm(w_true.view(n, t, -1), hc.unsqueeze(2)).squeeze(2)
+        nt = n * t
+        w_true, w_cand = rows[:nt], rows[nt:]
         if bias is not None:
             b = bias.index_select(0, ids).to(cdt)
-            sl = torch.addmm((b[n * t:] - logq_cand.to(cdt)).unsqueeze(0), hc, w_cand.t())
-            tl = tl + b[: n * t].view(n, t) - logq_true.to(cdt)
+            corr_true, corr_cand = b[:nt].view(n, t) - logq_true, b[nt:] - logq_cand
         else:
-            sl = torch.addmm((-logq_cand.to(cdt)).unsqueeze(0), hc, w_cand.t())
-            tl = tl - logq_true.to(cdt)
+            corr_true, corr_cand = -logq_true, -logq_cand
+        sl = torch.addmm(corr_cand.unsqueeze(0), hc, w_cand.t())
+        if t == 1:
+            tl = (hc * w_true).sum(1, keepdim=True).add_(corr_true)
+        else:
+            tl = torch.bmm(w_true.view(n, t, -1), hc.unsqueeze(2)).squeeze(2).add_(corr_true)
         if keep_cand is not None:
-            sl = sl.masked_fill(~keep_cand, -math.inf)
+            sl.masked_fill_(~keep_cand, -math.inf)
         if keep_true is not None:
-            tl = tl.masked_fill(~keep_true, -math.inf)
-        m = torch.maximum(tl.amax(1), sl.amax(1) if sl.shape[1] else tl.amax(1))
-        if keep_true is not None or keep_cand is not None:
-            m = torch.where(torch.isfinite(m), m, 0.0)
-        z = torch.exp(tl - m.unsqueeze(1)).sum(1) + torch.exp(sl - m.unsqueeze(1)).sum(1)
-        lse = m + torch.log(z)
-        if keep_true is not None or keep_cand is not None:
-            # A row with every column removed (only possible when it is ignored) keeps lse
-            # finite, so its probabilities are exactly 0 rather than nan.
-            lse = torch.where(z > 0, lse, 0.0)
-
-        target_true, cand_weight, live = _targets(tl, sl, keep_true, keep_cand, spec.label_smoothing)
-        t0 = tl if keep_true is None else tl.masked_fill(~keep_true, 0.0)
-        unsmoothed = (t0 * target_true[1]).sum(1)  # sum_j t_ij / T_i
-        loss = lse - (t0 * target_true[0]).sum(1)
-        if cand_weight is not None:
-            s0 = sl if keep_cand is None else sl.masked_fill(~keep_cand, 0.0)
-            loss = loss - cand_weight * s0.sum(1)
-        logp = unsmoothed - lse
-        if live is not None:
-            loss = torch.where(live, loss, 0.0)
-            logp = torch.where(live, logp, 0.0)
-
-        ctx.spec = spec
-        ctx.num_shards = len(shards)
-        ctx.has_bias = bias is not None
+            tl.masked_fill_(~keep_true, -math.inf)
+        logits = torch.cat([tl, sl], 1)
+        lse = torch.logsumexp(logits, 1)
+        targets = None
+        if keep_true is None and spec.label_smoothing == 0.0:
+            # Plain targets 1/T on the true columns, all of them kept.
+            logp = (tl[:, 0] if t == 1 else tl.mean(1)) - lse
+            loss = -logp
+        else:
+            live = keep_true.any(1) if keep_true is not None else None
+            if live is not None:  # an ignored row may have every column removed: keep lse finite
+                lse = torch.where(live, lse, 0.0)
+            targets = _targets(keep_true, keep_cand, n, t, sl.shape[1], spec.label_smoothing, cdt, h.device)
+            z0 = logits if keep_true is None and keep_cand is None else logits.masked_fill(logits == -math.inf, 0.0)
+            logp = (z0 * targets[1]).sum(1) - lse
+            loss = lse - (z0 * targets[0]).sum(1) if targets[0] is not targets[1] else -logp
+            if live is not None:
+                loss, logp = torch.where(live, loss, 0.0), torch.where(live, logp, 0.0)
+        ctx.spec, ctx.targets = spec, targets
         ctx.dtypes = (h.dtype, None if bias is None else bias.dtype)
-        ctx.save_for_backward(hc, rows, ids, tl, sl, lse, keep_true, keep_cand, bias, *shards)
+        ctx.save_for_backward(hc, rows, ids, logits, lse, keep_true, bias, *shards)
         # float16/bfloat16 inputs get float32 losses, as under autocast.
         return loss, logp
 
     @staticmethod
     def backward(ctx, g_loss, g_logp):
-        hc, rows, ids, tl, sl, lse, keep_true, keep_cand, bias, *shards = ctx.saved_tensors
+        hc, rows, ids, logits, lse, keep_true, bias, *shards = ctx.saved_tensors
         spec: _Spec = ctx.spec
-        n, t = tl.shape
-        target_true, cand_weight, live = _targets(tl, sl, keep_true, keep_cand, spec.label_smoothing)
-        a = g_loss.to(tl.dtype) if g_loss is not None else tl.new_zeros(n)
-        c = g_logp.to(tl.dtype) if g_logp is not None else tl.new_zeros(n)
-        if live is not None:
-            a, c = a * live, c * live
-        # d loss / d z = p - target_smoothed, d logp / d z = target_unsmoothed - p.
-        scale = (a - c).unsqueeze(1)
-        p_true = torch.exp(tl - lse.unsqueeze(1))
-        p_cand = torch.exp(sl - lse.unsqueeze(1))
-        g_true = scale * p_true - a.unsqueeze(1) * target_true[0] + c.unsqueeze(1) * target_true[1]
-        g_cand = scale * p_cand
-        if cand_weight is not None:
-            kc = 1.0 if keep_cand is None else keep_cand.to(sl.dtype)
-            g_cand = g_cand - (a * cand_weight).unsqueeze(1) * kc
+        n, t = logits.shape[0], spec.num_true
+        nt, d = n * t, hc.shape[1]
+        # d loss / d z = p - target_smoothed;  d logp / d z = target_unsmoothed - p.
+        g = torch.exp(logits - lse.unsqueeze(1))
+        a = None if g_loss is None else g_loss.to(g.dtype).unsqueeze(1)
+        c = None if g_logp is None else g_logp.to(g.dtype).unsqueeze(1)
+        coef = a if c is None else (-c if a is None else a - c)
+        g.mul_(coef)
+        if ctx.targets is None:  # target 1/T on each true column for both outputs
+            g[:, :t] -= coef if t == 1 else coef / t
+        else:
+            t_smooth, t_plain = ctx.targets
+            if a is not None:
+                g.sub_(a * t_smooth)
+            if c is not None:
+                g.add_(c * t_plain)
+            if keep_true is not None:
+                g.mul_(keep_true.any(1, keepdim=True))  # ignored rows: exactly no gradient
+        g_true, g_cand = g[:, :t], g[:, t:]
+        w_true, w_cand = rows[:nt], rows[nt:]
 
-        w_true, w_cand = rows[: n * t], rows[n * t:]
         d_h = None
         if ctx.needs_input_grad[0]:
             if t == 1:
-                d_h = g_true * w_true
+                d_h = torch.addmm(g_true * w_true, g_cand, w_cand)
             else:
-                d_h = torch.bmm(g_true.unsqueeze(1), w_true.view(n, t, -1)).squeeze(1)
-            d_h = d_h.addmm_(g_cand, w_cand).to(ctx.dtypes[0])
+                d_h = torch.baddbmm((g_cand @ w_cand).unsqueeze(1), g_true.unsqueeze(1), w_true.view(n, t, d)).squeeze(1)
+            d_h = d_h.to(ctx.dtypes[0])
 
         needs_w = ctx.needs_input_grad[8:]
-        keep_rows = None
-        if keep_true is not None and spec.sparse:
-            keep_rows = torch.cat([keep_true.reshape(-1), torch.ones(sl.shape[1], dtype=torch.bool, device=ids.device)])
-        d_bias = None
-        d_shards = [None] * len(shards)
-        if any(needs_w) or ctx.needs_input_grad[7]:
-            d_true_rows = (g_true.unsqueeze(2) * hc.unsqueeze(1)).reshape(n * t, hc.shape[1])
-            d_rows = torch.cat([d_true_rows, g_cand.t().mm(hc)])
+        needs_b = ctx.needs_input_grad[7]
+        d_bias, d_shards = None, [None] * len(shards)
+        if any(needs_w) or needs_b:
+            keep_rows = None
+            if keep_true is not None and spec.sparse:
+                keep_rows = torch.cat([keep_true.reshape(-1), keep_true.new_ones(g_cand.shape[1])])
             if any(needs_w):
+                d_rows = torch.empty(nt + g_cand.shape[1], d, dtype=hc.dtype, device=hc.device)
+                if t == 1:
+                    torch.mul(g_true, hc, out=d_rows[:nt])
+                else:
+                    torch.mul(g_true.unsqueeze(2), hc.unsqueeze(1), out=d_rows[:nt].view(n, t, d))
+                torch.mm(g_cand.t(), hc, out=d_rows[nt:])
                 d_shards = _scatter_to_shards(shards, ids, d_rows, spec, keep_rows, needs_w)
-            if ctx.needs_input_grad[7]:
+            if needs_b:
                 d_b_rows = torch.cat([g_true.reshape(-1), g_cand.sum(0)]).to(ctx.dtypes[1])
                 d_bias = _scatter_rows(tuple(bias.shape), ids, d_b_rows, spec.sparse, keep_rows)
         return (d_h, None, None, None, None, None, None, d_bias, *d_shards)
 
 
-def _targets(tl, sl, keep_true, keep_cand, eps):
-    """Target weights: ``((w_smoothed [N, T] or scalar, w_unsmoothed), eps / K [N] or None, live [N] or None)``.
+def _targets(keep_true, keep_cand, n, t, s, eps, dtype, device):
+    """Target matrices ``(smoothed, unsmoothed)``, each ``[N, T + S]``.
 
-    On true columns the target is ``(1 - eps) / T_i + eps / K_i``; on kept candidates ``eps / K_i``.
+    Unsmoothed: ``1 / T_i`` on each kept true column. Smoothed:
+    ``(1 - eps) / T_i + eps / K_i`` on kept true columns and ``eps / K_i`` on kept candidates,
+    with ``T_i`` kept labels and ``K_i`` kept columns in row ``i``.
     """
-    n, t = tl.shape
-    if keep_true is None:
-        unsmoothed = tl.new_full((1, 1), 1.0 / t)
-        n_true, live = None, None
-    else:
-        n_true = keep_true.sum(1, keepdim=True).to(tl.dtype)
-        live = n_true[:, 0] > 0
-        unsmoothed = keep_true.to(tl.dtype) / n_true.clamp(min=1.0)
+    kt = torch.ones(n, t, dtype=dtype, device=device) if keep_true is None else keep_true.to(dtype)
+    kc = torch.ones(n, s, dtype=dtype, device=device) if keep_cand is None else keep_cand.to(dtype)
+    n_true = kt.sum(1, keepdim=True).clamp_(min=1.0)
+    plain = torch.cat([kt / n_true, torch.zeros_like(kc)], 1)
     if eps == 0.0:
-        return (unsmoothed, unsmoothed), None, live
-    k_true = tl.new_full((n, 1), float(t)) if n_true is None else n_true
-    k_cand = tl.new_full((n, 1), float(sl.shape[1])) if keep_cand is None else keep_cand.sum(1, keepdim=True).to(tl.dtype)
-    cand_weight = eps / (k_true + k_cand)  # eps / K_i, [N, 1]
-    kt = 1.0 if keep_true is None else keep_true.to(tl.dtype)
-    smoothed = (1.0 - eps) * unsmoothed + cand_weight * kt
-    return (smoothed, unsmoothed), cand_weight[:, 0], live
+        return plain, plain
+    kept = torch.cat([kt, kc], 1)
+    smooth = plain * (1.0 - eps) + kept * (eps / (kt.sum(1, keepdim=True) + kc.sum(1, keepdim=True)).clamp_(min=1.0))
+    return smooth, plain
 
 
 # ---------------------------------------------------------------------------------------------

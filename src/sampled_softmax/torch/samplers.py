@@ -44,6 +44,16 @@ def _repeated_slots(values: torch.Tensor) -> torch.Tensor:
     return repeated
 
 
+def _first_occurrences(values: torch.Tensor) -> torch.Tensor:
+    """Positions, in increasing order, where a value appears for the first time."""
+    if values.device.type == "cpu":
+        # NumPy's unique is several times faster than the equivalent torch ops on small inputs.
+        _, first = np.unique(values.numpy(), return_index=True)
+        first.sort()
+        return torch.from_numpy(first)
+    return torch.nonzero(~_repeated_slots(values)).squeeze(1)
+
+
 class CandidateSampler(nn.Module):
     """Base class: subclasses define ``probs(ids)`` (float64) and ``_sample(n, generator, device)``."""
 
@@ -67,19 +77,21 @@ class CandidateSampler(nn.Module):
         return torch.rand(n, generator=generator, device=device, dtype=torch.float64)
 
     def _sample_unique(self, num_sampled: int, generator, device):
-        """TensorFlow's procedure: draw until ``num_sampled`` distinct classes were seen."""
+        """TensorFlow's procedure: draw until ``num_sampled`` distinct classes were seen.
+
+        Draws in chunks and keeps the first ``num_sampled`` distinct values in draw order;
+        ``num_tries`` is the position of the last one plus one, as if drawn one at a time.
+        """
         chunk = 2 * num_sampled + 64
         drawn = self._sample(chunk, generator, device)
         while True:
-            first = ~_repeated_slots(drawn)
-            # One read-back: whether enough distinct classes have been drawn.
-            if int(first.sum()) >= num_sampled:
+            first = _first_occurrences(drawn)
+            if first.numel() >= num_sampled:  # on an accelerator: one read-back per call
                 break
             chunk *= 2
             drawn = torch.cat([drawn, self._sample(chunk, generator, device)])
-        positions = torch.arange(drawn.numel(), device=device)
-        first_positions = torch.where(first, positions, drawn.numel()).sort().values[:num_sampled]
-        return drawn[first_positions], first_positions[-1] + 1
+        first = first[:num_sampled]
+        return drawn[first], int(first[-1]) + 1
 
     def forward(
         self, true_classes: torch.Tensor, num_sampled: int, *, generator=None, ignore_index=None
@@ -97,24 +109,26 @@ class CandidateSampler(nn.Module):
         if self.draw == "unique":
             candidates, num_tries = self._sample_unique(num_sampled, generator, device)
         else:
-            candidates, num_tries = self._sample(num_sampled, generator, device), None
-        true_count = self._expected_count(self.probs(true_safe), num_sampled, num_tries)
-        sampled_count = self._expected_count(self.probs(candidates), num_sampled, num_tries)
+            candidates, num_tries = self._sample(num_sampled, generator, device), num_sampled
+        # One pass over labels and candidates together.
+        p = self.probs(torch.cat([true_safe.reshape(-1), candidates]))
+        counts = self._expected_count(p, num_sampled, num_tries).float()
+        true_count = counts[: true_safe.numel()].view(true_classes.shape)
+        sampled_count = counts[true_safe.numel():]
         if self.draw == "unique_exact":
             sampled_count = sampled_count.masked_fill(_repeated_slots(candidates), math.inf)
         if valid is not None:
-            true_count = torch.where(valid, true_count, 1.0)
+            true_count = true_count.masked_fill(~valid, 1.0)
         if self.training:
             self.update(true_safe, valid)
-        return SampledValues(candidates, true_count.float(), sampled_count.float())
+        return SampledValues(candidates, true_count, sampled_count)
 
-    def _expected_count(self, p: torch.Tensor, num_sampled: int, num_tries) -> torch.Tensor:
-        if self.draw == "with_replacement":
+    def _expected_count(self, p: torch.Tensor, num_sampled: int, num_tries: int) -> torch.Tensor:
+        # With replacement, and TensorFlow's shortcut when a unique draw saw no repeat: S Q.
+        if self.draw == "with_replacement" or (self.draw == "unique" and num_tries == num_sampled):
             return p * num_sampled
-        if self.draw == "unique_exact":
-            return -torch.expm1(num_sampled * torch.log1p(-p))
-        # TensorFlow's shortcut when no repeat was drawn keeps E = S Q exactly.
-        return torch.where(num_tries == num_sampled, p * num_sampled, -torch.expm1(num_tries * torch.log1p(-p)))
+        # Unique: 1 - (1 - Q)^n, with n = num_tries (TensorFlow) or num_sampled (exact).
+        return torch.expm1(torch.log1p(-p).mul_(num_tries)).neg_()
 
     def update(self, true_classes: torch.Tensor, valid: torch.Tensor | None = None) -> None:
         """Learn from the labels seen (only :class:`LearnedUnigramSampler` does)."""
@@ -143,7 +157,7 @@ class LogUniformSampler(CandidateSampler):
         self._log_range = math.log1p(num_classes)
 
     def probs(self, ids):
-        return torch.log1p(1.0 / (ids.to(torch.float64) + 1.0)) / self._log_range
+        return torch.log1p(ids.to(torch.float64).add_(1.0).reciprocal_()).div_(self._log_range)
 
     def _sample(self, n, generator, device):
         u = self._uniform(n, generator, device)
