@@ -57,7 +57,8 @@ def test_with_replacement_frequencies_chi_square(name, backend):
         draws = numpy_distributions()[name].sample(n, np.random.default_rng(7))
     else:
         g = torch.Generator().manual_seed(7)
-        draws = torch_samplers("with_replacement")[name]._sample(n, g, torch.device("cpu")).numpy()
+        u = torch.rand(n, generator=g, dtype=torch.float64)
+        draws = torch_samplers("with_replacement")[name]._sample(u).numpy()  # the accelerator path
     observed = np.bincount(draws, minlength=V)
     support = q > 0
     assert observed[~support].sum() == 0  # reserved ids are never drawn
@@ -203,3 +204,20 @@ def test_tensorflow_sampler_ops_give_the_same_expected_counts():
         else:
             expected = NS.expected_count(q[cand], 12, "with_replacement")
         np.testing.assert_allclose(sc.numpy(), expected, rtol=2e-6)
+
+
+@pytest.mark.parametrize("draw", ["with_replacement", "unique", "unique_exact"])
+@pytest.mark.parametrize("name", ["uniform", "log_uniform", "unigram", "learned"])
+def test_numpy_cpu_path_and_torch_ops_path_give_identical_draws(name, draw):
+    sampler = LearnedUnigramSampler(V, draw=draw) if name == "learned" else torch_samplers(draw)[name]
+    if name == "learned":
+        sampler.counts[:10] += 40.0
+    y = torch.tensor([[2, 3], [9, 2]])
+    for S in (5, 40):
+        if draw == "unique" and S > sampler.support:
+            continue
+        a = sampler._draw_numpy(y, S, torch.Generator().manual_seed(S))
+        b = sampler._draw_torch(y, S, torch.Generator().manual_seed(S))
+        assert torch.equal(a[0], b[0])
+        for x, z in zip(a[1:], b[1:]):
+            np.testing.assert_allclose(x.numpy(), z.numpy(), rtol=1e-6)

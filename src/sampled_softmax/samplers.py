@@ -35,6 +35,7 @@ DRAWS = ("with_replacement", "unique", "unique_exact")
 __all__ = [
     "SAMPLERS", "DRAWS", "uniform_probs", "log_uniform_probs", "unigram_weights",
     "expected_count", "Distribution", "Uniform", "LogUniform", "Unigram", "sample_candidates",
+    "first_distinct", "repeated_slots",
 ]
 
 
@@ -116,8 +117,12 @@ class Distribution:
     def probs(self, ids) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:  # pragma: no cover
+    def from_uniform(self, u: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        """Class ids from uniforms ``u`` in ``[0, 1)`` (inverse CDF): one id per uniform."""
         raise NotImplementedError
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return self.from_uniform(rng.random(n))
 
     def all_probs(self) -> np.ndarray:
         return self.probs(np.arange(self.num_classes))
@@ -129,8 +134,8 @@ class Uniform(Distribution):
     def probs(self, ids):
         return uniform_probs(ids, self.num_classes)
 
-    def sample(self, n, rng):
-        return rng.integers(0, self.num_classes, size=n, dtype=np.int64)
+    def from_uniform(self, u):
+        return np.minimum((u * self.num_classes).astype(np.int64), self.num_classes - 1)
 
 
 class LogUniform(Distribution):
@@ -139,20 +144,19 @@ class LogUniform(Distribution):
     def probs(self, ids):
         return log_uniform_probs(ids, self.num_classes)
 
-    def sample(self, n, rng):
-        u = rng.random(n)
+    def from_uniform(self, u):
         # `% V` guards the float round-off at u -> 1, as TensorFlow does.
-        return (np.floor(np.exp(u * np.log1p(self.num_classes))).astype(np.int64) - 1) % self.num_classes
+        return (np.exp(u * np.log1p(self.num_classes)).astype(np.int64) - 1) % self.num_classes
 
 
 class Unigram(Distribution):
     name = "unigram"
 
-    def __init__(self, weights):
+    def __init__(self, weights, cdf=None):
         w = np.asarray(weights, dtype=np.float64)
         super().__init__(w.size)
         self.weights = w
-        self._cdf = np.cumsum(w)
+        self._cdf = np.cumsum(w) if cdf is None else np.asarray(cdf, dtype=np.float64)
 
     @property
     def support(self):
@@ -161,10 +165,10 @@ class Unigram(Distribution):
     def probs(self, ids):
         return self.weights[np.asarray(ids)] / self._cdf[-1]
 
-    def sample(self, n, rng):
-        u = rng.random(n) * self._cdf[-1]
-        # side="right" skips zero-weight classes: cdf[k-1] <= u < cdf[k] needs weight(k) > 0.
-        return np.minimum(np.searchsorted(self._cdf, u, side="right"), self.num_classes - 1).astype(np.int64)
+    def from_uniform(self, u):
+        # side="right" skips zero-weight classes: cdf[k-1] <= x < cdf[k] needs weight(k) > 0.
+        x = u * self._cdf[-1]
+        return np.minimum(np.searchsorted(self._cdf, x, side="right"), self.num_classes - 1).astype(np.int64)
 
 
 def sample_candidates(
@@ -194,29 +198,32 @@ def sample_candidates(
     true_classes = np.asarray(true_classes)
     num_tries = num_sampled
     if draw == "unique":
-        picked: list[int] = []
-        seen: set[int] = set()
-        num_tries = 0
-        while len(picked) < num_sampled:
-            chunk = distribution.sample(max(num_sampled, 64), rng)
-            for value in chunk.tolist():
-                num_tries += 1
-                if value not in seen:
-                    seen.add(value)
-                    picked.append(value)
-                    if len(picked) == num_sampled:
-                        break
-        candidates = np.asarray(picked, dtype=np.int64)
+        chunk, drawn = 2 * num_sampled + 64, distribution.sample(2 * num_sampled + 64, rng)
+        while (picked := first_distinct(drawn, num_sampled)) is None:
+            chunk *= 2
+            drawn = np.concatenate([drawn, distribution.sample(chunk, rng)])
+        candidates, num_tries = picked
     else:
         candidates = distribution.sample(num_sampled, rng)
     sampled_count = expected_count(distribution.probs(candidates), num_sampled, draw, num_tries)
     if draw == "unique_exact":
-        sampled_count[_repeated_slots(candidates)] = np.inf
+        sampled_count[repeated_slots(candidates)] = np.inf
     true_count = expected_count(distribution.probs(true_classes), num_sampled, draw, num_tries)
     return SampledValues(candidates, true_count, sampled_count)
 
 
-def _repeated_slots(candidates: np.ndarray) -> np.ndarray:
+def first_distinct(drawn: np.ndarray, num_sampled: int):
+    """TensorFlow's unique draw, given a sequence of draws: the first ``num_sampled`` distinct
+    values in draw order and ``num_tries``, the draws it took; None if there are too few."""
+    _, first = np.unique(drawn, return_index=True)
+    if first.size < num_sampled:
+        return None
+    first.sort()
+    first = first[:num_sampled]
+    return drawn[first], int(first[-1]) + 1
+
+
+def repeated_slots(candidates: np.ndarray) -> np.ndarray:
     """True for each slot whose class already appeared in an earlier slot."""
     _, first = np.unique(candidates, return_index=True)
     repeated = np.ones(candidates.shape, dtype=bool)

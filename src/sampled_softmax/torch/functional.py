@@ -9,6 +9,7 @@ except the dense gradient itself when ``sparse=False``.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Sequence
 
@@ -81,14 +82,18 @@ def _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_inde
     h = inputs.reshape(n, dim)
     valid = None if ignore_index is None else y != ignore_index
     if y.numel():
-        if valid is None:
-            lo, hi = torch.aminmax(y)
-        else:  # zero stands in for ignored labels: it is always in range.
-            y0 = torch.where(valid, y, 0)
-            lo, hi = torch.aminmax(y0)
-        lo, hi = torch.stack([lo, hi]).tolist()
+        # Zero stands in for ignored labels: it is always in range.
+        lo, hi = _min_max(y if valid is None else torch.where(valid, y, 0))
         V.check_label_values(lo, hi, num_classes, ignore_index)
     return shards, biases, y, h, lead, num_classes, offsets, valid, label_smoothing
+
+
+def _min_max(x: torch.Tensor):
+    """Smallest and largest value as Python numbers (one read-back)."""
+    if x.device.type == "cpu" and not x.requires_grad:
+        xn = x.numpy()
+        return xn.min().item(), xn.max().item()
+    return torch.stack(list(torch.aminmax(x))).tolist()
 
 
 def _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid, device):
@@ -104,16 +109,25 @@ def _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid, de
     V.check_sampled_values_shapes(tuple(cand.shape), tuple(true_count.shape), tuple(samp_count.shape),
                                   num_sampled, n, t)
     true_count = true_count.reshape(n, t)
+    padded = False
     if cand.numel():
         tc = true_count if valid is None else torch.where(valid, true_count, 1.0)
-        stats = torch.stack([cand.min().double(), cand.max().double(), tc.min().double() if tc.numel() else torch.tensor(1.0, dtype=torch.float64, device=device),
-                             tc.max().double() if tc.numel() else torch.tensor(1.0, dtype=torch.float64, device=device),
-                             samp_count.min().double(), samp_count.max().double()]).tolist()
-        V.check_sampled_values_values(int(stats[0]), int(stats[1]), num_classes, stats[2], stats[3], stats[4])
-        padded = stats[5] == math.inf
-    else:
-        padded = False
+        cand_lo, cand_hi = _min_max(cand)
+        tc_lo, tc_hi = _min_max(tc) if tc.numel() else (1.0, 1.0)
+        sc_lo, sc_hi = _min_max(samp_count)
+        V.check_sampled_values_values(cand_lo, cand_hi, num_classes, tc_lo, tc_hi, sc_lo)
+        padded = sc_hi == math.inf
     return cand.long(), true_count, samp_count, padded
+
+
+@functools.lru_cache(maxsize=64)
+def _named_sampler(name: str, num_classes: int) -> CandidateSampler:
+    # Stateless samplers by name are built once: constructing a Module costs more than a draw.
+    return make_sampler(name, num_classes)
+
+
+def _sampler_for(sampler, num_classes):
+    return _named_sampler(sampler, num_classes) if isinstance(sampler, str) else make_sampler(sampler, num_classes)
 
 
 def _reduce(per_row: torch.Tensor, live: torch.Tensor | None, reduction: str, lead) -> torch.Tensor:
@@ -150,15 +164,17 @@ def _gather_rows(shards, ids, spec: _Spec, dtype):
 
 
 def _scatter_rows(shape, ids, row_grads, sparse: bool, keep: torch.Tensor | None):
-    """``zeros(shape).index_add_(0, ids, row_grads)``, or the same as a coalesced sparse tensor.
+    """``zeros(shape).index_add_(0, ids, row_grads)``, or the same as a sparse COO tensor.
 
-    ``keep`` drops rows (ignored labels) from a sparse gradient so optimizers do not treat
-    their classes as touched.
+    The sparse gradient is left uncoalesced, as ``nn.Embedding(sparse=True)``'s: its value is
+    the sum over duplicate rows. Autograd's accumulation drops the coalesced flag anyway and
+    every sparse optimizer coalesces, so coalescing here would only do that work twice.
+    ``keep`` drops rows (ignored labels) so optimizers do not treat their classes as touched.
     """
     if sparse:
         if keep is not None:
             ids, row_grads = ids[keep], row_grads[keep]
-        return torch.sparse_coo_tensor(ids.unsqueeze(0), row_grads, shape, check_invariants=False).coalesce()
+        return torch.sparse_coo_tensor(ids.unsqueeze(0), row_grads, shape, check_invariants=False)
     return torch.zeros(shape, dtype=row_grads.dtype, device=row_grads.device).index_add_(0, ids, row_grads)
 
 
@@ -190,14 +206,14 @@ class _SampledSoftmax(torch.autograd.Function):
     """Per-row sampled softmax loss and the sampled log-probability of the targets.
 
     forward(h [N, D], ids [N*T + S], logq_true [N, T], logq_cand [S], keep_true [N, T] or None,
-            keep_cand [N, S] or None, spec, bias [V] or None, *shards) -> (loss [N], logp [N])
+            removed_cand [N, S] or None, spec, bias [V] or None, *shards) -> (loss [N], logp [N])
 
     The row logits ``[N, T + S]`` (true columns first) are one small matrix; removed columns
     hold ``-inf``, so their probability is exactly 0 and so is their gradient.
     """
 
     @staticmethod
-    def forward(ctx, h, ids, logq_true, logq_cand, keep_true, keep_cand, spec: _Spec, bias, *shards):
+    def forward(ctx, h, ids, logq_true, logq_cand, keep_true, removed_cand, spec: _Spec, bias, *shards):
         n, t = logq_true.shape
         cdt = torch.float32 if h.dtype in _LOW_PRECISION else h.dtype
         hc = h.to(cdt)
@@ -211,15 +227,23 @@ class _SampledSoftmax(torch.autograd.Function):
             corr_true, corr_cand = -logq_true, -logq_cand
         sl = torch.addmm(corr_cand.unsqueeze(0), hc, w_cand.t())
         if t == 1:
-            tl = (hc * w_true).sum(1, keepdim=True).add_(corr_true)
+            tl = torch.linalg.vecdot(hc, w_true).unsqueeze_(1).add_(corr_true)
         else:
             tl = torch.bmm(w_true.view(n, t, -1), hc.unsqueeze(2)).squeeze(2).add_(corr_true)
-        if keep_cand is not None:
-            sl.masked_fill_(~keep_cand, -math.inf)
+        if removed_cand is not None:
+            sl.masked_fill_(removed_cand, -math.inf)
         if keep_true is not None:
             tl.masked_fill_(~keep_true, -math.inf)
         logits = torch.cat([tl, sl], 1)
-        lse = torch.logsumexp(logits, 1)
+        # Stable log-sum-exp; the shifted exponentials are kept for the backward's softmax.
+        m = logits.amax(1, keepdim=True)
+        if keep_true is not None:  # an ignored row may have every column removed
+            m.nan_to_num_(neginf=0.0)
+        e = (logits - m).exp_()
+        z = e.sum(1, keepdim=True)
+        if keep_true is not None:  # ...and then sums to 0: 1 keeps its lse and gradient at 0
+            z.masked_fill_(z == 0, 1.0)
+        lse = (m + z.log()).squeeze_(1)
         targets = None
         if keep_true is None and spec.label_smoothing == 0.0:
             # Plain targets 1/T on the true columns, all of them kept.
@@ -229,6 +253,7 @@ class _SampledSoftmax(torch.autograd.Function):
             live = keep_true.any(1) if keep_true is not None else None
             if live is not None:  # an ignored row may have every column removed: keep lse finite
                 lse = torch.where(live, lse, 0.0)
+            keep_cand = None if removed_cand is None else ~removed_cand
             targets = _targets(keep_true, keep_cand, n, t, sl.shape[1], spec.label_smoothing, cdt, h.device)
             z0 = logits if keep_true is None and keep_cand is None else logits.masked_fill(logits == -math.inf, 0.0)
             logp = (z0 * targets[1]).sum(1) - lse
@@ -237,22 +262,21 @@ class _SampledSoftmax(torch.autograd.Function):
                 loss, logp = torch.where(live, loss, 0.0), torch.where(live, logp, 0.0)
         ctx.spec, ctx.targets = spec, targets
         ctx.dtypes = (h.dtype, None if bias is None else bias.dtype)
-        ctx.save_for_backward(hc, rows, ids, logits, lse, keep_true, bias, *shards)
+        ctx.save_for_backward(hc, rows, ids, e, z, keep_true, bias, *shards)
         # float16/bfloat16 inputs get float32 losses, as under autocast.
         return loss, logp
 
     @staticmethod
     def backward(ctx, g_loss, g_logp):
-        hc, rows, ids, logits, lse, keep_true, bias, *shards = ctx.saved_tensors
+        hc, rows, ids, e, z, keep_true, bias, *shards = ctx.saved_tensors
         spec: _Spec = ctx.spec
-        n, t = logits.shape[0], spec.num_true
+        n, t = e.shape[0], spec.num_true
         nt, d = n * t, hc.shape[1]
-        # d loss / d z = p - target_smoothed;  d logp / d z = target_unsmoothed - p.
-        g = torch.exp(logits - lse.unsqueeze(1))
-        a = None if g_loss is None else g_loss.to(g.dtype).unsqueeze(1)
-        c = None if g_logp is None else g_logp.to(g.dtype).unsqueeze(1)
+        # d loss / d logits = p - target_smoothed;  d logp / d logits = target_unsmoothed - p.
+        a = None if g_loss is None else g_loss.to(e.dtype).unsqueeze(1)
+        c = None if g_logp is None else g_logp.to(e.dtype).unsqueeze(1)
         coef = a if c is None else (-c if a is None else a - c)
-        g.mul_(coef)
+        g = e * (coef / z)  # coef * softmax
         if ctx.targets is None:  # target 1/T on each true column for both outputs
             g[:, :t] -= coef if t == 1 else coef / t
         else:
@@ -387,22 +411,27 @@ def sampled_softmax_loss(
     n, t = y.shape
     y_safe = y if valid is None else torch.where(valid, y, 0)
     if sampled_values is None:
-        sampler = make_sampler(sampler, num_classes)
+        sampler = _sampler_for(sampler, num_classes)
         cand, true_count, samp_count = sampler(y_safe, num_sampled, generator=generator, ignore_index=ignore_index)
         padded = sampler.draw == "unique_exact"
     else:
         cand, true_count, samp_count, padded = _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid, h.device)
     s = cand.shape[0]
 
-    keep_cand = None
+    removed = None  # [N, S]: True where candidate k is removed from row i's normalizer
     if remove_accidental_hits:
-        hits = y_safe.unsqueeze(2) == cand.view(1, 1, s)
-        if valid is not None:
-            hits &= valid.unsqueeze(2)
-        keep_cand = ~(hits[:, 0] if t == 1 else hits.any(1))
+        if t == 1:
+            removed = y_safe == cand
+            if valid is not None:
+                removed &= valid
+        else:
+            hits = y_safe.unsqueeze(2) == cand.view(1, 1, s)
+            if valid is not None:
+                hits &= valid.unsqueeze(2)
+            removed = hits.any(1)
     if padded:  # padding slots (expected count inf) are removed from every row
         finite = torch.isfinite(samp_count)
-        keep_cand = finite.expand(n, s) if keep_cand is None else keep_cand & finite
+        removed = ~finite.expand(n, s) if removed is None else removed | ~finite
     if subtract_log_q:
         cdt = torch.float32 if h.dtype in _LOW_PRECISION else h.dtype
         true_count = true_count.reshape(n, t).to(cdt)
@@ -415,7 +444,7 @@ def sampled_softmax_loss(
         logq_cand = h.new_zeros(s)
     ids = torch.cat([y_safe.reshape(-1), cand])
     spec = _Spec(t, offsets, partition_strategy, label_smoothing, bool(sparse))
-    loss, logp = _SampledSoftmax.apply(h, ids, logq_true, logq_cand, valid, keep_cand, spec, biases, *shards)
+    loss, logp = _SampledSoftmax.apply(h, ids, logq_true, logq_cand, valid, removed, spec, biases, *shards)
     live = None if valid is None else valid.any(1)
     loss = _reduce(loss, live, reduction, lead)
     if return_log_prob:

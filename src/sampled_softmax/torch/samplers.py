@@ -26,6 +26,7 @@ from torch import nn
 
 from .. import SampledSoftmaxError, SampledValues
 from .._validation import check_choice, check_num_sampled, check_positive_int
+from .. import samplers as NS
 from ..samplers import DRAWS, unigram_weights
 
 __all__ = [
@@ -44,18 +45,11 @@ def _repeated_slots(values: torch.Tensor) -> torch.Tensor:
     return repeated
 
 
-def _first_occurrences(values: torch.Tensor) -> torch.Tensor:
-    """Positions, in increasing order, where a value appears for the first time."""
-    if values.device.type == "cpu":
-        # NumPy's unique is several times faster than the equivalent torch ops on small inputs.
-        _, first = np.unique(values.numpy(), return_index=True)
-        first.sort()
-        return torch.from_numpy(first)
-    return torch.nonzero(~_repeated_slots(values)).squeeze(1)
-
-
 class CandidateSampler(nn.Module):
-    """Base class: subclasses define ``probs(ids)`` (float64) and ``_sample(n, generator, device)``."""
+    """Base class. Subclasses give ``probs(ids)`` and ``_sample(u)`` in torch ops (used on
+    accelerators) and ``_distribution()``, their NumPy twin from :mod:`sampled_softmax.samplers`
+    (used on the CPU, where NumPy's small-array operations cost a fraction of torch's). Both
+    paths read the same uniforms from the generator and give the same draws."""
 
     def __init__(self, num_classes: int, *, draw: str = "unique"):
         super().__init__()
@@ -68,30 +62,14 @@ class CandidateSampler(nn.Module):
         return self.num_classes
 
     def probs(self, ids: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Single-draw probability ``Q(id)`` of each id (float64)."""
         raise NotImplementedError
 
-    def _sample(self, n: int, generator, device) -> torch.Tensor:  # pragma: no cover
+    def _sample(self, u: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _uniform(self, n, generator, device) -> torch.Tensor:
-        return torch.rand(n, generator=generator, device=device, dtype=torch.float64)
-
-    def _sample_unique(self, num_sampled: int, generator, device):
-        """TensorFlow's procedure: draw until ``num_sampled`` distinct classes were seen.
-
-        Draws in chunks and keeps the first ``num_sampled`` distinct values in draw order;
-        ``num_tries`` is the position of the last one plus one, as if drawn one at a time.
-        """
-        chunk = 2 * num_sampled + 64
-        drawn = self._sample(chunk, generator, device)
-        while True:
-            first = _first_occurrences(drawn)
-            if first.numel() >= num_sampled:  # on an accelerator: one read-back per call
-                break
-            chunk *= 2
-            drawn = torch.cat([drawn, self._sample(chunk, generator, device)])
-        first = first[:num_sampled]
-        return drawn[first], int(first[-1]) + 1
+    def _distribution(self) -> NS.Distribution:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def forward(
         self, true_classes: torch.Tensor, num_sampled: int, *, generator=None, ignore_index=None
@@ -103,32 +81,69 @@ class CandidateSampler(nn.Module):
         num_sampled = check_num_sampled(
             num_sampled, self.num_classes, unique=self.draw == "unique", support=self.support
         )
-        device = true_classes.device
         valid = None if ignore_index is None else true_classes != ignore_index
         true_safe = true_classes if valid is None else torch.where(valid, true_classes, 0)
-        if self.draw == "unique":
-            candidates, num_tries = self._sample_unique(num_sampled, generator, device)
+        if true_classes.device.type == "cpu":
+            candidates, true_count, sampled_count = self._draw_numpy(true_safe, num_sampled, generator)
         else:
-            candidates, num_tries = self._sample(num_sampled, generator, device), num_sampled
-        # One pass over labels and candidates together.
-        p = self.probs(torch.cat([true_safe.reshape(-1), candidates]))
-        counts = self._expected_count(p, num_sampled, num_tries).float()
-        true_count = counts[: true_safe.numel()].view(true_classes.shape)
-        sampled_count = counts[true_safe.numel():]
-        if self.draw == "unique_exact":
-            sampled_count = sampled_count.masked_fill(_repeated_slots(candidates), math.inf)
+            candidates, true_count, sampled_count = self._draw_torch(true_safe, num_sampled, generator)
         if valid is not None:
             true_count = true_count.masked_fill(~valid, 1.0)
         if self.training:
             self.update(true_safe, valid)
         return SampledValues(candidates, true_count, sampled_count)
 
-    def _expected_count(self, p: torch.Tensor, num_sampled: int, num_tries: int) -> torch.Tensor:
-        # With replacement, and TensorFlow's shortcut when a unique draw saw no repeat: S Q.
+    def _uniforms(self, n, generator, device):
+        return torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+
+    def _draw_numpy(self, true_safe, num_sampled, generator):
+        dist = self._distribution()
+        if self.draw == "unique":
+            # TensorFlow's procedure, drawn in chunks: the first S distinct values in draw order.
+            chunk = 2 * num_sampled + 64
+            drawn = dist.from_uniform(self._uniforms(chunk, generator, "cpu").numpy())
+            while (picked := NS.first_distinct(drawn, num_sampled)) is None:
+                chunk *= 2
+                drawn = np.concatenate([drawn, dist.from_uniform(self._uniforms(chunk, generator, "cpu").numpy())])
+            candidates, num_tries = picked
+        else:
+            candidates = dist.from_uniform(self._uniforms(num_sampled, generator, "cpu").numpy())
+            num_tries = num_sampled
+        ids = np.concatenate([true_safe.numpy().reshape(-1), candidates])
+        counts = NS.expected_count(dist.probs(ids), num_sampled, self.draw, num_tries).astype(np.float32)
+        n = true_safe.numel()
+        if self.draw == "unique_exact":
+            counts[n:][NS.repeated_slots(candidates)] = np.inf
+        counts = torch.from_numpy(counts)
+        return torch.from_numpy(candidates), counts[:n].view(true_safe.shape), counts[n:]
+
+    def _draw_torch(self, true_safe, num_sampled, generator):
+        device = true_safe.device
+        if self.draw == "unique":
+            chunk = 2 * num_sampled + 64
+            drawn = self._sample(self._uniforms(chunk, generator, device))
+            while True:
+                first = torch.nonzero(~_repeated_slots(drawn)).squeeze(1)
+                if first.numel() >= num_sampled:  # one read-back per call
+                    break
+                chunk *= 2
+                drawn = torch.cat([drawn, self._sample(self._uniforms(chunk, generator, device))])
+            first = first[:num_sampled]
+            candidates, num_tries = drawn[first], int(first[-1]) + 1
+        else:
+            candidates = self._sample(self._uniforms(num_sampled, generator, device))
+            num_tries = num_sampled
+        p = self.probs(torch.cat([true_safe.reshape(-1), candidates]))
         if self.draw == "with_replacement" or (self.draw == "unique" and num_tries == num_sampled):
-            return p * num_sampled
-        # Unique: 1 - (1 - Q)^n, with n = num_tries (TensorFlow) or num_sampled (exact).
-        return torch.expm1(torch.log1p(-p).mul_(num_tries)).neg_()
+            counts = p * num_sampled  # TensorFlow's shortcut when a unique draw saw no repeat
+        else:
+            counts = torch.expm1(torch.log1p(-p).mul_(num_tries)).neg_()
+        counts = counts.float()
+        n = true_safe.numel()
+        sampled_count = counts[n:]
+        if self.draw == "unique_exact":
+            sampled_count = sampled_count.masked_fill(_repeated_slots(candidates), math.inf)
+        return candidates, counts[:n].view(true_safe.shape), sampled_count
 
     def update(self, true_classes: torch.Tensor, valid: torch.Tensor | None = None) -> None:
         """Learn from the labels seen (only :class:`LearnedUnigramSampler` does)."""
@@ -143,8 +158,11 @@ class UniformSampler(CandidateSampler):
     def probs(self, ids):
         return torch.full(ids.shape, 1.0 / self.num_classes, dtype=torch.float64, device=ids.device)
 
-    def _sample(self, n, generator, device):
-        return torch.randint(self.num_classes, (n,), generator=generator, device=device)
+    def _sample(self, u):
+        return (u * self.num_classes).long().clamp_(max=self.num_classes - 1)
+
+    def _distribution(self):
+        return NS.Uniform(self.num_classes)
 
 
 class LogUniformSampler(CandidateSampler):
@@ -155,13 +173,16 @@ class LogUniformSampler(CandidateSampler):
     def __init__(self, num_classes: int, *, draw: str = "unique"):
         super().__init__(num_classes, draw=draw)
         self._log_range = math.log1p(num_classes)
+        self._numpy_twin = NS.LogUniform(num_classes)
 
     def probs(self, ids):
         return torch.log1p(ids.to(torch.float64).add_(1.0).reciprocal_()).div_(self._log_range)
 
-    def _sample(self, n, generator, device):
-        u = self._uniform(n, generator, device)
+    def _sample(self, u):
         return (torch.exp(u * self._log_range).long() - 1).remainder_(self.num_classes)
+
+    def _distribution(self):
+        return self._numpy_twin
 
 
 class _TableSampler(CandidateSampler):
@@ -180,12 +201,14 @@ class _TableSampler(CandidateSampler):
     def _total(self):
         return self._weights().sum()
 
-    def _sample(self, n, generator, device):
+    def _sample(self, u):
         cdf = self._cdf()
-        u = self._uniform(n, generator, cdf.device) * cdf[-1]
-        # right=True skips zero-weight classes: cdf[k-1] <= u < cdf[k] needs weight(k) > 0.
-        ids = torch.searchsorted(cdf, u, right=True).clamp_(max=self.num_classes - 1)
-        return ids.to(device)
+        # right=True skips zero-weight classes: cdf[k-1] <= x < cdf[k] needs weight(k) > 0.
+        ids = torch.searchsorted(cdf, u.to(cdf.device) * cdf[-1], right=True).clamp_(max=self.num_classes - 1)
+        return ids.to(u.device)
+
+    def _distribution(self):
+        return NS.Unigram(self._weights().cpu().numpy(), self._cdf().cpu().numpy())
 
 
 class UnigramSampler(_TableSampler):
