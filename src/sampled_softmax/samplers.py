@@ -215,12 +215,12 @@ def sample_candidates(
 def first_distinct(drawn: np.ndarray, num_sampled: int):
     """TensorFlow's unique draw, given a sequence of draws: the first ``num_sampled`` distinct
     values in draw order and ``num_tries``, the draws it took; None if there are too few."""
-    _, first = np.unique(drawn, return_index=True)
-    if first.size < num_sampled:
+    values = drawn.tolist()
+    distinct = list(dict.fromkeys(values))  # insertion-ordered de-duplication
+    if len(distinct) < num_sampled:
         return None
-    first.sort()
-    first = first[:num_sampled]
-    return drawn[first], int(first[-1]) + 1
+    picked = distinct[:num_sampled]
+    return np.asarray(picked, dtype=np.int64), values.index(picked[-1]) + 1
 
 
 def repeated_slots(candidates: np.ndarray) -> np.ndarray:

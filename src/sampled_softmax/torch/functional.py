@@ -13,6 +13,7 @@ import functools
 import math
 from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 
 from .. import SampledSoftmaxError, SampledValues
@@ -120,6 +121,62 @@ def _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid, de
     return cand.long(), true_count, samp_count, padded
 
 
+def _columns_numpy(y_safe, valid, cand, true_count, samp_count, cdt, remove_hits, subtract_log_q, padded):
+    """On the CPU: column ids ``[N*T + S]``, ``log E`` per column and the removed-candidate mask
+    ``[N, S]`` (or None), built with NumPy, whose small-array operations cost a fraction of torch's."""
+    n, t = y_safe.shape
+    yn, cn = y_safe.numpy(), cand.numpy()
+    ids = torch.from_numpy(np.concatenate([yn.reshape(-1), cn]))
+    vn = None if valid is None else valid.numpy()
+    removed = None
+    if remove_hits:
+        hits = yn[:, :, None] == cn
+        if vn is not None:
+            hits &= vn[:, :, None]
+        removed = hits[:, 0] if t == 1 else hits.any(1)
+    sc = samp_count.detach().numpy()
+    if padded:  # padding slots (expected count inf) are removed from every row
+        pad = ~np.isfinite(sc)
+        removed = np.broadcast_to(pad, (n, cn.size)).copy() if removed is None else removed | pad
+    if subtract_log_q:
+        np_dtype = torch.empty(0, dtype=cdt).numpy().dtype
+        counts = np.concatenate([true_count.detach().numpy().reshape(-1), sc]).astype(np_dtype)
+        if vn is not None:
+            counts[: n * t][~vn.reshape(-1)] = 1.0
+        if padded:
+            counts[n * t:][pad] = 1.0
+        logq = torch.from_numpy(np.log(counts))
+    else:
+        logq = torch.zeros(ids.shape[0], dtype=cdt)
+    return ids, logq, None if removed is None else torch.from_numpy(removed)
+
+
+def _columns_torch(y_safe, valid, cand, true_count, samp_count, cdt, remove_hits, subtract_log_q, padded):
+    """:func:`_columns_numpy` in torch ops, for accelerators."""
+    n, t = y_safe.shape
+    s = cand.shape[0]
+    ids = torch.cat([y_safe.reshape(-1), cand])
+    removed = None
+    if remove_hits:
+        hits = y_safe.unsqueeze(2) == cand.view(1, 1, s)
+        if valid is not None:
+            hits &= valid.unsqueeze(2)
+        removed = hits.any(1)
+    if padded:
+        pad = ~torch.isfinite(samp_count)
+        removed = pad.expand(n, s) if removed is None else removed | pad
+    if subtract_log_q:
+        counts = torch.cat([true_count.reshape(-1).to(cdt), samp_count.to(cdt)])
+        if valid is not None:
+            counts[: n * t].masked_fill_(~valid.reshape(-1), 1.0)
+        if padded:
+            counts[n * t:].masked_fill_(pad, 1.0)
+        logq = counts.log()
+    else:
+        logq = torch.zeros(ids.shape[0], dtype=cdt, device=ids.device)
+    return ids, logq, removed
+
+
 @functools.lru_cache(maxsize=64)
 def _named_sampler(name: str, num_classes: int) -> CandidateSampler:
     # Stateless samplers by name are built once: constructing a Module costs more than a draw.
@@ -154,7 +211,8 @@ def _locate(ids: torch.Tensor, spec: _Spec, num_shards: int):
 
 def _gather_rows(shards, ids, spec: _Spec, dtype):
     if len(shards) == 1:
-        return shards[0].index_select(0, ids).to(dtype)
+        rows = shards[0].index_select(0, ids)
+        return rows if rows.dtype == dtype else rows.to(dtype)
     shard, local = _locate(ids, spec, len(shards))
     rows = None
     for p, w in enumerate(shards):
@@ -180,8 +238,10 @@ def _scatter_rows(shape, ids, row_grads, sparse: bool, keep: torch.Tensor | None
 
 def _scatter_to_shards(shards, ids, row_grads, spec: _Spec, keep, needs):
     if len(shards) == 1:
-        return [_scatter_rows(tuple(shards[0].shape), ids, row_grads.to(shards[0].dtype), spec.sparse, keep)
-                if needs[0] else None]
+        w = shards[0]
+        if w.dtype != row_grads.dtype:
+            row_grads = row_grads.to(w.dtype)
+        return [_scatter_rows(tuple(w.shape), ids, row_grads, spec.sparse, keep) if needs[0] else None]
     shard, local = _locate(ids, spec, len(shards))
     grads = []
     for p, w in enumerate(shards):
@@ -205,80 +265,76 @@ def _scatter_to_shards(shards, ids, row_grads, spec: _Spec, keep, needs):
 class _SampledSoftmax(torch.autograd.Function):
     """Per-row sampled softmax loss and the sampled log-probability of the targets.
 
-    forward(h [N, D], ids [N*T + S], logq_true [N, T], logq_cand [S], keep_true [N, T] or None,
+    forward(h [N, D], ids [N*T + S], logq [N*T + S], keep_true [N, T] or None,
             removed_cand [N, S] or None, spec, bias [V] or None, *shards) -> (loss [N], logp [N])
 
     The row logits ``[N, T + S]`` (true columns first) are one small matrix; removed columns
     hold ``-inf``, so their probability is exactly 0 and so is their gradient.
     """
 
+    # Tensor slicing through __getitem__ costs several microseconds a call in eager PyTorch;
+    # split/narrow keep this hot path to the operations it needs.
+
     @staticmethod
-    def forward(ctx, h, ids, logq_true, logq_cand, keep_true, removed_cand, spec: _Spec, bias, *shards):
-        n, t = logq_true.shape
+    def forward(ctx, h, ids, logq, keep_true, removed_cand, spec: _Spec, bias, *shards):
+        n, t = h.shape[0], spec.num_true
+        nt, s = n * t, ids.shape[0] - n * t
         cdt = torch.float32 if h.dtype in _LOW_PRECISION else h.dtype
-        hc = h.to(cdt)
+        hc = h if h.dtype == cdt else h.to(cdt)
         rows = _gather_rows(shards, ids, spec, cdt)
-        nt = n * t
-        w_true, w_cand = rows[:nt], rows[nt:]
-        if bias is not None:
-            b = bias.index_select(0, ids).to(cdt)
-            corr_true, corr_cand = b[:nt].view(n, t) - logq_true, b[nt:] - logq_cand
-        else:
-            corr_true, corr_cand = -logq_true, -logq_cand
+        w_true, w_cand = rows.split([nt, s])
+        # corr = b - log E for every touched column: true labels first, then candidates.
+        corr = logq.neg() if bias is None else bias.index_select(0, ids).to(cdt).sub_(logq)
+        corr_true, corr_cand = corr.split([nt, s])
         sl = torch.addmm(corr_cand.unsqueeze(0), hc, w_cand.t())
         if t == 1:
-            tl = torch.linalg.vecdot(hc, w_true).unsqueeze_(1).add_(corr_true)
+            tl = torch.linalg.vecdot(hc, w_true).add_(corr_true).unsqueeze_(1)
         else:
-            tl = torch.bmm(w_true.view(n, t, -1), hc.unsqueeze(2)).squeeze(2).add_(corr_true)
+            tl = torch.bmm(w_true.view(n, t, -1), hc.unsqueeze(2)).squeeze(2).add_(corr_true.view(n, t))
         if removed_cand is not None:
             sl.masked_fill_(removed_cand, -math.inf)
         if keep_true is not None:
             tl.masked_fill_(~keep_true, -math.inf)
-        logits = torch.cat([tl, sl], 1)
-        # Stable log-sum-exp; the shifted exponentials are kept for the backward's softmax.
-        m = logits.amax(1, keepdim=True)
-        if keep_true is not None:  # an ignored row may have every column removed
-            m.nan_to_num_(neginf=0.0)
-        e = (logits - m).exp_()
-        z = e.sum(1, keepdim=True)
-        if keep_true is not None:  # ...and then sums to 0: 1 keeps its lse and gradient at 0
-            z.masked_fill_(z == 0, 1.0)
-        lse = (m + z.log()).squeeze_(1)
+        # log_softmax is one fused, stable pass; backward needs only its exp.
+        logp_all = torch.log_softmax(torch.cat([tl, sl], 1), 1)
         targets = None
         if keep_true is None and spec.label_smoothing == 0.0:
             # Plain targets 1/T on the true columns, all of them kept.
-            logp = (tl[:, 0] if t == 1 else tl.mean(1)) - lse
-            loss = -logp
+            logp = logp_all[:, 0] if t == 1 else logp_all.narrow(1, 0, t).mean(1)
+            loss = logp.neg()
         else:
-            live = keep_true.any(1) if keep_true is not None else None
-            if live is not None:  # an ignored row may have every column removed: keep lse finite
-                lse = torch.where(live, lse, 0.0)
+            if keep_true is not None:
+                # A row with every column removed (only an ignored row) gives nan: make its
+                # probabilities exactly 0 instead.
+                logp_all.nan_to_num_(nan=-math.inf)
             keep_cand = None if removed_cand is None else ~removed_cand
-            targets = _targets(keep_true, keep_cand, n, t, sl.shape[1], spec.label_smoothing, cdt, h.device)
-            z0 = logits if keep_true is None and keep_cand is None else logits.masked_fill(logits == -math.inf, 0.0)
-            logp = (z0 * targets[1]).sum(1) - lse
-            loss = lse - (z0 * targets[0]).sum(1) if targets[0] is not targets[1] else -logp
-            if live is not None:
+            targets = _targets(keep_true, keep_cand, n, t, s, spec.label_smoothing, cdt, h.device)
+            lp0 = logp_all.masked_fill(logp_all == -math.inf, 0.0)
+            logp = (lp0 * targets[1]).sum(1)
+            loss = logp.neg() if targets[0] is targets[1] else (lp0 * targets[0]).sum(1).neg_()
+            if keep_true is not None:
+                live = keep_true.any(1)
                 loss, logp = torch.where(live, loss, 0.0), torch.where(live, logp, 0.0)
         ctx.spec, ctx.targets = spec, targets
         ctx.dtypes = (h.dtype, None if bias is None else bias.dtype)
-        ctx.save_for_backward(hc, rows, ids, e, z, keep_true, bias, *shards)
+        ctx.save_for_backward(hc, rows, ids, logp_all, keep_true, bias, *shards)
         # float16/bfloat16 inputs get float32 losses, as under autocast.
         return loss, logp
 
     @staticmethod
     def backward(ctx, g_loss, g_logp):
-        hc, rows, ids, e, z, keep_true, bias, *shards = ctx.saved_tensors
+        hc, rows, ids, logp_all, keep_true, bias, *shards = ctx.saved_tensors
         spec: _Spec = ctx.spec
-        n, t = e.shape[0], spec.num_true
-        nt, d = n * t, hc.shape[1]
+        n, t = logp_all.shape[0], spec.num_true
+        nt, d, s = n * t, hc.shape[1], logp_all.shape[1] - t
         # d loss / d logits = p - target_smoothed;  d logp / d logits = target_unsmoothed - p.
-        a = None if g_loss is None else g_loss.to(e.dtype).unsqueeze(1)
-        c = None if g_logp is None else g_logp.to(e.dtype).unsqueeze(1)
-        coef = a if c is None else (-c if a is None else a - c)
-        g = e * (coef / z)  # coef * softmax
+        a = None if g_loss is None else g_loss.to(logp_all.dtype).unsqueeze(1)
+        c = None if g_logp is None else g_logp.to(logp_all.dtype).unsqueeze(1)
+        coef = a if c is None else (c.neg() if a is None else a - c)
+        g = logp_all.exp().mul_(coef)  # coef * softmax
+        g_true, g_cand = g.split([t, s], 1)
         if ctx.targets is None:  # target 1/T on each true column for both outputs
-            g[:, :t] -= coef if t == 1 else coef / t
+            g_true.sub_(coef if t == 1 else coef / t)
         else:
             t_smooth, t_plain = ctx.targets
             if a is not None:
@@ -287,36 +343,34 @@ class _SampledSoftmax(torch.autograd.Function):
                 g.add_(c * t_plain)
             if keep_true is not None:
                 g.mul_(keep_true.any(1, keepdim=True))  # ignored rows: exactly no gradient
-        g_true, g_cand = g[:, :t], g[:, t:]
-        w_true, w_cand = rows[:nt], rows[nt:]
+        w_true, w_cand = rows.split([nt, s])
 
         d_h = None
         if ctx.needs_input_grad[0]:
             if t == 1:
-                d_h = torch.addmm(g_true * w_true, g_cand, w_cand)
+                d_h = torch.addmm(w_true * g_true, g_cand, w_cand)
             else:
                 d_h = torch.baddbmm((g_cand @ w_cand).unsqueeze(1), g_true.unsqueeze(1), w_true.view(n, t, d)).squeeze(1)
-            d_h = d_h.to(ctx.dtypes[0])
+            if d_h.dtype != ctx.dtypes[0]:
+                d_h = d_h.to(ctx.dtypes[0])
 
-        needs_w = ctx.needs_input_grad[8:]
-        needs_b = ctx.needs_input_grad[7]
+        needs_w = ctx.needs_input_grad[7:]
+        needs_b = ctx.needs_input_grad[6]
         d_bias, d_shards = None, [None] * len(shards)
         if any(needs_w) or needs_b:
             keep_rows = None
             if keep_true is not None and spec.sparse:
-                keep_rows = torch.cat([keep_true.reshape(-1), keep_true.new_ones(g_cand.shape[1])])
+                keep_rows = torch.cat([keep_true.reshape(-1), keep_true.new_ones(s)])
             if any(needs_w):
-                d_rows = torch.empty(nt + g_cand.shape[1], d, dtype=hc.dtype, device=hc.device)
-                if t == 1:
-                    torch.mul(g_true, hc, out=d_rows[:nt])
-                else:
-                    torch.mul(g_true.unsqueeze(2), hc.unsqueeze(1), out=d_rows[:nt].view(n, t, d))
-                torch.mm(g_cand.t(), hc, out=d_rows[nt:])
+                d_true = hc * g_true if t == 1 else (g_true.unsqueeze(2) * hc.unsqueeze(1)).view(nt, d)
+                d_rows = torch.cat([d_true, g_cand.t().mm(hc)])
                 d_shards = _scatter_to_shards(shards, ids, d_rows, spec, keep_rows, needs_w)
             if needs_b:
-                d_b_rows = torch.cat([g_true.reshape(-1), g_cand.sum(0)]).to(ctx.dtypes[1])
+                d_b_rows = torch.cat([g_true.reshape(-1), g_cand.sum(0)])
+                if d_b_rows.dtype != ctx.dtypes[1]:
+                    d_b_rows = d_b_rows.to(ctx.dtypes[1])
                 d_bias = _scatter_rows(tuple(bias.shape), ids, d_b_rows, spec.sparse, keep_rows)
-        return (d_h, None, None, None, None, None, None, d_bias, *d_shards)
+        return (d_h, None, None, None, None, None, d_bias, *d_shards)
 
 
 def _targets(keep_true, keep_cand, n, t, s, eps, dtype, device):
@@ -418,33 +472,15 @@ def sampled_softmax_loss(
         cand, true_count, samp_count, padded = _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid, h.device)
     s = cand.shape[0]
 
-    removed = None  # [N, S]: True where candidate k is removed from row i's normalizer
-    if remove_accidental_hits:
-        if t == 1:
-            removed = y_safe == cand
-            if valid is not None:
-                removed &= valid
-        else:
-            hits = y_safe.unsqueeze(2) == cand.view(1, 1, s)
-            if valid is not None:
-                hits &= valid.unsqueeze(2)
-            removed = hits.any(1)
-    if padded:  # padding slots (expected count inf) are removed from every row
-        finite = torch.isfinite(samp_count)
-        removed = ~finite.expand(n, s) if removed is None else removed | ~finite
-    if subtract_log_q:
-        cdt = torch.float32 if h.dtype in _LOW_PRECISION else h.dtype
-        true_count = true_count.reshape(n, t).to(cdt)
-        logq_true = torch.log(true_count if valid is None else torch.where(valid, true_count, 1.0))
-        logq_cand = torch.log(samp_count.to(cdt))
-        if padded:
-            logq_cand = logq_cand.masked_fill(~finite, 0.0)
+    cdt = torch.float32 if h.dtype in _LOW_PRECISION else h.dtype
+    if h.device.type == "cpu" and cand.device.type == "cpu":
+        ids, logq, removed = _columns_numpy(y_safe, valid, cand, true_count, samp_count, cdt,
+                                            remove_accidental_hits, subtract_log_q, padded)
     else:
-        logq_true = h.new_zeros(n, t)
-        logq_cand = h.new_zeros(s)
-    ids = torch.cat([y_safe.reshape(-1), cand])
+        ids, logq, removed = _columns_torch(y_safe, valid, cand, true_count, samp_count, cdt,
+                                            remove_accidental_hits, subtract_log_q, padded)
     spec = _Spec(t, offsets, partition_strategy, label_smoothing, bool(sparse))
-    loss, logp = _SampledSoftmax.apply(h, ids, logq_true, logq_cand, valid, removed, spec, biases, *shards)
+    loss, logp = _SampledSoftmax.apply(h, ids, logq, valid, removed, spec, biases, *shards)
     live = None if valid is None else valid.any(1)
     loss = _reduce(loss, live, reduction, lead)
     if return_log_prob:

@@ -1,0 +1,1 @@
+"""Benchmarks for sampled-softmax: ``python -m benchmarks`` (not shipped in the wheel)."""

@@ -1,0 +1,122 @@
+"""Paired timing: methods run in turn (A B C, B C A, C A B, ...) so drift on a shared machine
+hits all of them alike; medians per method and medians of per-round ratios between methods."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+
+def environment(seed: int) -> dict:
+    """What a result row must record to be reproducible."""
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "seed": seed,
+        "commit": _commit(),
+        "MALLOC_MMAP_MAX_": os.environ.get("MALLOC_MMAP_MAX_", "unset"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    import numpy
+
+    info["numpy"] = numpy.__version__
+    for name in ("torch", "tensorflow"):
+        if name in sys.modules:
+            mod = sys.modules[name]
+            info[name] = mod.__version__
+    if "torch" in sys.modules:
+        info["torch_threads"] = sys.modules["torch"].get_num_threads()
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _commit() -> str:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def paired(methods: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 3,
+           progress: Callable[[str], None] | None = None) -> dict:
+    """Time each method ``repeats`` times, interleaved. Returns per-method samples (seconds)."""
+    for _ in range(warmup):
+        for fn in methods.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in methods}
+    names = list(methods)
+    for r in range(repeats):
+        # Rotate the order each round: a method must not always follow the same one (after a
+        # TensorFlow call its thread pool keeps spinning and slows whatever runs next).
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            fn = methods[name]
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+        if progress:
+            progress(f"round {r + 1}/{repeats}")
+    return samples
+
+
+def summarize(samples: dict[str, list[float]]) -> dict[str, dict]:
+    out = {}
+    for name, ts in samples.items():
+        q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [ts[0]] * 3
+        out[name] = {"median_ms": statistics.median(ts) * 1e3, "q1_ms": q[0] * 1e3, "q3_ms": q[2] * 1e3, "n": len(ts)}
+    return out
+
+
+def paired_ratio(samples: dict[str, list[float]], slower: str, faster: str) -> float:
+    """Median over rounds of ``t[slower] / t[faster]`` (how many times faster ``faster`` is)."""
+    return statistics.median(a / b for a, b in zip(samples[slower], samples[faster]))
+
+
+class Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.done, self.label = max(total, 1), 0, label
+        self.tty = sys.stderr.isatty()
+
+    def step(self, note: str = "") -> None:
+        self.done += 1
+        width = 30
+        filled = int(width * self.done / self.total)
+        line = f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {note}"
+        if self.tty:
+            sys.stderr.write(line[:120].ljust(120))
+            if self.done == self.total:
+                sys.stderr.write("\n")
+        elif self.done == self.total or self.done % max(1, self.total // 4) == 0:
+            sys.stderr.write(line.strip() + "\n")
+        sys.stderr.flush()
+
+
+def dump(path: str, payload: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)

@@ -1,0 +1,153 @@
+"""Loss forward+backward at Skorski's Table 1 (V=100k, S=100, D=300, B=256), paired.
+
+Every method draws its own candidates each call with the same semantics (log-uniform, unique
+like TensorFlow) and computes the gradients of weights, biases and inputs:
+
+* ``ours sparse`` / ``ours dense``: ``sampled_softmax.torch.sampled_softmax_loss``.
+* ``tf.nn``: ``tf.nn.sampled_softmax_loss`` inside ``tf.function`` (IndexedSlices gradients).
+* ``hand dense``: what users write from blog posts: index a dense ``[V, D]`` Parameter,
+  concatenate logits, mask hits with a large negative, ``F.cross_entropy``.
+* ``hand sparse``: the same through ``F.embedding(..., sparse=True)``.
+* ``full softmax``: ``F.cross_entropy(h @ W.T + b)`` (few repeats: it is slow).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .harness import paired, paired_ratio, summarize
+
+TABLE1 = dict(V=100_000, S=100, D=300, B=256)
+
+
+def torch_methods(V, S, D, B, seed, *, with_full=True):
+    import torch
+    import torch.nn.functional as F
+
+    from sampled_softmax.torch import LogUniformSampler, sampled_softmax_loss
+
+    g = torch.Generator().manual_seed(seed)
+    W = torch.nn.Parameter(torch.randn(V, D, generator=g) * 0.05)
+    b = torch.nn.Parameter(torch.zeros(V))
+    b_col = torch.nn.Parameter(torch.zeros(V, 1))  # a sparse embedding's bias is a [V, 1] table
+    h = torch.randn(B, D, generator=g, requires_grad=True)
+    y = torch.randint(V, (B,), generator=g)
+    sampler = LogUniformSampler(V)
+
+    def reset():
+        W.grad = b.grad = b_col.grad = h.grad = None
+
+    # Each method frees its own gradients (as zero_grad(set_to_none=True) does): freeing a
+    # dense [V, D] gradient is part of a dense method's cost, not of the method after it.
+    def ours(sparse):
+        def run():
+            sampled_softmax_loss(W, b, y, h, S, V, sparse=sparse, generator=g).sum().backward()
+            reset()
+        return run
+
+    def hand(sparse):
+        def run():
+            cand, tc, sc = sampler(y[:, None], S, generator=g)
+            ids = torch.cat([y, cand])
+            if sparse:
+                rows, bias = F.embedding(ids, W, sparse=True), F.embedding(ids, b_col, sparse=True)[:, 0]
+            else:
+                rows, bias = W[ids], b[ids]
+            true_logits = (h * rows[:B]).sum(1, keepdim=True) + bias[:B, None] - tc.log()
+            samp_logits = h @ rows[B:].t() + bias[B:] - sc.log()
+            samp_logits = samp_logits.masked_fill(y[:, None] == cand, -1e9)
+            logits = torch.cat([true_logits, samp_logits], 1)
+            F.cross_entropy(logits, torch.zeros(B, dtype=torch.long), reduction="sum").backward()
+            reset()
+        return run
+
+    def full():
+        F.cross_entropy(F.linear(h, W, b), y, reduction="sum").backward()
+        reset()
+
+    fast = {"ours sparse": ours(True), "hand sparse": hand(True)}
+    dense = {"ours sparse": fast["ours sparse"], "ours dense": ours(False), "hand dense": hand(False)}
+    return fast, dense, (full if with_full else None), (W, b, h, y)
+
+
+def tf_method(W, b, h, y, S, V, seed):
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return None
+    tf.random.set_seed(seed)
+    tW, tb = tf.Variable(W.detach().numpy()), tf.Variable(b.detach().numpy())
+    th, ty = tf.constant(h.detach().numpy()), tf.constant(y.numpy()[:, None])
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(th)
+            loss = tf.reduce_sum(tf.nn.sampled_softmax_loss(tW, tb, ty, th, S, V))
+        return tape.gradient(loss, [tW, tb, th])
+
+    return step
+
+
+def run(*, repeats=60, seed=0, quick=False, shape=None, progress=None):
+    shape = dict(shape or TABLE1)
+    if quick:
+        repeats = min(repeats, 20)
+    fast, dense, full, tensors = torch_methods(**shape, seed=seed, with_full=not quick)
+    tf_step = tf_method(*tensors, shape["S"], shape["V"], seed)
+    skipped = []
+    if tf_step is not None:
+        fast["tf.nn"] = tf_step
+    else:
+        skipped.append("tf.nn (tensorflow not installed)")
+    # Two groups: dense-gradient methods evict the caches of whatever runs after them.
+    samples = paired(fast, repeats=repeats, progress=progress)
+    dense_samples = paired(dense, repeats=max(5, repeats // 3), warmup=2)
+    for name in ("ours dense", "hand dense"):
+        samples[name] = dense_samples[name]
+    if full is not None:
+        samples.update(paired({"full softmax": full}, repeats=max(3, repeats // 20), warmup=1))
+    summary = summarize(samples)
+    ratios = {}
+    for other in ("tf.nn", "hand sparse"):
+        if other in samples:
+            ratios[f"{other} / ours sparse"] = paired_ratio(samples, other, "ours sparse")
+    for other in ("hand dense", "ours dense"):
+        ratios[f"{other} / ours sparse"] = paired_ratio(dense_samples, other, "ours sparse")
+    if "full softmax" in summary:
+        ratios["full softmax / ours sparse (unpaired medians)"] = (
+            summary["full softmax"]["median_ms"] / summary["ours sparse"]["median_ms"])
+    flops = 6 * shape["B"] * shape["S"] * shape["D"]
+    return {"case": shape, "kind": "fwd+bwd", "repeats": repeats, "summary": summary, "ratios": ratios,
+            "skipped": skipped, "flops_6BSD": flops}
+
+
+def matmul_rate(seconds=1.0):
+    """The machine's float32 matrix-multiply rate at Table 1's shapes (FLOP/s), for the lower bound."""
+    import time
+
+    import torch
+
+    a, w = torch.randn(256, 300), torch.randn(100, 300)
+    for _ in range(20):
+        a @ w.t()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ w.t()
+        n += 1
+    return 2 * 256 * 300 * 100 * n / (time.perf_counter() - t0)
+
+
+def format_rows(result) -> list[str]:
+    lines = [f"{'method':<16} {'median ms':>10} {'q1':>8} {'q3':>8}"]
+    for name, s in sorted(result["summary"].items(), key=lambda kv: kv[1]["median_ms"]):
+        lines.append(f"{name:<16} {s['median_ms']:>10.3f} {s['q1_ms']:>8.3f} {s['q3_ms']:>8.3f}")
+    for name, r in result["ratios"].items():
+        lines.append(f"  {name}: {r:.2f}x")
+    return lines
+
+
+if __name__ == "__main__":  # pragma: no cover
+    res = run()
+    print("\n".join(format_rows(res)))
+    print("lower bound fraction", np.round(res["flops_6BSD"] / matmul_rate() * 1e3 / res["summary"]["ours sparse"]["median_ms"], 3))
