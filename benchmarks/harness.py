@@ -60,23 +60,31 @@ def _commit() -> str:
         return "unknown"
 
 
-def paired(methods: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 3,
+def paired(methods: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 3, block: int = 1,
            progress: Callable[[str], None] | None = None) -> dict:
-    """Time each method ``repeats`` times, interleaved. Returns per-method samples (seconds)."""
+    """Time each method ``repeats`` rounds, interleaved, and return per-round seconds per call.
+
+    Each round runs every method for ``block`` consecutive calls (the order rotates from round
+    to round) and records the median call of the block, leaving out the block's first call
+    when ``block > 1``: switching frameworks costs the first call (TensorFlow's and OpenMP's
+    thread pools keep spinning after a call and slow whatever runs next), a cost no training
+    loop that uses one of them pays.
+    """
     for _ in range(warmup):
         for fn in methods.values():
             fn()
     samples: dict[str, list[float]] = {name: [] for name in methods}
     names = list(methods)
     for r in range(repeats):
-        # Rotate the order each round: a method must not always follow the same one (after a
-        # TensorFlow call its thread pool keeps spinning and slows whatever runs next).
         k = r % len(names)
         for name in names[k:] + names[:k]:
             fn = methods[name]
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - t0)
+            times = []
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            samples[name].append(statistics.median(times[1:] if block > 1 else times))
         if progress:
             progress(f"round {r + 1}/{repeats}")
     return samples

@@ -89,10 +89,10 @@ def tf_method(W, b, h, y, S, V, seed):
     return step
 
 
-def run(*, repeats=60, seed=0, quick=False, shape=None, progress=None):
+def run(*, repeats=30, block=10, seed=0, quick=False, shape=None, progress=None):
     shape = dict(shape or TABLE1)
     if quick:
-        repeats = min(repeats, 20)
+        repeats, block = min(repeats, 8), min(block, 4)
     fast, dense, full, tensors = torch_methods(**shape, seed=seed, with_full=not quick)
     tf_step = tf_method(*tensors, shape["S"], shape["V"], seed)
     skipped = []
@@ -101,8 +101,8 @@ def run(*, repeats=60, seed=0, quick=False, shape=None, progress=None):
     else:
         skipped.append("tf.nn (tensorflow not installed)")
     # Two groups: dense-gradient methods evict the caches of whatever runs after them.
-    samples = paired(fast, repeats=repeats, progress=progress)
-    dense_samples = paired(dense, repeats=max(5, repeats // 3), warmup=2)
+    samples = paired(fast, repeats=repeats, block=block, progress=progress)
+    dense_samples = paired(dense, repeats=max(5, repeats // 3), warmup=2, block=max(2, block // 3))
     for name in ("ours dense", "hand dense"):
         samples[name] = dense_samples[name]
     if full is not None:
@@ -118,7 +118,7 @@ def run(*, repeats=60, seed=0, quick=False, shape=None, progress=None):
         ratios["full softmax / ours sparse (unpaired medians)"] = (
             summary["full softmax"]["median_ms"] / summary["ours sparse"]["median_ms"])
     flops = 6 * shape["B"] * shape["S"] * shape["D"]
-    return {"case": shape, "kind": "fwd+bwd", "repeats": repeats, "summary": summary, "ratios": ratios,
+    return {"case": shape, "kind": "fwd+bwd", "repeats": repeats, "block": block, "summary": summary, "ratios": ratios,
             "skipped": skipped, "flops_6BSD": flops}
 
 

@@ -14,11 +14,31 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .. import SampledSoftmaxError
 
 __all__ = ["SparseRowAdam"]
+
+
+def _sum_duplicate_rows(grad: torch.Tensor):
+    """Distinct rows of a sparse gradient and their summed values (what ``coalesce`` gives,
+    cheaper: on the CPU NumPy's ``unique`` costs a third of ``coalesce``)."""
+    if grad.is_coalesced():
+        return grad.indices()[0], grad.values()
+    idx, values = grad._indices()[0], grad._values()
+    if idx.device.type == "cpu":
+        rows, inverse = np.unique(idx.numpy(), return_inverse=True)
+        rows, inverse = torch.from_numpy(rows), torch.from_numpy(inverse.reshape(-1))
+    else:
+        rows, inverse = torch.unique(idx, return_inverse=True)
+    summed = values.new_zeros((rows.shape[0],) + tuple(values.shape[1:]))
+    if values.dim() > 1:  # scatter_add_ runs faster than index_add_ on the CPU
+        summed.scatter_add_(0, inverse.view(-1, *([1] * (values.dim() - 1))).expand_as(values), values)
+    else:
+        summed.index_add_(0, inverse, values)
+    return rows, summed
 
 
 class SparseRowAdam(torch.optim.Optimizer):
@@ -72,42 +92,39 @@ class SparseRowAdam(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                grad = p.grad
                 state = self.state[p] or self._init_state(p, group)
                 state["step"] += 1
                 t = state["step"]
-                if grad.is_sparse:
-                    grad = grad.coalesce()
-                    rows, g = grad.indices()[0], grad.values()
-                else:
-                    rows, g = None, grad
-
-                def take(x):
-                    return x if rows is None else x.index_select(0, rows)
-
-                def put(x, value):
-                    if rows is None:
-                        x.copy_(value)
-                    else:
-                        x.index_copy_(0, rows, value)
-
-                if beta1 > 0:
-                    m = take(state["exp_avg"]).mul_(beta1).add_(g, alpha=1.0 - beta1)
-                    put(state["exp_avg"], m)
+                if p.grad.is_sparse:
+                    rows, g = _sum_duplicate_rows(p.grad)
+                    m_all, v_all = state.get("exp_avg"), state["exp_avg_sq"]
+                    m = None if m_all is None else m_all.index_select(0, rows)
+                    v = v_all.index_select(0, rows)
+                else:  # dense gradient: every row, in place
+                    rows, g = None, p.grad
+                    m, v = state.get("exp_avg"), state["exp_avg_sq"]
+                if m is not None:
+                    m.lerp_(g, 1.0 - beta1)  # beta1 m + (1 - beta1) g
                 else:
                     m = g
                 row_v = rowwise and p.dim() > 1
-                g2 = g.square().mean(dim=tuple(range(1, g.dim()))) if row_v else g.square()
-                v = take(state["exp_avg_sq"]).mul_(beta2).add_(g2, alpha=1.0 - beta2)
-                put(state["exp_avg_sq"], v)
-                denom = (v / (1.0 - beta2**t)).sqrt_().add_(eps)
+                if row_v:
+                    v.mul_(beta2).add_(g.square().mean(dim=tuple(range(1, g.dim()))), alpha=1.0 - beta2)
+                else:
+                    v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+                # sqrt(v / c2) + eps == (sqrt(v) + eps sqrt(c2)) / sqrt(c2): one pass fewer.
+                root_c2 = math.sqrt(1.0 - beta2**t)
+                denom = v.sqrt().add_(eps * root_c2)
                 if row_v:
                     denom = denom.view(-1, *([1] * (g.dim() - 1)))
-                update = m / denom * (-lr / (1.0 - beta1**t))
+                step_size = -lr * root_c2 / (1.0 - beta1**t)
                 if rows is None:
-                    p.add_(update)
+                    p.addcdiv_(m, denom, value=step_size)
                 else:
-                    p.index_add_(0, rows, update)
+                    if "exp_avg" in state:
+                        state["exp_avg"].index_copy_(0, rows, m)
+                    state["exp_avg_sq"].index_copy_(0, rows, v)
+                    p.index_add_(0, rows, m.div(denom), alpha=step_size)
         return loss
 
     def state_bytes(self) -> int:

@@ -1,0 +1,107 @@
+"""``python -m benchmarks`` (also ``sampled-softmax bench``): the benchmark suite.
+
+Runs the Table 1 loss benchmark, the training-step benchmark, peak memory per method in fresh
+subprocesses, and prints each goal as met or not with its figure. Writes ``results.json`` and
+``results.md`` to ``--out`` (default ``results/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import harness
+
+
+def _goal(lines, name, value, ok, fmt):
+    lines.append(f"- [{'met' if ok else 'NOT met'}] {name}: {fmt.format(value)}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small repeat counts and V <= 100k (about a minute)")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes, one repeat: checks the suite runs (CI)")
+    ap.add_argument("--only", choices=["loss", "train", "memory"], action="append",
+                    help="run only these parts (repeatable)")
+    ap.add_argument("--out", default="results", help="directory for results.json and results.md")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    parts = set(args.only or ["loss", "train", "memory"])
+
+    import torch
+
+    from . import loss as loss_bench
+    from . import train_step
+
+    payload = {"command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])}
+    lines = []
+    if "loss" in parts:
+        shape = dict(V=2000, S=20, D=16, B=8) if args.smoke else None
+        bar = harness.Progress(8 if args.smoke else (8 if args.quick else 30), "loss fwd+bwd")
+        res = loss_bench.run(quick=args.quick or args.smoke, seed=args.seed, shape=shape,
+                             repeats=2 if args.smoke else 30, block=2 if args.smoke else 10,
+                             progress=lambda note: bar.step(note))
+        res["matmul_flops_per_s"] = loss_bench.matmul_rate(0.2 if args.smoke else 1.0)
+        payload["loss"] = res
+        lines += ["## Loss forward+backward, " + ", ".join(f"{k}={v}" for k, v in res["case"].items()), "",
+                  "```", *loss_bench.format_rows(res), "```", ""]
+    if "train" in parts and not args.smoke:
+        bar = harness.Progress(0, "train step")
+        res = train_step.run(quick=args.quick, seed=args.seed, progress=lambda note: bar.step(note))
+        payload["train"] = res
+        lines += ["## Training step (forward, backward, optimizer)", ""]
+        for name, group in res["groups"].items():
+            lines.append(f"- {name}: " + ", ".join(f"{m} {s['median_ms']:.2f} ms" for m, s in group["summary"].items()))
+        lines.append("")
+    if "memory" in parts and not args.smoke:
+        big = 100_000 if args.quick else 1_000_000
+        mem = [train_step.memory_in_subprocess(m, v) for m in ("recipe", "recipe rowwise", "stock sparse")
+               for v in (10_000, big)]
+        if not args.quick:
+            mem.append(train_step.memory_in_subprocess("full softmax Adam", big))
+        payload["memory"] = mem
+        lines += ["## Peak memory of a training step beyond weights and optimizer state", "",
+                  "| method | V | weights + state MB | peak extra MB |", "|---|---|---|---|"]
+        lines += [f"| {r['method']} | {r['V']} | {r['weights_and_state_mb']:.1f} | {r['peak_extra_mb']:.1f} |" for r in mem]
+        lines.append("")
+
+    goals = []
+    if args.smoke:
+        goals.append("- smoke run (tiny shapes): goals are not evaluated")
+    elif "loss" in payload:
+        r = payload["loss"]["ratios"]
+        if "tf.nn / ours sparse" in r:
+            _goal(goals, "loss fwd+bwd >= 2x faster than tf.nn.sampled_softmax_loss", r["tf.nn / ours sparse"], r["tf.nn / ours sparse"] >= 2, "{:.2f}x")
+        else:
+            goals.append("- [skipped] tf.nn comparison: tensorflow is not installed")
+        _goal(goals, "loss fwd+bwd >= 10x faster than hand-written dense indexing", r["hand dense / ours sparse"], r["hand dense / ours sparse"] >= 10, "{:.1f}x")
+        lb = payload["loss"]["flops_6BSD"] / payload["loss"]["matmul_flops_per_s"] * 1e3
+        ours = payload["loss"]["summary"]["ours sparse"]["median_ms"]
+        _goal(goals, "loss fwd+bwd within 3x of the 6BSD arithmetic bound", ours / lb, ours / lb <= 3, "{:.1f}x the bound")
+    if "train" in payload and not args.smoke:
+        gr = payload["train"]["groups"]
+        _goal(goals, "train step flat in V (largest V / 10k <= 1.5)", gr["flatness"]["ratio"], gr["flatness"]["ratio"] <= 1.5, "{:.2f}")
+        st = gr["sparse"]["ratios"]["stock sparse / recipe"]
+        _goal(goals, "train step >= 1.5x faster than Embedding(sparse) + SparseAdam", st, st >= 1.5, "{:.2f}x")
+        full = gr["full softmax Adam"]["ratio"]
+        _goal(goals, "train step >= 1000x faster than full softmax + Adam", full, full >= 1000, "{:.0f}x")
+    if "memory" in payload:
+        rec = {r["V"]: r["peak_extra_mb"] for r in payload["memory"] if r["method"] == "recipe"}
+        small, big = rec[10_000], rec[max(rec)]
+        _goal(goals, "peak extra memory at largest V within 10% of V=10k", big / small, big <= 1.1 * small, "{:.2f}x")
+    env = harness.environment(args.seed)
+    payload["environment"] = env
+    text = ["# Benchmark results", "", f"Command: `{payload['command']}`", "",
+            "Machine: " + ", ".join(f"{k} {v}" for k, v in env.items()), "", *lines, "## Goals", "", *goals, ""]
+    print("\n".join(text))
+    os.makedirs(args.out, exist_ok=True)
+    harness.dump(os.path.join(args.out, "results.json"), payload)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write("\n".join(text))
+    del torch
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

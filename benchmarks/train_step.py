@@ -1,0 +1,196 @@
+"""A full training step (forward, backward, optimizer update), paired, and its peak memory.
+
+The model: ``h = tanh(Linear(D, D)(x))`` (the rest of the model, updated by ``torch.optim.Adam``)
+followed by an output layer over ``V`` classes. Methods:
+
+* ``recipe``: ``SampledSoftmaxLoss(sparse=True)`` with ``SparseRowAdam`` for the class table
+  (the library's documented recipe).
+* ``recipe rowwise``: the same with ``SparseRowAdam(rowwise=True)`` (one second moment per row).
+* ``stock sparse``: ``nn.Embedding(V, D, sparse=True)`` rows, hand-written sampled logits and
+  ``torch.optim.SparseAdam``, what a careful PyTorch user builds today.
+* ``sampled dense Adam``: hand-written sampled softmax indexing a dense Parameter, ``Adam``.
+* ``full softmax Adam``: ``Linear(D, V)`` and ``F.cross_entropy``, ``Adam``.
+
+Run as a module for peak memory: ``python -m benchmarks.train_step METHOD V`` prints one JSON
+line measured in that fresh process.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import sys
+
+METHODS = ("recipe", "recipe rowwise", "stock sparse", "sampled dense Adam", "full softmax Adam")
+SHAPE = dict(S=100, D=300, B=256)
+
+
+def build(method: str, V: int, *, S=100, D=300, B=256, seed=0):
+    """A ``step()`` closure for ``method`` at ``V`` classes, with its own parameters."""
+    import torch
+    import torch.nn.functional as F
+
+    from sampled_softmax.torch import LogUniformSampler, SampledSoftmaxLoss, SparseRowAdam
+
+    g = torch.Generator().manual_seed(seed)
+    body = torch.nn.Linear(D, D)
+    x = torch.randn(B, D, generator=g)
+    y = torch.randint(V, (B,), generator=g)
+    body_opt = torch.optim.Adam(body.parameters(), lr=1e-3)
+
+    if method in ("recipe", "recipe rowwise"):
+        head = SampledSoftmaxLoss(D, V, S, sparse=True)
+        head_opt = SparseRowAdam(head.parameters(), lr=1e-3, rowwise=method == "recipe rowwise")
+
+        def step():
+            body_opt.zero_grad(set_to_none=True)
+            head_opt.zero_grad(set_to_none=True)
+            head(torch.tanh(body(x)), y, generator=g).loss.backward()
+            body_opt.step()
+            head_opt.step()
+
+        return step, (body, body_opt, head, head_opt)
+
+    if method in ("stock sparse", "sampled dense Adam"):
+        sparse = method == "stock sparse"
+        table = torch.nn.Embedding(V, D, sparse=sparse)
+        bias = torch.nn.Embedding(V, 1, sparse=sparse)
+        torch.nn.init.zeros_(bias.weight)
+        sampler = LogUniformSampler(V)
+        params = list(table.parameters()) + list(bias.parameters())
+        head_opt = torch.optim.SparseAdam(params, lr=1e-3) if sparse else torch.optim.Adam(params, lr=1e-3)
+
+        def step():
+            body_opt.zero_grad(set_to_none=True)
+            head_opt.zero_grad(set_to_none=True)
+            h = torch.tanh(body(x))
+            cand, tc, sc = sampler(y[:, None], S, generator=g)
+            ids = torch.cat([y, cand])
+            rows, b = table(ids), bias(ids)[:, 0]
+            true_logits = (h * rows[:B]).sum(1, keepdim=True) + b[:B, None] - tc.log()
+            samp_logits = (h @ rows[B:].t() + b[B:] - sc.log()).masked_fill(y[:, None] == cand, -1e9)
+            logits = torch.cat([true_logits, samp_logits], 1)
+            F.cross_entropy(logits, torch.zeros(B, dtype=torch.long)).backward()
+            body_opt.step()
+            head_opt.step()
+
+        return step, (body, body_opt, table, bias, head_opt)
+
+    if method == "full softmax Adam":
+        head = torch.nn.Linear(D, V)
+        head_opt = torch.optim.Adam(head.parameters(), lr=1e-3)
+
+        def step():
+            body_opt.zero_grad(set_to_none=True)
+            head_opt.zero_grad(set_to_none=True)
+            F.cross_entropy(head(torch.tanh(body(x))), y).backward()
+            body_opt.step()
+            head_opt.step()
+
+        return step, (body, body_opt, head, head_opt)
+    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+
+def run(*, quick=False, seed=0, progress=None):
+    """Timing groups, each paired in this process (see the module docstring)."""
+    from .harness import paired, paired_ratio, summarize
+
+    big = 100_000 if quick else 1_000_000
+    sizes = (10_000, big) if quick else (10_000, 100_000, 1_000_000)
+    repeats = 5 if quick else 20
+    block = 2 if quick else 5
+    results = {"case": dict(SHAPE, V=list(sizes)), "kind": "train-step", "groups": {}}
+
+    # 1. The recipe is flat in V.
+    steps = {f"recipe V={v}": build("recipe", v, seed=seed)[0] for v in sizes}
+    s = paired(steps, repeats=repeats, block=block, progress=progress)
+    results["groups"]["flatness"] = {"summary": summarize(s), "ratio": paired_ratio(
+        s, f"recipe V={big}", f"recipe V={sizes[0]}")}
+    del steps
+    gc.collect()
+
+    # 2. At the largest V: the recipe, its row-wise variant and stock SparseAdam.
+    steps = {m: build(m, big, seed=seed)[0] for m in ("recipe", "recipe rowwise", "stock sparse")}
+    s = paired(steps, repeats=repeats, block=block, progress=progress)
+    results["groups"]["sparse"] = {"V": big, "summary": summarize(s), "ratios": {
+        "stock sparse / recipe": paired_ratio(s, "stock sparse", "recipe"),
+        "recipe rowwise / recipe": paired_ratio(s, "recipe rowwise", "recipe")}}
+    recipe = steps["recipe"]
+    del steps
+    gc.collect()
+
+    # 3. Dense optimizers at the largest V (slow: few repeats, block 1).
+    for m in ("sampled dense Adam", "full softmax Adam"):
+        step = build(m, big, seed=seed)[0]
+        s = paired({"recipe": recipe, m: step}, repeats=3 if quick else 5, warmup=1)
+        results["groups"][m] = {"V": big, "summary": summarize(s), "ratio": paired_ratio(s, m, "recipe")}
+        del step
+        gc.collect()
+    return results
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+def _state_bytes(objects) -> int:
+    """Bytes of parameters, buffers and optimizer state held by ``objects``."""
+    import torch
+
+    seen, total = set(), 0
+
+    def add(t):
+        nonlocal total
+        if isinstance(t, torch.Tensor) and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+
+    for obj in objects:
+        if isinstance(obj, torch.nn.Module):
+            for t in list(obj.parameters()) + list(obj.buffers()):
+                add(t)
+        elif isinstance(obj, torch.optim.Optimizer):
+            for state in obj.state.values():
+                for t in state.values():
+                    add(t)
+    return total
+
+
+def measure_memory(method: str, V: int, steps: int = 3) -> dict:
+    """Peak resident memory of training steps beyond the weights and optimizer state.
+
+    Build, take one step (optimizer state is allocated then), hand freed heap back to the OS
+    (``malloc_trim``), read the resident set, reset the high-water mark and take more steps:
+    the growth is what a step needs (gradients, activations, temporaries)."""
+    import ctypes
+
+    step, owned = build(method, V)
+    step()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc: the baseline then includes freed heap
+        pass
+    base_kb = _status_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # VmHWM := VmRSS (Linux)
+        f.write("5")
+    for _ in range(steps):
+        step()
+    peak_kb = _status_kb("VmHWM")
+    return {"method": method, "V": V, "weights_and_state_mb": _state_bytes(owned) / 2**20,
+            "peak_extra_mb": (peak_kb - base_kb) / 1024}
+
+
+def memory_in_subprocess(method: str, V: int) -> dict:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.train_step", method, str(V)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(json.dumps(measure_memory(sys.argv[1], int(sys.argv[2]))))

@@ -1,0 +1,76 @@
+"""The ``sampled-softmax`` command (also ``python -m sampled_softmax``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import sys
+
+from . import __version__
+
+FRONT_ENDS = {"torch": "torch", "tensorflow": "tensorflow", "keras": "keras"}
+KERAS_BACKENDS_ONLY = ("jax",)  # frameworks reached through the Keras front end
+
+
+def _info(_args) -> int:
+    print(f"sampled-softmax {__version__}")
+    print(f"python {platform.python_version()} on {platform.platform()}")
+    import numpy
+
+    print(f"numpy {numpy.__version__}")
+    for front_end, framework in FRONT_ENDS.items():
+        try:
+            mod = importlib.import_module(framework)
+            version = getattr(mod, "__version__", "?")
+        except ImportError:
+            print(f"{framework}: not installed (front end sampled_softmax.{front_end} unavailable)")
+            continue
+        try:
+            importlib.import_module(f"sampled_softmax.{front_end}")
+            status = "importable"
+        except ImportError as exc:
+            status = f"not importable ({exc})"
+        print(f"{framework} {version}: sampled_softmax.{front_end} {status}")
+    for framework in KERAS_BACKENDS_ONLY:
+        try:
+            version = importlib.import_module(framework).__version__
+            print(f"{framework} {version}: usable as a Keras backend")
+        except ImportError:
+            print(f"{framework}: not installed (Keras backend unavailable)")
+    return 0
+
+
+def _bench(args) -> int:
+    # The suite lives in the source tree's `benchmarks/` (not shipped in the wheel).
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for path in (os.getcwd(), root):
+        if os.path.isdir(os.path.join(path, "benchmarks")) and path not in sys.path:
+            sys.path.insert(0, path)
+    try:
+        from benchmarks.__main__ import main as bench_main
+    except ImportError:
+        print("sampled-softmax bench needs the source tree: run it from a checkout of the repository "
+              "(the `benchmarks/` directory is not part of the installed package)", file=sys.stderr)
+        return 2
+    return bench_main(args.rest)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="sampled-softmax", description="Sampled softmax for PyTorch, TensorFlow and Keras 3.")
+    parser.add_argument("--version", action="version", version=f"sampled-softmax {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions and which front ends are importable").set_defaults(func=_info)
+    bench = sub.add_parser("bench", help="the benchmark suite (options: python -m benchmarks --help)")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_bench)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # everything after `bench` belongs to the suite's own parser
+        return _bench(argparse.Namespace(rest=argv[1:]))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
