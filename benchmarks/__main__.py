@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         lines += ["## Loss forward+backward, " + ", ".join(f"{k}={v}" for k, v in res["case"].items()), "",
                   "```", *loss_bench.format_rows(res), "```", ""]
     if "train" in parts and not args.smoke:
-        bar = harness.Progress(0, "train step")
+        bar = harness.Progress(train_step.rounds(args.quick), "train step")
         res = train_step.run(quick=args.quick, seed=args.seed, progress=lambda note: bar.step(note))
         payload["train"] = res
         lines += ["## Training step (forward, backward, optimizer)", ""]

@@ -41,7 +41,7 @@ def test_lazy_like_sparse_adam_and_untouched_rows_keep_parameters_and_state():
     touched = {1, 5, 7, 8, 9, 10, 11}
     untouched = [r for r in range(30) if r not in touched]
     assert torch.equal(b.detach()[untouched], start[untouched])
-    assert torch.count_nonzero(opt_b.state[b]["exp_avg_sq"][untouched]) == 0
+    assert torch.count_nonzero(opt_b.state[b]["moments"][untouched]) == 0
 
 
 def test_rowwise_second_moment_is_one_value_per_row():

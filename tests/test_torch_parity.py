@@ -254,3 +254,32 @@ def test_sampler_draws_on_the_default_path_are_reproducible():
     a = sampled_softmax_loss(W, None, y, h, 20, 1000, generator=torch.Generator().manual_seed(0))
     b = sampled_softmax_loss(W, None, y, h, 20, 1000, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a, b)
+
+
+def test_expected_counts_in_any_float_dtype(rng):
+    W, b, y, h, sv = random_problem(rng)
+    ref = sampled_softmax_loss(torch.tensor(W), None, torch.tensor(y[:, 0]), torch.tensor(h), 8, 40,
+                               sampled_values=tuple(torch.tensor(v) for v in sv))
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        tsv = (torch.tensor(sv[0]), torch.tensor(sv[1]).to(dtype), torch.tensor(sv[2]).to(dtype))
+        got = sampled_softmax_loss(torch.tensor(W), None, torch.tensor(y[:, 0]), torch.tensor(h), 8, 40, sampled_values=tsv)
+        assert torch.allclose(got, ref, rtol=1e-2), dtype
+
+
+def test_numpy_and_torch_column_builders_agree(rng):
+    """The CPU (NumPy) and accelerator (torch) bookkeeping give the same ids, log E and mask."""
+    from sampled_softmax.torch import functional as F
+
+    _, _, y, _, sv = random_problem(rng, T=3, dup_candidates=True)
+    y[1, 2] = -1
+    yt = torch.tensor(y)
+    valid = yt != -1
+    y_safe = torch.where(valid, yt, 0)
+    cand = torch.tensor(sv[0])
+    sc = torch.tensor(sv[2], dtype=torch.float32)
+    sc[3] = float("inf")
+    tc = torch.tensor(sv[1], dtype=torch.float32)
+    for hits in (True, False):
+        a = F._columns_numpy(y_safe, valid, cand, tc, sc, torch.float32, hits, True, True)
+        b = F._columns_torch(y_safe, valid, cand, tc, sc, torch.float32, hits, True, True)
+        assert torch.equal(a[0], b[0]) and torch.allclose(a[1], b[1]) and torch.equal(a[2], b[2])

@@ -81,18 +81,21 @@ def _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_inde
     n = math.prod(lead)
     y = labels.reshape(n, num_true)
     h = inputs.reshape(n, dim)
-    valid = None if ignore_index is None else y != ignore_index
+    valid = None  # [N, T] mask of kept labels; None when no label is ignored (the fast path)
     if y.numel():
-        # Zero stands in for ignored labels: it is always in range.
-        lo, hi = _min_max(y if valid is None else torch.where(valid, y, 0))
+        lo, hi = _min_max(y)
+        if ignore_index is not None and lo <= ignore_index <= hi:
+            valid = y != ignore_index
+            # Zero stands in for ignored labels: it is always in range.
+            lo, hi = _min_max(torch.where(valid, y, 0))
         V.check_label_values(lo, hi, num_classes, ignore_index)
     return shards, biases, y, h, lead, num_classes, offsets, valid, label_smoothing
 
 
 def _min_max(x: torch.Tensor):
     """Smallest and largest value as Python numbers (one read-back)."""
-    if x.device.type == "cpu" and not x.requires_grad:
-        xn = x.numpy()
+    if x.device.type == "cpu":
+        xn = _as_numpy_float(x) if x.is_floating_point() else x.numpy()
         return xn.min().item(), xn.max().item()
     return torch.stack(list(torch.aminmax(x))).tolist()
 
@@ -121,6 +124,12 @@ def _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid, de
     return cand.long(), true_count, samp_count, padded
 
 
+def _as_numpy_float(x: torch.Tensor) -> np.ndarray:
+    # NumPy has no bfloat16; float16 counts are widened too (their log feeds float32 logits).
+    x = x.detach()
+    return (x.float() if x.dtype in _LOW_PRECISION else x).numpy()
+
+
 def _columns_numpy(y_safe, valid, cand, true_count, samp_count, cdt, remove_hits, subtract_log_q, padded):
     """On the CPU: column ids ``[N*T + S]``, ``log E`` per column and the removed-candidate mask
     ``[N, S]`` (or None), built with NumPy, whose small-array operations cost a fraction of torch's."""
@@ -134,13 +143,13 @@ def _columns_numpy(y_safe, valid, cand, true_count, samp_count, cdt, remove_hits
         if vn is not None:
             hits &= vn[:, :, None]
         removed = hits[:, 0] if t == 1 else hits.any(1)
-    sc = samp_count.detach().numpy()
+    sc = _as_numpy_float(samp_count)
     if padded:  # padding slots (expected count inf) are removed from every row
         pad = ~np.isfinite(sc)
         removed = np.broadcast_to(pad, (n, cn.size)).copy() if removed is None else removed | pad
     if subtract_log_q:
         np_dtype = torch.empty(0, dtype=cdt).numpy().dtype
-        counts = np.concatenate([true_count.detach().numpy().reshape(-1), sc]).astype(np_dtype)
+        counts = np.concatenate([_as_numpy_float(true_count).reshape(-1), sc]).astype(np_dtype)
         if vn is not None:
             counts[: n * t][~vn.reshape(-1)] = 1.0
         if padded:
@@ -430,7 +439,8 @@ def sampled_softmax_loss(
         remove_accidental_hits: mask candidates equal to a row's label. Default True.
         sampler: ``"log_uniform"`` (default), ``"uniform"``, or a :class:`CandidateSampler`.
         reduction: ``"none"`` (default, per-example like ``tf.nn``), ``"mean"`` over the
-            examples with a kept label, or ``"sum"``.
+            examples with a kept label (``nan`` when none has one, as ``F.cross_entropy``),
+            or ``"sum"``.
         ignore_index: label value to ignore. A row whose labels are all ignored gets loss 0 and
             no gradient; with ``T > 1`` an ignored label is dropped from its row (padding).
         label_smoothing: ``eps`` in ``[0, 1]``.

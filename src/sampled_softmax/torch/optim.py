@@ -8,6 +8,10 @@ rows, whatever ``V``), and can keep less state:
 * ``rowwise=True`` keeps one second moment per row (``[V]`` instead of ``[V, D]``), the
   mean of the squared gradient over the row, as row-wise Adagrad does for embeddings;
 * ``betas[0] = 0`` keeps no first moment at all.
+
+State per parameter: ``step``, and ``moments`` (``[rows, 2, ...]``: first and second moment
+side by side), or ``exp_avg_sq`` (``[rows]`` row-wise, or the parameter's shape) with
+``exp_avg`` when ``betas[0] > 0``.
 """
 
 from __future__ import annotations
@@ -72,12 +76,19 @@ class SparseRowAdam(torch.optim.Optimizer):
     def _init_state(self, p, group):
         state = self.state[p]
         state["step"] = 0
-        if group["betas"][0] > 0:
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        if group["rowwise"] and p.dim() > 1:
-            state["exp_avg_sq"] = torch.zeros(p.shape[0], dtype=p.dtype, device=p.device)
+        rowwise = group["rowwise"] and p.dim() > 1
+        if group["betas"][0] > 0 and not rowwise:
+            # m and v side by side, [rows, 2, ...]: a touched row costs one gather and one
+            # write-back of the state, not two of each (random rows of a large table are
+            # what a sparse step pays for).
+            state["moments"] = torch.zeros((p.shape[0], 2) + tuple(p.shape[1:]), dtype=p.dtype, device=p.device)
         else:
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group["betas"][0] > 0:
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if rowwise:
+                state["exp_avg_sq"] = torch.zeros(p.shape[0], dtype=p.dtype, device=p.device)
+            else:
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
 
     @torch.no_grad()
@@ -88,26 +99,33 @@ class SparseRowAdam(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            lr, eps, rowwise = group["lr"], group["eps"], group["rowwise"]
+            lr, eps = group["lr"], group["eps"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 state = self.state[p] or self._init_state(p, group)
                 state["step"] += 1
                 t = state["step"]
-                if p.grad.is_sparse:
+                sparse = p.grad.is_sparse
+                if sparse:
                     rows, g = _sum_duplicate_rows(p.grad)
-                    m_all, v_all = state.get("exp_avg"), state["exp_avg_sq"]
-                    m = None if m_all is None else m_all.index_select(0, rows)
-                    v = v_all.index_select(0, rows)
                 else:  # dense gradient: every row, in place
                     rows, g = None, p.grad
-                    m, v = state.get("exp_avg"), state["exp_avg_sq"]
+                moments = state.get("moments")
+                if moments is not None:
+                    mv = moments.index_select(0, rows) if sparse else moments
+                    m, v = mv.select(1, 0), mv.select(1, 1)
+                else:
+                    mv = None
+                    m = state.get("exp_avg")
+                    if m is not None and sparse:
+                        m = m.index_select(0, rows)
+                    v = state["exp_avg_sq"].index_select(0, rows) if sparse else state["exp_avg_sq"]
                 if m is not None:
                     m.lerp_(g, 1.0 - beta1)  # beta1 m + (1 - beta1) g
                 else:
                     m = g
-                row_v = rowwise and p.dim() > 1
+                row_v = v.dim() < g.dim()
                 if row_v:
                     v.mul_(beta2).add_(g.square().mean(dim=tuple(range(1, g.dim()))), alpha=1.0 - beta2)
                 else:
@@ -118,13 +136,16 @@ class SparseRowAdam(torch.optim.Optimizer):
                 if row_v:
                     denom = denom.view(-1, *([1] * (g.dim() - 1)))
                 step_size = -lr * root_c2 / (1.0 - beta1**t)
-                if rows is None:
+                if not sparse:
                     p.addcdiv_(m, denom, value=step_size)
+                    continue
+                if mv is not None:
+                    moments.index_copy_(0, rows, mv)
                 else:
                     if "exp_avg" in state:
                         state["exp_avg"].index_copy_(0, rows, m)
                     state["exp_avg_sq"].index_copy_(0, rows, v)
-                    p.index_add_(0, rows, m.div(denom), alpha=step_size)
+                p.index_add_(0, rows, m.div(denom), alpha=step_size)
         return loss
 
     def state_bytes(self) -> int:
