@@ -23,7 +23,7 @@ def test_torch_front_end_loads_only_torch():
 def test_front_ends_ci_expects_are_importable():
     # Fails loudly (no skip) if the dev environment lost a framework.
     import sampled_softmax.torch  # noqa: F401
-    import tensorflow  # noqa: F401
+    import sampled_softmax.tensorflow  # noqa: F401
 
 
 def test_public_names():
@@ -36,3 +36,10 @@ def test_public_names():
     for name in ("sampled_softmax_loss", "full_softmax_loss", "SampledSoftmaxLoss", "SampledSoftmaxOutput",
                  "UniformSampler", "LogUniformSampler", "UnigramSampler", "LearnedUnigramSampler", "SparseRowAdam"):
         assert hasattr(sst, name), name
+
+
+def test_tensorflow_front_end_loads_only_what_tensorflow_loads():
+    # `import tensorflow` itself registers keras; the front end must add nothing to that.
+    baseline = loaded_after("import tensorflow")
+    assert "tensorflow" in baseline and "torch" not in baseline
+    assert loaded_after("import sampled_softmax.tensorflow") == baseline

@@ -1,0 +1,200 @@
+"""TensorFlow front end: a drop-in for ``tf.nn.sampled_softmax_loss`` and the exact loss for
+evaluation. Imports TensorFlow (and no other framework).
+
+``sampled_softmax_loss`` keeps ``tf.nn.sampled_softmax_loss``'s signature, defaults and
+output: change the import, nothing else. The touched rows of the class table are gathered with
+TensorFlow's own ``gather`` (so the gradients of weights and biases are ``tf.IndexedSlices``
+over those rows, as ``tf.nn``'s are), and the loss over them is one ``tf.custom_gradient``:
+matrix products, a masked log-softmax, and an explicit backward.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from . import SampledSoftmaxError, SampledValues
+from . import _validation as V
+
+__all__ = ["sampled_softmax_loss", "full_softmax_loss", "full_logits", "SampledValues", "SampledSoftmaxError"]
+
+_LOW_PRECISION = (tf.float16, tf.bfloat16)
+
+
+def _shards(weights):
+    if isinstance(weights, (list, tuple)):
+        return list(weights)
+    return [weights]
+
+
+def _static_shape(x):
+    return tuple(-1 if d is None else d for d in x.shape.as_list()) if x.shape.rank is not None else None
+
+
+def _check(weights, biases, labels, inputs, num_sampled, num_classes, num_true, partition_strategy):
+    """Static checks (shapes known at trace time); returns ``(shards, num_classes, dim)``."""
+    shards = [tf.convert_to_tensor(w) if not isinstance(w, tf.Variable) else w for w in _shards(weights)]
+    for i, w in enumerate(shards):
+        name = "weights" if len(shards) == 1 else f"weights[{i}]"
+        V.check_floating_dtype(name, w.dtype.is_floating, w.dtype.name)
+    V.check_floating_dtype("inputs", inputs.dtype.is_floating, inputs.dtype.name)
+    V.check_integer_dtype("labels", labels.dtype.is_integer, labels.dtype.name)
+    num_sampled = V.check_positive_int("num_sampled", num_sampled)
+    shapes = [_static_shape(w) for w in shards]
+    in_shape = _static_shape(inputs)
+    if in_shape is None or len(in_shape) != 2:
+        raise SampledSoftmaxError(f"`inputs` must have shape [batch, dim]; received shape {inputs.shape}")
+    if all(s is not None and -1 not in s for s in shapes):
+        num_classes, dim = V.check_weights_shapes(shapes, num_classes, in_shape[1])
+        if len(shards) > 1:
+            V.shard_layout([s[0] for s in shapes], num_classes, partition_strategy)
+    else:
+        num_classes = V.check_positive_int("num_classes", num_classes)
+    if biases is not None:
+        b_shape = _static_shape(biases if isinstance(biases, (tf.Tensor, tf.Variable)) else tf.convert_to_tensor(biases))
+        if b_shape is not None and -1 not in b_shape:
+            V.check_biases_shape(b_shape, num_classes)
+    l_shape = _static_shape(labels)
+    if l_shape is not None and in_shape[0] != -1 and -1 not in l_shape:
+        V.resolve_label_shape(l_shape, in_shape, num_true)
+    return shards, num_classes, num_sampled
+
+
+def _check_label_values(labels, num_classes):
+    # Eager only: in a graph TensorFlow's own gather rejects out-of-range ids on the CPU.
+    if tf.executing_eagerly() and tf.size(labels) > 0:
+        V.check_label_values(int(tf.reduce_min(labels)), int(tf.reduce_max(labels)), num_classes, None)
+
+
+def _gather(shards, ids, partition_strategy):
+    if len(shards) == 1:
+        return tf.gather(shards[0], ids)
+    return tf.nn.embedding_lookup(shards, ids) if partition_strategy == "div" else _gather_mod(shards, ids)
+
+
+def _gather_mod(shards, ids):
+    n = len(shards)
+    shard, local = ids % n, ids // n
+    parts = tf.dynamic_partition(tf.range(tf.size(ids)), tf.cast(shard, tf.int32), n)
+    local_parts = tf.dynamic_partition(local, tf.cast(shard, tf.int32), n)
+    rows = [tf.gather(w, lp) for w, lp in zip(shards, local_parts)]
+    return tf.dynamic_stitch(parts, rows)
+
+
+@tf.custom_gradient
+def _sampled_loss(h, w_true, w_cand, b_true, b_cand, logq_true, logq_cand, removed):
+    """Per-row loss for ``h [N, D]``, true rows ``[N, T, D]``, candidate rows ``[S, D]``."""
+    t = tf.shape(w_true)[1]
+    tl = tf.einsum("nd,ntd->nt", h, w_true) + b_true - logq_true
+    sl = tf.matmul(h, w_cand, transpose_b=True) + (b_cand - logq_cand)[tf.newaxis, :]
+    # A true mask: a removed candidate's probability is exactly 0, and so is its gradient.
+    sl = tf.where(removed, tf.constant(-float("inf"), sl.dtype), sl)
+    logp = tf.nn.log_softmax(tf.concat([tl, sl], 1))
+    loss = -tf.reduce_mean(logp[:, :t], axis=1)
+
+    def grad(d_loss):
+        g = tf.exp(logp) * d_loss[:, tf.newaxis]
+        g_true = g[:, :t] - d_loss[:, tf.newaxis] / tf.cast(t, g.dtype)
+        g_cand = g[:, t:]
+        d_h = tf.einsum("nt,ntd->nd", g_true, w_true) + tf.matmul(g_cand, w_cand)
+        d_w_true = g_true[:, :, tf.newaxis] * h[:, tf.newaxis, :]
+        d_w_cand = tf.matmul(g_cand, h, transpose_a=True)
+        return d_h, d_w_true, d_w_cand, g_true, tf.reduce_sum(g_cand, 0), None, None, None
+
+    return loss, grad
+
+
+def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_classes, num_true=1,
+                         sampled_values=None, remove_accidental_hits=True, seed=None,
+                         name="sampled_softmax_loss"):
+    """Sampled softmax training loss: ``tf.nn.sampled_softmax_loss``'s signature and output.
+
+    Per row ``i``, with candidates ``c`` shared by the batch and expected counts ``E``:
+    ``o_ik = h_i . W_k + b_k - log E(k)``, and ``loss_i = logsumexp_k o_ik - (1/T) sum_j o_iy_ij``
+    over the true columns and the candidates not removed as accidental hits.
+
+    Args:
+        weights: ``[num_classes, dim]`` tensor or variable, or a list of shards (``"div"``
+            layout, as ``tf.nn``'s).
+        biases: ``[num_classes]``.
+        labels: ``[batch, num_true]`` int32 or int64.
+        inputs: ``[batch, dim]``; float16/bfloat16 inputs are computed in float32.
+        num_sampled, num_classes, num_true: as ``tf.nn.sampled_softmax_loss``.
+        sampled_values: ``(sampled_candidates, true_expected_count, sampled_expected_count)``;
+            default: ``tf.random.log_uniform_candidate_sampler(..., unique=True, seed=seed)``,
+            the same draw as ``tf.nn`` with the same seed.
+        remove_accidental_hits: remove candidates equal to a row's label from its normalizer
+            (a true mask, where ``tf.nn`` adds ``-FLT_MAX``; where one candidate is drawn twice,
+            every copy is removed, where ``tf.nn`` removes one).
+        seed: seed of the default sampler.
+        name: name scope.
+
+    Returns:
+        ``[batch]`` per-example losses (float32 for float16/bfloat16 inputs).
+
+    Raises:
+        SampledSoftmaxError: a bad shape or value, naming the argument.
+        TypeError: a wrong dtype.
+    """
+    with tf.name_scope(name):
+        partition_strategy = "div"
+        inputs = tf.convert_to_tensor(inputs)
+        labels = tf.convert_to_tensor(labels)
+        shards, num_classes, num_sampled = _check(weights, biases, labels, inputs, num_sampled, num_classes,
+                                                  num_true, partition_strategy)
+        labels = tf.reshape(tf.cast(labels, tf.int64), [-1, num_true])
+        _check_label_values(labels, num_classes)
+        if sampled_values is None:
+            V.check_num_sampled(num_sampled, num_classes, unique=True)
+            sampled_values = tf.random.log_uniform_candidate_sampler(
+                true_classes=labels, num_true=num_true, num_sampled=num_sampled, unique=True,
+                range_max=num_classes, seed=seed)
+        cand, true_count, samp_count = (tf.stop_gradient(tf.convert_to_tensor(v)) for v in sampled_values)
+        cand = tf.cast(cand, tf.int64)
+        cdt = tf.float32 if inputs.dtype in _LOW_PRECISION else inputs.dtype
+        n = tf.shape(labels)[0]
+        ids = tf.concat([tf.reshape(labels, [-1]), cand], 0)
+        rows = tf.cast(_gather(shards, ids, partition_strategy), cdt)
+        nt = n * num_true
+        w_true = tf.reshape(rows[:nt], [n, num_true, -1])
+        w_cand = rows[nt:]
+        if biases is None:
+            b_true = tf.zeros([n, num_true], cdt)
+            b_cand = tf.zeros(tf.shape(cand), cdt)
+        else:
+            b = tf.cast(tf.gather(biases, ids), cdt)
+            b_true, b_cand = tf.reshape(b[:nt], [n, num_true]), b[nt:]
+        logq_true = tf.math.log(tf.cast(tf.reshape(true_count, [n, num_true]), cdt))
+        logq_cand = tf.math.log(tf.cast(samp_count, cdt))
+        if remove_accidental_hits:
+            removed = tf.reduce_any(labels[:, :, tf.newaxis] == cand[tf.newaxis, tf.newaxis, :], axis=1)
+        else:
+            removed = tf.zeros([n, tf.shape(cand)[0]], tf.bool)
+        return _sampled_loss(tf.cast(inputs, cdt), w_true, w_cand, b_true, b_cand, logq_true, logq_cand, removed)
+
+
+def full_logits(weights, biases, inputs, name="full_logits"):
+    """Exact logits ``inputs @ W^T + b``, ``[batch, num_classes]``, from one table or ``"div"`` shards."""
+    with tf.name_scope(name):
+        shards = _shards(weights)
+        W = shards[0] if len(shards) == 1 else tf.concat(shards, 0)
+        inputs = tf.convert_to_tensor(inputs)
+        cdt = tf.float32 if inputs.dtype in _LOW_PRECISION else inputs.dtype
+        logits = tf.matmul(tf.cast(inputs, cdt), tf.cast(W, cdt), transpose_b=True)
+        return logits if biases is None else logits + tf.cast(biases, cdt)
+
+
+def full_softmax_loss(weights, biases, labels, inputs, num_classes=None, num_true=1, name="full_softmax_loss"):
+    """Exact softmax cross-entropy over all classes, for evaluation: ``[batch]``.
+
+    Same weights, biases and labels as :func:`sampled_softmax_loss`; with ``num_true > 1`` the
+    target is ``1 / num_true`` on each label.
+    """
+    with tf.name_scope(name):
+        inputs = tf.convert_to_tensor(inputs)
+        labels = tf.convert_to_tensor(labels)
+        shards, num_classes, _ = _check(weights, biases, labels, inputs, 1, num_classes or
+                                        sum(int(w.shape[0]) for w in _shards(weights)), num_true, "div")
+        labels = tf.reshape(tf.cast(labels, tf.int64), [-1, num_true])
+        _check_label_values(labels, num_classes)
+        logp = tf.nn.log_softmax(full_logits(shards, biases, inputs))
+        return -tf.reduce_mean(tf.gather(logp, labels, batch_dims=1), axis=1)

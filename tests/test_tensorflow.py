@@ -1,0 +1,122 @@
+"""The TensorFlow drop-in against ``tf.nn.sampled_softmax_loss`` itself and the reference."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from sampled_softmax import SampledSoftmaxError  # noqa: E402
+from sampled_softmax import reference as R  # noqa: E402
+from sampled_softmax import tensorflow as sst  # noqa: E402
+
+
+def problem(seed, *, V=101, D=16, B=12, S=20, T=1, dtype=np.float32, label_dtype=np.int64):
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(V, D)).astype(dtype)
+    b = rng.normal(size=V).astype(dtype)
+    h = rng.normal(size=(B, D)).astype(dtype)
+    y = rng.integers(0, V, size=(B, T)).astype(label_dtype)
+    hit = np.unique(y[:, 0])[:6]  # many accidental hits; candidates distinct like TF's default draw
+    cand = np.concatenate([hit, rng.choice(np.setdiff1d(np.arange(V), hit), S - hit.size, replace=False)])
+    sv = (cand.astype(np.int64), rng.uniform(0.01, 2, (B, T)).astype(dtype), rng.uniform(0.01, 2, S).astype(dtype))
+    return W, b, y, h, sv
+
+
+def loss_and_grads(fn, W, b, y, h, sv, T, hits, shards=None):
+    Wv = [tf.Variable(w) for w in (np.array_split(W, shards) if shards else [W])]
+    bv, hv = tf.Variable(b), tf.Variable(h)
+    with tf.GradientTape() as tape:
+        loss = fn(Wv if shards else Wv[0], bv, tf.constant(y), hv, len(sv[0]), W.shape[0], num_true=T,
+                  sampled_values=tuple(tf.constant(v) for v in sv), remove_accidental_hits=hits)
+    grads = tape.gradient(loss, Wv + [bv, hv])
+    return loss.numpy(), grads
+
+
+@pytest.mark.parametrize("T,hits,shards,label_dtype,dtype", list(itertools.product(
+    [1, 3], [True, False], [None, 3], [np.int32, np.int64], [np.float32, np.float64])))
+def test_matches_tf_nn_sampled_softmax_loss(T, hits, shards, label_dtype, dtype):
+    W, b, y, h, sv = problem(T * 7 + hits, T=T, dtype=dtype, label_dtype=label_dtype)
+    ours, g_ours = loss_and_grads(sst.sampled_softmax_loss, W, b, y, h, sv, T, hits, shards)
+    ref, g_ref = loss_and_grads(tf.nn.sampled_softmax_loss, W, b, y, h, sv, T, hits, shards)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ours, ref, **tol)
+    for a, r in zip(g_ours, g_ref):
+        assert isinstance(a, tf.IndexedSlices) == isinstance(r, tf.IndexedSlices)
+        np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(r).numpy(), **tol)
+
+
+@pytest.mark.parametrize("T,hits", [(1, True), (3, True), (2, False)])
+def test_matches_numpy_reference_float64(T, hits):
+    W, b, y, h, sv = problem(3, T=T, dtype=np.float64)
+    ours, grads = loss_and_grads(sst.sampled_softmax_loss, W, b, y, h, sv, T, hits)
+    np.testing.assert_allclose(ours, R.sampled_softmax_loss(W, b, y, h, sv, remove_accidental_hits=hits), rtol=1e-12)
+    gh, gW, gb = R.sampled_softmax_grads(W, b, y, h, sv, remove_accidental_hits=hits)
+    np.testing.assert_allclose(tf.convert_to_tensor(grads[0]).numpy(), gW, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(tf.convert_to_tensor(grads[1]).numpy(), gb, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grads[2].numpy(), gh, rtol=1e-10, atol=1e-12)
+
+
+def test_default_sampler_with_a_seed_draws_what_tf_nn_draws():
+    W, b, y, h, _ = problem(5, V=1000, T=1)
+    losses = []
+    for fn in (tf.nn.sampled_softmax_loss, sst.sampled_softmax_loss):
+        tf.random.set_seed(1234)
+        losses.append(fn(tf.constant(W), tf.constant(b), tf.constant(y), tf.constant(h), 50, 1000, seed=7).numpy())
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def test_inside_tf_function_and_xla_with_given_sampled_values():
+    W, b, y, h, sv = problem(9, T=2)
+    Wv, hv = tf.Variable(W), tf.Variable(h)
+    svt = tuple(tf.constant(v) for v in sv)
+
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(sst.sampled_softmax_loss(Wv, tf.constant(b), tf.constant(y), hv, 20, 101, 2,
+                                                          sampled_values=svt))
+        return loss, tape.gradient(loss, [Wv, hv])
+
+    eager_loss, eager_grads = step()
+    for compiled in (tf.function(step), tf.function(step, jit_compile=True)):
+        loss, grads = compiled()
+        np.testing.assert_allclose(loss.numpy(), eager_loss.numpy(), rtol=1e-5)
+        np.testing.assert_allclose(tf.convert_to_tensor(grads[0]).numpy(),
+                                   tf.convert_to_tensor(eager_grads[0]).numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_float16_inputs_accumulate_in_float32():
+    W, b, y, h, sv = problem(2, T=1)
+    loss = sst.sampled_softmax_loss(tf.constant(W.astype(np.float16)), tf.constant(b.astype(np.float16)),
+                                    tf.constant(y), tf.constant(h.astype(np.float16)), 20, 101, sampled_values=sv)
+    assert loss.dtype == tf.float32
+    ref = R.sampled_softmax_loss(W.astype(np.float16), b.astype(np.float16), y, h.astype(np.float16), sv)
+    np.testing.assert_allclose(loss.numpy(), ref, rtol=2e-3, atol=2e-3)
+
+
+def test_full_softmax_loss_matches_reference():
+    W, b, y, h, _ = problem(4, T=2, dtype=np.float64)
+    got = sst.full_softmax_loss([W[:51], W[51:]], b, y, h, num_true=2)
+    np.testing.assert_allclose(got.numpy(), R.full_softmax_loss(W, b, y, h), rtol=1e-12)
+
+
+@pytest.mark.parametrize("overrides,exc,message", [
+    (dict(labels=np.array([[1], [2], [101]])), SampledSoftmaxError, r"`labels` must be in \[0, 100\]; received values up to 101"),
+    (dict(labels=np.array([[1.0], [2.0], [3.0]])), TypeError, r"`labels` must have an integer dtype; received float64"),
+    (dict(inputs=np.ones((3, 17), np.float32)), SampledSoftmaxError, r"`inputs` last dimension must equal the weights' dim 16; received 17"),
+    (dict(num_classes=90), SampledSoftmaxError, r"`num_classes` must equal the number of rows of `weights` \(101\); received 90"),
+    (dict(num_sampled=0), SampledSoftmaxError, r"`num_sampled` must be >= 1; received 0"),
+    (dict(num_sampled=102), SampledSoftmaxError, r"`num_sampled` must be <= 101 \(num_classes\)"),
+    (dict(num_true=2), SampledSoftmaxError, r"`labels` last dimension must equal num_true=2"),
+    (dict(biases=np.zeros(100, np.float32)), SampledSoftmaxError, r"`biases` must have shape \[101\]; received shape \[100\]"),
+])
+def test_bad_input(overrides, exc, message):
+    rng = np.random.default_rng(0)
+    kw = dict(weights=rng.normal(size=(101, 16)).astype(np.float32), biases=np.zeros(101, np.float32),
+              labels=np.array([[1], [2], [3]]), inputs=rng.normal(size=(3, 16)).astype(np.float32),
+              num_sampled=5, num_classes=101)
+    kw.update(overrides)
+    kw = {k: (tf.constant(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+    with pytest.raises(exc, match=message):
+        sst.sampled_softmax_loss(**kw)
