@@ -90,3 +90,10 @@ def test_training_with_sparse_rows_reduces_the_full_softmax_loss():
     layer.eval()
     after = layer(x, y).loss.item()
     assert after < 0.5 * before and after < np.log(V) / 2
+
+
+def test_learned_sampler_does_not_count_ignored_labels():
+    layer = SampledSoftmaxLoss(4, 30, 6, sampler=LearnedUnigramSampler(30))
+    layer(torch.randn(3, 4), torch.tensor([5, -100, 7]))
+    counts = layer.sampler.counts
+    assert counts[5] == 2 and counts[7] == 2 and counts[0] == 1 and counts.sum() == 30 + 2

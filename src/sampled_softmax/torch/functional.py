@@ -61,7 +61,8 @@ def _check_tensor(name, x, *, floating=None):
 
 def _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_index, label_smoothing,
              reduction, partition_strategy):
-    """Validate; return ``(shards, biases, y [N, T], h [N, D], lead, V, offsets, valid)``."""
+    """Validate; return ``(shards, biases, y [N, T], h [N, D], lead, V, offsets, valid [N, T] or
+    None, label_smoothing)``."""
     shards = _shards(weights)
     for i, w in enumerate(shards):
         _check_tensor("weights" if len(shards) == 1 else f"weights[{i}]", w, floating=True)
@@ -476,11 +477,12 @@ def sampled_softmax_loss(
     y_safe = y if valid is None else torch.where(valid, y, 0)
     if sampled_values is None:
         sampler = _sampler_for(sampler, num_classes)
-        cand, true_count, samp_count = sampler(y_safe, num_sampled, generator=generator, ignore_index=ignore_index)
+        # The raw labels: a learned sampler must not count ignored labels (as class 0).
+        cand, true_count, samp_count = sampler(y, num_sampled, generator=generator,
+                                               ignore_index=None if valid is None else ignore_index)
         padded = sampler.draw == "unique_exact"
     else:
         cand, true_count, samp_count, padded = _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid, h.device)
-    s = cand.shape[0]
 
     cdt = torch.float32 if h.dtype in _LOW_PRECISION else h.dtype
     if h.device.type == "cpu" and cand.device.type == "cpu":
@@ -498,7 +500,7 @@ def sampled_softmax_loss(
     return loss
 
 
-def _full_table(shards, strategy, offsets_unused=None):
+def _full_table(shards, strategy):
     if len(shards) == 1:
         return shards[0]
     if strategy == "div":
