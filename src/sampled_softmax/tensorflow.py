@@ -80,27 +80,48 @@ def _gather_mod(shards, ids):
     return tf.dynamic_stitch(parts, rows)
 
 
-@tf.custom_gradient
-def _sampled_loss(h, w_true, w_cand, b_true, b_cand, logq_true, logq_cand, removed):
-    """Per-row loss for ``h [N, D]``, true rows ``[N, T, D]``, candidate rows ``[S, D]``."""
-    t = tf.shape(w_true)[1]
-    tl = tf.einsum("nd,ntd->nt", h, w_true) + b_true - logq_true
-    sl = tf.matmul(h, w_cand, transpose_b=True) + (b_cand - logq_cand)[tf.newaxis, :]
-    # A true mask: a removed candidate's probability is exactly 0, and so is its gradient.
-    sl = tf.where(removed, tf.constant(-float("inf"), sl.dtype), sl)
-    logp = tf.nn.log_softmax(tf.concat([tl, sl], 1))
-    loss = -tf.reduce_mean(logp[:, :t], axis=1)
+def _sampled_loss(h, rows, b, logq, removed, num_true):
+    """Per-row loss for ``h [N, D]`` over the gathered columns: ``rows [M, D]``, ``b [M]`` and
+    ``logq [M]`` hold the ``N * T`` true columns then the ``S`` candidates. Gradients flow to
+    ``h``, ``rows`` and ``b`` whole, so no slice of them needs a gradient of its own."""
 
-    def grad(d_loss):
-        g = tf.exp(logp) * d_loss[:, tf.newaxis]
-        g_true = g[:, :t] - d_loss[:, tf.newaxis] / tf.cast(t, g.dtype)
-        g_cand = g[:, t:]
-        d_h = tf.einsum("nt,ntd->nd", g_true, w_true) + tf.matmul(g_cand, w_cand)
-        d_w_true = g_true[:, :, tf.newaxis] * h[:, tf.newaxis, :]
-        d_w_cand = tf.matmul(g_cand, h, transpose_a=True)
-        return d_h, d_w_true, d_w_cand, g_true, tf.reduce_sum(g_cand, 0), None, None, None
+    @tf.custom_gradient
+    def fused(h, rows, b):
+        n = tf.shape(h)[0]
+        nt = n * num_true
+        corr = b - logq
+        w_true, w_cand = rows[:nt], rows[nt:]
+        if num_true == 1:
+            tl = tf.reduce_sum(h * w_true, axis=1, keepdims=True) + corr[:nt, tf.newaxis]
+        else:
+            w_true = tf.reshape(w_true, [n, num_true, -1])
+            tl = tf.einsum("nd,ntd->nt", h, w_true) + tf.reshape(corr[:nt], [n, num_true])
+        sl = tf.matmul(h, w_cand, transpose_b=True) + corr[tf.newaxis, nt:]
+        # Removed candidates take the lowest finite value: exp() of it underflows to exactly 0,
+        # so their probability and gradient are exactly 0 (and, unlike -inf, it keeps the fused
+        # kernel's 0 * logit terms finite; this loss has no label smoothing).
+        sl = tf.where(removed, tf.constant(sl.dtype.min, sl.dtype), sl)
+        logits = tf.concat([tl, sl], 1)
+        target = tf.concat([tf.fill([n, num_true], tf.constant(1.0 / num_true, h.dtype)), tf.zeros_like(sl)], 1)
+        # One fused kernel gives the loss and d loss / d logits = softmax - target.
+        loss, backprop = tf.raw_ops.SoftmaxCrossEntropyWithLogits(features=logits, labels=target)
 
-    return loss, grad
+        def grad(d_loss):
+            g = backprop * d_loss[:, tf.newaxis]
+            g_true, g_cand = g[:, :num_true], g[:, num_true:]
+            if num_true == 1:
+                d_h = g_true * w_true + tf.matmul(g_cand, w_cand)
+                d_true = g_true * h
+            else:
+                d_h = tf.einsum("nt,ntd->nd", g_true, w_true) + tf.matmul(g_cand, w_cand)
+                d_true = tf.reshape(g_true[:, :, tf.newaxis] * h[:, tf.newaxis, :], [nt, -1])
+            d_rows = tf.concat([d_true, tf.matmul(g_cand, h, transpose_a=True)], 0)
+            d_b = tf.concat([tf.reshape(g_true, [-1]), tf.reduce_sum(g_cand, 0)], 0)
+            return d_h, d_rows, d_b
+
+        return loss, grad
+
+    return fused(h, rows, b)
 
 
 def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_classes, num_true=1,
@@ -154,22 +175,13 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_class
         n = tf.shape(labels)[0]
         ids = tf.concat([tf.reshape(labels, [-1]), cand], 0)
         rows = tf.cast(_gather(shards, ids, partition_strategy), cdt)
-        nt = n * num_true
-        w_true = tf.reshape(rows[:nt], [n, num_true, -1])
-        w_cand = rows[nt:]
-        if biases is None:
-            b_true = tf.zeros([n, num_true], cdt)
-            b_cand = tf.zeros(tf.shape(cand), cdt)
-        else:
-            b = tf.cast(tf.gather(biases, ids), cdt)
-            b_true, b_cand = tf.reshape(b[:nt], [n, num_true]), b[nt:]
-        logq_true = tf.math.log(tf.cast(tf.reshape(true_count, [n, num_true]), cdt))
-        logq_cand = tf.math.log(tf.cast(samp_count, cdt))
+        b = tf.zeros(tf.shape(ids), cdt) if biases is None else tf.cast(tf.gather(biases, ids), cdt)
+        logq = tf.math.log(tf.cast(tf.concat([tf.reshape(true_count, [-1]), samp_count], 0), cdt))
         if remove_accidental_hits:
             removed = tf.reduce_any(labels[:, :, tf.newaxis] == cand[tf.newaxis, tf.newaxis, :], axis=1)
         else:
             removed = tf.zeros([n, tf.shape(cand)[0]], tf.bool)
-        return _sampled_loss(tf.cast(inputs, cdt), w_true, w_cand, b_true, b_cand, logq_true, logq_cand, removed)
+        return _sampled_loss(tf.cast(inputs, cdt), rows, b, logq, removed, num_true)
 
 
 def full_logits(weights, biases, inputs, name="full_logits"):
