@@ -120,3 +120,68 @@ def test_bad_input(overrides, exc, message):
     kw = {k: (tf.constant(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
     with pytest.raises(exc, match=message):
         sst.sampled_softmax_loss(**kw)
+
+
+def test_padding_slots_are_removed_like_the_reference():
+    W, b, y, h, sv = problem(11, T=1, dtype=np.float64)
+    cand = sv[0].copy()
+    cand[5] = cand[4]
+    sc = sv[2].copy()
+    sc[5] = np.inf
+    padded = (cand, sv[1], sc)
+    got = sst.sampled_softmax_loss(W, b, y, h, 20, 101, sampled_values=padded)
+    np.testing.assert_allclose(got.numpy(), R.sampled_softmax_loss(W, b, y, h, padded), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["uniform", "log_uniform", "unigram"])
+@pytest.mark.parametrize("draw", ["with_replacement", "unique_exact"])
+def test_tf_op_samplers_follow_the_reference_distributions(name, draw):
+    from scipy import stats
+
+    from sampled_softmax import samplers as NS
+
+    V, S = 50, 20000 if draw == "with_replacement" else 10
+    counts = np.arange(1, V - 1, dtype=float) ** -1.2 * 1000
+    make = {
+        "uniform": lambda **kw: sst.uniform_candidate_sampler(num_classes=V, **kw),
+        "log_uniform": lambda **kw: sst.log_uniform_candidate_sampler(num_classes=V, **kw),
+        "unigram": lambda **kw: sst.unigram_candidate_sampler(num_classes=V, unigrams=counts, distortion=0.75,
+                                                              num_reserved_ids=2, **kw),
+    }[name]
+    dist = {"uniform": NS.Uniform(V), "log_uniform": NS.LogUniform(V),
+            "unigram": NS.Unigram(NS.unigram_weights(counts, num_classes=V, distortion=0.75, num_reserved_ids=2))}[name]
+    q = dist.all_probs()
+    g = tf.random.Generator.from_seed(3)
+    y = tf.constant([[2], [7]])
+    cand, tc, sc = make(true_classes=y, num_sampled=S, draw=draw, generator=g)
+    np.testing.assert_allclose(tc.numpy()[:, 0], NS.expected_count(q[[2, 7]], S, draw), rtol=1e-6)
+    finite = np.isfinite(sc.numpy())
+    np.testing.assert_allclose(sc.numpy()[finite], NS.expected_count(q[cand.numpy()[finite]], S, draw), rtol=1e-6)
+    if draw == "with_replacement":
+        observed = np.bincount(cand.numpy(), minlength=V)
+        assert observed[q == 0].sum() == 0
+        assert stats.chisquare(observed[q > 0], S * q[q > 0]).pvalue > 1e-3
+    else:  # padding exactly at the repeats
+        c = cand.numpy()
+        assert all((c[i] in c[:i]) == (not finite[i]) for i in range(S))
+
+
+def test_whole_step_with_tf_op_sampler_compiles_with_xla_and_is_seeded():
+    W = tf.Variable(np.random.default_rng(0).normal(size=(1000, 16)).astype(np.float32))
+    h = tf.constant(np.random.default_rng(1).normal(size=(4, 16)).astype(np.float32))
+    y = tf.constant([[1], [2], [3], [4]])
+
+    def run(seed):
+        g = tf.random.Generator.from_seed(seed)
+
+        @tf.function(jit_compile=True)
+        def step():
+            with tf.GradientTape() as tape:
+                sv = sst.log_uniform_candidate_sampler(y, 64, 1000, generator=g)
+                loss = tf.reduce_sum(sst.sampled_softmax_loss(W, tf.zeros(1000), y, h, 64, 1000, sampled_values=sv))
+            return loss, tape.gradient(loss, W)
+
+        return [step()[0].numpy() for _ in range(2)]
+
+    a, b = run(5), run(5)
+    assert a == b and a[0] != a[1] and np.isfinite(a).all()

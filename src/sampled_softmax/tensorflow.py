@@ -15,7 +15,10 @@ import tensorflow as tf
 from . import SampledSoftmaxError, SampledValues
 from . import _validation as V
 
-__all__ = ["sampled_softmax_loss", "full_softmax_loss", "full_logits", "SampledValues", "SampledSoftmaxError"]
+__all__ = [
+    "sampled_softmax_loss", "full_softmax_loss", "full_logits", "log_uniform_candidate_sampler",
+    "uniform_candidate_sampler", "unigram_candidate_sampler", "SampledValues", "SampledSoftmaxError",
+]
 
 _LOW_PRECISION = (tf.float16, tf.bfloat16)
 
@@ -176,11 +179,14 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_class
         ids = tf.concat([tf.reshape(labels, [-1]), cand], 0)
         rows = tf.cast(_gather(shards, ids, partition_strategy), cdt)
         b = tf.zeros(tf.shape(ids), cdt) if biases is None else tf.cast(tf.gather(biases, ids), cdt)
+        # Padding slots (expected count inf, from draw="unique_exact") are removed from every row.
+        padding = tf.logical_not(tf.math.is_finite(samp_count))
+        samp_count = tf.where(padding, tf.ones_like(samp_count), samp_count)
         logq = tf.math.log(tf.cast(tf.concat([tf.reshape(true_count, [-1]), samp_count], 0), cdt))
+        removed = tf.broadcast_to(padding[tf.newaxis, :], [n, tf.shape(cand)[0]])
         if remove_accidental_hits:
-            removed = tf.reduce_any(labels[:, :, tf.newaxis] == cand[tf.newaxis, tf.newaxis, :], axis=1)
-        else:
-            removed = tf.zeros([n, tf.shape(cand)[0]], tf.bool)
+            hits = tf.reduce_any(labels[:, :, tf.newaxis] == cand[tf.newaxis, tf.newaxis, :], axis=1)
+            removed = tf.logical_or(removed, hits)
         return _sampled_loss(tf.cast(inputs, cdt), rows, b, logq, removed, num_true)
 
 
@@ -210,3 +216,100 @@ def full_softmax_loss(weights, biases, labels, inputs, num_classes=None, num_tru
         _check_label_values(labels, num_classes)
         logp = tf.nn.log_softmax(full_logits(shards, biases, inputs))
         return -tf.reduce_mean(tf.gather(logp, labels, batch_dims=1), axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Candidate samplers in plain TensorFlow ops: they run on any device and compile with XLA, so
+# sampling and loss fit in one `tf.function(jit_compile=True)` step. Formulas as in
+# `sampled_softmax.samplers`. `draw="unique"` (TensorFlow's own procedure, a data-dependent
+# loop) uses TensorFlow's sampler ops, which run on the CPU only and do not compile.
+
+def _draw_uniforms(n, generator):
+    generator = tf.random.get_global_generator() if generator is None else generator
+    return generator.uniform([n], dtype=tf.float64)
+
+
+def _repeated_slots(values):
+    """True where a value already appeared at an earlier position (sort-based, static shapes)."""
+    order = tf.argsort(values, stable=True)
+    sorted_values = tf.gather(values, order)
+    repeat_sorted = tf.concat([[False], sorted_values[1:] == sorted_values[:-1]], 0)
+    return tf.scatter_nd(order[:, tf.newaxis], repeat_sorted, tf.shape(values))
+
+
+def _candidate_sampler(true_classes, num_sampled, num_classes, draw, generator, inverse_cdf, probs):
+    V.check_choice("draw", draw, ("with_replacement", "unique_exact"))
+    num_sampled = V.check_positive_int("num_sampled", num_sampled)
+    true_classes = tf.cast(tf.convert_to_tensor(true_classes), tf.int64)
+    candidates = inverse_cdf(_draw_uniforms(num_sampled, generator))
+    p_true, p_cand = probs(true_classes), probs(candidates)
+    if draw == "with_replacement":
+        true_count, samp_count = p_true * num_sampled, p_cand * num_sampled
+    else:
+        true_count = -tf.math.expm1(num_sampled * tf.math.log1p(-p_true))
+        samp_count = -tf.math.expm1(num_sampled * tf.math.log1p(-p_cand))
+        samp_count = tf.where(_repeated_slots(candidates), tf.constant(float("inf"), tf.float64), samp_count)
+    return SampledValues(candidates, tf.cast(true_count, tf.float32), tf.cast(samp_count, tf.float32))
+
+
+def log_uniform_candidate_sampler(true_classes, num_sampled, num_classes, *, draw="unique_exact", generator=None):
+    """Log-uniform (Zipf) candidates, ``Q(k) = log((k+2)/(k+1)) / log(V+1)``, in TensorFlow ops.
+
+    Args:
+        true_classes: ``[batch, num_true]`` integer labels (their expected counts are returned).
+        num_sampled: ``S``.
+        num_classes: ``V``.
+        draw: ``"unique_exact"`` (default: ``S`` draws, repeats become padding slots with
+            expected count ``inf``; ``1 - (1 - Q)^S`` is exact) or ``"with_replacement"``
+            (``S Q``). For TensorFlow's ``unique=True`` use ``tf.random.log_uniform_candidate_sampler``.
+        generator: a ``tf.random.Generator`` (default: the global one).
+
+    Returns:
+        ``SampledValues`` to pass as ``sampled_values``.
+    """
+    num_classes = V.check_positive_int("num_classes", num_classes)
+    log_range = tf.math.log1p(tf.constant(float(num_classes), tf.float64))
+
+    def inverse_cdf(u):
+        return tf.math.floormod(tf.cast(tf.exp(u * log_range), tf.int64) - 1, num_classes)
+
+    def probs(ids):
+        return tf.math.log1p(1.0 / (tf.cast(ids, tf.float64) + 1.0)) / log_range
+
+    return _candidate_sampler(true_classes, num_sampled, num_classes, draw, generator, inverse_cdf, probs)
+
+
+def uniform_candidate_sampler(true_classes, num_sampled, num_classes, *, draw="unique_exact", generator=None):
+    """Uniform candidates, ``Q(k) = 1 / V``, in TensorFlow ops (see :func:`log_uniform_candidate_sampler`)."""
+    num_classes = V.check_positive_int("num_classes", num_classes)
+
+    def inverse_cdf(u):
+        return tf.minimum(tf.cast(u * num_classes, tf.int64), num_classes - 1)
+
+    def probs(ids):
+        return tf.fill(tf.shape(ids), tf.constant(1.0 / num_classes, tf.float64))
+
+    return _candidate_sampler(true_classes, num_sampled, num_classes, draw, generator, inverse_cdf, probs)
+
+
+def unigram_candidate_sampler(true_classes, num_sampled, num_classes, unigrams, *, distortion=1.0,
+                              num_reserved_ids=0, draw="unique_exact", generator=None):
+    """Fixed unigram candidates, ``Q(k) ∝ unigrams[k] ** distortion`` with ``num_reserved_ids``
+    leading ids never drawn (``tf.random.fixed_unigram_candidate_sampler``'s convention), in
+    TensorFlow ops (see :func:`log_uniform_candidate_sampler`)."""
+    from .samplers import unigram_weights
+
+    num_classes = V.check_positive_int("num_classes", num_classes)
+    weights = unigram_weights(unigrams, num_classes=num_classes, distortion=distortion,
+                              num_reserved_ids=num_reserved_ids)
+    cdf = tf.constant(weights.cumsum(), tf.float64)
+    w = tf.constant(weights / weights.sum(), tf.float64)
+
+    def inverse_cdf(u):
+        ids = tf.searchsorted(cdf, u * cdf[-1], side="right", out_type=tf.int64)
+        return tf.minimum(ids, num_classes - 1)
+
+    def probs(ids):
+        return tf.gather(w, ids)
+
+    return _candidate_sampler(true_classes, num_sampled, num_classes, draw, generator, inverse_cdf, probs)
