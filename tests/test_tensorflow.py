@@ -185,3 +185,49 @@ def test_whole_step_with_tf_op_sampler_compiles_with_xla_and_is_seeded():
 
     a, b = run(5), run(5)
     assert a == b and a[0] != a[1] and np.isfinite(a).all()
+
+
+MIRRORED = r"""
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from sampled_softmax import tensorflow as sst
+rng = np.random.default_rng(0)
+W0 = rng.normal(size=(200, 8)).astype(np.float32)
+h = rng.normal(size=(8, 8)).astype(np.float32)
+y = rng.integers(0, 200, size=(8, 1))
+sv = (np.arange(0, 60, 3, dtype=np.int64), np.ones((8, 1), np.float32), np.ones(20, np.float32))
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    W = tf.Variable(W0)
+def replica_step(h_part, y_part):
+    ctx = tf.distribute.get_replica_context()
+    i = ctx.replica_id_in_sync_group
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(sst.sampled_softmax_loss(W, tf.zeros(200), y_part, h_part, 20, 200,
+            sampled_values=(sv[0], sv[1][:4], sv[2])))
+    return loss, tf.convert_to_tensor(tape.gradient(loss, W))
+@tf.function
+def step():
+    per = strategy.run(replica_step, args=(
+        strategy.experimental_distribute_values_from_function(lambda c: tf.constant(h[c.replica_id_in_sync_group * 4:][:4])),
+        strategy.experimental_distribute_values_from_function(lambda c: tf.constant(y[c.replica_id_in_sync_group * 4:][:4]))))
+    return (strategy.reduce("SUM", per[0], axis=None), strategy.reduce("SUM", per[1], axis=None))
+loss, grad = step()
+with tf.GradientTape() as tape:
+    W1 = tf.Variable(W0)
+    ref = tf.reduce_sum(sst.sampled_softmax_loss(W1, tf.zeros(200), y, h, 20, 200, sampled_values=sv))
+ref_grad = tf.convert_to_tensor(tape.gradient(ref, W1))
+np.testing.assert_allclose(loss.numpy(), ref.numpy(), rtol=1e-5)
+np.testing.assert_allclose(grad.numpy(), ref_grad.numpy(), rtol=1e-4, atol=1e-6)
+print("replicas", strategy.num_replicas_in_sync)
+"""
+
+
+def test_inside_mirrored_strategy_with_two_cpu_replicas():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "replicas 2" in out.stdout
