@@ -5,6 +5,9 @@ like TensorFlow) and computes the gradients of weights, biases and inputs:
 
 * ``ours sparse`` / ``ours dense``: ``sampled_softmax.torch.sampled_softmax_loss``.
 * ``tf.nn``: ``tf.nn.sampled_softmax_loss`` inside ``tf.function`` (IndexedSlices gradients).
+* ``ours tf``: ``sampled_softmax.tensorflow.sampled_softmax_loss``, the same sampler op.
+* ``ours tf xla``: the same loss with its TF-op log-uniform sampler (``unique_exact``), the
+  whole step under ``jit_compile=True``.
 * ``hand dense``: what users write from blog posts: index a dense ``[V, D]`` Parameter,
   concatenate logits, mask hits with a large negative, ``F.cross_entropy``.
 * ``hand sparse``: the same through ``F.embedding(..., sparse=True)``.
@@ -70,23 +73,37 @@ def torch_methods(V, S, D, B, seed, *, with_full=True):
     return fast, dense, (full if with_full else None), (W, b, h, y)
 
 
-def tf_method(W, b, h, y, S, V, seed):
+def tf_methods(W, b, h, y, S, V, seed):
+    """``tf.nn`` and this library's TensorFlow front end, each as a ``tf.function`` computing the
+    gradients of weights, biases and inputs; None without TensorFlow."""
     try:
         import tensorflow as tf
     except ImportError:
         return None
+    from sampled_softmax import tensorflow as sst
+
     tf.random.set_seed(seed)
     tW, tb = tf.Variable(W.detach().numpy()), tf.Variable(b.detach().numpy())
     th, ty = tf.constant(h.detach().numpy()), tf.constant(y.numpy()[:, None])
+    gen = tf.random.Generator.from_seed(seed)
 
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            tape.watch(th)
-            loss = tf.reduce_sum(tf.nn.sampled_softmax_loss(tW, tb, ty, th, S, V))
-        return tape.gradient(loss, [tW, tb, th])
+    def make(loss_fn, jit=False, sampler=None):
+        @tf.function(jit_compile=jit)
+        def step():
+            with tf.GradientTape() as tape:
+                tape.watch(th)
+                sv = None if sampler is None else sampler()
+                loss = tf.reduce_sum(loss_fn(tW, tb, ty, th, S, V, sampled_values=sv))
+            return tape.gradient(loss, [tW, tb, th])
+        return step
 
-    return step
+    return {
+        "tf.nn": make(tf.nn.sampled_softmax_loss),
+        "ours tf": make(sst.sampled_softmax_loss),
+        # Its own samplers in TF ops: sampling and loss in one XLA computation.
+        "ours tf xla": make(sst.sampled_softmax_loss, jit=True,
+                            sampler=lambda: sst.log_uniform_candidate_sampler(ty, S, V, generator=gen)),
+    }
 
 
 def run(*, repeats=30, block=10, seed=0, quick=False, shape=None, progress=None):
@@ -94,12 +111,12 @@ def run(*, repeats=30, block=10, seed=0, quick=False, shape=None, progress=None)
     if quick:
         repeats, block = min(repeats, 8), min(block, 4)
     fast, dense, full, tensors = torch_methods(**shape, seed=seed, with_full=not quick)
-    tf_step = tf_method(*tensors, shape["S"], shape["V"], seed)
+    tf_steps = tf_methods(*tensors, shape["S"], shape["V"], seed)
     skipped = []
-    if tf_step is not None:
-        fast["tf.nn"] = tf_step
+    if tf_steps is not None:
+        fast.update(tf_steps)
     else:
-        skipped.append("tf.nn (tensorflow not installed)")
+        skipped.append("tf.nn and sampled_softmax.tensorflow (tensorflow not installed)")
     # Two groups: dense-gradient methods evict the caches of whatever runs after them.
     samples = paired(fast, repeats=repeats, block=block, progress=progress)
     dense_samples = paired(dense, repeats=max(5, repeats // 3), warmup=2, block=max(2, block // 3))
@@ -112,6 +129,9 @@ def run(*, repeats=30, block=10, seed=0, quick=False, shape=None, progress=None)
     for other in ("tf.nn", "hand sparse"):
         if other in samples:
             ratios[f"{other} / ours sparse"] = paired_ratio(samples, other, "ours sparse")
+    for ours_tf in ("ours tf", "ours tf xla"):
+        if ours_tf in samples:
+            ratios[f"tf.nn / {ours_tf}"] = paired_ratio(samples, "tf.nn", ours_tf)
     for other in ("hand dense", "ours dense"):
         ratios[f"{other} / ours sparse"] = paired_ratio(dense_samples, other, "ours sparse")
     if "full softmax" in summary:
