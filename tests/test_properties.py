@@ -1,0 +1,104 @@
+"""Property tests (hypothesis, derandomized and budgeted in conftest): the PyTorch front end
+against the reference and the loss's invariances, over random shapes and configurations."""
+
+import numpy as np
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sampled_softmax import reference as R
+from sampled_softmax.torch import sampled_softmax_loss
+
+configs = st.fixed_dictionaries({
+    "V": st.integers(3, 40), "D": st.integers(1, 8), "B": st.integers(1, 6), "T": st.integers(1, 3),
+    "S": st.integers(1, 12), "hits": st.booleans(), "eps": st.sampled_from([0.0, 0.1, 0.7]),
+    "ignore": st.booleans(), "log_q": st.booleans(), "seed": st.integers(0, 2**31 - 1),
+})
+
+
+def build(c):
+    rng = np.random.default_rng(c["seed"])
+    W = rng.normal(size=(c["V"], c["D"]))
+    b = rng.normal(size=c["V"])
+    h = rng.normal(size=(c["B"], c["D"])) * 3
+    y = rng.integers(0, c["V"], size=(c["B"], c["T"]))
+    cand = rng.integers(0, c["V"], size=c["S"])  # duplicates and hits happen
+    if c["ignore"]:
+        y[rng.random(y.shape) < 0.3] = -1
+    sv = (cand, rng.uniform(0.05, 3, (c["B"], c["T"])).astype(np.float32).astype(np.float64),
+          rng.uniform(0.05, 3, c["S"]).astype(np.float32).astype(np.float64))
+    kw = dict(remove_accidental_hits=c["hits"], label_smoothing=c["eps"],
+              ignore_index=-1 if c["ignore"] else None, subtract_log_q=c["log_q"])
+    return W, b, y, h, sv, kw
+
+
+def torch_loss(W, b, y, h, sv, kw, reduction="none", sparse=False):
+    tW, tb, th = (torch.tensor(x, requires_grad=True) for x in (W, b, h))
+    loss = sampled_softmax_loss(tW, tb, torch.tensor(y), th, len(sv[0]), W.shape[0], y.shape[1],
+                                sampled_values=tuple(torch.tensor(v) for v in sv), reduction=reduction,
+                                sparse=sparse, **kw)
+    loss.sum().backward()
+    dense = [t.grad.to_dense() if t.grad.is_sparse else t.grad for t in (tW, tb, th)]
+    return loss.detach(), dense
+
+
+@given(configs)
+def test_agrees_with_reference(c):
+    W, b, y, h, sv, kw = build(c)
+    loss, (gW, gb, gh) = torch_loss(W, b, y, h, sv, kw)
+    np.testing.assert_allclose(loss.numpy(), R.sampled_softmax_loss(W, b, y, h, sv, **kw), rtol=1e-9, atol=1e-10)
+    rh, rW, rb = R.sampled_softmax_grads(W, b, y, h, sv, **kw)
+    for got, want in ((gW, rW), (gb, rb), (gh, rh)):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-10)
+
+
+@given(configs, st.floats(-50, 50))
+def test_adding_a_constant_to_every_logit_changes_nothing(c, shift):
+    W, b, y, h, sv, kw = build(c)
+    # A constant added to every bias shifts every logit of every row by the same amount.
+    base, _ = torch_loss(W, b, y, h, sv, kw)
+    shifted, _ = torch_loss(W, b + shift, y, h, sv, kw)
+    np.testing.assert_allclose(shifted.numpy(), base.numpy(), rtol=1e-9, atol=1e-8)
+
+
+@given(configs)
+def test_permuting_candidates_changes_nothing(c):
+    W, b, y, h, sv, kw = build(c)
+    perm = np.random.default_rng(c["seed"] + 1).permutation(len(sv[0]))
+    base, g0 = torch_loss(W, b, y, h, sv, kw)
+    permuted, g1 = torch_loss(W, b, y, h, (sv[0][perm], sv[1], sv[2][perm]), kw)
+    np.testing.assert_allclose(permuted.numpy(), base.numpy(), rtol=1e-10, atol=1e-12)
+    for a, p in zip(g0, g1):
+        np.testing.assert_allclose(a.numpy(), p.numpy(), rtol=1e-9, atol=1e-12)
+
+
+@given(configs)
+def test_loss_is_non_negative_with_one_label(c):
+    c = dict(c, T=1, eps=0.0)
+    W, b, y, h, sv, kw = build(c)
+    loss, _ = torch_loss(W, b, y, h, sv, kw)
+    assert torch.all(loss >= -1e-12)
+
+
+@given(configs)
+def test_mean_is_none_averaged_over_kept_rows_and_ignored_rows_get_no_gradient(c):
+    c = dict(c, ignore=True)
+    W, b, y, h, sv, kw = build(c)
+    none, (_, _, gh) = torch_loss(W, b, y, h, sv, kw)
+    kept = (y != -1).any(1)
+    mean, _ = torch_loss(W, b, y, h, sv, kw, reduction="mean")
+    if kept.any():
+        np.testing.assert_allclose(mean.numpy(), none.numpy()[kept].mean(), rtol=1e-12)
+    else:
+        assert torch.isnan(mean)
+    assert torch.all(none[~torch.tensor(kept)] == 0)
+    assert torch.all(gh[~torch.tensor(kept)] == 0)
+
+
+@given(configs)
+def test_sparse_and_dense_gradients_agree(c):
+    W, b, y, h, sv, kw = build(c)
+    _, dense = torch_loss(W, b, y, h, sv, kw)
+    _, sparse = torch_loss(W, b, y, h, sv, kw, sparse=True)
+    for d, s in zip(dense, sparse):
+        np.testing.assert_allclose(s.numpy(), d.numpy(), rtol=1e-12, atol=1e-14)
