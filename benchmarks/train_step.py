@@ -26,18 +26,30 @@ METHODS = ("recipe", "recipe rowwise", "stock sparse", "sampled dense Adam", "fu
 SHAPE = dict(S=100, D=300, B=256)
 
 
-def build(method: str, V: int, *, S=100, D=300, B=256, seed=0):
-    """A ``step()`` closure for ``method`` at ``V`` classes, with its own parameters."""
+def build(method: str, V: int, *, S=100, D=300, B=256, seed=0, body=True):
+    """A ``step()`` closure for ``method`` at ``V`` classes, with its own parameters.
+
+    ``body=False`` leaves out the rest of the model (its layer and its Adam): the step is then
+    the output layer alone, loss and table optimizer, on fixed hidden states."""
     import torch
     import torch.nn.functional as F
 
     from sampled_softmax.torch import LogUniformSampler, SampledSoftmaxLoss, SparseRowAdam
 
     g = torch.Generator().manual_seed(seed)
-    body = torch.nn.Linear(D, D)
     x = torch.randn(B, D, generator=g)
     y = torch.randint(V, (B,), generator=g)
-    body_opt = torch.optim.Adam(body.parameters(), lr=1e-3)
+    if body:
+        layer = torch.nn.Linear(D, D)
+        body_opt = torch.optim.Adam(layer.parameters(), lr=1e-3)
+
+        def hidden():
+            return torch.tanh(layer(x))
+    else:
+        layer, body_opt = torch.nn.Identity(), torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+
+        def hidden():
+            return x
 
     if method in ("recipe", "recipe rowwise"):
         head = SampledSoftmaxLoss(D, V, S, sparse=True)
@@ -46,11 +58,11 @@ def build(method: str, V: int, *, S=100, D=300, B=256, seed=0):
         def step():
             body_opt.zero_grad(set_to_none=True)
             head_opt.zero_grad(set_to_none=True)
-            head(torch.tanh(body(x)), y, generator=g).loss.backward()
+            head(hidden(), y, generator=g).loss.backward()
             body_opt.step()
             head_opt.step()
 
-        return step, (body, body_opt, head, head_opt)
+        return step, (layer, body_opt, head, head_opt)
 
     if method in ("stock sparse", "sampled dense Adam"):
         sparse = method == "stock sparse"
@@ -64,7 +76,7 @@ def build(method: str, V: int, *, S=100, D=300, B=256, seed=0):
         def step():
             body_opt.zero_grad(set_to_none=True)
             head_opt.zero_grad(set_to_none=True)
-            h = torch.tanh(body(x))
+            h = hidden()
             cand, tc, sc = sampler(y[:, None], S, generator=g)
             ids = torch.cat([y, cand])
             rows, b = table(ids), bias(ids)[:, 0]
@@ -75,7 +87,7 @@ def build(method: str, V: int, *, S=100, D=300, B=256, seed=0):
             body_opt.step()
             head_opt.step()
 
-        return step, (body, body_opt, table, bias, head_opt)
+        return step, (layer, body_opt, table, bias, head_opt)
 
     if method == "full softmax Adam":
         head = torch.nn.Linear(D, V)
@@ -84,17 +96,17 @@ def build(method: str, V: int, *, S=100, D=300, B=256, seed=0):
         def step():
             body_opt.zero_grad(set_to_none=True)
             head_opt.zero_grad(set_to_none=True)
-            F.cross_entropy(head(torch.tanh(body(x))), y).backward()
+            F.cross_entropy(head(hidden()), y).backward()
             body_opt.step()
             head_opt.step()
 
-        return step, (body, body_opt, head, head_opt)
+        return step, (layer, body_opt, head, head_opt)
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
 def rounds(quick: bool) -> int:
     """Progress steps :func:`run` reports."""
-    return (5 + 5 + 3 + 3) if quick else (20 + 20 + 5 + 5)
+    return (5 + 5 + 5 + 3 + 3) if quick else (20 + 20 + 20 + 5 + 5)
 
 
 def run(*, quick=False, seed=0, progress=None):
@@ -122,6 +134,14 @@ def run(*, quick=False, seed=0, progress=None):
         "stock sparse / recipe": paired_ratio(s, "stock sparse", "recipe"),
         "recipe rowwise / recipe": paired_ratio(s, "recipe rowwise", "recipe")}}
     recipe = steps["recipe"]
+    del steps
+    gc.collect()
+
+    # 2b. The output layer alone (loss and table optimizer, no body): what the library controls.
+    steps = {m: build(m, big, seed=seed, body=False)[0] for m in ("recipe", "stock sparse")}
+    s = paired(steps, repeats=repeats, block=block, progress=progress)
+    results["groups"]["head only"] = {"V": big, "summary": summarize(s), "ratios": {
+        "stock sparse / recipe": paired_ratio(s, "stock sparse", "recipe")}}
     del steps
     gc.collect()
 
