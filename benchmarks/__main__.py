@@ -26,6 +26,8 @@ def main(argv=None) -> int:
                     help="run only these parts (repeatable)")
     ap.add_argument("--out", default="results", help="directory for results.json and results.md")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sampled", default="", metavar="S1,S2,...",
+                    help="also time the loss (fast methods only) at these num_sampled, e.g. 100,1000,8192")
     args = ap.parse_args(argv)
     parts = set(args.only or ["loss", "train", "memory"])
 
@@ -46,6 +48,15 @@ def main(argv=None) -> int:
         payload["loss"] = res
         lines += ["## Loss forward+backward, " + ", ".join(f"{k}={v}" for k, v in res["case"].items()), "",
                   "```", *loss_bench.format_rows(res), "```", ""]
+    if args.sampled:
+        sweep = []
+        for S in (int(x) for x in args.sampled.split(",")):
+            shape = dict(loss_bench.TABLE1, S=S)
+            res = loss_bench.run(quick=args.quick, seed=args.seed, shape=shape, fast_only=True,
+                                 repeats=10 if args.quick else 20, block=5)
+            sweep.append(res)
+            lines += [f"## Loss forward+backward at S={S} (fast methods)", "", "```", *loss_bench.format_rows(res), "```", ""]
+        payload["loss_by_num_sampled"] = sweep
     if "train" in parts and not args.smoke:
         bar = harness.Progress(train_step.rounds(args.quick), "train step")
         res = train_step.run(quick=args.quick, seed=args.seed, progress=lambda note: bar.step(note))

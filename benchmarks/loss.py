@@ -106,11 +106,12 @@ def tf_methods(W, b, h, y, S, V, seed):
     }
 
 
-def run(*, repeats=30, block=10, seed=0, quick=False, shape=None, progress=None):
+def run(*, repeats=30, block=10, seed=0, quick=False, shape=None, progress=None, fast_only=False):
+    """Paired loss timings; ``fast_only`` leaves out the dense-gradient and full-softmax methods."""
     shape = dict(shape or TABLE1)
     if quick:
         repeats, block = min(repeats, 8), min(block, 4)
-    fast, dense, full, tensors = torch_methods(**shape, seed=seed, with_full=not quick)
+    fast, dense, full, tensors = torch_methods(**shape, seed=seed, with_full=not (quick or fast_only))
     tf_steps = tf_methods(*tensors, shape["S"], shape["V"], seed)
     skipped = []
     if tf_steps is not None:
@@ -119,9 +120,11 @@ def run(*, repeats=30, block=10, seed=0, quick=False, shape=None, progress=None)
         skipped.append("tf.nn and sampled_softmax.tensorflow (tensorflow not installed)")
     # Two groups: dense-gradient methods evict the caches of whatever runs after them.
     samples = paired(fast, repeats=repeats, block=block, progress=progress)
-    dense_samples = paired(dense, repeats=max(5, repeats // 3), warmup=2, block=max(2, block // 3))
-    for name in ("ours dense", "hand dense"):
-        samples[name] = dense_samples[name]
+    dense_samples = None
+    if not fast_only:
+        dense_samples = paired(dense, repeats=max(5, repeats // 3), warmup=2, block=max(2, block // 3))
+        for name in ("ours dense", "hand dense"):
+            samples[name] = dense_samples[name]
     if full is not None:
         samples.update(paired({"full softmax": full}, repeats=max(3, repeats // 20), warmup=1))
     summary = summarize(samples)
@@ -132,8 +135,9 @@ def run(*, repeats=30, block=10, seed=0, quick=False, shape=None, progress=None)
     for ours_tf in ("ours tf", "ours tf xla"):
         if ours_tf in samples:
             ratios[f"tf.nn / {ours_tf}"] = paired_ratio(samples, "tf.nn", ours_tf)
-    for other in ("hand dense", "ours dense"):
-        ratios[f"{other} / ours sparse"] = paired_ratio(dense_samples, other, "ours sparse")
+    if dense_samples is not None:
+        for other in ("hand dense", "ours dense"):
+            ratios[f"{other} / ours sparse"] = paired_ratio(dense_samples, other, "ours sparse")
     if "full softmax" in summary:
         ratios["full softmax / ours sparse (unpaired medians)"] = (
             summary["full softmax"]["median_ms"] / summary["ours sparse"]["median_ms"])
