@@ -3,7 +3,6 @@
 import io
 
 import numpy as np
-import pytest
 import torch
 
 from sampled_softmax.torch import (LearnedUnigramSampler, SampledSoftmaxLoss, SampledSoftmaxOutput,
@@ -81,7 +80,7 @@ def test_training_with_sparse_rows_reduces_the_full_softmax_loss():
     layer.eval()
     before = layer(x, y).loss.item()
     layer.train()
-    for step in range(200):
+    for _ in range(200):
         idx = torch.randint(N, (64,), generator=g)
         opt.zero_grad(set_to_none=True)
         layer(x[idx], y[idx], generator=g).loss.backward()

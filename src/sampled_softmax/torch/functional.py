@@ -1,22 +1,22 @@
 """``sampled_softmax_loss`` and ``full_softmax_loss`` for PyTorch.
 
 The sampled loss is one ``autograd.Function`` with an explicit backward: one gather of the
-``B*T + S`` touched rows of the class table, two matrix products, a stable log-sum-exp over
-the true and candidate columns without concatenating them, and a scatter of the row gradients
-(dense, or sparse COO rows with ``sparse=True``). Nothing of size ``V`` or ``B x V`` is made,
-except the dense gradient itself when ``sparse=False``.
+``B*T + S`` touched rows of the class table, one matrix product forward and two backward, a
+``log_softmax`` over the small ``[N, T + S]`` matrix of row logits, and a scatter of the row
+gradients (dense, or sparse COO rows with ``sparse=True``). Nothing of size ``V`` or
+``B x V`` is made, except the dense gradient itself when ``sparse=False``.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from .. import SampledSoftmaxError, SampledValues
+from .. import SampledSoftmaxError
 from .. import _validation as V
 from .samplers import CandidateSampler, make_sampler
 

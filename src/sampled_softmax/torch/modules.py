@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import _validation as V
 from .functional import full_logits, full_softmax_loss, sampled_softmax_loss
-from .samplers import CandidateSampler, make_sampler
+from .samplers import make_sampler
 
 __all__ = ["SampledSoftmaxLoss", "SampledSoftmaxOutput"]
 
