@@ -35,7 +35,7 @@ DRAWS = ("with_replacement", "unique", "unique_exact")
 __all__ = [
     "SAMPLERS", "DRAWS", "uniform_probs", "log_uniform_probs", "unigram_weights",
     "expected_count", "Distribution", "Uniform", "LogUniform", "Unigram", "sample_candidates",
-    "first_distinct", "repeated_slots",
+    "draw_from_uniforms", "first_distinct", "repeated_slots",
 ]
 
 
@@ -195,21 +195,36 @@ def sample_candidates(
         num_sampled, distribution.num_classes, unique=draw == "unique", support=distribution.support
     )
     rng = np.random.default_rng() if rng is None else rng
+    return SampledValues(*draw_from_uniforms(distribution, true_classes, num_sampled, draw, rng.random))
+
+
+def draw_from_uniforms(distribution: Distribution, true_classes, num_sampled: int, draw: str, uniforms):
+    """The draw itself, from any source of uniforms: ``uniforms(n)`` returns ``n`` floats in
+    ``[0, 1)`` (NumPy's generator here, a ``torch.Generator`` in the PyTorch samplers, so both
+    make the same draw from the same uniforms). No argument checks.
+
+    Returns ``(candidates [S] int64, true_expected_count [like true_classes], sampled_expected_count [S])``,
+    expected counts in float64, padding slots of ``"unique_exact"`` at ``inf``.
+    """
     true_classes = np.asarray(true_classes)
     num_tries = num_sampled
     if draw == "unique":
-        chunk, drawn = 2 * num_sampled + 64, distribution.sample(2 * num_sampled + 64, rng)
+        # TensorFlow's procedure, in chunks: the first S distinct values in draw order.
+        chunk = 2 * num_sampled + 64
+        drawn = distribution.from_uniform(uniforms(chunk))
         while (picked := first_distinct(drawn, num_sampled)) is None:
             chunk *= 2
-            drawn = np.concatenate([drawn, distribution.sample(chunk, rng)])
+            drawn = np.concatenate([drawn, distribution.from_uniform(uniforms(chunk))])
         candidates, num_tries = picked
     else:
-        candidates = distribution.sample(num_sampled, rng)
-    sampled_count = expected_count(distribution.probs(candidates), num_sampled, draw, num_tries)
+        candidates = distribution.from_uniform(uniforms(num_sampled))
+    n = true_classes.size
+    # One pass over labels and candidates together.
+    counts = expected_count(distribution.probs(np.concatenate([true_classes.reshape(-1), candidates])),
+                            num_sampled, draw, num_tries)
     if draw == "unique_exact":
-        sampled_count[repeated_slots(candidates)] = np.inf
-    true_count = expected_count(distribution.probs(true_classes), num_sampled, draw, num_tries)
-    return SampledValues(candidates, true_count, sampled_count)
+        counts[n:][repeated_slots(candidates)] = np.inf
+    return candidates, counts[:n].reshape(true_classes.shape), counts[n:]
 
 
 def first_distinct(drawn: np.ndarray, num_sampled: int):

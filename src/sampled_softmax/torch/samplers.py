@@ -97,25 +97,11 @@ class CandidateSampler(nn.Module):
         return torch.rand(n, generator=generator, device=device, dtype=torch.float64)
 
     def _draw_numpy(self, true_safe, num_sampled, generator):
-        dist = self._distribution()
-        if self.draw == "unique":
-            # TensorFlow's procedure, drawn in chunks: the first S distinct values in draw order.
-            chunk = 2 * num_sampled + 64
-            drawn = dist.from_uniform(self._uniforms(chunk, generator, "cpu").numpy())
-            while (picked := NS.first_distinct(drawn, num_sampled)) is None:
-                chunk *= 2
-                drawn = np.concatenate([drawn, dist.from_uniform(self._uniforms(chunk, generator, "cpu").numpy())])
-            candidates, num_tries = picked
-        else:
-            candidates = dist.from_uniform(self._uniforms(num_sampled, generator, "cpu").numpy())
-            num_tries = num_sampled
-        ids = np.concatenate([true_safe.numpy().reshape(-1), candidates])
-        counts = NS.expected_count(dist.probs(ids), num_sampled, self.draw, num_tries).astype(np.float32)
-        n = true_safe.numel()
-        if self.draw == "unique_exact":
-            counts[n:][NS.repeated_slots(candidates)] = np.inf
-        counts = torch.from_numpy(counts)
-        return torch.from_numpy(candidates), counts[:n].view(true_safe.shape), counts[n:]
+        candidates, true_count, sampled_count = NS.draw_from_uniforms(
+            self._distribution(), true_safe.numpy(), num_sampled, self.draw,
+            lambda n: self._uniforms(n, generator, "cpu").numpy())
+        return (torch.from_numpy(candidates), torch.from_numpy(true_count.astype(np.float32)),
+                torch.from_numpy(sampled_count.astype(np.float32)))
 
     def _draw_torch(self, true_safe, num_sampled, generator):
         device = true_safe.device
