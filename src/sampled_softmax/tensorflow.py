@@ -23,6 +23,11 @@ __all__ = [
 _LOW_PRECISION = (tf.float16, tf.bfloat16)
 
 
+def _compute_dtype(dtype):
+    """float16/bfloat16 inputs are computed (and their losses returned) in float32."""
+    return tf.float32 if dtype in _LOW_PRECISION else dtype
+
+
 def _shards(weights):
     if isinstance(weights, (list, tuple)):
         return list(weights)
@@ -174,7 +179,7 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_class
                 range_max=num_classes, seed=seed)
         cand, true_count, samp_count = (tf.stop_gradient(tf.convert_to_tensor(v)) for v in sampled_values)
         cand = tf.cast(cand, tf.int64)
-        cdt = tf.float32 if inputs.dtype in _LOW_PRECISION else inputs.dtype
+        cdt = _compute_dtype(inputs.dtype)
         n = tf.shape(labels)[0]
         ids = tf.concat([tf.reshape(labels, [-1]), cand], 0)
         rows = tf.cast(_gather(shards, ids, partition_strategy), cdt)
@@ -196,7 +201,7 @@ def full_logits(weights, biases, inputs, name="full_logits"):
         shards = _shards(weights)
         W = shards[0] if len(shards) == 1 else tf.concat(shards, 0)
         inputs = tf.convert_to_tensor(inputs)
-        cdt = tf.float32 if inputs.dtype in _LOW_PRECISION else inputs.dtype
+        cdt = _compute_dtype(inputs.dtype)
         logits = tf.matmul(tf.cast(inputs, cdt), tf.cast(W, cdt), transpose_b=True)
         return logits if biases is None else logits + tf.cast(biases, cdt)
 

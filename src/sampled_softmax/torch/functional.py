@@ -25,6 +25,11 @@ __all__ = ["sampled_softmax_loss", "full_softmax_loss", "full_logits"]
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float16/bfloat16 inputs are computed (and their losses returned) in float32."""
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
 class _Spec(NamedTuple):
     """Static settings of one call, carried from forward to backward."""
 
@@ -289,7 +294,7 @@ class _SampledSoftmax(torch.autograd.Function):
     def forward(ctx, h, ids, logq, keep_true, removed_cand, spec: _Spec, bias, *shards):
         n, t = h.shape[0], spec.num_true
         nt, s = n * t, ids.shape[0] - n * t
-        cdt = torch.float32 if h.dtype in _LOW_PRECISION else h.dtype
+        cdt = _compute_dtype(h.dtype)
         hc = h if h.dtype == cdt else h.to(cdt)
         rows = _gather_rows(shards, ids, spec, cdt)
         w_true, w_cand = rows.split([nt, s])
@@ -484,7 +489,7 @@ def sampled_softmax_loss(
     else:
         cand, true_count, samp_count, padded = _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid, h.device)
 
-    cdt = torch.float32 if h.dtype in _LOW_PRECISION else h.dtype
+    cdt = _compute_dtype(h.dtype)
     if h.device.type == "cpu" and cand.device.type == "cpu":
         ids, logq, removed = _columns_numpy(y_safe, valid, cand, true_count, samp_count, cdt,
                                             remove_accidental_hits, subtract_log_q, padded)
@@ -518,7 +523,7 @@ def full_logits(weights, biases, inputs, *, partition_strategy="div") -> torch.T
     if len(shards) > 1:
         V.shard_layout([w.shape[0] for w in shards], sum(w.shape[0] for w in shards), partition_strategy)
     W = _full_table(shards, partition_strategy)
-    cdt = torch.float32 if inputs.dtype in _LOW_PRECISION else inputs.dtype
+    cdt = _compute_dtype(inputs.dtype)
     return torch.nn.functional.linear(inputs.to(cdt), W.to(cdt), None if biases is None else biases.to(cdt))
 
 
