@@ -39,30 +39,28 @@ def build(method: str, V: int, *, S=100, D=300, B=256, seed=0, body=True):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, D, generator=g)
     y = torch.randint(V, (B,), generator=g)
-    if body:
-        layer = torch.nn.Linear(D, D)
-        body_opt = torch.optim.Adam(layer.parameters(), lr=1e-3)
+    layer = torch.nn.Linear(D, D) if body else torch.nn.Identity()
+    rest_opts = [torch.optim.Adam(layer.parameters(), lr=1e-3)] if body else []
 
-        def hidden():
-            return torch.tanh(layer(x))
-    else:
-        layer, body_opt = torch.nn.Identity(), torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+    def hidden():
+        return torch.tanh(layer(x)) if body else x
 
-        def hidden():
-            return x
+    def make_step(loss, head_opt):
+        opts = rest_opts + [head_opt]
+
+        def step():
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
+            loss().backward()
+            for opt in opts:
+                opt.step()
+
+        return step
 
     if method in ("recipe", "recipe rowwise"):
         head = SampledSoftmaxLoss(D, V, S, sparse=True)
         head_opt = SparseRowAdam(head.parameters(), lr=1e-3, rowwise=method == "recipe rowwise")
-
-        def step():
-            body_opt.zero_grad(set_to_none=True)
-            head_opt.zero_grad(set_to_none=True)
-            head(hidden(), y, generator=g).loss.backward()
-            body_opt.step()
-            head_opt.step()
-
-        return step, (layer, body_opt, head, head_opt)
+        return make_step(lambda: head(hidden(), y, generator=g).loss, head_opt), (layer, *rest_opts, head, head_opt)
 
     if method in ("stock sparse", "sampled dense Adam"):
         sparse = method == "stock sparse"
@@ -73,9 +71,7 @@ def build(method: str, V: int, *, S=100, D=300, B=256, seed=0, body=True):
         params = list(table.parameters()) + list(bias.parameters())
         head_opt = torch.optim.SparseAdam(params, lr=1e-3) if sparse else torch.optim.Adam(params, lr=1e-3)
 
-        def step():
-            body_opt.zero_grad(set_to_none=True)
-            head_opt.zero_grad(set_to_none=True)
+        def loss():
             h = hidden()
             cand, tc, sc = sampler(y[:, None], S, generator=g)
             ids = torch.cat([y, cand])
@@ -83,24 +79,14 @@ def build(method: str, V: int, *, S=100, D=300, B=256, seed=0, body=True):
             true_logits = (h * rows[:B]).sum(1, keepdim=True) + b[:B, None] - tc.log()
             samp_logits = (h @ rows[B:].t() + b[B:] - sc.log()).masked_fill(y[:, None] == cand, -1e9)
             logits = torch.cat([true_logits, samp_logits], 1)
-            F.cross_entropy(logits, torch.zeros(B, dtype=torch.long)).backward()
-            body_opt.step()
-            head_opt.step()
+            return F.cross_entropy(logits, torch.zeros(B, dtype=torch.long))
 
-        return step, (layer, body_opt, table, bias, head_opt)
+        return make_step(loss, head_opt), (layer, *rest_opts, table, bias, head_opt)
 
     if method == "full softmax Adam":
         head = torch.nn.Linear(D, V)
         head_opt = torch.optim.Adam(head.parameters(), lr=1e-3)
-
-        def step():
-            body_opt.zero_grad(set_to_none=True)
-            head_opt.zero_grad(set_to_none=True)
-            F.cross_entropy(head(hidden()), y).backward()
-            body_opt.step()
-            head_opt.step()
-
-        return step, (layer, body_opt, head, head_opt)
+        return make_step(lambda: F.cross_entropy(head(hidden()), y), head_opt), (layer, *rest_opts, head, head_opt)
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
