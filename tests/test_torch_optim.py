@@ -76,3 +76,50 @@ def test_bad_hyperparameters():
         SparseRowAdam(p, lr=0)
     with pytest.raises(SampledSoftmaxError, match=r"`betas` must be in \[0, 1\); received \(0.9, 1.0\)"):
         SparseRowAdam(p, betas=(0.9, 1.0))
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: torch.optim.SGD(ps, lr=0.1),
+    lambda ps: torch.optim.Adagrad(ps, lr=0.1),
+], ids=["SGD", "Adagrad"])
+def test_loss_sparse_gradients_drive_stock_optimizers_like_dense_ones(make):
+    """The loss's uncoalesced sparse row gradients (duplicates included) give SGD and Adagrad
+    the same update as its dense gradient (untouched rows get zero gradient either way)."""
+    from sampled_softmax.torch import sampled_softmax_loss
+
+    torch.manual_seed(0)
+    W0, b0, h = torch.randn(50, 6), torch.randn(50), torch.randn(8, 6)
+    y = torch.tensor([1, 1, 2, 3, 3, 3, 4, 5])  # repeated labels: duplicate rows
+    results = []
+    for sparse in (False, True):
+        W, b = torch.nn.Parameter(W0.clone()), torch.nn.Parameter(b0.clone())
+        opt = make([W, b])
+        for step in range(3):
+            opt.zero_grad(set_to_none=True)
+            sampled_softmax_loss(W, b, y, h, 10, 50, sparse=sparse, reduction="mean",
+                                 generator=torch.Generator().manual_seed(step)).backward()
+            assert W.grad.is_sparse == sparse
+            opt.step()
+        results.append((W.detach(), b.detach()))
+    for dense_p, sparse_p in zip(*results):
+        assert torch.allclose(dense_p, sparse_p, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_sparse_gradients_drive_sparse_adam_like_sparse_row_adam():
+    from sampled_softmax.torch import sampled_softmax_loss
+
+    torch.manual_seed(0)
+    W0, h = torch.randn(50, 6), torch.randn(8, 6)
+    y = torch.tensor([1, 1, 2, 3, 3, 3, 4, 5])
+    results = []
+    for make in (lambda ps: torch.optim.SparseAdam(ps, lr=0.05, eps=1e-12),
+                 lambda ps: SparseRowAdam(ps, lr=0.05, eps=1e-12)):
+        W = torch.nn.Parameter(W0.clone())
+        opt = make([W])
+        for step in range(4):
+            opt.zero_grad(set_to_none=True)
+            sampled_softmax_loss(W, None, y, h, 10, 50, sparse=True, reduction="mean",
+                                 generator=torch.Generator().manual_seed(step)).backward()
+            opt.step()
+        results.append(W.detach())
+    assert torch.allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
