@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml constraints/dev.txt
 
 venv: $(STAMP)
 
+# The Keras layer's tests run once per Keras backend (the main run uses TensorFlow's).
 test: $(STAMP)
 	$(PY) -m pytest -q
+	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider tests/test_keras.py
+	KERAS_BACKEND=torch $(PY) -m pytest -q -p no:cacheprovider tests/test_keras.py
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -24,6 +24,8 @@ def test_front_ends_ci_expects_are_importable():
     # Fails loudly (no skip) if the dev environment lost a framework.
     import sampled_softmax.torch  # noqa: F401
     import sampled_softmax.tensorflow  # noqa: F401
+    import sampled_softmax.keras  # noqa: F401
+    import jax  # noqa: F401  (a Keras backend the Keras tests run under)
 
 
 def test_public_names():
@@ -43,3 +45,13 @@ def test_tensorflow_front_end_loads_only_what_tensorflow_loads():
     baseline = loaded_after("import tensorflow")
     assert "tensorflow" in baseline and "torch" not in baseline
     assert loaded_after("import sampled_softmax.tensorflow") == baseline
+
+
+def test_keras_front_end_loads_only_what_keras_loads():
+    # Keras loads the backend it is configured for (its torch backend also peeks at jax); the
+    # front end adds nothing to that.
+    for backend in ("jax", "torch"):
+        env = f"import os; os.environ['KERAS_BACKEND'] = {backend!r}"
+        baseline = loaded_after(f"{env}; import keras")
+        assert backend in baseline and "tensorflow" not in baseline
+        assert loaded_after(f"{env}; import sampled_softmax.keras") == baseline

@@ -1,0 +1,625 @@
+r"""Keras 3 front end: a ``SampledSoftmax`` output layer for ``compile``/``fit``/``predict``.
+
+Written with ``keras.ops`` and ``keras.random`` only, so it runs on the TensorFlow, JAX and
+PyTorch backends. Imports Keras (and, through it, the backend Keras is configured for).
+
+Replace the final ``Dense(num_classes, activation="softmax")`` of a model by
+``SampledSoftmax(num_classes, num_sampled)`` and pass the layer's ``loss`` to ``compile``::
+
+    head = SampledSoftmax(V, num_sampled=1024)
+    model = keras.Sequential([keras.Input((None,), dtype="int32"), layers.Embedding(V, 256),
+                              layers.LSTM(1024, return_sequences=True), head])
+    model.compile(optimizer="adam", loss=head.loss)
+    model.fit(tokens, next_tokens)           # sampled softmax, labels through the ordinary y
+    model.evaluate(tokens, next_tokens)      # exact full-softmax loss (and metrics)
+    model.predict(tokens)                    # full-softmax probabilities [..., V]
+
+How it works: in training mode the layer passes its input hidden states ``h`` through, and
+``head.loss`` (which holds the layer) computes the sampled softmax loss from ``h``, the labels
+``y`` and the layer's own class table, drawing ``num_sampled`` candidates shared by the batch
+with the layer's seed generator. Otherwise the layer computes the full softmax over all
+classes and ``head.loss`` is the exact cross-entropy of its output. So ``compile``'s
+``metrics`` see full-softmax probabilities in ``evaluate`` (and ``fit``'s ``val_*`` numbers),
+but hidden states during ``fit``'s training steps: only the loss is meaningful there.
+
+The sampled loss is the one of :mod:`sampled_softmax.reference`: corrected logits
+``o_k = h . W_k + b_k - log E(k)`` over the true class(es) and the candidates, accidental hits
+and padding slots removed from the normalizer, optional label smoothing over the kept columns.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import keras
+import numpy as np
+from keras import ops
+
+from . import SampledSoftmaxError
+from . import _validation as V
+from .samplers import unigram_weights
+
+try:  # Keras keeps masks beside tensors that cannot carry attributes (JAX arrays).
+    from keras.src.backend.common.masking import get_keras_mask, set_keras_mask
+except ImportError:  # pragma: no cover - older or newer layouts
+    def get_keras_mask(x):
+        return getattr(x, "_keras_mask", None)
+
+    def set_keras_mask(x, mask):
+        x._keras_mask = mask
+
+__all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxError"]
+
+SAMPLERS = ("log_uniform", "uniform", "unigram")
+DRAWS = ("unique_exact", "with_replacement")
+OUTPUTS = ("probabilities", "logits", "log_probabilities")
+
+# The most recent layer of each name, so that a loss restored by `load_model` (whose config
+# can only name its layer) finds the layer restored with it.
+_LAYERS_BY_NAME: "weakref.WeakValueDictionary[str, SampledSoftmax]" = weakref.WeakValueDictionary()
+
+
+def _shape(x) -> tuple:
+    """Static shape, ``None`` for dimensions unknown at trace time."""
+    return tuple(None if d is None else int(d) for d in x.shape)
+
+
+def _same_dims(a, b) -> bool:
+    """Shapes equal, with unknown (None) dimensions matching anything."""
+    return len(a) == len(b) and all(p is None or q is None or p == q for p, q in zip(a, b))
+
+
+def _label_shape(labels_shape, lead, num_true) -> int:
+    """``num_true`` actually present: labels are ``lead`` or ``lead + (T,)``."""
+    labels_shape, lead = tuple(labels_shape), tuple(lead)
+    if _same_dims(labels_shape, lead) and num_true == 1:
+        return 0  # no trailing axis
+    if _same_dims(labels_shape, lead + (num_true,)):
+        return num_true
+    expected = [list(lead) + [num_true]] if num_true > 1 else [list(lead), list(lead) + [1]]
+    raise SampledSoftmaxError(
+        f"`y_true` (targets) must have shape {' or '.join(str(e) for e in expected)} for this "
+        f"layer's output of leading shape {list(lead)} and num_true={num_true}; received shape "
+        f"{list(labels_shape)}"
+    )
+
+
+def _is_integer_dtype(x) -> bool:
+    return "int" in keras.backend.standardize_dtype(x.dtype)
+
+
+def _concrete_numpy(x):
+    """The values of ``x`` as NumPy when they are known now (eager), else None (traced)."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return x.numpy() if tf.executing_eagerly() and hasattr(x, "numpy") else None
+        if backend == "jax":
+            import jax
+
+            return None if isinstance(x, jax.core.Tracer) else np.asarray(x)
+        if backend == "torch":
+            return x.detach().cpu().numpy()
+        return np.asarray(x)
+    except Exception:  # noqa: BLE001 - symbolic tensors of any kind: checked where they run
+        return None
+
+
+def _label_range_error(lo, hi, num_classes, ignore_index) -> str | None:
+    try:
+        V.check_label_values(lo, hi, num_classes, ignore_index)
+    except SampledSoftmaxError as err:
+        return str(err).replace("`labels`", "`y_true` (targets)")
+    return None
+
+
+def _check_label_values(y, num_classes: int, ignore_index):
+    """Out-of-range labels raise: now when eager, when the step runs when traced (graph TF,
+    jitted JAX). Returns ``y`` (on TensorFlow, ordered after the check)."""
+    values = _concrete_numpy(y)
+    kept = (lambda v: v if ignore_index is None else v[v != ignore_index])
+    if values is not None:
+        v = kept(values)
+        if v.size:
+            msg = _label_range_error(int(v.min()), int(v.max()), num_classes, ignore_index)
+            if msg:
+                raise SampledSoftmaxError(msg)
+        return y
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        def host_check(v):
+            v = kept(np.asarray(v))
+            if v.size and (msg := _label_range_error(int(v.min()), int(v.max()), num_classes, ignore_index)):
+                raise SampledSoftmaxError(msg)
+
+        jax.debug.callback(host_check, y)
+        return y
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        valid = tf.ones_like(y, tf.bool) if ignore_index is None else tf.not_equal(y, ignore_index)
+        bad = tf.logical_and(valid, tf.logical_or(y < 0, y >= num_classes))
+        check = tf.debugging.Assert(
+            tf.logical_not(tf.reduce_any(bad)),
+            [f"`y_true` (targets) must be in [0, {num_classes - 1}]; received values out of range:",
+             tf.boolean_mask(y, bad)],
+            summarize=5,
+        )
+        with tf.control_dependencies([check]):  # before the gathers that would fail first
+            return tf.identity(y)
+    return y
+
+
+# ---------------------------------------------------------------------------------------------
+# Samplers in keras.ops: the distributions and expected counts of `sampled_softmax.samplers`.
+
+def _log_uniform_draw(u, num_classes):
+    x = ops.floor(ops.exp(u * math.log1p(num_classes)))
+    return ops.mod(ops.cast(x, "int32") - 1, num_classes)
+
+
+def _log_uniform_probs(ids, num_classes):
+    k = ops.cast(ids, "float32")
+    return ops.log1p(1.0 / (k + 1.0)) / math.log1p(num_classes)
+
+
+def _repeated_slots(values):
+    """True where a value also sits at another slot that counts as its first (sort-based)."""
+    order = ops.argsort(values)
+    sorted_values = ops.take(values, order)
+    repeat_sorted = ops.concatenate(
+        [ops.zeros((1,), "bool"), ops.equal(sorted_values[1:], sorted_values[:-1])], axis=0)
+    return ops.take(repeat_sorted, ops.argsort(order))
+
+
+@keras.saving.register_keras_serializable(package="sampled_softmax")
+class SampledSoftmax(keras.layers.Layer):
+    r"""Softmax output layer over ``num_classes`` trained with sampled softmax (Jean et al. 2014).
+
+    Replaces a final ``Dense(num_classes, activation="softmax")``. Owns the class table
+    ``kernel [V, D]`` (rows are classes, like an embedding table and like
+    ``tf.nn.sampled_softmax_loss``'s ``weights``) and ``bias [V]``, or reads the table of a tied
+    ``Embedding`` layer. Training goes through :attr:`loss` (see the module docstring):
+
+    .. math::
+
+        \ell_i = \log \sum_{k \in K_i} e^{o_{ik}} - o_{i,y_i},\qquad
+        o_{ik} = h_i \cdot W_k + b_k - \log E(k)
+
+    over the true class and ``num_sampled`` candidates ``K_i`` (accidental hits and repeated
+    draws removed), with ``E(k)`` the expected count of class ``k`` under the sampler.
+    Outside training the layer returns the full softmax over all ``V`` classes.
+
+    Args:
+        num_classes: ``V``.
+        num_sampled: ``S``, candidates drawn per training step, shared by the batch.
+        sampler: ``"log_uniform"`` (Zipf; class ids sorted by decreasing frequency, TensorFlow's
+            default), ``"uniform"`` or ``"unigram"`` (needs ``unigrams``).
+        draw: ``"unique_exact"`` (``S`` draws, repeats become padding removed from the
+            normalizer, ``E = 1 - (1 - Q)^S`` exact) or ``"with_replacement"`` (``E = S Q``).
+            TensorFlow's ``unique=True`` needs a data-dependent loop and is offered by the
+            TensorFlow and PyTorch front ends.
+        unigrams: counts or probabilities of ids ``num_reserved_ids .. V - 1`` for
+            ``sampler="unigram"`` (kept as a weight of the layer, saved with the model).
+        distortion, num_reserved_ids: as ``tf.random.fixed_unigram_candidate_sampler``.
+        num_true: labels per position (targets ``[..., num_true]``); each gets ``1 / T``.
+        use_bias: learn a bias per class.
+        remove_accidental_hits: remove candidates equal to a true label from that row.
+        subtract_log_q: subtract ``log E(k)`` (sampled softmax). ``False`` gives negative
+            sampling's uncorrected logits.
+        label_smoothing: ``eps`` in ``[0, 1]``, spread over each row's kept columns in training
+            and over all ``V`` classes in evaluation.
+        ignore_index: targets equal to it contribute no loss and are left out of the mean
+            (like ``Embedding(mask_zero=True)``'s mask, which the layer also honours).
+        tied_to: an ``Embedding(V, D)`` layer whose table is also the class table (then the
+            layer owns only the bias). The embedding must feed this layer in the same model.
+        output: what the layer returns outside training: ``"probabilities"`` (default, like
+            ``Dense(V, activation="softmax")``), ``"logits"`` or ``"log_probabilities"``.
+        seed: seed of the layer's candidate draws (a ``keras.random.SeedGenerator``, saved
+            with the layer's weights).
+        kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer: as ``Dense``.
+
+    Shape:
+        - Input: ``[..., D]`` (``[B, D]`` or sequences ``[B, T, D]``).
+        - Output: ``[..., V]`` outside training; the input itself in training.
+        - Targets (``y`` of ``fit``/``evaluate``): integer ``[...]``, ``[..., 1]`` or ``[..., num_true]``.
+    """
+
+    def __init__(self, num_classes, num_sampled, *, sampler="log_uniform", draw="unique_exact",
+                 unigrams=None, distortion=1.0, num_reserved_ids=0, num_true=1, use_bias=True,
+                 remove_accidental_hits=True, subtract_log_q=True, label_smoothing=0.0,
+                 ignore_index=None, tied_to=None, output="probabilities", seed=None,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, **kwargs):
+        tied_name = kwargs.pop("tied_to_name", None)
+        unigrams_in_weights = kwargs.pop("unigrams_in_weights", False)
+        super().__init__(**kwargs)
+        self.num_classes = V.check_positive_int("num_classes", num_classes)
+        self.sampler = V.check_choice("sampler", sampler, SAMPLERS)
+        self.draw = V.check_choice("draw", draw, DRAWS)
+        self.num_true = V.check_positive_int("num_true", num_true)
+        self.use_bias = bool(use_bias)
+        self.remove_accidental_hits = bool(remove_accidental_hits)
+        self.subtract_log_q = bool(subtract_log_q)
+        self.label_smoothing = V.check_label_smoothing(label_smoothing)
+        if ignore_index is not None and not isinstance(ignore_index, int):
+            raise TypeError(f"`ignore_index` must be an int or None; received {type(ignore_index).__name__}")
+        self.ignore_index = ignore_index
+        self.output_mode = V.check_choice("output", output, OUTPUTS)
+        self.seed = seed
+        self.distortion = float(distortion)
+        self.num_reserved_ids = int(num_reserved_ids)
+        self._unigrams = None
+        support = self.num_classes
+        if self.sampler == "unigram":
+            if unigrams is None and not unigrams_in_weights:
+                raise SampledSoftmaxError("`unigrams` (counts or probabilities) is required for sampler='unigram'; received None")
+            if unigrams is not None:
+                weights = unigram_weights(unigrams, num_classes=self.num_classes, distortion=self.distortion,
+                                          num_reserved_ids=self.num_reserved_ids)
+                self._unigrams = weights
+                support = int(np.count_nonzero(weights))
+        self.num_sampled = V.check_num_sampled(num_sampled, self.num_classes, unique=False)
+        if self.num_sampled > support and self.draw == "unique_exact":
+            # Not impossible (repeats are padding) but certainly wasteful: say so.
+            raise SampledSoftmaxError(
+                f"`num_sampled` must be <= {support} (classes with non-zero probability) for "
+                f"draw='unique_exact'; received {self.num_sampled}")
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        if tied_to is not None and not isinstance(tied_to, keras.layers.Embedding):
+            raise TypeError(f"`tied_to` must be a keras.layers.Embedding; received {type(tied_to).__name__}")
+        # Not tracked as a sub-layer: the table belongs to (and is saved with) the Embedding.
+        object.__setattr__(self, "_tied", tied_to)
+        object.__setattr__(self, "_bound_loss", None)
+        self._tied_name = tied_to.name if tied_to is not None else tied_name
+        self.supports_masking = True
+        self._training_output = False
+        _LAYERS_BY_NAME[self.name] = self
+
+    # -- the class table -------------------------------------------------------------------
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        if dim is None:
+            raise SampledSoftmaxError(f"`inputs` last dimension must be known; received shape {list(input_shape)}")
+        self.input_dim = int(dim)
+        if self._tied_name is None:
+            self.kernel = self.add_weight(
+                name="kernel", shape=(self.num_classes, self.input_dim), initializer=self.kernel_initializer,
+                regularizer=self.kernel_regularizer)
+        if self.use_bias:
+            self.bias = self.add_weight(name="bias", shape=(self.num_classes,), initializer=self.bias_initializer,
+                                        regularizer=self.bias_regularizer)
+        if self.sampler == "unigram":
+            self.sampling_cdf = self.add_weight(name="sampling_cdf", shape=(self.num_classes,),
+                                                initializer="zeros", trainable=False)
+            if self._unigrams is not None:
+                self.sampling_cdf.assign(self._cdf_from_weights(self._unigrams))
+
+    @staticmethod
+    def _cdf_from_weights(weights):
+        # Normalised in float64, stored in float32; probabilities are read back as the float32
+        # CDF's own steps, so what is drawn and what is corrected for agree exactly.
+        cdf = np.cumsum(weights) / np.sum(weights)
+        cdf[-1] = 1.0
+        return cdf.astype(np.float32)
+
+    def __call__(self, inputs, *args, **kwargs):
+        if self._tied_name is not None and self._tied is None:
+            object.__setattr__(self, "_tied", _find_upstream_layer(inputs, self._tied_name))
+        return super().__call__(inputs, *args, **kwargs)
+
+    @property
+    def table(self):
+        """The class table ``[V, D]`` (the tied embedding's, if tied)."""
+        if self._tied_name is None:
+            return self.kernel
+        if self._tied is None:
+            raise SampledSoftmaxError(
+                f"`tied_to` Embedding {self._tied_name!r} was not found upstream of this layer; "
+                f"call the layer on the output of a model that contains it")
+        table = self._tied.embeddings
+        if tuple(table.shape) != (self.num_classes, self.input_dim):
+            raise SampledSoftmaxError(
+                f"`tied_to` Embedding table must have shape [{self.num_classes}, {self.input_dim}] "
+                f"(num_classes, input dim); received shape {list(table.shape)}")
+        return table
+
+    # -- forward ---------------------------------------------------------------------------
+
+    def logits(self, inputs):
+        """Full logits ``[..., V]`` (computed in the layer's compute dtype)."""
+        W = ops.cast(self.table, self.compute_dtype)
+        z = ops.matmul(ops.cast(inputs, self.compute_dtype), ops.transpose(W))
+        if self.use_bias:
+            z = z + ops.cast(self.bias, self.compute_dtype)
+        return z
+
+    def call(self, inputs, training=None, mask=None):
+        self._training_output = bool(training)
+        if training:
+            return inputs
+        z = ops.cast(self.logits(inputs), "float32")  # the softmax in float32, as for Dense under mixed precision
+        if self.output_mode == "logits":
+            return z
+        if self.output_mode == "log_probabilities":
+            return ops.log_softmax(z, axis=-1)
+        return ops.softmax(z, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.num_classes,)
+
+    def compute_output_spec(self, inputs, training=None, mask=None):
+        self._training_output = bool(training)
+        shape = inputs.shape if training else self.compute_output_shape(inputs.shape)
+        dtype = inputs.dtype if training else "float32"
+        return keras.KerasTensor(shape, dtype=dtype)
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+
+    @property
+    def loss(self) -> "SampledSoftmaxLoss":
+        """The loss to pass to ``compile``: sampled in training, exact otherwise."""
+        if self._bound_loss is None:  # one object, so that walks over the model terminate
+            object.__setattr__(self, "_bound_loss", SampledSoftmaxLoss(self))
+        return self._bound_loss
+
+    # -- sampling --------------------------------------------------------------------------
+
+    def _probs(self, ids):
+        if self.sampler == "uniform":
+            return ops.full(ops.shape(ids), 1.0 / self.num_classes, "float32")
+        if self.sampler == "log_uniform":
+            return _log_uniform_probs(ids, self.num_classes)
+        cdf = ops.convert_to_tensor(self.sampling_cdf)
+        below = ops.concatenate([ops.zeros((1,), "float32"), cdf[:-1]], axis=0)
+        return ops.take(cdf - below, ids)
+
+    def sample(self, labels):
+        """Candidates ``[S]`` (int32), expected counts of ``labels`` and of the candidates
+        (float32, padding slots of ``draw="unique_exact"`` at ``inf``)."""
+        S = self.num_sampled
+        u = keras.random.uniform((S,), dtype="float32", seed=self.seed_generator)
+        if self.sampler == "uniform":
+            cand = ops.minimum(ops.cast(ops.floor(u * self.num_classes), "int32"), self.num_classes - 1)
+        elif self.sampler == "log_uniform":
+            cand = _log_uniform_draw(u, self.num_classes)
+        else:
+            cdf = ops.convert_to_tensor(self.sampling_cdf)
+            cand = ops.minimum(ops.cast(ops.searchsorted(cdf, u, side="right"), "int32"), self.num_classes - 1)
+        p_true, p_cand = self._probs(labels), self._probs(cand)
+        if self.draw == "with_replacement":
+            return cand, p_true * S, p_cand * S
+        expected = lambda p: -ops.expm1(S * ops.log1p(-p))  # noqa: E731
+        samp = ops.where(_repeated_slots(cand), float("inf"), expected(p_cand))
+        return cand, expected(p_true), samp
+
+    # -- losses ----------------------------------------------------------------------------
+
+    def _flatten_targets(self, y_true, lead):
+        if not _is_integer_dtype(y_true):
+            raise TypeError(
+                f"`y_true` (targets) must be integer class ids; received dtype "
+                f"{keras.backend.standardize_dtype(y_true.dtype)}")
+        has_axis = _label_shape(_shape(y_true), lead, self.num_true)
+        T = max(has_axis, 1)
+        y2 = ops.reshape(ops.cast(y_true, "int32"), (-1, T))
+        return _check_label_values(y2, self.num_classes, self.ignore_index), T
+
+    def sampled_loss(self, y_true, inputs, sampled_values=None):
+        """Per-position sampled softmax loss ``[...]`` (float32) from hidden states ``inputs
+        [..., D]`` and targets; ``sampled_values`` overrides the layer's own draw."""
+        lead = _shape(inputs)[:-1]
+        y2, T = self._flatten_targets(y_true, lead)
+        h = ops.reshape(ops.cast(inputs, "float32"), (-1, self.input_dim))
+        if self.ignore_index is None:
+            valid = ops.ones_like(y2, "bool")
+            y_safe = y2
+        else:
+            valid = ops.not_equal(y2, self.ignore_index)
+            y_safe = ops.where(valid, y2, 0)
+        if sampled_values is None:
+            cand, true_count, samp_count = self.sample(y_safe)
+        else:
+            cand, true_count, samp_count = sampled_values
+            cand = ops.cast(cand, "int32")
+            true_count = ops.reshape(ops.cast(true_count, "float32"), (-1, T))
+            samp_count = ops.cast(samp_count, "float32")
+        n = ops.shape(y2)[0]
+        ids = ops.concatenate([ops.reshape(y_safe, (-1,)), cand], axis=0)
+        rows = ops.cast(ops.take(self.table, ids, axis=0), "float32")  # one gather: sparse rows on TF
+        true_rows = ops.reshape(rows[: n * T], (n, T, self.input_dim))
+        cand_rows = rows[n * T:]
+        t = ops.sum(ops.expand_dims(h, 1) * true_rows, axis=-1)
+        s = ops.matmul(h, ops.transpose(cand_rows))
+        if self.use_bias:
+            b = ops.cast(ops.take(self.bias, ids, axis=0), "float32")
+            t = t + ops.reshape(b[: n * T], (n, T))
+            s = s + b[n * T:]
+        padding = ops.logical_not(ops.isfinite(samp_count))
+        if self.subtract_log_q:
+            t = t - ops.log(ops.where(valid, true_count, 1.0))
+            s = s - ops.log(ops.where(padding, 1.0, samp_count))
+        keep_s = ops.logical_and(ops.logical_not(padding)[None, :], ops.ones_like(s, dtype="bool"))
+        if self.remove_accidental_hits:
+            hits = ops.logical_and(ops.equal(ops.reshape(cand, (1, 1, -1)), y2[:, :, None]), valid[:, :, None])
+            keep_s = ops.logical_and(keep_s, ops.logical_not(ops.any(hits, axis=1)))
+        keep = ops.concatenate([valid, keep_s], axis=1)
+        logits = ops.where(keep, ops.concatenate([t, s], axis=1), np.finfo(np.float32).min)
+        n_true = ops.sum(ops.cast(valid, "float32"), axis=1, keepdims=True)
+        n_kept = ops.sum(ops.cast(keep, "float32"), axis=1, keepdims=True)
+        eps = self.label_smoothing
+        on_true = ops.concatenate([ops.ones_like(t), ops.zeros_like(s)], axis=1)
+        target = ops.where(keep, on_true * (1.0 - eps) / ops.maximum(n_true, 1.0) + eps / n_kept, 0.0)
+        loss = ops.logsumexp(logits, axis=1) - ops.sum(target * ops.where(keep, logits, 0.0), axis=1)
+        live = n_true[:, 0] > 0
+        loss = self._nan_if_out_of_range(ops.where(live, loss, 0.0), y2, valid)
+        return self._with_padding_mask(ops.reshape(loss, ops.shape(inputs)[:-1]), live)
+
+    def full_loss(self, y_true, y_pred):
+        """Per-position exact cross-entropy ``[...]`` of this layer's full-softmax output."""
+        lead = _shape(y_pred)[:-1]
+        y2, T = self._flatten_targets(y_true, lead)
+        flat = ops.reshape(ops.cast(y_pred, "float32"), (-1, self.num_classes))
+        if self.output_mode == "probabilities":
+            logp = ops.log(flat)
+        elif self.output_mode == "logits":
+            logp = ops.log_softmax(flat, axis=-1)
+        else:
+            logp = flat
+        valid = ops.ones_like(y2, "bool") if self.ignore_index is None else ops.not_equal(y2, self.ignore_index)
+        y_safe = ops.where(valid, y2, 0)
+        picked = ops.take_along_axis(logp, y_safe, axis=1)
+        n_true = ops.sum(ops.cast(valid, "float32"), axis=1)
+        eps = self.label_smoothing
+        loss = -(1.0 - eps) * ops.sum(ops.where(valid, picked, 0.0), axis=1) / ops.maximum(n_true, 1.0)
+        if eps:
+            loss = loss - eps * ops.mean(logp, axis=1)
+        live = n_true > 0
+        loss = self._nan_if_out_of_range(ops.where(live, loss, 0.0), y2, valid)
+        return self._with_padding_mask(ops.reshape(loss, ops.shape(y_pred)[:-1]), live)
+
+    def _nan_if_out_of_range(self, loss, y2, valid):
+        # Where no assertion can run (XLA drops them, and its gathers clamp), a bad label still
+        # never yields a plausible number.
+        bad = ops.logical_and(valid, ops.logical_or(y2 < 0, y2 >= self.num_classes))
+        return ops.where(ops.any(bad, axis=1), float("nan"), loss)
+
+    def _with_padding_mask(self, loss, live):
+        if self.ignore_index is not None:
+            # Keras leaves masked positions out of the mean: ignored targets do not dilute it.
+            set_keras_mask(loss, ops.reshape(live, ops.shape(loss)))
+        return loss
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_classes=self.num_classes, num_sampled=self.num_sampled, sampler=self.sampler,
+            draw=self.draw, distortion=self.distortion, num_reserved_ids=self.num_reserved_ids,
+            num_true=self.num_true, use_bias=self.use_bias,
+            remove_accidental_hits=self.remove_accidental_hits, subtract_log_q=self.subtract_log_q,
+            label_smoothing=self.label_smoothing, ignore_index=self.ignore_index,
+            output=self.output_mode, seed=self.seed,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=keras.initializers.serialize(self.bias_initializer),
+            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+            bias_regularizer=keras.regularizers.serialize(self.bias_regularizer),
+        )
+        if self._tied_name is not None:
+            config["tied_to_name"] = self._tied_name
+        if self.sampler == "unigram":
+            # The sampling table is a (non-trainable) weight, saved with the others.
+            config["unigrams_in_weights"] = True
+        return config
+
+
+def _find_upstream_layer(inputs, name):
+    """The layer called ``name`` among those that produced the symbolic ``inputs``."""
+    seen, stack = set(), [inputs]
+    while stack:
+        tensor = stack.pop()
+        history = getattr(tensor, "_keras_history", None)
+        if history is None:
+            continue
+        layer = history[0]
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if layer.name == name:
+            return layer
+        node = layer._inbound_nodes[history[1]]
+        stack.extend(node.input_tensors)
+    return None
+
+
+def _reduce(losses, sample_weight, mask, reduction):
+    """Keras's loss reduction: masked positions weigh 0 and leave the mean's denominator."""
+    losses = ops.cast(losses, "float32")
+    weight = None
+    if mask is not None:
+        weight = ops.cast(mask, "float32")
+        if reduction in ("sum_over_batch_size", "mean"):
+            size = ops.cast(ops.size(weight), "float32")
+            weight = weight * ops.divide_no_nan(size, ops.sum(weight))
+    if sample_weight is not None:
+        sw = ops.cast(sample_weight, "float32")
+        while len(sw.shape) > len(losses.shape) and sw.shape[-1] == 1:
+            sw = ops.squeeze(sw, -1)
+        while len(sw.shape) < len(losses.shape):
+            sw = ops.expand_dims(sw, -1)
+        weight = sw if weight is None else weight * sw
+    weighted = losses if weight is None else losses * weight
+    if reduction in (None, "none"):
+        return weighted
+    total = ops.sum(weighted)
+    if reduction == "sum":
+        return total
+    if reduction == "mean_with_sample_weight" and weight is not None:
+        return ops.divide_no_nan(total, ops.sum(weight * ops.ones_like(losses)))
+    return ops.divide_no_nan(total, ops.cast(ops.size(losses), "float32"))
+
+
+@keras.saving.register_keras_serializable(package="sampled_softmax")
+class SampledSoftmaxLoss(keras.losses.Loss):
+    """The loss of a :class:`SampledSoftmax` layer (``layer.loss``): the sampled softmax loss
+    on the layer's training output, the exact cross-entropy on its full-softmax output.
+
+    Reduced like every Keras loss (``"sum_over_batch_size"`` by default), honouring the mask of
+    ``Embedding(mask_zero=True)`` and the layer's ``ignore_index``.
+    """
+
+    def __init__(self, layer=None, *, layer_name=None, reduction="sum_over_batch_size", name="sampled_softmax", **kwargs):
+        super().__init__(reduction=reduction, name=name, **kwargs)
+        if layer is not None and not isinstance(layer, SampledSoftmax):
+            raise TypeError(f"`layer` must be a SampledSoftmax layer; received {type(layer).__name__}")
+        # A weak reference, and a method rather than a property to reach it: Keras's saving walks
+        # every attribute, and layer -> loss -> layer would be a cycle it does not stop.
+        self._layer_ref = weakref.ref(layer) if layer is not None else None
+        self._layer_name = layer.name if layer is not None else layer_name
+
+    def get_layer(self) -> SampledSoftmax:
+        """The :class:`SampledSoftmax` layer this loss belongs to."""
+        layer = self._layer_ref() if self._layer_ref is not None else None
+        if layer is None and self._layer_name is not None:
+            layer = _LAYERS_BY_NAME.get(self._layer_name)
+            self._layer_ref = weakref.ref(layer) if layer is not None else None
+        if layer is None:
+            raise SampledSoftmaxError(
+                f"`layer`: this loss is not bound to a SampledSoftmax layer (name {self._layer_name!r}); "
+                "compile with loss=layer.loss")
+        return layer
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # Keras's Loss.__call__ casts y_true to float; class ids must stay integers.
+        in_mask = get_keras_mask(y_pred)
+        losses = self.call(y_true, y_pred)
+        out_mask = get_keras_mask(losses)
+        if in_mask is not None and out_mask is not None:
+            mask = ops.logical_and(ops.cast(in_mask, "bool"), ops.cast(out_mask, "bool"))
+        else:
+            mask = in_mask if in_mask is not None else out_mask
+        return _reduce(losses, sample_weight, mask, self.reduction)
+
+    def call(self, y_true, y_pred):
+        layer = self.get_layer()
+        y_true = ops.convert_to_tensor(y_true)
+        if layer._training_output:
+            return layer.sampled_loss(y_true, y_pred)
+        if _shape(y_pred)[-1] != layer.num_classes:
+            raise SampledSoftmaxError(
+                f"`y_pred` must be the SampledSoftmax layer's output [..., {layer.num_classes}]; "
+                f"received shape {list(_shape(y_pred))}")
+        return layer.full_loss(y_true, y_pred)
+
+    def get_config(self):
+        return {"layer_name": self._layer_name, "reduction": self.reduction, "name": self.name}

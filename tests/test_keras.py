@@ -1,0 +1,390 @@
+"""The Keras 3 layer, against the reference, through compile/fit/evaluate/predict/save.
+
+The same file runs under each backend: ``make test`` runs it with ``KERAS_BACKEND`` set to
+``tensorflow`` (in the main run), ``jax`` and ``torch``.
+"""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from sampled_softmax import SampledSoftmaxError  # noqa: E402
+from sampled_softmax import reference as R  # noqa: E402
+from sampled_softmax import samplers as npsamplers  # noqa: E402
+from sampled_softmax.keras import SampledSoftmax, SampledSoftmaxLoss  # noqa: E402
+
+BACKEND = keras.backend.backend()
+ops = keras.ops
+
+
+def to_numpy(x):
+    return ops.convert_to_numpy(x)
+
+
+def built_layer(W, b, **kwargs):
+    layer = SampledSoftmax(W.shape[0], kwargs.pop("num_sampled", 4), use_bias=b is not None, **kwargs)
+    layer.build((None, W.shape[1]))
+    layer.kernel.assign(W.astype(np.float32))
+    if b is not None:
+        layer.bias.assign(b.astype(np.float32))
+    return layer
+
+
+def sampled_loss_and_grads(layer, y, h, sv):
+    """Per-row loss and the gradients of its sum w.r.t. (inputs, kernel, bias), per backend."""
+    svt = tuple(ops.convert_to_tensor(v) for v in sv)
+    variables = [layer.kernel] + ([layer.bias] if layer.use_bias else [])
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        ht = tf.constant(h, tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(ht)
+            loss = layer.sampled_loss(tf.constant(y), ht, sampled_values=svt)
+            total = ops.sum(loss)
+        grads = tape.gradient(total, [ht] + variables)
+        return to_numpy(loss), [to_numpy(tf.convert_to_tensor(g)) for g in grads]
+    if BACKEND == "jax":
+        import jax
+
+        def total(hv, *values):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                loss = layer.sampled_loss(ops.convert_to_tensor(y), hv, sampled_values=svt)
+            return ops.sum(loss), loss
+
+        (_, loss), grads = jax.value_and_grad(total, argnums=tuple(range(1 + len(variables))), has_aux=True)(
+            jax.numpy.asarray(h, "float32"), *[v.value for v in variables])
+        return to_numpy(loss), [to_numpy(g) for g in grads]
+    import torch
+
+    ht = torch.tensor(h, dtype=torch.float32, requires_grad=True)
+    for v in variables:
+        v.value.grad = None
+    loss = layer.sampled_loss(torch.as_tensor(y), ht, sampled_values=svt)
+    loss.sum().backward()
+    return to_numpy(loss), [ht.grad.numpy()] + [v.value.grad.cpu().numpy() for v in variables]
+
+
+def problem(seed, *, V=60, D=8, B=10, S=12, T=1):
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(V, D)).astype(np.float32)
+    b = rng.normal(size=V).astype(np.float32)
+    h = rng.normal(size=(B, D)).astype(np.float32)
+    y = rng.integers(0, V, size=(B, T)).astype(np.int32)
+    cand = rng.choice(V, size=S, replace=False).astype(np.int32)
+    cand[:3] = y[:3, 0]  # accidental hits
+    cand[4] = cand[5]     # a repeat, marked as padding below
+    samp = rng.uniform(0.05, 2, S).astype(np.float32)
+    samp[5] = np.inf
+    return W, b, y, h, (cand, rng.uniform(0.05, 2, (B, T)).astype(np.float32), samp)
+
+
+@pytest.mark.parametrize("T,hits,bias,log_q,eps,ignore", list(itertools.product(
+    [1, 3], [True, False], [True, False], [True, False], [0.0, 0.2], [None, 7]))[::3])
+def test_sampled_loss_and_gradients_match_reference(T, hits, bias, log_q, eps, ignore):
+    W, b, y, h, sv = problem(T * 100 + hits * 10 + bias, T=T)
+    if ignore is not None:
+        y[1, :] = ignore
+        y[2, 0] = ignore
+    b = b if bias else None
+    layer = built_layer(W, b, num_true=T, remove_accidental_hits=hits, subtract_log_q=log_q,
+                        label_smoothing=eps, ignore_index=ignore)
+    loss, grads = sampled_loss_and_grads(layer, y if T > 1 else y[:, 0], h, sv)
+    kw = dict(remove_accidental_hits=hits, subtract_log_q=log_q, label_smoothing=eps, ignore_index=ignore)
+    np.testing.assert_allclose(loss, R.sampled_softmax_loss(W, b, y, h, sv, **kw), rtol=2e-5, atol=2e-5)
+    expected = R.sampled_softmax_grads(W, b, y, h, sv, **kw)
+    for got, want in zip(grads, expected):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+    if ignore is not None:  # rows whose every label is ignored get exactly zero gradient
+        assert np.all(grads[0][1] == 0)
+
+
+def test_masked_candidates_get_exactly_zero_gradient():
+    W, b, y, h, sv = problem(5)
+    layer = built_layer(W, b)
+    _, (_, dW, _) = sampled_loss_and_grads(layer, y[:, 0], h, sv)
+    cand = sv[0]
+    # Row 0's label equals candidate 0: its only gradient is the true column's. Class cand[5]
+    # sits in a padding slot and in slot 4; that class's gradient comes from slot 4 only.
+    rows_only_true = np.setdiff1d(np.arange(W.shape[0]), np.concatenate([cand, y[:, 0]]))
+    assert np.all(dW[rows_only_true] == 0)
+    _, (_, dW_pad_dropped, _) = sampled_loss_and_grads(
+        layer, y[:, 0], h, (np.delete(cand, 5), sv[1], np.delete(sv[2], 5)))
+    np.testing.assert_allclose(dW, dW_pad_dropped, rtol=1e-5, atol=1e-6)
+
+
+def test_sequence_inputs_and_labels_with_trailing_axis():
+    W, b, y, h, sv = problem(3, B=12)
+    layer = built_layer(W, b)
+    flat = to_numpy(layer.sampled_loss(ops.convert_to_tensor(y[:, 0]), ops.convert_to_tensor(h),
+                                       sampled_values=tuple(ops.convert_to_tensor(v) for v in sv)))
+    seq = to_numpy(layer.sampled_loss(ops.convert_to_tensor(y.reshape(3, 4, 1)), ops.convert_to_tensor(h.reshape(3, 4, -1)),
+                                      sampled_values=tuple(ops.convert_to_tensor(v) for v in sv)))
+    assert seq.shape == (3, 4)
+    np.testing.assert_allclose(seq.ravel(), flat, rtol=1e-6)
+
+
+@pytest.mark.parametrize("sampler", ["log_uniform", "uniform", "unigram"])
+@pytest.mark.parametrize("draw", ["unique_exact", "with_replacement"])
+def test_sampler_expected_counts_follow_the_numpy_formulas(sampler, draw):
+    V, S = 300, 40
+    counts = np.arange(V, 0, -1.0) ** 1.1
+    kw = dict(unigrams=counts) if sampler == "unigram" else {}
+    layer = SampledSoftmax(V, S, sampler=sampler, draw=draw, seed=3, **kw)
+    layer.build((None, 4))
+    dist = {"uniform": npsamplers.Uniform(V), "log_uniform": npsamplers.LogUniform(V),
+            "unigram": npsamplers.Unigram(counts)}[sampler]
+    if sampler == "unigram":
+        # Drawn through a float32 CDF: the probabilities are its steps (within 1e-7 of Q's).
+        cdf = to_numpy(layer.sampling_cdf).astype(np.float64)
+        steps = np.diff(cdf, prepend=0.0)
+        np.testing.assert_allclose(steps, dist.all_probs(), atol=1.2e-7)
+        dist = npsamplers.Unigram(steps)
+    labels = np.array([[0], [5], [V - 1]], np.int32)
+    cand, true_count, samp_count = (to_numpy(v) for v in layer.sample(ops.convert_to_tensor(labels)))
+    assert cand.shape == (S,) and cand.min() >= 0 and cand.max() < V
+    np.testing.assert_allclose(true_count, npsamplers.expected_count(dist.probs(labels), S, draw), rtol=2e-4)
+    want = npsamplers.expected_count(dist.probs(cand), S, draw)
+    if draw == "unique_exact":
+        repeated = npsamplers.repeated_slots(cand)
+        assert np.array_equal(np.isinf(samp_count), repeated)
+        np.testing.assert_allclose(samp_count[~repeated], want[~repeated], rtol=2e-4)
+    else:
+        np.testing.assert_allclose(samp_count, want, rtol=2e-4)
+
+
+@pytest.mark.parametrize("sampler", ["log_uniform", "unigram"])
+def test_sampler_frequencies_chi_square(sampler):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    V, S, draws = 30, 500, 40
+    counts = np.arange(1, V + 1.0)
+    kw = dict(unigrams=counts) if sampler == "unigram" else {}
+    layer = SampledSoftmax(V, S, sampler=sampler, draw="with_replacement", seed=11, **kw)
+    layer.build((None, 4))
+    labels = ops.convert_to_tensor(np.zeros((1, 1), np.int32))
+    drawn = np.concatenate([to_numpy(layer.sample(labels)[0]) for _ in range(draws)])
+    dist = npsamplers.Unigram(counts) if sampler == "unigram" else npsamplers.LogUniform(V)
+    observed = np.bincount(drawn, minlength=V)
+    _, p = scipy_stats.chisquare(observed, dist.all_probs() * drawn.size)
+    assert p > 1e-3
+
+
+def test_same_seed_same_candidates_and_loss():
+    W, b, y, h, _ = problem(9)
+    losses = []
+    for _ in range(2):
+        layer = built_layer(W, b, num_sampled=20, seed=42)
+        losses.append([to_numpy(layer.sampled_loss(ops.convert_to_tensor(y), ops.convert_to_tensor(h))) for _ in range(2)])
+    np.testing.assert_array_equal(losses[0][0], losses[1][0])
+    np.testing.assert_array_equal(losses[0][1], losses[1][1])
+    assert not np.array_equal(losses[0][0], losses[0][1])  # the draw advances
+
+
+# --- the user story: compile / fit / evaluate / predict / save ---------------------------------
+
+V_LM, T_LM = 120, 10
+
+
+def corpus(n=512, seed=0):
+    """A deterministic next-token rule (each token has 2 equally likely successors): the best
+    achievable loss is log 2, the unigram baseline about log V."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, T_LM + 1), np.int32)
+    x[:, 0] = rng.integers(1, V_LM, n)
+    for t in range(T_LM):
+        x[:, t + 1] = 1 + (7 * x[:, t] + rng.integers(0, 2, n)) % (V_LM - 1)
+    return x[:, :-1], x[:, 1:]
+
+
+def lm(head, *, mask_zero=False, tie=False, metrics=("sparse_categorical_accuracy",)):
+    inputs = keras.Input((None,), dtype="int32")
+    emb = keras.layers.Embedding(V_LM, 32, mask_zero=mask_zero)
+    z = emb(inputs)
+    z = keras.layers.Dense(32, activation="tanh")(z)
+    if tie:
+        head = SampledSoftmax(V_LM, head.num_sampled, tied_to=emb, seed=0)
+    model = keras.Model(inputs, head(z))
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=head.loss, metrics=list(metrics))
+    return model, head
+
+
+def unigram_entropy(y):
+    p = np.bincount(y.ravel(), minlength=V_LM) / y.size
+    return -np.sum(p[p > 0] * np.log(p[p > 0]))
+
+
+def test_fit_trains_and_evaluate_reports_full_softmax_loss():
+    keras.utils.set_random_seed(0)
+    x, y = corpus()
+    xv, yv = corpus(128, seed=1)
+    model, head = lm(SampledSoftmax(V_LM, num_sampled=16, seed=0))
+    before = model.evaluate(xv, yv, verbose=0, return_dict=True)
+    model.fit(x, y, epochs=6, batch_size=32, verbose=0)
+    after = model.evaluate(xv, yv, verbose=0, return_dict=True)
+    # evaluate's loss is the exact full-softmax cross-entropy of predict's probabilities.
+    probs = model.predict(xv, verbose=0)
+    assert probs.shape == (128, T_LM, V_LM)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    exact = -np.mean(np.log(np.take_along_axis(probs, yv[..., None], -1)))
+    np.testing.assert_allclose(after["loss"], exact, rtol=1e-4)
+    accuracy = np.mean(probs.argmax(-1) == yv)
+    np.testing.assert_allclose(after["sparse_categorical_accuracy"], accuracy, atol=1e-6)
+    assert before["loss"] > 0.9 * math.log(V_LM)
+    assert after["loss"] < 0.5 * unigram_entropy(yv)  # well below the unigram baseline
+
+
+def test_save_and_load_round_trip(tmp_path):
+    keras.utils.set_random_seed(1)
+    x, y = corpus(128)
+    model, head = lm(SampledSoftmax(V_LM, num_sampled=16, seed=0, sampler="unigram",
+                                    unigrams=np.bincount(y.ravel(), minlength=V_LM)[1:] + 1.0,
+                                    num_reserved_ids=1))
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(x[:8], verbose=0), model.predict(x[:8], verbose=0))
+    new_head = loaded.layers[-1]
+    assert isinstance(new_head, SampledSoftmax) and new_head is not head
+    np.testing.assert_array_equal(to_numpy(new_head.sampling_cdf), to_numpy(head.sampling_cdf))
+    # The restored compile config trains the restored layer, with the same loss.
+    np.testing.assert_allclose(loaded.evaluate(x, y, verbose=0), model.evaluate(x, y, verbose=0), rtol=1e-6)
+    loaded.fit(x, y, epochs=1, batch_size=32, verbose=0)
+
+
+def test_config_round_trip():
+    layer = SampledSoftmax(500, 20, sampler="uniform", draw="with_replacement", num_true=2, use_bias=False,
+                           remove_accidental_hits=False, subtract_log_q=False, label_smoothing=0.1,
+                           ignore_index=-1, output="logits", seed=5)
+    clone = SampledSoftmax.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    loss = SampledSoftmaxLoss.from_config(layer.loss.get_config())
+    assert loss.get_layer() is clone  # the most recent layer of that name
+
+
+def test_symbolic_model_builds_for_plain_and_sequence_outputs():
+    head = SampledSoftmax(50, 5)
+    assert tuple(head(keras.Input((16,))).shape) == (None, 50)
+    head2 = SampledSoftmax(50, 5)
+    assert tuple(head2(keras.Input((7, 16))).shape) == (None, 7, 50)
+
+
+def test_plain_batch_fit_with_column_targets():
+    keras.utils.set_random_seed(2)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8)).astype(np.float32)
+    y = (np.argmax(x @ rng.normal(size=(8, 40)), axis=1)[:, None]).astype(np.int64)  # [B, 1]
+    head = SampledSoftmax(40, 10, seed=0)
+    model = keras.Sequential([keras.Input((8,)), head])
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=head.loss)
+    first = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=10, batch_size=64, verbose=0)
+    assert model.evaluate(x, y, verbose=0) < 0.5 * first
+
+
+def test_mask_zero_padding_is_left_out_of_the_loss():
+    keras.utils.set_random_seed(3)
+    x, y = corpus(64)
+    x_pad = x.copy()
+    x_pad[:, -3:] = 0
+    model, head = lm(SampledSoftmax(V_LM, num_sampled=16, seed=0), mask_zero=True)
+    full = model.evaluate(x_pad, y, verbose=0, return_dict=True)["loss"]
+    probs = model.predict(x_pad, verbose=0)
+    picked = -np.log(np.take_along_axis(probs, y[..., None], -1))[..., 0]
+    np.testing.assert_allclose(full, picked[:, :-3].mean(), rtol=1e-5)
+
+
+def test_ignore_index_positions_are_left_out_of_the_mean():
+    W, b, y, h, _ = problem(4)
+    y = y[:, 0].copy()
+    y[:4] = -1
+    yt, ht = ops.convert_to_tensor(y), ops.convert_to_tensor(h)
+    per_row = to_numpy(built_layer(W, b, num_sampled=8, ignore_index=-1, seed=9).sampled_loss(yt, ht))
+    assert np.all(per_row[:4] == 0) and np.all(per_row[4:] > 0)
+    layer = built_layer(W, b, num_sampled=8, ignore_index=-1, seed=9)  # the same draw
+    layer._training_output = True  # as in a training step
+    reduced = to_numpy(layer.loss(yt, ht))
+    np.testing.assert_allclose(reduced, per_row[4:].mean(), rtol=1e-6)
+
+
+def test_tied_embedding_trains_the_shared_table_and_round_trips(tmp_path):
+    keras.utils.set_random_seed(4)
+    x, y = corpus(128)
+    model, head = lm(SampledSoftmax(V_LM, num_sampled=16), tie=True)
+    assert not hasattr(head, "kernel")
+    emb = model.layers[1]
+    table_before = to_numpy(emb.embeddings).copy()
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    assert not np.allclose(to_numpy(emb.embeddings), table_before)
+    np.testing.assert_array_equal(to_numpy(head.table), to_numpy(emb.embeddings))
+    path = tmp_path / "tied.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(x[:4], verbose=0), model.predict(x[:4], verbose=0))
+    assert len(loaded.weights) == len(model.weights)
+
+
+def test_mixed_precision_loss_is_float32_and_close():
+    W, b, y, h, sv = problem(6)
+    svt = tuple(ops.convert_to_tensor(v) for v in sv)
+    ref = R.sampled_softmax_loss(W, b, y, h, sv)
+    layer = built_layer(W, b, dtype="mixed_bfloat16")
+    assert layer.compute_dtype == "bfloat16"
+    loss = layer.sampled_loss(ops.convert_to_tensor(y), ops.cast(ops.convert_to_tensor(h), "bfloat16"), sampled_values=svt)
+    assert keras.backend.standardize_dtype(loss.dtype) == "float32"
+    np.testing.assert_allclose(to_numpy(loss), ref, rtol=0.05, atol=0.05)
+    probs = to_numpy(layer(ops.cast(ops.convert_to_tensor(h), "bfloat16")))
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+
+
+# --- misuse gets a clear error ----------------------------------------------------------------
+
+def test_wrong_target_shape_is_a_clear_error():
+    x, y = corpus(64)
+    model, _ = lm(SampledSoftmax(V_LM, num_sampled=8), metrics=())
+    with pytest.raises(SampledSoftmaxError, match=r"`y_true` \(targets\) must have shape"):
+        model.fit(x, y[:, :5], epochs=1, batch_size=32, verbose=0)
+
+
+def test_float_targets_are_a_clear_error():
+    x, y = corpus(64)
+    model, _ = lm(SampledSoftmax(V_LM, num_sampled=8))
+    with pytest.raises(TypeError, match=r"`y_true` \(targets\) must be integer class ids; received dtype float"):
+        model.fit(x, y.astype(np.float32), epochs=1, batch_size=32, verbose=0)
+
+
+def test_out_of_range_targets_raise_in_fit():
+    x, y = corpus(64)
+    y = y.copy()
+    y[3, 2] = V_LM + 5
+    model, _ = lm(SampledSoftmax(V_LM, num_sampled=8))
+    with pytest.raises(Exception, match=r"must be in \[0, 119\]") as info:
+        model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    assert "targets" in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs,error,fragment", [
+    (dict(num_classes=10, num_sampled=11), SampledSoftmaxError, r"`num_sampled` must be <= 10"),
+    (dict(num_classes=10, num_sampled=0), SampledSoftmaxError, r"`num_sampled` must be >= 1; received 0"),
+    (dict(num_classes=10, num_sampled=2, sampler="zipf"), SampledSoftmaxError, r"`sampler` must be one of"),
+    (dict(num_classes=10, num_sampled=2, draw="unique"), SampledSoftmaxError, r"`draw` must be one of"),
+    (dict(num_classes=10, num_sampled=2, sampler="unigram"), SampledSoftmaxError, r"`unigrams` .* required"),
+    (dict(num_classes=10, num_sampled=2, label_smoothing=1.5), SampledSoftmaxError, r"`label_smoothing` must be in \[0, 1\]"),
+    (dict(num_classes=10, num_sampled=2, output="softmax"), SampledSoftmaxError, r"`output` must be one of"),
+    (dict(num_classes=10, num_sampled=2, tied_to="emb"), TypeError, r"`tied_to` must be a keras.layers.Embedding"),
+])
+def test_bad_constructor_arguments(kwargs, error, fragment):
+    with pytest.raises(error, match=fragment):
+        SampledSoftmax(**kwargs)
+
+
+def test_loss_on_the_wrong_output_is_a_clear_error():
+    layer = SampledSoftmax(20, 4)
+    layer.build((None, 5))
+    with pytest.raises(SampledSoftmaxError, match=r"`y_pred` must be the SampledSoftmax layer's output \[\.\.\., 20\]"):
+        layer.loss(ops.convert_to_tensor(np.zeros(3, np.int32)), ops.zeros((3, 5)))
