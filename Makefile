@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv test bench clean
+.PHONY: all venv test bench demo clean
 
 all: venv
 
@@ -20,6 +20,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider tests/test_keras.py
 	KERAS_BACKEND=torch $(PY) -m pytest -q -p no:cacheprovider tests/test_keras.py
+
+# The main job: full, sampled and adaptive softmax side by side (about three minutes, no download).
+demo: $(STAMP)
+	$(VENV)/bin/sampled-softmax demo
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

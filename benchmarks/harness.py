@@ -9,6 +9,8 @@ import platform
 import statistics
 import subprocess
 import sys
+
+from sampled_softmax._progress import Progress  # noqa: F401  (re-exported for the suite)
 import time
 from typing import Callable
 
@@ -101,27 +103,6 @@ def summarize(samples: dict[str, list[float]]) -> dict[str, dict]:
 def paired_ratio(samples: dict[str, list[float]], slower: str, faster: str) -> float:
     """Median over rounds of ``t[slower] / t[faster]`` (how many times faster ``faster`` is)."""
     return statistics.median(a / b for a, b in zip(samples[slower], samples[faster]))
-
-
-class Progress:
-    """A one-line progress bar on stderr."""
-
-    def __init__(self, total: int, label: str):
-        self.total, self.done, self.label = max(total, 1), 0, label
-        self.tty = sys.stderr.isatty()
-
-    def step(self, note: str = "") -> None:
-        self.done += 1
-        width = 30
-        filled = int(width * self.done / self.total)
-        line = f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {note}"
-        if self.tty:
-            sys.stderr.write(line[:120].ljust(120))
-            if self.done == self.total:
-                sys.stderr.write("\n")
-        elif self.done == self.total or self.done % max(1, self.total // 4) == 0:
-            sys.stderr.write(line.strip() + "\n")
-        sys.stderr.flush()
 
 
 def dump(path: str, payload: dict) -> None:

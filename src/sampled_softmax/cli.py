@@ -57,6 +57,18 @@ def _bench(args) -> int:
     return bench_main(args.rest)
 
 
+def _demo(args) -> int:
+    try:
+        from .demo import main as demo_main
+    except ImportError as exc:
+        print(f"sampled-softmax demo needs PyTorch (pip install 'sampled-softmax[torch]'): {exc}", file=sys.stderr)
+        return 2
+    return demo_main(args.rest)
+
+
+PASS_THROUGH = {"bench": _bench, "demo": _demo}  # commands whose options their own parser reads
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="sampled-softmax", description="Sampled softmax for PyTorch, TensorFlow and Keras 3.")
     parser.add_argument("--version", action="version", version=f"sampled-softmax {__version__}")
@@ -65,9 +77,13 @@ def main(argv=None) -> int:
     bench = sub.add_parser("bench", help="the benchmark suite (options: python -m benchmarks --help)")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
+    demo = sub.add_parser("demo", help="train a language model with full, sampled and adaptive softmax "
+                                       "side by side (options: sampled-softmax demo --help)")
+    demo.add_argument("rest", nargs=argparse.REMAINDER)
+    demo.set_defaults(func=_demo)
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # everything after `bench` belongs to the suite's own parser
-        return _bench(argparse.Namespace(rest=argv[1:]))
+    if argv[:1] and argv[0] in PASS_THROUGH:  # everything after the command belongs to its parser
+        return PASS_THROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,246 @@
+"""``sampled-softmax demo``: the same language model trained with full softmax, sampled
+softmax (log-uniform and unigram samplers) and adaptive softmax, each for the same wall-clock
+budget, compared on the exact full-softmax validation perplexity. PyTorch.
+
+Without ``--corpus`` it needs no download: the text is a generated Markov chain over a
+Zipf-distributed 50k-word vocabulary whose entropy rate is known, so the best perplexity any
+model can reach is printed beside the results (:func:`sampled_softmax.corpus.zipf_markov`).
+
+The model: ``Embedding(V, D)``, one ``LSTM(D, D)`` layer, then the output layer under test.
+Full and adaptive softmax train with ``torch.optim.Adam``; sampled softmax with the library's
+recipe (sparse row gradients for both ``[V, D]`` tables, :class:`SparseRowAdam` for them,
+``Adam`` for the LSTM). Evaluation time is not counted in the budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._progress import Progress
+from .corpus import Corpus, read_corpus, zipf_markov
+from .torch import SampledSoftmaxLoss, SparseRowAdam
+
+METHODS = ("full", "sampled-log-uniform", "sampled-unigram", "adaptive")
+LABELS = {
+    "full": "full softmax",
+    "sampled-log-uniform": "sampled softmax, log-uniform",
+    "sampled-unigram": "sampled softmax, unigram",
+    "adaptive": "adaptive softmax (torch.nn)",
+}
+
+
+class LanguageModel(nn.Module):
+    """``Embedding -> LSTM -> output layer``; ``head`` is one of :data:`METHODS`."""
+
+    def __init__(self, vocab_size: int, dim: int, head: str, *, num_sampled: int = 1024,
+                 unigram_counts: np.ndarray | None = None):
+        super().__init__()
+        self.head = head
+        sampled = head.startswith("sampled")
+        self.embed = nn.Embedding(vocab_size, dim, sparse=sampled)
+        self.rnn = nn.LSTM(dim, dim, batch_first=True)
+        if head == "full":
+            self.out = nn.Linear(dim, vocab_size)
+        elif head == "adaptive":
+            cutoffs = [c for c in (vocab_size // 25, vocab_size // 5) if 0 < c < vocab_size]
+            self.out = nn.AdaptiveLogSoftmaxWithLoss(dim, vocab_size, sorted(set(cutoffs)), div_value=4.0)
+        else:
+            if head == "sampled-unigram":
+                from .torch import UnigramSampler
+
+                sampler = UnigramSampler(vocab_size, unigram_counts + 1.0, distortion=0.75)
+            else:
+                sampler = "log_uniform"
+            self.out = SampledSoftmaxLoss(dim, vocab_size, num_sampled, sampler=sampler, sparse=True)
+
+    def hidden(self, tokens):
+        return self.rnn(self.embed(tokens))[0]
+
+    def training_loss(self, tokens, targets):
+        h = self.hidden(tokens)
+        if self.head == "full":
+            return F.cross_entropy(self.out(h).flatten(0, 1), targets.flatten())
+        if self.head == "adaptive":
+            return self.out(h.flatten(0, 1), targets.flatten()).loss
+        return self.out(h, targets).loss
+
+    @torch.no_grad()
+    def full_nll(self, tokens, targets) -> float:
+        """Summed exact full-softmax negative log-likelihood of ``targets``."""
+        h = self.hidden(tokens).flatten(0, 1)
+        y = targets.flatten()
+        if self.head == "full":
+            return F.cross_entropy(self.out(h), y, reduction="sum").item()
+        if self.head == "adaptive":
+            return -self.out.log_prob(h).gather(1, y[:, None]).sum().item()
+        return -self.out(h, y).output.sum().item()  # eval mode: exact log-probabilities
+
+    def optimizers(self, lr: float):
+        if self.head.startswith("sampled"):
+            tables = list(self.embed.parameters()) + list(self.out.parameters())
+            return [SparseRowAdam(tables, lr=lr), torch.optim.Adam(self.rnn.parameters(), lr=lr)]
+        return [torch.optim.Adam(self.parameters(), lr=lr)]
+
+
+def windows(ids: np.ndarray, length: int, limit: int | None = None):
+    """Consecutive non-overlapping ``(tokens, targets)`` windows ``[n, length]``."""
+    n = (ids.size - 1) // length
+    if limit is not None:
+        n = min(n, max(1, limit // length))
+    x = ids[: n * length].reshape(n, length)
+    y = ids[1: n * length + 1].reshape(n, length)
+    return torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+
+
+def perplexity(model: LanguageModel, valid, chunk_tokens: int = 1024) -> float:
+    model.eval()
+    x, y = valid
+    rows = max(1, chunk_tokens // x.shape[1])
+    total = sum(model.full_nll(x[i:i + rows], y[i:i + rows]) for i in range(0, x.shape[0], rows))
+    model.train()
+    return math.exp(total / y.numel())
+
+
+def train_for(method: str, corpus: Corpus, args, curve_valid, final_valid) -> dict:
+    torch.manual_seed(args.seed)
+    model = LanguageModel(corpus.vocab_size, args.dim, method, num_sampled=args.num_sampled,
+                          unigram_counts=corpus.unigram_counts())
+    opts = model.optimizers(args.lr)
+    rng = np.random.default_rng(args.seed)
+    starts_max = corpus.train.size - args.seq_len - 1
+    offsets = np.arange(args.seq_len + 1)
+    bar = Progress(args.curve_points, f"{LABELS[method]:<31}")
+    curve, steps, trained = [], 0, 0.0
+    next_eval = args.budget / args.curve_points
+    while trained < args.budget:
+        idx = rng.integers(0, starts_max, args.batch)[:, None] + offsets
+        chunk = torch.from_numpy(corpus.train[idx])
+        t0 = time.perf_counter()
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        model.training_loss(chunk[:, :-1], chunk[:, 1:]).backward()
+        for opt in opts:
+            opt.step()
+        trained += time.perf_counter() - t0
+        steps += 1
+        if trained >= next_eval or trained >= args.budget:
+            ppl = perplexity(model, curve_valid)
+            curve.append((trained, ppl))
+            bar.step(f"{trained:5.1f}s ppl {ppl:8.1f}")
+            next_eval += args.budget / args.curve_points
+    while bar.done < bar.total:
+        bar.step()
+    final = perplexity(model, final_valid)
+    return {"method": method, "label": LABELS[method], "steps": steps, "wall_s": trained,
+            "steps_per_s": steps / trained, "tokens_per_s": steps * args.batch * args.seq_len / trained,
+            "valid_perplexity": final, "curve": curve, "model": model}
+
+
+def table(results, corpus: Corpus) -> str:
+    lines = [f"{'method':<31} {'steps':>7} {'steps/s':>8} {'tokens/s':>9} {'wall s':>7} {'valid ppl':>10}"]
+    for r in results:
+        lines.append(f"{r['label']:<31} {r['steps']:>7} {r['steps_per_s']:>8.2f} {r['tokens_per_s']:>9.0f} "
+                     f"{r['wall_s']:>7.1f} {r['valid_perplexity']:>10.1f}")
+    lines.append(f"{'unigram baseline':<31} {'':>7} {'':>8} {'':>9} {'':>7} {corpus.unigram_perplexity():>10.1f}")
+    if corpus.optimal_perplexity is not None:
+        lines.append(f"{'optimum (entropy rate)':<31} {'':>7} {'':>8} {'':>9} {'':>7} {corpus.optimal_perplexity:>10.1f}")
+    return "\n".join(lines)
+
+
+def plot(results, corpus: Corpus, path: str) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        t, p = zip(*r["curve"])
+        ax.plot(t, p, marker="o", ms=3, label=r["label"])
+    if corpus.optimal_perplexity is not None:
+        ax.axhline(corpus.optimal_perplexity, color="k", ls="--", lw=1, label="optimum (entropy rate)")
+    ax.set_yscale("log")
+    ax.set_xlabel("training wall-clock time (s)")
+    ax.set_ylabel("full-softmax validation perplexity")
+    ax.set_title(f"{corpus.name}: V={corpus.vocab_size}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def save_checkpoint(result, corpus: Corpus, args, directory: str) -> str:
+    """What ``sampled-softmax diagnose`` reads: the output layer's table and validation hidden
+    states with their targets."""
+    os.makedirs(directory, exist_ok=True)
+    model = result["model"]
+    x, y = windows(corpus.valid, args.seq_len, 4096)
+    model.eval()
+    with torch.no_grad():
+        h = model.hidden(x).flatten(0, 1)
+    out = model.out
+    weight = out.weight if hasattr(out, "weight") else None
+    payload = {"method": result["method"], "vocab_size": corpus.vocab_size, "corpus": corpus.name,
+               "weight": weight.detach().clone(), "bias": None if out.bias is None else out.bias.detach().clone(),
+               "hidden": h.clone(), "targets": y.flatten().clone(), "unigram_counts": corpus.unigram_counts()}
+    path = os.path.join(directory, "checkpoint.pt")
+    torch.save(payload, path)
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="sampled-softmax demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--budget", type=float, default=35.0, help="training seconds per method (default 35)")
+    ap.add_argument("--corpus", help="directory with train.txt and valid.txt (default: generated, no download)")
+    ap.add_argument("--out", default=".", help="where demo.png and demo.json go (default: current directory)")
+    ap.add_argument("--save", help="directory for a checkpoint of the log-uniform sampled model (for diagnose)")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    ap.add_argument("--vocab", type=int, default=50_000, help="vocabulary of the generated corpus")
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--num-sampled", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq-len", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--curve-points", type=int, default=6)
+    ap.add_argument("--valid-tokens", type=int, default=16_384, help="validation tokens for the final perplexity")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        if m not in METHODS:
+            ap.error(f"--methods must be a subset of {','.join(METHODS)}; received {m!r}")
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    corpus = read_corpus(args.corpus) if args.corpus else zipf_markov(args.vocab, seed=args.seed)
+    print(f"corpus {corpus.name}: V={corpus.vocab_size}, {corpus.train.size} training tokens; "
+          f"model Embedding({args.dim}) -> LSTM({args.dim}) -> output; batch {args.batch}x{args.seq_len}, "
+          f"S={args.num_sampled}; {args.budget:.0f} s of training per method")
+    curve_valid = windows(corpus.valid, args.seq_len, 4096)
+    final_valid = windows(corpus.valid, args.seq_len, args.valid_tokens)
+    results = [train_for(m, corpus, args, curve_valid, final_valid) for m in methods]
+    print()
+    print(table(results, corpus))
+    os.makedirs(args.out, exist_ok=True)
+    png = plot(results, corpus, os.path.join(args.out, "demo.png"))
+    with open(os.path.join(args.out, "demo.json"), "w") as f:
+        json.dump({"corpus": corpus.name, "vocab_size": corpus.vocab_size, "args": vars(args),
+                   "optimal_perplexity": corpus.optimal_perplexity, "unigram_perplexity": corpus.unigram_perplexity(),
+                   "results": [{k: v for k, v in r.items() if k != "model"} for r in results]}, f, indent=1)
+    print(f"\nwrote {png or '(no plot: matplotlib not installed)'} and {os.path.join(args.out, 'demo.json')}")
+    if args.save:
+        chosen = next((r for r in results if r["method"] == "sampled-log-uniform"), results[0])
+        print(f"checkpoint: {save_checkpoint(chosen, corpus, args, args.save)}")
+    return 0
