@@ -17,3 +17,53 @@ def test_torch_recipe_learns_on_synthetic_data():
     before, after = load("torch_recipe").main(["--vocab", "2000", "--steps", "150", "--dim", "32",
                                                "--num-sampled", "64", "--rowwise"])
     assert after < before - 1.0
+
+
+def write_corpus(directory, tokens=30_000, vocab=300, seed=0):
+    """A small text corpus from the generated Markov chain (words w0, w1, ...)."""
+    from sampled_softmax.corpus import zipf_markov
+
+    c = zipf_markov(vocab, tokens, tokens // 10, follow=0.7, seed=seed)
+    for name, ids in (("train.txt", c.train), ("valid.txt", c.valid)):
+        lines = [" ".join(f"w{i}" for i in ids[s:s + 20]) for s in range(0, ids.size, 20)]
+        (directory / name).write_text("\n".join(lines) + "\n")
+    return directory
+
+
+def test_keras_lm_example_beats_the_unigram_baseline(tmp_path):
+    ppl, unigram = load("keras_lm").main([str(write_corpus(tmp_path)), "--minutes", "0.15", "--num-sampled", "32",
+                                         "--embed", "32", "--hidden", "32", "--valid-windows", "40"])
+    assert ppl < 0.6 * unigram
+
+
+def test_demo_runs_compares_and_saves(tmp_path, capsys):
+    import json
+
+    from sampled_softmax.cli import main
+
+    assert main(["demo", "--budget", "1.5", "--vocab", "400", "--dim", "16", "--num-sampled", "32",
+                 "--methods", "full,sampled-log-uniform,adaptive", "--curve-points", "2", "--valid-tokens", "1024",
+                 "--out", str(tmp_path), "--save", str(tmp_path / "ckpt")]) == 0
+    out = capsys.readouterr().out
+    for label in ("full softmax", "sampled softmax, log-uniform", "adaptive softmax", "optimum (entropy rate)",
+                  "unigram baseline"):
+        assert label in out
+    report = json.loads((tmp_path / "demo.json").read_text())
+    results = {r["method"]: r for r in report["results"]}
+    assert set(results) == {"full", "sampled-log-uniform", "adaptive"}
+    for r in results.values():
+        assert len(r["curve"]) == 2 and r["steps"] > 0
+        # No model beats the entropy rate; each learns something in 1.5 s.
+        assert report["optimal_perplexity"] < r["valid_perplexity"] < report["unigram_perplexity"]
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
+    assert (tmp_path / "ckpt" / "checkpoint.pt").exists()
+
+
+def test_demo_rejects_unknown_methods(capsys):
+    import pytest
+
+    from sampled_softmax.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--methods", "full,nope"])
+    assert "--methods must be a subset" in capsys.readouterr().err

@@ -203,7 +203,7 @@ def save_checkpoint(result, corpus: Corpus, args, directory: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sampled-softmax demo", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--budget", type=float, default=35.0, help="training seconds per method (default 35)")
+    ap.add_argument("--budget", type=float, default=30.0, help="training seconds per method (default 30)")
     ap.add_argument("--corpus", help="directory with train.txt and valid.txt (default: generated, no download)")
     ap.add_argument("--out", default=".", help="where demo.png and demo.json go (default: current directory)")
     ap.add_argument("--save", help="directory for a checkpoint of the log-uniform sampled model (for diagnose)")

@@ -1,0 +1,104 @@
+"""A Keras ``fit`` step (``train_on_batch``: forward, backward, Adam) of the classic language
+model ``Embedding(V, 256) -> LSTM(1024, return_sequences=True) -> output``, with
+``SampledSoftmax(V, S)`` against ``Dense(V, activation="softmax")``, on each Keras backend.
+
+Each backend runs in its own subprocess (Keras fixes its backend at import):
+
+    python -m benchmarks.keras_fit [--quick] [--backends tensorflow,jax,torch]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+FULL = dict(V=100_000, B=32, T=32, embed=256, hidden=1024, S=1024, repeats=3)
+QUICK = dict(V=20_000, B=16, T=16, embed=64, hidden=128, S=256, repeats=3)
+SMOKE = dict(V=500, B=4, T=4, embed=8, hidden=8, S=16, repeats=1)
+METHODS = ("SampledSoftmax", "Dense softmax")
+
+
+def _model(method: str, shape: dict):
+    import keras
+
+    from sampled_softmax.keras import SampledSoftmax
+
+    keras.utils.set_random_seed(0)
+    V = shape["V"]
+    head = SampledSoftmax(V, shape["S"], seed=0) if method == "SampledSoftmax" else keras.layers.Dense(V, activation="softmax")
+    model = keras.Sequential([keras.Input((shape["T"],), dtype="int32"), keras.layers.Embedding(V, shape["embed"]),
+                              keras.layers.LSTM(shape["hidden"], return_sequences=True), head])
+    loss = head.loss if method == "SampledSoftmax" else "sparse_categorical_crossentropy"
+    model.compile(optimizer="adam", loss=loss)
+    return model
+
+
+def measure(shape: dict) -> dict:
+    """In this process (its ``KERAS_BACKEND``): paired per-step seconds of both methods."""
+    import numpy as np
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks import harness
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, shape["V"], (shape["B"], shape["T"])).astype("int32")
+    y = rng.integers(0, shape["V"], (shape["B"], shape["T"])).astype("int32")
+    models = {m: _model(m, shape) for m in METHODS}
+    steps = {m: (lambda model=model: model.train_on_batch(x, y)) for m, model in models.items()}
+    samples = harness.paired(steps, repeats=shape["repeats"], warmup=2)
+    import keras
+
+    return {"backend": keras.backend.backend(), "shape": shape, "samples_s": samples,
+            "summary": harness.summarize(samples),
+            "dense_over_sampled": harness.paired_ratio(samples, "Dense softmax", "SampledSoftmax")}
+
+
+def run(*, quick=False, smoke=False, backends=("tensorflow", "jax", "torch"), progress=None) -> dict:
+    shape = SMOKE if smoke else (QUICK if quick else FULL)
+    results = []
+    for backend in backends:
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.keras_fit", "--child", json.dumps(shape)],
+                              capture_output=True, text=True, env=env,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            results.append({"backend": backend, "skipped": f"failed or not installed: {tail[0]}"})
+        else:
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        if progress:
+            progress(backend)
+    return {"case": {k: v for k, v in shape.items() if k != "repeats"}, "backends": results}
+
+
+def format_rows(res: dict) -> list[str]:
+    rows = [f"{'backend':<11} {'SampledSoftmax ms':>18} {'Dense softmax ms':>17} {'ratio':>7}"]
+    for r in res["backends"]:
+        if "skipped" in r:
+            rows.append(f"{r['backend']:<11} skipped: {r['skipped']}")
+            continue
+        s = r["summary"]
+        rows.append(f"{r['backend']:<11} {s['SampledSoftmax']['median_ms']:>18.1f} {s['Dense softmax']['median_ms']:>17.1f} "
+                    f"{r['dense_over_sampled']:>6.1f}x")
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--backends", default="tensorflow,jax,torch")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(measure(json.loads(args.child))))
+        return 0
+    res = run(quick=args.quick, backends=tuple(args.backends.split(",")))
+    print("\n".join(format_rows(res)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
