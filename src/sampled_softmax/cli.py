@@ -66,7 +66,16 @@ def _demo(args) -> int:
     return demo_main(args.rest)
 
 
-PASS_THROUGH = {"bench": _bench, "demo": _demo}  # commands whose options their own parser reads
+def _diagnose(args) -> int:
+    try:
+        from .diagnose import main as diagnose_main
+    except ImportError as exc:
+        print(f"sampled-softmax diagnose needs PyTorch (pip install 'sampled-softmax[torch]'): {exc}", file=sys.stderr)
+        return 2
+    return diagnose_main(args.rest)
+
+
+PASS_THROUGH = {"bench": _bench, "demo": _demo, "diagnose": _diagnose}  # commands whose options their own parser reads
 
 
 def main(argv=None) -> int:
@@ -81,6 +90,10 @@ def main(argv=None) -> int:
                                        "side by side (options: sampled-softmax demo --help)")
     demo.add_argument("rest", nargs=argparse.REMAINDER)
     demo.set_defaults(func=_demo)
+    diagnose = sub.add_parser("diagnose", help="bias and variance of the sampled loss and its gradient against "
+                                               "the full softmax (options: sampled-softmax diagnose --help)")
+    diagnose.add_argument("rest", nargs=argparse.REMAINDER)
+    diagnose.set_defaults(func=_diagnose)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] and argv[0] in PASS_THROUGH:  # everything after the command belongs to its parser
         return PASS_THROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))
