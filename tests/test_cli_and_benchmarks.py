@@ -39,3 +39,14 @@ def test_benchmark_smoke_run_writes_results(tmp_path):
     for key in ("torch", "commit", "seed", "cpu", "torch_threads", "MALLOC_MMAP_MAX_"):
         assert key in env
     assert "## Goals" in (tmp_path / "results.md").read_text()
+
+
+def test_keras_fit_benchmark_smoke_run():
+    from benchmarks import keras_fit
+
+    res = keras_fit.run(smoke=True, backends=("jax", "no-such-backend"))
+    ok, missing = res["backends"]
+    assert ok["backend"] == "jax" and ok["dense_over_sampled"] > 0
+    assert set(ok["summary"]) == {"SampledSoftmax", "Dense softmax"}
+    assert "skipped" in missing  # reported, not silently dropped
+    assert any("skipped" in row for row in keras_fit.format_rows(res))
