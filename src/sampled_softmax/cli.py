@@ -57,24 +57,22 @@ def _bench(args) -> int:
     return bench_main(args.rest)
 
 
-def _demo(args) -> int:
-    try:
-        from .demo import main as demo_main
-    except ImportError as exc:
-        print(f"sampled-softmax demo needs PyTorch (pip install 'sampled-softmax[torch]'): {exc}", file=sys.stderr)
-        return 2
-    return demo_main(args.rest)
+def _torch_command(module: str):
+    """A command implemented by ``sampled_softmax.<module>.main`` (which needs PyTorch)."""
+
+    def run(args) -> int:
+        try:
+            command = importlib.import_module(f"sampled_softmax.{module}").main
+        except ImportError as exc:
+            print(f"sampled-softmax {module} needs PyTorch (pip install 'sampled-softmax[torch]'): {exc}",
+                  file=sys.stderr)
+            return 2
+        return command(args.rest)
+
+    return run
 
 
-def _diagnose(args) -> int:
-    try:
-        from .diagnose import main as diagnose_main
-    except ImportError as exc:
-        print(f"sampled-softmax diagnose needs PyTorch (pip install 'sampled-softmax[torch]'): {exc}", file=sys.stderr)
-        return 2
-    return diagnose_main(args.rest)
-
-
+_demo, _diagnose = _torch_command("demo"), _torch_command("diagnose")
 PASS_THROUGH = {"bench": _bench, "demo": _demo, "diagnose": _diagnose}  # commands whose options their own parser reads
 
 
