@@ -108,36 +108,30 @@ def _concrete_numpy(x):
         return None
 
 
-def _label_range_error(lo, hi, num_classes, ignore_index) -> str | None:
-    try:
-        V.check_label_values(lo, hi, num_classes, ignore_index)
-    except SampledSoftmaxError as err:
-        return str(err).replace("`labels`", "`y_true` (targets)")
-    return None
+def _raise_if_out_of_range(values, num_classes: int, ignore_index) -> None:
+    """NumPy label values: raise the shared message, worded for Keras targets."""
+    v = np.asarray(values)
+    if ignore_index is not None:
+        v = v[v != ignore_index]
+    if v.size:
+        try:
+            V.check_label_values(int(v.min()), int(v.max()), num_classes, ignore_index)
+        except SampledSoftmaxError as err:
+            raise SampledSoftmaxError(str(err).replace("`labels`", "`y_true` (targets)")) from None
 
 
 def _check_label_values(y, num_classes: int, ignore_index):
     """Out-of-range labels raise: now when eager, when the step runs when traced (graph TF,
     jitted JAX). Returns ``y`` (on TensorFlow, ordered after the check)."""
     values = _concrete_numpy(y)
-    kept = (lambda v: v if ignore_index is None else v[v != ignore_index])
     if values is not None:
-        v = kept(values)
-        if v.size:
-            msg = _label_range_error(int(v.min()), int(v.max()), num_classes, ignore_index)
-            if msg:
-                raise SampledSoftmaxError(msg)
+        _raise_if_out_of_range(values, num_classes, ignore_index)
         return y
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
 
-        def host_check(v):
-            v = kept(np.asarray(v))
-            if v.size and (msg := _label_range_error(int(v.min()), int(v.max()), num_classes, ignore_index)):
-                raise SampledSoftmaxError(msg)
-
-        jax.debug.callback(host_check, y)
+        jax.debug.callback(lambda v: _raise_if_out_of_range(v, num_classes, ignore_index), y)
         return y
     if backend == "tensorflow":
         import tensorflow as tf
