@@ -50,3 +50,26 @@ def test_keras_fit_benchmark_smoke_run():
     assert set(ok["summary"]) == {"SampledSoftmax", "Dense softmax"}
     assert "skipped" in missing  # reported, not silently dropped
     assert any("skipped" in row for row in keras_fit.format_rows(res))
+
+
+def test_wikitext_study_quick_run_reports_goals_and_resumes(tmp_path, capsys):
+    import torch
+    from benchmarks import wikitext_study
+
+    threads = torch.get_num_threads()
+    only = "full,sampled-unigram-256-unique_exact,adaptive"
+    args = ["--quick", "--budget", "0.4", "--out", str(tmp_path), "--only", only]
+    assert wikitext_study.main(args) == 0
+    for name in only.split(","):
+        result = json.loads((tmp_path / f"{name}.json").read_text())
+        assert result["milestones"][-1]["valid_perplexity"] > 1
+    full = json.loads((tmp_path / "full.json").read_text())
+    assert len(full["milestones"]) == 2  # after one budget and after three
+    assert full["milestones"][1]["wall_s"] >= 3 * 0.4 > full["milestones"][0]["wall_s"] >= 0.4
+    md = (tmp_path / "study.md").read_text()
+    assert "sampled beats full softmax at equal budget" in md and "within 5%" in md
+    assert (tmp_path / "study.png").stat().st_size > 10_000
+    capsys.readouterr()
+    assert wikitext_study.main(args) == 0  # resumes: nothing is trained again
+    assert capsys.readouterr().out.count("done earlier") == 3
+    torch.set_num_threads(threads)  # the study pins torch to one thread

@@ -27,7 +27,7 @@ from torch import nn
 
 from ._progress import Progress
 from .corpus import Corpus, read_corpus, zipf_markov
-from .torch import SampledSoftmaxLoss, SparseRowAdam
+from .torch import LogUniformSampler, SampledSoftmaxLoss, SparseRowAdam, UniformSampler, UnigramSampler
 
 METHODS = ("full", "sampled-log-uniform", "sampled-unigram", "adaptive")
 LABELS = {
@@ -36,34 +36,49 @@ LABELS = {
     "sampled-unigram": "sampled softmax, unigram",
     "adaptive": "adaptive softmax (torch.nn)",
 }
+# demo method -> (head, sampler); the draw is TensorFlow's "unique" (exactly S distinct).
+HEADS = {"full": ("full", None), "adaptive": ("adaptive", None),
+         "sampled-log-uniform": ("sampled", "log_uniform"), "sampled-unigram": ("sampled", "unigram")}
 
 
 class LanguageModel(nn.Module):
-    """``Embedding -> LSTM -> output layer``; ``head`` is one of :data:`METHODS`."""
+    """``Embedding -> dropout -> LSTM -> dropout -> output layer``.
+
+    ``head``: ``"full"`` (``nn.Linear`` + cross-entropy), ``"adaptive"``
+    (``nn.AdaptiveLogSoftmaxWithLoss``) or ``"sampled"`` (:class:`SampledSoftmaxLoss` with
+    ``sampler`` in ``"log_uniform"``, ``"uniform"``, ``"unigram"`` (training counts + 1 raised
+    to ``distortion``) drawn as ``draw``).
+    """
 
     def __init__(self, vocab_size: int, dim: int, head: str, *, num_sampled: int = 1024,
-                 unigram_counts: np.ndarray | None = None):
+                 sampler: str = "log_uniform", draw: str = "unique", unigram_counts: np.ndarray | None = None,
+                 distortion: float = 0.75, dropout: float = 0.0):
         super().__init__()
+        if head not in ("full", "adaptive", "sampled"):
+            raise ValueError(f"`head` must be 'full', 'adaptive' or 'sampled'; received {head!r}")
         self.head = head
-        sampled = head.startswith("sampled")
+        sampled = head == "sampled"
         self.embed = nn.Embedding(vocab_size, dim, sparse=sampled)
         self.rnn = nn.LSTM(dim, dim, batch_first=True)
+        self.drop = nn.Dropout(dropout)
         if head == "full":
             self.out = nn.Linear(dim, vocab_size)
         elif head == "adaptive":
             cutoffs = [c for c in (vocab_size // 25, vocab_size // 5) if 0 < c < vocab_size]
             self.out = nn.AdaptiveLogSoftmaxWithLoss(dim, vocab_size, sorted(set(cutoffs)), div_value=4.0)
         else:
-            if head == "sampled-unigram":
-                from .torch import UnigramSampler
-
-                sampler = UnigramSampler(vocab_size, unigram_counts + 1.0, distortion=0.75)
+            if sampler == "unigram":
+                if unigram_counts is None:
+                    raise ValueError("sampler='unigram' needs `unigram_counts`")
+                q = UnigramSampler(vocab_size, unigram_counts + 1.0, distortion=distortion, draw=draw)
+            elif sampler in ("log_uniform", "uniform"):
+                q = (LogUniformSampler if sampler == "log_uniform" else UniformSampler)(vocab_size, draw=draw)
             else:
-                sampler = "log_uniform"
-            self.out = SampledSoftmaxLoss(dim, vocab_size, num_sampled, sampler=sampler, sparse=True)
+                raise ValueError(f"`sampler` must be 'log_uniform', 'uniform' or 'unigram'; received {sampler!r}")
+            self.out = SampledSoftmaxLoss(dim, vocab_size, num_sampled, sampler=q, sparse=True)
 
     def hidden(self, tokens):
-        return self.rnn(self.embed(tokens))[0]
+        return self.drop(self.rnn(self.drop(self.embed(tokens)))[0])
 
     def training_loss(self, tokens, targets):
         h = self.hidden(tokens)
@@ -85,7 +100,7 @@ class LanguageModel(nn.Module):
         return -self.out(h, y).output.sum().item()  # eval mode: exact log-probabilities
 
     def optimizers(self, lr: float):
-        if self.head.startswith("sampled"):
+        if self.head == "sampled":
             tables = list(self.embed.parameters()) + list(self.out.parameters())
             return [SparseRowAdam(tables, lr=lr), torch.optim.Adam(self.rnn.parameters(), lr=lr)]
         return [torch.optim.Adam(self.parameters(), lr=lr)]
@@ -110,19 +125,20 @@ def perplexity(model: LanguageModel, valid, chunk_tokens: int = 1024) -> float:
     return math.exp(total / y.numel())
 
 
-def train_for(method: str, corpus: Corpus, args, curve_valid, final_valid) -> dict:
-    torch.manual_seed(args.seed)
-    model = LanguageModel(corpus.vocab_size, args.dim, method, num_sampled=args.num_sampled,
-                          unigram_counts=corpus.unigram_counts())
-    opts = model.optimizers(args.lr)
-    rng = np.random.default_rng(args.seed)
-    starts_max = corpus.train.size - args.seq_len - 1
-    offsets = np.arange(args.seq_len + 1)
-    bar = Progress(args.curve_points, f"{LABELS[method]:<31}")
-    curve, steps, trained = [], 0, 0.0
-    next_eval = args.budget / args.curve_points
-    while trained < args.budget:
-        idx = rng.integers(0, starts_max, args.batch)[:, None] + offsets
+def train(model: LanguageModel, corpus: Corpus, *, budget: float, batch: int, seq_len: int, lr: float,
+          seed: int, curve_valid, curve_times, milestone_valid=None, milestones=(), label: str = "") -> dict:
+    """Train ``model`` for ``budget`` seconds of optimisation (evaluation not counted) on random
+    windows of ``corpus.train``. Perplexity on ``curve_valid`` after each of ``curve_times``
+    (seconds) and on ``milestone_valid`` after each of ``milestones``."""
+    opts = model.optimizers(lr)
+    rng = np.random.default_rng(seed)
+    starts_max = corpus.train.size - seq_len - 1
+    offsets = np.arange(seq_len + 1)
+    curve_times, milestones = sorted(curve_times), sorted(milestones)
+    bar = Progress(len(curve_times), f"{label:<31}")
+    curve, at_milestones, steps, trained = [], [], 0, 0.0
+    while trained < budget:
+        idx = rng.integers(0, starts_max, batch)[:, None] + offsets
         chunk = torch.from_numpy(corpus.train[idx])
         t0 = time.perf_counter()
         for opt in opts:
@@ -132,17 +148,33 @@ def train_for(method: str, corpus: Corpus, args, curve_valid, final_valid) -> di
             opt.step()
         trained += time.perf_counter() - t0
         steps += 1
-        if trained >= next_eval or trained >= args.budget:
+        while curve_times and (trained >= curve_times[0] or trained >= budget):
+            curve_times.pop(0)
             ppl = perplexity(model, curve_valid)
             curve.append((trained, ppl))
-            bar.step(f"{trained:5.1f}s ppl {ppl:8.1f}")
-            next_eval += args.budget / args.curve_points
+            bar.step(f"{trained:6.1f}s ppl {ppl:8.1f}")
+        while milestones and (trained >= milestones[0] or trained >= budget):
+            milestones.pop(0)
+            at_milestones.append({"wall_s": trained, "steps": steps,
+                                  "valid_perplexity": perplexity(model, milestone_valid)})
     while bar.done < bar.total:
         bar.step()
-    final = perplexity(model, final_valid)
-    return {"method": method, "label": LABELS[method], "steps": steps, "wall_s": trained,
-            "steps_per_s": steps / trained, "tokens_per_s": steps * args.batch * args.seq_len / trained,
-            "valid_perplexity": final, "curve": curve, "model": model}
+    return {"steps": steps, "wall_s": trained, "steps_per_s": steps / trained,
+            "tokens_per_s": steps * batch * seq_len / trained, "curve": curve, "milestones": at_milestones}
+
+
+def train_for(method: str, corpus: Corpus, args, curve_valid, final_valid) -> dict:
+    torch.manual_seed(args.seed)
+    head, sampler = HEADS[method]
+    model = LanguageModel(corpus.vocab_size, args.dim, head, num_sampled=args.num_sampled,
+                          sampler=sampler or "log_uniform", unigram_counts=corpus.unigram_counts())
+    points = args.curve_points
+    run = train(model, corpus, budget=args.budget, batch=args.batch, seq_len=args.seq_len, lr=args.lr,
+                seed=args.seed, curve_valid=curve_valid, curve_times=[args.budget * (i + 1) / points for i in range(points)],
+                label=LABELS[method])
+    run.pop("milestones")
+    return {"method": method, "label": LABELS[method], **run,
+            "valid_perplexity": perplexity(model, final_valid), "model": model}
 
 
 def table(results, corpus: Corpus) -> str:
