@@ -208,3 +208,35 @@ def check_sampled_values_values(
             f"`sampled_values[2]` (sampled_expected_count) must be positive (inf marks a padding "
             f"slot); received {sampled_count_min}"
         )
+
+
+def check_sampled_values_triple(sampled_values) -> tuple:
+    """``sampled_values`` is a 3-sequence; returns it as a tuple."""
+    if not isinstance(sampled_values, (tuple, list)) or len(sampled_values) != 3:
+        raise SampledSoftmaxError(
+            "`sampled_values` must be a triple (sampled_candidates, true_expected_count, "
+            f"sampled_expected_count); received {type(sampled_values).__name__}"
+            + (f" of length {len(sampled_values)}" if isinstance(sampled_values, (tuple, list)) else "")
+        )
+    return tuple(sampled_values)
+
+
+def check_sampled_values_numpy(cand, true_count, samp_count, *, num_sampled, num_classes: int, lead_size: int,
+                               num_true: int, valid=None, values: bool = True) -> None:
+    """The checks of ``sampled_values`` for front ends that can see them as NumPy arrays (the
+    reference, eager TensorFlow and Keras). ``values=False`` checks dtypes and shapes only (the
+    values are not known yet, e.g. while tracing)."""
+    import numpy as np
+
+    cand, true_count, samp_count = (np.asarray(v) for v in (cand, true_count, samp_count))
+    check_integer_dtype("sampled_values[0]", np.issubdtype(cand.dtype, np.integer), str(cand.dtype))
+    check_sampled_values_shapes(cand.shape, true_count.shape, samp_count.shape, num_sampled, lead_size, num_true)
+    if not values or cand.size == 0:
+        return
+    tc = true_count.reshape(lead_size, num_true).astype(np.float64)
+    if valid is not None:
+        tc = np.where(valid, tc, 1.0)
+    sc = samp_count.astype(np.float64)
+    check_sampled_values_values(int(cand.min()), int(cand.max()), num_classes,
+                                float(tc.min()) if tc.size else None, float(tc.max()) if tc.size else None,
+                                float(sc.min()))

@@ -425,7 +425,7 @@ class SampledSoftmax(keras.layers.Layer):
         if sampled_values is None:
             cand, true_count, samp_count = self.sample(y_safe)
         else:
-            cand, true_count, samp_count = sampled_values
+            cand, true_count, samp_count = self._checked_sampled_values(sampled_values, y2, valid)
             cand = ops.cast(cand, "int32")
             true_count = ops.reshape(ops.cast(true_count, "float32"), (-1, T))
             samp_count = ops.cast(samp_count, "float32")
@@ -459,6 +459,20 @@ class SampledSoftmax(keras.layers.Layer):
         live = n_true[:, 0] > 0
         loss = self._nan_if_out_of_range(ops.where(live, loss, 0.0), y2, valid)
         return self._with_padding_mask(ops.reshape(loss, ops.shape(inputs)[:-1]), live)
+
+    def _checked_sampled_values(self, sampled_values, y2, valid):
+        """Dtypes and shapes; values too where they are known now (eager)."""
+        cand, true_count, samp_count = (ops.convert_to_tensor(v) for v in V.check_sampled_values_triple(sampled_values))
+        V.check_integer_dtype("sampled_values[0]", _is_integer_dtype(cand), keras.backend.standardize_dtype(cand.dtype))
+        n, T = _shape(y2)
+        shapes = [_shape(v) for v in (cand, true_count, samp_count)]
+        if n is not None and all(None not in s for s in shapes):
+            V.check_sampled_values_shapes(*shapes, None, n, T)  # any S: it replaces the layer's draw
+            arrays = [_concrete_numpy(v) for v in (cand, true_count, samp_count, valid)]
+            if all(a is not None for a in arrays):
+                V.check_sampled_values_numpy(*arrays[:3], num_sampled=None, num_classes=self.num_classes,
+                                             lead_size=n, num_true=T, valid=arrays[3])
+        return cand, true_count, samp_count
 
     def full_loss(self, y_true, y_pred):
         """Per-position exact cross-entropy ``[...]`` of this layer's full-softmax output."""

@@ -24,10 +24,37 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _validation as V
+
 __all__ = [
     "sampled_logits", "sampled_softmax_loss", "sampled_softmax_grads",
     "full_softmax_loss", "full_softmax_grads", "log_softmax",
 ]
+
+
+def _check(weights, biases, labels, inputs, sampled_values=None, *, label_smoothing=0.0, ignore_index=None):
+    """The shared argument checks (the same errors and messages as every front end)."""
+    W, h, y = (np.asarray(x) for x in (weights, inputs, labels))
+    V.check_floating_dtype("weights", np.issubdtype(W.dtype, np.floating), str(W.dtype))
+    V.check_floating_dtype("inputs", np.issubdtype(h.dtype, np.floating), str(h.dtype))
+    V.check_integer_dtype("labels", np.issubdtype(y.dtype, np.integer), str(y.dtype))
+    if biases is not None:
+        b = np.asarray(biases)
+        V.check_floating_dtype("biases", np.issubdtype(b.dtype, np.floating), str(b.dtype))
+    V.check_label_smoothing(label_smoothing)
+    if h.ndim != 2:
+        raise V.SampledSoftmaxError(f"`inputs` must have shape [batch, dim]; received shape {list(h.shape)}")
+    num_classes, _ = V.check_weights_shapes([W.shape], None, h.shape[1])
+    V.check_biases_shape(None if biases is None else np.shape(biases), num_classes)
+    _, num_true = V.resolve_label_shape(y.shape, h.shape, y.shape[-1] if y.ndim == 2 else 1)
+    kept = y if ignore_index is None else y[y != ignore_index]
+    if kept.size:
+        V.check_label_values(int(kept.min()), int(kept.max()), num_classes, ignore_index)
+    if sampled_values is not None:
+        cand, tc, sc = V.check_sampled_values_triple(sampled_values)
+        valid = None if ignore_index is None else (y != ignore_index).reshape(h.shape[0], num_true)
+        V.check_sampled_values_numpy(cand, tc, sc, num_sampled=None, num_classes=num_classes, lead_size=h.shape[0],
+                                     num_true=num_true, valid=valid)
 
 
 def _as_2d_labels(labels) -> np.ndarray:
@@ -47,6 +74,7 @@ def sampled_logits(
 
     Removed columns hold ``-inf`` in the returned logits.
     """
+    _check(weights, biases, labels, inputs, sampled_values, ignore_index=ignore_index)
     W = np.asarray(weights, np.float64)
     b = np.zeros(W.shape[0]) if biases is None else np.asarray(biases, np.float64)
     h = np.asarray(inputs, np.float64)
@@ -109,6 +137,7 @@ def sampled_softmax_loss(
         inputs: ``[B, D]`` hidden states.
         sampled_values: ``(candidates [S], true_expected_count [B, T], sampled_expected_count [S])``.
     """
+    V.check_label_smoothing(label_smoothing)
     y = _as_2d_labels(labels)
     logits, keep = sampled_logits(
         weights, biases, y, inputs, sampled_values, remove_accidental_hits=remove_accidental_hits,
@@ -177,6 +206,7 @@ def full_softmax_loss(weights, biases, labels, inputs, *, label_smoothing=0.0, i
 
     With ``T`` labels per row the target is ``1 / T`` on each (smoothed by ``eps / V``).
     """
+    _check(weights, biases, labels, inputs, label_smoothing=label_smoothing, ignore_index=ignore_index)
     logp = log_softmax(weights, biases, inputs)
     target, live = _full_target(labels, logp.shape[1], label_smoothing, ignore_index)
     return np.where(live, -(target * logp).sum(axis=1), 0.0)
@@ -184,6 +214,7 @@ def full_softmax_loss(weights, biases, labels, inputs, *, label_smoothing=0.0, i
 
 def full_softmax_grads(weights, biases, labels, inputs, *, grad_loss=None, label_smoothing=0.0, ignore_index=None):
     """Gradients of ``sum_i grad_loss_i * full_loss_i``: ``(d_inputs, d_weights, d_biases)``."""
+    _check(weights, biases, labels, inputs, label_smoothing=label_smoothing, ignore_index=ignore_index)
     W = np.asarray(weights, np.float64)
     h = np.asarray(inputs, np.float64)
     logp = log_softmax(W, biases, h)

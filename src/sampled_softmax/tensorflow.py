@@ -73,6 +73,20 @@ def _check_label_values(labels, num_classes):
         V.check_label_values(int(tf.reduce_min(labels)), int(tf.reduce_max(labels)), num_classes, None)
 
 
+def _check_sampled_values(sampled_values, num_sampled, num_classes, labels, num_true):
+    """Dtypes and static shapes always; values when eager (as for the labels)."""
+    cand, true_count, samp_count = (tf.convert_to_tensor(v) for v in V.check_sampled_values_triple(sampled_values))
+    V.check_integer_dtype("sampled_values[0]", cand.dtype.is_integer, cand.dtype.name)
+    shapes = [_static_shape(v) for v in (cand, true_count, samp_count)]
+    n = _static_shape(labels)[0]
+    if n != -1 and all(s is not None and -1 not in s for s in shapes):
+        V.check_sampled_values_shapes(*shapes, num_sampled, n, num_true)
+        if tf.executing_eagerly():
+            V.check_sampled_values_numpy(cand.numpy(), true_count.numpy(), samp_count.numpy(), num_sampled=num_sampled,
+                                         num_classes=num_classes, lead_size=n, num_true=num_true)
+    return cand, true_count, samp_count
+
+
 def _gather(shards, ids, partition_strategy):
     if len(shards) == 1:
         return tf.gather(shards[0], ids)
@@ -177,6 +191,8 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_class
             sampled_values = tf.random.log_uniform_candidate_sampler(
                 true_classes=labels, num_true=num_true, num_sampled=num_sampled, unique=True,
                 range_max=num_classes, seed=seed)
+        else:
+            sampled_values = _check_sampled_values(sampled_values, num_sampled, num_classes, labels, num_true)
         cand, true_count, samp_count = (tf.stop_gradient(tf.convert_to_tensor(v)) for v in sampled_values)
         cand = tf.cast(cand, tf.int64)
         cdt = _compute_dtype(inputs.dtype)

@@ -107,12 +107,7 @@ def _min_max(x: torch.Tensor):
 
 
 def _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid, device):
-    if not isinstance(sampled_values, (tuple, list)) or len(sampled_values) != 3:
-        raise SampledSoftmaxError(
-            "`sampled_values` must be a triple (sampled_candidates, true_expected_count, "
-            f"sampled_expected_count); received {type(sampled_values).__name__}"
-            + (f" of length {len(sampled_values)}" if isinstance(sampled_values, (tuple, list)) else "")
-        )
+    sampled_values = V.check_sampled_values_triple(sampled_values)
     cand, true_count, samp_count = (torch.as_tensor(v, device=device) for v in sampled_values)
     _check_tensor("sampled_values[0]", cand, floating=False)
     n, t = y.shape
