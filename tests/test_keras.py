@@ -354,7 +354,7 @@ def test_wrong_target_shape_is_a_clear_error():
 def test_float_targets_are_a_clear_error():
     x, y = corpus(64)
     model, _ = lm(SampledSoftmax(V_LM, num_sampled=8))
-    with pytest.raises(TypeError, match=r"`y_true` \(targets\) must be integer class ids; received dtype float"):
+    with pytest.raises(TypeError, match=r"`y_true` \(targets\) must have an integer dtype; received float"):
         model.fit(x, y.astype(np.float32), epochs=1, batch_size=32, verbose=0)
 
 

@@ -402,9 +402,8 @@ class SampledSoftmax(keras.layers.Layer):
 
     def _flatten_targets(self, y_true, lead):
         if not _is_integer_dtype(y_true):
-            raise TypeError(
-                f"`y_true` (targets) must be integer class ids; received dtype "
-                f"{keras.backend.standardize_dtype(y_true.dtype)}")
+            raise TypeError(f"`y_true` (targets) must have an integer dtype; received "
+                            f"{keras.backend.standardize_dtype(y_true.dtype)}")
         has_axis = _label_shape(_shape(y_true), lead, self.num_true)
         T = max(has_axis, 1)
         y2 = ops.reshape(ops.cast(y_true, "int32"), (-1, T))
@@ -414,6 +413,9 @@ class SampledSoftmax(keras.layers.Layer):
         """Per-position sampled softmax loss ``[...]`` (float32) from hidden states ``inputs
         [..., D]`` and targets; ``sampled_values`` overrides the layer's own draw."""
         lead = _shape(inputs)[:-1]
+        if _shape(inputs)[-1] not in (None, self.input_dim):
+            raise SampledSoftmaxError(f"`inputs` last dimension must equal the weights' dim {self.input_dim}; "
+                                      f"received {_shape(inputs)[-1]}")
         y2, T = self._flatten_targets(y_true, lead)
         h = ops.reshape(ops.cast(inputs, "float32"), (-1, self.input_dim))
         if self.ignore_index is None:

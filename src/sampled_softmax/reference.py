@@ -137,7 +137,7 @@ def sampled_softmax_loss(
         inputs: ``[B, D]`` hidden states.
         sampled_values: ``(candidates [S], true_expected_count [B, T], sampled_expected_count [S])``.
     """
-    V.check_label_smoothing(label_smoothing)
+    _check(weights, biases, labels, inputs, sampled_values, label_smoothing=label_smoothing, ignore_index=ignore_index)
     y = _as_2d_labels(labels)
     logits, keep = sampled_logits(
         weights, biases, y, inputs, sampled_values, remove_accidental_hits=remove_accidental_hits,
@@ -156,6 +156,7 @@ def sampled_softmax_grads(
     With ``g = grad_loss_i (softmax(row_i) - target_i)``: ``d h_i = sum_k g_ik W[id_k]``,
     ``d W[id_k] += g_ik h_i``, ``d b[id_k] += g_ik`` (a scatter-add, duplicates included).
     """
+    _check(weights, biases, labels, inputs, sampled_values, label_smoothing=label_smoothing, ignore_index=ignore_index)
     W = np.asarray(weights, np.float64)
     h = np.asarray(inputs, np.float64)
     y = _as_2d_labels(labels)

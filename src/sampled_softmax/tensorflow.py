@@ -58,7 +58,9 @@ def _check(weights, biases, labels, inputs, num_sampled, num_classes, num_true, 
     else:
         num_classes = V.check_positive_int("num_classes", num_classes)
     if biases is not None:
-        b_shape = _static_shape(biases if isinstance(biases, (tf.Tensor, tf.Variable)) else tf.convert_to_tensor(biases))
+        biases = biases if isinstance(biases, (tf.Tensor, tf.Variable)) else tf.convert_to_tensor(biases)
+        V.check_floating_dtype("biases", biases.dtype.is_floating, biases.dtype.name)
+        b_shape = _static_shape(biases)
         if b_shape is not None and -1 not in b_shape:
             V.check_biases_shape(b_shape, num_classes)
     l_shape = _static_shape(labels)

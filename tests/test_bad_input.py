@@ -1,0 +1,269 @@
+"""One bad-input table, run against every front end: the NumPy reference, PyTorch,
+TensorFlow and the Keras layer (on whichever backend this run uses).
+
+Each case is ``(id, overrides, exception type, message regex, front ends)``: the overrides are
+NumPy values applied to one valid call, each front end's adapter turns them into its own
+tensors and arguments, and the message must name the argument, what was expected and what was
+received. ``{labels}`` in a regex stands for the front end's name of the targets (Keras calls
+them ``y_true``). A case runs on the front ends that have the argument it exercises.
+"""
+
+import numpy as np
+import pytest
+
+from sampled_softmax import SampledSoftmaxError
+
+V, D, B, S = 20, 4, 3, 5
+ALL = ("reference", "torch", "tensorflow", "keras")
+FUNCTIONAL = ("torch", "tensorflow")  # the functions with tf.nn's (num_sampled, num_classes, ...) arguments
+
+
+def base():
+    rng = np.random.default_rng(0)
+    return dict(weights=rng.normal(size=(V, D)).astype(np.float32), biases=rng.normal(size=V).astype(np.float32),
+                labels=np.array([1, 2, 3]), inputs=rng.normal(size=(B, D)).astype(np.float32),
+                num_sampled=S, num_classes=V)
+
+
+def sv(cand=None, tc=None, sc=None):
+    return (np.arange(S) if cand is None else cand,
+            np.ones((B, 1), np.float32) if tc is None else tc,
+            np.ones(S, np.float32) if sc is None else sc)
+
+
+F32 = r"(torch\.)?float32"
+CASES = [
+    # labels
+    ("label out of range", dict(labels=np.array([1, 2, 20])), SampledSoftmaxError,
+     r"{labels} must be in \[0, 19\]; received values up to 20", ALL),
+    ("negative label", dict(labels=np.array([1, -3, 2])), SampledSoftmaxError,
+     r"{labels} must be in \[0, 19\]; received values down to -3", ALL),
+    ("negative label other than ignore_index", dict(labels=np.array([1, -3, -100]), ignore_index=-100),
+     SampledSoftmaxError, r"{labels} must be in \[0, 19\] \(or ignore_index=-100\); received values down to -3",
+     ("reference", "torch", "keras")),
+    ("float labels", dict(labels=np.array([1.0, 2.0, 3.0], np.float32)), TypeError,
+     r"{labels} must have an integer dtype; received " + F32, ALL),
+    ("labels batch differs from inputs", dict(labels=np.array([1, 2])), SampledSoftmaxError,
+     r"{labels} must have shape \[3\] or \[3, 1\] .*received shape \[2\]", ALL),
+    ("labels last dim differs from num_true", dict(labels=np.array([[1, 2]] * 3)), SampledSoftmaxError,
+     r"{labels} (last dimension must equal num_true=1|must have shape \[3\] or \[3, 1\]).*received shape \[3, 2\]",
+     ("torch", "tensorflow", "keras")),
+    ("num_true without its labels dim", dict(num_true=2), SampledSoftmaxError,
+     r"{labels} must have shape \[3, 2\] .*received shape \[3\]", ("torch", "tensorflow", "keras")),
+    ("num_true zero", dict(num_true=0), SampledSoftmaxError, r"`num_true` must be >= 1; received 0",
+     ("torch", "tensorflow", "keras")),
+    # inputs
+    ("integer inputs", dict(inputs=np.ones((B, D), np.int64)), TypeError,
+     r"`inputs` must have a floating dtype; received (torch\.)?int64", ("reference", "torch", "tensorflow")),
+    ("inputs dim differs from weights", dict(inputs=np.ones((B, D + 1), np.float32)), SampledSoftmaxError,
+     r"`inputs` last dimension must equal the weights' dim 4; received 5", ALL),
+    ("inputs without a batch axis", dict(inputs=np.ones(D, np.float32)), SampledSoftmaxError,
+     r"`inputs` must have shape \[batch, dim\]; received shape", ("reference", "tensorflow")),
+    # num_sampled, num_classes
+    ("num_sampled zero", dict(num_sampled=0), SampledSoftmaxError, r"`num_sampled` must be >= 1; received 0",
+     ("torch", "tensorflow", "keras")),
+    ("num_sampled negative", dict(num_sampled=-4), SampledSoftmaxError, r"`num_sampled` must be >= 1; received -4",
+     ("torch", "tensorflow", "keras")),
+    ("num_sampled above num_classes for unique draws", dict(num_sampled=V + 1), SampledSoftmaxError,
+     r"`num_sampled` must be <= 20 \(num_classes\) when drawing unique candidates; received 21", FUNCTIONAL),
+    ("num_sampled not an int", dict(num_sampled=2.5), TypeError, r"`num_sampled` must be an int; received float",
+     ("torch", "tensorflow", "keras")),
+    ("num_classes differs from weights", dict(num_classes=V + 5), SampledSoftmaxError,
+     r"`num_classes` must equal the number of rows of `weights` \(20\); received 25", FUNCTIONAL),
+    ("num_classes zero", dict(num_classes=0), SampledSoftmaxError, r"`num_classes` must be >= 1; received 0",
+     ("torch", "tensorflow", "keras")),
+    # weights, biases
+    ("weights not 2-D", dict(weights=np.ones(V * D, np.float32)), SampledSoftmaxError,
+     r"`weights` must have shape \[num_classes, dim\]; received shape \[80\]", ("reference", "torch", "tensorflow")),
+    ("integer weights", dict(weights=np.ones((V, D), np.int32)), TypeError,
+     r"`weights` must have a floating dtype; received (torch\.)?int32", ("reference", "torch", "tensorflow")),
+    ("weights not a tensor", dict(weights="W"), TypeError,
+     r"`weights` must (be a torch.Tensor or a list of shards|have a floating dtype); received (str|string|<U1)",
+     ("reference", "torch", "tensorflow")),
+    ("shards of unequal dims", dict(weights=[np.ones((10, D), np.float32), np.ones((10, D + 1), np.float32)]),
+     SampledSoftmaxError, r"`weights` shards must all have the same dim; received dims \[4, 5\]", FUNCTIONAL),
+    ("shards off TensorFlow's layout", dict(weights=[np.ones((6, D), np.float32), np.ones((14, D), np.float32)]),
+     SampledSoftmaxError, r"`weights` shards must have \[10, 10\] rows for num_classes=20 in 2 shards "
+     r"\(TensorFlow's 'div' layout\); received \[6, 14\]", FUNCTIONAL),
+    ("empty shard list", dict(weights=[]), SampledSoftmaxError, r"`weights` must be .* received an empty list",
+     FUNCTIONAL),
+    ("biases wrong shape", dict(biases=np.ones(V + 1, np.float32)), SampledSoftmaxError,
+     r"`biases` must have shape \[20\]; received shape \[21\]", ("reference", "torch", "tensorflow")),
+    ("integer biases", dict(biases=np.ones(V, np.int64)), TypeError,
+     r"`biases` must have a floating dtype; received (torch\.)?int64", ("reference", "torch", "tensorflow")),
+    # choices and hyperparameters
+    ("unknown sampler", dict(sampler="zipf"), SampledSoftmaxError, r"`sampler` must be one of .*; received 'zipf'",
+     ("torch", "keras")),
+    ("unigram sampler without its counts", dict(sampler="unigram"), SampledSoftmaxError,
+     r"sampler='unigram'", ("torch", "keras")),
+    ("unknown draw", dict(draw="lottery"), SampledSoftmaxError, r"`draw` must be one of .*; received 'lottery'",
+     ("torch", "keras")),
+    ("unknown reduction", dict(reduction="avg"), SampledSoftmaxError,
+     r"`reduction` must be one of 'none', 'mean', 'sum'; received 'avg'", ("torch",)),
+    ("unknown partition strategy", dict(partition_strategy="block"), SampledSoftmaxError,
+     r"`partition_strategy` must be one of 'div', 'mod'; received 'block'", ("torch",)),
+    ("label smoothing above 1", dict(label_smoothing=1.5), SampledSoftmaxError,
+     r"`label_smoothing` must be in \[0, 1\]; received 1.5", ("reference", "torch", "keras")),
+    ("label smoothing negative", dict(label_smoothing=-0.1), SampledSoftmaxError,
+     r"`label_smoothing` must be in \[0, 1\]; received -0.1", ("reference", "torch", "keras")),
+    ("label smoothing nan", dict(label_smoothing=float("nan")), SampledSoftmaxError,
+     r"`label_smoothing` must be in \[0, 1\]; received nan", ("reference", "torch", "keras")),
+    # sampled_values
+    ("sampled_values not a triple", dict(sampled_values=(np.arange(S),)), SampledSoftmaxError,
+     r"`sampled_values` must be a triple .* received tuple of length 1", ALL),
+    ("sampled candidates longer than num_sampled", dict(sampled_values=sv(cand=np.arange(S + 1))),
+     SampledSoftmaxError, r"`sampled_values\[0\]` \(sampled_candidates\) must have shape \[5\]; received shape \[6\]",
+     FUNCTIONAL),
+    ("sampled candidates 2-D", dict(sampled_values=sv(cand=np.arange(S)[:, None])), SampledSoftmaxError,
+     r"`sampled_values\[0\]` \(sampled_candidates\) must have shape (\[5\]|\[num_sampled\]); received shape \[5, 1\]",
+     ALL),
+    ("sampled expected count wrong shape", dict(sampled_values=sv(sc=np.ones(S - 1, np.float32))),
+     SampledSoftmaxError,
+     r"`sampled_values\[2\]` \(sampled_expected_count\) must have shape \[5\]; received shape \[4\]", ALL),
+    ("true expected count wrong shape", dict(sampled_values=sv(tc=np.ones((B + 1, 1), np.float32))),
+     SampledSoftmaxError, r"`sampled_values\[1\]` \(true_expected_count\) must have shape \[3, 1\] \(batch, "
+     r"num_true\); received shape \[4, 1\]", ALL),
+    ("candidate out of range", dict(sampled_values=sv(cand=np.array([0, 1, 2, 3, 20]))), SampledSoftmaxError,
+     r"`sampled_values\[0\]` \(sampled_candidates\) must be in \[0, 19\]; received 20", ALL),
+    ("negative candidate", dict(sampled_values=sv(cand=np.array([0, -1, 2, 3, 4]))), SampledSoftmaxError,
+     r"`sampled_values\[0\]` \(sampled_candidates\) must be in \[0, 19\]; received -1", ALL),
+    ("float candidates", dict(sampled_values=sv(cand=np.arange(S, dtype=np.float32))), TypeError,
+     r"`sampled_values\[0\]` must have an integer dtype; received " + F32, ALL),
+    ("zero sampled expected count", dict(sampled_values=sv(sc=np.array([1, 0, 1, 1, 1], np.float32))),
+     SampledSoftmaxError, r"`sampled_values\[2\]` \(sampled_expected_count\) must be positive .* received 0.0", ALL),
+    ("negative sampled expected count", dict(sampled_values=sv(sc=np.array([1, 1, -2, 1, 1], np.float32))),
+     SampledSoftmaxError, r"`sampled_values\[2\]` \(sampled_expected_count\) must be positive .* received -2.0", ALL),
+    ("zero true expected count", dict(sampled_values=sv(tc=np.zeros((B, 1), np.float32))), SampledSoftmaxError,
+     r"`sampled_values\[1\]` \(true_expected_count\) must be positive and finite; received 0.0", ALL),
+    ("nan true expected count", dict(sampled_values=sv(tc=np.array([[1], [np.nan], [1]], np.float32))),
+     SampledSoftmaxError, r"`sampled_values\[1\]` \(true_expected_count\) must be positive and finite; received nan",
+     ALL),
+    ("infinite true expected count", dict(sampled_values=sv(tc=np.array([[1], [np.inf], [1]], np.float32))),
+     SampledSoftmaxError, r"`sampled_values\[1\]` \(true_expected_count\) must be positive and finite; received inf",
+     ALL),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Adapters: one valid call per front end, with the overrides applied
+
+
+def _reference(kw):
+    from sampled_softmax import reference as R
+
+    kw = dict(kw)
+    for k in ("num_sampled", "num_classes"):
+        kw.pop(k)
+    sampled_values = kw.pop("sampled_values", sv())
+    return R.sampled_softmax_loss(kw.pop("weights"), kw.pop("biases"), kw.pop("labels"), kw.pop("inputs"),
+                                  sampled_values, **kw)
+
+
+def _torch(kw):
+    torch = pytest.importorskip("torch")
+    from sampled_softmax.torch import LogUniformSampler, sampled_softmax_loss
+
+    def conv(x):
+        if isinstance(x, np.ndarray):
+            return torch.from_numpy(x)
+        if isinstance(x, (list, tuple)):
+            return type(x)(conv(v) for v in x)
+        return x
+
+    kw = {k: conv(v) for k, v in kw.items()}
+    if "draw" in kw:
+        kw["sampler"] = LogUniformSampler(kw["num_classes"], draw=kw.pop("draw"))
+    return sampled_softmax_loss(**kw)
+
+
+def _tensorflow(kw):
+    tf = pytest.importorskip("tensorflow")
+    from sampled_softmax import tensorflow as sst
+
+    def conv(x):
+        if isinstance(x, np.ndarray):
+            return tf.constant(x)
+        if isinstance(x, (list, tuple)):
+            return type(x)(conv(v) for v in x)
+        return x
+
+    return sst.sampled_softmax_loss(**{k: conv(v) for k, v in kw.items()})
+
+
+def _keras(kw):
+    keras = pytest.importorskip("keras")
+    from sampled_softmax.keras import SampledSoftmax
+
+    ops = keras.ops
+    kw = dict(kw)
+    call = {k: kw.pop(k) for k in ("labels", "inputs")}
+    sampled_values = kw.pop("sampled_values", sv())
+    W, b = kw.pop("weights"), kw.pop("biases")
+    layer = SampledSoftmax(kw.pop("num_classes"), kw.pop("num_sampled"), **kw)
+    layer.build((None, D))
+    layer.kernel.assign(W)
+    layer.bias.assign(b)
+    conv = lambda x: ops.convert_to_tensor(x) if isinstance(x, np.ndarray) else x  # noqa: E731
+    if isinstance(sampled_values, tuple):
+        sampled_values = tuple(conv(v) for v in sampled_values)
+    return layer.sampled_loss(conv(call["labels"]), conv(call["inputs"]), sampled_values=sampled_values)
+
+
+def _np(x):
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+ADAPTERS = {"reference": _reference, "torch": _torch, "tensorflow": _tensorflow, "keras": _keras}
+LABELS_NAME = {"keras": r"`y_true` \(targets\)"}
+PARAMS = [pytest.param(front, overrides, exc, message, id=f"{front}: {case}")
+          for case, overrides, exc, message, fronts in CASES for front in fronts]
+
+
+def test_the_table_has_thirty_distinct_cases_and_covers_every_front_end():
+    assert len({c[0] for c in CASES}) == len(CASES) >= 30
+    for front in ALL:
+        assert sum(front in c[4] for c in CASES) >= 20
+
+
+@pytest.mark.parametrize("front,overrides,exc,message", PARAMS)
+def test_bad_input_is_a_clear_error(front, overrides, exc, message):
+    kw = base()
+    kw.update(overrides)
+    pattern = message.replace("{labels}", LABELS_NAME.get(front, "`labels`"))
+    with pytest.raises(exc, match=pattern):
+        ADAPTERS[front](kw)
+
+
+@pytest.mark.parametrize("front", ALL)
+def test_the_valid_call_works(front):
+    # The table's errors come from its overrides, not from the base call.
+    loss = _np(ADAPTERS[front](base()))
+    assert loss.shape == (B,) and np.all(np.isfinite(loss)) and np.all(loss > 0)
+
+
+@pytest.mark.parametrize("front", ALL)
+def test_empty_batch_gives_an_empty_loss(front):
+    kw = base()
+    kw.update(labels=np.zeros(0, np.int64), inputs=np.zeros((0, D), np.float32),
+              sampled_values=sv(tc=np.ones((0, 1), np.float32)))
+    loss = ADAPTERS[front](kw)
+    assert tuple(loss.shape) == (0,)
+
+
+@pytest.mark.parametrize("front", ALL)
+def test_no_input_is_modified_in_place(front):
+    kw = base()
+    extra = {} if front == "tensorflow" else {"ignore_index": -1}
+    labels = np.array([1, -1, 3]) if extra else np.array([1, 2, 3])
+    cand = np.array([1, 3, 3, 7, 9])  # accidental hits and a repeat marked as padding
+    sc = np.array([0.5, 0.5, np.inf, 1.0, 2.0], np.float32)
+    kw.update(labels=labels, sampled_values=sv(cand=cand, sc=sc), **extra)
+    before = {k: (np.copy(v) if isinstance(v, np.ndarray) else tuple(np.copy(a) for a in v))
+              for k, v in kw.items() if isinstance(v, (np.ndarray, tuple))}
+    loss = _np(ADAPTERS[front](kw))
+    assert np.all(np.isfinite(loss))
+    for k, v in before.items():
+        after = kw[k]
+        for x, y in zip(v if isinstance(v, tuple) else (v,), after if isinstance(after, tuple) else (after,)):
+            np.testing.assert_array_equal(np.asarray(y), x, err_msg=f"{front} modified `{k}`")
+
