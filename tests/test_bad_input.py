@@ -50,6 +50,9 @@ CASES = [
      ("torch", "tensorflow", "keras")),
     ("num_true without its labels dim", dict(num_true=2), SampledSoftmaxError,
      r"{labels} must have shape \[3, 2\] .*received shape \[3\]", ("torch", "tensorflow", "keras")),
+    ("labels dim disagrees with num_true", dict(labels=np.array([[1], [2], [3]]), num_true=2), SampledSoftmaxError,
+     r"{labels} (last dimension must equal num_true=2|must have shape \[3, 2\]).*received shape \[3, 1\]",
+     ("torch", "tensorflow", "keras")),
     ("num_true zero", dict(num_true=0), SampledSoftmaxError, r"`num_true` must be >= 1; received 0",
      ("torch", "tensorflow", "keras")),
     # inputs
@@ -267,3 +270,16 @@ def test_no_input_is_modified_in_place(front):
         for x, y in zip(v if isinstance(v, tuple) else (v,), after if isinstance(after, tuple) else (after,)):
             np.testing.assert_array_equal(np.asarray(y), x, err_msg=f"{front} modified `{k}`")
 
+
+
+def test_tensorflow_out_of_range_labels_fail_inside_tf_function_too():
+    tf = pytest.importorskip("tensorflow")
+    from sampled_softmax import tensorflow as sst
+
+    kw = base()
+    step = tf.function(lambda labels: sst.sampled_softmax_loss(
+        tf.constant(kw["weights"]), tf.constant(kw["biases"]), labels, tf.constant(kw["inputs"]), S, V,
+        sampled_values=tuple(tf.constant(v) for v in sv())))
+    assert step(tf.constant([1, 2, 3])).shape == (B,)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="20 is not in"):
+        step(tf.constant([1, 2, 20]))
