@@ -18,8 +18,8 @@ venv: $(STAMP)
 # The Keras layer's tests run once per Keras backend (the main run uses TensorFlow's).
 test: $(STAMP)
 	$(PY) -m pytest -q
-	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider tests/test_keras.py tests/test_bad_input.py -k keras
-	KERAS_BACKEND=torch $(PY) -m pytest -q -p no:cacheprovider tests/test_keras.py tests/test_bad_input.py -k keras
+	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider tests/test_keras.py tests/test_bad_input.py tests/test_properties.py -k keras
+	KERAS_BACKEND=torch $(PY) -m pytest -q -p no:cacheprovider tests/test_keras.py tests/test_bad_input.py tests/test_properties.py -k keras
 
 # The main job: full, sampled and adaptive softmax side by side (about three minutes, no download).
 demo: $(STAMP)

@@ -1,9 +1,15 @@
-"""Property tests (hypothesis, derandomized and budgeted in conftest): the PyTorch front end
-against the reference and the loss's invariances, over random shapes and configurations."""
+"""Property tests (hypothesis, derandomized and budgeted in conftest): every front end against
+the reference and the loss's invariances, over random shapes and configurations.
+
+PyTorch runs float64 (agreement to 1e-9); TensorFlow float64 with the configurations its
+drop-in has (``tf.nn``'s: no label smoothing, ignore index or switch for log Q); the Keras layer
+float32 (its compute dtype) on whichever backend this run uses.
+"""
 
 import numpy as np
+import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sampled_softmax import reference as R
@@ -42,6 +48,37 @@ def torch_loss(W, b, y, h, sv, kw, reduction="none", sparse=False):
     return loss.detach(), dense
 
 
+def tensorflow_loss(W, b, y, h, sv, kw):
+    tf = pytest.importorskip("tensorflow")
+    from sampled_softmax import tensorflow as sst
+
+    tW, tb, th = (tf.Variable(x) for x in (W, b, h))
+    with tf.GradientTape() as tape:
+        loss = sst.sampled_softmax_loss(tW, tb, tf.constant(y), th, len(sv[0]), W.shape[0], y.shape[1],
+                                        sampled_values=tuple(tf.constant(v) for v in sv),
+                                        remove_accidental_hits=kw["remove_accidental_hits"])
+    grads = tape.gradient(loss, [tW, tb, th])
+    return loss.numpy(), [tf.convert_to_tensor(g).numpy() for g in grads]
+
+
+def keras_loss(W, b, y, h, sv, kw):
+    keras = pytest.importorskip("keras")
+    from test_keras import built_layer, sampled_loss_and_grads
+
+    layer = built_layer(W, b, num_sampled=1, num_true=y.shape[1], remove_accidental_hits=kw["remove_accidental_hits"],
+                        subtract_log_q=kw["subtract_log_q"], label_smoothing=kw["label_smoothing"],
+                        ignore_index=kw["ignore_index"])
+    sv32 = (sv[0].astype(np.int32), sv[1].astype(np.float32), sv[2].astype(np.float32))
+    loss, (gh, gW, gb) = sampled_loss_and_grads(layer, y.astype(np.int32), h.astype(np.float32), sv32)
+    del keras
+    return loss, [gW, gb, gh]
+
+
+def tf_config(c):
+    # tf.nn's signature: no label smoothing, ignore index or log-Q switch.
+    return dict(c, eps=0.0, ignore=False, log_q=True)
+
+
 @given(configs)
 def test_agrees_with_reference(c):
     W, b, y, h, sv, kw = build(c)
@@ -50,6 +87,30 @@ def test_agrees_with_reference(c):
     rh, rW, rb = R.sampled_softmax_grads(W, b, y, h, sv, **kw)
     for got, want in ((gW, rW), (gb, rb), (gh, rh)):
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-10)
+
+
+@given(configs)
+def test_tensorflow_agrees_with_reference(c):
+    W, b, y, h, sv, kw = build(tf_config(c))
+    loss, (gW, gb, gh) = tensorflow_loss(W, b, y, h, sv, kw)
+    np.testing.assert_allclose(loss, R.sampled_softmax_loss(W, b, y, h, sv, **kw), rtol=1e-9, atol=1e-10)
+    rh, rW, rb = R.sampled_softmax_grads(W, b, y, h, sv, **kw)
+    for got, want in ((gW, rW), (gb, rb), (gh, rh)):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-10)
+
+
+@settings(max_examples=12)  # each example traces the layer anew (about 2 s on JAX)
+@given(configs)
+def test_keras_agrees_with_reference(c):
+    W, b, y, h, sv, kw = build(c)
+    # The reference sees exactly the float32 values the layer computes with.
+    W, b, h = (x.astype(np.float32).astype(np.float64) for x in (W, b, h))
+    loss, grads = keras_loss(W, b, y, h, sv, kw)
+    want_loss = R.sampled_softmax_loss(W, b, y, h, sv, **kw)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(want_loss).max()))
+    rh, rW, rb = R.sampled_softmax_grads(W, b, y, h, sv, **kw)
+    for got, want in zip(grads, (rW, rb, rh)):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(want).max()))
 
 
 @given(configs, st.floats(-50, 50))

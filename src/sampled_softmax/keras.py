@@ -258,12 +258,10 @@ class SampledSoftmax(keras.layers.Layer):
                                           num_reserved_ids=self.num_reserved_ids)
                 self._unigrams = weights
                 support = int(np.count_nonzero(weights))
-        self.num_sampled = V.check_num_sampled(num_sampled, self.num_classes, unique=False)
-        if self.num_sampled > support and self.draw == "unique_exact":
-            # Not impossible (repeats are padding) but certainly wasteful: say so.
-            raise SampledSoftmaxError(
-                f"`num_sampled` must be <= {support} (classes with non-zero probability) for "
-                f"draw='unique_exact'; received {self.num_sampled}")
+        # "unique_exact" with more draws than classes is not impossible (repeats are padding) but
+        # certainly wasteful: an error, as for the other unique draws.
+        self.num_sampled = V.check_num_sampled(num_sampled, self.num_classes, unique=self.draw == "unique_exact",
+                                               support=support)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
