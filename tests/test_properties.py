@@ -163,3 +163,29 @@ def test_sparse_and_dense_gradients_agree(c):
     _, sparse = torch_loss(W, b, y, h, sv, kw, sparse=True)
     for d, s in zip(dense, sparse):
         np.testing.assert_allclose(s.numpy(), d.numpy(), rtol=1e-12, atol=1e-14)
+
+
+def _invariances(loss_fn, c, rtol, atol):
+    """Shift of every logit, permutation of the candidates, non-negativity with one label."""
+    W, b, y, h, sv, kw = build(c)
+    base, g0 = loss_fn(W, b, y, h, sv, kw)
+    shifted, _ = loss_fn(W, b + 7.0, y, h, sv, kw)
+    np.testing.assert_allclose(shifted, base, rtol=rtol, atol=atol)
+    perm = np.random.default_rng(c["seed"] + 1).permutation(len(sv[0]))
+    permuted, g1 = loss_fn(W, b, y, h, (sv[0][perm], sv[1], sv[2][perm]), kw)
+    np.testing.assert_allclose(permuted, base, rtol=rtol, atol=atol)
+    for a, p in zip(g0, g1):
+        np.testing.assert_allclose(p, a, rtol=rtol, atol=atol)
+    if c["T"] == 1 and c["eps"] == 0:
+        assert np.all(base >= -atol)
+
+
+@given(configs)
+def test_tensorflow_invariances(c):
+    _invariances(tensorflow_loss, tf_config(c), rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=5)
+@given(configs)
+def test_keras_invariances(c):
+    _invariances(keras_loss, c, rtol=1e-4, atol=2e-4)
