@@ -294,16 +294,23 @@ class SampledSoftmax(keras.layers.Layer):
         if self.sampler == "unigram":
             self.sampling_cdf = self.add_weight(name="sampling_cdf", shape=(self.num_classes,),
                                                 initializer="zeros", trainable=False)
+            self.sampling_probs = self.add_weight(name="sampling_probs", shape=(self.num_classes,),
+                                                  initializer="zeros", trainable=False)
             if self._unigrams is not None:
-                self.sampling_cdf.assign(self._cdf_from_weights(self._unigrams))
+                cdf, probs = self._tables_from_weights(self._unigrams)
+                self.sampling_cdf.assign(cdf)
+                self.sampling_probs.assign(probs)
 
     @staticmethod
-    def _cdf_from_weights(weights):
-        # Normalised in float64, stored in float32; probabilities are read back as the float32
-        # CDF's own steps, so what is drawn and what is corrected for agree exactly.
-        cdf = np.cumsum(weights) / np.sum(weights)
+    def _tables_from_weights(weights):
+        """Float32 CDF to draw from and float32 probabilities to correct with, both normalised in
+        float64. Probabilities are stored, not read back as CDF steps: a rare class's step can
+        round to 0 in float32 while its probability (1e-12, say) cannot, and as a label it needs
+        a finite log-Q."""
+        total = np.sum(weights)
+        cdf = np.cumsum(weights) / total
         cdf[-1] = 1.0
-        return cdf.astype(np.float32)
+        return cdf.astype(np.float32), (np.asarray(weights, np.float64) / total).astype(np.float32)
 
     def __call__(self, inputs, *args, **kwargs):
         if self._tied_name is not None and self._tied is None:
@@ -373,9 +380,7 @@ class SampledSoftmax(keras.layers.Layer):
             return ops.full(ops.shape(ids), 1.0 / self.num_classes, "float32")
         if self.sampler == "log_uniform":
             return _log_uniform_probs(ids, self.num_classes)
-        cdf = ops.convert_to_tensor(self.sampling_cdf)
-        below = ops.concatenate([ops.zeros((1,), "float32"), cdf[:-1]], axis=0)
-        return ops.take(cdf - below, ids)
+        return ops.take(ops.convert_to_tensor(self.sampling_probs), ids)
 
     def sample(self, labels):
         """Candidates ``[S]`` (int32), expected counts of ``labels`` and of the candidates
