@@ -128,7 +128,7 @@ def test_sequence_inputs_and_labels_with_trailing_axis():
     np.testing.assert_allclose(seq.ravel(), flat, rtol=1e-6)
 
 
-@pytest.mark.parametrize("sampler", ["log_uniform", "uniform", "unigram"])
+@pytest.mark.parametrize("sampler", ["log_uniform", "uniform", "unigram", "learned_unigram"])
 @pytest.mark.parametrize("draw", ["unique_exact", "with_replacement"])
 def test_sampler_expected_counts_follow_the_numpy_formulas(sampler, draw):
     V, S = 300, 40
@@ -136,8 +136,10 @@ def test_sampler_expected_counts_follow_the_numpy_formulas(sampler, draw):
     kw = dict(unigrams=counts) if sampler == "unigram" else {}
     layer = SampledSoftmax(V, S, sampler=sampler, draw=draw, seed=3, **kw)
     layer.build((None, 4))
+    if sampler == "learned_unigram":
+        layer.sampling_counts.assign(counts.astype(np.float32))
     dist = {"uniform": npsamplers.Uniform(V), "log_uniform": npsamplers.LogUniform(V),
-            "unigram": npsamplers.Unigram(counts)}[sampler]
+            "unigram": npsamplers.Unigram(counts), "learned_unigram": npsamplers.Unigram(counts)}[sampler]
     if sampler == "unigram":
         # Drawn through a float32 CDF (its steps within 1.2e-7 of Q), corrected with Q in float32.
         steps = np.diff(to_numpy(layer.sampling_cdf).astype(np.float64), prepend=0.0)
@@ -253,6 +255,45 @@ def test_save_and_load_round_trip(tmp_path):
     # The restored compile config trains the restored layer, with the same loss.
     np.testing.assert_allclose(loaded.evaluate(x, y, verbose=0), model.evaluate(x, y, verbose=0), rtol=1e-6)
     loaded.fit(x, y, epochs=1, batch_size=32, verbose=0)
+
+
+def test_learned_unigram_counts_grow_with_the_targets_seen_and_survive_saving(tmp_path):
+    keras.utils.set_random_seed(3)
+    x, y = corpus(64)
+    model, head = lm(SampledSoftmax(V_LM, num_sampled=16, seed=0, sampler="learned_unigram", ignore_index=7))
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
+    seen = np.bincount(y[y != 7], minlength=V_LM)
+    counts = to_numpy(head.sampling_counts)
+    np.testing.assert_array_equal(counts, 1 + 2 * seen)  # starts at 1; ignored targets not counted
+    path = tmp_path / "m.keras"
+    model.save(path)
+    restored = keras.models.load_model(path).layers[-1]
+    np.testing.assert_array_equal(to_numpy(restored.sampling_counts), counts)
+    # The draw follows the counts: expected counts are the unique_exact formula of counts / total.
+    labels = np.array([[0], [5]], np.int32)
+    cand, true_count, _ = (to_numpy(v) for v in restored.sample(ops.convert_to_tensor(labels)))
+    q = counts / counts.sum()
+    np.testing.assert_allclose(true_count, npsamplers.expected_count(q[labels], 16, "unique_exact"), rtol=1e-5)
+
+
+def test_a_resumed_fit_continues_bit_identically(tmp_path):
+    """fit one epoch, save, load, fit one more == fit two epochs: the candidates' seed state, the
+    learned counts and the optimizer state all travel in the .keras file."""
+    x, y = corpus(96)
+
+    def fresh():
+        keras.utils.set_random_seed(4)
+        return lm(SampledSoftmax(V_LM, num_sampled=16, seed=0, sampler="learned_unigram"), metrics=())[0]
+
+    straight = fresh()
+    straight.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
+    first = fresh()
+    first.fit(x, y, epochs=1, batch_size=32, verbose=0, shuffle=False)
+    first.save(tmp_path / "half.keras")
+    resumed = keras.models.load_model(tmp_path / "half.keras")
+    resumed.fit(x, y, epochs=1, batch_size=32, verbose=0, shuffle=False)
+    for a, b in zip(straight.weights, resumed.weights):
+        np.testing.assert_array_equal(to_numpy(b), to_numpy(a), err_msg=a.path)
 
 
 def test_config_round_trip():

@@ -51,7 +51,7 @@ except ImportError:  # pragma: no cover - older or newer layouts
 
 __all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxError"]
 
-SAMPLERS = ("log_uniform", "uniform", "unigram")
+SAMPLERS = ("log_uniform", "uniform", "unigram", "learned_unigram")
 DRAWS = ("unique_exact", "with_replacement")
 OUTPUTS = ("probabilities", "logits", "log_probabilities")
 
@@ -193,7 +193,11 @@ class SampledSoftmax(keras.layers.Layer):
         num_classes: ``V``.
         num_sampled: ``S``, candidates drawn per training step, shared by the batch.
         sampler: ``"log_uniform"`` (Zipf; class ids sorted by decreasing frequency, TensorFlow's
-            default), ``"uniform"`` or ``"unigram"`` (needs ``unigrams``).
+            default), ``"uniform"``, ``"unigram"`` (needs ``unigrams``) or ``"learned_unigram"``
+            (``tf.random.learned_unigram_candidate_sampler``: counts start at 1 per class and
+            each training step adds its targets after drawing, ignored targets excepted; the
+            counts are a non-trainable float32 weight, saved with the model, exact up to 2**24
+            per class and rounded, by at most 6e-8 relative, beyond).
         draw: ``"unique_exact"`` (``S`` draws, repeats become padding removed from the
             normalizer, ``E = 1 - (1 - Q)^S`` exact) or ``"with_replacement"`` (``E = S Q``).
             TensorFlow's ``unique=True`` needs a data-dependent loop and is offered by the
@@ -300,6 +304,9 @@ class SampledSoftmax(keras.layers.Layer):
                 cdf, probs = self._tables_from_weights(self._unigrams)
                 self.sampling_cdf.assign(cdf)
                 self.sampling_probs.assign(probs)
+        if self.sampler == "learned_unigram":
+            self.sampling_counts = self.add_weight(name="sampling_counts", shape=(self.num_classes,),
+                                                   initializer="ones", trainable=False)
 
     @staticmethod
     def _tables_from_weights(weights):
@@ -380,6 +387,9 @@ class SampledSoftmax(keras.layers.Layer):
             return ops.full(ops.shape(ids), 1.0 / self.num_classes, "float32")
         if self.sampler == "log_uniform":
             return _log_uniform_probs(ids, self.num_classes)
+        if self.sampler == "learned_unigram":
+            counts = ops.convert_to_tensor(self.sampling_counts)
+            return ops.take(counts, ids) / ops.sum(counts)
         return ops.take(ops.convert_to_tensor(self.sampling_probs), ids)
 
     def sample(self, labels):
@@ -392,7 +402,11 @@ class SampledSoftmax(keras.layers.Layer):
         elif self.sampler == "log_uniform":
             cand = _log_uniform_draw(u, self.num_classes)
         else:
-            cdf = ops.convert_to_tensor(self.sampling_cdf)
+            if self.sampler == "learned_unigram":
+                counts = ops.convert_to_tensor(self.sampling_counts)
+                cdf = ops.cumsum(counts) / ops.sum(counts)
+            else:
+                cdf = ops.convert_to_tensor(self.sampling_cdf)
             cand = ops.minimum(ops.cast(ops.searchsorted(cdf, u, side="right"), "int32"), self.num_classes - 1)
         p_true, p_cand = self._probs(labels), self._probs(cand)
         if self.draw == "with_replacement":
@@ -429,6 +443,11 @@ class SampledSoftmax(keras.layers.Layer):
             y_safe = ops.where(valid, y2, 0)
         if sampled_values is None:
             cand, true_count, samp_count = self.sample(y_safe)
+            if self.sampler == "learned_unigram":
+                # After drawing, as TensorFlow's learned sampler; ignored targets are not counted.
+                seen = ops.segment_sum(ops.reshape(ops.cast(valid, "float32"), (-1,)), ops.reshape(y_safe, (-1,)),
+                                       num_segments=self.num_classes)
+                self.sampling_counts.assign_add(seen)
         else:
             cand, true_count, samp_count = self._checked_sampled_values(sampled_values, y2, valid)
             cand = ops.cast(cand, "int32")
@@ -513,6 +532,21 @@ class SampledSoftmax(keras.layers.Layer):
             # Keras leaves masked positions out of the mean: ignored targets do not dilute it.
             set_keras_mask(loss, ops.reshape(live, ops.shape(loss)))
         return loss
+
+    # Keras saves a layer's own variables but not its SeedGenerator's state: without it a
+    # resumed fit would draw the first epoch's candidates again.
+    _SEED_KEY = "seed_generator_state"
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store[self._SEED_KEY] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        if self._SEED_KEY in keys:
+            self.seed_generator.state.assign(store[self._SEED_KEY])
+            store = {k: store[k] for k in keys if k != self._SEED_KEY}
+        super().load_own_variables(store)
 
     def get_config(self):
         config = super().get_config()
