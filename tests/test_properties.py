@@ -189,3 +189,22 @@ def test_tensorflow_invariances(c):
 @given(configs)
 def test_keras_invariances(c):
     _invariances(keras_loss, c, rtol=1e-4, atol=2e-4)
+
+
+@given(configs)
+def test_masked_candidates_get_exactly_zero_gradient(c):
+    """A class whose only appearances are masked columns (padding slots, or accidental hits of
+    the rows it labels, with those rows ignored) receives exactly zero gradient, everywhere."""
+    c = dict(c, V=max(c["V"], 6), S=max(c["S"], 3), hits=True)
+    W, b, y, h, sv, kw = build(c)
+    y = np.where(np.isin(y, [0, 1]), 2, y)  # classes 0 and 1 are nobody's label ...
+    cand, tc, sc = (np.array(v) for v in sv)
+    cand[:2], sc[:2] = [0, 1], np.inf  # ... and appear only in padding slots
+    cand = np.where(np.isin(cand[2:], [0, 1]), 2, cand[2:])
+    cand = np.concatenate([[0, 1], cand])
+    fronts = [("torch", lambda *a: [g.numpy() for g in torch_loss(*a)[1]])]
+    if not c["eps"] and not c["ignore"] and c["log_q"]:
+        fronts.append(("tensorflow", lambda *a: tensorflow_loss(*a)[1]))
+    for name, grads_of in fronts:
+        gW, gb, _ = grads_of(W, b, y, h, (cand, tc, sc), kw)
+        assert np.all(gW[:2] == 0) and np.all(gb[:2] == 0), name
