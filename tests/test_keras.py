@@ -15,7 +15,7 @@ keras = pytest.importorskip("keras")
 from sampled_softmax import SampledSoftmaxError  # noqa: E402
 from sampled_softmax import reference as R  # noqa: E402
 from sampled_softmax import samplers as npsamplers  # noqa: E402
-from sampled_softmax.keras import SampledSoftmax, SampledSoftmaxLoss  # noqa: E402
+from sampled_softmax.keras import LazyAdam, SampledSoftmax, SampledSoftmaxLoss  # noqa: E402
 
 BACKEND = keras.backend.backend()
 ops = keras.ops
@@ -428,3 +428,59 @@ def test_loss_on_the_wrong_output_is_a_clear_error():
     layer.build((None, 5))
     with pytest.raises(SampledSoftmaxError, match=r"`y_pred` must be the SampledSoftmax layer's output \[\.\.\., 20\]"):
         layer.loss(ops.convert_to_tensor(np.zeros(3, np.int32)), ops.zeros((3, 5)))
+
+
+def _apply(optimizer, W0, row_sets, sparse):
+    """Apply one gradient per row set (rows may repeat) to a fresh variable; return it."""
+    W = keras.Variable(W0)
+    optimizer.build([W])
+    for i, rows in enumerate(row_sets):
+        values = np.random.default_rng(i).normal(size=(len(rows), W0.shape[1])).astype(np.float32)
+        dense = np.zeros_like(W0)
+        np.add.at(dense, rows, values)
+        if sparse:
+            import tensorflow as tf
+
+            grad = tf.IndexedSlices(tf.constant(values), tf.constant(rows), tf.constant(W0.shape, tf.int64))
+        else:
+            grad = ops.convert_to_tensor(dense)
+        optimizer.apply_gradients([(grad, W)])
+    return to_numpy(W)
+
+
+def test_lazy_adam_is_adam_when_every_row_is_touched():
+    W0 = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+    rows = [np.arange(40), np.r_[np.arange(40), [3, 3, 7]], np.arange(40)[::-1]]
+    adam = _apply(keras.optimizers.Adam(0.05), W0, rows, sparse=False)
+    lazy = _apply(LazyAdam(0.05), W0, rows, sparse=BACKEND == "tensorflow")
+    np.testing.assert_allclose(lazy, adam, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="row-sparse gradients exist on the TensorFlow backend only")
+def test_lazy_adam_leaves_untouched_rows_and_their_moments_alone():
+    W0 = np.random.default_rng(1).normal(size=(40, 3)).astype(np.float32)
+    opt = LazyAdam(0.05)
+    W = _apply(opt, W0, [np.array([1, 5, 5]), np.array([5, 9])], sparse=True)
+    touched = [1, 5, 9]
+    untouched = np.setdiff1d(np.arange(40), touched)
+    np.testing.assert_array_equal(W[untouched], W0[untouched])
+    assert np.all(W[touched] != W0[touched])
+    m, v = (to_numpy(x) for x in (opt._momentums[0], opt._velocities[0]))
+    assert np.all(m[untouched] == 0) and np.all(v[untouched] == 0) and np.all(v[touched] > 0)
+    # Row 1 was touched once, at step 1: exactly Adam's first step, lr * sign(g).
+    g1 = np.random.default_rng(0).normal(size=(3, 3)).astype(np.float32)[0]
+    np.testing.assert_allclose(W[1], W0[1] - 0.05 * np.sign(g1), rtol=1e-5)
+
+
+def test_lazy_adam_trains_and_round_trips_in_a_saved_model(tmp_path):
+    keras.utils.set_random_seed(5)
+    x, y = corpus(128)
+    model, head = lm(SampledSoftmax(V_LM, num_sampled=16, seed=0), metrics=())
+    model.compile(optimizer=LazyAdam(0.01), loss=head.loss)
+    before = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    assert model.evaluate(x, y, verbose=0) < before - 0.5
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded.optimizer, LazyAdam)
+    assert loaded.optimizer.get_config() == model.optimizer.get_config()

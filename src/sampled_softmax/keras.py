@@ -49,7 +49,7 @@ except ImportError:  # pragma: no cover - older or newer layouts
     def set_keras_mask(x, mask):
         x._keras_mask = mask
 
-__all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxError"]
+__all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "LazyAdam", "SampledSoftmaxError"]
 
 SAMPLERS = ("log_uniform", "uniform", "unigram", "learned_unigram")
 DRAWS = ("unique_exact", "with_replacement")
@@ -670,3 +670,42 @@ class SampledSoftmaxLoss(keras.losses.Loss):
 
     def get_config(self):
         return {"layer_name": self._layer_name, "reduction": self.reduction, "name": self.name}
+
+
+@keras.saving.register_keras_serializable(package="sampled_softmax")
+class LazyAdam(keras.optimizers.Adam):
+    """``keras.optimizers.Adam`` that updates only the rows a row-sparse gradient touches.
+
+    On the TensorFlow backend the gradients of ``SampledSoftmax``'s table and of ``Embedding``
+    tables are ``tf.IndexedSlices`` over the rows a step read, but ``Adam`` turns them into
+    dense updates of every row of the weights and of both moments (for ``V = 100k, D = 1024``
+    that is 300M floats written per step, most of a sampled softmax step's time). ``LazyAdam``
+    applies Adam's update to those rows only, with their summed gradient; rows a step did not
+    touch keep their weights and moments (the semantics of ``torch.optim.SparseAdam`` and of
+    TensorFlow Addons' ``LazyAdam``). Dense gradients, and every gradient on the JAX and PyTorch
+    backends (which arrive dense), get ``Adam``'s update unchanged. ``weight_decay``, if set, is
+    applied densely by Keras before the update.
+
+    Same arguments as ``keras.optimizers.Adam``; ``amsgrad=True`` is not lazy (Adam's update).
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.amsgrad or keras.backend.backend() != "tensorflow":
+            return super().update_step(gradient, variable, learning_rate)
+        import tensorflow as tf
+
+        if not isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        rows, position = tf.unique(gradient.indices)
+        g = tf.math.unsorted_segment_sum(tf.cast(gradient.values, dtype), position, tf.shape(rows)[0])
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        alpha = tf.cast(learning_rate, dtype) * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
+        index = self._get_variable_index(variable)
+        m, v = self._momentums[index], self._velocities[index]
+        m_rows = beta_1 * tf.gather(m.value, rows) + (1 - beta_1) * g
+        v_rows = beta_2 * tf.gather(v.value, rows) + (1 - beta_2) * tf.square(g)
+        self.assign(m, tf.IndexedSlices(m_rows, rows))
+        self.assign(v, tf.IndexedSlices(v_rows, rows))
+        self.assign_sub(variable, tf.IndexedSlices(alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon), rows))
