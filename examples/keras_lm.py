@@ -24,18 +24,18 @@ from sampled_softmax.keras import SampledSoftmax
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stops ``fit`` once the training time budget is spent."""
+    """Stops ``fit`` once the training time budget (or ``max_steps``) is spent."""
 
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, max_steps: int | None = None):
         super().__init__()
-        self.seconds = seconds
+        self.seconds, self.max_steps = seconds, max_steps
 
     def on_train_begin(self, logs=None):
         self.start, self.steps = time.perf_counter(), 0
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
-        if time.perf_counter() - self.start > self.seconds:
+        if time.perf_counter() - self.start > self.seconds or (self.max_steps and self.steps >= self.max_steps):
             self.model.stop_training = True
 
 
@@ -48,6 +48,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("corpus", help="directory with train.txt and valid.txt (e.g. ../shared/data/wikitext-2)")
     ap.add_argument("--minutes", type=float, default=3.0, help="training time budget")
+    ap.add_argument("--max-steps", type=int, help="stop after this many steps (default: the time budget only)")
     ap.add_argument("--num-sampled", type=int, default=1024)
     ap.add_argument("--embed", type=int, default=256)
     ap.add_argument("--hidden", type=int, default=256)
@@ -73,7 +74,7 @@ def main(argv=None):
     model.compile(optimizer=keras.optimizers.Adam(2e-3), loss=head.loss)  # was: "sparse_categorical_crossentropy"
 
     before = model.evaluate(xv, yv, batch_size=args.batch, verbose=0)
-    budget = TimeBudget(60 * args.minutes)
+    budget = TimeBudget(60 * args.minutes, args.max_steps)
     start = time.perf_counter()
     model.fit(x, y, batch_size=args.batch, epochs=1000, shuffle=True, verbose=0, callbacks=[budget])
     seconds = time.perf_counter() - start

@@ -126,18 +126,20 @@ def perplexity(model: LanguageModel, valid, chunk_tokens: int = 1024) -> float:
 
 
 def train(model: LanguageModel, corpus: Corpus, *, budget: float, batch: int, seq_len: int, lr: float,
-          seed: int, curve_valid, curve_times, milestone_valid=None, milestones=(), label: str = "") -> dict:
+          seed: int, curve_valid, curve_times, milestone_valid=None, milestones=(), label: str = "",
+          max_steps: int | None = None) -> dict:
     """Train ``model`` for ``budget`` seconds of optimisation (evaluation not counted) on random
     windows of ``corpus.train``. Perplexity on ``curve_valid`` after each of ``curve_times``
-    (seconds) and on ``milestone_valid`` after each of ``milestones``."""
+    (seconds) and on ``milestone_valid`` after each of ``milestones``. With ``max_steps``,
+    training also stops after that many steps, and the times count as fractions of the steps."""
     opts = model.optimizers(lr)
     rng = np.random.default_rng(seed)
     starts_max = corpus.train.size - seq_len - 1
     offsets = np.arange(seq_len + 1)
     curve_times, milestones = sorted(curve_times), sorted(milestones)
     bar = Progress(len(curve_times), f"{label:<31}")
-    curve, at_milestones, steps, trained = [], [], 0, 0.0
-    while trained < budget:
+    curve, at_milestones, steps, trained, clock = [], [], 0, 0.0, 0.0
+    while clock < budget:
         idx = rng.integers(0, starts_max, batch)[:, None] + offsets
         chunk = torch.from_numpy(corpus.train[idx])
         t0 = time.perf_counter()
@@ -148,12 +150,14 @@ def train(model: LanguageModel, corpus: Corpus, *, budget: float, batch: int, se
             opt.step()
         trained += time.perf_counter() - t0
         steps += 1
-        while curve_times and (trained >= curve_times[0] or trained >= budget):
+        # Progress in budget seconds: wall time, or the share of max_steps done if that is further.
+        clock = trained if not max_steps else max(trained, budget * steps / max_steps)
+        while curve_times and (clock >= curve_times[0] or clock >= budget):
             curve_times.pop(0)
             ppl = perplexity(model, curve_valid)
             curve.append((trained, ppl))
             bar.step(f"{trained:6.1f}s ppl {ppl:8.1f}")
-        while milestones and (trained >= milestones[0] or trained >= budget):
+        while milestones and (clock >= milestones[0] or clock >= budget):
             milestones.pop(0)
             at_milestones.append({"wall_s": trained, "steps": steps,
                                   "valid_perplexity": perplexity(model, milestone_valid)})
@@ -171,7 +175,7 @@ def train_for(method: str, corpus: Corpus, args, curve_valid, final_valid) -> di
     points = args.curve_points
     run = train(model, corpus, budget=args.budget, batch=args.batch, seq_len=args.seq_len, lr=args.lr,
                 seed=args.seed, curve_valid=curve_valid, curve_times=[args.budget * (i + 1) / points for i in range(points)],
-                label=LABELS[method])
+                label=LABELS[method], max_steps=args.max_steps)
     run.pop("milestones")
     return {"method": method, "label": LABELS[method], **run,
             "valid_perplexity": perplexity(model, final_valid), "model": model}
@@ -248,6 +252,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--curve-points", type=int, default=6)
     ap.add_argument("--valid-tokens", type=int, default=16_384, help="validation tokens for the final perplexity")
+    ap.add_argument("--max-steps", type=int, help="also stop each method after this many steps (default: no limit)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
