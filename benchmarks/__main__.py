@@ -1,8 +1,9 @@
 """``python -m benchmarks`` (also ``sampled-softmax bench``): the benchmark suite.
 
 Runs the Table 1 loss benchmark, the training-step benchmark, peak memory per method in fresh
-subprocesses, and prints each goal as met or not with its figure. Writes ``results.json`` and
-``results.md`` to ``--out`` (default ``results/``).
+subprocesses, the loss against ``S`` and against ``V`` (with peak memory), the sequence case,
+and prints each goal as met or not with its figure. Writes ``results.json``, ``results.md`` and
+the plots ``time_memory_vs_V.png`` and ``time_vs_S.png`` to ``--out`` (default ``results/``).
 """
 
 from __future__ import annotations
@@ -22,14 +23,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small repeat counts and V <= 100k (about a minute)")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, one repeat: checks the suite runs (CI)")
-    ap.add_argument("--only", choices=["loss", "train", "memory"], action="append",
+    ap.add_argument("--only", choices=["loss", "train", "memory", "vocab", "sequence"], action="append",
                     help="run only these parts (repeatable)")
     ap.add_argument("--out", default="results", help="directory for results.json and results.md")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sampled", default="", metavar="S1,S2,...",
-                    help="also time the loss (fast methods only) at these num_sampled, e.g. 100,1000,8192")
+    ap.add_argument("--sampled", default=None, metavar="S1,S2,...",
+                    help="time the loss (fast methods only) at these num_sampled (default 100,1000,8192; "
+                         "--quick 100,1000; '' for none)")
+    ap.add_argument("--vocabs", default=None, metavar="V1,V2,...",
+                    help="the V of the sweep (default 10000,100000,1000000,10000000; --quick 10000,100000)")
     args = ap.parse_args(argv)
-    parts = set(args.only or ["loss", "train", "memory"])
+    parts = set(args.only or ["loss", "train", "memory", "vocab", "sequence"])
+    if args.sampled is None:
+        args.sampled = "" if args.smoke or args.only else ("100,1000" if args.quick else "100,1000,8192")
 
     import torch
 
@@ -57,6 +63,40 @@ def main(argv=None) -> int:
             sweep.append(res)
             lines += [f"## Loss forward+backward at S={S} (fast methods)", "", "```", *loss_bench.format_rows(res), "```", ""]
         payload["loss_by_num_sampled"] = sweep
+    if "vocab" in parts:
+        from . import sweeps
+
+        if args.smoke:
+            vocabs, case = (500, 2000), dict(S=20, D=16, B=8)
+        else:
+            vocabs = tuple(int(v) for v in args.vocabs.split(",")) if args.vocabs else (
+                sweeps.QUICK_VOCABS if args.quick else sweeps.VOCABS)
+            case = dict(S=100, D=300, B=256)
+        bar = harness.Progress(len(vocabs) * 2, "loss against V")
+        sweep = sweeps.vocab_sweep(vocabs, **case, seed=args.seed, repeats=1 if args.smoke else (4 if args.quick else 10),
+                                   progress=lambda note: bar.step(note))
+        memory_methods = ("ours sparse",) if args.smoke else ("ours sparse", "tf.nn", "hand dense", "full softmax", "adaptive")
+        mem = sweeps.memory_sweep(vocabs, **case, methods=memory_methods, progress=lambda note: None)
+        while bar.done < bar.total:
+            bar.step()
+        payload["vocab_sweep"], payload["memory_by_vocab"] = sweep, mem
+        lines += ["## Loss forward+backward against V (" + ", ".join(f"{k}={v}" for k, v in case.items()) + ")", "",
+                  "```", *sweeps.format_sweep(sweep), "```", "",
+                  "## Peak memory of the loss forward+backward against V", "", *sweeps.format_memory(mem), ""]
+        os.makedirs(args.out, exist_ok=True)
+        png = sweeps.plot_against_vocab(sweep, mem, os.path.join(args.out, "time_memory_vs_V.png"))
+        if png:
+            lines += [f"Plot: `{os.path.basename(png)}`", ""]
+    if "sequence" in parts:
+        from . import sweeps
+
+        shape = dict(V=2000, S=32, D=16, B=4 * 16) if args.smoke else dict(sweeps.SEQUENCE)
+        if args.quick:
+            shape["B"] = 8 * 128
+        res = sweeps.time_case(shape, seed=args.seed, repeats=1 if args.smoke else (4 if args.quick else 10))
+        payload["sequence"] = res
+        lines += ["## Sequence case (" + ", ".join(f"{k}={v}" for k, v in shape.items()) + ", B = batch x T)", "",
+                  "```", *sweeps.format_sweep([res]), "```", ""]
     if "train" in parts and not args.smoke:
         bar = harness.Progress(train_step.rounds(args.quick), "train step")
         res = train_step.run(quick=args.quick, seed=args.seed, progress=lambda note: bar.step(note))
@@ -106,6 +146,13 @@ def main(argv=None) -> int:
         rec = {r["V"]: r["peak_extra_mb"] for r in payload["memory"] if r["method"] == "recipe"}
         small, big = rec[10_000], rec[max(rec)]
         _goal(goals, "peak extra memory at largest V within 10% of V=10k", big / small, big <= 1.1 * small, "{:.2f}x")
+    if payload.get("loss_by_num_sampled"):
+        from . import sweeps
+
+        os.makedirs(args.out, exist_ok=True)
+        png = sweeps.plot_against_num_sampled(payload["loss_by_num_sampled"], os.path.join(args.out, "time_vs_S.png"))
+        if png:
+            lines += [f"Plot of the loss against S: `{os.path.basename(png)}`", ""]
     env = harness.environment(args.seed)
     payload["environment"] = env
     text = ["# Benchmark results", "", f"Command: `{payload['command']}`", "",

@@ -30,7 +30,7 @@ def torch_methods(V, S, D, B, seed, *, with_full=True):
     from sampled_softmax.torch import LogUniformSampler, sampled_softmax_loss
 
     g = torch.Generator().manual_seed(seed)
-    W = torch.nn.Parameter(torch.randn(V, D, generator=g) * 0.05)
+    W = torch.nn.Parameter(torch.randn(V, D, generator=g).mul_(0.05))  # in place: one table in memory
     b = torch.nn.Parameter(torch.zeros(V))
     b_col = torch.nn.Parameter(torch.zeros(V, 1))  # a sparse embedding's bias is a [V, 1] table
     h = torch.randn(B, D, generator=g, requires_grad=True)

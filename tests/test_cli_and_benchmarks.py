@@ -38,6 +38,12 @@ def test_benchmark_smoke_run_writes_results(tmp_path):
     env = payload["environment"]
     for key in ("torch", "commit", "seed", "cpu", "torch_threads", "MALLOC_MMAP_MAX_"):
         assert key in env
+    sweep = payload["vocab_sweep"]
+    assert [r["case"]["V"] for r in sweep] == [500, 2000]
+    for r in sweep + [payload["sequence"]]:
+        assert {"ours sparse", "hand dense", "full softmax", "adaptive"} <= set(r["summary"])
+    assert all(r["peak_extra_mb"] >= 0 for r in payload["memory_by_vocab"])
+    assert (tmp_path / "time_memory_vs_V.png").stat().st_size > 10_000
     assert "## Goals" in (tmp_path / "results.md").read_text()
 
 
@@ -74,3 +80,15 @@ def test_wikitext_study_quick_run_reports_goals_and_resumes(tmp_path, capsys):
     assert wikitext_study.main(args) == 0  # resumes: nothing is trained again
     assert capsys.readouterr().out.count("done earlier") == 3
     torch.set_num_threads(threads)  # the study pins torch to one thread
+
+
+def test_sweep_skips_what_does_not_fit_and_says_why():
+    from benchmarks import sweeps
+
+    assert sweeps.fits("ours sparse", 10_000_000, 100, 300, 256) or sweeps._total_ram() < 16 * 2**30
+    too_big = 10 ** 12  # classes: no machine holds these tables
+    steps, skipped = sweeps._methods(dict(V=too_big, S=100, D=300, B=256), 0, ("full softmax", "tf.nn"))
+    assert not steps and set(skipped) == {"full softmax", "tf.nn"}
+    assert all("needs about" in why and "GB" in why for why in skipped.values())
+    rows = sweeps.format_sweep([{"case": dict(V=too_big, S=100, D=300, B=256), "summary": {}, "skipped": skipped}])
+    assert any("skipped at V=1000000M: full softmax (needs about" in r for r in rows)
