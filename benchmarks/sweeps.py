@@ -211,6 +211,23 @@ def _pyplot():
         return None
 
 
+def _loglog(ax, series: dict, xlabel: str, ylabel: str, title: str) -> None:
+    """One line per name of ``series`` (name -> [(x, y), ...]) on log-log axes."""
+    for name, pts in series.items():
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=name)
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _save(plt, fig, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_against_vocab(sweep: list[dict], memory: list[dict] | None, path: str) -> str | None:
     """Time (and peak memory, if measured) against V, log-log, one line per method."""
     plt = _pyplot()
@@ -218,30 +235,15 @@ def plot_against_vocab(sweep: list[dict], memory: list[dict] | None, path: str) 
         return None
     panels = 2 if memory else 1
     fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.5), squeeze=False)
-    ax = axes[0][0]
-    for m in ALL_METHODS:
-        pts = [(r["case"]["V"], r["summary"][m]["median_ms"]) for r in sweep if m in r["summary"]]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=m)
     c = sweep[0]["case"]
-    ax.set(xscale="log", yscale="log", xlabel="V (classes)", ylabel="fwd+bwd median ms",
-           title=f"loss fwd+bwd, S={c['S']}, D={c['D']}, B={c['B']}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    times = {m: [(r["case"]["V"], r["summary"][m]["median_ms"]) for r in sweep if m in r["summary"]] for m in ALL_METHODS}
+    _loglog(axes[0][0], times, "V (classes)", "fwd+bwd median ms", f"loss fwd+bwd, S={c['S']}, D={c['D']}, B={c['B']}")
     if memory:
-        ax = axes[0][1]
-        for m in dict.fromkeys(r["method"] for r in memory):
-            pts = [(r["V"], max(r["peak_extra_mb"], 0.1)) for r in memory if r["method"] == m and "peak_extra_mb" in r]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=m)
-        ax.set(xscale="log", yscale="log", xlabel="V (classes)", ylabel="peak MB beyond the tables",
-               title="peak memory of fwd+bwd")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        # Floored at 0.1 MB: a log axis has no zero.
+        peaks = {m: [(r["V"], max(r["peak_extra_mb"], 0.1)) for r in memory if r["method"] == m and "peak_extra_mb" in r]
+                 for m in dict.fromkeys(r["method"] for r in memory)}
+        _loglog(axes[0][1], peaks, "V (classes)", "peak MB beyond the tables", "peak memory of fwd+bwd")
+    return _save(plt, fig, path)
 
 
 def plot_against_num_sampled(by_s: list[dict], path: str) -> str | None:
@@ -249,18 +251,11 @@ def plot_against_num_sampled(by_s: list[dict], path: str) -> str | None:
     if plt is None or not by_s:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for m in dict.fromkeys(k for r in by_s for k in r["summary"]):
-        pts = [(r["case"]["S"], r["summary"][m]["median_ms"]) for r in by_s if m in r["summary"]]
-        ax.plot(*zip(*pts), marker="o", label=m)
     c = by_s[0]["case"]
-    ax.set(xscale="log", yscale="log", xlabel="S (num_sampled)", ylabel="fwd+bwd median ms",
-           title=f"loss fwd+bwd, V={c['V']}, D={c['D']}, B={c['B']}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    times = {m: [(r["case"]["S"], r["summary"][m]["median_ms"]) for r in by_s if m in r["summary"]]
+             for m in dict.fromkeys(k for r in by_s for k in r["summary"])}
+    _loglog(ax, times, "S (num_sampled)", "fwd+bwd median ms", f"loss fwd+bwd, V={c['V']}, D={c['D']}, B={c['B']}")
+    return _save(plt, fig, path)
 
 
 if __name__ == "__main__":  # pragma: no cover - the memory subprocess

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from sampled_softmax.corpus import read_corpus, zipf_markov
-from sampled_softmax.demo import LanguageModel, perplexity, train, windows
+from sampled_softmax.demo import LanguageModel, add_training_arguments, train, windows
 
 SAMPLERS = ("unigram", "log_uniform", "uniform")
 
@@ -175,12 +175,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", help="comma-separated configuration names (default: all)")
     ap.add_argument("--report", action="store_true", help="only rebuild study.md and study.png")
     ap.add_argument("--quick", action="store_true", help="generated corpus, tiny model, seconds per configuration")
-    ap.add_argument("--dim", type=int, default=256)
+    add_training_arguments(ap, dim=256, curve_points=5)
     ap.add_argument("--dropout", type=float, default=0.2)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--seq-len", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--curve-points", type=int, default=5)
     ap.add_argument("--curve-tokens", type=int, default=8192)
     ap.add_argument("--valid-tokens", type=int, default=None, help="validation tokens (default: all)")
     ap.add_argument("--threads", type=int, default=1)

@@ -163,18 +163,23 @@ def _reference(kw):
                                   sampled_values, **kw)
 
 
-def _torch(kw):
-    torch = pytest.importorskip("torch")
-    from sampled_softmax.torch import LogUniformSampler, sampled_softmax_loss
-
+def _converted(kw, to_tensor):
+    """``kw`` with every array, also inside lists and tuples, made a framework tensor."""
     def conv(x):
         if isinstance(x, np.ndarray):
-            return torch.from_numpy(x)
+            return to_tensor(x)
         if isinstance(x, (list, tuple)):
             return type(x)(conv(v) for v in x)
         return x
 
-    kw = {k: conv(v) for k, v in kw.items()}
+    return {k: conv(v) for k, v in kw.items()}
+
+
+def _torch(kw):
+    torch = pytest.importorskip("torch")
+    from sampled_softmax.torch import LogUniformSampler, sampled_softmax_loss
+
+    kw = _converted(kw, torch.from_numpy)
     if "draw" in kw:
         kw["sampler"] = LogUniformSampler(kw["num_classes"], draw=kw.pop("draw"))
     return sampled_softmax_loss(**kw)
@@ -184,14 +189,7 @@ def _tensorflow(kw):
     tf = pytest.importorskip("tensorflow")
     from sampled_softmax import tensorflow as sst
 
-    def conv(x):
-        if isinstance(x, np.ndarray):
-            return tf.constant(x)
-        if isinstance(x, (list, tuple)):
-            return type(x)(conv(v) for v in x)
-        return x
-
-    return sst.sampled_softmax_loss(**{k: conv(v) for k, v in kw.items()})
+    return sst.sampled_softmax_loss(**_converted(kw, tf.constant))
 
 
 def _keras(kw):

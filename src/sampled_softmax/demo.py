@@ -237,6 +237,15 @@ def save_checkpoint(result, corpus: Corpus, args, directory: str) -> str:
     return path
 
 
+def add_training_arguments(ap: argparse.ArgumentParser, *, dim: int, curve_points: int) -> None:
+    """The model and optimisation options the demo and the WikiText-2 study share."""
+    ap.add_argument("--dim", type=int, default=dim)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq-len", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--curve-points", type=int, default=curve_points)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sampled-softmax demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--budget", type=float, default=30.0, help="training seconds per method (default 30)")
@@ -245,12 +254,8 @@ def main(argv=None) -> int:
     ap.add_argument("--save", help="directory for a checkpoint of the log-uniform sampled model (for diagnose)")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     ap.add_argument("--vocab", type=int, default=50_000, help="vocabulary of the generated corpus")
-    ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--num-sampled", type=int, default=1024)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--seq-len", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--curve-points", type=int, default=6)
+    add_training_arguments(ap, dim=128, curve_points=6)
     ap.add_argument("--valid-tokens", type=int, default=16_384, help="validation tokens for the final perplexity")
     ap.add_argument("--max-steps", type=int, help="also stop each method after this many steps (default: no limit)")
     ap.add_argument("--seed", type=int, default=0)
