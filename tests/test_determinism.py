@@ -123,3 +123,26 @@ def test_tensorflow_resumed_training_is_bit_identical_to_uninterrupted(tmp_path)
     rest = [float(train(W2, b2, g2, x, y)) for x, y in data[3:]]
     assert first + rest == straight
     np.testing.assert_array_equal(W2.numpy(), final)
+
+
+def test_tensorflow_learned_unigram_counts_grow_and_survive_a_checkpoint(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    from sampled_softmax import samplers as NS
+    from sampled_softmax import tensorflow as sst
+
+    sampler = sst.LearnedUnigramSampler(V)
+    labels = [np.random.default_rng(i).integers(0, 20, size=(8, 1)) for i in range(3)]
+    step = tf.function(lambda y, g: sampler(y, S, generator=g), jit_compile=True)
+    g = tf.random.Generator.from_seed(0)
+    for y in labels:
+        step(tf.constant(y), g)
+    seen = np.bincount(np.concatenate(labels).ravel(), minlength=V)
+    np.testing.assert_array_equal(sampler.counts.numpy(), 1 + seen)
+    # The expected counts follow the learned distribution (unique_exact formula).
+    _, true_count, _ = sampler(tf.constant([[0], [150]]), S, update=False)
+    q = (1 + seen) / (1 + seen).sum()
+    np.testing.assert_allclose(true_count.numpy().ravel(), NS.expected_count(q[[0, 150]], S, "unique_exact"), rtol=1e-6)
+    path = tf.train.Checkpoint(sampler=sampler).write(str(tmp_path / "s"))
+    restored = sst.LearnedUnigramSampler(V)
+    tf.train.Checkpoint(sampler=restored).read(path).assert_consumed()
+    np.testing.assert_array_equal(restored.counts.numpy(), sampler.counts.numpy())

@@ -17,7 +17,8 @@ from . import _validation as V
 
 __all__ = [
     "sampled_softmax_loss", "full_softmax_loss", "full_logits", "log_uniform_candidate_sampler",
-    "uniform_candidate_sampler", "unigram_candidate_sampler", "SampledValues", "SampledSoftmaxError",
+    "uniform_candidate_sampler", "unigram_candidate_sampler", "LearnedUnigramSampler", "SampledValues",
+    "SampledSoftmaxError",
 ]
 
 _LOW_PRECISION = (tf.float16, tf.bfloat16)
@@ -336,3 +337,43 @@ def unigram_candidate_sampler(true_classes, num_sampled, num_classes, unigrams, 
         return tf.gather(w, ids)
 
     return _candidate_sampler(true_classes, num_sampled, num_classes, draw, generator, inverse_cdf, probs)
+
+
+class LearnedUnigramSampler(tf.Module):
+    """Unigram candidates learned from the labels seen (``tf.random.learned_unigram_candidate_sampler``),
+    in TensorFlow ops: counts start at 1 per class and each call adds its ``true_classes``
+    after drawing. The counts are a ``tf.Variable`` (float64, exact to 2**53), so
+    ``tf.train.Checkpoint(sampler=...)`` saves and restores them, and a call runs eagerly, in
+    ``tf.function`` and under ``jit_compile=True``.
+
+    Example::
+
+        sampler = LearnedUnigramSampler(V)
+        sv = sampler(labels, num_sampled=1024, generator=g)     # [batch, num_true] labels
+        loss = sampled_softmax_loss(W, b, labels, h, 1024, V, sampled_values=sv)
+    """
+
+    def __init__(self, num_classes: int, *, draw: str = "unique_exact", name=None):
+        super().__init__(name=name)
+        self.num_classes = V.check_positive_int("num_classes", num_classes)
+        self.draw = V.check_choice("draw", draw, ("with_replacement", "unique_exact"))
+        self.counts = tf.Variable(tf.ones([self.num_classes], tf.float64), trainable=False, name="counts")
+
+    def __call__(self, true_classes, num_sampled, *, generator=None, update=True):
+        """``SampledValues`` for ``true_classes [batch, num_true]``; then, with ``update``, the
+        labels are added to the counts."""
+        true_classes = tf.cast(tf.convert_to_tensor(true_classes), tf.int64)
+        counts = tf.convert_to_tensor(self.counts)
+        cdf = tf.cumsum(counts)
+
+        def inverse_cdf(u):
+            return tf.minimum(tf.searchsorted(cdf, u * cdf[-1], side="right", out_type=tf.int64), self.num_classes - 1)
+
+        def probs(ids):
+            return tf.gather(counts, ids) / cdf[-1]
+
+        values = _candidate_sampler(true_classes, num_sampled, self.num_classes, self.draw, generator, inverse_cdf, probs)
+        if update:
+            flat = tf.reshape(true_classes, [-1])
+            self.counts.scatter_add(tf.IndexedSlices(tf.ones(tf.shape(flat), tf.float64), flat))
+        return values
