@@ -29,13 +29,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sampled", default=None, metavar="S1,S2,...",
                     help="time the loss (fast methods only) at these num_sampled (default 100,1000,8192; "
-                         "--quick 100,1000; '' for none)")
+                         "none with --quick)")
     ap.add_argument("--vocabs", default=None, metavar="V1,V2,...",
                     help="the V of the sweep (default 10000,100000,1000000,10000000; --quick 10000,100000)")
     args = ap.parse_args(argv)
     parts = set(args.only or ["loss", "train", "memory", "vocab", "sequence"])
     if args.sampled is None:
-        args.sampled = "" if args.smoke or args.only else ("100,1000" if args.quick else "100,1000,8192")
+        args.sampled = "" if args.smoke or args.quick or args.only else "100,1000,8192"
 
     import torch
 
@@ -73,9 +73,10 @@ def main(argv=None) -> int:
                 sweeps.QUICK_VOCABS if args.quick else sweeps.VOCABS)
             case = dict(S=100, D=300, B=256)
         bar = harness.Progress(len(vocabs) * 2, "loss against V")
-        sweep = sweeps.vocab_sweep(vocabs, **case, seed=args.seed, repeats=1 if args.smoke else (4 if args.quick else 10),
+        sweep = sweeps.vocab_sweep(vocabs, **case, seed=args.seed, repeats=1 if args.smoke else (3 if args.quick else 10),
                                    progress=lambda note: bar.step(note))
-        memory_methods = ("ours sparse",) if args.smoke else ("ours sparse", "tf.nn", "hand dense", "full softmax", "adaptive")
+        memory_methods = (("ours sparse",) if args.smoke else ("ours sparse", "hand dense") if args.quick
+                          else ("ours sparse", "tf.nn", "hand dense", "full softmax", "adaptive"))
         mem = sweeps.memory_sweep(vocabs, **case, methods=memory_methods, progress=lambda note: None)
         while bar.done < bar.total:
             bar.step()
