@@ -107,8 +107,9 @@ def report(out: str, names: list[str]) -> str:
     meta = any_result["meta"]
     budget = meta["args"]["budget"]
     lines = [f"Corpus {meta['corpus']} (V={meta['vocab_size']}, {meta['train_tokens']} training tokens); "
-             f"perplexity on all {any_result['valid_tokens']} validation tokens; budget {budget / 60:g} min "
-             f"of training per configuration, one thread.", "",
+             f"exact full-softmax perplexity on the validation set ({any_result['valid_tokens']} tokens in whole "
+             f"{meta['args']['seq_len']}-token windows); {budget / 60:g} min of training per configuration, one "
+             f"thread.", "",
              "| configuration | steps | steps/s | tokens/s | valid perplexity |", "|---|---:|---:|---:|---:|"]
     for name, r in results.items():
         for m in r["milestones"]:
