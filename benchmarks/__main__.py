@@ -73,10 +73,12 @@ def main(argv=None) -> int:
                 sweeps.QUICK_VOCABS if args.quick else sweeps.VOCABS)
             case = dict(S=100, D=300, B=256)
         bar = harness.Progress(len(vocabs) * 2, "loss against V")
+        # --quick: the fast methods only, and no per-method memory (a fresh process each).
         sweep = sweeps.vocab_sweep(vocabs, **case, seed=args.seed, repeats=1 if args.smoke else (3 if args.quick else 10),
+                                   methods=sweeps.FAST_METHODS if args.quick else sweeps.ALL_METHODS,
                                    progress=lambda note: bar.step(note))
-        memory_methods = (("ours sparse",) if args.smoke else ("ours sparse", "hand dense") if args.quick
-                          else ("ours sparse", "tf.nn", "hand dense", "full softmax", "adaptive"))
+        memory_methods = () if args.quick else ("ours sparse",) if args.smoke else (
+            "ours sparse", "tf.nn", "hand dense", "full softmax", "adaptive")
         mem = sweeps.memory_sweep(vocabs, **case, methods=memory_methods, progress=lambda note: None)
         while bar.done < bar.total:
             bar.step()
@@ -94,7 +96,8 @@ def main(argv=None) -> int:
         shape = dict(V=2000, S=32, D=16, B=4 * 16) if args.smoke else dict(sweeps.SEQUENCE)
         if args.quick:
             shape["B"] = 8 * 128
-        res = sweeps.time_case(shape, seed=args.seed, repeats=1 if args.smoke else (4 if args.quick else 10))
+        res = sweeps.time_case(shape, seed=args.seed, repeats=1 if args.smoke else (4 if args.quick else 10),
+                               methods=sweeps.FAST_METHODS if args.quick else sweeps.ALL_METHODS)
         payload["sequence"] = res
         lines += ["## Sequence case (" + ", ".join(f"{k}={v}" for k, v in shape.items()) + ", B = batch x T)", "",
                   "```", *sweeps.format_sweep([res]), "```", ""]
@@ -108,7 +111,8 @@ def main(argv=None) -> int:
         lines.append("")
     if "memory" in parts and not args.smoke:
         big = 100_000 if args.quick else 1_000_000
-        mem = [train_step.memory_in_subprocess(m, v) for m in ("recipe", "recipe rowwise", "stock sparse")
+        mem = [train_step.memory_in_subprocess(m, v) for m in (("recipe",) if args.quick else
+                                                               ("recipe", "recipe rowwise", "stock sparse"))
                for v in (10_000, big)]
         if not args.quick:
             mem.append(train_step.memory_in_subprocess("full softmax Adam", big))

@@ -92,6 +92,7 @@ def _methods(shape, seed, wanted):
 
 ALL_METHODS = ("ours sparse", "hand sparse", "tf.nn", "ours tf", "ours tf xla", "ours dense", "hand dense",
                "full softmax", "adaptive")
+FAST_METHODS = ALL_METHODS[:5]
 
 
 def time_case(shape, *, seed=0, repeats=10, block=3, methods=ALL_METHODS, progress=None) -> dict:
@@ -117,8 +118,10 @@ def time_case(shape, *, seed=0, repeats=10, block=3, methods=ALL_METHODS, progre
     return {"case": shape, "summary": summary, "skipped": skipped}
 
 
-def vocab_sweep(vocabs=VOCABS, *, S=100, D=300, B=256, seed=0, repeats=10, progress=None) -> list[dict]:
-    return [time_case(dict(V=V, S=S, D=D, B=B), seed=seed, repeats=repeats, progress=progress) for V in vocabs]
+def vocab_sweep(vocabs=VOCABS, *, S=100, D=300, B=256, seed=0, repeats=10, methods=ALL_METHODS,
+                progress=None) -> list[dict]:
+    return [time_case(dict(V=V, S=S, D=D, B=B), seed=seed, repeats=repeats, methods=methods, progress=progress)
+            for V in vocabs]
 
 
 # -- peak memory, one fresh process per (method, V) ------------------------------------------
