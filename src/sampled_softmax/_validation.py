@@ -222,16 +222,16 @@ def check_sampled_values_triple(sampled_values) -> tuple:
 
 
 def check_sampled_values_numpy(cand, true_count, samp_count, *, num_sampled, num_classes: int, lead_size: int,
-                               num_true: int, valid=None, values: bool = True) -> None:
+                               num_true: int, valid=None) -> None:
     """The checks of ``sampled_values`` for front ends that can see them as NumPy arrays (the
-    reference, eager TensorFlow and Keras). ``values=False`` checks dtypes and shapes only (the
-    values are not known yet, e.g. while tracing)."""
+    reference, eager TensorFlow and Keras): dtype, shapes, values. ``valid`` masks ignored labels,
+    whose expected counts are unused."""
     import numpy as np
 
     cand, true_count, samp_count = (np.asarray(v) for v in (cand, true_count, samp_count))
     check_integer_dtype("sampled_values[0]", np.issubdtype(cand.dtype, np.integer), str(cand.dtype))
     check_sampled_values_shapes(cand.shape, true_count.shape, samp_count.shape, num_sampled, lead_size, num_true)
-    if not values or cand.size == 0:
+    if cand.size == 0:
         return
     tc = true_count.reshape(lead_size, num_true).astype(np.float64)
     if valid is not None:
