@@ -75,6 +75,13 @@ def sampled_logits(
     Removed columns hold ``-inf`` in the returned logits.
     """
     _check(weights, biases, labels, inputs, sampled_values, ignore_index=ignore_index)
+    return _sampled_logits(weights, biases, labels, inputs, sampled_values, remove_accidental_hits=remove_accidental_hits,
+                           subtract_log_q=subtract_log_q, ignore_index=ignore_index)
+
+
+def _sampled_logits(weights, biases, labels, inputs, sampled_values, *, remove_accidental_hits, subtract_log_q,
+                    ignore_index):
+    """:func:`sampled_logits` on checked arguments."""
     W = np.asarray(weights, np.float64)
     b = np.zeros(W.shape[0]) if biases is None else np.asarray(biases, np.float64)
     h = np.asarray(inputs, np.float64)
@@ -139,7 +146,7 @@ def sampled_softmax_loss(
     """
     _check(weights, biases, labels, inputs, sampled_values, label_smoothing=label_smoothing, ignore_index=ignore_index)
     y = _as_2d_labels(labels)
-    logits, keep = sampled_logits(
+    logits, keep = _sampled_logits(
         weights, biases, y, inputs, sampled_values, remove_accidental_hits=remove_accidental_hits,
         subtract_log_q=subtract_log_q, ignore_index=ignore_index,
     )
@@ -161,7 +168,7 @@ def sampled_softmax_grads(
     h = np.asarray(inputs, np.float64)
     y = _as_2d_labels(labels)
     cand = np.asarray(sampled_values[0])
-    logits, keep = sampled_logits(
+    logits, keep = _sampled_logits(
         W, biases, y, h, sampled_values, remove_accidental_hits=remove_accidental_hits,
         subtract_log_q=subtract_log_q, ignore_index=ignore_index,
     )
