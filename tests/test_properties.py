@@ -62,7 +62,7 @@ def tensorflow_loss(W, b, y, h, sv, kw):
 
 
 def keras_loss(W, b, y, h, sv, kw):
-    keras = pytest.importorskip("keras")
+    pytest.importorskip("keras")
     from test_keras import built_layer, sampled_loss_and_grads
 
     layer = built_layer(W, b, num_sampled=1, num_true=y.shape[1], remove_accidental_hits=kw["remove_accidental_hits"],
@@ -70,7 +70,6 @@ def keras_loss(W, b, y, h, sv, kw):
                         ignore_index=kw["ignore_index"])
     sv32 = (sv[0].astype(np.int32), sv[1].astype(np.float32), sv[2].astype(np.float32))
     loss, (gh, gW, gb) = sampled_loss_and_grads(layer, y.astype(np.int32), h.astype(np.float32), sv32)
-    del keras
     return loss, [gW, gb, gh]
 
 

@@ -387,9 +387,6 @@ class SampledSoftmax(keras.layers.Layer):
             return ops.full(ops.shape(ids), 1.0 / self.num_classes, "float32")
         if self.sampler == "log_uniform":
             return _log_uniform_probs(ids, self.num_classes)
-        if self.sampler == "learned_unigram":
-            counts = ops.convert_to_tensor(self.sampling_counts)
-            return ops.take(counts, ids) / ops.sum(counts)
         return ops.take(ops.convert_to_tensor(self.sampling_probs), ids)
 
     def sample(self, labels):
@@ -401,14 +398,19 @@ class SampledSoftmax(keras.layers.Layer):
             cand = ops.minimum(ops.cast(ops.floor(u * self.num_classes), "int32"), self.num_classes - 1)
         elif self.sampler == "log_uniform":
             cand = _log_uniform_draw(u, self.num_classes)
+        elif self.sampler == "unigram":
+            cand = ops.minimum(ops.cast(ops.searchsorted(ops.convert_to_tensor(self.sampling_cdf), u, side="right"),
+                                        "int32"), self.num_classes - 1)
+        if self.sampler == "learned_unigram":
+            # One O(V) pass over the counts per draw: the CDF, its total, and the probabilities from both.
+            counts = ops.convert_to_tensor(self.sampling_counts)
+            cumulative = ops.cumsum(counts)
+            total = cumulative[-1]
+            cand = ops.minimum(ops.cast(ops.searchsorted(cumulative, u * total, side="right"), "int32"),
+                               self.num_classes - 1)
+            p_true, p_cand = ops.take(counts, labels) / total, ops.take(counts, cand) / total
         else:
-            if self.sampler == "learned_unigram":
-                counts = ops.convert_to_tensor(self.sampling_counts)
-                cdf = ops.cumsum(counts) / ops.sum(counts)
-            else:
-                cdf = ops.convert_to_tensor(self.sampling_cdf)
-            cand = ops.minimum(ops.cast(ops.searchsorted(cdf, u, side="right"), "int32"), self.num_classes - 1)
-        p_true, p_cand = self._probs(labels), self._probs(cand)
+            p_true, p_cand = self._probs(labels), self._probs(cand)
         if self.draw == "with_replacement":
             return cand, p_true * S, p_cand * S
         expected = lambda p: -ops.expm1(S * ops.log1p(-p))  # noqa: E731
