@@ -12,6 +12,12 @@ like TensorFlow) and computes the gradients of weights, biases and inputs:
   concatenate logits, mask hits with a large negative, ``F.cross_entropy``.
 * ``hand sparse``: the same through ``F.embedding(..., sparse=True)``.
 * ``full softmax``: ``F.cross_entropy(h @ W.T + b)`` (few repeats: it is slow).
+* ``tf full softmax``: the same in TensorFlow (``sparse_softmax_cross_entropy_with_logits``).
+* ``kernel floor``: not a usable loss but the work any implementation on these BLAS kernels
+  must do, in the fewest eager PyTorch calls: gather the ``B + S`` rows (fresh uniform ids each
+  call, no sampler), the three ``[B, D] x [D, S]``-sized matrix products, one log-softmax and
+  its exp. No sampling, checks, masking or gradient assembly. ``tf.nn / kernel floor`` bounds
+  the speed-up any implementation built on these kernels can reach over ``tf.nn``.
 """
 
 from __future__ import annotations
@@ -68,7 +74,21 @@ def torch_methods(V, S, D, B, seed, *, with_full=True):
         F.cross_entropy(F.linear(h, W, b), y, reduction="sum").backward()
         reset()
 
-    fast = {"ours sparse": ours(True), "hand sparse": hand(True)}
+    Wd, bd, hd = W.detach(), b.detach(), h.detach()
+    g_floor = torch.Generator().manual_seed(seed + 1)
+
+    def kernel_floor():
+        ids = torch.randint(V, (B + S,), generator=g_floor)
+        rows, bias = Wd.index_select(0, ids), bd.index_select(0, ids)
+        w_true, w_cand = rows.split([B, S])
+        logits = torch.cat([torch.linalg.vecdot(hd, w_true).unsqueeze_(1),
+                            torch.addmm(bias[B:].unsqueeze(0), hd, w_cand.t())], 1)
+        p = torch.log_softmax(logits, 1).exp_()
+        g_cand = p[:, 1:]
+        torch.addmm(w_true * p[:, :1], g_cand, w_cand)  # d inputs
+        g_cand.t().mm(hd)  # d candidate rows
+
+    fast = {"ours sparse": ours(True), "hand sparse": hand(True), "kernel floor": kernel_floor}
     dense = {"ours sparse": fast["ours sparse"], "ours dense": ours(False), "hand dense": hand(False)}
     return fast, dense, (full if with_full else None), (W, b, h, y)
 
@@ -97,7 +117,16 @@ def tf_methods(W, b, h, y, S, V, seed):
             return tape.gradient(loss, [tW, tb, th])
         return step
 
+    @tf.function
+    def full_softmax():
+        with tf.GradientTape() as tape:
+            tape.watch(th)
+            logits = tf.matmul(th, tW, transpose_b=True) + tb
+            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(ty[:, 0], logits))
+        return tape.gradient(loss, [tW, tb, th])
+
     return {
+        "tf full softmax": full_softmax,
         "tf.nn": make(tf.nn.sampled_softmax_loss),
         "ours tf": make(sst.sampled_softmax_loss),
         # Its own samplers in TF ops: sampling and loss in one XLA computation.
@@ -114,7 +143,9 @@ def run(*, repeats=30, block=10, seed=0, quick=False, shape=None, progress=None,
     fast, dense, full, tensors = torch_methods(**shape, seed=seed, with_full=not (quick or fast_only))
     tf_steps = tf_methods(*tensors, shape["S"], shape["V"], seed)
     skipped = []
+    tf_full = None
     if tf_steps is not None:
+        tf_full = tf_steps.pop("tf full softmax")
         fast.update(tf_steps)
     else:
         skipped.append("tf.nn and sampled_softmax.tensorflow (tensorflow not installed)")
@@ -126,21 +157,27 @@ def run(*, repeats=30, block=10, seed=0, quick=False, shape=None, progress=None,
         for name in ("ours dense", "hand dense"):
             samples[name] = dense_samples[name]
     if full is not None:
-        samples.update(paired({"full softmax": full}, repeats=max(3, repeats // 20), warmup=1))
+        slow = {"full softmax": full} if tf_full is None else {"full softmax": full, "tf full softmax": tf_full}
+        samples.update(paired(slow, repeats=max(3, repeats // 20), warmup=1))
     summary = summarize(samples)
     ratios = {}
     for other in ("tf.nn", "hand sparse"):
         if other in samples:
             ratios[f"{other} / ours sparse"] = paired_ratio(samples, other, "ours sparse")
+    if "tf.nn" in samples:
+        ratios["tf.nn / kernel floor (the most any implementation on these kernels can gain)"] = paired_ratio(
+            samples, "tf.nn", "kernel floor")
+    ratios["ours sparse / kernel floor"] = paired_ratio(samples, "ours sparse", "kernel floor")
     for ours_tf in ("ours tf", "ours tf xla"):
         if ours_tf in samples:
             ratios[f"tf.nn / {ours_tf}"] = paired_ratio(samples, "tf.nn", ours_tf)
     if dense_samples is not None:
         for other in ("hand dense", "ours dense"):
             ratios[f"{other} / ours sparse"] = paired_ratio(dense_samples, other, "ours sparse")
-    if "full softmax" in summary:
-        ratios["full softmax / ours sparse (unpaired medians)"] = (
-            summary["full softmax"]["median_ms"] / summary["ours sparse"]["median_ms"])
+    for name in ("full softmax", "tf full softmax"):
+        if name in summary:
+            ratios[f"{name} / ours sparse (unpaired medians)"] = (
+                summary[name]["median_ms"] / summary["ours sparse"]["median_ms"])
     flops = 6 * shape["B"] * shape["S"] * shape["D"]
     return {"case": shape, "kind": "fwd+bwd", "repeats": repeats, "block": block, "summary": summary, "ratios": ratios,
             "skipped": skipped, "flops_6BSD": flops}

@@ -23,7 +23,7 @@ VOCABS = (10_000, 100_000, 1_000_000, 10_000_000)
 QUICK_VOCABS = (10_000, 100_000)
 SEQUENCE = dict(V=50_000, S=1024, D=512, B=32 * 128)
 # Slow methods get fewer repeats; dense-gradient ones run in their own group (cache eviction).
-SLOW = ("full softmax", "adaptive")
+SLOW = ("full softmax", "tf full softmax", "adaptive")
 DENSE = ("ours dense", "hand dense")
 
 
@@ -41,7 +41,7 @@ def needed_bytes(method: str, V: int, S: int, D: int, B: int) -> int:
         return table
     if method in DENSE or method.startswith("ours tf") or method == "tf.nn":
         return 2 * table  # a dense gradient, or TensorFlow's own copy of the table
-    if method == "full softmax":
+    if method in ("full softmax", "tf full softmax"):
         return 2 * table + 3 * 4 * B * V  # gradient of the table; logits, softmax and their gradient
     if method == "adaptive":
         return 2 * table + 3 * 4 * B * V // 5
@@ -81,17 +81,18 @@ def _methods(shape, seed, wanted):
         steps["full softmax"] = full
     if "adaptive" in keep:
         steps["adaptive"] = adaptive_method(*tensors)
-    if any(m in keep for m in ("tf.nn", "ours tf", "ours tf xla")):
+    tf_names = ("tf.nn", "ours tf", "ours tf xla", "tf full softmax")
+    if any(m in keep for m in tf_names):
         tf_steps = loss_bench.tf_methods(*tensors, S, V, seed)
         if tf_steps is None:
-            skipped.update({m: "tensorflow not installed" for m in ("tf.nn", "ours tf", "ours tf xla") if m in keep})
+            skipped.update({m: "tensorflow not installed" for m in tf_names if m in keep})
         else:
             steps.update(tf_steps)
     return {m: steps[m] for m in keep if m in steps}, skipped
 
 
 ALL_METHODS = ("ours sparse", "hand sparse", "tf.nn", "ours tf", "ours tf xla", "ours dense", "hand dense",
-               "full softmax", "adaptive")
+               "full softmax", "tf full softmax", "adaptive")
 FAST_METHODS = ALL_METHODS[:5]
 
 
@@ -177,7 +178,7 @@ def memory_sweep(vocabs=VOCABS, *, S=100, D=300, B=256, methods=("ours sparse", 
 
 def format_sweep(rows: list[dict]) -> list[str]:
     methods = [m for m in ALL_METHODS if any(m in r["summary"] or m in r["skipped"] for r in rows)]
-    head = f"{'method':<14}" + "".join(f"{'V=' + _short(r['case']['V']):>12}" for r in rows)
+    head = f"{'method':<16}" + "".join(f"{'V=' + _short(r['case']['V']):>12}" for r in rows)
     lines = [head]
     for m in methods:
         cells = []
@@ -186,7 +187,7 @@ def format_sweep(rows: list[dict]) -> list[str]:
                 cells.append(f"{r['summary'][m]['median_ms']:>10.2f}ms")
             else:
                 cells.append(f"{'skipped':>12}")
-        lines.append(f"{m:<14}" + "".join(cells))
+        lines.append(f"{m:<16}" + "".join(cells))
     notes = sorted({f"  skipped at V={_short(r['case']['V'])}: {m} ({why})" for r in rows for m, why in r["skipped"].items()})
     return lines + notes
 
