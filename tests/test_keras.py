@@ -15,7 +15,7 @@ keras = pytest.importorskip("keras")
 from sampled_softmax import SampledSoftmaxError  # noqa: E402
 from sampled_softmax import reference as R  # noqa: E402
 from sampled_softmax import samplers as npsamplers  # noqa: E402
-from sampled_softmax.keras import LazyAdam, SampledSoftmax, SampledSoftmaxLoss  # noqa: E402
+from sampled_softmax.keras import LazyAdam, SampledSoftmax, SampledSoftmaxLoss, SampledSoftmaxMetric  # noqa: E402
 
 BACKEND = keras.backend.backend()
 ops = keras.ops
@@ -236,6 +236,66 @@ def test_fit_trains_and_evaluate_reports_full_softmax_loss():
     np.testing.assert_allclose(after["sparse_categorical_accuracy"], accuracy, atol=1e-6)
     assert before["loss"] > 0.9 * math.log(V_LM)
     assert after["loss"] < 0.5 * unigram_entropy(yv)  # well below the unigram baseline
+
+
+def _exact_scores(probs, y, ignore_index=None):
+    """Accuracy and perplexity of full-softmax ``probs`` over the kept targets (NumPy)."""
+    keep = np.ones(y.shape, bool) if ignore_index is None else y != ignore_index
+    y_safe = np.where(keep, y, 0)
+    nll = -np.log(np.take_along_axis(probs, y_safe[..., None], -1)[..., 0])
+    return np.mean((probs.argmax(-1) == y)[keep]), math.exp(np.mean(nll[keep]))
+
+
+def test_wrapped_metrics_score_the_full_softmax_in_fit_with_the_weights_the_loss_saw():
+    keras.utils.set_random_seed(0)
+    x, y = corpus(64)
+    y = y.copy()
+    y[:, -2:] = -1  # ignored targets: left out of the metrics too
+    inputs = keras.Input((None,), dtype="int32")
+    head = SampledSoftmax(V_LM, num_sampled=16, seed=0, ignore_index=-1)
+    model = keras.Model(inputs, head(keras.layers.Embedding(V_LM, 32)(inputs)))
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=head.loss,  # lr 0: weights stay put
+                  metrics=[head.metric("accuracy"), head.metric("perplexity"),
+                           head.metric(keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"))])
+    # One step over the whole set: fit's numbers must be evaluate's, i.e. exact, not of hidden states.
+    hist = model.fit(x, y, batch_size=64, epochs=1, verbose=0).history
+    ev = model.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    acc, ppl = _exact_scores(model.predict(x, verbose=0), y, ignore_index=-1)
+    for name in ("accuracy", "perplexity", "top5"):
+        np.testing.assert_allclose(hist[name][0], ev[name], rtol=1e-5)
+    np.testing.assert_allclose(ev["accuracy"], acc, atol=1e-6)
+    np.testing.assert_allclose(ev["perplexity"], ppl, rtol=1e-5)
+    assert 1 < ppl < V_LM * 2
+
+
+def test_wrapped_metrics_after_training_match_predict_and_survive_saving(tmp_path):
+    keras.utils.set_random_seed(0)
+    x, y = corpus(128)
+    model, head = lm(SampledSoftmax(V_LM, num_sampled=16, seed=0), metrics=())
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=head.loss,
+                  metrics=[head.metric("accuracy"), head.metric("perplexity")])
+    model.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    ev = model.evaluate(x, y, verbose=0, return_dict=True)
+    acc, ppl = _exact_scores(model.predict(x, verbose=0), y)
+    np.testing.assert_allclose([ev["accuracy"], ev["perplexity"]], [acc, ppl], rtol=1e-5)
+    np.testing.assert_allclose(ev["perplexity"], math.exp(ev["loss"]), rtol=1e-5)  # no smoothing: the same
+    assert acc > 0.3
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    got = loaded.evaluate(x, y, verbose=0, return_dict=True)
+    np.testing.assert_allclose([got["accuracy"], got["perplexity"]], [ev["accuracy"], ev["perplexity"]], rtol=1e-6)
+    hist = loaded.fit(x, y, epochs=1, batch_size=32, verbose=0).history  # the restored metric binds to its layer
+    assert 1 < hist["perplexity"][0] < V_LM and 0 <= hist["accuracy"][0] <= 1
+
+
+def test_metric_misuse_is_a_clear_error():
+    with pytest.raises(TypeError, match="`layer` must be a SampledSoftmax layer; received Dense"):
+        SampledSoftmaxMetric("accuracy", keras.layers.Dense(3))
+    with pytest.raises(TypeError, match="`metric` must be a keras.metrics.Metric or a metric name; received int"):
+        SampledSoftmax(10, 4).metric(3)
+    with pytest.raises(SampledSoftmaxError, match="`layer`: this metric is not bound"):
+        SampledSoftmaxMetric("accuracy", layer_name="no_such_layer_anywhere").get_layer()
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -20,7 +20,11 @@ How it works: in training mode the layer passes its input hidden states ``h`` th
 with the layer's seed generator. Otherwise the layer computes the full softmax over all
 classes and ``head.loss`` is the exact cross-entropy of its output. So ``compile``'s
 ``metrics`` see full-softmax probabilities in ``evaluate`` (and ``fit``'s ``val_*`` numbers),
-but hidden states during ``fit``'s training steps: only the loss is meaningful there.
+but hidden states during ``fit``'s training steps, unless wrapped by ``head.metric(...)``
+(:class:`SampledSoftmaxMetric`), which scores the full softmax there too::
+
+    model.compile(optimizer="adam", loss=head.loss,
+                  metrics=[head.metric("accuracy"), head.metric("perplexity")])
 
 The sampled loss is the one of :mod:`sampled_softmax.reference`: corrected logits
 ``o_k = h . W_k + b_k - log E(k)`` over the true class(es) and the candidates, accidental hits
@@ -49,7 +53,8 @@ except ImportError:  # pragma: no cover - older or newer layouts
     def set_keras_mask(x, mask):
         x._keras_mask = mask
 
-__all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "LazyAdam", "SampledSoftmaxError"]
+__all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxMetric", "Perplexity", "LazyAdam",
+           "SampledSoftmaxError"]
 
 SAMPLERS = ("log_uniform", "uniform", "unigram", "learned_unigram")
 DRAWS = ("unique_exact", "with_replacement")
@@ -279,6 +284,9 @@ class SampledSoftmax(keras.layers.Layer):
         self._tied_name = tied_to.name if tied_to is not None else tied_name
         self.supports_masking = True
         self._training_output = False
+        # Set once a SampledSoftmaxMetric binds to the layer: training outputs then carry the
+        # full output too (see `call`).
+        self._full_in_training = False
         _LAYERS_BY_NAME[self.name] = self
 
     # -- the class table -------------------------------------------------------------------
@@ -353,7 +361,23 @@ class SampledSoftmax(keras.layers.Layer):
     def call(self, inputs, training=None, mask=None):
         self._training_output = bool(training)
         if training:
+            if self._full_in_training:
+                # Metrics made by `metric()` score the full output with the weights the loss
+                # saw. It can only reach them through `y_pred` (JAX traces the loss and the
+                # metrics separately), so the training output is [h, full output] in float32.
+                full = ops.stop_gradient(self.full_output(inputs))
+                return ops.concatenate([ops.cast(inputs, "float32"), full], axis=-1)
             return inputs
+        return self.full_output(inputs)
+
+    def _split_training_output(self, y_pred):
+        """``(hidden states, full output or None)`` of a training output."""
+        if self._full_in_training and _shape(y_pred)[-1] == self.input_dim + self.num_classes:
+            return y_pred[..., :self.input_dim], y_pred[..., self.input_dim:]
+        return y_pred, None
+
+    def full_output(self, inputs):
+        """What the layer returns outside training (``output``), from hidden states ``[..., D]``."""
         z = ops.cast(self.logits(inputs), "float32")  # the softmax in float32, as for Dense under mixed precision
         if self.output_mode == "logits":
             return z
@@ -366,6 +390,8 @@ class SampledSoftmax(keras.layers.Layer):
 
     def compute_output_spec(self, inputs, training=None, mask=None):
         self._training_output = bool(training)
+        if training and self._full_in_training:
+            return keras.KerasTensor(tuple(inputs.shape[:-1]) + (inputs.shape[-1] + self.num_classes,), dtype="float32")
         shape = inputs.shape if training else self.compute_output_shape(inputs.shape)
         dtype = inputs.dtype if training else "float32"
         return keras.KerasTensor(shape, dtype=dtype)
@@ -379,6 +405,14 @@ class SampledSoftmax(keras.layers.Layer):
         if self._bound_loss is None:  # one object, so that walks over the model terminate
             object.__setattr__(self, "_bound_loss", SampledSoftmaxLoss(self))
         return self._bound_loss
+
+    def metric(self, metric="sparse_categorical_accuracy", *, name=None) -> "SampledSoftmaxMetric":
+        """A metric for ``compile(metrics=[...])`` that sees the full softmax in ``fit`` too.
+
+        ``metric``: a Keras metric object or name (``"accuracy"`` means sparse categorical
+        accuracy), or ``"perplexity"``. See :class:`SampledSoftmaxMetric`.
+        """
+        return SampledSoftmaxMetric(metric, self, name=name)
 
     # -- sampling --------------------------------------------------------------------------
 
@@ -618,6 +652,18 @@ def _reduce(losses, sample_weight, mask, reduction):
     return ops.divide_no_nan(total, ops.cast(ops.size(losses), "float32"))
 
 
+def _bound_layer(owner, what: str, fix: str) -> SampledSoftmax:
+    """The layer a loss or metric holds by weak reference, or finds by name once restored."""
+    layer = owner._layer_ref() if owner._layer_ref is not None else None
+    if layer is None and owner._layer_name is not None:
+        layer = _LAYERS_BY_NAME.get(owner._layer_name)
+        owner._layer_ref = weakref.ref(layer) if layer is not None else None
+    if layer is None:
+        raise SampledSoftmaxError(
+            f"`layer`: {what} is not bound to a SampledSoftmax layer (name {owner._layer_name!r}); {fix}")
+    return layer
+
+
 @keras.saving.register_keras_serializable(package="sampled_softmax")
 class SampledSoftmaxLoss(keras.losses.Loss):
     """The loss of a :class:`SampledSoftmax` layer (``layer.loss``): the sampled softmax loss
@@ -638,15 +684,7 @@ class SampledSoftmaxLoss(keras.losses.Loss):
 
     def get_layer(self) -> SampledSoftmax:
         """The :class:`SampledSoftmax` layer this loss belongs to."""
-        layer = self._layer_ref() if self._layer_ref is not None else None
-        if layer is None and self._layer_name is not None:
-            layer = _LAYERS_BY_NAME.get(self._layer_name)
-            self._layer_ref = weakref.ref(layer) if layer is not None else None
-        if layer is None:
-            raise SampledSoftmaxError(
-                f"`layer`: this loss is not bound to a SampledSoftmax layer (name {self._layer_name!r}); "
-                "compile with loss=layer.loss")
-        return layer
+        return _bound_layer(self, "this loss", "compile with loss=layer.loss")
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Keras's Loss.__call__ casts y_true to float; class ids must stay integers.
@@ -663,7 +701,7 @@ class SampledSoftmaxLoss(keras.losses.Loss):
         layer = self.get_layer()
         y_true = ops.convert_to_tensor(y_true)
         if layer._training_output:
-            return layer.sampled_loss(y_true, y_pred)
+            return layer.sampled_loss(y_true, layer._split_training_output(y_pred)[0])
         if _shape(y_pred)[-1] != layer.num_classes:
             raise SampledSoftmaxError(
                 f"`y_pred` must be the SampledSoftmax layer's output [..., {layer.num_classes}]; "
@@ -672,6 +710,128 @@ class SampledSoftmaxLoss(keras.losses.Loss):
 
     def get_config(self):
         return {"layer_name": self._layer_name, "reduction": self.reduction, "name": self.name}
+
+
+@keras.saving.register_keras_serializable(package="sampled_softmax")
+class Perplexity(keras.metrics.Metric):
+    """``exp`` of the mean full-softmax cross-entropy of the targets (no label smoothing),
+    over the positions a mask or ``sample_weight`` keeps; ``y_pred`` is a
+    :class:`SampledSoftmax` output (``output`` names its kind)."""
+
+    def __init__(self, output="probabilities", name="perplexity", dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        self.output = V.check_choice("output", output, OUTPUTS)
+        self.total = self.add_variable((), initializer="zeros", name="total", dtype="float32")
+        self.count = self.add_variable((), initializer="zeros", name="count", dtype="float32")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        mask = get_keras_mask(y_pred)
+        z = ops.cast(y_pred, "float32")
+        logp = {"probabilities": ops.log, "logits": lambda x: ops.log_softmax(x, axis=-1),
+                "log_probabilities": lambda x: x}[self.output](z)
+        y = ops.cast(ops.convert_to_tensor(y_true), "int32")
+        if len(_shape(y)) == len(_shape(logp)):  # targets [..., 1]
+            if _shape(y)[-1] != 1:
+                raise SampledSoftmaxError(f"`y_true`: perplexity needs one target per position, [...] or [..., 1]; "
+                                          f"received shape {list(_shape(y))}")
+            y = ops.squeeze(y, -1)
+        nll = -ops.squeeze(ops.take_along_axis(logp, ops.expand_dims(y, -1), axis=-1), -1)
+        weight = ops.ones_like(nll)
+        if sample_weight is not None:
+            weight = weight * ops.cast(sample_weight, "float32")
+        if mask is not None:
+            weight = weight * ops.cast(ops.reshape(mask, ops.shape(nll)), "float32")
+        self.total.assign_add(ops.sum(nll * weight))
+        self.count.assign_add(ops.sum(weight))
+
+    def result(self):
+        return ops.exp(ops.divide_no_nan(self.total, self.count))
+
+    def get_config(self):
+        return {"output": self.output, "name": self.name, "dtype": self.dtype}
+
+
+@keras.saving.register_keras_serializable(package="sampled_softmax")
+class SampledSoftmaxMetric(keras.metrics.Metric):
+    """A Keras metric that sees a :class:`SampledSoftmax` layer's full-softmax output during
+    ``fit``'s training steps too (``layer.metric(...)`` makes one).
+
+    In training the layer passes its hidden states through (its loss needs them), so a plain
+    ``compile(metrics=["accuracy"])`` would score hidden states there. Once a metric of this
+    class is made, the layer's training output also carries its full output, computed from the
+    same weights without a gradient (``[..., D + V]`` float32: hidden states, then the output;
+    one ``[N, D] x [D, V]`` product per step, about a third of a ``Dense`` softmax step), and
+    the metric scores that: the numbers ``fit`` prints are exactly those ``evaluate`` gives for
+    the same batch and weights. Positions whose target is the layer's ``ignore_index`` are left
+    out, in ``fit`` and ``evaluate`` alike.
+
+    Args:
+        metric: a ``keras.metrics.Metric`` or its name (``"accuracy"`` means
+            ``"sparse_categorical_accuracy"``), or ``"perplexity"`` (:class:`Perplexity`).
+        layer: the :class:`SampledSoftmax` layer (or, when restored, ``layer_name``).
+    """
+
+    def __init__(self, metric="sparse_categorical_accuracy", layer=None, *, layer_name=None, name=None, dtype=None):
+        if layer is not None and not isinstance(layer, SampledSoftmax):
+            raise TypeError(f"`layer` must be a SampledSoftmax layer; received {type(layer).__name__}")
+        inner = self._resolve(metric, layer)
+        super().__init__(name=name or inner.name, dtype=dtype)
+        self.metric = inner
+        self._layer_ref = weakref.ref(layer) if layer is not None else None
+        self._layer_name = layer.name if layer is not None else layer_name
+        if layer is None and layer_name is not None:  # restored by load_model: its layer already is
+            layer = _LAYERS_BY_NAME.get(layer_name)
+        if layer is not None:
+            layer._full_in_training = True
+
+    @staticmethod
+    def _resolve(metric, layer):
+        if isinstance(metric, keras.metrics.Metric):
+            return metric
+        if isinstance(metric, dict):
+            return keras.metrics.deserialize(metric)
+        if metric in ("accuracy", "acc"):
+            return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        if metric == "perplexity":
+            return Perplexity(output=layer.output_mode if layer is not None else "probabilities")
+        if isinstance(metric, str):
+            return keras.metrics.get(metric)
+        raise TypeError(f"`metric` must be a keras.metrics.Metric or a metric name; received {type(metric).__name__}")
+
+    def get_layer(self) -> SampledSoftmax:
+        """The :class:`SampledSoftmax` layer this metric belongs to."""
+        return _bound_layer(self, "this metric", "make it with layer.metric(...)")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        layer = self.get_layer()
+        if layer._training_output:
+            mask = get_keras_mask(y_pred)
+            _, y_pred = layer._split_training_output(y_pred)
+            if y_pred is None:
+                raise SampledSoftmaxError(
+                    f"`y_pred`: {self.name} needs the layer's full output in training, but the training step "
+                    f"was traced before the metric was made; make metrics with layer.metric(...) before compile")
+            if mask is not None:
+                set_keras_mask(y_pred, mask)
+        if layer.ignore_index is not None:
+            y_true = ops.convert_to_tensor(y_true)
+            valid = ops.not_equal(y_true, layer.ignore_index)
+            keep = ops.cast(valid if layer.num_true == 1 else ops.all(valid, axis=-1), "float32")
+            if layer.num_true == 1 and len(_shape(y_true)) == len(_shape(y_pred)):
+                keep = ops.squeeze(keep, -1)
+            sample_weight = keep if sample_weight is None else ops.cast(sample_weight, "float32") * keep
+            y_true = ops.where(valid, y_true, 0)
+        self.metric.update_state(y_true, y_pred, sample_weight=sample_weight)
+
+    def result(self):
+        return self.metric.result()
+
+    def reset_state(self):
+        self.metric.reset_state()
+
+    def get_config(self):
+        return {"metric": keras.metrics.serialize(self.metric), "layer_name": self._layer_name,
+                "name": self.name, "dtype": self.dtype}
 
 
 @keras.saving.register_keras_serializable(package="sampled_softmax")
