@@ -34,7 +34,7 @@ def test_benchmark_smoke_run_writes_results(tmp_path):
     payload = json.loads((tmp_path / "results.json").read_text())
     summary = payload["loss"]["summary"]
     for method in ("ours sparse", "ours dense", "hand sparse", "hand dense", "tf.nn", "ours tf", "ours tf xla",
-                   "kernel floor"):
+                   "kernel floor", "tf kernel floor"):
         assert summary[method]["median_ms"] > 0
     env = payload["environment"]
     for key in ("torch", "commit", "seed", "cpu", "torch_threads", "MALLOC_MMAP_MAX_"):

@@ -230,12 +230,13 @@ def draw_from_uniforms(distribution: Distribution, true_classes, num_sampled: in
 def first_distinct(drawn: np.ndarray, num_sampled: int):
     """TensorFlow's unique draw, given a sequence of draws: the first ``num_sampled`` distinct
     values in draw order and ``num_tries``, the draws it took; None if there are too few."""
-    values = drawn.tolist()
-    distinct = list(dict.fromkeys(values))  # insertion-ordered de-duplication
-    if len(distinct) < num_sampled:
+    # The position of each distinct value's first draw, in draw order (one sort).
+    _, first = np.unique(drawn, return_index=True)
+    if first.size < num_sampled:
         return None
-    picked = distinct[:num_sampled]
-    return np.asarray(picked, dtype=np.int64), values.index(picked[-1]) + 1
+    first.sort()
+    first = first[:num_sampled]
+    return drawn[first].astype(np.int64, copy=False), int(first[-1]) + 1
 
 
 def repeated_slots(candidates: np.ndarray) -> np.ndarray:
