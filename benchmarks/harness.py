@@ -109,3 +109,32 @@ def dump(path: str, payload: dict) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
+
+
+# Memory subprocesses fix glibc's mmap threshold at its initial 128 KiB: left dynamic, it grows
+# after the first large free and later blocks stay in the heap, so a step's peak would depend
+# on allocation history by a megabyte or two. Fixed, every large tensor is mapped while it lives
+# and unmapped when freed: the resident peak is what was live at once.
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+MEMORY_RUNS = 3
+
+
+def median_memory_run(argv: list[str], *, runs: int = MEMORY_RUNS, cwd=None) -> dict:
+    """Run ``python argv`` ``runs`` times in fresh processes, each printing a JSON row with
+    ``peak_extra_mb`` as its last line; the row with the median peak, with every run's peak
+    under ``peak_extra_mb_runs``. A failed run gives ``{"skipped": why}``."""
+    env = dict(os.environ, **MEMORY_ENV)
+    rows = []
+    for _ in range(runs):
+        proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, cwd=cwd)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            return {"skipped": f"failed: {tail[0]}"}
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        if "peak_extra_mb" not in row:  # skipped inside (does not fit)
+            return row
+        rows.append(row)
+    rows.sort(key=lambda r: r["peak_extra_mb"])
+    return dict(rows[len(rows) // 2], peak_extra_mb_runs=[r["peak_extra_mb"] for r in rows],
+                allocator="MALLOC_MMAP_THRESHOLD_=131072")
+

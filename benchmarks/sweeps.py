@@ -154,12 +154,12 @@ def measure_loss_memory(method: str, shape: dict, seed=0) -> dict:
 
 
 def memory_in_subprocess(method: str, shape: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.sweeps", method, json.dumps(shape)],
-                          capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"method": method, **shape, "skipped": f"failed: {tail[0]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """Median of fresh-process runs (see :func:`harness.median_memory_run`)."""
+    from .harness import median_memory_run
+
+    row = median_memory_run(["-m", "benchmarks.sweeps", method, json.dumps(shape)],
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return row if "method" in row else {"method": method, **shape, **row}
 
 
 def memory_sweep(vocabs=VOCABS, *, S=100, D=300, B=256, methods=("ours sparse", "tf.nn", "hand dense",
@@ -219,7 +219,9 @@ def _loglog(ax, series: dict, xlabel: str, ylabel: str, title: str) -> None:
     """One line per name of ``series`` (name -> [(x, y), ...]) on log-log axes."""
     for name, pts in series.items():
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=name)
+            # One colour per method in every panel and plot.
+            color = f"C{ALL_METHODS.index(name) % 10}" if name in ALL_METHODS else None
+            ax.plot(*zip(*pts), marker="o", label=name, color=color)
     ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import gc
 import json
-import subprocess
+import os
 import sys
 
 METHODS = ("recipe", "recipe rowwise", "stock sparse", "sampled dense Adam", "full softmax Adam")
@@ -200,9 +200,14 @@ def measure_memory(method: str, V: int, steps: int = 3) -> dict:
 
 
 def memory_in_subprocess(method: str, V: int) -> dict:
-    out = subprocess.run([sys.executable, "-m", "benchmarks.train_step", method, str(V)],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """Median of fresh-process runs (see :func:`harness.median_memory_run`)."""
+    from .harness import median_memory_run
+
+    row = median_memory_run(["-m", "benchmarks.train_step", method, str(V)],
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if "skipped" in row:
+        raise RuntimeError(f"memory of {method} at V={V}: {row['skipped']}")
+    return row
 
 
 if __name__ == "__main__":  # pragma: no cover
