@@ -94,6 +94,7 @@ def _methods(shape, seed, wanted):
 ALL_METHODS = ("ours sparse", "hand sparse", "tf.nn", "ours tf", "ours tf xla", "ours dense", "hand dense",
                "full softmax", "tf full softmax", "adaptive")
 FAST_METHODS = ALL_METHODS[:5]
+FLOORS = ("kernel floor", "tf kernel floor")  # not methods: lower bounds (benchmarks/loss.py)
 
 
 def time_case(shape, *, seed=0, repeats=10, block=3, methods=ALL_METHODS, progress=None) -> dict:
@@ -219,9 +220,12 @@ def _loglog(ax, series: dict, xlabel: str, ylabel: str, title: str) -> None:
     """One line per name of ``series`` (name -> [(x, y), ...]) on log-log axes."""
     for name, pts in series.items():
         if pts:
-            # One colour per method in every panel and plot.
-            color = f"C{ALL_METHODS.index(name) % 10}" if name in ALL_METHODS else None
-            ax.plot(*zip(*pts), marker="o", label=name, color=color)
+            # One colour per method in every panel and plot; the kernel floors dashed.
+            if name in FLOORS:
+                style = dict(color="black" if name == "kernel floor" else "dimgray", linestyle="--")
+            else:
+                style = dict(color=f"C{ALL_METHODS.index(name) % 10}" if name in ALL_METHODS else None)
+            ax.plot(*zip(*pts), marker="o", label=name, **style)
     ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
