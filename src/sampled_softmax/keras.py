@@ -157,6 +157,19 @@ def _check_label_values(y, num_classes: int, ignore_index):
 # ---------------------------------------------------------------------------------------------
 # Samplers in keras.ops: the distributions and expected counts of `sampled_softmax.samplers`.
 
+def _take_rows(table, ids):
+    """``table[ids]`` for a weight: on TensorFlow a sparse read of the variable (``ResourceGather``).
+
+    ``ops.take`` reads the whole variable first (``ReadVariableOp``); while that dense read is
+    alive, the optimizer's in-place row update of the variable must copy all of it.
+    """
+    if keras.backend.backend() == "tensorflow" and isinstance(table, keras.Variable):
+        import tensorflow as tf
+
+        return tf.gather(table.value, ids)
+    return ops.take(table, ids, axis=0)
+
+
 def _log_uniform_draw(u, num_classes):
     x = ops.floor(ops.exp(u * math.log1p(num_classes)))
     return ops.mod(ops.cast(x, "int32") - 1, num_classes)
@@ -491,13 +504,13 @@ class SampledSoftmax(keras.layers.Layer):
             samp_count = ops.cast(samp_count, "float32")
         n = ops.shape(y2)[0]
         ids = ops.concatenate([ops.reshape(y_safe, (-1,)), cand], axis=0)
-        rows = ops.cast(ops.take(self.table, ids, axis=0), "float32")  # one gather: sparse rows on TF
+        rows = ops.cast(_take_rows(self.table, ids), "float32")  # one gather: sparse rows on TF
         true_rows = ops.reshape(rows[: n * T], (n, T, self.input_dim))
         cand_rows = rows[n * T:]
         t = ops.sum(ops.expand_dims(h, 1) * true_rows, axis=-1)
         s = ops.matmul(h, ops.transpose(cand_rows))
         if self.use_bias:
-            b = ops.cast(ops.take(self.bias, ids, axis=0), "float32")
+            b = ops.cast(_take_rows(self.bias, ids), "float32")
             t = t + ops.reshape(b[: n * T], (n, T))
             s = s + b[n * T:]
         padding = ops.logical_not(ops.isfinite(samp_count))
