@@ -18,6 +18,7 @@ import torch
 
 from .. import SampledSoftmaxError
 from .. import _validation as V
+from . import _compiled
 from .samplers import CandidateSampler, make_sampler
 
 __all__ = ["sampled_softmax_loss", "full_softmax_loss", "full_logits"]
@@ -409,7 +410,7 @@ def sampled_softmax_loss(
     weights, biases, labels, inputs, num_sampled, num_classes, num_true=1, sampled_values=None,
     remove_accidental_hits=True, *, sampler="log_uniform", reduction="none", ignore_index=None,
     label_smoothing=0.0, generator=None, partition_strategy="div", subtract_log_q=True,
-    sparse=False, return_log_prob=False,
+    sparse=False, return_log_prob=False, implementation="auto",
 ):
     r"""Sampled softmax loss (Jean et al. 2014), the semantics of ``tf.nn.sampled_softmax_loss``.
 
@@ -450,6 +451,12 @@ def sampled_softmax_loss(
         subtract_log_q: subtract ``log E``; False gives negative sampling's uncorrected logits.
         sparse: return sparse COO row gradients for ``weights`` and ``biases``.
         return_log_prob: also return the sampled estimate of ``log p(target)`` per example.
+        implementation: ``"auto"`` (default): the compiled core where it applies (one weight
+            table, ``num_true=1``, no ignored label, no label smoothing, float32/float64 with
+            ``inputs``, ``weights`` and ``biases`` of one dtype) and can be built (a C++
+            compiler and ``ninja``; built once per machine, about a minute), else the Python
+            path; ``"compiled"`` requires the compiled core (an error says why it cannot be
+            used); ``"python"`` never uses it. Both compute the same loss and gradients.
 
     Returns:
         The loss: shape ``[...]`` for ``reduction="none"``, else a scalar. With
@@ -491,13 +498,50 @@ def sampled_softmax_loss(
     else:
         ids, logq, removed = _columns_torch(y_safe, valid, cand, true_count, samp_count, cdt,
                                             remove_accidental_hits, subtract_log_q, padded)
-    spec = _Spec(t, offsets, partition_strategy, label_smoothing, bool(sparse))
-    loss, logp = _SampledSoftmax.apply(h, ids, logq, valid, removed, spec, biases, *shards)
+    core = _choose_core(implementation, shards, biases, h, t, valid, label_smoothing)
+    if core is not None:
+        empty = h.new_empty(0)
+        loss = core(h, shards[0], empty if biases is None else biases, ids, logq,
+                    empty.bool() if removed is None else removed, bool(sparse))
+        logp = -loss  # one label, no smoothing: the loss is -log p(target)
+    else:
+        spec = _Spec(t, offsets, partition_strategy, label_smoothing, bool(sparse))
+        loss, logp = _SampledSoftmax.apply(h, ids, logq, valid, removed, spec, biases, *shards)
     live = None if valid is None else valid.any(1)
     loss = _reduce(loss, live, reduction, lead)
     if return_log_prob:
         return loss, logp.reshape(lead)
     return loss
+
+
+IMPLEMENTATIONS = ("auto", "compiled", "python")
+
+
+def _choose_core(implementation, shards, biases, h, t, valid, label_smoothing):
+    """The compiled core function, or None for the Python path (see ``implementation``)."""
+    V.check_choice("implementation", implementation, IMPLEMENTATIONS)
+    if implementation == "python":
+        return None
+    dtype = h.dtype
+    why = None
+    if len(shards) > 1:
+        why = "it takes one weight table, not shards"
+    elif t != 1:
+        why = f"it takes num_true=1; received {t}"
+    elif valid is not None:
+        why = "it takes no ignored labels (ignore_index present in labels)"
+    elif label_smoothing:
+        why = f"it takes label_smoothing=0; received {label_smoothing}"
+    elif dtype not in (torch.float32, torch.float64) or shards[0].dtype != dtype or (
+            biases is not None and biases.dtype != dtype):
+        why = (f"it takes float32 or float64 inputs, weights and biases of one dtype; received "
+               f"{dtype}, {shards[0].dtype}, {None if biases is None else biases.dtype}")
+    core = None if why else _compiled.core()
+    if core is None and why is None:
+        why = f"it could not be built ({_compiled.unavailable_reason()})"
+    if why and implementation == "compiled":
+        raise SampledSoftmaxError(f"`implementation='compiled'` cannot be used: {why}")
+    return core
 
 
 def _full_table(shards, strategy):

@@ -48,6 +48,8 @@ class SampledSoftmaxLoss(nn.Module):
         ignore_index: target value that contributes nothing. Default -100.
         label_smoothing: ``eps`` in ``[0, 1]``. Default 0.
         subtract_log_q: subtract ``log E(k)`` (False gives negative sampling). Default True.
+        implementation: ``"auto"``, ``"compiled"`` or ``"python"``, as for
+            :func:`~sampled_softmax.torch.sampled_softmax_loss`. Default ``"auto"``.
 
     Shape:
         - input: ``[..., D]``
@@ -68,7 +70,8 @@ class SampledSoftmaxLoss(nn.Module):
 
     def __init__(self, in_features, num_classes, num_sampled, *, sampler="log_uniform", bias=True,
                  weight=None, remove_accidental_hits=True, sparse=False, reduction="mean",
-                 ignore_index=-100, label_smoothing=0.0, subtract_log_q=True, device=None, dtype=None):
+                 ignore_index=-100, label_smoothing=0.0, subtract_log_q=True, implementation="auto",
+                 device=None, dtype=None):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.in_features = V.check_positive_int("in_features", in_features)
@@ -80,6 +83,7 @@ class SampledSoftmaxLoss(nn.Module):
         self.remove_accidental_hits = bool(remove_accidental_hits)
         self.subtract_log_q = bool(subtract_log_q)
         self.sparse = bool(sparse)
+        self.implementation = V.check_choice("implementation", implementation, ("auto", "compiled", "python"))
         self.sampler = make_sampler(sampler, num_classes)
         V.check_num_sampled(num_sampled, num_classes, unique=self.sampler.draw == "unique", support=self.sampler.support)
         if weight is None:
@@ -115,6 +119,7 @@ class SampledSoftmaxLoss(nn.Module):
                 sampler=self.sampler, reduction=self.reduction, ignore_index=self.ignore_index,
                 label_smoothing=self.label_smoothing, generator=generator,
                 subtract_log_q=self.subtract_log_q, sparse=self.sparse, return_log_prob=True,
+                implementation=self.implementation,
             )
         else:
             loss, output = full_softmax_loss(

@@ -1,0 +1,118 @@
+"""The compiled core (``implementation="compiled"``) against the Python path and the reference:
+same losses and gradients, the same cases routed, clear errors where it does not apply."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from sampled_softmax import SampledSoftmaxError
+from sampled_softmax import reference as R
+from sampled_softmax.torch import _compiled, sampled_softmax_loss
+
+pytestmark = pytest.mark.skipif(_compiled.core() is None,
+                                reason=f"compiled core unavailable: {_compiled.unavailable_reason()}")
+
+
+def case(V=50, D=6, N=9, S=12, dtype=torch.float64, seed=0, with_hits=True, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(V, D, generator=g, dtype=dtype, requires_grad=True)
+    b = torch.randn(V, generator=g, dtype=dtype, requires_grad=True) if bias else None
+    h = torch.randn(N, D, generator=g, dtype=dtype, requires_grad=True)
+    y = torch.randint(V, (N,), generator=g)
+    cand = torch.randint(V, (S,), generator=g)
+    if with_hits:
+        cand[:3] = y[:3]  # accidental hits
+        cand[3] = cand[4]  # a duplicate candidate
+    tc = torch.rand(N, 1, generator=g, dtype=torch.float32) + 0.1
+    sc = torch.rand(S, generator=g, dtype=torch.float32) + 0.1
+    return W, b, h, y, (cand, tc, sc)
+
+
+def grads(impl, W, b, h, y, sv, **kw):
+    for t in (W, b, h):
+        if t is not None:
+            t.grad = None
+    loss = sampled_softmax_loss(W, b, y, h, sv[0].numel(), W.shape[0], sampled_values=sv, implementation=impl, **kw)
+    loss.sum().backward()
+    dense = lambda t: None if t is None else (t.grad.to_dense() if t.grad.is_sparse else t.grad)  # noqa: E731
+    return loss.detach(), dense(W), dense(b), h.grad
+
+
+@pytest.mark.parametrize("dtype,hits,bias,sparse,log_q,pad", list(itertools.product(
+    (torch.float32, torch.float64), (True, False), (True, False), (True, False), (True, False), (False, True))))
+def test_compiled_equals_python_path(dtype, hits, bias, sparse, log_q, pad):
+    W, b, h, y, sv = case(dtype=dtype, with_hits=hits, bias=bias)
+    if pad:  # unique_exact padding slots: expected count inf, removed from every row
+        sv = (sv[0], sv[1], sv[2].clone().index_fill_(0, torch.tensor([5, 7]), float("inf")))
+    kw = dict(remove_accidental_hits=hits, subtract_log_q=log_q, sparse=sparse)
+    got = grads("compiled", W, b, h, y, sv, **kw)
+    want = grads("python", W, b, h, y, sv, **kw)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
+    for a, e in zip(got, want):
+        if e is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a, e, **tol)
+
+
+def test_compiled_equals_the_float64_reference_and_masks_exactly():
+    W, b, h, y, sv = case()
+    loss, *_ = grads("compiled", W, b, h, y, sv, sparse=True)
+    ref = R.sampled_softmax_loss(W.detach().numpy(), b.detach().numpy(), y.numpy()[:, None], h.detach().numpy(),
+                                 sampled_values=(sv[0].numpy(), sv[1].double().numpy(), sv[2].double().numpy()))
+    np.testing.assert_allclose(loss.numpy(), ref, rtol=1e-12)
+    # A padding slot (expected count inf) holding a class used nowhere else: probability 0 in
+    # every row, so its row of the weights and its bias get exactly zero gradient.
+    unused = next(c for c in range(50) if c not in set(y.tolist()) | set(sv[0].tolist()))
+    cand = sv[0].clone()
+    cand[7] = unused
+    sc = sv[2].clone()
+    sc[7] = float("inf")
+    _, dW, db, _ = grads("compiled", W, b, h, y, (cand, sv[1], sc), sparse=True)
+    assert torch.equal(dW[unused], torch.zeros_like(dW[unused])) and db[unused].item() == 0.0
+    _, dW, db, _ = grads("compiled", W, b, h, y, (cand, sv[1], sv[2]), sparse=True)  # not padded: it learns
+    assert dW[unused].abs().sum() > 0 and db[unused].item() != 0.0
+
+
+def test_compiled_gradcheck():
+    W, b, h, y, sv = case(V=12, D=3, N=4, S=5)
+    f = lambda W, b, h: sampled_softmax_loss(W, b, y, h, 5, 12, sampled_values=sv, implementation="compiled")  # noqa: E731
+    assert torch.autograd.gradcheck(f, (W, b, h))
+
+
+def test_auto_routes_what_the_core_takes_and_falls_back_for_the_rest(monkeypatch):
+    calls = []
+    real = _compiled.core()
+    monkeypatch.setattr(_compiled, "core", lambda: (lambda *a: calls.append(1) or real(*a)))
+    W, b, h, y, sv = case()
+    sampled_softmax_loss(W, b, y, h, 12, 50, sampled_values=sv)
+    assert calls == [1]
+    sampled_softmax_loss(W, b, y, h, 12, 50, sampled_values=sv, label_smoothing=0.1)  # Python path
+    sampled_softmax_loss(W.float(), b.float(), y, h.float(), 12, 50, sampled_values=sv, implementation="python")
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(label_smoothing=0.1), "label_smoothing=0; received 0.1"),
+    (dict(ignore_index=-1, y_first=-1), "no ignored labels"),
+    (dict(shards=True), "one weight table, not shards"),
+    (dict(half=True), "float32 or float64"),
+])
+def test_compiled_where_it_does_not_apply_is_a_clear_error(kw, match):
+    W, b, h, y, sv = case()
+    y = y.clone()
+    if kw.pop("y_first", None) is not None:
+        y[0] = -1
+    weights = [W[:25], W[25:]] if kw.pop("shards", False) else W
+    if kw.pop("half", False):
+        W, b, h, weights = W.half(), b.half(), h.half(), W.half()
+    with pytest.raises(SampledSoftmaxError, match=r"`implementation='compiled'` cannot be used: .*" + match):
+        sampled_softmax_loss(weights, b, y, h, 12, 50, sampled_values=sv, implementation="compiled", **kw)
+
+
+def test_unknown_implementation_is_an_error():
+    W, b, h, y, sv = case()
+    with pytest.raises(SampledSoftmaxError, match="`implementation` must be one of"):
+        sampled_softmax_loss(W, b, y, h, 12, 50, sampled_values=sv, implementation="cuda")
