@@ -116,3 +116,13 @@ def test_unknown_implementation_is_an_error():
     W, b, h, y, sv = case()
     with pytest.raises(SampledSoftmaxError, match="`implementation` must be one of"):
         sampled_softmax_loss(W, b, y, h, 12, 50, sampled_values=sv, implementation="cuda")
+
+
+def test_module_passes_its_implementation_on():
+    from sampled_softmax.torch import SampledSoftmaxLoss
+
+    layer = SampledSoftmaxLoss(4, 30, 5, implementation="compiled", label_smoothing=0.1)
+    with pytest.raises(SampledSoftmaxError, match="label_smoothing=0; received 0.1"):
+        layer(torch.randn(3, 4), torch.randint(30, (3,)))
+    with pytest.raises(SampledSoftmaxError, match="`implementation` must be one of"):
+        SampledSoftmaxLoss(4, 30, 5, implementation="fast")

@@ -24,6 +24,7 @@ from .samplers import CandidateSampler, make_sampler
 __all__ = ["sampled_softmax_loss", "full_softmax_loss", "full_logits"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+IMPLEMENTATIONS = ("auto", "compiled", "python")
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -475,6 +476,7 @@ def sampled_softmax_loss(
         >>> sampled_softmax_loss(W, b, torch.tensor([0]), h, 2, 3, sampled_values=sv)
         tensor([1.4076], dtype=torch.float64)
     """
+    V.check_choice("implementation", implementation, IMPLEMENTATIONS)
     shards, biases, y, h, lead, num_classes, offsets, valid, label_smoothing = _prepare(
         weights, biases, labels, inputs, num_classes, num_true, ignore_index, label_smoothing,
         reduction, partition_strategy,
@@ -514,12 +516,8 @@ def sampled_softmax_loss(
     return loss
 
 
-IMPLEMENTATIONS = ("auto", "compiled", "python")
-
-
 def _choose_core(implementation, shards, biases, h, t, valid, label_smoothing):
     """The compiled core function, or None for the Python path (see ``implementation``)."""
-    V.check_choice("implementation", implementation, IMPLEMENTATIONS)
     if implementation == "python":
         return None
     dtype = h.dtype

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .. import _validation as V
-from .functional import full_logits, full_softmax_loss, sampled_softmax_loss
+from .functional import IMPLEMENTATIONS, full_logits, full_softmax_loss, sampled_softmax_loss
 from .samplers import make_sampler
 
 __all__ = ["SampledSoftmaxLoss", "SampledSoftmaxOutput"]
@@ -83,7 +83,7 @@ class SampledSoftmaxLoss(nn.Module):
         self.remove_accidental_hits = bool(remove_accidental_hits)
         self.subtract_log_q = bool(subtract_log_q)
         self.sparse = bool(sparse)
-        self.implementation = V.check_choice("implementation", implementation, ("auto", "compiled", "python"))
+        self.implementation = V.check_choice("implementation", implementation, IMPLEMENTATIONS)
         self.sampler = make_sampler(sampler, num_classes)
         V.check_num_sampled(num_sampled, num_classes, unique=self.sampler.draw == "unique", support=self.sampler.support)
         if weight is None:
