@@ -154,9 +154,6 @@ def _check_label_values(y, num_classes: int, ignore_index):
     return y
 
 
-# ---------------------------------------------------------------------------------------------
-# Samplers in keras.ops: the distributions and expected counts of `sampled_softmax.samplers`.
-
 def _take_rows(table, ids):
     """``table[ids]`` for a weight: on TensorFlow a sparse read of the variable (``ResourceGather``).
 
@@ -169,6 +166,19 @@ def _take_rows(table, ids):
         return tf.gather(table.value, ids)
     return ops.take(table, ids, axis=0)
 
+
+def _log_probs(y_pred, output_mode):
+    """Log-probabilities (float32) from a :class:`SampledSoftmax` output of kind ``output_mode``."""
+    z = ops.cast(y_pred, "float32")
+    if output_mode == "probabilities":
+        return ops.log(z)
+    if output_mode == "logits":
+        return ops.log_softmax(z, axis=-1)
+    return z
+
+
+# ---------------------------------------------------------------------------------------------
+# Samplers in keras.ops: the distributions and expected counts of `sampled_softmax.samplers`.
 
 def _log_uniform_draw(u, num_classes):
     x = ops.floor(ops.exp(u * math.log1p(num_classes)))
@@ -551,13 +561,7 @@ class SampledSoftmax(keras.layers.Layer):
         """Per-position exact cross-entropy ``[...]`` of this layer's full-softmax output."""
         lead = _shape(y_pred)[:-1]
         y2, T = self._flatten_targets(y_true, lead)
-        flat = ops.reshape(ops.cast(y_pred, "float32"), (-1, self.num_classes))
-        if self.output_mode == "probabilities":
-            logp = ops.log(flat)
-        elif self.output_mode == "logits":
-            logp = ops.log_softmax(flat, axis=-1)
-        else:
-            logp = flat
+        logp = _log_probs(ops.reshape(y_pred, (-1, self.num_classes)), self.output_mode)
         valid = ops.ones_like(y2, "bool") if self.ignore_index is None else ops.not_equal(y2, self.ignore_index)
         y_safe = ops.where(valid, y2, 0)
         picked = ops.take_along_axis(logp, y_safe, axis=1)
@@ -739,9 +743,7 @@ class Perplexity(keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         mask = get_keras_mask(y_pred)
-        z = ops.cast(y_pred, "float32")
-        logp = {"probabilities": ops.log, "logits": lambda x: ops.log_softmax(x, axis=-1),
-                "log_probabilities": lambda x: x}[self.output](z)
+        logp = _log_probs(y_pred, self.output)
         y = ops.cast(ops.convert_to_tensor(y_true), "int32")
         if len(_shape(y)) == len(_shape(logp)):  # targets [..., 1]
             if _shape(y)[-1] != 1:
