@@ -119,14 +119,15 @@ MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 MEMORY_RUNS = 3
 
 
-def median_memory_run(argv: list[str], *, runs: int = MEMORY_RUNS, cwd=None) -> dict:
+def median_memory_run(argv: list[str], *, runs: int = MEMORY_RUNS) -> dict:
     """Run ``python argv`` ``runs`` times in fresh processes, each printing a JSON row with
     ``peak_extra_mb`` as its last line; the row with the median peak, with every run's peak
     under ``peak_extra_mb_runs``. A failed run gives ``{"skipped": why}``."""
     env = dict(os.environ, **MEMORY_ENV)
     rows = []
     for _ in range(runs):
-        proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, cwd=cwd)
+        proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             return {"skipped": f"failed: {tail[0]}"}

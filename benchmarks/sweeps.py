@@ -158,8 +158,7 @@ def memory_in_subprocess(method: str, shape: dict) -> dict:
     """Median of fresh-process runs (see :func:`harness.median_memory_run`)."""
     from .harness import median_memory_run
 
-    row = median_memory_run(["-m", "benchmarks.sweeps", method, json.dumps(shape)],
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    row = median_memory_run(["-m", "benchmarks.sweeps", method, json.dumps(shape)])
     return row if "method" in row else {"method": method, **shape, **row}
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import sys
 
 METHODS = ("recipe", "recipe rowwise", "stock sparse", "sampled dense Adam", "full softmax Adam")
@@ -203,8 +202,7 @@ def memory_in_subprocess(method: str, V: int) -> dict:
     """Median of fresh-process runs (see :func:`harness.median_memory_run`)."""
     from .harness import median_memory_run
 
-    row = median_memory_run(["-m", "benchmarks.train_step", method, str(V)],
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    row = median_memory_run(["-m", "benchmarks.train_step", method, str(V)])
     if "skipped" in row:
         raise RuntimeError(f"memory of {method} at V={V}: {row['skipped']}")
     return row
