@@ -26,9 +26,10 @@ def run(*, repeats=40, block=10, seed=0) -> dict:
 
     from sampled_softmax.torch import LogUniformSampler, _compiled, sampled_softmax_loss
 
-    core = _compiled.core()
-    if core is None:
+    ext = _compiled.extension()
+    if ext is None:
         raise SystemExit(f"the compiled core is unavailable: {_compiled.unavailable_reason()}")
+    core = ext.sampled_softmax_core
     V, S, B = TABLE1["V"], TABLE1["S"], TABLE1["B"]
     fast, _, _, (W, b, h, y) = torch_methods(**TABLE1, seed=seed, with_full=False)
     g = torch.Generator().manual_seed(seed + 2)

@@ -3,8 +3,11 @@
 ``torch.utils.cpp_extension`` compiles it once per machine and PyTorch version (about 45 s;
 needs a C++ compiler and ``ninja``) into its cache (``TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``); later processes load the cached build. If it cannot be built,
-:func:`core` returns None and says why in :func:`unavailable_reason`: the Python path, which
-computes the same thing, is used instead.
+:func:`extension` returns None and says why in :func:`unavailable_reason`: the Python path,
+which computes the same thing, is used instead.
+
+The extension has two functions: ``sampled_softmax_core`` (the loss from given columns) and
+``sampled_softmax_sampled`` (the uniform or log-uniform draw on the CPU, then the loss).
 """
 
 from __future__ import annotations
@@ -27,18 +30,18 @@ def _module_name() -> str:
         return "sampled_softmax_core_" + hashlib.sha1(f.read()).hexdigest()[:12]
 
 
-def core():
-    """The compiled ``sampled_softmax_core`` function, or None when it cannot be built."""
-    if "fn" in _state:
-        return _state["fn"]
+def extension():
+    """The compiled extension module, or None when it cannot be built."""
+    if "ext" in _state:
+        return _state["ext"]
     with _lock:
-        if "fn" not in _state:
-            _state["fn"] = _build()
-    return _state["fn"]
+        if "ext" not in _state:
+            _state["ext"] = _build()
+    return _state["ext"]
 
 
 def unavailable_reason() -> str | None:
-    core()
+    extension()
     return _state.get("why")
 
 
@@ -50,9 +53,16 @@ def _build():
         from torch.utils.cpp_extension import load
 
         log.info("sampled_softmax: building the compiled core (once per machine, about a minute)")
-        ext = load(name=_module_name(), sources=[_SOURCE], extra_cflags=["-O3"], verbose=False)
-        return ext.sampled_softmax_core
+        return load(name=_module_name(), sources=[_SOURCE], extra_cflags=["-O3"], verbose=False)
     except Exception as e:  # no compiler, no ninja, a failed build: the Python path remains
-        _state["why"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+        _state["why"] = f"{type(e).__name__}: {_first_error_line(str(e))}"
         log.warning("sampled_softmax: compiled core unavailable (%s); using the Python path", _state["why"])
         return None
+
+
+def _first_error_line(message: str) -> str:
+    """The compiler's first ``error:`` line if there is one (ninja's own last line says only
+    that the build stopped), else the message's last line."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line]
+    return (errors or lines or [""])[0 if errors else -1]

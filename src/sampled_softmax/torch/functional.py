@@ -19,7 +19,8 @@ import torch
 from .. import SampledSoftmaxError
 from .. import _validation as V
 from . import _compiled
-from .samplers import CandidateSampler, make_sampler
+from ..samplers import DRAWS
+from .samplers import CandidateSampler, LogUniformSampler, UniformSampler, make_sampler
 
 __all__ = ["sampled_softmax_loss", "full_softmax_loss", "full_logits"]
 
@@ -483,9 +484,18 @@ def sampled_softmax_loss(
     )
     y = y.long()
     n, t = y.shape
-    y_safe = y if valid is None else torch.where(valid, y, 0)
+    ext = _choose_compiled(implementation, shards, biases, h, t, valid, label_smoothing)
+    bias_arg = None if ext is None else (h.new_empty(0) if biases is None else biases)
     if sampled_values is None:
         sampler = _sampler_for(sampler, num_classes)
+        kind = _COMPILED_DISTRIBUTIONS.get(type(sampler))
+        if ext is not None and kind is not None and h.device.type == "cpu":
+            # The whole call in C++: the same draw from the same uniforms as the sampler's.
+            num_sampled = V.check_num_sampled(num_sampled, num_classes, unique=sampler.draw == "unique")
+            loss = ext.sampled_softmax_sampled(h, shards[0], bias_arg, y.view(n), num_sampled, kind,
+                                               DRAWS.index(sampler.draw), generator, bool(remove_accidental_hits),
+                                               bool(subtract_log_q), bool(sparse))
+            return _finish(loss, -loss, None, reduction, lead, return_log_prob)
         # The raw labels: a learned sampler must not count ignored labels (as class 0).
         cand, true_count, samp_count = sampler(y, num_sampled, generator=generator,
                                                ignore_index=None if valid is None else ignore_index)
@@ -493,6 +503,7 @@ def sampled_softmax_loss(
     else:
         cand, true_count, samp_count, padded = _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid, h.device)
 
+    y_safe = y if valid is None else torch.where(valid, y, 0)
     cdt = _compute_dtype(h.dtype)
     if h.device.type == "cpu" and cand.device.type == "cpu":
         ids, logq, removed = _columns_numpy(y_safe, valid, cand, true_count, samp_count, cdt,
@@ -500,15 +511,21 @@ def sampled_softmax_loss(
     else:
         ids, logq, removed = _columns_torch(y_safe, valid, cand, true_count, samp_count, cdt,
                                             remove_accidental_hits, subtract_log_q, padded)
-    core = _choose_core(implementation, shards, biases, h, t, valid, label_smoothing)
-    if core is not None:
-        empty = h.new_empty(0)
-        loss = core(h, shards[0], empty if biases is None else biases, ids, logq,
-                    empty.bool() if removed is None else removed, bool(sparse))
+    if ext is not None:
+        loss = ext.sampled_softmax_core(h, shards[0], bias_arg, ids, logq,
+                                        h.new_empty(0, dtype=torch.bool) if removed is None else removed, bool(sparse))
         logp = -loss  # one label, no smoothing: the loss is -log p(target)
     else:
         spec = _Spec(t, offsets, partition_strategy, label_smoothing, bool(sparse))
         loss, logp = _SampledSoftmax.apply(h, ids, logq, valid, removed, spec, biases, *shards)
+    return _finish(loss, logp, valid, reduction, lead, return_log_prob)
+
+
+# The samplers the compiled code draws from itself (stateless, with a closed-form inverse CDF).
+_COMPILED_DISTRIBUTIONS = {UniformSampler: 0, LogUniformSampler: 1}
+
+
+def _finish(loss, logp, valid, reduction, lead, return_log_prob):
     live = None if valid is None else valid.any(1)
     loss = _reduce(loss, live, reduction, lead)
     if return_log_prob:
@@ -516,8 +533,8 @@ def sampled_softmax_loss(
     return loss
 
 
-def _choose_core(implementation, shards, biases, h, t, valid, label_smoothing):
-    """The compiled core function, or None for the Python path (see ``implementation``)."""
+def _choose_compiled(implementation, shards, biases, h, t, valid, label_smoothing):
+    """The compiled extension, or None for the Python path (see ``implementation``)."""
     if implementation == "python":
         return None
     dtype = h.dtype
@@ -534,12 +551,12 @@ def _choose_core(implementation, shards, biases, h, t, valid, label_smoothing):
             biases is not None and biases.dtype != dtype):
         why = (f"it takes float32 or float64 inputs, weights and biases of one dtype; received "
                f"{dtype}, {shards[0].dtype}, {None if biases is None else biases.dtype}")
-    core = None if why else _compiled.core()
-    if core is None and why is None:
+    ext = None if why else _compiled.extension()
+    if ext is None and why is None:
         why = f"it could not be built ({_compiled.unavailable_reason()})"
     if why and implementation == "compiled":
         raise SampledSoftmaxError(f"`implementation='compiled'` cannot be used: {why}")
-    return core
+    return ext
 
 
 def _full_table(shards, strategy):
