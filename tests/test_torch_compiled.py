@@ -1,5 +1,6 @@
 """The compiled core (``implementation="compiled"``) against the Python path and the reference:
-same losses and gradients, the same cases routed, clear errors where it does not apply."""
+same losses and gradients, the same draws from the same generator, the same cases routed,
+clear errors where it does not apply."""
 
 import itertools
 
@@ -9,9 +10,9 @@ import torch
 
 from sampled_softmax import SampledSoftmaxError
 from sampled_softmax import reference as R
-from sampled_softmax.torch import _compiled, sampled_softmax_loss
+from sampled_softmax.torch import LogUniformSampler, UniformSampler, UnigramSampler, _compiled, sampled_softmax_loss
 
-pytestmark = pytest.mark.skipif(_compiled.core() is None,
+pytestmark = pytest.mark.skipif(_compiled.extension() is None,
                                 reason=f"compiled core unavailable: {_compiled.unavailable_reason()}")
 
 
@@ -82,16 +83,69 @@ def test_compiled_gradcheck():
     assert torch.autograd.gradcheck(f, (W, b, h))
 
 
+class _CountingExtension:
+    """The real extension, counting which entry point each call used."""
+
+    def __init__(self, real):
+        self.real, self.calls = real, []
+
+    def __getattr__(self, name):
+        fn = getattr(self.real, name)
+        return lambda *a: self.calls.append(name) or fn(*a)
+
+
 def test_auto_routes_what_the_core_takes_and_falls_back_for_the_rest(monkeypatch):
-    calls = []
-    real = _compiled.core()
-    monkeypatch.setattr(_compiled, "core", lambda: (lambda *a: calls.append(1) or real(*a)))
+    ext = _CountingExtension(_compiled.extension())
+    monkeypatch.setattr(_compiled, "extension", lambda: ext)
     W, b, h, y, sv = case()
     sampled_softmax_loss(W, b, y, h, 12, 50, sampled_values=sv)
-    assert calls == [1]
+    assert ext.calls == ["sampled_softmax_core"]
     sampled_softmax_loss(W, b, y, h, 12, 50, sampled_values=sv, label_smoothing=0.1)  # Python path
     sampled_softmax_loss(W.float(), b.float(), y, h.float(), 12, 50, sampled_values=sv, implementation="python")
-    assert calls == [1]
+    assert ext.calls == ["sampled_softmax_core"]
+    # Drawing: the compiled code draws for the stateless samplers it knows, the sampler
+    # module draws for the rest and the core takes its draw.
+    for sampler in ("log_uniform", "uniform", LogUniformSampler(50, draw="unique_exact"), UniformSampler(50)):
+        sampled_softmax_loss(W, b, y, h, 12, 50, sampler=sampler)
+    assert ext.calls[1:] == ["sampled_softmax_sampled"] * 4
+    sampled_softmax_loss(W, b, y, h, 12, 50, sampler=UnigramSampler(50, np.arange(1, 51)))
+    assert ext.calls[-1] == "sampled_softmax_core"
+
+
+@pytest.mark.parametrize("dtype,sampler,draw,hits,log_q", list(itertools.product(
+    (torch.float32, torch.float64), (LogUniformSampler, UniformSampler), ("unique", "with_replacement", "unique_exact"),
+    (True, False), (True, False))))
+def test_compiled_draw_is_the_python_samplers_draw(dtype, sampler, draw, hits, log_q):
+    # Labels among the frequent classes, so that accidental hits occur (and repeats, with replacement).
+    W, b, h, _, _ = case(V=60, N=40, dtype=dtype)
+    y = torch.arange(40) % 9
+    kw = dict(sampler=sampler(60, draw=draw), remove_accidental_hits=hits, subtract_log_q=log_q, sparse=True)
+    results, states = [], []
+    for impl in ("compiled", "python"):
+        for t in (W, b, h):
+            t.grad = None
+        g = torch.Generator().manual_seed(3)
+        loss = torch.cat([sampled_softmax_loss(W, b, y, h, 25, 60, generator=g, implementation=impl, **kw)
+                          for _ in range(3)])  # three calls: the generator advances alike
+        loss.sum().backward()
+        results.append((loss.detach(), W.grad.to_dense(), b.grad.to_dense(), h.grad))
+        states.append(g.get_state())
+    assert torch.equal(states[0], states[1])
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
+    for a, e in zip(*results):
+        torch.testing.assert_close(a, e, **tol)
+
+
+def test_compiled_draw_equals_the_float64_reference():
+    # The Python sampler's draw from the same seed, fed to the NumPy reference.
+    W, b, h, _, _ = case(V=60, N=40)
+    y = torch.arange(40) % 9
+    loss = sampled_softmax_loss(W, b, y, h, 25, 60, generator=torch.Generator().manual_seed(4), implementation="compiled")
+    cand, tc, sc = LogUniformSampler(60)(y[:, None], 25, generator=torch.Generator().manual_seed(4))
+    assert (y[:, None] == cand).any()  # accidental hits are part of the case
+    ref = R.sampled_softmax_loss(W.detach().numpy(), b.detach().numpy(), y.numpy()[:, None], h.detach().numpy(),
+                                 sampled_values=(cand.numpy(), tc.double().numpy(), sc.double().numpy()))
+    np.testing.assert_allclose(loss.detach().numpy(), ref, rtol=1e-12)
 
 
 @pytest.mark.parametrize("kw,match", [

@@ -477,6 +477,13 @@ def sampled_softmax_loss(
         >>> sampled_softmax_loss(W, b, torch.tensor([0]), h, 2, 3, sampled_values=sv)
         tensor([1.4076], dtype=torch.float64)
     """
+    if sampled_values is None and implementation != "python":
+        result = _compiled_draw(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+                                remove_accidental_hits, sampler, reduction, ignore_index, label_smoothing,
+                                generator, partition_strategy, subtract_log_q, sparse, return_log_prob,
+                                implementation)
+        if result is not None:
+            return result
     V.check_choice("implementation", implementation, IMPLEMENTATIONS)
     shards, biases, y, h, lead, num_classes, offsets, valid, label_smoothing = _prepare(
         weights, biases, labels, inputs, num_classes, num_true, ignore_index, label_smoothing,
@@ -488,14 +495,6 @@ def sampled_softmax_loss(
     bias_arg = None if ext is None else (h.new_empty(0) if biases is None else biases)
     if sampled_values is None:
         sampler = _sampler_for(sampler, num_classes)
-        kind = _COMPILED_DISTRIBUTIONS.get(type(sampler))
-        if ext is not None and kind is not None and h.device.type == "cpu":
-            # The whole call in C++: the same draw from the same uniforms as the sampler's.
-            num_sampled = V.check_num_sampled(num_sampled, num_classes, unique=sampler.draw == "unique")
-            loss = ext.sampled_softmax_sampled(h, shards[0], bias_arg, y.view(n), num_sampled, kind,
-                                               DRAWS.index(sampler.draw), generator, bool(remove_accidental_hits),
-                                               bool(subtract_log_q), bool(sparse))
-            return _finish(loss, -loss, None, reduction, lead, return_log_prob)
         # The raw labels: a learned sampler must not count ignored labels (as class 0).
         cand, true_count, samp_count = sampler(y, num_sampled, generator=generator,
                                                ignore_index=None if valid is None else ignore_index)
@@ -521,16 +520,67 @@ def sampled_softmax_loss(
     return _finish(loss, logp, valid, reduction, lead, return_log_prob)
 
 
-# The samplers the compiled code draws from itself (stateless, with a closed-form inverse CDF).
-_COMPILED_DISTRIBUTIONS = {UniformSampler: 0, LogUniformSampler: 1}
-
-
 def _finish(loss, logp, valid, reduction, lead, return_log_prob):
     live = None if valid is None else valid.any(1)
     loss = _reduce(loss, live, reduction, lead)
     if return_log_prob:
         return loss, logp.reshape(lead)
     return loss
+
+
+# The samplers the compiled code draws from itself (stateless, with a closed-form inverse CDF),
+# by name and by class, and the label dtypes it reads.
+_COMPILED_DISTRIBUTIONS = {"uniform": 0, "log_uniform": 1, UniformSampler: 0, LogUniformSampler: 1}
+_COMPILED_LABEL_DTYPES = (torch.int64, torch.int32)
+
+
+def _compiled_draw(weights, biases, labels, inputs, num_sampled, num_classes, num_true, remove_accidental_hits,
+                   sampler, reduction, ignore_index, label_smoothing, generator, partition_strategy,
+                   subtract_log_q, sparse, return_log_prob, implementation):
+    """The common case in one compiled call (draw, hit mask, log Q, loss), skipping the general
+    argument handling, whose per-call cost is a tenth of the whole loss.
+
+    It takes only calls that are valid and that the compiled code computes exactly as the
+    general path would (one CPU table, float32/float64 of one dtype, ``num_true=1``, no
+    smoothing, a uniform or log-uniform sampler, no label equal to ``ignore_index``); for
+    anything else it returns None having drawn nothing, and the general path handles the call
+    or raises its error.
+    """
+    kind = _COMPILED_DISTRIBUTIONS.get(sampler if isinstance(sampler, str) else type(sampler))
+    if kind is None or not (isinstance(weights, torch.Tensor) and isinstance(inputs, torch.Tensor)
+                            and isinstance(labels, torch.Tensor)):
+        return None
+    draw = "unique" if isinstance(sampler, str) else sampler.draw
+    dtype = inputs.dtype
+    if (dtype not in (torch.float32, torch.float64) or weights.dtype != dtype or weights.dim() != 2
+            or inputs.dim() < 2 or inputs.shape[-1] != weights.shape[1] or weights.shape[0] != num_classes
+            or inputs.device.type != "cpu" or weights.device.type != "cpu" or labels.device.type != "cpu"):
+        return None
+    if biases is not None and not (isinstance(biases, torch.Tensor) and biases.dtype == dtype
+                                   and biases.shape == (num_classes,) and biases.device.type == "cpu"):
+        return None
+    lead = inputs.shape[:-1]
+    if (labels.dtype not in _COMPILED_LABEL_DTYPES or type(num_true) is not int or num_true != 1
+            or not (labels.shape == lead or labels.shape == lead + (1,))):
+        return None
+    if (type(num_sampled) is not int or num_sampled < 1 or (draw == "unique" and num_sampled > num_classes)
+            or type(label_smoothing) not in (int, float) or label_smoothing != 0
+            or reduction not in V.REDUCTIONS or partition_strategy not in V.PARTITION_STRATEGIES
+            or not (ignore_index is None or type(ignore_index) is int)
+            or not (generator is None or (isinstance(generator, torch.Generator) and generator.device.type == "cpu"))
+            or (not isinstance(sampler, str) and sampler.num_classes != num_classes)):
+        return None
+    n = math.prod(lead)
+    ext = None if n == 0 else _compiled.extension()
+    if ext is None:
+        return None
+    h = inputs if inputs.dim() == 2 else inputs.reshape(n, inputs.shape[-1])
+    loss = ext.sampled_softmax_sampled(h, weights, inputs.new_empty(0) if biases is None else biases,
+                                       labels.reshape(n), num_sampled, kind, DRAWS.index(draw), generator,
+                                       bool(remove_accidental_hits), bool(subtract_log_q), bool(sparse), ignore_index)
+    if loss is None:  # a label out of range or ignored: nothing was drawn
+        return None
+    return _finish(loss, -loss if return_log_prob else None, None, reduction, lead, return_log_prob)
 
 
 def _choose_compiled(implementation, shards, biases, h, t, valid, label_smoothing):

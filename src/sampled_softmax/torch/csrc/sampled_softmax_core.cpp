@@ -11,9 +11,11 @@
 //   is removed from every row.
 //
 // sampled_softmax_sampled(h, W, b, labels [N], num_sampled, distribution, draw, generator,
-//                         remove_hits, subtract_log_q, sparse) -> loss [N]
+//                         remove_hits, subtract_log_q, sparse, ignore_index) -> loss [N] or None
 //   Draws the candidates on the CPU as `sampled_softmax.torch.samplers` does (the same uniforms
 //   from the same generator, the same classes, the same float32 expected counts), then the core.
+//   None, before drawing anything, when a label is outside [0, V) or equals ignore_index: the
+//   caller's general path then reports the error or handles the ignored labels.
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -281,15 +283,19 @@ Tensor loss_from_candidates(const Tensor& h, const Tensor& W, const Tensor& b, c
   return SampledSoftmaxCore::apply(h, W, b, ids, logq, removed, sparse);
 }
 
-Tensor sampled_softmax_sampled(const Tensor& h, const Tensor& W, const Tensor& b, const Tensor& labels,
-                               int64_t num_sampled, int64_t distribution, int64_t draw,
-                               std::optional<at::Generator> generator, bool remove_hits,
-                               bool subtract_log_q, bool sparse) {
+std::optional<Tensor> sampled_softmax_sampled(const Tensor& h, const Tensor& W, const Tensor& b,
+                                              const Tensor& labels, int64_t num_sampled, int64_t distribution,
+                                              int64_t draw, std::optional<at::Generator> generator,
+                                              bool remove_hits, bool subtract_log_q, bool sparse,
+                                              std::optional<int64_t> ignore_index) {
   TORCH_CHECK(labels.device().is_cpu() && h.device().is_cpu(), "sampled_softmax_sampled runs on the CPU");
   const int64_t n = labels.numel(), s = num_sampled, num_classes = W.size(0);
   const Distribution dist{distribution, num_classes, std::log1p(static_cast<double>(num_classes))};
   Tensor y = labels.to(torch::kLong).contiguous();
   const int64_t* yp = y.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    if (yp[i] < 0 || yp[i] >= num_classes || (ignore_index && yp[i] == *ignore_index)) return std::nullopt;
+  }
 
   // The draw, consuming the uniforms exactly as the Python sampler does.
   std::vector<int64_t> cand(s), next(s, -1), tail(s);
