@@ -17,17 +17,38 @@ import os
 import threading
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "sampled_softmax_core.cpp")
+# -fno-math-errno: sqrt in a loop vectorises only when it need not set errno. -march=native:
+# the build is this machine's own (its name carries the CPU's features, so a cache shared with
+# another kind of CPU never loads it there); where the compiler refuses it, the portable flags.
+_PORTABLE_CFLAGS = ["-O3", "-fno-math-errno"]
+_NATIVE_CFLAGS = _PORTABLE_CFLAGS + ["-march=native"]
 _lock = threading.Lock()
 _state: dict = {}
 log = logging.getLogger("sampled_softmax")
 
 
-def _module_name() -> str:
-    # The source's content in the name: an edited source never loads a stale build.
+def _cpu_features() -> str:
+    """The CPU's feature flags (Linux), else what the platform module says of the processor."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.machine() + platform.processor()
+
+
+def _module_name(cflags) -> str:
+    # Source, flags and CPU in the name: an edited source never loads a stale build, nor a
+    # native build another CPU.
     import hashlib
 
     with open(_SOURCE, "rb") as f:
-        return "sampled_softmax_core_" + hashlib.sha1(f.read()).hexdigest()[:12]
+        digest = hashlib.sha1(f.read() + " ".join(cflags).encode() + _cpu_features().encode())
+    return "sampled_softmax_core_" + digest.hexdigest()[:12]
 
 
 def extension():
@@ -51,13 +72,17 @@ def _build():
         return None
     try:
         from torch.utils.cpp_extension import load
-
-        log.info("sampled_softmax: building the compiled core (once per machine, about a minute)")
-        return load(name=_module_name(), sources=[_SOURCE], extra_cflags=["-O3"], verbose=False)
-    except Exception as e:  # no compiler, no ninja, a failed build: the Python path remains
-        _state["why"] = f"{type(e).__name__}: {_first_error_line(str(e))}"
-        log.warning("sampled_softmax: compiled core unavailable (%s); using the Python path", _state["why"])
+    except Exception as e:
+        _state["why"] = f"{type(e).__name__}: {e}"
         return None
+    log.info("sampled_softmax: building the compiled core (once per machine, about a minute)")
+    for cflags in (_NATIVE_CFLAGS, _PORTABLE_CFLAGS):
+        try:
+            return load(name=_module_name(cflags), sources=[_SOURCE], extra_cflags=cflags, verbose=False)
+        except Exception as e:  # no compiler, no ninja, a failed build: the Python path remains
+            _state["why"] = f"{type(e).__name__}: {_first_error_line(str(e))}"
+    log.warning("sampled_softmax: compiled core unavailable (%s); using the Python path", _state["why"])
+    return None
 
 
 def _first_error_line(message: str) -> str:

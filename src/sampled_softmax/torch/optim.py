@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 from .. import SampledSoftmaxError
+from .. import _validation as V
+from . import _compiled
 
 __all__ = ["SparseRowAdam"]
 
@@ -45,6 +47,9 @@ def _sum_duplicate_rows(grad: torch.Tensor):
     return rows, summed
 
 
+_IMPLEMENTATIONS = ("auto", "compiled", "python")
+
+
 class SparseRowAdam(torch.optim.Optimizer):
     r"""Lazy Adam over rows: for each touched row ``r`` with gradient ``g_r`` at step ``t``
 
@@ -62,15 +67,20 @@ class SparseRowAdam(torch.optim.Optimizer):
         params: parameters (typically the class table and its bias, with ``sparse=True``).
         lr, betas, eps: as ``torch.optim.Adam``.
         rowwise: one second moment per row instead of per element.
+        implementation: ``"auto"`` (default): a sparse step on the CPU runs in the compiled
+            extension of :func:`sampled_softmax.torch.sampled_softmax_loss` when it can be
+            built (one pass over each touched row instead of a dozen ``[rows, D]`` operations);
+            ``"compiled"`` requires it; ``"python"`` never uses it. Both give the same update.
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, *, rowwise=False):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, *, rowwise=False, implementation="auto"):
         if not lr > 0:
             raise SampledSoftmaxError(f"`lr` must be > 0; received {lr}")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise SampledSoftmaxError(f"`betas` must be in [0, 1); received {tuple(betas)}")
         if not eps >= 0:
             raise SampledSoftmaxError(f"`eps` must be >= 0; received {eps}")
+        self.implementation = V.check_choice("implementation", implementation, _IMPLEMENTATIONS)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, rowwise=bool(rowwise)))
 
     def _init_state(self, p, group):
@@ -107,6 +117,16 @@ class SparseRowAdam(torch.optim.Optimizer):
                 state["step"] += 1
                 t = state["step"]
                 sparse = p.grad.is_sparse
+                # sqrt(v / c2) + eps == (sqrt(v) + eps sqrt(c2)) / sqrt(c2): one pass fewer.
+                root_c2 = math.sqrt(1.0 - beta2**t)
+                step_size = -lr * root_c2 / (1.0 - beta1**t)
+                ext = self._compiled_for(p, state) if sparse else None
+                if ext is not None:
+                    empty = p.new_empty(0)
+                    ext.sparse_row_adam_(p.data, state.get("moments", empty), state.get("exp_avg", empty),
+                                         state.get("exp_avg_sq", empty), p.grad._indices()[0], p.grad._values(),
+                                         beta1, beta2, step_size, eps * root_c2)
+                    continue
                 if sparse:
                     rows, g = _sum_duplicate_rows(p.grad)
                 else:  # dense gradient: every row, in place
@@ -130,12 +150,9 @@ class SparseRowAdam(torch.optim.Optimizer):
                     v.mul_(beta2).add_(g.square().mean(dim=tuple(range(1, g.dim()))), alpha=1.0 - beta2)
                 else:
                     v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-                # sqrt(v / c2) + eps == (sqrt(v) + eps sqrt(c2)) / sqrt(c2): one pass fewer.
-                root_c2 = math.sqrt(1.0 - beta2**t)
                 denom = v.sqrt().add_(eps * root_c2)
                 if row_v:
                     denom = denom.view(-1, *([1] * (g.dim() - 1)))
-                step_size = -lr * root_c2 / (1.0 - beta1**t)
                 if not sparse:
                     p.addcdiv_(m, denom, value=step_size)
                     continue
@@ -147,6 +164,26 @@ class SparseRowAdam(torch.optim.Optimizer):
                     state["exp_avg_sq"].index_copy_(0, rows, v)
                 p.index_add_(0, rows, m.div(denom), alpha=step_size)
         return loss
+
+    def _compiled_for(self, p, state):
+        """The compiled extension when it can take this parameter's sparse step, else None."""
+        if self.implementation == "python":
+            return None
+        held = [p] + [v for v in state.values() if isinstance(v, torch.Tensor)]
+        why = None
+        if p.device.type != "cpu":
+            why = f"it runs on the CPU; received a parameter on {p.device}"
+        elif p.dtype not in (torch.float32, torch.float64) or any(t.dtype != p.dtype for t in held + [p.grad]):
+            why = (f"it takes float32 or float64 parameters, gradients and state of one dtype; received "
+                   f"{p.dtype} and a {p.grad.dtype} gradient")
+        elif not all(t.is_contiguous() for t in held):
+            why = "it takes a contiguous parameter and state"
+        ext = None if why else _compiled.extension()
+        if ext is None and why is None:
+            why = f"it could not be built ({_compiled.unavailable_reason()})"
+        if why and self.implementation == "compiled":
+            raise SampledSoftmaxError(f"`implementation='compiled'` cannot be used: {why}")
+        return ext
 
     def state_bytes(self) -> int:
         """Bytes of optimizer state held, all parameters together."""
