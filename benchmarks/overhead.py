@@ -4,9 +4,10 @@ paired, one process):
 * ``kernel floor``: the work any implementation must do (see :mod:`benchmarks.loss`);
 * ``core``: the compiled core alone on fresh uniform candidate ids (no sampler, no hit mask,
   no argument checks, no log Q);
-* ``core + sampler``: the same with the library's log-uniform sampler drawing the candidates;
+* ``core + sampler module``: the same with candidates drawn by ``LogUniformSampler`` (the
+  sampler module, NumPy on the CPU): what the general path pays for a draw;
 * ``ours, no hit removal`` and ``ours sparse``: the whole public call, without and with
-  accidental-hit removal;
+  accidental-hit removal (the draw, hit mask and log Q compiled with the loss);
 * ``tf.nn``, for scale.
 
     python -m benchmarks.overhead [--threads N]
@@ -53,7 +54,7 @@ def run(*, repeats=40, block=10, seed=0) -> dict:
         sampled_softmax_loss(W, b, y, h, S, V, sparse=True, generator=g, remove_accidental_hits=False).sum().backward()
         reset()
 
-    methods = {"kernel floor": fast["kernel floor"], "core": core_only, "core + sampler": core_and_sampler,
+    methods = {"kernel floor": fast["kernel floor"], "core": core_only, "core + sampler module": core_and_sampler,
                "ours, no hit removal": ours_without_hit_removal, "ours sparse": fast["ours sparse"]}
     tf_steps = tf_methods(W, b, h, y, S, V, seed)
     if tf_steps is not None:
