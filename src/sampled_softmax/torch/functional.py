@@ -457,8 +457,10 @@ def sampled_softmax_loss(
             table, ``num_true=1``, no ignored label, no label smoothing, float32/float64 with
             ``inputs``, ``weights`` and ``biases`` of one dtype) and can be built (a C++
             compiler and ``ninja``; built once per machine, about a minute), else the Python
-            path; ``"compiled"`` requires the compiled core (an error says why it cannot be
-            used); ``"python"`` never uses it. Both compute the same loss and gradients.
+            path. With the ``"uniform"`` or ``"log_uniform"`` sampler on the CPU it also draws
+            the candidates (the same ones the sampler module draws from the same generator).
+            ``"compiled"`` requires the compiled core (an error says why it cannot be used);
+            ``"python"`` never uses it. Both compute the same loss and gradients.
 
     Returns:
         The loss: shape ``[...]`` for ``reduction="none"``, else a scalar. With

@@ -295,6 +295,8 @@ std::optional<Tensor> sampled_softmax_sampled(const Tensor& h, const Tensor& W, 
                                               std::optional<int64_t> ignore_index) {
   TORCH_CHECK(labels.device().is_cpu() && h.device().is_cpu(), "sampled_softmax_sampled runs on the CPU");
   const int64_t n = labels.numel(), s = num_sampled, num_classes = W.size(0);
+  // The caller checks these with its own messages; here they only keep a unique draw finite.
+  TORCH_CHECK(s >= 1 && (draw != kUnique || s <= num_classes), "num_sampled out of range for the draw");
   const Distribution dist{distribution, num_classes, std::log1p(static_cast<double>(num_classes))};
   Tensor y = labels.to(torch::kLong).contiguous();
   const int64_t* yp = y.data_ptr<int64_t>();
