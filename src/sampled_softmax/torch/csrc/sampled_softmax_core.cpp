@@ -375,42 +375,40 @@ void adam_rows(scalar_t* param, const RowState<scalar_t>& st, const std::vector<
   const scalar_t w2 = static_cast<scalar_t>(1.0 - beta2), lr = static_cast<scalar_t>(step_size);
   const scalar_t eps = static_cast<scalar_t>(eps_term);
   const int64_t num_rows = static_cast<int64_t>(rows.size());
-  // Rows are independent: split them over the intra-op threads (random rows of large tables
-  // are memory-latency bound, so two threads keep twice as many misses in flight).
-  at::parallel_for(0, num_rows, 16, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> m_buf(width);
-    for (int64_t u = begin; u < end; ++u) {
-      if (u + kRowsAhead < end) {
-        // Random rows of a large table: ask for a later row's memory while this one is updated.
-        const int64_t ahead = rows[u + kRowsAhead];
-        prefetch_span(param + ahead * width, width);
-        if (st.m) prefetch_span(st.m + ahead * st.m_stride, width);
-        prefetch_span(st.v + ahead * st.v_stride, st.v_width);
-      }
-      const int64_t r = rows[u];
-      const scalar_t* g = grads + u * width;
-      scalar_t* p = param + r * width;
-      scalar_t* m = st.m ? st.m + r * st.m_stride : m_buf.data();
-      scalar_t* v = st.v + r * st.v_stride;
-      if (st.m) {  // torch.lerp: m + w (g - m)
-        for (int64_t k = 0; k < width; ++k) m[k] += w1 * (g[k] - m[k]);
-      } else {
-        std::copy(g, g + width, m);
-      }
-      if (st.v_width == width) {
-        for (int64_t k = 0; k < width; ++k) {
-          v[k] = v[k] * b2 + w2 * (g[k] * g[k]);
-          p[k] += lr * (m[k] / (std::sqrt(v[k]) + eps));
-        }
-      } else {  // row-wise: one second moment fed with the row's mean squared gradient
-        scalar_t sq = 0;
-        for (int64_t k = 0; k < width; ++k) sq += g[k] * g[k];
-        v[0] = v[0] * b2 + w2 * (sq / static_cast<scalar_t>(width));
-        const scalar_t denom = std::sqrt(v[0]) + eps;
-        for (int64_t k = 0; k < width; ++k) p[k] += lr * (m[k] / denom);
-      }
+  // One thread: at::parallel_for would run serially here anyway (this extension is built
+  // without OpenMP, so as not to load a second OpenMP runtime beside PyTorch's). The rows are
+  // random rows of a large table, latency bound: a later row's memory is requested early.
+  std::vector<scalar_t> m_buf(width);
+  for (int64_t u = 0; u < num_rows; ++u) {
+    if (u + kRowsAhead < num_rows) {
+      const int64_t ahead = rows[u + kRowsAhead];
+      prefetch_span(param + ahead * width, width);
+      if (st.m) prefetch_span(st.m + ahead * st.m_stride, width);
+      prefetch_span(st.v + ahead * st.v_stride, st.v_width);
     }
-  });
+    const int64_t r = rows[u];
+    const scalar_t* g = grads + u * width;
+    scalar_t* p = param + r * width;
+    scalar_t* m = st.m ? st.m + r * st.m_stride : m_buf.data();
+    scalar_t* v = st.v + r * st.v_stride;
+    if (st.m) {  // torch.lerp: m + w (g - m)
+      for (int64_t k = 0; k < width; ++k) m[k] += w1 * (g[k] - m[k]);
+    } else {
+      std::copy(g, g + width, m);
+    }
+    if (st.v_width == width) {
+      for (int64_t k = 0; k < width; ++k) {
+        v[k] = v[k] * b2 + w2 * (g[k] * g[k]);
+        p[k] += lr * (m[k] / (std::sqrt(v[k]) + eps));
+      }
+    } else {  // row-wise: one second moment fed with the row's mean squared gradient
+      scalar_t sq = 0;
+      for (int64_t k = 0; k < width; ++k) sq += g[k] * g[k];
+      v[0] = v[0] * b2 + w2 * (sq / static_cast<scalar_t>(width));
+      const scalar_t denom = std::sqrt(v[0]) + eps;
+      for (int64_t k = 0; k < width; ++k) p[k] += lr * (m[k] / denom);
+    }
+  }
 }
 
 void sparse_row_adam_(Tensor param, Tensor moments, Tensor exp_avg, Tensor exp_avg_sq, const Tensor& indices,
