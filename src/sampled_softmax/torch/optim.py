@@ -1,9 +1,10 @@
 """``SparseRowAdam``: Adam that updates only the rows a sparse gradient touches.
 
 ``torch.optim.SparseAdam`` does the same lazily but costs several sparse-tensor passes per step
-and always keeps two dense ``[V, D]`` moment tables. This one gathers the touched rows of its
-state, updates them and writes them back (a handful of ``[U, D]`` operations for ``U`` touched
-rows, whatever ``V``), and can keep less state:
+and always keeps two dense ``[V, D]`` moment tables. This one updates each touched row's state
+and parameters in one compiled pass (on the CPU, where the extension builds; otherwise it
+gathers the touched rows, updates them and writes them back in a handful of ``[U, D]``
+operations), whatever ``V``, and can keep less state:
 
 * ``rowwise=True`` keeps one second moment per row (``[V]`` instead of ``[V, D]``), the
   mean of the squared gradient over the row, as row-wise Adagrad does for embeddings;
