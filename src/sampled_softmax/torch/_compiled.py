@@ -6,8 +6,10 @@ needs a C++ compiler and ``ninja``) into its cache (``TORCH_EXTENSIONS_DIR``, by
 :func:`extension` returns None and says why in :func:`unavailable_reason`: the Python path,
 which computes the same thing, is used instead.
 
-The extension has two functions: ``sampled_softmax_core`` (the loss from given columns) and
-``sampled_softmax_sampled`` (the uniform or log-uniform draw on the CPU, then the loss).
+The extension has three functions: ``sampled_softmax_core`` (the loss from given columns),
+``sampled_softmax_sampled`` (the uniform or log-uniform draw on the CPU, then the loss) and
+``sparse_row_adam_`` (``SparseRowAdam``'s sparse step). :func:`choose` is how each caller
+honours its ``implementation`` argument.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "samp
 # another kind of CPU never loads it there); where the compiler refuses it, the portable flags.
 _PORTABLE_CFLAGS = ["-O3", "-fno-math-errno"]
 _NATIVE_CFLAGS = _PORTABLE_CFLAGS + ["-march=native"]
+IMPLEMENTATIONS = ("auto", "compiled", "python")
 _lock = threading.Lock()
 _state: dict = {}
 log = logging.getLogger("sampled_softmax")
@@ -64,6 +67,22 @@ def extension():
 def unavailable_reason() -> str | None:
     extension()
     return _state.get("why")
+
+
+def choose(implementation: str, why: str | None):
+    """The extension for a caller's ``implementation`` (one of :data:`IMPLEMENTATIONS`), or None
+    for its Python path. ``why`` says what keeps the compiled code from this call (None: nothing);
+    with ``"compiled"`` that, or a failed build, is an error naming it."""
+    if implementation == "python":
+        return None
+    ext = None if why else extension()
+    if ext is None and why is None:
+        why = f"it could not be built ({unavailable_reason()})"
+    if why and implementation == "compiled":
+        from .. import SampledSoftmaxError
+
+        raise SampledSoftmaxError(f"`implementation='compiled'` cannot be used: {why}")
+    return ext
 
 
 def _build():

@@ -19,13 +19,13 @@ import torch
 from .. import SampledSoftmaxError
 from .. import _validation as V
 from . import _compiled
+from ._compiled import IMPLEMENTATIONS
 from ..samplers import DRAWS
 from .samplers import CandidateSampler, LogUniformSampler, UniformSampler, make_sampler
 
 __all__ = ["sampled_softmax_loss", "full_softmax_loss", "full_logits"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-IMPLEMENTATIONS = ("auto", "compiled", "python")
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -603,12 +603,7 @@ def _choose_compiled(implementation, shards, biases, h, t, valid, label_smoothin
             biases is not None and biases.dtype != dtype):
         why = (f"it takes float32 or float64 inputs, weights and biases of one dtype; received "
                f"{dtype}, {shards[0].dtype}, {None if biases is None else biases.dtype}")
-    ext = None if why else _compiled.extension()
-    if ext is None and why is None:
-        why = f"it could not be built ({_compiled.unavailable_reason()})"
-    if why and implementation == "compiled":
-        raise SampledSoftmaxError(f"`implementation='compiled'` cannot be used: {why}")
-    return ext
+    return _compiled.choose(implementation, why)
 
 
 def _full_table(shards, strategy):

@@ -48,9 +48,6 @@ def _sum_duplicate_rows(grad: torch.Tensor):
     return rows, summed
 
 
-_IMPLEMENTATIONS = ("auto", "compiled", "python")
-
-
 class SparseRowAdam(torch.optim.Optimizer):
     r"""Lazy Adam over rows: for each touched row ``r`` with gradient ``g_r`` at step ``t``
 
@@ -81,7 +78,7 @@ class SparseRowAdam(torch.optim.Optimizer):
             raise SampledSoftmaxError(f"`betas` must be in [0, 1); received {tuple(betas)}")
         if not eps >= 0:
             raise SampledSoftmaxError(f"`eps` must be >= 0; received {eps}")
-        self.implementation = V.check_choice("implementation", implementation, _IMPLEMENTATIONS)
+        self.implementation = V.check_choice("implementation", implementation, _compiled.IMPLEMENTATIONS)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, rowwise=bool(rowwise)))
 
     def _init_state(self, p, group):
@@ -179,12 +176,7 @@ class SparseRowAdam(torch.optim.Optimizer):
                    f"{p.dtype} and a {p.grad.dtype} gradient")
         elif not all(t.is_contiguous() for t in held):
             why = "it takes a contiguous parameter and state"
-        ext = None if why else _compiled.extension()
-        if ext is None and why is None:
-            why = f"it could not be built ({_compiled.unavailable_reason()})"
-        if why and self.implementation == "compiled":
-            raise SampledSoftmaxError(f"`implementation='compiled'` cannot be used: {why}")
-        return ext
+        return _compiled.choose(self.implementation, why)
 
     def state_bytes(self) -> int:
         """Bytes of optimizer state held, all parameters together."""
