@@ -26,7 +26,9 @@ def check_choice(name: str, value, choices: Iterable[str]) -> str:
 
 
 def check_positive_int(name: str, value, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        raise TypeError(f"`{name}` must be an int; received bool")
+    if not isinstance(value, int):
         # numpy / framework integer scalars are accepted through __index__.
         try:
             value = value.__index__()

@@ -35,7 +35,8 @@ DRAWS = ("with_replacement", "unique", "unique_exact")
 __all__ = [
     "SAMPLERS", "DRAWS", "uniform_probs", "log_uniform_probs", "unigram_weights",
     "expected_count", "Distribution", "Uniform", "LogUniform", "Unigram", "sample_candidates",
-    "draw_from_uniforms", "first_distinct", "repeated_slots",
+    "draw_from_uniforms", "first_distinct", "repeated_slots", "unique_draw_limit", "unique_draw_error",
+    "check_true_classes",
 ]
 
 
@@ -77,9 +78,25 @@ def unigram_weights(
     if not np.isfinite(distortion) or distortion < 0:
         raise SampledSoftmaxError(f"`distortion` must be finite and >= 0; received {distortion}")
     w = np.concatenate([np.zeros(num_reserved_ids), u**distortion])
-    if not w.sum() > 0:
+    with np.errstate(over="ignore"):  # an overflowing sum is reported below
+        total = w.sum()
+    if not np.isfinite(total):
+        raise SampledSoftmaxError(
+            f"`unigrams` ** distortion must have a finite sum (the sampler's cumulative table); received "
+            f"entries up to {u.max()} whose sum overflows float64: rescale the counts")
+    if not total > 0:
         raise SampledSoftmaxError("`unigrams` must have at least one positive entry; received all zeros")
     return w
+
+
+def check_true_classes(lo, hi, num_classes: int, ignore_index=None) -> None:
+    """``true_classes`` given to a sampler lie in ``[0, num_classes)`` (``lo``/``hi``: the
+    smallest and largest other than ``ignore_index``; None when there are none)."""
+    if lo is not None and (lo < 0 or hi >= num_classes):
+        bad = lo if lo < 0 else hi
+        extra = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+        raise SampledSoftmaxError(
+            f"`true_classes` must be in [0, {num_classes - 1}]{extra}; received {bad}")
 
 
 def expected_count(probs, num_sampled: int, draw: str, num_tries: int | None = None) -> np.ndarray:
@@ -198,6 +215,29 @@ def sample_candidates(
     return SampledValues(*draw_from_uniforms(distribution, true_classes, num_sampled, draw, rng.random))
 
 
+# A unique draw takes chunks of 2S + 64 draws, doubling, until S distinct classes have been seen.
+# On a distribution that gives some needed classes almost no mass (S near the support of a
+# skewed table) that could take longer than anyone waits, and TensorFlow's op then never
+# returns: every front end stops before its total would pass this bound, with the same error.
+UNIQUE_DRAW_MIN_LIMIT = 1 << 24
+
+
+def unique_draw_limit(num_sampled: int) -> int:
+    """The most draws a ``"unique"`` draw of ``num_sampled`` classes may take."""
+    return max(UNIQUE_DRAW_MIN_LIMIT, 64 * num_sampled)
+
+
+def unique_draw_error(num_sampled: int, num_tries: int, found: int) -> SampledSoftmaxError:
+    """The error of a unique draw that stopped at :func:`unique_draw_limit` (the same text from
+    every implementation)."""
+    return SampledSoftmaxError(
+        f"`num_sampled`={num_sampled} distinct classes were not found in {num_tries} draws (a draw='unique' "
+        f"stops after {unique_draw_limit(num_sampled)}; {found} found): the sampler gives some classes too "
+        f"little probability for that many distinct ones. Use a smaller num_sampled, or draw='unique_exact' "
+        f"or 'with_replacement'"
+    )
+
+
 def draw_from_uniforms(distribution: Distribution, true_classes, num_sampled: int, draw: str, uniforms):
     """The draw itself, from any source of uniforms: ``uniforms(n)`` returns ``n`` floats in
     ``[0, 1)`` (NumPy's generator here, a ``torch.Generator`` in the PyTorch samplers, so both
@@ -214,6 +254,8 @@ def draw_from_uniforms(distribution: Distribution, true_classes, num_sampled: in
         drawn = distribution.from_uniform(uniforms(chunk))
         while (picked := first_distinct(drawn, num_sampled)) is None:
             chunk *= 2
+            if drawn.size + chunk > unique_draw_limit(num_sampled):
+                raise unique_draw_error(num_sampled, drawn.size, np.unique(drawn).size)
             drawn = np.concatenate([drawn, distribution.from_uniform(uniforms(chunk))])
         candidates, num_tries = picked
     else:

@@ -9,8 +9,10 @@ gradients (dense, or sparse COO rows with ``sparse=True``). Nothing of size ``V`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import re
 from typing import NamedTuple
 
 import numpy as np
@@ -20,7 +22,7 @@ from .. import SampledSoftmaxError
 from .. import _validation as V
 from . import _compiled
 from ._compiled import IMPLEMENTATIONS
-from ..samplers import DRAWS
+from ..samplers import DRAWS, unique_draw_error
 from .samplers import CandidateSampler, LogUniformSampler, UniformSampler, make_sampler
 
 __all__ = ["sampled_softmax_loss", "full_softmax_loss", "full_logits"]
@@ -79,6 +81,7 @@ def _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_inde
     if biases is not None:
         _check_tensor("biases", biases, floating=True)
     V.check_choice("reduction", reduction, V.REDUCTIONS)
+    _check_ignore_index(ignore_index)
     label_smoothing = V.check_label_smoothing(label_smoothing)
     num_classes, dim = V.check_weights_shapes([tuple(w.shape) for w in shards], num_classes, inputs.shape[-1] if inputs.dim() else -1)
     V.check_biases_shape(None if biases is None else tuple(biases.shape), num_classes)
@@ -113,6 +116,9 @@ def _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid, de
     sampled_values = V.check_sampled_values_triple(sampled_values)
     cand, true_count, samp_count = (torch.as_tensor(v, device=device) for v in sampled_values)
     _check_tensor("sampled_values[0]", cand, floating=False)
+    for name, count in (("sampled_values[1]", true_count), ("sampled_values[2]", samp_count)):
+        if count.is_complex() or count.dtype == torch.bool:
+            raise TypeError(f"`{name}` must have a real dtype; received {count.dtype}")
     n, t = y.shape
     V.check_sampled_values_shapes(tuple(cand.shape), tuple(true_count.shape), tuple(samp_count.shape),
                                   num_sampled, n, t)
@@ -126,6 +132,42 @@ def _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid, de
         V.check_sampled_values_values(cand_lo, cand_hi, num_classes, tc_lo, tc_hi, sc_lo)
         padded = sc_hi == math.inf
     return cand.long(), true_count, samp_count, padded
+
+
+def _check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"`generator` must be a torch.Generator or None; received {type(generator).__name__}")
+
+
+def _check_ignore_index(ignore_index) -> None:
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise TypeError(f"`ignore_index` must be an int or None; received {type(ignore_index).__name__}")
+
+
+def _check_not_transformed(inputs, weights) -> None:
+    """torch.func transforms wrap tensors in ways the explicit backward and the NumPy-side
+    column code cannot see through: say so instead of failing somewhere inside."""
+    is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    first = weights[0] if isinstance(weights, (list, tuple)) and weights else weights
+    if any(isinstance(x, torch.Tensor) and is_wrapped(x) for x in (inputs, first)):
+        raise NotImplementedError(
+            "sampled_softmax_loss does not run under torch.func transforms (grad, vjp, vmap, jacrev): its "
+            "backward is an explicit autograd.Function. Use loss.backward() or torch.autograd.grad, and a "
+            "loop or a larger batch instead of vmap")
+
+
+def _check_labels_can_be_drawn(y, valid, true_count, sampler) -> None:
+    """A label the sampler never draws has expected count 0 and corrected logit +inf, so its
+    row's loss would be nan: raise instead, naming the label and the sampler."""
+    zero = true_count == 0
+    if valid is not None:
+        zero &= valid
+    if bool(zero.any()):
+        label = int(y[zero][0])
+        raise SampledSoftmaxError(
+            f"`labels` contains {label}, which the sampler {sampler!r} gives probability 0 (a reserved id or a "
+            f"zero count): its -log E correction would be +inf and its loss nan. Give the class a positive "
+            f"count, pass it as ignore_index, or use subtract_log_q=False")
 
 
 def _as_numpy_float(x: torch.Tensor) -> np.ndarray:
@@ -336,6 +378,7 @@ class _SampledSoftmax(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_loss, g_logp):
+        _check_once_differentiable()
         hc, rows, ids, logp_all, keep_true, bias, *shards = ctx.saved_tensors
         spec: _Spec = ctx.spec
         n, t = logp_all.shape[0], spec.num_true
@@ -384,6 +427,17 @@ class _SampledSoftmax(torch.autograd.Function):
                     d_b_rows = d_b_rows.to(ctx.dtypes[1])
                 d_bias = _scatter_rows(tuple(bias.shape), ids, d_b_rows, spec.sparse, keep_rows)
         return (d_h, None, None, None, None, None, d_bias, *d_shards)
+
+
+ONCE_DIFFERENTIABLE = (
+    "sampled_softmax_loss is differentiable once: its backward is explicit, so create_graph=True "
+    "(double backward, e.g. a gradient penalty through it) is not supported")
+
+
+def _check_once_differentiable() -> None:
+    # Autograd runs a backward with grad mode on only for create_graph=True.
+    if torch.is_grad_enabled():
+        raise RuntimeError(ONCE_DIFFERENTIABLE)
 
 
 def _targets(keep_true, keep_cand, n, t, s, eps, dtype, device):
@@ -479,6 +533,18 @@ def sampled_softmax_loss(
         >>> sampled_softmax_loss(W, b, torch.tensor([0]), h, 2, 3, sampled_values=sv)
         tensor([1.4076], dtype=torch.float64)
     """
+    V.check_choice("implementation", implementation, IMPLEMENTATIONS)
+    _check_not_transformed(inputs, weights)
+    if isinstance(inputs, torch.Tensor) and torch.is_autocast_enabled(inputs.device.type):
+        # As F.cross_entropy under autocast: the loss is computed (and returned) in float32
+        # whatever the autocast dtype, on every path, so forward and backward agree on dtypes.
+        with torch.autocast(inputs.device.type, enabled=False):
+            return sampled_softmax_loss(
+                weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+                remove_accidental_hits, sampler=sampler, reduction=reduction, ignore_index=ignore_index,
+                label_smoothing=label_smoothing, generator=generator, partition_strategy=partition_strategy,
+                subtract_log_q=subtract_log_q, sparse=sparse, return_log_prob=return_log_prob,
+                implementation=implementation)
     if sampled_values is None and implementation != "python":
         result = _compiled_draw(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
                                 remove_accidental_hits, sampler, reduction, ignore_index, label_smoothing,
@@ -486,7 +552,7 @@ def sampled_softmax_loss(
                                 implementation)
         if result is not None:
             return result
-    V.check_choice("implementation", implementation, IMPLEMENTATIONS)
+    _check_generator(generator)
     shards, biases, y, h, lead, num_classes, offsets, valid, label_smoothing = _prepare(
         weights, biases, labels, inputs, num_classes, num_true, ignore_index, label_smoothing,
         reduction, partition_strategy,
@@ -498,9 +564,12 @@ def sampled_softmax_loss(
     if sampled_values is None:
         sampler = _sampler_for(sampler, num_classes)
         # The raw labels: a learned sampler must not count ignored labels (as class 0).
-        cand, true_count, samp_count = sampler(y, num_sampled, generator=generator,
-                                               ignore_index=None if valid is None else ignore_index)
+        draw = sampler._draw_values if type(sampler).forward is CandidateSampler.forward else (
+            lambda *a: sampler(a[0], a[1], generator=a[2], ignore_index=a[3]))
+        cand, true_count, samp_count = draw(y, num_sampled, generator, None if valid is None else ignore_index)
         padded = sampler.draw == "unique_exact"
+        if subtract_log_q and sampler.support < sampler.num_classes:
+            _check_labels_can_be_drawn(y, valid, true_count, sampler)
     else:
         cand, true_count, samp_count, padded = _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid, h.device)
 
@@ -568,7 +637,7 @@ def _compiled_draw(weights, biases, labels, inputs, num_sampled, num_classes, nu
     if (type(num_sampled) is not int or num_sampled < 1 or (draw == "unique" and num_sampled > num_classes)
             or type(label_smoothing) not in (int, float) or label_smoothing != 0
             or reduction not in V.REDUCTIONS or partition_strategy not in V.PARTITION_STRATEGIES
-            or not (ignore_index is None or type(ignore_index) is int)
+            or not (ignore_index is None or (type(ignore_index) is int and -2**63 <= ignore_index < 2**63))
             or not (generator is None or (isinstance(generator, torch.Generator) and generator.device.type == "cpu"))
             or (not isinstance(sampler, str) and sampler.num_classes != num_classes)):
         return None
@@ -577,9 +646,15 @@ def _compiled_draw(weights, biases, labels, inputs, num_sampled, num_classes, nu
     if ext is None:
         return None
     h = inputs if inputs.dim() == 2 else inputs.reshape(n, inputs.shape[-1])
-    loss = ext.sampled_softmax_sampled(h, weights, inputs.new_empty(0) if biases is None else biases,
+    try:
+        loss = ext.sampled_softmax_sampled(h, weights, inputs.new_empty(0) if biases is None else biases,
                                        labels.reshape(n), num_sampled, kind, DRAWS.index(draw), generator,
                                        bool(remove_accidental_hits), bool(subtract_log_q), bool(sparse), ignore_index)
+    except ValueError as e:  # the unique draw's bound: the Python path's error, word for word
+        found = re.search(r"unique draw stopped: num_sampled=(\d+) num_tries=(\d+) found=(\d+)", str(e))
+        if found is None:
+            raise
+        raise unique_draw_error(*(int(v) for v in found.groups())) from None
     if loss is None:  # a label out of range or ignored: nothing was drawn
         return None
     return _finish(loss, -loss if return_log_prob else None, None, reduction, lead, return_log_prob)
@@ -648,12 +723,26 @@ def full_softmax_loss(
         >>> full_softmax_loss(W, None, torch.tensor([0]), torch.tensor([[1.0, 2.0]], dtype=torch.float64))
         tensor([1.4076], dtype=torch.float64)
     """
+    _check_tensor("labels", labels, floating=False)
+    _check_tensor("inputs", inputs, floating=True)
+    _check_not_transformed(inputs, weights)
     shards, biases, y, h, lead, num_classes, _, valid, label_smoothing = _prepare(
         weights, biases, labels, inputs, None, labels.shape[-1] if labels.dim() == inputs.dim() else 1,
         ignore_index, label_smoothing, reduction, partition_strategy,
     )
     y = y.long()
-    logp_all = torch.log_softmax(full_logits(shards, biases, h, partition_strategy=partition_strategy), dim=-1)
+    # The [N, V] logits follow autocast when it is on (the matmul is the cost); the softmax and
+    # the loss are float32 or wider, as in F.cross_entropy under autocast.
+    logits = full_logits(shards, biases, h, partition_strategy=partition_strategy)
+    device_type = h.device.type
+    with torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else contextlib.nullcontext():
+        return _full_softmax_from_logits(logits, y, valid, label_smoothing, reduction, lead, return_log_prob)
+
+
+def _full_softmax_from_logits(logits, y, valid, label_smoothing, reduction, lead, return_log_prob):
+    if logits.dtype in _LOW_PRECISION:
+        logits = logits.float()
+    logp_all = torch.log_softmax(logits, dim=-1)
     n, t = y.shape
     y_safe = y if valid is None else torch.where(valid, y, 0)
     picked = logp_all.gather(1, y_safe)

@@ -48,6 +48,48 @@ def _sum_duplicate_rows(grad: torch.Tensor):
     return rows, summed
 
 
+EPS_PLACEMENTS = ("adam", "sparse_adam")
+
+
+def _real(name, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not (isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex()):
+            raise TypeError(f"`{name}` must be a real number; received {type(value).__name__}")
+    return float(value)
+
+
+def _row_sparse(grad: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``grad`` as a row-sparse COO tensor (``sparse_dim=1``) after checking its row indices.
+
+    Indices outside ``[0, rows)`` would be read and written out of bounds by the compiled step:
+    they raise ``IndexError`` (what ``index_select`` and ``torch.optim.SparseAdam`` raise).
+    A gradient with more sparse dimensions has its elements gathered into the rows that hold
+    them (the rows' other elements get gradient 0).
+    """
+    if tuple(grad.shape) != tuple(p.shape):
+        raise SampledSoftmaxError(
+            f"a sparse gradient must have its parameter's shape {list(p.shape)}; received {list(grad.shape)}")
+    idx = grad._indices()
+    if idx.numel():
+        lo, hi = (int(v) for v in torch.aminmax(idx[0]))  # a gradient's read-back, as coalesce does
+        if lo < 0 or hi >= p.shape[0]:
+            raise IndexError(
+                f"sparse gradient row indices must be in [0, {p.shape[0] - 1}] for a parameter of shape "
+                f"{list(p.shape)}; received {'down to ' + str(lo) if lo < 0 else 'up to ' + str(hi)}")
+        if grad.sparse_dim() > 1:
+            for k in range(1, grad.sparse_dim()):
+                k_lo, k_hi = (int(v) for v in torch.aminmax(idx[k]))
+                if k_lo < 0 or k_hi >= p.shape[k]:
+                    raise IndexError(f"sparse gradient indices of dimension {k} must be in [0, {p.shape[k] - 1}]; "
+                                     f"received {k_lo if k_lo < 0 else k_hi}")
+    if grad.sparse_dim() == 1:
+        return grad
+    rows, inverse = torch.unique(idx[0], return_inverse=True)
+    values = grad._values().new_zeros((rows.shape[0],) + tuple(p.shape[1:]))
+    values.index_put_((inverse,) + tuple(idx[1:]), grad._values(), accumulate=True)
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), values, tuple(p.shape), check_invariants=False)
+
+
 class SparseRowAdam(torch.optim.Optimizer):
     r"""Lazy Adam over rows: for each touched row ``r`` with gradient ``g_r`` at step ``t``
 
@@ -61,9 +103,20 @@ class SparseRowAdam(torch.optim.Optimizer):
     ``t`` counts the optimizer's steps. With ``rowwise=True``, ``v_r`` is a scalar per row fed
     with ``mean(g_r ** 2)``. Dense gradients are accepted and update every row.
 
+    A row is touched when the sparse gradient has an entry in it: a gradient with more than one
+    sparse dimension (``dense.to_sparse()``, ``sparse_dim=2``) touches every row holding one of
+    its elements, and that row's other elements get gradient 0 (their moments decay), as for a
+    row-sparse gradient with those zeros written out. Row indices outside ``[0, rows)`` raise
+    ``IndexError``.
+
     Args:
-        params: parameters (typically the class table and its bias, with ``sparse=True``).
+        params: parameters (typically the class table and its bias, with ``sparse=True``), each
+            with at least one dimension (the rows).
         lr, betas, eps: as ``torch.optim.Adam``.
+        eps_placement: ``"adam"`` (default): ``eps`` is added to the bias-corrected
+            ``sqrt(v / (1 - beta2^t))``, as ``torch.optim.Adam`` does; ``"sparse_adam"``: to the
+            uncorrected ``sqrt(v)``, as ``torch.optim.SparseAdam`` does, so that the two give the
+            same update at any ``eps``.
         rowwise: one second moment per row instead of per element.
         implementation: ``"auto"`` (default): a sparse step on the CPU runs in the compiled
             extension of :func:`sampled_softmax.torch.sampled_softmax_loss` when it can be
@@ -71,15 +124,32 @@ class SparseRowAdam(torch.optim.Optimizer):
             ``"compiled"`` requires it; ``"python"`` never uses it. Both give the same update.
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, *, rowwise=False, implementation="auto"):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, *, eps_placement="adam", rowwise=False,
+                 implementation="auto"):
+        lr, eps = _real("lr", lr), _real("eps", eps)
         if not lr > 0:
             raise SampledSoftmaxError(f"`lr` must be > 0; received {lr}")
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise SampledSoftmaxError(f"`betas` must be a pair (beta1, beta2); received {betas!r}")
+        betas = (_real("betas[0]", betas[0]), _real("betas[1]", betas[1]))
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise SampledSoftmaxError(f"`betas` must be in [0, 1); received {tuple(betas)}")
         if not eps >= 0:
             raise SampledSoftmaxError(f"`eps` must be >= 0; received {eps}")
+        V.check_choice("eps_placement", eps_placement, EPS_PLACEMENTS)
         self.implementation = V.check_choice("implementation", implementation, _compiled.IMPLEMENTATIONS)
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, rowwise=bool(rowwise)))
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, eps_placement=eps_placement,
+                                      rowwise=bool(rowwise)))
+
+    def add_param_group(self, param_group):
+        for p in (param_group["params"] if isinstance(param_group["params"], (list, tuple))
+                  else [param_group["params"]]):
+            if isinstance(p, torch.Tensor) and p.dim() == 0:
+                raise SampledSoftmaxError(
+                    "`params` must each have at least one dimension (SparseRowAdam updates rows); "
+                    "received a 0-d parameter")
+        param_group.setdefault("eps_placement", "adam")
+        super().add_param_group(param_group)
 
     def _init_state(self, p, group):
         state = self.state[p]
@@ -115,18 +185,20 @@ class SparseRowAdam(torch.optim.Optimizer):
                 state["step"] += 1
                 t = state["step"]
                 sparse = p.grad.is_sparse
+                grad = _row_sparse(p.grad, p) if sparse else p.grad
                 # sqrt(v / c2) + eps == (sqrt(v) + eps sqrt(c2)) / sqrt(c2): one pass fewer.
                 root_c2 = math.sqrt(1.0 - beta2**t)
                 step_size = -lr * root_c2 / (1.0 - beta1**t)
-                ext = self._compiled_for(p, state) if sparse else None
+                eps_term = eps * root_c2 if group.get("eps_placement", "adam") == "adam" else eps
+                ext = self._compiled_for(p, grad, state) if sparse else None
                 if ext is not None:
                     empty = p.new_empty(0)
                     ext.sparse_row_adam_(p.data, state.get("moments", empty), state.get("exp_avg", empty),
-                                         state.get("exp_avg_sq", empty), p.grad._indices()[0], p.grad._values(),
-                                         beta1, beta2, step_size, eps * root_c2)
+                                         state.get("exp_avg_sq", empty), grad._indices()[0], grad._values(),
+                                         beta1, beta2, step_size, eps_term)
                     continue
                 if sparse:
-                    rows, g = _sum_duplicate_rows(p.grad)
+                    rows, g = _sum_duplicate_rows(grad)
                 else:  # dense gradient: every row, in place
                     rows, g = None, p.grad
                 moments = state.get("moments")
@@ -148,7 +220,7 @@ class SparseRowAdam(torch.optim.Optimizer):
                     v.mul_(beta2).add_(g.square().mean(dim=tuple(range(1, g.dim()))), alpha=1.0 - beta2)
                 else:
                     v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-                denom = v.sqrt().add_(eps * root_c2)
+                denom = v.sqrt().add_(eps_term)
                 if row_v:
                     denom = denom.view(-1, *([1] * (g.dim() - 1)))
                 if not sparse:
@@ -163,7 +235,7 @@ class SparseRowAdam(torch.optim.Optimizer):
                 p.index_add_(0, rows, m.div(denom), alpha=step_size)
         return loss
 
-    def _compiled_for(self, p, state):
+    def _compiled_for(self, p, grad, state):
         """The compiled extension when it can take this parameter's sparse step, else None."""
         if self.implementation == "python":
             return None
@@ -171,9 +243,9 @@ class SparseRowAdam(torch.optim.Optimizer):
         why = None
         if p.device.type != "cpu":
             why = f"it runs on the CPU; received a parameter on {p.device}"
-        elif p.dtype not in (torch.float32, torch.float64) or any(t.dtype != p.dtype for t in held + [p.grad]):
+        elif p.dtype not in (torch.float32, torch.float64) or any(t.dtype != p.dtype for t in held + [grad]):
             why = (f"it takes float32 or float64 parameters, gradients and state of one dtype; received "
-                   f"{p.dtype} and a {p.grad.dtype} gradient")
+                   f"{p.dtype} and a {grad.dtype} gradient")
         elif not all(t.is_contiguous() for t in held):
             why = "it takes a contiguous parameter and state"
         return _compiled.choose(self.implementation, why)

@@ -71,13 +71,41 @@ class CandidateSampler(nn.Module):
     def _distribution(self) -> NS.Distribution:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _apply(self, fn, recurse=True):
+        # `.half()`, `.to(torch.bfloat16)` on a model move the sampler's tables with it but
+        # must not round them: float16 cumulative counts overflow, bfloat16 counts stop at 2048.
+        before = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers.get(name)
+            if old is not None and new is not None and new.dtype != old.dtype:
+                self._buffers[name] = old.to(device=new.device)
+        return self
+
     def forward(
         self, true_classes: torch.Tensor, num_sampled: int, *, generator=None, ignore_index=None
     ) -> SampledValues:
         """Draw ``num_sampled`` candidates; expected counts of ``true_classes [B, T]`` and of them.
 
-        ``true_classes`` equal to ``ignore_index`` get an expected count of 1 (they are unused).
+        ``true_classes`` must be integers in ``[0, num_classes)``; those equal to
+        ``ignore_index`` get an expected count of 1 (they are unused).
         """
+        if not isinstance(true_classes, torch.Tensor):
+            raise TypeError(f"`true_classes` must be a torch.Tensor; received {type(true_classes).__name__}")
+        if true_classes.is_floating_point() or true_classes.is_complex() or true_classes.dtype == torch.bool:
+            raise TypeError(f"`true_classes` must have an integer dtype; received {true_classes.dtype}")
+        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+            raise TypeError(f"`ignore_index` must be an int or None; received {type(ignore_index).__name__}")
+        if true_classes.numel():
+            kept = true_classes if ignore_index is None else true_classes[true_classes != ignore_index]
+            lo, hi = (int(v) for v in torch.aminmax(kept)) if kept.numel() else (None, None)
+            NS.check_true_classes(lo, hi, self.num_classes, ignore_index)
+        return self._draw_values(true_classes, num_sampled, generator, ignore_index)
+
+    def _draw_values(self, true_classes, num_sampled, generator, ignore_index) -> SampledValues:
+        """:meth:`forward` for callers that checked ``true_classes`` already (the losses)."""
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"`generator` must be a torch.Generator or None; received {type(generator).__name__}")
         num_sampled = check_num_sampled(
             num_sampled, self.num_classes, unique=self.draw == "unique", support=self.support
         )
@@ -113,6 +141,8 @@ class CandidateSampler(nn.Module):
                 if first.numel() >= num_sampled:  # one read-back per call
                     break
                 chunk *= 2
+                if drawn.numel() + chunk > NS.unique_draw_limit(num_sampled):
+                    raise NS.unique_draw_error(num_sampled, drawn.numel(), first.numel())
                 drawn = torch.cat([drawn, self._sample(self._uniforms(chunk, generator, device))])
             first = first[:num_sampled]
             candidates, num_tries = drawn[first], int(first[-1]) + 1
@@ -222,6 +252,19 @@ class UnigramSampler(_TableSampler):
     @property
     def support(self):
         return self._support
+
+    # The table's settings travel with its buffers in `state_dict`, and the support is
+    # recounted on load: a loaded table must not accept a unique draw it cannot finish.
+    def get_extra_state(self):
+        return {"distortion": self.distortion, "num_reserved_ids": self.num_reserved_ids}
+
+    def set_extra_state(self, state):
+        self.distortion = float(state["distortion"])
+        self.num_reserved_ids = int(state["num_reserved_ids"])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._support = int(torch.count_nonzero(self.weights))
 
     def _weights(self):
         return self.weights

@@ -106,6 +106,11 @@ struct SampledSoftmaxCore : public torch::autograd::Function<SampledSoftmaxCore>
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    // Autograd runs a backward with grad mode on only for create_graph=True (functional.py's
+    // ONCE_DIFFERENTIABLE says the same).
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "sampled_softmax_loss is differentiable once: its backward is explicit, so create_graph=True "
+                "(double backward, e.g. a gradient penalty through it) is not supported");
     auto saved = ctx->get_saved_variables();
     const Tensor &h = saved[0], &rows = saved[1], &ids = saved[2], &logp = saved[3];
     const bool sparse = ctx->saved_data["sparse"].toBool();
@@ -311,8 +316,12 @@ std::optional<Tensor> sampled_softmax_sampled(const Tensor& h, const Tensor& W, 
   SlotTable table(s);
   if (draw == kUnique) {
     // TensorFlow's procedure in chunks of 2S + 64, doubling: the first S distinct classes.
+    // samplers.unique_draw_limit: stop (with the caller's error) before the total passes it.
+    const int64_t limit = std::max<int64_t>(int64_t(1) << 24, 64 * s);
     int64_t found = 0, tries = 0;
     for (int64_t chunk = 2 * s + 64; found < s; chunk *= 2) {
+      TORCH_CHECK_VALUE(tries == 0 || tries + chunk <= limit, "unique draw stopped: num_sampled=", s,
+                        " num_tries=", tries, " found=", found);
       Tensor u = uniforms(chunk, generator);
       const double* up = u.data_ptr<double>();
       for (int64_t k = 0; k < chunk && found < s; ++k) {
@@ -414,6 +423,9 @@ void adam_rows(scalar_t* param, const RowState<scalar_t>& st, const std::vector<
 void sparse_row_adam_(Tensor param, Tensor moments, Tensor exp_avg, Tensor exp_avg_sq, const Tensor& indices,
                       const Tensor& values, double beta1, double beta2, double step_size, double eps_term) {
   TORCH_CHECK(param.is_contiguous() && param.device().is_cpu(), "sparse_row_adam_ takes a contiguous CPU parameter");
+  TORCH_CHECK(param.dim() >= 1 && indices.dim() == 1 && values.size(0) == indices.size(0) &&
+                  values.numel() == indices.numel() * (param.numel() / std::max<int64_t>(param.size(0), 1)),
+              "sparse_row_adam_ takes row indices [K] and values [K, ...] matching the parameter's rows");
   const int64_t width = param.numel() / std::max<int64_t>(param.size(0), 1);
   Tensor idx = indices.contiguous(), vals = values.contiguous();
   const int64_t count = idx.numel();
@@ -422,7 +434,11 @@ void sparse_row_adam_(Tensor param, Tensor moments, Tensor exp_avg, Tensor exp_a
   SlotTable table(count);
   std::vector<int64_t> rows, slot_of(count);
   rows.reserve(count);
+  const int64_t num_rows = param.size(0);
   for (int64_t k = 0; k < count; ++k) {
+    // The caller checks the rows with its own message; this keeps every write inside `param`.
+    TORCH_CHECK_INDEX(ip[k] >= 0 && ip[k] < num_rows, "sparse_row_adam_: row index ", ip[k],
+                      " is out of bounds for a parameter of ", num_rows, " rows");
     const int64_t seen = table.find_or_insert(ip[k], static_cast<int64_t>(rows.size()));
     if (seen < 0) rows.push_back(ip[k]);
     slot_of[k] = seen < 0 ? static_cast<int64_t>(rows.size()) - 1 : seen;
