@@ -175,11 +175,12 @@ def _converted(kw, to_tensor):
     return {k: conv(v) for k, v in kw.items()}
 
 
-def _torch(kw):
+def _torch(kw, implementation="auto"):
     torch = pytest.importorskip("torch")
     from sampled_softmax.torch import LogUniformSampler, sampled_softmax_loss
 
     kw = _converted(kw, torch.from_numpy)
+    kw["implementation"] = implementation
     if "draw" in kw:
         kw["sampler"] = LogUniformSampler(kw["num_classes"], draw=kw.pop("draw"))
     return sampled_softmax_loss(**kw)
@@ -215,10 +216,13 @@ def _np(x):
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
-ADAPTERS = {"reference": _reference, "torch": _torch, "tensorflow": _tensorflow, "keras": _keras}
+ADAPTERS = {"reference": _reference, "torch": _torch, "tensorflow": _tensorflow, "keras": _keras,
+            # The same PyTorch call on its Python path: both implementations give the same error.
+            "torch-python": lambda kw: _torch(kw, "python")}
 LABELS_NAME = {"keras": r"`y_true` \(targets\)"}
 PARAMS = [pytest.param(front, overrides, exc, message, id=f"{front}: {case}")
-          for case, overrides, exc, message, fronts in CASES for front in fronts]
+          for case, overrides, exc, message, fronts in CASES
+          for front in fronts + (("torch-python",) if "torch" in fronts else ())]
 
 
 def test_the_table_has_thirty_distinct_cases_and_covers_every_front_end():
@@ -236,7 +240,7 @@ def test_bad_input_is_a_clear_error(front, overrides, exc, message):
         ADAPTERS[front](kw)
 
 
-@pytest.mark.parametrize("front", ALL)
+@pytest.mark.parametrize("front", ALL + ("torch-python",))
 def test_the_valid_call_works(front):
     # The table's errors come from its overrides, not from the base call.
     loss = _np(ADAPTERS[front](base()))

@@ -22,7 +22,7 @@ from .. import SampledSoftmaxError
 from .. import _validation as V
 from . import _compiled
 from ._compiled import IMPLEMENTATIONS
-from ..samplers import DRAWS, unique_draw_error
+from ..samplers import DRAWS, unique_draw_error, unique_draw_limit
 from .samplers import CandidateSampler, LogUniformSampler, UniformSampler, make_sampler
 
 __all__ = ["sampled_softmax_loss", "full_softmax_loss", "full_logits"]
@@ -649,7 +649,8 @@ def _compiled_draw(weights, biases, labels, inputs, num_sampled, num_classes, nu
     try:
         loss = ext.sampled_softmax_sampled(h, weights, inputs.new_empty(0) if biases is None else biases,
                                        labels.reshape(n), num_sampled, kind, DRAWS.index(draw), generator,
-                                       bool(remove_accidental_hits), bool(subtract_log_q), bool(sparse), ignore_index)
+                                       bool(remove_accidental_hits), bool(subtract_log_q), bool(sparse), ignore_index,
+                                           unique_draw_limit(num_sampled))
     except ValueError as e:  # the unique draw's bound: the Python path's error, word for word
         found = re.search(r"unique draw stopped: num_sampled=(\d+) num_tries=(\d+) found=(\d+)", str(e))
         if found is None:

@@ -148,7 +148,6 @@ class SparseRowAdam(torch.optim.Optimizer):
                 raise SampledSoftmaxError(
                     "`params` must each have at least one dimension (SparseRowAdam updates rows); "
                     "received a 0-d parameter")
-        param_group.setdefault("eps_placement", "adam")
         super().add_param_group(param_group)
 
     def _init_state(self, p, group):

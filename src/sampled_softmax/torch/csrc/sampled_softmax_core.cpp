@@ -11,7 +11,8 @@
 //   is removed from every row.
 //
 // sampled_softmax_sampled(h, W, b, labels [N], num_sampled, distribution, draw, generator,
-//                         remove_hits, subtract_log_q, sparse, ignore_index) -> loss [N] or None
+//                         remove_hits, subtract_log_q, sparse, ignore_index, unique_draw_limit)
+//                         -> loss [N] or None
 //   Draws the candidates on the CPU as `sampled_softmax.torch.samplers` does (the same uniforms
 //   from the same generator, the same classes, the same float32 expected counts), then the core.
 //   None, before drawing anything, when a label is outside [0, V) or equals ignore_index: the
@@ -297,7 +298,7 @@ std::optional<Tensor> sampled_softmax_sampled(const Tensor& h, const Tensor& W, 
                                               const Tensor& labels, int64_t num_sampled, int64_t distribution,
                                               int64_t draw, std::optional<at::Generator> generator,
                                               bool remove_hits, bool subtract_log_q, bool sparse,
-                                              std::optional<int64_t> ignore_index) {
+                                              std::optional<int64_t> ignore_index, int64_t unique_draw_limit) {
   TORCH_CHECK(labels.device().is_cpu() && h.device().is_cpu(), "sampled_softmax_sampled runs on the CPU");
   const int64_t n = labels.numel(), s = num_sampled, num_classes = W.size(0);
   // The caller checks these with its own messages; here they only keep a unique draw finite.
@@ -316,11 +317,11 @@ std::optional<Tensor> sampled_softmax_sampled(const Tensor& h, const Tensor& W, 
   SlotTable table(s);
   if (draw == kUnique) {
     // TensorFlow's procedure in chunks of 2S + 64, doubling: the first S distinct classes.
-    // samplers.unique_draw_limit: stop (with the caller's error) before the total passes it.
-    const int64_t limit = std::max<int64_t>(int64_t(1) << 24, 64 * s);
+    // Stop before the total passes the caller's bound (samplers.unique_draw_limit); the caller
+    // turns this error into its own.
     int64_t found = 0, tries = 0;
     for (int64_t chunk = 2 * s + 64; found < s; chunk *= 2) {
-      TORCH_CHECK_VALUE(tries == 0 || tries + chunk <= limit, "unique draw stopped: num_sampled=", s,
+      TORCH_CHECK_VALUE(tries == 0 || tries + chunk <= unique_draw_limit, "unique draw stopped: num_sampled=", s,
                         " num_tries=", tries, " found=", found);
       Tensor u = uniforms(chunk, generator);
       const double* up = u.data_ptr<double>();
