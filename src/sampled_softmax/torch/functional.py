@@ -317,63 +317,112 @@ def _scatter_to_shards(shards, ids, row_grads, spec: _Spec, keep, needs):
 # The fused loss
 
 
+def loss_forward(h, ids, logq, keep_true, removed_cand, spec: _Spec, bias, shards):
+    """The loss's forward: ``(loss [N], logp [N], hc, rows, logp_all [N, T + S], targets)``.
+
+    ``hc`` and ``rows`` are the hidden states and the gathered rows in the compute dtype, and
+    ``targets`` the target matrices (None for the plain case), all kept for :func:`loss_backward`.
+    The row logits ``[N, T + S]`` (true columns first) are one small matrix; removed columns
+    hold ``-inf``, so their probability is exactly 0 and so is their gradient.
+    """
+    # Tensor slicing through __getitem__ costs several microseconds a call in eager PyTorch;
+    # split/narrow keep this hot path to the operations it needs.
+    n, t = h.shape[0], spec.num_true
+    nt, s = n * t, ids.shape[0] - n * t
+    cdt = _compute_dtype(h.dtype)
+    hc = h if h.dtype == cdt else h.to(cdt)
+    rows = _gather_rows(shards, ids, spec, cdt)
+    w_true, w_cand = rows.split([nt, s])
+    # corr = b - log E for every touched column: true labels first, then candidates.
+    corr = logq.neg() if bias is None else bias.index_select(0, ids).to(cdt).sub_(logq)
+    corr_true, corr_cand = corr.split([nt, s])
+    sl = torch.addmm(corr_cand.unsqueeze(0), hc, w_cand.t())
+    if t == 1:
+        tl = torch.linalg.vecdot(hc, w_true).add_(corr_true).unsqueeze_(1)
+    else:
+        tl = torch.bmm(w_true.view(n, t, -1), hc.unsqueeze(2)).squeeze(2).add_(corr_true.view(n, t))
+    if removed_cand is not None:
+        sl.masked_fill_(removed_cand, -math.inf)
+    if keep_true is not None:
+        tl.masked_fill_(~keep_true, -math.inf)
+    # log_softmax is one fused, stable pass; backward needs only its exp.
+    logp_all = torch.log_softmax(torch.cat([tl, sl], 1), 1)
+    targets = None
+    if keep_true is None and spec.label_smoothing == 0.0:
+        # Plain targets 1/T on the true columns, all of them kept.
+        logp = logp_all[:, 0] if t == 1 else logp_all.narrow(1, 0, t).mean(1)
+        loss = logp.neg()
+    else:
+        if keep_true is not None:
+            # A row with every column removed (only an ignored row) gives nan: make its
+            # probabilities exactly 0 instead.
+            logp_all.nan_to_num_(nan=-math.inf)
+        keep_cand = None if removed_cand is None else ~removed_cand
+        targets = _targets(keep_true, keep_cand, n, t, s, spec.label_smoothing, cdt, h.device)
+        lp0 = logp_all.masked_fill(logp_all == -math.inf, 0.0)
+        logp = (lp0 * targets[1]).sum(1)
+        loss = logp.neg() if targets[0] is targets[1] else (lp0 * targets[0]).sum(1).neg_()
+        if keep_true is not None:
+            live = keep_true.any(1)
+            loss, logp = torch.where(live, loss, 0.0), torch.where(live, logp, 0.0)
+    # float16/bfloat16 inputs get float32 losses, as under autocast.
+    return loss, logp, hc, rows, logp_all, targets
+
+
+def loss_backward(g_loss, g_logp, hc, rows, logp_all, keep_true, targets, num_true, need_h, need_w, need_b):
+    """The loss's backward from :func:`loss_forward`'s values: ``(d_h, d_rows [N*T + S, D],
+    d_b_rows [N*T + S])`` in the compute dtype (None where not needed); ``d_rows`` is the
+    gradient of each gathered row, to be scattered into the table."""
+    n, t = logp_all.shape[0], num_true
+    nt, d, s = n * t, hc.shape[1], logp_all.shape[1] - t
+    # d loss / d logits = p - target_smoothed;  d logp / d logits = target_unsmoothed - p.
+    a = None if g_loss is None else g_loss.to(logp_all.dtype).unsqueeze(1)
+    c = None if g_logp is None else g_logp.to(logp_all.dtype).unsqueeze(1)
+    coef = a if c is None else (c.neg() if a is None else a - c)
+    g = logp_all.exp().mul_(coef)  # coef * softmax
+    g_true, g_cand = g.split([t, s], 1)
+    if targets is None:  # target 1/T on each true column for both outputs
+        g_true.sub_(coef if t == 1 else coef / t)
+    else:
+        t_smooth, t_plain = targets
+        if a is not None:
+            g.sub_(a * t_smooth)
+        if c is not None:
+            g.add_(c * t_plain)
+        if keep_true is not None:
+            g.mul_(keep_true.any(1, keepdim=True))  # ignored rows: exactly no gradient
+    w_true, w_cand = rows.split([nt, s])
+    d_h = d_rows = d_b_rows = None
+    if need_h:
+        if t == 1:
+            d_h = torch.addmm(w_true * g_true, g_cand, w_cand)
+        else:
+            d_h = torch.baddbmm((g_cand @ w_cand).unsqueeze(1), g_true.unsqueeze(1), w_true.view(n, t, d)).squeeze(1)
+    if need_w:
+        d_true = hc * g_true if t == 1 else (g_true.unsqueeze(2) * hc.unsqueeze(1)).view(nt, d)
+        d_rows = torch.cat([d_true, g_cand.t().mm(hc)])
+    if need_b:
+        d_b_rows = torch.cat([g_true.reshape(-1), g_cand.sum(0)])
+    return d_h, d_rows, d_b_rows
+
+
 class _SampledSoftmax(torch.autograd.Function):
     """Per-row sampled softmax loss and the sampled log-probability of the targets.
 
     forward(h [N, D], ids [N*T + S], logq [N*T + S], keep_true [N, T] or None,
             removed_cand [N, S] or None, spec, bias [V] or None, *shards) -> (loss [N], logp [N])
 
-    The row logits ``[N, T + S]`` (true columns first) are one small matrix; removed columns
-    hold ``-inf``, so their probability is exactly 0 and so is their gradient.
+    :func:`loss_forward` and :func:`loss_backward`, with the row gradients scattered into the
+    table (dense, or sparse rows without those of ignored labels).
     """
-
-    # Tensor slicing through __getitem__ costs several microseconds a call in eager PyTorch;
-    # split/narrow keep this hot path to the operations it needs.
 
     @staticmethod
     def forward(ctx, h, ids, logq, keep_true, removed_cand, spec: _Spec, bias, *shards):
-        n, t = h.shape[0], spec.num_true
-        nt, s = n * t, ids.shape[0] - n * t
-        cdt = _compute_dtype(h.dtype)
-        hc = h if h.dtype == cdt else h.to(cdt)
-        rows = _gather_rows(shards, ids, spec, cdt)
-        w_true, w_cand = rows.split([nt, s])
-        # corr = b - log E for every touched column: true labels first, then candidates.
-        corr = logq.neg() if bias is None else bias.index_select(0, ids).to(cdt).sub_(logq)
-        corr_true, corr_cand = corr.split([nt, s])
-        sl = torch.addmm(corr_cand.unsqueeze(0), hc, w_cand.t())
-        if t == 1:
-            tl = torch.linalg.vecdot(hc, w_true).add_(corr_true).unsqueeze_(1)
-        else:
-            tl = torch.bmm(w_true.view(n, t, -1), hc.unsqueeze(2)).squeeze(2).add_(corr_true.view(n, t))
-        if removed_cand is not None:
-            sl.masked_fill_(removed_cand, -math.inf)
-        if keep_true is not None:
-            tl.masked_fill_(~keep_true, -math.inf)
-        # log_softmax is one fused, stable pass; backward needs only its exp.
-        logp_all = torch.log_softmax(torch.cat([tl, sl], 1), 1)
-        targets = None
-        if keep_true is None and spec.label_smoothing == 0.0:
-            # Plain targets 1/T on the true columns, all of them kept.
-            logp = logp_all[:, 0] if t == 1 else logp_all.narrow(1, 0, t).mean(1)
-            loss = logp.neg()
-        else:
-            if keep_true is not None:
-                # A row with every column removed (only an ignored row) gives nan: make its
-                # probabilities exactly 0 instead.
-                logp_all.nan_to_num_(nan=-math.inf)
-            keep_cand = None if removed_cand is None else ~removed_cand
-            targets = _targets(keep_true, keep_cand, n, t, s, spec.label_smoothing, cdt, h.device)
-            lp0 = logp_all.masked_fill(logp_all == -math.inf, 0.0)
-            logp = (lp0 * targets[1]).sum(1)
-            loss = logp.neg() if targets[0] is targets[1] else (lp0 * targets[0]).sum(1).neg_()
-            if keep_true is not None:
-                live = keep_true.any(1)
-                loss, logp = torch.where(live, loss, 0.0), torch.where(live, logp, 0.0)
+        loss, logp, hc, rows, logp_all, targets = loss_forward(h, ids, logq, keep_true, removed_cand, spec,
+                                                                bias, shards)
         ctx.spec, ctx.targets = spec, targets
         ctx.dtypes = (h.dtype, None if bias is None else bias.dtype)
         ctx.save_for_backward(hc, rows, ids, logp_all, keep_true, bias, *shards)
-        # float16/bfloat16 inputs get float32 losses, as under autocast.
         return loss, logp
 
     @staticmethod
@@ -381,51 +430,23 @@ class _SampledSoftmax(torch.autograd.Function):
         _check_once_differentiable()
         hc, rows, ids, logp_all, keep_true, bias, *shards = ctx.saved_tensors
         spec: _Spec = ctx.spec
-        n, t = logp_all.shape[0], spec.num_true
-        nt, d, s = n * t, hc.shape[1], logp_all.shape[1] - t
-        # d loss / d logits = p - target_smoothed;  d logp / d logits = target_unsmoothed - p.
-        a = None if g_loss is None else g_loss.to(logp_all.dtype).unsqueeze(1)
-        c = None if g_logp is None else g_logp.to(logp_all.dtype).unsqueeze(1)
-        coef = a if c is None else (c.neg() if a is None else a - c)
-        g = logp_all.exp().mul_(coef)  # coef * softmax
-        g_true, g_cand = g.split([t, s], 1)
-        if ctx.targets is None:  # target 1/T on each true column for both outputs
-            g_true.sub_(coef if t == 1 else coef / t)
-        else:
-            t_smooth, t_plain = ctx.targets
-            if a is not None:
-                g.sub_(a * t_smooth)
-            if c is not None:
-                g.add_(c * t_plain)
-            if keep_true is not None:
-                g.mul_(keep_true.any(1, keepdim=True))  # ignored rows: exactly no gradient
-        w_true, w_cand = rows.split([nt, s])
-
-        d_h = None
-        if ctx.needs_input_grad[0]:
-            if t == 1:
-                d_h = torch.addmm(w_true * g_true, g_cand, w_cand)
-            else:
-                d_h = torch.baddbmm((g_cand @ w_cand).unsqueeze(1), g_true.unsqueeze(1), w_true.view(n, t, d)).squeeze(1)
-            if d_h.dtype != ctx.dtypes[0]:
-                d_h = d_h.to(ctx.dtypes[0])
-
         needs_w = ctx.needs_input_grad[7:]
         needs_b = ctx.needs_input_grad[6]
+        d_h, d_rows, d_b_rows = loss_backward(g_loss, g_logp, hc, rows, logp_all, keep_true, ctx.targets,
+                                              spec.num_true, ctx.needs_input_grad[0], any(needs_w), needs_b)
+        if d_h is not None and d_h.dtype != ctx.dtypes[0]:
+            d_h = d_h.to(ctx.dtypes[0])
         d_bias, d_shards = None, [None] * len(shards)
-        if any(needs_w) or needs_b:
-            keep_rows = None
-            if keep_true is not None and spec.sparse:
-                keep_rows = torch.cat([keep_true.reshape(-1), keep_true.new_ones(s)])
-            if any(needs_w):
-                d_true = hc * g_true if t == 1 else (g_true.unsqueeze(2) * hc.unsqueeze(1)).view(nt, d)
-                d_rows = torch.cat([d_true, g_cand.t().mm(hc)])
-                d_shards = _scatter_to_shards(shards, ids, d_rows, spec, keep_rows, needs_w)
-            if needs_b:
-                d_b_rows = torch.cat([g_true.reshape(-1), g_cand.sum(0)])
-                if d_b_rows.dtype != ctx.dtypes[1]:
-                    d_b_rows = d_b_rows.to(ctx.dtypes[1])
-                d_bias = _scatter_rows(tuple(bias.shape), ids, d_b_rows, spec.sparse, keep_rows)
+        keep_rows = None
+        if keep_true is not None and spec.sparse:
+            num_cand = logp_all.shape[1] - spec.num_true
+            keep_rows = torch.cat([keep_true.reshape(-1), keep_true.new_ones(num_cand)])
+        if d_rows is not None:
+            d_shards = _scatter_to_shards(shards, ids, d_rows, spec, keep_rows, needs_w)
+        if d_b_rows is not None:
+            if d_b_rows.dtype != ctx.dtypes[1]:
+                d_b_rows = d_b_rows.to(ctx.dtypes[1])
+            d_bias = _scatter_rows(tuple(bias.shape), ids, d_b_rows, spec.sparse, keep_rows)
         return (d_h, None, None, None, None, None, d_bias, *d_shards)
 
 
