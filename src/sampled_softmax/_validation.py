@@ -56,7 +56,7 @@ def check_num_sampled(num_sampled, num_classes: int, *, unique: bool, support: i
 def check_label_smoothing(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`label_smoothing` must be a float; received {type(value).__name__}")
-    if not 0.0 <= float(value) <= 1.0 or math.isnan(value):
+    if not 0.0 <= float(value) <= 1.0:  # also nan (every comparison with nan is False)
         raise SampledSoftmaxError(f"`label_smoothing` must be in [0, 1]; received {value}")
     return float(value)
 

@@ -77,8 +77,8 @@ def unigram_weights(
         )
     if not np.isfinite(distortion) or distortion < 0:
         raise SampledSoftmaxError(f"`distortion` must be finite and >= 0; received {distortion}")
-    w = np.concatenate([np.zeros(num_reserved_ids), u**distortion])
-    with np.errstate(over="ignore"):  # an overflowing sum is reported below
+    with np.errstate(over="ignore"):  # an overflowing power or sum is reported below
+        w = np.concatenate([np.zeros(num_reserved_ids), u**distortion])
         total = w.sum()
     if not np.isfinite(total):
         raise SampledSoftmaxError(

@@ -20,10 +20,11 @@ import torch
 
 from .. import SampledSoftmaxError
 from .. import _validation as V
-from . import _compiled
+from . import _compiled, _ops
 from ._compiled import IMPLEMENTATIONS
 from ..samplers import DRAWS, unique_draw_error, unique_draw_limit
-from .samplers import CandidateSampler, LogUniformSampler, UniformSampler, make_sampler
+from .._validation import check_num_sampled
+from .samplers import CandidateSampler, LogUniformSampler, UniformSampler, make_sampler, sampler_tables
 
 __all__ = ["sampled_softmax_loss", "full_softmax_loss", "full_logits"]
 
@@ -70,9 +71,10 @@ def _check_tensor(name, x, *, floating=None):
 
 
 def _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_index, label_smoothing,
-             reduction, partition_strategy):
+             reduction, partition_strategy, check_values=True):
     """Validate; return ``(shards, biases, y [N, T], h [N, D], lead, V, offsets, valid [N, T] or
-    None, label_smoothing)``."""
+    None, label_smoothing)``. Without ``check_values`` (a traced call, which cannot read
+    values) the labels are not read and ``valid`` is None."""
     shards = _shards(weights)
     for i, w in enumerate(shards):
         _check_tensor("weights" if len(shards) == 1 else f"weights[{i}]", w, floating=True)
@@ -93,7 +95,14 @@ def _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_inde
     n = math.prod(lead)
     y = labels.reshape(n, num_true)
     h = inputs.reshape(n, dim)
-    valid = None  # [N, T] mask of kept labels; None when no label is ignored (the fast path)
+    valid = _check_label_values(y, num_classes, ignore_index) if check_values else None
+    return shards, biases, y, h, lead, num_classes, offsets, valid, label_smoothing
+
+
+def _check_label_values(y: torch.Tensor, num_classes: int, ignore_index) -> torch.Tensor | None:
+    """Check ``y`` against ``[0, num_classes)``; return the ``[N, T]`` mask of kept labels, or
+    None when no label is ignored (the fast path)."""
+    valid = None
     if y.numel():
         lo, hi = _min_max(y)
         if ignore_index is not None and lo <= ignore_index <= hi:
@@ -101,7 +110,7 @@ def _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_inde
             # Zero stands in for ignored labels: it is always in range.
             lo, hi = _min_max(torch.where(valid, y, 0))
         V.check_label_values(lo, hi, num_classes, ignore_index)
-    return shards, biases, y, h, lead, num_classes, offsets, valid, label_smoothing
+    return valid
 
 
 def _min_max(x: torch.Tensor):
@@ -132,6 +141,10 @@ def _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid, de
         V.check_sampled_values_values(cand_lo, cand_hi, num_classes, tc_lo, tc_hi, sc_lo)
         padded = sc_hi == math.inf
     return cand.long(), true_count, samp_count, padded
+
+
+def _autocast_on(device_type: str) -> bool:
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
 def _check_generator(generator) -> None:
@@ -555,8 +568,7 @@ def sampled_softmax_loss(
         tensor([1.4076], dtype=torch.float64)
     """
     V.check_choice("implementation", implementation, IMPLEMENTATIONS)
-    _check_not_transformed(inputs, weights)
-    if isinstance(inputs, torch.Tensor) and torch.is_autocast_enabled(inputs.device.type):
+    if isinstance(inputs, torch.Tensor) and _autocast_on(inputs.device.type):
         # As F.cross_entropy under autocast: the loss is computed (and returned) in float32
         # whatever the autocast dtype, on every path, so forward and backward agree on dtypes.
         with torch.autocast(inputs.device.type, enabled=False):
@@ -566,6 +578,12 @@ def sampled_softmax_loss(
                 label_smoothing=label_smoothing, generator=generator, partition_strategy=partition_strategy,
                 subtract_log_q=subtract_log_q, sparse=sparse, return_log_prob=return_log_prob,
                 implementation=implementation)
+    if _ops.traced(inputs):
+        return _traced_sampled_softmax_loss(
+            weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+            remove_accidental_hits, sampler, reduction, ignore_index, label_smoothing, generator,
+            partition_strategy, subtract_log_q, sparse, return_log_prob, implementation)
+    _check_not_transformed(inputs, weights)
     if sampled_values is None and implementation != "python":
         result = _compiled_draw(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
                                 remove_accidental_hits, sampler, reduction, ignore_index, label_smoothing,
@@ -610,6 +628,66 @@ def sampled_softmax_loss(
         spec = _Spec(t, offsets, partition_strategy, label_smoothing, bool(sparse))
         loss, logp = _SampledSoftmax.apply(h, ids, logq, valid, removed, spec, biases, *shards)
     return _finish(loss, logp, valid, reduction, lead, return_log_prob)
+
+
+def _traced_sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+                                 sampled_values, remove_accidental_hits, sampler, reduction, ignore_index,
+                                 label_smoothing, generator, partition_strategy, subtract_log_q, sparse,
+                                 return_log_prob, implementation):
+    """:func:`sampled_softmax_loss` for a traced call (torch.compile, torch.export, meta or fake
+    tensors): the same checks of types, shapes and settings; every step that reads values
+    (label and ``sampled_values`` checks, the draw, the masks, the loss) is one of the custom
+    operators of :mod:`._ops`. A ``generator`` or a sampler of your own is not an operator's
+    argument: under torch.compile such a call runs eagerly (a graph break)."""
+    table = None if sampled_values is not None or isinstance(sampler, str) else sampler_tables(sampler)
+    custom_sampler = sampled_values is None and not isinstance(sampler, str) and table is None
+    if (generator is not None or custom_sampler) and torch.compiler.is_compiling():
+        return _eager_sampled_softmax_loss(
+            weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+            remove_accidental_hits, sampler=sampler, reduction=reduction, ignore_index=ignore_index,
+            label_smoothing=label_smoothing, generator=generator, partition_strategy=partition_strategy,
+            subtract_log_q=subtract_log_q, sparse=sparse, return_log_prob=return_log_prob,
+            implementation=implementation)
+    _check_generator(generator)
+    shards, biases, y, h, lead, num_classes, offsets, _, label_smoothing = _prepare(
+        weights, biases, labels, inputs, num_classes, num_true, ignore_index, label_smoothing,
+        reduction, partition_strategy, check_values=False,
+    )
+    if sparse and len(shards) > 1:
+        raise SampledSoftmaxError(
+            "`sparse=True` with sharded `weights` cannot be traced (torch.compile, torch.export, meta tensors): "
+            "each shard's rows are a data-dependent selection. Use one table, or sparse=False")
+    n, t = y.shape
+    kind, draw, support, weights_t, cdf, counts = "log_uniform", "unique", num_classes, None, None, None
+    cand = true_count = samp_count = None
+    if sampled_values is None:
+        if isinstance(sampler, str):
+            V.check_choice("sampler", sampler, ("uniform", "log_uniform"))
+            kind = sampler
+        else:
+            make_sampler(sampler, num_classes)  # the eager call's check of the sampler's classes
+            kind, draw, support, weights_t, cdf, counts = table
+        check_num_sampled(num_sampled, num_classes, unique=draw == "unique", support=support)
+    else:
+        cand, true_count, samp_count = (torch.as_tensor(v, device=h.device)
+                                        for v in V.check_sampled_values_triple(sampled_values))
+        _check_tensor("sampled_values[0]", cand, floating=False)
+        V.check_sampled_values_shapes(tuple(cand.shape), tuple(true_count.shape), tuple(samp_count.shape),
+                                      num_sampled, n, t)
+        cand, true_count = cand.long(), true_count.reshape(n, t)
+    update_counts = kind == "learned_unigram" and sampler.training
+    ids, logq, removed, keep = _ops.columns(
+        y.long(), num_sampled, num_classes, kind, draw, support, weights_t, cdf, counts, update_counts, cand,
+        true_count, samp_count, bool(remove_accidental_hits), bool(subtract_log_q), ignore_index,
+        _compute_dtype(h.dtype))
+    loss, logp, _, _, _ = _ops.loss(h, shards, biases, ids, logq, keep, removed, t, list(offsets),
+                                    partition_strategy, label_smoothing, bool(sparse), implementation)
+    return _finish(loss, logp, keep, reduction, lead, return_log_prob)
+
+
+@torch.compiler.disable
+def _eager_sampled_softmax_loss(*args, **kwargs):
+    return sampled_softmax_loss(*args, **kwargs)
 
 
 def _finish(loss, logp, valid, reduction, lead, return_log_prob):
@@ -688,7 +766,9 @@ def _choose_compiled(implementation, shards, biases, h, t, valid, label_smoothin
         return None
     dtype = h.dtype
     why = None
-    if len(shards) > 1:
+    if h.device.type != "cpu" or shards[0].device.type != "cpu":
+        why = f"it runs on the CPU; received inputs on {h.device}"
+    elif len(shards) > 1:
         why = "it takes one weight table, not shards"
     elif t != 1:
         why = f"it takes num_true=1; received {t}"
@@ -747,17 +827,22 @@ def full_softmax_loss(
     """
     _check_tensor("labels", labels, floating=False)
     _check_tensor("inputs", inputs, floating=True)
-    _check_not_transformed(inputs, weights)
+    traced = _ops.traced(inputs)
+    if not traced:
+        _check_not_transformed(inputs, weights)
     shards, biases, y, h, lead, num_classes, _, valid, label_smoothing = _prepare(
         weights, biases, labels, inputs, None, labels.shape[-1] if labels.dim() == inputs.dim() else 1,
-        ignore_index, label_smoothing, reduction, partition_strategy,
+        ignore_index, label_smoothing, reduction, partition_strategy, check_values=not traced,
     )
     y = y.long()
+    if traced:  # the range check as an operator; every label's mask, as values are unknown
+        y = _ops.checked_labels(y, num_classes, ignore_index)
+        valid = None if ignore_index is None else y != ignore_index
     # The [N, V] logits follow autocast when it is on (the matmul is the cost); the softmax and
     # the loss are float32 or wider, as in F.cross_entropy under autocast.
     logits = full_logits(shards, biases, h, partition_strategy=partition_strategy)
     device_type = h.device.type
-    with torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else contextlib.nullcontext():
+    with torch.autocast(device_type, enabled=False) if _autocast_on(device_type) else contextlib.nullcontext():
         return _full_softmax_from_logits(logits, y, valid, label_smoothing, reduction, lead, return_log_prob)
 
 

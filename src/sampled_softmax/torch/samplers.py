@@ -305,6 +305,36 @@ class LearnedUnigramSampler(_TableSampler):
 _BY_NAME = {"uniform": UniformSampler, "log_uniform": LogUniformSampler}
 
 
+def sampler_tables(sampler: CandidateSampler):
+    """``(kind, draw, support, weights, cdf, counts)`` of a library sampler, enough to rebuild
+    it around the same tables with :func:`sampler_from_tables` (the custom operators take
+    tensors, not modules); None for any other sampler. Tables a kind lacks are None."""
+    kind = {UniformSampler: "uniform", LogUniformSampler: "log_uniform", UnigramSampler: "unigram",
+            LearnedUnigramSampler: "learned_unigram"}.get(type(sampler))
+    if kind is None:
+        return None
+    return (kind, sampler.draw, sampler.support, getattr(sampler, "weights", None), getattr(sampler, "cdf", None),
+            getattr(sampler, "counts", None))
+
+
+def sampler_from_tables(kind: str, num_classes: int, draw: str, support: int, weights=None, cdf=None,
+                        counts=None) -> CandidateSampler:
+    """The sampler :func:`sampler_tables` describes, sharing its tables (a learned sampler's
+    counts are updated in place)."""
+    if kind in _BY_NAME:
+        return _BY_NAME[kind](num_classes, draw=draw)
+    cls = UnigramSampler if kind == "unigram" else LearnedUnigramSampler
+    sampler = cls.__new__(cls)
+    CandidateSampler.__init__(sampler, num_classes, draw=draw)
+    if kind == "unigram":
+        sampler.register_buffer("weights", weights)
+        sampler.register_buffer("cdf", cdf)
+        sampler.distortion, sampler.num_reserved_ids, sampler._support = 1.0, 0, support
+    else:
+        sampler.register_buffer("counts", counts)
+    return sampler
+
+
 def make_sampler(sampler, num_classes: int) -> CandidateSampler:
     """A sampler from a name (``"uniform"``, ``"log_uniform"``) or an existing instance."""
     if isinstance(sampler, CandidateSampler):

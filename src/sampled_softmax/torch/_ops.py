@@ -1,0 +1,226 @@
+"""The sampled loss as PyTorch custom operators (``torch.library``), for what traces a program
+instead of running it: ``torch.compile`` (a whole training step in one graph), meta and fake
+tensors, and ``torch.export``.
+
+A traced program cannot read tensor values on the host, and the loss has to: to check the
+labels, to draw candidates until ``S`` distinct ones are found, to build the accidental-hit
+mask. Each such step is an operator whose kernel runs the eager code and whose fake kernel
+gives only shapes, which are static:
+
+* ``sampled_softmax::columns``: labels (``[N, T]``) and the sampler's tables, or given
+  ``sampled_values`` -> column ids ``[N*T + S]``, ``log E`` ``[N*T + S]``, the removed-candidate
+  mask ``[N, S]`` and the kept-label mask ``[N, T]``, after the same checks as the eager call.
+  It updates a learned sampler's counts in place (declared as mutated).
+* ``sampled_softmax::loss``: the forward (the compiled core where it applies, else the Python
+  one), with ``sampled_softmax::loss_backward`` as its registered autograd formula; the row
+  gradients are scattered into the table (dense, or sparse COO rows) by traceable code.
+* ``sampled_softmax::checked_labels``: the labels after the range check (the exact loss).
+
+The eager call does not go through them: it calls the same kernels directly, without the
+dispatcher's per-call cost. Ignored labels read the first candidate's row here (the eager path
+drops their rows from a sparse gradient, a data-dependent shape): that row is touched anyway,
+so the table's gradient, dense or coalesced, and the set of touched rows are the same.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _compiled
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def traced(x) -> bool:
+    """True when the call is being traced rather than run: under torch.compile / torch.export,
+    or on meta or fake tensors."""
+    if torch.compiler.is_compiling():
+        return True
+    return isinstance(x, torch.Tensor) and (x.device.type == "meta" or isinstance(x, torch._subclasses.FakeTensor))
+
+
+def _compute_dtype(dtype):
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+# ---------------------------------------------------------------------------------------------
+# sampled_softmax::checked_labels
+
+
+@torch.library.custom_op("sampled_softmax::checked_labels", mutates_args=())
+def checked_labels(labels: Tensor, num_classes: int, ignore_index: Optional[int]) -> Tensor:
+    """``labels`` (a copy) after checking them against ``[0, num_classes)`` or ``ignore_index``."""
+    from .functional import _check_label_values
+
+    _check_label_values(labels, num_classes, ignore_index)
+    return labels.clone()
+
+
+@checked_labels.register_fake
+def _(labels, num_classes, ignore_index):
+    return torch.empty_like(labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# sampled_softmax::columns
+
+
+@torch.library.custom_op("sampled_softmax::columns", mutates_args=("counts",))
+def columns(
+    labels: Tensor, num_sampled: int, num_classes: int, kind: str, draw: str, support: int,
+    weights: Optional[Tensor], cdf: Optional[Tensor], counts: Optional[Tensor], update_counts: bool,
+    candidates: Optional[Tensor], true_expected_count: Optional[Tensor], sampled_expected_count: Optional[Tensor],
+    remove_accidental_hits: bool, subtract_log_q: bool, ignore_index: Optional[int], dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from . import functional as Fn
+    from .samplers import sampler_from_tables
+
+    y = labels
+    n, t = y.shape
+    valid = Fn._check_label_values(y, num_classes, ignore_index)
+    if candidates is None:
+        sampler = sampler_from_tables(kind, num_classes, draw, support, weights, cdf, counts)
+        sampler.train(update_counts)
+        cand, true_count, samp_count = sampler._draw_values(y, num_sampled, None,
+                                                            None if valid is None else ignore_index)
+        padded = draw == "unique_exact"
+        if subtract_log_q and support < num_classes:
+            Fn._check_labels_can_be_drawn(y, valid, true_count, sampler)
+    else:
+        cand, true_count, samp_count, padded = Fn._check_sampled_values(
+            (candidates, true_expected_count, sampled_expected_count), num_sampled, num_classes, y, valid, y.device)
+    fill = cand[:1] if cand.numel() else y.new_zeros(1)
+    y_safe = y if valid is None else torch.where(valid, y, fill)
+    on_cpu = y.device.type == "cpu" and cand.device.type == "cpu"
+    build = Fn._columns_numpy if on_cpu else Fn._columns_torch
+    ids, logq, removed = build(y_safe, valid, cand, true_count, samp_count, dtype, remove_accidental_hits,
+                               subtract_log_q, padded)
+    s = cand.shape[0]
+    removed = torch.zeros(n, s, dtype=torch.bool) if removed is None else removed.contiguous()
+    keep = torch.ones(n, t, dtype=torch.bool) if valid is None else valid.clone()
+    return (ids.to(y.device), logq.to(y.device), removed.to(y.device), keep.to(y.device))
+
+
+@columns.register_fake
+def _(labels, num_sampled, num_classes, kind, draw, support, weights, cdf, counts, update_counts, candidates,
+      true_expected_count, sampled_expected_count, remove_accidental_hits, subtract_log_q, ignore_index, dtype):
+    n, t = labels.shape
+    s = num_sampled if candidates is None else candidates.shape[0]
+    return (labels.new_empty(n * t + s, dtype=torch.int64), labels.new_empty(n * t + s, dtype=dtype),
+            labels.new_empty((n, s), dtype=torch.bool), labels.new_empty((n, t), dtype=torch.bool))
+
+
+# ---------------------------------------------------------------------------------------------
+# sampled_softmax::loss and its backward
+
+
+def _core(h, shards, bias, num_true, keep, label_smoothing, implementation):
+    """The compiled core when it takes this call (as the eager path decides), else None."""
+    from .functional import _choose_compiled
+
+    return _choose_compiled(implementation, shards, bias, h, num_true, keep, label_smoothing)
+
+
+@torch.library.custom_op("sampled_softmax::loss", mutates_args=())
+def loss(
+    h: Tensor, shards: list[Tensor], bias: Optional[Tensor], ids: Tensor, logq: Tensor, keep_true: Tensor,
+    removed: Tensor, num_true: int, offsets: list[int], strategy: str, label_smoothing: float, sparse: bool,
+    implementation: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(loss [N], logp [N], logp_all [N, T + S], rows [N*T + S, D], route)``; ``route`` (0-d)
+    says which kernel ran (1: the compiled core), for the backward to use the same."""
+    from . import functional as Fn
+
+    keep = None if bool(keep_true.all()) else keep_true
+    ext = _core(h, shards, bias, num_true, keep, label_smoothing, implementation)
+    if ext is not None:
+        loss_, logp_all, rows = ext.core_forward(h, shards[0], h.new_empty(0) if bias is None else bias, ids, logq,
+                                                 removed)
+        return loss_, loss_.neg(), logp_all, rows, torch.ones((), dtype=torch.int64)
+    spec = Fn._Spec(num_true, tuple(offsets), strategy, label_smoothing, sparse)
+    removed_cand = removed if bool(removed.any()) else None
+    loss_, logp, _, rows, logp_all, _ = Fn.loss_forward(h, ids, logq, keep, removed_cand, spec, bias, shards)
+    return loss_, logp.clone(), logp_all, rows, torch.zeros((), dtype=torch.int64)
+
+
+@loss.register_fake
+def _(h, shards, bias, ids, logq, keep_true, removed, num_true, offsets, strategy, label_smoothing, sparse,
+      implementation):
+    n, m = h.shape[0], ids.shape[0]
+    cdt = _compute_dtype(h.dtype)
+    width = num_true + m - n * num_true
+    return (h.new_empty(n, dtype=cdt), h.new_empty(n, dtype=cdt), h.new_empty((n, width), dtype=cdt),
+            h.new_empty((m, h.shape[1]), dtype=cdt), h.new_empty((), dtype=torch.int64))
+
+
+@torch.library.custom_op("sampled_softmax::loss_backward", mutates_args=())
+def loss_backward(
+    g_loss: Tensor, g_logp: Tensor, h: Tensor, rows: Tensor, ids: Tensor, logp_all: Tensor, keep_true: Tensor,
+    removed: Tensor, route: Tensor, num_true: int, label_smoothing: float, need_h: bool, need_w: bool, need_b: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(d_h [N, D], d_rows [N*T + S, D], d_b_rows [N*T + S])``, empty where not needed."""
+    from . import functional as Fn
+
+    cdt = _compute_dtype(h.dtype)
+    if int(route):
+        d_h, d_rows, d_b_rows = _compiled.extension().core_backward(g_loss - g_logp, h, rows, ids, logp_all,
+                                                                     need_h, need_w, need_b)
+    else:
+        keep = None if bool(keep_true.all()) else keep_true
+        n, t = keep_true.shape
+        s = logp_all.shape[1] - t
+        targets = None
+        if keep is not None or label_smoothing != 0.0:
+            keep_cand = ~removed if bool(removed.any()) else None
+            targets = Fn._targets(keep, keep_cand, n, t, s, label_smoothing, cdt, h.device)
+        hc = h if h.dtype == cdt else h.to(cdt)
+        d_h, d_rows, d_b_rows = Fn.loss_backward(g_loss, g_logp, hc, rows, logp_all, keep, targets, num_true,
+                                                 need_h, need_w, need_b)
+    d_h = h.new_empty(0) if d_h is None else d_h.to(h.dtype)
+    d_rows = rows.new_empty(0) if d_rows is None else d_rows
+    d_b_rows = rows.new_empty(0) if d_b_rows is None else d_b_rows
+    return d_h, d_rows, d_b_rows
+
+
+@loss_backward.register_fake
+def _(g_loss, g_logp, h, rows, ids, logp_all, keep_true, removed, route, num_true, label_smoothing, need_h,
+      need_w, need_b):
+    return (h.new_empty(h.shape if need_h else (0,)), rows.new_empty(rows.shape if need_w else (0,)),
+            rows.new_empty(rows.shape[:1] if need_b else (0,)))
+
+
+def _setup_context(ctx, inputs, output):
+    h, shards, bias, ids, logq, keep_true, removed, num_true, offsets, strategy, eps, sparse, implementation = inputs
+    _, _, logp_all, rows, route = output
+    ctx.save_for_backward(h, rows, ids, logp_all, keep_true, removed, route, bias, *shards)
+    ctx.settings = (num_true, tuple(offsets), strategy, eps, sparse)
+
+
+def _backward(ctx, g_loss, g_logp, _g_logp_all, _g_rows, _g_route):
+    from . import functional as Fn
+
+    Fn._check_once_differentiable()
+    h, rows, ids, logp_all, keep_true, removed, route, bias, *shards = ctx.saved_tensors
+    num_true, offsets, strategy, eps, sparse = ctx.settings
+    need_h, need_shards, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+    needs_w = list(need_shards) if isinstance(need_shards, (list, tuple)) else [bool(need_shards)] * len(shards)
+    need_b = bool(need_b) and bias is not None
+    g_loss = torch.zeros_like(logp_all[:, 0]) if g_loss is None else g_loss
+    g_logp = torch.zeros_like(logp_all[:, 0]) if g_logp is None else g_logp
+    d_h, d_rows, d_b_rows = loss_backward(g_loss, g_logp, h, rows, ids, logp_all, keep_true, removed, route,
+                                          num_true, eps, bool(need_h), any(needs_w), need_b)
+    spec = Fn._Spec(num_true, offsets, strategy, eps, sparse)
+    d_shards = Fn._scatter_to_shards(shards, ids, d_rows, spec, None, needs_w) if any(needs_w) else [None] * len(shards)
+    d_bias = None
+    if need_b:
+        d_bias = Fn._scatter_rows(tuple(bias.shape), ids, d_b_rows.to(bias.dtype), sparse, None)
+    # One entry per input, lists as lists (h, shards, bias, ids, logq, keep, removed, num_true,
+    # offsets, strategy, label_smoothing, sparse, implementation).
+    return (d_h if need_h else None, d_shards, d_bias, None, None, None, None, None, [None] * len(offsets),
+            None, None, None, None)
+
+
+torch.library.register_autograd("sampled_softmax::loss", _backward, setup_context=_setup_context)
