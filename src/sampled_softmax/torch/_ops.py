@@ -68,7 +68,9 @@ def _(labels, num_classes, ignore_index):
 # sampled_softmax::columns
 
 
-@torch.library.custom_op("sampled_softmax::columns", mutates_args=("counts",))
+# Tagged as a seeded random op: never constant-folded nor merged with another call.
+@torch.library.custom_op("sampled_softmax::columns", mutates_args=("counts",),
+                         tags=(torch.Tag.nondeterministic_seeded,))
 def columns(
     labels: Tensor, num_sampled: int, num_classes: int, kind: str, draw: str, support: int,
     weights: Optional[Tensor], cdf: Optional[Tensor], counts: Optional[Tensor], update_counts: bool,
