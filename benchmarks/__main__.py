@@ -160,6 +160,10 @@ def main(argv=None) -> int:
         _goal(goals, "train step >= 1.5x faster than Embedding(sparse) + SparseAdam", st, st >= 1.5, "{:.2f}x")
         head = gr["head only"]["ratios"]["stock sparse / recipe"]
         _goal(goals, "output layer alone (loss + table optimizer) >= 1.5x faster than Embedding(sparse) + SparseAdam", head, head >= 1.5, "{:.2f}x")
+        if "torch.compile" in gr:
+            c = gr["torch.compile"]["ratios"]["recipe / recipe compiled"]
+            goals.append(f"- [context] torch.compile(fullgraph=True) of the recipe's forward: eager / compiled step "
+                         f"{c:.2f}x ({'a gain' if c > 1 else 'a cost'})")
         full = gr["full softmax Adam"]["ratio"]
         _goal(goals, "train step >= 1000x faster than full softmax + Adam", full, full >= 1000, "{:.0f}x")
     if "keras" in payload and not (args.quick or args.smoke):

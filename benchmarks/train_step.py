@@ -6,6 +6,8 @@ followed by an output layer over ``V`` classes. Methods:
 * ``recipe``: ``SampledSoftmaxLoss(sparse=True)`` with ``SparseRowAdam`` for the class table
   (the library's documented recipe).
 * ``recipe rowwise``: the same with ``SparseRowAdam(rowwise=True)`` (one second moment per row).
+* ``recipe compiled``: the recipe with its forward (model and loss) in
+  ``torch.compile(fullgraph=True)``; the draw reads the default generator (seeded once).
 * ``stock sparse``: ``nn.Embedding(V, D, sparse=True)`` rows, hand-written sampled logits and
   ``torch.optim.SparseAdam``, what a careful PyTorch user builds today.
 * ``sampled dense Adam``: hand-written sampled softmax indexing a dense Parameter, ``Adam``.
@@ -21,7 +23,7 @@ import gc
 import json
 import sys
 
-METHODS = ("recipe", "recipe rowwise", "stock sparse", "sampled dense Adam", "full softmax Adam")
+METHODS = ("recipe", "recipe rowwise", "recipe compiled", "stock sparse", "sampled dense Adam", "full softmax Adam")
 SHAPE = dict(S=100, D=300, B=256)
 
 
@@ -61,6 +63,14 @@ def build(method: str, V: int, *, S=100, D=300, B=256, seed=0, body=True):
         head_opt = SparseRowAdam(head.parameters(), lr=1e-3, rowwise=method == "recipe rowwise")
         return make_step(lambda: head(hidden(), y, generator=g).loss, head_opt), (layer, *rest_opts, head, head_opt)
 
+    if method == "recipe compiled":
+        head = SampledSoftmaxLoss(D, V, S, sparse=True)
+        head_opt = SparseRowAdam(head.parameters(), lr=1e-3)
+        torch.manual_seed(seed)
+        forward = torch.compile(lambda: head(hidden(), y).loss, fullgraph=True)
+        forward()  # compiled here, outside any timing
+        return make_step(forward, head_opt), (layer, *rest_opts, head, head_opt)
+
     if method in ("stock sparse", "sampled dense Adam"):
         sparse = method == "stock sparse"
         table = torch.nn.Embedding(V, D, sparse=sparse)
@@ -91,7 +101,7 @@ def build(method: str, V: int, *, S=100, D=300, B=256, seed=0, body=True):
 
 def rounds(quick: bool) -> int:
     """Progress steps :func:`run` reports."""
-    return (5 + 5 + 5 + 3 + 3) if quick else (20 + 20 + 20 + 5 + 5)
+    return (5 + 5 + 5 + 5 + 3 + 3) if quick else (20 + 20 + 20 + 20 + 5 + 5)
 
 
 def run(*, quick=False, seed=0, progress=None):
@@ -127,6 +137,15 @@ def run(*, quick=False, seed=0, progress=None):
     s = paired(steps, repeats=repeats, block=block, progress=progress)
     results["groups"]["head only"] = {"V": big, "summary": summarize(s), "ratios": {
         "stock sparse / recipe": paired_ratio(s, "stock sparse", "recipe")}}
+    del steps
+    gc.collect()
+
+    # 2c. torch.compile: what compiling the forward (fullgraph, through the library's custom
+    # operators) gains or costs on the recipe's step.
+    steps = {m: build(m, big, seed=seed)[0] for m in ("recipe", "recipe compiled")}
+    s = paired(steps, repeats=repeats, block=block, progress=progress)
+    results["groups"]["torch.compile"] = {"V": big, "summary": summarize(s), "ratios": {
+        "recipe / recipe compiled": paired_ratio(s, "recipe", "recipe compiled")}}
     del steps
     gc.collect()
 

@@ -38,6 +38,7 @@ def test_sparse_row_adam_rejects_rows_outside_the_parameter(impl, bad_row, side)
     assert torch.equal(p.detach(), torch.zeros(10, 4))  # nothing written, in or outside the parameter
     assert all(torch.count_nonzero(v) == 0 for s in opt.state.values() for v in s.values()
                if isinstance(v, torch.Tensor))
+    assert all(s["step"] == 0 for s in opt.state.values())  # the failed step did not count
 
 
 @IMPLS

@@ -64,6 +64,11 @@ def extension():
     return _state["ext"]
 
 
+def is_built() -> bool:
+    """Whether this process has the extension already (loading a cached build is quick)."""
+    return _state.get("ext") is not None
+
+
 def unavailable_reason() -> str | None:
     extension()
     return _state.get("why")

@@ -32,6 +32,7 @@ from torch import Tensor
 from . import _compiled
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+_FakeTensor = torch._subclasses.FakeTensor
 
 
 def traced(x) -> bool:
@@ -39,7 +40,7 @@ def traced(x) -> bool:
     or on meta or fake tensors."""
     if torch.compiler.is_compiling():
         return True
-    return isinstance(x, torch.Tensor) and (x.device.type == "meta" or isinstance(x, torch._subclasses.FakeTensor))
+    return isinstance(x, torch.Tensor) and (x.is_meta or isinstance(x, _FakeTensor))
 
 
 def _compute_dtype(dtype):
@@ -141,7 +142,7 @@ def loss(
     if ext is not None:
         loss_, logp_all, rows = ext.core_forward(h, shards[0], h.new_empty(0) if bias is None else bias, ids, logq,
                                                  removed)
-        return loss_, loss_.neg(), logp_all, rows, torch.ones((), dtype=torch.int64)
+        return loss_, loss_.neg(), logp_all, rows, torch.ones((), dtype=torch.int64)  # on the CPU: no sync
     spec = Fn._Spec(num_true, tuple(offsets), strategy, label_smoothing, sparse)
     removed_cand = removed if bool(removed.any()) else None
     loss_, logp, _, rows, logp_all, _ = Fn.loss_forward(h, ids, logq, keep, removed_cand, spec, bias, shards)
@@ -155,7 +156,7 @@ def _(h, shards, bias, ids, logq, keep_true, removed, num_true, offsets, strateg
     cdt = _compute_dtype(h.dtype)
     width = num_true + m - n * num_true
     return (h.new_empty(n, dtype=cdt), h.new_empty(n, dtype=cdt), h.new_empty((n, width), dtype=cdt),
-            h.new_empty((m, h.shape[1]), dtype=cdt), h.new_empty((), dtype=torch.int64))
+            h.new_empty((m, h.shape[1]), dtype=cdt), torch.empty((), dtype=torch.int64, device="cpu"))
 
 
 @torch.library.custom_op("sampled_softmax::loss_backward", mutates_args=())

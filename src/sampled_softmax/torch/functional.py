@@ -143,8 +143,15 @@ def _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid, de
     return cand.long(), true_count, samp_count, padded
 
 
+_AUTOCAST_AVAILABLE: dict = {}
+_is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+
 def _autocast_on(device_type: str) -> bool:
-    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    available = _AUTOCAST_AVAILABLE.get(device_type)
+    if available is None:  # asked once per device type: the answer costs a microsecond a call
+        available = _AUTOCAST_AVAILABLE[device_type] = torch.amp.is_autocast_available(device_type)
+    return available and torch.is_autocast_enabled(device_type)
 
 
 def _check_generator(generator) -> None:
@@ -160,9 +167,10 @@ def _check_ignore_index(ignore_index) -> None:
 def _check_not_transformed(inputs, weights) -> None:
     """torch.func transforms wrap tensors in ways the explicit backward and the NumPy-side
     column code cannot see through: say so instead of failing somewhere inside."""
-    is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    is_wrapped = _is_functorch_wrapped
     first = weights[0] if isinstance(weights, (list, tuple)) and weights else weights
-    if any(isinstance(x, torch.Tensor) and is_wrapped(x) for x in (inputs, first)):
+    if (isinstance(inputs, torch.Tensor) and is_wrapped(inputs)) or (isinstance(first, torch.Tensor)
+                                                                     and is_wrapped(first)):
         raise NotImplementedError(
             "sampled_softmax_loss does not run under torch.func transforms (grad, vjp, vmap, jacrev): its "
             "backward is an explicit autograd.Function. Use loss.backward() or torch.autograd.grad, and a "

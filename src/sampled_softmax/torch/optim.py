@@ -58,24 +58,31 @@ def _real(name, value) -> float:
     return float(value)
 
 
-def _row_sparse(grad: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """``grad`` as a row-sparse COO tensor (``sparse_dim=1``) after checking its row indices.
-
-    Indices outside ``[0, rows)`` would be read and written out of bounds by the compiled step:
-    they raise ``IndexError`` (what ``index_select`` and ``torch.optim.SparseAdam`` raise).
-    A gradient with more sparse dimensions has its elements gathered into the rows that hold
-    them (the rows' other elements get gradient 0).
-    """
-    if tuple(grad.shape) != tuple(p.shape):
-        raise SampledSoftmaxError(
-            f"a sparse gradient must have its parameter's shape {list(p.shape)}; received {list(grad.shape)}")
-    idx = grad._indices()
-    if idx.numel():
-        lo, hi = (int(v) for v in torch.aminmax(idx[0]))  # a gradient's read-back, as coalesce does
+def _check_rows(rows: torch.Tensor, p: torch.Tensor) -> None:
+    """Row indices outside ``[0, rows)`` would be read and written out of bounds: they raise
+    ``IndexError`` (what ``index_select`` and ``torch.optim.SparseAdam`` raise)."""
+    if rows.numel():
+        lo, hi = (int(v) for v in torch.aminmax(rows))  # a gradient's read-back, as coalesce does
         if lo < 0 or hi >= p.shape[0]:
             raise IndexError(
                 f"sparse gradient row indices must be in [0, {p.shape[0] - 1}] for a parameter of shape "
                 f"{list(p.shape)}; received {'down to ' + str(lo) if lo < 0 else 'up to ' + str(hi)}")
+
+
+def _row_sparse(grad: torch.Tensor, p: torch.Tensor, check_rows: bool = True) -> torch.Tensor:
+    """``grad`` as a row-sparse COO tensor (``sparse_dim=1``), its row indices checked unless
+    ``check_rows`` is False (the compiled step checks them itself, before writing anything).
+
+    A gradient with more sparse dimensions has its elements gathered into the rows that hold
+    them (the rows' other elements get gradient 0).
+    """
+    if grad.shape != p.shape:
+        raise SampledSoftmaxError(
+            f"a sparse gradient must have its parameter's shape {list(p.shape)}; received {list(grad.shape)}")
+    idx = grad._indices()
+    if check_rows or grad.sparse_dim() > 1:
+        _check_rows(idx[0], p)
+    if idx.numel():
         if grad.sparse_dim() > 1:
             for k in range(1, grad.sparse_dim()):
                 k_lo, k_hi = (int(v) for v in torch.aminmax(idx[k]))
@@ -180,22 +187,30 @@ class SparseRowAdam(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                sparse = p.grad.is_sparse
+                compiled = sparse and self.implementation != "python"
+                grad = _row_sparse(p.grad, p, check_rows=not compiled) if sparse else p.grad
                 state = self.state[p] or self._init_state(p, group)
                 state["step"] += 1
                 t = state["step"]
-                sparse = p.grad.is_sparse
-                grad = _row_sparse(p.grad, p) if sparse else p.grad
                 # sqrt(v / c2) + eps == (sqrt(v) + eps sqrt(c2)) / sqrt(c2): one pass fewer.
                 root_c2 = math.sqrt(1.0 - beta2**t)
                 step_size = -lr * root_c2 / (1.0 - beta1**t)
                 eps_term = eps * root_c2 if group.get("eps_placement", "adam") == "adam" else eps
-                ext = self._compiled_for(p, grad, state) if sparse else None
+                ext = self._compiled_for(p, grad, state) if compiled else None
                 if ext is not None:
                     empty = p.new_empty(0)
-                    ext.sparse_row_adam_(p.data, state.get("moments", empty), state.get("exp_avg", empty),
-                                         state.get("exp_avg_sq", empty), grad._indices()[0], grad._values(),
-                                         beta1, beta2, step_size, eps_term)
+                    try:
+                        ext.sparse_row_adam_(p.data, state.get("moments", empty), state.get("exp_avg", empty),
+                                             state.get("exp_avg_sq", empty), grad._indices()[0], grad._values(),
+                                             beta1, beta2, step_size, eps_term)
+                    except IndexError:  # a row out of range, found before any write: say it as Python does
+                        state["step"] -= 1
+                        _check_rows(grad._indices()[0], p)
+                        raise
                     continue
+                if compiled:  # the Python step after all: check what the compiled one would have
+                    _check_rows(grad._indices()[0], p)
                 if sparse:
                     rows, g = _sum_duplicate_rows(grad)
                 else:  # dense gradient: every row, in place
