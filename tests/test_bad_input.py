@@ -41,8 +41,11 @@ CASES = [
     ("negative label other than ignore_index", dict(labels=np.array([1, -3, -100]), ignore_index=-100),
      SampledSoftmaxError, r"{labels} must be in \[0, 19\] \(or ignore_index=-100\); received values down to -3",
      ("reference", "torch", "keras")),
+    # TensorFlow's drop-in casts float labels to int64, as tf.nn does (tested in test_tensorflow.py).
     ("float labels", dict(labels=np.array([1.0, 2.0, 3.0], np.float32)), TypeError,
-     r"{labels} must have an integer dtype; received " + F32, ALL),
+     r"{labels} must have an integer dtype; received " + F32, ("reference", "torch", "keras")),
+    ("string labels", dict(labels=np.array(["a", "b", "c"])), TypeError,
+     r"{labels} must have an integer dtype; received string", ("tensorflow",)),
     ("labels batch differs from inputs", dict(labels=np.array([1, 2])), SampledSoftmaxError,
      r"{labels} must have shape \[3\] or \[3, 1\] .*received shape \[2\]", ALL),
     ("labels last dim differs from num_true", dict(labels=np.array([[1, 2]] * 3)), SampledSoftmaxError,

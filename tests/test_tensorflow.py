@@ -209,3 +209,165 @@ def test_inside_mirrored_strategy_with_two_cpu_replicas():
     out = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "replicas 2" in out.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# The drop-in where it was not one, and no silent wrong result (issue 15)
+
+
+def test_unknown_feature_dimension_in_an_input_signature():
+    W, b, y, h, sv = problem(0)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32)])
+    def loss(inputs):
+        return sst.sampled_softmax_loss(W, b, y, inputs, len(sv[0]), W.shape[0], sampled_values=sv)
+
+    np.testing.assert_allclose(loss(tf.constant(h)).numpy(), sst.sampled_softmax_loss(
+        W, b, y, h, len(sv[0]), W.shape[0], sampled_values=sv).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("label_dtype", [tf.float32, tf.bfloat16, tf.float64])
+def test_floating_labels_are_cast_like_tf_nn(label_dtype):
+    W, b, y, h, sv = problem(1)
+    as_float = tf.cast(tf.constant(y), label_dtype)
+    ours = sst.sampled_softmax_loss(W, b, as_float, h, len(sv[0]), W.shape[0], sampled_values=sv)
+    theirs = tf.nn.sampled_softmax_loss(W, b, as_float, h, len(sv[0]), W.shape[0], sampled_values=sv)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5)
+
+
+def test_bias_shards_match_tf_nn_with_gradients():
+    W, b, y, h, sv = problem(2, T=2)
+    Wv = [tf.Variable(w) for w in np.array_split(W, 3)]
+    bv = [tf.Variable(x) for x in np.array_split(b, 3)]
+    results = []
+    for fn in (sst.sampled_softmax_loss, tf.nn.sampled_softmax_loss):
+        with tf.GradientTape() as tape:
+            loss = fn(Wv, bv, y, h, len(sv[0]), W.shape[0], num_true=2, sampled_values=sv)
+        results.append([loss] + [tf.convert_to_tensor(g) for g in tape.gradient(loss, Wv + bv)])
+    for a, e in zip(*results):
+        np.testing.assert_allclose(a.numpy(), e.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(sst.SampledSoftmaxError, match=r"`biases` shards must have \[51, 50\] rows"):
+        sst.sampled_softmax_loss(Wv, [tf.zeros(50), tf.zeros(51)], y, h, len(sv[0]), W.shape[0], num_true=2,
+                                 sampled_values=sv)
+
+
+def test_true_expected_count_of_one_column_is_broadcast_over_num_true():
+    W, b, y, h, (cand, tc, sc) = problem(3, T=3)
+    one = tc[:, :1]
+    ours = sst.sampled_softmax_loss(W, b, y, h, len(cand), W.shape[0], num_true=3, sampled_values=(cand, one, sc))
+    theirs = tf.nn.sampled_softmax_loss(W, b, y, h, len(cand), W.shape[0], num_true=3, sampled_values=(cand, one, sc))
+    full = R.sampled_softmax_loss(W, b, y, h, (cand, np.repeat(one, 3, axis=1), sc))
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(ours.numpy(), full, rtol=1e-5)
+    np.testing.assert_allclose(R.sampled_softmax_loss(W, b, y, h, (cand, one, sc)), full, rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", ["label", "negative label", "candidate"])
+def test_out_of_range_ids_under_xla_give_nan_rows(bad):
+    W, b, y, h, (cand, tc, sc) = problem(4)
+    y, cand = y.copy(), cand.copy()
+    if bad == "label":
+        y[2, 0] = W.shape[0] + 5
+    elif bad == "negative label":
+        y[2, 0] = -1
+    else:
+        cand[3] = W.shape[0]
+    step = tf.function(jit_compile=True)(lambda y, cand: sst.sampled_softmax_loss(
+        W, b, y, h, len(cand), W.shape[0], sampled_values=(cand, tc, sc)))
+    loss = step(tf.constant(y), tf.constant(cand)).numpy()
+    if bad == "candidate":
+        assert np.isnan(loss).all()
+    else:
+        assert np.isnan(loss[2]) and np.isfinite(np.delete(loss, 2)).all()
+    full = tf.function(jit_compile=True)(lambda y: sst.full_softmax_loss(W, b, y, h))
+    if bad != "candidate":
+        assert np.isnan(full(tf.constant(y)).numpy()[2])
+
+
+@pytest.mark.parametrize("which,value,message", [
+    (1, 0.0, r"true_expected_count\) must be positive"),
+    (2, -1.0, r"sampled_expected_count\) must be positive"),
+])
+def test_invalid_sampled_values_raise_inside_tf_function(which, value, message):
+    W, b, y, h, sv = problem(5)
+    sv = [np.array(v) for v in sv]
+    sv[which].flat[0] = value
+    step = tf.function(lambda tc, sc: sst.sampled_softmax_loss(W, b, y, h, len(sv[0]), W.shape[0],
+                                                               sampled_values=(sv[0], tc, sc)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        step(tf.constant(sv[1]), tf.constant(sv[2]))
+
+
+def test_a_candidate_count_unknown_when_traced_is_checked_when_it_runs():
+    W, b, y, h, (cand, tc, sc) = problem(6, S=7)
+    step = tf.function(input_signature=[tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.float32)])(
+        lambda cand, sc: sst.sampled_softmax_loss(W, b, y, h, 5, W.shape[0], sampled_values=(cand, tc, sc)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"sampled_candidates\) must have shape \[5\]"):
+        step(tf.constant(cand), tf.constant(sc))
+
+
+_LEARNED = []
+
+
+def _learned_sampler():
+    # One sampler (its counts are a variable, which a tf.function may create only once).
+    if not _LEARNED:
+        _LEARNED.append(sst.LearnedUnigramSampler(20))
+    return _LEARNED[0]
+
+
+@pytest.mark.parametrize("make", [
+    lambda tc, g: sst.log_uniform_candidate_sampler(tc, 5, 20, generator=g),
+    lambda tc, g: sst.uniform_candidate_sampler(tc, 5, 20, generator=g),
+    lambda tc, g: sst.unigram_candidate_sampler(tc, 5, 20, [1.0] * 20, generator=g),
+    lambda tc, g: _learned_sampler()(tc, 5, generator=g),
+], ids=["log_uniform", "uniform", "unigram", "learned"])
+def test_samplers_reject_true_classes_out_of_range(make):
+    g = tf.random.Generator.from_seed(0)
+    for bad in ([[0, -10]], [[3, 20]]):
+        with pytest.raises(sst.SampledSoftmaxError, match=r"`true_classes` must be in \[0, 19\]"):
+            make(tf.constant(bad, tf.int64), g)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"`true_classes` must be in \[0, 19\]"):
+            tf.function(lambda tc: make(tc, g))(tf.constant(bad, tf.int64))
+        _, true_count, _ = tf.function(jit_compile=True)(lambda tc: make(tc, g))(tf.constant(bad, tf.int64))
+        assert np.isnan(true_count.numpy()[0, 1]) and np.isfinite(true_count.numpy()[0, 0])
+
+
+LEARNED_MIRRORED = r"""
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from sampled_softmax import tensorflow as sst
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    sampler = sst.LearnedUnigramSampler(10)
+labels = np.array([[1], [1], [2], [7]])  # replica 0 sees [1, 1], replica 1 sees [2, 7]
+@tf.function
+def step():
+    def replica_fn(y):
+        sampler(y, 3)
+        return tf.constant(0)
+    strategy.run(replica_fn, args=(strategy.experimental_distribute_values_from_function(
+        lambda c: tf.constant(labels[c.replica_id_in_sync_group * 2:][:2])),))
+step(); step()
+copies = [v.numpy() for v in strategy.experimental_local_results(sampler.counts)]
+expected = np.ones(10); expected[[1, 2, 7]] += [4, 2, 2]
+for c in copies:
+    np.testing.assert_array_equal(c, expected)
+ckpt = tf.train.Checkpoint(sampler=sampler)
+path = ckpt.save("CKPT")
+restored = sst.LearnedUnigramSampler(10)
+tf.train.Checkpoint(sampler=restored).restore(path)
+np.testing.assert_array_equal(restored.counts.numpy(), expected)
+print("counts agree")
+"""
+
+
+def test_learned_sampler_counts_aggregate_across_mirrored_replicas(tmp_path):
+    import subprocess
+    import sys
+
+    script = LEARNED_MIRRORED.replace("CKPT", str(tmp_path / "ckpt"))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "counts agree" in out.stdout

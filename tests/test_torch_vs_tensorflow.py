@@ -46,8 +46,10 @@ def test_matches_tf_nn_sampled_softmax_loss_float32(T, hits, shards, label_dtype
     loss.sum().backward()
     dW = torch.cat([w.grad for w in shard_list]) if shards else tW.grad
     np.testing.assert_allclose(loss.detach().numpy(), tf_loss, rtol=1e-5, atol=1e-5)
+    # float32 sums over up to B*T rows in different orders: differences of a few ulps of the
+    # terms (~1), seen up to 1.3e-6 on one machine's BLAS, not of the result.
     for got, want in ((dW, tf_dW), (tb.grad, tf_db), (th.grad, tf_dh)):
-        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=5e-6)
 
 
 def test_tf_masks_only_one_copy_of_a_duplicated_hit_and_we_mask_all():

@@ -100,7 +100,7 @@ def resolve_label_shape(
     )
 
 
-def shard_layout(shard_rows: Sequence[int], num_classes: int, strategy: str) -> list[int]:
+def shard_layout(shard_rows: Sequence[int], num_classes: int, strategy: str, *, name: str = "weights") -> list[int]:
     """Check shard row counts against TensorFlow's layout; return each shard's first class id
     (``div``) or the shard count repeated (``mod``, where shard ``p`` holds ids ``p, p+n, ...``)."""
     check_choice("partition_strategy", strategy, PARTITION_STRATEGIES)
@@ -109,7 +109,7 @@ def shard_layout(shard_rows: Sequence[int], num_classes: int, strategy: str) -> 
     expected = [base + 1 if p < extra else base for p in range(n)]
     if list(shard_rows) != expected:
         raise SampledSoftmaxError(
-            f"`weights` shards must have {expected} rows for num_classes={num_classes} in {n} "
+            f"`{name}` shards must have {expected} rows for num_classes={num_classes} in {n} "
             f"shards (TensorFlow's {strategy!r} layout); received {list(shard_rows)}"
         )
     offsets, start = [], 0
@@ -182,12 +182,14 @@ def check_sampled_values_shapes(
             f"`sampled_values[2]` (sampled_expected_count) must have shape {list(candidates_shape)}; "
             f"received shape {list(sampled_count_shape)}"
         )
-    if list(true_count_shape) not in ([lead_size, num_true],) and not (
+    # [batch, 1] is broadcast over num_true labels, as TensorFlow does.
+    if list(true_count_shape) not in ([lead_size, num_true], [lead_size, 1]) and not (
         num_true == 1 and list(true_count_shape) == [lead_size]
     ):
+        also = f" or [{lead_size}, 1]" if num_true > 1 else ""
         raise SampledSoftmaxError(
             f"`sampled_values[1]` (true_expected_count) must have shape [{lead_size}, {num_true}] "
-            f"(batch, num_true); received shape {list(true_count_shape)}"
+            f"(batch, num_true){also}; received shape {list(true_count_shape)}"
         )
 
 
@@ -235,7 +237,9 @@ def check_sampled_values_numpy(cand, true_count, samp_count, *, num_sampled, num
     check_sampled_values_shapes(cand.shape, true_count.shape, samp_count.shape, num_sampled, lead_size, num_true)
     if cand.size == 0:
         return
-    tc = true_count.reshape(lead_size, num_true).astype(np.float64)
+    tc = true_count.astype(np.float64)
+    tc = np.broadcast_to(tc.reshape(-1, 1), (lead_size, num_true)) if tc.size == lead_size else tc.reshape(
+        lead_size, num_true)
     if valid is not None:
         tc = np.where(valid, tc, 1.0)
     sc = samp_count.astype(np.float64)

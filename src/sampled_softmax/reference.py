@@ -87,7 +87,10 @@ def _sampled_logits(weights, biases, labels, inputs, sampled_values, *, remove_a
     h = np.asarray(inputs, np.float64)
     y = _as_2d_labels(labels)
     cand, true_count, samp_count = (np.asarray(v) for v in sampled_values)
-    true_count = np.asarray(true_count, np.float64).reshape(y.shape)
+    true_count = np.asarray(true_count, np.float64)
+    if y.shape[0] and true_count.size == y.shape[0]:  # [B, 1] is broadcast over the labels, as in TensorFlow
+        true_count = np.broadcast_to(true_count.reshape(-1, 1), y.shape)
+    true_count = true_count.reshape(y.shape)
     samp_count = np.asarray(samp_count, np.float64)
     valid = _valid_labels(y, ignore_index)
     y_safe = np.where(valid, y, 0)

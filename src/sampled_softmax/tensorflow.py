@@ -17,7 +17,8 @@ from . import _validation as V
 
 __all__ = [
     "sampled_softmax_loss", "full_softmax_loss", "full_logits", "log_uniform_candidate_sampler",
-    "uniform_candidate_sampler", "unigram_candidate_sampler", "LearnedUnigramSampler", "SampledValues",
+    "uniform_candidate_sampler", "unigram_candidate_sampler", "all_candidate_sampler", "compute_accidental_hits",
+    "fixed_unigram_candidate_sampler", "learned_unigram_candidate_sampler", "LearnedUnigramSampler", "SampledValues",
     "SampledSoftmaxError",
 ]
 
@@ -46,28 +47,39 @@ def _check(weights, biases, labels, inputs, num_sampled, num_classes, num_true, 
         name = "weights" if len(shards) == 1 else f"weights[{i}]"
         V.check_floating_dtype(name, w.dtype.is_floating, w.dtype.name)
     V.check_floating_dtype("inputs", inputs.dtype.is_floating, inputs.dtype.name)
-    V.check_integer_dtype("labels", labels.dtype.is_integer, labels.dtype.name)
+    # Integer labels, or floating ones, which tf.nn casts to int64 (TensorFlow's own bfloat16 test).
+    V.check_integer_dtype("labels", labels.dtype.is_integer or labels.dtype.is_floating, labels.dtype.name)
     num_sampled = V.check_positive_int("num_sampled", num_sampled)
     shapes = [_static_shape(w) for w in shards]
     in_shape = _static_shape(inputs)
     if in_shape is None or len(in_shape) != 2:
         raise SampledSoftmaxError(f"`inputs` must have shape [batch, dim]; received shape {inputs.shape}")
     if all(s is not None and -1 not in s for s in shapes):
-        num_classes, dim = V.check_weights_shapes(shapes, num_classes, in_shape[1])
+        # An input_signature may leave the feature dimension unknown: checked when it runs.
+        in_dim = in_shape[1] if in_shape[1] != -1 else shapes[0][1]
+        num_classes, dim = V.check_weights_shapes(shapes, num_classes, in_dim)
         if len(shards) > 1:
             V.shard_layout([s[0] for s in shapes], num_classes, partition_strategy)
     else:
         num_classes = V.check_positive_int("num_classes", num_classes)
+    bias_shards = None
     if biases is not None:
-        biases = biases if isinstance(biases, (tf.Tensor, tf.Variable)) else tf.convert_to_tensor(biases)
-        V.check_floating_dtype("biases", biases.dtype.is_floating, biases.dtype.name)
-        b_shape = _static_shape(biases)
-        if b_shape is not None and -1 not in b_shape:
-            V.check_biases_shape(b_shape, num_classes)
+        bias_shards = [b if isinstance(b, (tf.Tensor, tf.Variable)) else tf.convert_to_tensor(b) for b in _shards(biases)]
+        for i, b in enumerate(bias_shards):
+            V.check_floating_dtype("biases" if len(bias_shards) == 1 else f"biases[{i}]", b.dtype.is_floating,
+                                   b.dtype.name)
+        b_shapes = [_static_shape(b) for b in bias_shards]
+        if all(s is not None and -1 not in s for s in b_shapes):
+            if len(bias_shards) == 1:
+                V.check_biases_shape(b_shapes[0], num_classes)
+            else:  # shards of the same layout as the weights' (tf.nn looks them up alike)
+                if any(len(s) != 1 for s in b_shapes):
+                    raise SampledSoftmaxError(f"`biases` shards must be 1-D; received shapes {[list(s) for s in b_shapes]}")
+                V.shard_layout([s[0] for s in b_shapes], num_classes, partition_strategy, name="biases")
     l_shape = _static_shape(labels)
     if l_shape is not None and in_shape[0] != -1 and -1 not in l_shape:
         V.resolve_label_shape(l_shape, in_shape, num_true)
-    return shards, num_classes, num_sampled
+    return shards, bias_shards, num_classes, num_sampled
 
 
 def _check_label_values(labels, num_classes):
@@ -77,7 +89,9 @@ def _check_label_values(labels, num_classes):
 
 
 def _check_sampled_values(sampled_values, num_sampled, num_classes, labels, num_true):
-    """Dtypes and static shapes always; values when eager (as for the labels)."""
+    """Dtypes and static shapes always; values when eager (as for the labels), and in a graph
+    by assertions (XLA drops those: its rows become nan instead, see `_nan_rows`).
+    ``true_expected_count`` of shape ``[batch, 1]`` is broadcast over ``num_true``, as tf.nn does."""
     cand, true_count, samp_count = (tf.convert_to_tensor(v) for v in V.check_sampled_values_triple(sampled_values))
     V.check_integer_dtype("sampled_values[0]", cand.dtype.is_integer, cand.dtype.name)
     shapes = [_static_shape(v) for v in (cand, true_count, samp_count)]
@@ -87,6 +101,26 @@ def _check_sampled_values(sampled_values, num_sampled, num_classes, labels, num_
         if tf.executing_eagerly():
             V.check_sampled_values_numpy(cand.numpy(), true_count.numpy(), samp_count.numpy(), num_sampled=num_sampled,
                                          num_classes=num_classes, lead_size=n, num_true=num_true)
+            return cand, true_count, samp_count
+    if not tf.executing_eagerly():
+        checks = [
+            tf.debugging.assert_equal(tf.size(cand), tf.constant(num_sampled, tf.int32), message=(
+                f"`sampled_values[0]` (sampled_candidates) must have shape [{num_sampled}]")),
+            tf.debugging.assert_equal(tf.size(samp_count), tf.size(cand), message=(
+                "`sampled_values[2]` (sampled_expected_count) must have the shape of sampled_candidates")),
+            tf.debugging.assert_non_negative(cand, message=f"`sampled_values[0]` (sampled_candidates) must be in "
+                                                           f"[0, {num_classes - 1}]"),
+            tf.debugging.assert_less(tf.cast(cand, tf.int64), tf.constant(num_classes, tf.int64), message=(
+                f"`sampled_values[0]` (sampled_candidates) must be in [0, {num_classes - 1}]")),
+            tf.debugging.assert_positive(true_count, message=(
+                "`sampled_values[1]` (true_expected_count) must be positive and finite")),
+            tf.debugging.assert_all_finite(tf.cast(true_count, tf.float32),
+                                           "`sampled_values[1]` (true_expected_count) must be positive and finite"),
+            tf.debugging.assert_positive(samp_count, message=(
+                "`sampled_values[2]` (sampled_expected_count) must be positive (inf marks a padding slot)")),
+        ]
+        with tf.control_dependencies(checks):
+            cand = tf.identity(cand)
     return cand, true_count, samp_count
 
 
@@ -185,8 +219,8 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_class
         partition_strategy = "div"
         inputs = tf.convert_to_tensor(inputs)
         labels = tf.convert_to_tensor(labels)
-        shards, num_classes, num_sampled = _check(weights, biases, labels, inputs, num_sampled, num_classes,
-                                                  num_true, partition_strategy)
+        shards, bias_shards, num_classes, num_sampled = _check(weights, biases, labels, inputs, num_sampled,
+                                                               num_classes, num_true, partition_strategy)
         labels = tf.reshape(tf.cast(labels, tf.int64), [-1, num_true])
         _check_label_values(labels, num_classes)
         if sampled_values is None:
@@ -200,9 +234,10 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_class
         cand = tf.cast(cand, tf.int64)
         cdt = _compute_dtype(inputs.dtype)
         n = tf.shape(labels)[0]
+        true_count = tf.broadcast_to(tf.reshape(true_count, [n, -1]), [n, num_true])
         ids = tf.concat([tf.reshape(labels, [-1]), cand], 0)
         rows = tf.cast(_gather(shards, ids, partition_strategy), cdt)
-        b = tf.zeros(tf.shape(ids), cdt) if biases is None else tf.cast(tf.gather(biases, ids), cdt)
+        b = tf.zeros(tf.shape(ids), cdt) if biases is None else tf.cast(_gather(bias_shards, ids, partition_strategy), cdt)
         # Padding slots (expected count inf, from draw="unique_exact") are removed from every row.
         padding = tf.logical_not(tf.math.is_finite(samp_count))
         samp_count = tf.where(padding, tf.ones_like(samp_count), samp_count)
@@ -211,7 +246,20 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_class
         if remove_accidental_hits:
             hits = tf.reduce_any(labels[:, :, tf.newaxis] == cand[tf.newaxis, tf.newaxis, :], axis=1)
             removed = tf.logical_or(removed, hits)
-        return _sampled_loss(tf.cast(inputs, cdt), rows, b, logq, removed, num_true)
+        loss = _sampled_loss(tf.cast(inputs, cdt), rows, b, logq, removed, num_true)
+        return _nan_rows(loss, labels, cand, true_count, samp_count, num_classes)
+
+
+def _nan_rows(loss, labels, cand, true_count, samp_count, num_classes):
+    """Rows whose label is outside ``[0, V)``, and every row when a candidate is or when an
+    expected count is not positive, are nan: where nothing raises (XLA drops assertions, and its
+    gathers clamp an index into range, as GPU gathers return zeros) the result is never a
+    plausible number. Eager calls and graphs on the CPU raise before this."""
+    bad_label = tf.reduce_any((labels < 0) | (labels >= num_classes), axis=1)
+    bad_count = tf.reduce_any(~(tf.cast(true_count, tf.float32) > 0), axis=1)
+    bad_all = tf.reduce_any((cand < 0) | (cand >= num_classes)) | tf.reduce_any(~(tf.cast(samp_count, tf.float32) > 0))
+    bad = bad_label | bad_count | bad_all
+    return tf.where(bad, tf.constant(float("nan"), loss.dtype), loss)
 
 
 def full_logits(weights, biases, inputs, name="full_logits"):
@@ -222,7 +270,10 @@ def full_logits(weights, biases, inputs, name="full_logits"):
         inputs = tf.convert_to_tensor(inputs)
         cdt = _compute_dtype(inputs.dtype)
         logits = tf.matmul(tf.cast(inputs, cdt), tf.cast(W, cdt), transpose_b=True)
-        return logits if biases is None else logits + tf.cast(biases, cdt)
+        if biases is None:
+            return logits
+        b_shards = _shards(biases)
+        return logits + tf.cast(b_shards[0] if len(b_shards) == 1 else tf.concat(b_shards, 0), cdt)
 
 
 def full_softmax_loss(weights, biases, labels, inputs, num_classes=None, num_true=1, name="full_softmax_loss"):
@@ -234,12 +285,14 @@ def full_softmax_loss(weights, biases, labels, inputs, num_classes=None, num_tru
     with tf.name_scope(name):
         inputs = tf.convert_to_tensor(inputs)
         labels = tf.convert_to_tensor(labels)
-        shards, num_classes, _ = _check(weights, biases, labels, inputs, 1, num_classes or
-                                        sum(int(w.shape[0]) for w in _shards(weights)), num_true, "div")
+        shards, bias_shards, num_classes, _ = _check(weights, biases, labels, inputs, 1, num_classes or
+                                                     sum(int(w.shape[0]) for w in _shards(weights)), num_true, "div")
         labels = tf.reshape(tf.cast(labels, tf.int64), [-1, num_true])
         _check_label_values(labels, num_classes)
-        logp = tf.nn.log_softmax(full_logits(shards, biases, inputs))
-        return -tf.reduce_mean(tf.gather(logp, labels, batch_dims=1), axis=1)
+        logp = tf.nn.log_softmax(full_logits(shards, bias_shards, inputs))
+        loss = -tf.reduce_mean(tf.gather(logp, labels, batch_dims=1), axis=1)
+        bad = tf.reduce_any((labels < 0) | (labels >= num_classes), axis=1)  # see _nan_rows
+        return tf.where(bad, tf.constant(float("nan"), loss.dtype), loss)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,12 +314,34 @@ def _repeated_slots(values):
     return tf.scatter_nd(order[:, tf.newaxis], repeat_sorted, tf.shape(values))
 
 
+def _checked_true_classes(true_classes, num_classes):
+    """``true_classes`` as int64 and a mask of those outside ``[0, num_classes)``: an error now
+    when eager, an assertion in a graph; under XLA (which drops assertions) their expected
+    counts come out nan, and so does a loss that uses them."""
+    true_classes = tf.convert_to_tensor(true_classes)
+    V.check_integer_dtype("true_classes", true_classes.dtype.is_integer, true_classes.dtype.name)
+    true_classes = tf.cast(true_classes, tf.int64)
+    bad = (true_classes < 0) | (true_classes >= num_classes)
+    message = f"`true_classes` must be in [0, {num_classes - 1}]"
+    if tf.executing_eagerly():
+        if bool(tf.reduce_any(bad)):
+            values = tf.boolean_mask(true_classes, bad).numpy()
+            raise SampledSoftmaxError(f"{message}; received {int(values[0])}")
+        return true_classes, bad
+    check = tf.debugging.Assert(~tf.reduce_any(bad), [message + "; received", tf.boolean_mask(true_classes, bad)],
+                                summarize=3)
+    with tf.control_dependencies([check]):
+        return tf.identity(true_classes), bad
+
+
 def _candidate_sampler(true_classes, num_sampled, num_classes, draw, generator, inverse_cdf, probs):
     V.check_choice("draw", draw, ("with_replacement", "unique_exact"))
     num_sampled = V.check_positive_int("num_sampled", num_sampled)
-    true_classes = tf.cast(tf.convert_to_tensor(true_classes), tf.int64)
+    true_classes, bad = _checked_true_classes(true_classes, num_classes)
     candidates = inverse_cdf(_draw_uniforms(num_sampled, generator))
-    p_true, p_cand = probs(true_classes), probs(candidates)
+    p_true = tf.where(bad, tf.constant(float("nan"), tf.float64), probs(tf.where(bad, tf.zeros_like(true_classes),
+                                                                                 true_classes)))
+    p_cand = probs(candidates)
     if draw == "with_replacement":
         true_count, samp_count = p_true * num_sampled, p_cand * num_sampled
     else:
@@ -339,6 +414,64 @@ def unigram_candidate_sampler(true_classes, num_sampled, num_classes, unigrams, 
     return _candidate_sampler(true_classes, num_sampled, num_classes, draw, generator, inverse_cdf, probs)
 
 
+def all_candidate_sampler(true_classes, num_true, num_sampled, unique, seed=None, name=None):
+    """``tf.random.all_candidate_sampler``: every class ``0 .. num_sampled - 1`` as a candidate,
+    each with expected count 1 (useful to test a loss against the full softmax). In TensorFlow
+    ops with static shapes (it compiles with XLA); ``unique`` and ``seed`` change nothing, as in
+    TensorFlow.
+
+    Returns:
+        ``SampledValues(candidates [num_sampled] int64, true_expected_count [batch, num_true],
+        sampled_expected_count [num_sampled])`` (float32 counts).
+    """
+    del unique, seed
+    with tf.name_scope(name or "all_candidate_sampler"):
+        num_true = V.check_positive_int("num_true", num_true)
+        num_sampled = V.check_positive_int("num_sampled", num_sampled)
+        true_classes = tf.convert_to_tensor(true_classes)
+        V.check_integer_dtype("true_classes", true_classes.dtype.is_integer, true_classes.dtype.name)
+        batch = tf.shape(true_classes)[0]
+        return SampledValues(tf.range(num_sampled, dtype=tf.int64), tf.ones([batch, num_true], tf.float32),
+                             tf.ones([num_sampled], tf.float32))
+
+
+def compute_accidental_hits(true_classes, sampled_candidates, num_true, seed=None, name=None):
+    """``tf.nn.compute_accidental_hits``: where a sampled candidate equals one of a row's true
+    classes. Returns ``(indices [K] int32, ids [K] int64, weights [K] float32)``: the row, the
+    candidate's position in ``sampled_candidates`` and ``-FLT_MAX`` (to add to that logit) for
+    each hit, in TensorFlow's order (rows, then each row's labels; a candidate drawn twice is
+    found at its last position). ``K`` depends on the values: not for XLA.
+    """
+    del seed
+    with tf.name_scope(name or "compute_accidental_hits"):
+        num_true = V.check_positive_int("num_true", num_true)
+        true_classes = tf.reshape(tf.cast(tf.convert_to_tensor(true_classes), tf.int64), [-1, num_true])
+        cand = tf.cast(tf.reshape(tf.convert_to_tensor(sampled_candidates), [-1]), tf.int64)
+        equal = true_classes[:, :, tf.newaxis] == cand[tf.newaxis, tf.newaxis, :]  # [B, T, S]
+        found = tf.reduce_any(equal, axis=2)
+        num_sampled = tf.shape(cand, out_type=tf.int64)[0]
+        last = num_sampled - 1 - tf.argmax(tf.cast(tf.reverse(equal, [2]), tf.int32), axis=2, output_type=tf.int64)
+        rows = tf.broadcast_to(tf.range(tf.shape(true_classes)[0], dtype=tf.int32)[:, tf.newaxis],
+                               tf.shape(found))
+        indices = tf.boolean_mask(rows, found)
+        ids = tf.boolean_mask(last, found)
+        return indices, ids, tf.fill(tf.shape(indices), tf.constant(-3.4028234663852886e38, tf.float32))
+
+
+def fixed_unigram_candidate_sampler(*args, **kwargs):
+    """``tf.random.fixed_unigram_candidate_sampler`` itself (TensorFlow's op, same arguments and
+    draws), so that code written against ``tf.nn`` runs unchanged with this module in its place.
+    For a draw that compiles with XLA, see :func:`unigram_candidate_sampler`."""
+    return tf.random.fixed_unigram_candidate_sampler(*args, **kwargs)
+
+
+def learned_unigram_candidate_sampler(*args, **kwargs):
+    """``tf.random.learned_unigram_candidate_sampler`` itself (TensorFlow's op), as
+    :func:`fixed_unigram_candidate_sampler`. For a draw that compiles with XLA and whose
+    counts are a checkpointed variable, see :class:`LearnedUnigramSampler`."""
+    return tf.random.learned_unigram_candidate_sampler(*args, **kwargs)
+
+
 class LearnedUnigramSampler(tf.Module):
     """Unigram candidates learned from the labels seen (``tf.random.learned_unigram_candidate_sampler``),
     in TensorFlow ops: counts start at 1 per class and each call adds its ``true_classes``
@@ -362,7 +495,7 @@ class LearnedUnigramSampler(tf.Module):
     def __call__(self, true_classes, num_sampled, *, generator=None, update=True):
         """``SampledValues`` for ``true_classes [batch, num_true]``; then, with ``update``, the
         labels are added to the counts."""
-        true_classes = tf.cast(tf.convert_to_tensor(true_classes), tf.int64)
+        true_classes, _ = _checked_true_classes(true_classes, self.num_classes)
         counts = tf.convert_to_tensor(self.counts)
         cdf = tf.cumsum(counts)
 
@@ -375,5 +508,11 @@ class LearnedUnigramSampler(tf.Module):
         values = _candidate_sampler(true_classes, num_sampled, self.num_classes, self.draw, generator, inverse_cdf, probs)
         if update:
             flat = tf.reshape(true_classes, [-1])
+            flat = tf.boolean_mask(flat, (flat >= 0) & (flat < self.num_classes)) if not tf.executing_eagerly() else flat
+            replica = tf.distribute.get_replica_context()
+            if replica is not None and replica.num_replicas_in_sync > 1:
+                # Every replica adds every replica's labels to its copy of the counts: the copies
+                # stay equal, and a checkpoint (replica 0's copy) holds all the labels seen.
+                flat = replica.all_gather(flat, axis=0)
             self.counts.scatter_add(tf.IndexedSlices(tf.ones(tf.shape(flat), tf.float64), flat))
         return values

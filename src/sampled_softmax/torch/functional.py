@@ -80,12 +80,27 @@ def _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_inde
         _check_tensor("weights" if len(shards) == 1 else f"weights[{i}]", w, floating=True)
     _check_tensor("inputs", inputs, floating=True)
     _check_tensor("labels", labels, floating=False)
-    if biases is not None:
+    bias_shards = None
+    if isinstance(biases, (list, tuple)):  # shards, in the weights' layout (tf.nn accepts them)
+        bias_shards = list(biases)
+        if not bias_shards:
+            raise SampledSoftmaxError("`biases` must be a [num_classes] tensor or a non-empty list of shards; "
+                                      "received an empty list")
+        for i, b in enumerate(bias_shards):
+            _check_tensor(f"biases[{i}]", b, floating=True)
+            if b.dim() != 1:
+                raise SampledSoftmaxError(f"`biases[{i}]` must be 1-D; received shape {list(b.shape)}")
+    elif biases is not None:
         _check_tensor("biases", biases, floating=True)
     V.check_choice("reduction", reduction, V.REDUCTIONS)
     _check_ignore_index(ignore_index)
     label_smoothing = V.check_label_smoothing(label_smoothing)
     num_classes, dim = V.check_weights_shapes([tuple(w.shape) for w in shards], num_classes, inputs.shape[-1] if inputs.dim() else -1)
+    if bias_shards is not None:
+        V.check_choice("partition_strategy", partition_strategy, V.PARTITION_STRATEGIES)
+        V.shard_layout([b.shape[0] for b in bias_shards], num_classes, partition_strategy, name="biases")
+        # One [V] bias made from the shards; autograd hands each shard its part of the gradient.
+        biases = _full_table(bias_shards, partition_strategy)
     V.check_biases_shape(None if biases is None else tuple(biases.shape), num_classes)
     lead, num_true = V.resolve_label_shape(tuple(labels.shape), tuple(inputs.shape), num_true)
     V.check_choice("partition_strategy", partition_strategy, V.PARTITION_STRATEGIES)
@@ -131,7 +146,7 @@ def _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid, de
     n, t = y.shape
     V.check_sampled_values_shapes(tuple(cand.shape), tuple(true_count.shape), tuple(samp_count.shape),
                                   num_sampled, n, t)
-    true_count = true_count.reshape(n, t)
+    true_count = _true_count_rows(true_count, n, t)
     padded = False
     if cand.numel():
         tc = true_count if valid is None else torch.where(valid, true_count, 1.0)
@@ -157,6 +172,13 @@ def _autocast_on(device_type: str) -> bool:
 def _check_generator(generator) -> None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"`generator` must be a torch.Generator or None; received {type(generator).__name__}")
+
+
+def _check_sparse_bias(biases, sparse) -> None:
+    if sparse and isinstance(biases, (list, tuple)) and len(biases) > 1:
+        raise SampledSoftmaxError(
+            "`biases` as a list of shards takes sparse=False (its gradient reaches the shards through "
+            "their concatenation); with sparse=True pass one [num_classes] tensor")
 
 
 def _check_ignore_index(ignore_index) -> None:
@@ -189,6 +211,13 @@ def _check_labels_can_be_drawn(y, valid, true_count, sampler) -> None:
             f"`labels` contains {label}, which the sampler {sampler!r} gives probability 0 (a reserved id or a "
             f"zero count): its -log E correction would be +inf and its loss nan. Give the class a positive "
             f"count, pass it as ignore_index, or use subtract_log_q=False")
+
+
+def _true_count_rows(true_count: torch.Tensor, n: int, t: int) -> torch.Tensor:
+    """``true_expected_count`` as ``[N, T]``; ``[N, 1]`` is broadcast over the labels, as in TensorFlow."""
+    if t > 1 and true_count.numel() == n:
+        return true_count.reshape(n, 1).expand(n, t)
+    return true_count.reshape(n, t)
 
 
 def _as_numpy_float(x: torch.Tensor) -> np.ndarray:
@@ -600,6 +629,7 @@ def sampled_softmax_loss(
         if result is not None:
             return result
     _check_generator(generator)
+    _check_sparse_bias(biases, sparse)
     shards, biases, y, h, lead, num_classes, offsets, valid, label_smoothing = _prepare(
         weights, biases, labels, inputs, num_classes, num_true, ignore_index, label_smoothing,
         reduction, partition_strategy,
@@ -657,6 +687,7 @@ def _traced_sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, n
             subtract_log_q=subtract_log_q, sparse=sparse, return_log_prob=return_log_prob,
             implementation=implementation)
     _check_generator(generator)
+    _check_sparse_bias(biases, sparse)
     shards, biases, y, h, lead, num_classes, offsets, _, label_smoothing = _prepare(
         weights, biases, labels, inputs, num_classes, num_true, ignore_index, label_smoothing,
         reduction, partition_strategy, check_values=False,
@@ -682,7 +713,7 @@ def _traced_sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, n
         _check_tensor("sampled_values[0]", cand, floating=False)
         V.check_sampled_values_shapes(tuple(cand.shape), tuple(true_count.shape), tuple(samp_count.shape),
                                       num_sampled, n, t)
-        cand, true_count = cand.long(), true_count.reshape(n, t)
+        cand, true_count = cand.long(), _true_count_rows(true_count, n, t)
     update_counts = kind == "learned_unigram" and sampler.training
     ids, logq, removed, keep = _ops.columns(
         y.long(), num_sampled, num_classes, kind, draw, support, weights_t, cdf, counts, update_counts, cand,
