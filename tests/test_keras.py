@@ -544,3 +544,212 @@ def test_lazy_adam_trains_and_round_trips_in_a_saved_model(tmp_path):
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert isinstance(loaded.optimizer, LazyAdam)
     assert loaded.optimizer.get_config() == model.optimizer.get_config()
+
+
+# ---------------------------------------------------------------------------------------------
+# A loss and metrics that belong to their own model's layer (issue 15)
+
+
+@keras.saving.register_keras_serializable(package="sampled_softmax_tests")
+class SubclassedLM(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.emb = keras.layers.Embedding(V_LM, 16)
+        self.head = SampledSoftmax(V_LM, 8, seed=0)
+
+    def call(self, x, training=None):
+        return self.head(self.emb(x), training=training)
+
+
+def _kernel(layer):
+    return np.array(to_numpy(layer.kernel))
+
+
+def test_a_reloaded_subclassed_model_trains_its_own_output_layer(tmp_path):
+    x, y = corpus(64)
+    model = SubclassedLM()
+    model(x[:2])
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss=model.head.loss)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert loaded.head is not model.head
+    before, other = _kernel(loaded.head), _kernel(model.head)
+    loaded.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    assert not np.allclose(_kernel(loaded.head), before)  # before the fix: never changed
+    np.testing.assert_array_equal(_kernel(model.head), other)  # and the first model's stays put
+
+
+def test_two_checkpoints_of_one_model_each_train_their_own_layer(tmp_path):
+    x, y = corpus(64)
+    model, head = lm(SampledSoftmax(V_LM, num_sampled=8, seed=0), metrics=())
+    model.save(tmp_path / "a.keras")
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    model.save(tmp_path / "b.keras")
+    a, b = (keras.models.load_model(tmp_path / n) for n in ("a.keras", "b.keras"))
+    heads = [next(x for x in m.layers if isinstance(x, SampledSoftmax)) for m in (a, b)]
+    kernels = [_kernel(h) for h in heads]
+    a.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    assert not np.allclose(_kernel(heads[0]), kernels[0])
+    np.testing.assert_array_equal(_kernel(heads[1]), kernels[1])
+    b.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    assert not np.allclose(_kernel(heads[1]), kernels[1])
+
+
+def test_a_loss_follows_the_layer_that_produced_its_output():
+    x, y = corpus(32)
+    model, head = lm(SampledSoftmax(V_LM, num_sampled=8, seed=0), metrics=())
+    clone = keras.models.clone_model(model)
+    clone_head = next(x for x in clone.layers if isinstance(x, SampledSoftmax))
+    clone.compile(optimizer=keras.optimizers.SGD(0.5), loss=head.loss)  # the original's loss object
+    kernels = _kernel(head), _kernel(clone_head)
+    clone.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    np.testing.assert_array_equal(_kernel(head), kernels[0])
+    assert not np.allclose(_kernel(clone_head), kernels[1])
+
+
+def test_plain_metrics_warn_at_the_first_fit_and_wrapped_ones_do_not():
+    import warnings
+
+    x, y = corpus(64)
+    model, head = lm(SampledSoftmax(V_LM, num_sampled=8, seed=0), metrics=("accuracy",))
+    with pytest.warns(UserWarning, match=r"compile\(metrics=\['accuracy'\]\).*head\.metric\('accuracy'\)"):
+        model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    model, head = lm(SampledSoftmax(V_LM, num_sampled=8, seed=0), metrics=())
+    model.compile(optimizer="adam", loss=head.loss, metrics=[head.metric("accuracy")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+
+
+def _multi_target_model(num_true=2, ignore_index=None):
+    inputs = keras.Input((), dtype="int32")
+    head = SampledSoftmax(V_LM, num_sampled=8, num_true=num_true, seed=0, ignore_index=ignore_index)
+    model = keras.Model(inputs, head(keras.layers.Embedding(V_LM, 16)(inputs)))
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=head.loss,
+                  metrics=[head.metric("accuracy"), head.metric("perplexity")])
+    return model, head
+
+
+def test_metrics_with_several_targets_per_position():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, V_LM, 64).astype(np.int32)
+    y = rng.integers(0, V_LM, (64, 2)).astype(np.int32)
+    y[:5, 1] = -1
+    model, head = _multi_target_model(ignore_index=-1)
+    hist = model.fit(x, y, batch_size=64, epochs=1, verbose=0).history
+    ev = model.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    probs = model.predict(x, verbose=0)
+    keep = y != -1
+    top = probs.argmax(-1)
+    accuracy = np.mean([(top[i] == y[i][keep[i]]).any() for i in range(64)])
+    logp = np.log(np.take_along_axis(probs, np.where(keep, y, 0), -1))
+    nll = -(np.where(keep, logp, 0).sum(1) / keep.sum(1))
+    np.testing.assert_allclose(ev["accuracy"], accuracy, atol=1e-6)
+    np.testing.assert_allclose(ev["perplexity"], np.exp(nll.mean()), rtol=1e-5)
+    np.testing.assert_allclose(ev["perplexity"], np.exp(ev["loss"]), rtol=1e-5)
+    for name in ("accuracy", "perplexity"):
+        np.testing.assert_allclose(hist[name][0], ev[name], rtol=1e-5)
+
+
+def test_other_metrics_with_several_targets_are_a_clear_error():
+    inputs = keras.Input((), dtype="int32")
+    head = SampledSoftmax(V_LM, num_sampled=8, num_true=2, seed=0)
+    model = keras.Model(inputs, head(keras.layers.Embedding(V_LM, 16)(inputs)))
+    model.compile(optimizer="sgd", loss=head.loss, metrics=[head.metric("sparse_top_k_categorical_accuracy")])
+    with pytest.raises(SampledSoftmaxError, match=r"takes one target per position, and this layer has num_true=2"):
+        model.evaluate(np.zeros(8, np.int32), np.zeros((8, 2), np.int32), verbose=0)
+
+
+@pytest.mark.parametrize("mode", ["fit", "evaluate"])
+def test_wrong_target_shape_with_wrapped_metrics_is_the_clear_error(mode):
+    x, y = corpus(64)
+    model, head = lm(SampledSoftmax(V_LM, num_sampled=8), metrics=())
+    model.compile(optimizer="adam", loss=head.loss, metrics=[head.metric("accuracy"), head.metric("perplexity")])
+    with pytest.raises(SampledSoftmaxError, match=r"`y_true` \(targets\) must have shape"):
+        getattr(model, mode)(x, y[:, :5], batch_size=32, verbose=0)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the pattern of Keras's JAX custom train_step guide")
+def test_jax_guide_custom_train_step_trains_like_fit():
+    import jax
+
+    class GuideModel(keras.Model):
+        # As in Keras's guide "Customizing what happens in fit() with JAX".
+        def compute_loss_and_updates(self, trainable_variables, non_trainable_variables, x, y, training=False):
+            y_pred, non_trainable_variables = self.stateless_call(trainable_variables, non_trainable_variables, x,
+                                                                  training=training)
+            loss = self.compute_loss(x, y, y_pred)
+            return loss, (y_pred, non_trainable_variables)
+
+        def train_step(self, state, data):
+            trainable_variables, non_trainable_variables, optimizer_variables, metrics_variables = state
+            x, y = data
+            grad_fn = jax.value_and_grad(self.compute_loss_and_updates, has_aux=True)
+            (loss, (_, non_trainable_variables)), grads = grad_fn(trainable_variables, non_trainable_variables, x, y,
+                                                                  training=True)
+            trainable_variables, optimizer_variables = self.optimizer.stateless_apply(
+                optimizer_variables, grads, trainable_variables)
+            return {"loss": loss}, (trainable_variables, non_trainable_variables, optimizer_variables,
+                                    metrics_variables)
+
+    x, y = corpus(64)
+    kernels = []
+    for cls in (GuideModel, keras.Model):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((None,), dtype="int32")
+        head = SampledSoftmax(V_LM, 8, seed=0)
+        model = cls(inputs, head(keras.layers.Embedding(V_LM, 16)(inputs)))
+        model.compile(optimizer=keras.optimizers.Adam(0.05), loss=head.loss)
+        start = _kernel(head)
+        model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+        kernels.append(_kernel(head))
+        assert not np.allclose(kernels[-1], start)
+    np.testing.assert_allclose(kernels[0], kernels[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX reports a compiled step's error at the end of its traceback")
+def test_out_of_range_targets_under_jax_are_said_on_stderr_too(capfd):
+    x, y = corpus(64)
+    y = y.copy()
+    y[3, 2] = V_LM + 5
+    model, _ = lm(SampledSoftmax(V_LM, num_sampled=8))
+    with pytest.raises(Exception):
+        model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    err = capfd.readouterr().err
+    assert "sampled_softmax.SampledSoftmaxError: `y_true` (targets) must be in [0, 119]" in err
+
+
+KERAS_MIRRORED = r"""
+import os
+os.environ["KERAS_BACKEND"] = "tensorflow"
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from sampled_softmax.keras import SampledSoftmax
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    inputs = keras.Input((), dtype="int32")
+    head = SampledSoftmax(20, 4, sampler="learned_unigram", seed=0)
+    model = keras.Model(inputs, head(keras.layers.Embedding(20, 4)(inputs)))
+    model.compile(optimizer="sgd", loss=head.loss)
+y = np.array([1, 1, 2, 3, 7, 7, 7, 9], np.int32)  # one batch of 8: 4 targets per replica
+dataset = tf.data.Dataset.from_tensor_slices((np.zeros(8, np.int32), y)).batch(8)
+model.fit(dataset, epochs=1, verbose=0)
+expected = np.ones(20) + np.bincount(y, minlength=20)
+copies = [v.numpy() for v in strategy.experimental_local_results(head.sampling_counts.value)]
+for c in copies:
+    np.testing.assert_array_equal(c, expected)
+print("counts agree")
+"""
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="MirroredStrategy")
+def test_learned_counts_aggregate_across_mirrored_replicas():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", KERAS_MIRRORED], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "counts agree" in out.stdout

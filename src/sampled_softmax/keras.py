@@ -46,12 +46,27 @@ from .samplers import unigram_weights
 
 try:  # Keras keeps masks beside tensors that cannot carry attributes (JAX arrays).
     from keras.src.backend.common.masking import get_keras_mask, set_keras_mask
+    from keras.src.backend.common.tensor_attributes import get_tensor_attr, set_tensor_attr
 except ImportError:  # pragma: no cover - older or newer layouts
+    def get_tensor_attr(x, attr):
+        return getattr(x, attr, None)
+
+    def set_tensor_attr(x, attr, value):
+        setattr(x, attr, value)
+
     def get_keras_mask(x):
-        return getattr(x, "_keras_mask", None)
+        return get_tensor_attr(x, "_keras_mask")
 
     def set_keras_mask(x, mask):
-        x._keras_mask = mask
+        set_tensor_attr(x, "_keras_mask", mask)
+
+# The attribute that ties a layer's output to the layer: its loss and metrics read it from
+# `y_pred`, so they always belong to the layer of the model that produced it.
+_OWNER_ATTR = "_sampled_softmax_layer"
+# On JAX, the values the sampled loss needs, read inside the model's (stateless) call: a custom
+# train_step that computes its loss outside that call, as Keras's JAX guide writes one, would
+# otherwise read the variables' stored values (no gradient reaches them) and draw outside it.
+_STATE_ATTR = "_sampled_softmax_state"
 
 __all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxMetric", "Perplexity", "LazyAdam",
            "SampledSoftmaxError"]
@@ -60,8 +75,8 @@ SAMPLERS = ("log_uniform", "uniform", "unigram", "learned_unigram")
 DRAWS = ("unique_exact", "with_replacement")
 OUTPUTS = ("probabilities", "logits", "log_probabilities")
 
-# The most recent layer of each name, so that a loss restored by `load_model` (whose config
-# can only name its layer) finds the layer restored with it.
+# The most recent layer of each name: where `y_pred` does not name its layer (see _OWNER_ATTR),
+# a loss restored by `load_model` (whose config can only name its layer) looks it up here.
 _LAYERS_BY_NAME: "weakref.WeakValueDictionary[str, SampledSoftmax]" = weakref.WeakValueDictionary()
 
 
@@ -125,6 +140,18 @@ def _raise_if_out_of_range(values, num_classes: int, ignore_index) -> None:
             raise SampledSoftmaxError(str(err).replace("`labels`", "`y_true` (targets)")) from None
 
 
+def _raise_where_seen(values, num_classes, ignore_index):
+    """Inside a compiled JAX step: JAX reports the error at the end of a long runtime
+    traceback, so the message is also written to stderr, one line, where it is seen."""
+    import sys
+
+    try:
+        _raise_if_out_of_range(values, num_classes, ignore_index)
+    except SampledSoftmaxError as err:
+        print(f"sampled_softmax.SampledSoftmaxError: {err}", file=sys.stderr, flush=True)
+        raise
+
+
 def _check_label_values(y, num_classes: int, ignore_index):
     """Out-of-range labels raise: now when eager, when the step runs when traced (graph TF,
     jitted JAX). Returns ``y`` (on TensorFlow, ordered after the check)."""
@@ -136,7 +163,7 @@ def _check_label_values(y, num_classes: int, ignore_index):
     if backend == "jax":
         import jax
 
-        jax.debug.callback(lambda v: _raise_if_out_of_range(v, num_classes, ignore_index), y)
+        jax.debug.callback(lambda v: _raise_where_seen(v, num_classes, ignore_index), y)
         return y
     if backend == "tensorflow":
         import tensorflow as tf
@@ -264,6 +291,7 @@ class SampledSoftmax(keras.layers.Layer):
                  kernel_regularizer=None, bias_regularizer=None, **kwargs):
         tied_name = kwargs.pop("tied_to_name", None)
         unigrams_in_weights = kwargs.pop("unigrams_in_weights", False)
+        full_in_training = bool(kwargs.pop("full_output_in_training", False))
         super().__init__(**kwargs)
         self.num_classes = V.check_positive_int("num_classes", num_classes)
         self.sampler = V.check_choice("sampler", sampler, SAMPLERS)
@@ -309,7 +337,7 @@ class SampledSoftmax(keras.layers.Layer):
         self._training_output = False
         # Set once a SampledSoftmaxMetric binds to the layer: training outputs then carry the
         # full output too (see `call`).
-        self._full_in_training = False
+        self._full_in_training = full_in_training  # restored with the layer: its metrics are restored after it
         _LAYERS_BY_NAME[self.name] = self
 
     # -- the class table -------------------------------------------------------------------
@@ -336,8 +364,10 @@ class SampledSoftmax(keras.layers.Layer):
                 self.sampling_cdf.assign(cdf)
                 self.sampling_probs.assign(probs)
         if self.sampler == "learned_unigram":
+            # Under a tf.distribute strategy every replica adds all replicas' targets (see
+            # sampled_loss), so the copies agree and their mean is the count.
             self.sampling_counts = self.add_weight(name="sampling_counts", shape=(self.num_classes,),
-                                                   initializer="ones", trainable=False)
+                                                   initializer="ones", trainable=False, aggregation="mean")
 
     @staticmethod
     def _tables_from_weights(weights):
@@ -389,9 +419,37 @@ class SampledSoftmax(keras.layers.Layer):
                 # saw. It can only reach them through `y_pred` (JAX traces the loss and the
                 # metrics separately), so the training output is [h, full output] in float32.
                 full = ops.stop_gradient(self.full_output(inputs))
-                return ops.concatenate([ops.cast(inputs, "float32"), full], axis=-1)
-            return inputs
-        return self.full_output(inputs)
+                return self._owned(ops.concatenate([ops.cast(inputs, "float32"), full], axis=-1), True)
+            owner = get_tensor_attr(inputs, _OWNER_ATTR)
+            if owner is not None and owner[0]() is not self:  # one hidden state feeding two heads
+                inputs = ops.copy(inputs)
+            return self._owned(inputs, True)
+        return self._owned(self.full_output(inputs), False)
+
+    def _training_state(self) -> dict:
+        """The table, bias, sampling tables and this step's uniforms, as values (see _STATE_ATTR)."""
+        state = {"table": ops.convert_to_tensor(self.table),
+                 "u": keras.random.uniform((self.num_sampled,), dtype="float32", seed=self.seed_generator)}
+        if self.use_bias:
+            state["bias"] = ops.convert_to_tensor(self.bias)
+        if self.sampler == "unigram":
+            state["sampling_cdf"] = ops.convert_to_tensor(self.sampling_cdf)
+            state["sampling_probs"] = ops.convert_to_tensor(self.sampling_probs)
+        if self.sampler == "learned_unigram":
+            state["sampling_counts"] = ops.convert_to_tensor(self.sampling_counts)
+        return state
+
+    def _owned(self, outputs, training: bool):
+        # The layer and the kind of output (hidden states for the loss, or the full output):
+        # a trainer may call the model in both modes before its loss sees one of the outputs.
+        set_tensor_attr(outputs, _OWNER_ATTR, (weakref.ref(self), training))
+        if training and keras.backend.backend() == "jax":
+            set_tensor_attr(outputs, _STATE_ATTR, self._training_state())
+        return outputs
+
+    def _is_training_output(self, y_pred) -> bool:
+        owner = get_tensor_attr(y_pred, _OWNER_ATTR)
+        return owner[1] if owner is not None and owner[0]() is self else self._training_output
 
     def _split_training_output(self, y_pred):
         """``(hidden states, full output or None)`` of a training output."""
@@ -439,35 +497,39 @@ class SampledSoftmax(keras.layers.Layer):
 
     # -- sampling --------------------------------------------------------------------------
 
-    def _probs(self, ids):
+    def _value(self, name, state):
+        return ops.convert_to_tensor(getattr(self, name)) if state is None else state[name]
+
+    def _probs(self, ids, state=None):
         if self.sampler == "uniform":
             return ops.full(ops.shape(ids), 1.0 / self.num_classes, "float32")
         if self.sampler == "log_uniform":
             return _log_uniform_probs(ids, self.num_classes)
-        return ops.take(ops.convert_to_tensor(self.sampling_probs), ids)
+        return ops.take(self._value("sampling_probs", state), ids)
 
-    def sample(self, labels):
+    def sample(self, labels, state=None):
         """Candidates ``[S]`` (int32), expected counts of ``labels`` and of the candidates
-        (float32, padding slots of ``draw="unique_exact"`` at ``inf``)."""
+        (float32, padding slots of ``draw="unique_exact"`` at ``inf``). ``state``: values read
+        in the layer's call (see ``_STATE_ATTR``), else the layer's own."""
         S = self.num_sampled
-        u = keras.random.uniform((S,), dtype="float32", seed=self.seed_generator)
+        u = keras.random.uniform((S,), dtype="float32", seed=self.seed_generator) if state is None else state["u"]
         if self.sampler == "uniform":
             cand = ops.minimum(ops.cast(ops.floor(u * self.num_classes), "int32"), self.num_classes - 1)
         elif self.sampler == "log_uniform":
             cand = _log_uniform_draw(u, self.num_classes)
         elif self.sampler == "unigram":
-            cand = ops.minimum(ops.cast(ops.searchsorted(ops.convert_to_tensor(self.sampling_cdf), u, side="right"),
+            cand = ops.minimum(ops.cast(ops.searchsorted(self._value("sampling_cdf", state), u, side="right"),
                                         "int32"), self.num_classes - 1)
         if self.sampler == "learned_unigram":
             # One O(V) pass over the counts per draw: the CDF, its total, and the probabilities from both.
-            counts = ops.convert_to_tensor(self.sampling_counts)
+            counts = self._value("sampling_counts", state)
             cumulative = ops.cumsum(counts)
             total = cumulative[-1]
             cand = ops.minimum(ops.cast(ops.searchsorted(cumulative, u * total, side="right"), "int32"),
                                self.num_classes - 1)
             p_true, p_cand = ops.take(counts, labels) / total, ops.take(counts, cand) / total
         else:
-            p_true, p_cand = self._probs(labels), self._probs(cand)
+            p_true, p_cand = self._probs(labels, state), self._probs(cand, state)
         if self.draw == "with_replacement":
             return cand, p_true * S, p_cand * S
         expected = lambda p: -ops.expm1(S * ops.log1p(-p))  # noqa: E731
@@ -477,7 +539,9 @@ class SampledSoftmax(keras.layers.Layer):
     # -- losses ----------------------------------------------------------------------------
 
     def _flatten_targets(self, y_true, lead):
-        if not _is_integer_dtype(y_true):
+        # Keras's symbolic build under a tf.distribute strategy makes placeholder targets of
+        # float64 zeros whatever the data's dtype: only shapes are computed there.
+        if not _is_integer_dtype(y_true) and not _in_symbolic_scope():
             raise TypeError(f"`y_true` (targets) must have an integer dtype; received "
                             f"{keras.backend.standardize_dtype(y_true.dtype)}")
         has_axis = _label_shape(_shape(y_true), lead, self.num_true)
@@ -485,9 +549,10 @@ class SampledSoftmax(keras.layers.Layer):
         y2 = ops.reshape(ops.cast(y_true, "int32"), (-1, T))
         return _check_label_values(y2, self.num_classes, self.ignore_index), T
 
-    def sampled_loss(self, y_true, inputs, sampled_values=None):
+    def sampled_loss(self, y_true, inputs, sampled_values=None, state=None):
         """Per-position sampled softmax loss ``[...]`` (float32) from hidden states ``inputs
-        [..., D]`` and targets; ``sampled_values`` overrides the layer's own draw."""
+        [..., D]`` and targets; ``sampled_values`` overrides the layer's own draw; ``state``
+        (values read in the layer's call, see ``_STATE_ATTR``) the layer's variables."""
         lead = _shape(inputs)[:-1]
         if _shape(inputs)[-1] not in (None, self.input_dim):
             raise SampledSoftmaxError(f"`inputs` last dimension must equal the weights' dim {self.input_dim}; "
@@ -501,12 +566,18 @@ class SampledSoftmax(keras.layers.Layer):
             valid = ops.not_equal(y2, self.ignore_index)
             y_safe = ops.where(valid, y2, 0)
         if sampled_values is None:
-            cand, true_count, samp_count = self.sample(y_safe)
+            cand, true_count, samp_count = self.sample(y_safe, state)
             if self.sampler == "learned_unigram":
+                if state is not None and not _in_stateless_scope():
+                    raise SampledSoftmaxError(
+                        "`sampler`='learned_unigram' adds each step's targets to its counts in the loss, and this "
+                        "loss runs outside the model's stateless call (a custom JAX train_step), where no "
+                        "variable can be updated: compute the loss inside keras.StatelessScope(state_mapping=...) "
+                        "and return its updated counts, or use another sampler")
                 # After drawing, as TensorFlow's learned sampler; ignored targets are not counted.
                 seen = ops.segment_sum(ops.reshape(ops.cast(valid, "float32"), (-1,)), ops.reshape(y_safe, (-1,)),
                                        num_segments=self.num_classes)
-                self.sampling_counts.assign_add(seen)
+                self.sampling_counts.assign_add(_sum_over_replicas(seen))
         else:
             cand, true_count, samp_count = self._checked_sampled_values(sampled_values, y2, valid)
             cand = ops.cast(cand, "int32")
@@ -514,13 +585,14 @@ class SampledSoftmax(keras.layers.Layer):
             samp_count = ops.cast(samp_count, "float32")
         n = ops.shape(y2)[0]
         ids = ops.concatenate([ops.reshape(y_safe, (-1,)), cand], axis=0)
-        rows = ops.cast(_take_rows(self.table, ids), "float32")  # one gather: sparse rows on TF
+        table = self.table if state is None else state["table"]
+        rows = ops.cast(_take_rows(table, ids), "float32")  # one gather: sparse rows on TF
         true_rows = ops.reshape(rows[: n * T], (n, T, self.input_dim))
         cand_rows = rows[n * T:]
         t = ops.sum(ops.expand_dims(h, 1) * true_rows, axis=-1)
         s = ops.matmul(h, ops.transpose(cand_rows))
         if self.use_bias:
-            b = ops.cast(_take_rows(self.bias, ids), "float32")
+            b = ops.cast(_take_rows(self.bias if state is None else state["bias"], ids), "float32")
             t = t + ops.reshape(b[: n * T], (n, T))
             s = s + b[n * T:]
         padding = ops.logical_not(ops.isfinite(samp_count))
@@ -617,10 +689,41 @@ class SampledSoftmax(keras.layers.Layer):
         )
         if self._tied_name is not None:
             config["tied_to_name"] = self._tied_name
+        if self._full_in_training:
+            config["full_output_in_training"] = True
         if self.sampler == "unigram":
             # The sampling table is a (non-trainable) weight, saved with the others.
             config["unigrams_in_weights"] = True
         return config
+
+
+def _sum_over_replicas(x):
+    """``x`` summed over the replicas of a tf.distribute strategy (each replica sees its own
+    part of the batch); ``x`` itself elsewhere (JAX and PyTorch see the whole batch)."""
+    if keras.backend.backend() != "tensorflow":
+        return x
+    import tensorflow as tf
+
+    replica = tf.distribute.get_replica_context()
+    if replica is None or replica.num_replicas_in_sync == 1:
+        return x
+    return replica.all_reduce(tf.distribute.ReduceOp.SUM, x)
+
+
+def _in_symbolic_scope() -> bool:
+    try:
+        from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+    except ImportError:  # pragma: no cover - other layouts
+        return False
+    return in_symbolic_scope()
+
+
+def _in_stateless_scope() -> bool:
+    try:
+        from keras.src.backend.common.stateless_scope import in_stateless_scope
+    except ImportError:  # pragma: no cover - other layouts
+        return True
+    return in_stateless_scope()
 
 
 def _find_upstream_layer(inputs, name):
@@ -640,6 +743,36 @@ def _find_upstream_layer(inputs, name):
         node = layer._inbound_nodes[history[1]]
         stack.extend(node.input_tensors)
     return None
+
+
+_WARNED_MODELS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _warn_about_plain_metrics(layer) -> None:
+    """Warn, once per model, when ``compile(metrics=[...])`` has a plain metric for this
+    layer's output: during ``fit``'s training steps it would score hidden states."""
+    import warnings
+
+    model = _calling_model()
+    if model is None or getattr(model, "_compile_metrics", None) is None or model in _WARNED_MODELS:
+        return
+    _WARNED_MODELS.add(model)
+    compiled = model._compile_metrics
+    plain = []
+    for group in (getattr(compiled, "_user_metrics", None), getattr(compiled, "_user_weighted_metrics", None)):
+        if isinstance(group, dict):
+            group = group.get(layer.name, [])
+        for metric in group if isinstance(group, (list, tuple)) else [group] if group else []:
+            if isinstance(metric, (list, tuple, dict)) or isinstance(metric, SampledSoftmaxMetric):
+                continue
+            plain.append(metric if isinstance(metric, str) else getattr(metric, "name", type(metric).__name__))
+    if plain:
+        names = ", ".join(repr(p) for p in plain)
+        warnings.warn(
+            f"compile(metrics=[{names}]): during fit's training steps these score the hidden states that the "
+            f"SampledSoftmax layer {layer.name!r} outputs for its loss, so their training numbers are "
+            f"meaningless (evaluate and val_ numbers are right). Use metrics=[head.metric({plain[0]!r})], with "
+            f"head that layer: it scores the full softmax in training too.", UserWarning, stacklevel=2)
 
 
 def _reduce(losses, sample_weight, mask, reduction):
@@ -669,12 +802,48 @@ def _reduce(losses, sample_weight, mask, reduction):
     return ops.divide_no_nan(total, ops.cast(ops.size(losses), "float32"))
 
 
-def _bound_layer(owner, what: str, fix: str) -> SampledSoftmax:
-    """The layer a loss or metric holds by weak reference, or finds by name once restored."""
-    layer = owner._layer_ref() if owner._layer_ref is not None else None
+def _calling_model():
+    """The Keras model whose training or evaluation step is running (its trainer's step, or a
+    custom ``train_step``, is a few frames up), or None."""
+    import sys
+
+    frame = sys._getframe(2)
+    for _ in range(40):
+        if frame is None:
+            return None
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, keras.Model):
+            return candidate
+        frame = frame.f_back
+    return None
+
+
+def _layer_of_model(model, name):
+    """The model's own SampledSoftmax layer: the only one, or the one called ``name``."""
+    try:
+        layers = [x for x in model._flatten_layers(include_self=False) if isinstance(x, SampledSoftmax)]
+    except Exception:  # noqa: BLE001 - a model in construction
+        return None
+    if len(layers) == 1:
+        return layers[0]
+    return next((x for x in layers if x.name == name), None)
+
+
+def _bound_layer(owner, what: str, fix: str, y_pred=None) -> SampledSoftmax:
+    """The layer a loss or metric belongs to, so that it can never score, nor train, another
+    model's layer, whatever the names: the one that produced ``y_pred``; else the
+    SampledSoftmax layer of the model whose step calls it; else the one it holds by weak
+    reference; else, once restored, the one of its name."""
+    produced = None if y_pred is None else get_tensor_attr(y_pred, _OWNER_ATTR)
+    layer = produced[0]() if produced is not None else None
+    if layer is None:
+        model = _calling_model()
+        if model is not None:
+            layer = _layer_of_model(model, owner._layer_name)
+    if layer is None and owner._layer_ref is not None:
+        layer = owner._layer_ref()
     if layer is None and owner._layer_name is not None:
         layer = _LAYERS_BY_NAME.get(owner._layer_name)
-        owner._layer_ref = weakref.ref(layer) if layer is not None else None
     if layer is None:
         raise SampledSoftmaxError(
             f"`layer`: {what} is not bound to a SampledSoftmax layer (name {owner._layer_name!r}); {fix}")
@@ -699,9 +868,10 @@ class SampledSoftmaxLoss(keras.losses.Loss):
         self._layer_ref = weakref.ref(layer) if layer is not None else None
         self._layer_name = layer.name if layer is not None else layer_name
 
-    def get_layer(self) -> SampledSoftmax:
-        """The :class:`SampledSoftmax` layer this loss belongs to."""
-        return _bound_layer(self, "this loss", "compile with loss=layer.loss")
+    def get_layer(self, y_pred=None) -> SampledSoftmax:
+        """The :class:`SampledSoftmax` layer this loss belongs to (the one that produced
+        ``y_pred``, when given)."""
+        return _bound_layer(self, "this loss", "compile with loss=layer.loss", y_pred)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Keras's Loss.__call__ casts y_true to float; class ids must stay integers.
@@ -715,10 +885,12 @@ class SampledSoftmaxLoss(keras.losses.Loss):
         return _reduce(losses, sample_weight, mask, self.reduction)
 
     def call(self, y_true, y_pred):
-        layer = self.get_layer()
+        layer = self.get_layer(y_pred)
         y_true = ops.convert_to_tensor(y_true)
-        if layer._training_output:
-            return layer.sampled_loss(y_true, layer._split_training_output(y_pred)[0])
+        if layer._is_training_output(y_pred):
+            _warn_about_plain_metrics(layer)
+            return layer.sampled_loss(y_true, layer._split_training_output(y_pred)[0],
+                                      state=get_tensor_attr(y_pred, _STATE_ATTR))
         if _shape(y_pred)[-1] != layer.num_classes:
             raise SampledSoftmaxError(
                 f"`y_pred` must be the SampledSoftmax layer's output [..., {layer.num_classes}]; "
@@ -756,6 +928,10 @@ class Perplexity(keras.metrics.Metric):
             weight = weight * ops.cast(sample_weight, "float32")
         if mask is not None:
             weight = weight * ops.cast(ops.reshape(mask, ops.shape(nll)), "float32")
+        self.add_nll(nll, weight)
+
+    def add_nll(self, nll, weight):
+        """Add per-position negative log-likelihoods with their weights."""
         self.total.assign_add(ops.sum(nll * weight))
         self.count.assign_add(ops.sum(weight))
 
@@ -813,13 +989,14 @@ class SampledSoftmaxMetric(keras.metrics.Metric):
             return keras.metrics.get(metric)
         raise TypeError(f"`metric` must be a keras.metrics.Metric or a metric name; received {type(metric).__name__}")
 
-    def get_layer(self) -> SampledSoftmax:
-        """The :class:`SampledSoftmax` layer this metric belongs to."""
-        return _bound_layer(self, "this metric", "make it with layer.metric(...)")
+    def get_layer(self, y_pred=None) -> SampledSoftmax:
+        """The :class:`SampledSoftmax` layer this metric belongs to (the one that produced
+        ``y_pred``, when given)."""
+        return _bound_layer(self, "this metric", "make it with layer.metric(...)", y_pred)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        layer = self.get_layer()
-        if layer._training_output:
+        layer = self.get_layer(y_pred)
+        if layer._is_training_output(y_pred):
             mask = get_keras_mask(y_pred)
             _, y_pred = layer._split_training_output(y_pred)
             if y_pred is None:
@@ -828,15 +1005,47 @@ class SampledSoftmaxMetric(keras.metrics.Metric):
                     f"was traced before the metric was made; make metrics with layer.metric(...) before compile")
             if mask is not None:
                 set_keras_mask(y_pred, mask)
+        y_true = ops.convert_to_tensor(y_true)
+        # The targets' shape, checked here with the loss's message (before any framework's own).
+        num_true = _label_shape(_shape(y_true), _shape(y_pred)[:-1], layer.num_true)
+        if num_true > 1:
+            return self._update_several_targets(layer, y_true, y_pred, sample_weight)
         if layer.ignore_index is not None:
-            y_true = ops.convert_to_tensor(y_true)
             valid = ops.not_equal(y_true, layer.ignore_index)
-            keep = ops.cast(valid if layer.num_true == 1 else ops.all(valid, axis=-1), "float32")
-            if layer.num_true == 1 and len(_shape(y_true)) == len(_shape(y_pred)):
+            keep = ops.cast(valid, "float32")
+            if len(_shape(y_true)) == len(_shape(y_pred)):
                 keep = ops.squeeze(keep, -1)
             sample_weight = keep if sample_weight is None else ops.cast(sample_weight, "float32") * keep
             y_true = ops.where(valid, y_true, 0)
         self.metric.update_state(y_true, y_pred, sample_weight=sample_weight)
+
+    def _update_several_targets(self, layer, y_true, y_pred, sample_weight):
+        """``num_true > 1`` targets per position: accuracy counts a position when its top class
+        is one of its targets; perplexity is ``exp`` of the mean of the exact loss, each
+        target weighing ``1 / T`` (ignored targets left out)."""
+        y = ops.cast(y_true, "int32")
+        valid = ops.ones_like(y, "bool") if layer.ignore_index is None else ops.not_equal(y, layer.ignore_index)
+        keep = ops.cast(ops.any(valid, axis=-1), "float32")
+        mask = get_keras_mask(y_pred)
+        if mask is not None:
+            keep = keep * ops.cast(ops.reshape(mask, ops.shape(keep)), "float32")
+        weight = keep if sample_weight is None else ops.cast(sample_weight, "float32") * keep
+        if isinstance(self.metric, keras.metrics.SparseCategoricalAccuracy):
+            top = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
+            hit = ops.any(ops.logical_and(ops.equal(y, top[..., None]), valid), axis=-1)
+            # The top class where it is a target, another class where it is not: the same count.
+            target = ops.where(hit, top, ops.mod(top + 1, layer.num_classes))
+            return self.metric.update_state(target, y_pred, sample_weight=weight)
+        if isinstance(self.metric, Perplexity):
+            logp = _log_probs(y_pred, self.metric.output)
+            picked = ops.take_along_axis(logp, ops.where(valid, y, 0), axis=-1)
+            n = ops.maximum(ops.sum(ops.cast(valid, "float32"), axis=-1), 1.0)
+            nll = -ops.sum(ops.where(valid, picked, 0.0), axis=-1) / n
+            return self.metric.add_nll(nll, weight)
+        raise SampledSoftmaxError(
+            f"`metric`: {self.metric.name} takes one target per position, and this layer has "
+            f"num_true={layer.num_true}; with several targets head.metric supports 'accuracy' (the top class is "
+            f"one of the targets) and 'perplexity'")
 
     def result(self):
         return self.metric.result()
