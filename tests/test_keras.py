@@ -753,3 +753,16 @@ def test_learned_counts_aggregate_across_mirrored_replicas():
     out = subprocess.run([sys.executable, "-c", KERAS_MIRRORED], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "counts agree" in out.stdout
+
+
+@pytest.mark.parametrize("loss", ["sparse_categorical_crossentropy",
+                                  lambda: keras.losses.SparseCategoricalCrossentropy()], ids=["name", "object"])
+def test_a_dense_softmax_loss_on_the_layer_is_a_clear_error(loss):
+    x, y = corpus(64)
+    model, head = lm(SampledSoftmax(V_LM, num_sampled=8), metrics=())
+    model.compile(optimizer="adam", loss=loss if isinstance(loss, str) else loss())
+    before = _kernel(head)
+    with pytest.raises(SampledSoftmaxError, match=r"compiled with loss=.*sparse_categorical_crossentropy.*loss=head\.loss"):
+        model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    if BACKEND != "jax":  # Keras's JAX fit leaves its variables detached after any error in a step
+        np.testing.assert_array_equal(_kernel(head), before)

@@ -180,3 +180,59 @@ def test_module_passes_its_implementation_on():
         layer(torch.randn(3, 4), torch.randint(30, (3,)))
     with pytest.raises(SampledSoftmaxError, match="`implementation` must be one of"):
         SampledSoftmaxLoss(4, 30, 5, implementation="fast")
+
+
+# ---------------------------------------------------------------------------------------------
+# The build never surprises (issue 16): a stale lock, the environment's ninja, the real error
+
+
+def test_a_lock_left_by_a_killed_build_is_removed_and_said(tmp_path, caplog):
+    import os
+    import time
+
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    old = time.time() - _compiled.STALE_LOCK_S - 5
+    os.utime(lock, (old, old))
+    start = time.perf_counter()
+    with caplog.at_level("WARNING", logger="sampled_softmax"):
+        _compiled._wait_for_lock(str(tmp_path))
+    assert time.perf_counter() - start < 1.0 and not lock.exists()
+    assert "stale build lock" in caplog.text
+
+
+def test_a_fresh_lock_is_waited_for_at_most_the_stale_age(tmp_path, capfd):
+    import time
+
+    (tmp_path / "lock").write_text("")
+    start = time.perf_counter()
+    _compiled._wait_for_lock(str(tmp_path), stale_s=1.5)
+    assert 1.0 < time.perf_counter() - start < 10.0
+    assert not (tmp_path / "lock").exists()
+    assert "another process is building the compiled core" in capfd.readouterr().err
+
+
+def test_the_environments_ninja_is_found_without_activating_it(monkeypatch):
+    import os
+    import shutil
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    _compiled._ninja_on_path()
+    found = shutil.which("ninja")
+    assert found is not None
+    assert os.path.dirname(found) != "/usr/bin" or not os.path.exists("/usr/bin/ninja")
+
+
+def test_a_failed_build_reports_the_compilers_own_line():
+    text = "ninja: build stopped: subcommand failed.\n/bin/sh: 1: c++: not found\nFAILED: x.o"
+    assert _compiled._first_error_line(text) == "/bin/sh: 1: c++: not found"
+    text = "x.cpp:3:1: error: expected ';' before '}' token\nninja: build stopped: subcommand failed."
+    assert _compiled._first_error_line(text).startswith("x.cpp:3:1: error:")
+
+
+def test_info_says_where_and_whether_the_core_is_built(capsys):
+    from sampled_softmax.cli import main
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "compiled core:" in out and _compiled.build_dir() in out

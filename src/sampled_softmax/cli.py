@@ -33,6 +33,10 @@ def _info(_args) -> int:
         except ImportError as exc:
             status = f"not importable ({exc})"
         print(f"{framework} {version}: sampled_softmax.{front_end} {status}")
+        if front_end == "torch" and status == "importable":
+            from sampled_softmax.torch import _compiled
+
+            print("  " + _compiled.describe())
     for framework in KERAS_BACKENDS_ONLY:
         try:
             version = importlib.import_module(framework).__version__

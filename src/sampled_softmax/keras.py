@@ -414,6 +414,7 @@ class SampledSoftmax(keras.layers.Layer):
     def call(self, inputs, training=None, mask=None):
         self._training_output = bool(training)
         if training:
+            _check_compiled_loss(self)
             if self._full_in_training:
                 # Metrics made by `metric()` score the full output with the weights the loss
                 # saw. It can only reach them through `y_pred` (JAX traces the loss and the
@@ -746,6 +747,42 @@ def _find_upstream_layer(inputs, name):
 
 
 _WARNED_MODELS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+_CHECKED_MODELS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _check_compiled_loss(layer) -> None:
+    """In training the layer outputs hidden states for ``head.loss``: a model compiled with
+    another loss for it (``"sparse_categorical_crossentropy"``, what a Dense softmax had) would
+    train on those silently or fail with a shape error. Raise, once per model, saying so."""
+    import sys
+
+    frame = sys._getframe(2)
+    model = None
+    for _ in range(40):
+        if frame is None:
+            break
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, keras.Model) and getattr(candidate, "compiled", False):
+            model = candidate
+            break
+        frame = frame.f_back
+    if model is None or model in _CHECKED_MODELS:
+        return
+    loss = getattr(model, "loss", None)
+    if isinstance(loss, dict):
+        loss = loss.get(layer.name)
+    elif isinstance(loss, (list, tuple)):
+        loss = loss[0] if len(loss) == 1 else None
+    if loss is None or isinstance(loss, SampledSoftmaxLoss):
+        _CHECKED_MODELS.add(model)
+        return
+    name = loss if isinstance(loss, str) else getattr(loss, "name", None) or type(loss).__name__
+    raise SampledSoftmaxError(
+        f"`loss`: this model is compiled with loss={name!r} for its SampledSoftmax layer {layer.name!r}, which "
+        f"in training outputs hidden states for its own loss: compile with loss=head.loss (head being that "
+        f"layer), e.g. model.compile(optimizer=..., loss=head.loss)")
 
 
 def _warn_about_plain_metrics(layer) -> None:

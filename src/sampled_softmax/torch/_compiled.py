@@ -1,8 +1,10 @@
 """The compiled core (``csrc/sampled_softmax_core.cpp``), built on first use.
 
-``torch.utils.cpp_extension`` compiles it once per machine and PyTorch version (about 45 s;
-needs a C++ compiler and ``ninja``) into its cache (``TORCH_EXTENSIONS_DIR``, by default
-``~/.cache/torch_extensions``); later processes load the cached build. If it cannot be built,
+``torch.utils.cpp_extension`` compiles it once per machine and PyTorch version (1-3 minutes;
+needs a C++ compiler and ``ninja``, found next to this Python without activating its
+environment) into its cache (``TORCH_EXTENSIONS_DIR``, by default
+``~/.cache/torch_extensions``), saying so on stderr; later processes load the cached build.
+A lock left by a killed build is removed once :data:`STALE_LOCK_S` old. If it cannot be built,
 :func:`extension` returns None and says why in :func:`unavailable_reason`: the Python path,
 which computes the same thing, is used instead.
 
@@ -90,6 +92,75 @@ def choose(implementation: str, why: str | None):
     return ext
 
 
+# A build holds PyTorch's lock file in its build folder; a build killed on the way leaves it
+# behind, and every later build would wait on it forever. One older than this is stale.
+STALE_LOCK_S = 600.0
+_LOCK_POLL_S = 1.0
+
+
+def build_dir(cflags=None) -> str:
+    """Where the extension for ``cflags`` (default: this CPU's native flags) is built and cached."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return _get_build_directory(_module_name(cflags or _NATIVE_CFLAGS), verbose=False)
+
+
+def _wait_for_lock(folder: str, stale_s: float = STALE_LOCK_S) -> None:
+    """Wait while another process builds in ``folder``; remove its lock once older than
+    ``stale_s`` (a killed build's), saying so. Bounded: at most ``stale_s`` seconds."""
+    import time
+
+    lock = os.path.join(folder, "lock")
+    said = False
+    while os.path.exists(lock):
+        try:
+            age = time.time() - os.path.getmtime(lock)
+        except OSError:  # removed meanwhile
+            break
+        if age >= stale_s:
+            log.warning("sampled_softmax: removing a stale build lock %s (%.0f s old: a build that was killed); "
+                        "building again", lock, age)
+            try:
+                os.remove(lock)
+            except OSError:
+                pass
+            break
+        if not said:
+            _say(f"sampled_softmax: another process is building the compiled core in {folder}; waiting for it "
+                 f"(at most {stale_s - age:.0f} s)")
+            said = True
+        time.sleep(_LOCK_POLL_S)
+
+
+def _say(message: str) -> None:
+    # A build blocks the first call for minutes: say so where a user sees it (stderr), not only
+    # in a log that is off by default.
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
+
+
+def _ninja_on_path() -> None:
+    """Put the ``ninja`` of this environment (the ``torch`` extra installs it next to Python)
+    first on PATH: found without activating the environment, and always the same one (another
+    ninja's build log makes PyTorch rebuild from scratch)."""
+    import sys
+
+    here = os.path.dirname(sys.executable)
+    folders = [here] if os.path.exists(os.path.join(here, "ninja")) else []
+    try:
+        import ninja  # the PyPI package: its binary lives in its own folder
+
+        folders.append(ninja.BIN_DIR)
+    except (ImportError, AttributeError):
+        pass
+    path = os.environ.get("PATH", "")
+    for folder in reversed(folders):
+        if folder and folder not in path.split(os.pathsep)[:1]:
+            path = folder + os.pathsep + path
+    os.environ["PATH"] = path
+
+
 def _build():
     if os.environ.get("SAMPLED_SOFTMAX_NO_COMPILE"):
         _state["why"] = "SAMPLED_SOFTMAX_NO_COMPILE is set"
@@ -99,10 +170,24 @@ def _build():
     except Exception as e:
         _state["why"] = f"{type(e).__name__}: {e}"
         return None
-    log.info("sampled_softmax: building the compiled core (once per machine, about a minute)")
+    import time
+
+    _ninja_on_path()
     for cflags in (_NATIVE_CFLAGS, _PORTABLE_CFLAGS):
+        name = _module_name(cflags)
         try:
-            return load(name=_module_name(cflags), sources=[_SOURCE], extra_cflags=cflags, verbose=False)
+            folder = build_dir(cflags)
+            _wait_for_lock(folder)
+            cached = os.path.exists(os.path.join(folder, name + ".so"))
+            if not cached:
+                _say(f"sampled_softmax: building the compiled core for this machine in {folder} (once; about "
+                     f"1-3 minutes; SAMPLED_SOFTMAX_NO_COMPILE=1 skips it) ...")
+            start = time.perf_counter()
+            ext = load(name=name, sources=[_SOURCE], extra_cflags=cflags, verbose=False)
+            if not cached:
+                _say(f"sampled_softmax: compiled core built in {time.perf_counter() - start:.0f} s")
+            _state["where"] = folder
+            return ext
         except Exception as e:  # no compiler, no ninja, a failed build: the Python path remains
             _state["why"] = f"{type(e).__name__}: {_first_error_line(str(e))}"
     log.warning("sampled_softmax: compiled core unavailable (%s); using the Python path", _state["why"])
@@ -110,8 +195,26 @@ def _build():
 
 
 def _first_error_line(message: str) -> str:
-    """The compiler's first ``error:`` line if there is one (ninja's own last line says only
-    that the build stopped), else the message's last line."""
+    """The compiler's own message: its first ``error:`` line, or a shell's ``not found``
+    (no compiler), if there is one (ninja's last line says only that the build stopped), else
+    the message's last line."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    errors = [line for line in lines if "error:" in line]
+    errors = [line for line in lines if "error:" in line or "not found" in line or "No such file" in line]
     return (errors or lines or [""])[0 if errors else -1]
+
+
+def describe() -> str:
+    """One line for ``sampled-softmax info``: built or not, where, for which CPU."""
+    if os.environ.get("SAMPLED_SOFTMAX_NO_COMPILE"):
+        return "compiled core: off (SAMPLED_SOFTMAX_NO_COMPILE is set)"
+    import platform
+
+    try:
+        folder = build_dir()
+    except Exception as e:  # noqa: BLE001 - no torch build tools
+        return f"compiled core: unavailable ({type(e).__name__}: {e})"
+    cpu = f"{platform.machine()} ({len(_cpu_features().split())} CPU feature flags in its name)"
+    so = os.path.join(folder, _module_name(_NATIVE_CFLAGS) + ".so")
+    if os.path.exists(so):
+        return f"compiled core: built for this CPU, {cpu}, in {folder}"
+    return f"compiled core: not built yet (the first call builds it, 1-3 minutes) for {cpu} in {folder}"

@@ -608,18 +608,11 @@ def sampled_softmax_loss(
     if isinstance(inputs, torch.Tensor) and _autocast_on(inputs.device.type):
         # As F.cross_entropy under autocast: the loss is computed (and returned) in float32
         # whatever the autocast dtype, on every path, so forward and backward agree on dtypes.
+        arguments = dict(locals())
         with torch.autocast(inputs.device.type, enabled=False):
-            return sampled_softmax_loss(
-                weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-                remove_accidental_hits, sampler=sampler, reduction=reduction, ignore_index=ignore_index,
-                label_smoothing=label_smoothing, generator=generator, partition_strategy=partition_strategy,
-                subtract_log_q=subtract_log_q, sparse=sparse, return_log_prob=return_log_prob,
-                implementation=implementation)
+            return sampled_softmax_loss(**arguments)
     if _ops.traced(inputs):
-        return _traced_sampled_softmax_loss(
-            weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-            remove_accidental_hits, sampler, reduction, ignore_index, label_smoothing, generator,
-            partition_strategy, subtract_log_q, sparse, return_log_prob, implementation)
+        return _traced_sampled_softmax_loss(dict(locals()))
     _check_not_transformed(inputs, weights)
     if sampled_values is None and implementation != "python":
         result = _compiled_draw(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
@@ -668,24 +661,20 @@ def sampled_softmax_loss(
     return _finish(loss, logp, valid, reduction, lead, return_log_prob)
 
 
-def _traced_sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
-                                 sampled_values, remove_accidental_hits, sampler, reduction, ignore_index,
-                                 label_smoothing, generator, partition_strategy, subtract_log_q, sparse,
-                                 return_log_prob, implementation):
-    """:func:`sampled_softmax_loss` for a traced call (torch.compile, torch.export, meta or fake
-    tensors): the same checks of types, shapes and settings; every step that reads values
-    (label and ``sampled_values`` checks, the draw, the masks, the loss) is one of the custom
-    operators of :mod:`._ops`. A ``generator`` or a sampler of your own is not an operator's
-    argument: under torch.compile such a call runs eagerly (a graph break)."""
+def _traced_sampled_softmax_loss(arguments: dict):
+    """:func:`sampled_softmax_loss` (its ``arguments`` by name) for a traced call
+    (torch.compile, torch.export, meta or fake tensors): the same checks of types, shapes and
+    settings; every step that reads values (label and ``sampled_values`` checks, the draw, the
+    masks, the loss) is one of the custom operators of :mod:`._ops`. A ``generator`` or a
+    sampler of your own is not an operator's argument: under torch.compile such a call runs
+    eagerly (a graph break)."""
+    (weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values, remove_accidental_hits,
+     sampler, reduction, ignore_index, label_smoothing, generator, partition_strategy, subtract_log_q, sparse,
+     return_log_prob, implementation) = (arguments[k] for k in _ARGUMENT_NAMES)
     table = None if sampled_values is not None or isinstance(sampler, str) else sampler_tables(sampler)
     custom_sampler = sampled_values is None and not isinstance(sampler, str) and table is None
     if (generator is not None or custom_sampler) and torch.compiler.is_compiling():
-        return _eager_sampled_softmax_loss(
-            weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-            remove_accidental_hits, sampler=sampler, reduction=reduction, ignore_index=ignore_index,
-            label_smoothing=label_smoothing, generator=generator, partition_strategy=partition_strategy,
-            subtract_log_q=subtract_log_q, sparse=sparse, return_log_prob=return_log_prob,
-            implementation=implementation)
+        return _eager_sampled_softmax_loss(**arguments)
     _check_generator(generator)
     _check_sparse_bias(biases, sparse)
     shards, biases, y, h, lead, num_classes, offsets, _, label_smoothing = _prepare(
@@ -724,9 +713,15 @@ def _traced_sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, n
     return _finish(loss, logp, keep, reduction, lead, return_log_prob)
 
 
+_ARGUMENT_NAMES = (
+    "weights", "biases", "labels", "inputs", "num_sampled", "num_classes", "num_true", "sampled_values",
+    "remove_accidental_hits", "sampler", "reduction", "ignore_index", "label_smoothing", "generator",
+    "partition_strategy", "subtract_log_q", "sparse", "return_log_prob", "implementation")
+
+
 @torch.compiler.disable
-def _eager_sampled_softmax_loss(*args, **kwargs):
-    return sampled_softmax_loss(*args, **kwargs)
+def _eager_sampled_softmax_loss(**arguments):
+    return sampled_softmax_loss(**arguments)
 
 
 def _finish(loss, logp, valid, reduction, lead, return_log_prob):
