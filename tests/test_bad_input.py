@@ -219,6 +219,20 @@ def _np(x):
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
+def _tensorflow_traced(kw, jit_compile):
+    """The TensorFlow call inside ``tf.function`` (``jit_compile``: under XLA), its array
+    arguments passed as the function's inputs so that their values are unknown when traced."""
+    tf = pytest.importorskip("tensorflow")
+    from sampled_softmax import tensorflow as sst
+
+    kw = _converted(kw, tf.constant)
+    names = [k for k, v in kw.items() if isinstance(v, (tf.Tensor, list, tuple))]
+    fixed = {k: v for k, v in kw.items() if k not in names}
+    fn = tf.function(lambda *values: sst.sampled_softmax_loss(**fixed, **dict(zip(names, values))),
+                     jit_compile=jit_compile, autograph=False)
+    return fn(*[kw[k] for k in names])
+
+
 ADAPTERS = {"reference": _reference, "torch": _torch, "tensorflow": _tensorflow, "keras": _keras,
             # The same PyTorch call on its Python path: both implementations give the same error.
             "torch-python": lambda kw: _torch(kw, "python")}
@@ -241,6 +255,34 @@ def test_bad_input_is_a_clear_error(front, overrides, exc, message):
     pattern = message.replace("{labels}", LABELS_NAME.get(front, "`labels`"))
     with pytest.raises(exc, match=pattern):
         ADAPTERS[front](kw)
+
+
+TF_TRACED = [pytest.param(jit, overrides, exc, message, id=f"tensorflow {'xla' if jit else 'tf.function'}: {case}")
+             for case, overrides, exc, message, fronts in CASES if "tensorflow" in fronts for jit in (False, True)]
+
+
+@pytest.mark.parametrize("jit_compile,overrides,exc,message", TF_TRACED)
+def test_bad_input_inside_tf_function_and_xla(jit_compile, overrides, exc, message):
+    """In a graph, what is known when tracing raises as eagerly; values raise when the step
+    runs (an assertion naming the argument and the expectation). Under XLA, which drops
+    assertions, a bad value gives nan, never a plausible loss."""
+    tf = pytest.importorskip("tensorflow")
+    kw = base()
+    if jit_compile and "num_sampled" not in overrides:  # TensorFlow's sampler ops do not compile:
+        kw["sampled_values"] = sv()                       # XLA steps take given draws
+    kw.update(overrides)
+    pattern = message.replace("{labels}", "`labels`")
+    try:
+        loss = _tensorflow_traced(kw, jit_compile)
+    except (exc, tf.errors.InvalidArgumentError) as err:
+        if isinstance(err, tf.errors.InvalidArgumentError):
+            # An assertion prints the offending values after its text, in its own format.
+            pattern = __import__("re").split(r";? (?:\.\* )?received", pattern)[0]
+            assert not jit_compile, f"XLA raised {err}"
+        assert __import__("re").search(pattern, str(err)), f"{pattern!r} not in {str(err)[:500]!r}"
+        return
+    assert jit_compile, "a graph must raise on bad input"
+    assert np.isnan(_np(loss)).any(), f"XLA returned a plausible loss {_np(loss)} for bad input"
 
 
 @pytest.mark.parametrize("front", ALL + ("torch-python",))
@@ -287,5 +329,5 @@ def test_tensorflow_out_of_range_labels_fail_inside_tf_function_too():
         tf.constant(kw["weights"]), tf.constant(kw["biases"]), labels, tf.constant(kw["inputs"]), S, V,
         sampled_values=tuple(tf.constant(v) for v in sv())))
     assert step(tf.constant([1, 2, 3])).shape == (B,)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="20 is not in"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"`labels` must be in \[0, 19\]; received values up to\] \[20\]"):
         step(tf.constant([1, 2, 20]))

@@ -582,7 +582,10 @@ class SampledSoftmax(keras.layers.Layer):
         else:
             cand, true_count, samp_count = self._checked_sampled_values(sampled_values, y2, valid)
             cand = ops.cast(cand, "int32")
-            true_count = ops.reshape(ops.cast(true_count, "float32"), (-1, T))
+            true_count = ops.cast(true_count, "float32")
+            if T > 1 and _shape(true_count)[-1:] == (1,):  # [batch, 1] broadcast over the targets, as tf.nn does
+                true_count = ops.broadcast_to(true_count, (ops.shape(y2)[0], T))
+            true_count = ops.reshape(true_count, (-1, T))
             samp_count = ops.cast(samp_count, "float32")
         n = ops.shape(y2)[0]
         ids = ops.concatenate([ops.reshape(y_safe, (-1,)), cand], axis=0)

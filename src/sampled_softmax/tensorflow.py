@@ -83,9 +83,20 @@ def _check(weights, biases, labels, inputs, num_sampled, num_classes, num_true, 
 
 
 def _check_label_values(labels, num_classes):
-    # Eager only: in a graph TensorFlow's own gather rejects out-of-range ids on the CPU.
-    if tf.executing_eagerly() and tf.size(labels) > 0:
-        V.check_label_values(int(tf.reduce_min(labels)), int(tf.reduce_max(labels)), num_classes, None)
+    """Labels in ``[0, num_classes)``: an error now when eager; in a graph an assertion with
+    the same words (a GPU gather would return zeros for them); under XLA, which drops
+    assertions, their rows are nan (see ``_nan_rows``). Returns ``labels``."""
+    if tf.executing_eagerly():
+        if tf.size(labels) > 0:
+            V.check_label_values(int(tf.reduce_min(labels)), int(tf.reduce_max(labels)), num_classes, None)
+        return labels
+    low, high = tf.reduce_min(labels), tf.reduce_max(labels)
+    checks = [tf.debugging.Assert(tf.logical_or(tf.size(labels) == 0, low >= 0),
+                                  [f"`labels` must be in [0, {num_classes - 1}]; received values down to", low]),
+              tf.debugging.Assert(tf.logical_or(tf.size(labels) == 0, high < num_classes),
+                                  [f"`labels` must be in [0, {num_classes - 1}]; received values up to", high])]
+    with tf.control_dependencies(checks):
+        return tf.identity(labels)
 
 
 def _check_sampled_values(sampled_values, num_sampled, num_classes, labels, num_true):
@@ -221,8 +232,7 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_class
         labels = tf.convert_to_tensor(labels)
         shards, bias_shards, num_classes, num_sampled = _check(weights, biases, labels, inputs, num_sampled,
                                                                num_classes, num_true, partition_strategy)
-        labels = tf.reshape(tf.cast(labels, tf.int64), [-1, num_true])
-        _check_label_values(labels, num_classes)
+        labels = _check_label_values(tf.reshape(tf.cast(labels, tf.int64), [-1, num_true]), num_classes)
         if sampled_values is None:
             V.check_num_sampled(num_sampled, num_classes, unique=True)
             sampled_values = tf.random.log_uniform_candidate_sampler(
@@ -256,7 +266,8 @@ def _nan_rows(loss, labels, cand, true_count, samp_count, num_classes):
     gathers clamp an index into range, as GPU gathers return zeros) the result is never a
     plausible number. Eager calls and graphs on the CPU raise before this."""
     bad_label = tf.reduce_any((labels < 0) | (labels >= num_classes), axis=1)
-    bad_count = tf.reduce_any(~(tf.cast(true_count, tf.float32) > 0), axis=1)
+    true_count = tf.cast(true_count, tf.float32)
+    bad_count = tf.reduce_any(~(true_count > 0) | ~tf.math.is_finite(true_count), axis=1)
     bad_all = tf.reduce_any((cand < 0) | (cand >= num_classes)) | tf.reduce_any(~(tf.cast(samp_count, tf.float32) > 0))
     bad = bad_label | bad_count | bad_all
     return tf.where(bad, tf.constant(float("nan"), loss.dtype), loss)
@@ -287,8 +298,7 @@ def full_softmax_loss(weights, biases, labels, inputs, num_classes=None, num_tru
         labels = tf.convert_to_tensor(labels)
         shards, bias_shards, num_classes, _ = _check(weights, biases, labels, inputs, 1, num_classes or
                                                      sum(int(w.shape[0]) for w in _shards(weights)), num_true, "div")
-        labels = tf.reshape(tf.cast(labels, tf.int64), [-1, num_true])
-        _check_label_values(labels, num_classes)
+        labels = _check_label_values(tf.reshape(tf.cast(labels, tf.int64), [-1, num_true]), num_classes)
         logp = tf.nn.log_softmax(full_logits(shards, bias_shards, inputs))
         loss = -tf.reduce_mean(tf.gather(logp, labels, batch_dims=1), axis=1)
         bad = tf.reduce_any((labels < 0) | (labels >= num_classes), axis=1)  # see _nan_rows
