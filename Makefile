@@ -4,13 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv test bench demo clean
+.PHONY: all venv test dist bench demo clean
 
 all: venv
 
-$(STAMP): pyproject.toml constraints/dev.txt
+$(STAMP): pyproject.toml constraints/dev.txt constraints/dev-requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints/dev.txt -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints/dev.txt -e . -r constraints/dev-requirements.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -21,6 +21,12 @@ test: $(STAMP)
 	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider tests/test_keras.py tests/test_bad_input.py tests/test_properties.py -k keras
 	KERAS_BACKEND=torch $(PY) -m pytest -q -p no:cacheprovider tests/test_keras.py tests/test_bad_input.py tests/test_properties.py -k keras
 
+# The wheel and sdist as they would be published, with their metadata checked.
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(PY) -m twine check --strict dist/*
+
 # The main job: full, sampled and adaptive softmax side by side (about three minutes, no download).
 demo: $(STAMP)
 	$(VENV)/bin/sampled-softmax demo
@@ -29,4 +35,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -55,3 +55,14 @@ def test_keras_front_end_loads_only_what_keras_loads():
         baseline = loaded_after(f"{env}; import keras")
         assert backend in baseline and "tensorflow" not in baseline
         assert loaded_after(f"{env}; import sampled_softmax.keras") == baseline
+
+
+def test_keras_without_its_backend_says_which_to_install():
+    import subprocess
+    import sys
+
+    code = ("import os, sys; os.environ['KERAS_BACKEND'] = 'tensorflow'; sys.modules['tensorflow'] = None\n"
+            "try:\n    import sampled_softmax.keras\nexcept ImportError as e:\n    print('ERROR', e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "ERROR Keras is installed, but its backend 'tensorflow' is not" in out.stdout, out.stderr[-2000:]
+    assert "KERAS_BACKEND" in out.stdout

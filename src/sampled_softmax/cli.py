@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import platform
 import sys
@@ -24,8 +25,10 @@ def _info(_args) -> int:
         try:
             mod = importlib.import_module(framework)
             version = getattr(mod, "__version__", "?")
-        except ImportError:
-            print(f"{framework}: not installed (front end sampled_softmax.{front_end} unavailable)")
+        except ImportError as exc:
+            installed = importlib.util.find_spec(framework) is not None
+            print(f"{framework}: installed but not importable ({exc})" if installed else
+                  f"{framework}: not installed (front end sampled_softmax.{front_end} unavailable)")
             continue
         try:
             importlib.import_module(f"sampled_softmax.{front_end}")
