@@ -39,9 +39,10 @@ import weakref
 try:
     import keras
 except ModuleNotFoundError as _missing:  # Keras is there but the backend it is set to is not
-    if _missing.name in ("tensorflow", "jax", "torch"):
+    _backend = (_missing.name or "").split(".")[0]
+    if _backend in ("tensorflow", "jax", "torch"):
         raise ImportError(
-            f"Keras is installed, but its backend {_missing.name!r} is not: install it (the extras "
+            f"Keras is installed, but its backend {_backend!r} is not: install it (the extras "
             f"sampled-softmax[keras] bring JAX, [tensorflow], [tensorflow-cpu] and [torch] the others) and set "
             f"KERAS_BACKEND to an installed one (jax, tensorflow or torch)") from _missing
     raise
