@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv test dist bench demo clean
+.PHONY: all venv test dist docs bench demo clean
 
 all: venv
 
@@ -27,6 +27,11 @@ dist: $(STAMP)
 	$(PY) -m build --outdir dist .
 	$(PY) -m twine check --strict dist/*
 
+# The documentation site (MkDocs Material, API pages from the docstrings) in site/; any
+# warning is an error. `make test` builds it too and runs every Python block of its pages.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 # The main job: full, sampled and adaptive softmax side by side (about three minutes, no download).
 demo: $(STAMP)
 	$(VENV)/bin/sampled-softmax demo
@@ -35,4 +40,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache
