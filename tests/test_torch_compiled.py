@@ -236,3 +236,18 @@ def test_info_says_where_and_whether_the_core_is_built(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "compiled core:" in out and _compiled.build_dir() in out
+
+
+def test_no_compiler_on_path_is_said_plainly_and_the_python_path_runs():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom sampled_softmax.torch import _compiled, sampled_softmax_loss\n"
+            "assert _compiled.extension() is None\nprint('REASON', _compiled.unavailable_reason())\n"
+            "print('LOSS', sampled_softmax_loss(torch.randn(50, 4), None, torch.tensor([1]), torch.randn(1, 4), 5, 50).shape)")
+    env = dict(os.environ, CXX="no-such-compiler-here")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "REASON no C++ compiler: 'no-such-compiler-here' not found on PATH" in out.stdout
+    assert "LOSS torch.Size([1])" in out.stdout

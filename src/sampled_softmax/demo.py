@@ -311,7 +311,7 @@ def main(argv=None) -> int:
         from .torch import _compiled
 
         if not _compiled.is_built():
-            print("loading the compiled core (built on a machine's first run, 1-3 minutes, not counted "
+            print("building PyTorch's compiled core first (once per machine, 1-3 minutes, not counted "
                   "in the budget) ...", flush=True)
         _compiled.extension()
     results = [train_for(m, corpus, args, curve_valid, final_valid) for m in methods]

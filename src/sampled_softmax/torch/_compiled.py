@@ -67,8 +67,14 @@ def extension():
 
 
 def is_built() -> bool:
-    """Whether this process has the extension already (loading a cached build is quick)."""
-    return _state.get("ext") is not None
+    """Whether this process has the extension already, or a build for this CPU is cached
+    (loading it is quick)."""
+    if _state.get("ext") is not None:
+        return True
+    try:
+        return os.path.exists(os.path.join(build_dir(), _module_name(_NATIVE_CFLAGS) + ".so"))
+    except Exception:  # noqa: BLE001 - no build tools: nothing is built
+        return False
 
 
 def unavailable_reason() -> str | None:
@@ -170,8 +176,14 @@ def _build():
     except Exception as e:
         _state["why"] = f"{type(e).__name__}: {e}"
         return None
+    import shutil
     import time
 
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:  # say so plainly, before PyTorch's build tries it
+        _state["why"] = f"no C++ compiler: {compiler!r} not found on PATH (install g++, or set CXX)"
+        log.warning("sampled_softmax: compiled core unavailable (%s); using the Python path", _state["why"])
+        return None
     _ninja_on_path()
     for cflags in (_NATIVE_CFLAGS, _PORTABLE_CFLAGS):
         name = _module_name(cflags)

@@ -1,0 +1,36 @@
+"""Run the README's Python blocks that need only what this environment has installed, each in
+a fresh namespace and folder, as a user would paste them (used by .ci/clean_room)."""
+
+import importlib.util
+import os
+import re
+import sys
+import tempfile
+
+FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+FRAMEWORKS = ("torch", "tensorflow", "keras", "jax")
+
+
+def main(readme: str) -> int:
+    with open(readme) as f:
+        blocks = FENCE.findall(f.read())
+    ran = 0
+    for i, code in enumerate(blocks):
+        needs = {m for m in FRAMEWORKS if re.search(rf"^\s*(import|from) {m}\b|^import .*\b{m}\b", code, re.M)}
+        missing = [m for m in needs if importlib.util.find_spec(m) is None]
+        if missing:
+            print(f"block {i}: skipped (needs {', '.join(missing)})")
+            continue
+        with tempfile.TemporaryDirectory() as folder:
+            os.chdir(folder)
+            exec(compile(code, f"README block {i}", "exec"), {"__name__": "__readme__"})
+        print(f"block {i}: ran")
+        ran += 1
+    if not ran:
+        print("no block ran", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
