@@ -66,3 +66,16 @@ def test_keras_without_its_backend_says_which_to_install():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "ERROR Keras is installed, but its backend 'tensorflow' is not" in out.stdout, out.stderr[-2000:]
     assert "KERAS_BACKEND" in out.stdout
+
+
+def test_keras_picks_an_installed_backend_when_none_was_chosen(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['tensorflow'] = None\n"
+            "import sampled_softmax.keras, keras\nprint('BACKEND', keras.backend.backend())")
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["KERAS_HOME"] = str(tmp_path)  # no keras.json there
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert "BACKEND jax" in out.stdout, out.stderr[-2000:]

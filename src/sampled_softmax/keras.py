@@ -36,6 +36,40 @@ from __future__ import annotations
 import math
 import weakref
 
+def _choose_installed_backend() -> None:
+    """Keras defaults to TensorFlow. Where nothing chose a backend (no KERAS_BACKEND, no
+    keras.json) and TensorFlow is not installed, use one that is (JAX, which the `keras` extra
+    installs, then PyTorch), so that `pip install sampled-softmax[keras]` works as it is."""
+    import importlib.util
+    import json
+    import os
+    import sys
+
+    if "keras" in sys.modules or "KERAS_BACKEND" in os.environ:
+        return
+    config = os.path.join(os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras")), "keras.json")
+    try:
+        with open(config) as f:
+            if "backend" in json.load(f):
+                return
+    except (OSError, ValueError):
+        pass
+
+    def installed(name):
+        try:
+            return importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            return False
+
+    if installed("tensorflow"):
+        return
+    for name in ("jax", "torch"):
+        if installed(name):
+            os.environ["KERAS_BACKEND"] = name
+            return
+
+
+_choose_installed_backend()
 try:
     import keras
 except ModuleNotFoundError as _missing:  # Keras is there but the backend it is set to is not
