@@ -17,6 +17,7 @@ def main(readme: str) -> int:
     ran = 0
     for i, code in enumerate(blocks):
         needs = {m for m in FRAMEWORKS if re.search(rf"^\s*(import|from) {m}\b|^import .*\b{m}\b", code, re.M)}
+        # Keras blocks need Keras and any one backend (it picks an installed one).
         missing = [m for m in needs if importlib.util.find_spec(m) is None]
         if missing:
             print(f"block {i}: skipped (needs {', '.join(missing)})")
