@@ -251,3 +251,12 @@ def test_no_compiler_on_path_is_said_plainly_and_the_python_path_runs():
     assert out.returncode == 0, out.stderr[-2000:]
     assert "REASON no C++ compiler: 'no-such-compiler-here' not found on PATH" in out.stdout
     assert "LOSS torch.Size([1])" in out.stdout
+
+
+def test_a_long_build_says_it_is_still_running(capfd):
+    import time
+
+    done = _compiled._progress(time.perf_counter(), every_s=0.2)
+    time.sleep(0.7)
+    done.set()
+    assert "still building the compiled core" in capfd.readouterr().err

@@ -146,6 +146,21 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _progress(start: float, every_s: float = 30.0) -> threading.Event:
+    """Say every ``every_s`` seconds that the build is still running, until the returned
+    event is set."""
+    import time
+
+    done = threading.Event()
+
+    def tick():
+        while not done.wait(every_s):
+            _say(f"sampled_softmax: still building the compiled core ({time.perf_counter() - start:.0f} s) ...")
+
+    threading.Thread(target=tick, daemon=True).start()
+    return done
+
+
 def _ninja_on_path() -> None:
     """Put the ``ninja`` of this environment (the ``torch`` extra installs it next to Python)
     first on PATH: found without activating the environment, and always the same one (another
@@ -195,7 +210,12 @@ def _build():
                 _say(f"sampled_softmax: building the compiled core for this machine in {folder} (once; about "
                      f"1-3 minutes; SAMPLED_SOFTMAX_NO_COMPILE=1 skips it) ...")
             start = time.perf_counter()
-            ext = load(name=name, sources=[_SOURCE], extra_cflags=cflags, verbose=False)
+            ticker = None if cached else _progress(start)
+            try:
+                ext = load(name=name, sources=[_SOURCE], extra_cflags=cflags, verbose=False)
+            finally:
+                if ticker is not None:
+                    ticker.set()
             if not cached:
                 _say(f"sampled_softmax: compiled core built in {time.perf_counter() - start:.0f} s")
             _state["where"] = folder
