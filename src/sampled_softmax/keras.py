@@ -802,18 +802,7 @@ def _check_compiled_loss(layer) -> None:
     """In training the layer outputs hidden states for ``head.loss``: a model compiled with
     another loss for it (``"sparse_categorical_crossentropy"``, what a Dense softmax had) would
     train on those silently or fail with a shape error. Raise, once per model, saying so."""
-    import sys
-
-    frame = sys._getframe(2)
-    model = None
-    for _ in range(40):
-        if frame is None:
-            break
-        candidate = frame.f_locals.get("self")
-        if isinstance(candidate, keras.Model) and getattr(candidate, "compiled", False):
-            model = candidate
-            break
-        frame = frame.f_back
+    model = _calling_model(compiled=True)
     if model is None or model in _CHECKED_MODELS:
         return
     loss = getattr(model, "loss", None)
@@ -885,9 +874,10 @@ def _reduce(losses, sample_weight, mask, reduction):
     return ops.divide_no_nan(total, ops.cast(ops.size(losses), "float32"))
 
 
-def _calling_model():
-    """The Keras model whose training or evaluation step is running (its trainer's step, or a
-    custom ``train_step``, is a few frames up), or None."""
+def _calling_model(compiled: bool = False):
+    """The Keras model whose call or training step is running (the model's call, its trainer's
+    step or a custom ``train_step`` is a few frames up), or None; with ``compiled``, the first
+    such model that is compiled (a model nested in another is not)."""
     import sys
 
     frame = sys._getframe(2)
@@ -895,7 +885,7 @@ def _calling_model():
         if frame is None:
             return None
         candidate = frame.f_locals.get("self")
-        if isinstance(candidate, keras.Model):
+        if isinstance(candidate, keras.Model) and (not compiled or getattr(candidate, "compiled", False)):
             return candidate
         frame = frame.f_back
     return None

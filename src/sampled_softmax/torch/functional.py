@@ -24,7 +24,10 @@ from . import _compiled, _ops
 from ._compiled import IMPLEMENTATIONS
 from ..samplers import DRAWS, unique_draw_error, unique_draw_limit
 from .._validation import check_num_sampled
-from .samplers import CandidateSampler, LogUniformSampler, UniformSampler, make_sampler, sampler_tables
+from .samplers import (
+    CandidateSampler, LogUniformSampler, UniformSampler, check_generator, check_ignore_index, make_sampler,
+    sampler_tables,
+)
 
 __all__ = ["sampled_softmax_loss", "full_softmax_loss", "full_logits"]
 
@@ -93,17 +96,16 @@ def _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_inde
     elif biases is not None:
         _check_tensor("biases", biases, floating=True)
     V.check_choice("reduction", reduction, V.REDUCTIONS)
-    _check_ignore_index(ignore_index)
+    check_ignore_index(ignore_index)
     label_smoothing = V.check_label_smoothing(label_smoothing)
     num_classes, dim = V.check_weights_shapes([tuple(w.shape) for w in shards], num_classes, inputs.shape[-1] if inputs.dim() else -1)
+    V.check_choice("partition_strategy", partition_strategy, V.PARTITION_STRATEGIES)
     if bias_shards is not None:
-        V.check_choice("partition_strategy", partition_strategy, V.PARTITION_STRATEGIES)
         V.shard_layout([b.shape[0] for b in bias_shards], num_classes, partition_strategy, name="biases")
         # One [V] bias made from the shards; autograd hands each shard its part of the gradient.
         biases = _full_table(bias_shards, partition_strategy)
     V.check_biases_shape(None if biases is None else tuple(biases.shape), num_classes)
     lead, num_true = V.resolve_label_shape(tuple(labels.shape), tuple(inputs.shape), num_true)
-    V.check_choice("partition_strategy", partition_strategy, V.PARTITION_STRATEGIES)
     offsets = ()
     if len(shards) > 1:
         offsets = tuple(V.shard_layout([w.shape[0] for w in shards], num_classes, partition_strategy))
@@ -169,21 +171,11 @@ def _autocast_on(device_type: str) -> bool:
     return available and torch.is_autocast_enabled(device_type)
 
 
-def _check_generator(generator) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"`generator` must be a torch.Generator or None; received {type(generator).__name__}")
-
-
 def _check_sparse_bias(biases, sparse) -> None:
     if sparse and isinstance(biases, (list, tuple)) and len(biases) > 1:
         raise SampledSoftmaxError(
             "`biases` as a list of shards takes sparse=False (its gradient reaches the shards through "
             "their concatenation); with sparse=True pass one [num_classes] tensor")
-
-
-def _check_ignore_index(ignore_index) -> None:
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-        raise TypeError(f"`ignore_index` must be an int or None; received {type(ignore_index).__name__}")
 
 
 def _check_not_transformed(inputs, weights) -> None:
@@ -612,7 +604,7 @@ def sampled_softmax_loss(
         with torch.autocast(inputs.device.type, enabled=False):
             return sampled_softmax_loss(**arguments)
     if _ops.traced(inputs):
-        return _traced_sampled_softmax_loss(dict(locals()))
+        return _traced_sampled_softmax_loss(**locals())
     _check_not_transformed(inputs, weights)
     if sampled_values is None and implementation != "python":
         result = _compiled_draw(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
@@ -621,7 +613,7 @@ def sampled_softmax_loss(
                                 implementation)
         if result is not None:
             return result
-    _check_generator(generator)
+    check_generator(generator)
     _check_sparse_bias(biases, sparse)
     shards, biases, y, h, lead, num_classes, offsets, valid, label_smoothing = _prepare(
         weights, biases, labels, inputs, num_classes, num_true, ignore_index, label_smoothing,
@@ -661,21 +653,21 @@ def sampled_softmax_loss(
     return _finish(loss, logp, valid, reduction, lead, return_log_prob)
 
 
-def _traced_sampled_softmax_loss(arguments: dict):
-    """:func:`sampled_softmax_loss` (its ``arguments`` by name) for a traced call
-    (torch.compile, torch.export, meta or fake tensors): the same checks of types, shapes and
-    settings; every step that reads values (label and ``sampled_values`` checks, the draw, the
-    masks, the loss) is one of the custom operators of :mod:`._ops`. A ``generator`` or a
-    sampler of your own is not an operator's argument: under torch.compile such a call runs
-    eagerly (a graph break)."""
-    (weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values, remove_accidental_hits,
-     sampler, reduction, ignore_index, label_smoothing, generator, partition_strategy, subtract_log_q, sparse,
-     return_log_prob, implementation) = (arguments[k] for k in _ARGUMENT_NAMES)
+def _traced_sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+                                 sampled_values, remove_accidental_hits, sampler, reduction, ignore_index,
+                                 label_smoothing, generator, partition_strategy, subtract_log_q, sparse,
+                                 return_log_prob, implementation):
+    """:func:`sampled_softmax_loss` for a traced call (torch.compile, torch.export, meta or fake
+    tensors): the same checks of types, shapes and settings; every step that reads values
+    (label and ``sampled_values`` checks, the draw, the masks, the loss) is one of the custom
+    operators of :mod:`._ops`. A ``generator`` or a sampler of your own is not an operator's
+    argument: under torch.compile such a call runs eagerly (a graph break)."""
+    arguments = dict(locals())
     table = None if sampled_values is not None or isinstance(sampler, str) else sampler_tables(sampler)
     custom_sampler = sampled_values is None and not isinstance(sampler, str) and table is None
     if (generator is not None or custom_sampler) and torch.compiler.is_compiling():
         return _eager_sampled_softmax_loss(**arguments)
-    _check_generator(generator)
+    check_generator(generator)
     _check_sparse_bias(biases, sparse)
     shards, biases, y, h, lead, num_classes, offsets, _, label_smoothing = _prepare(
         weights, biases, labels, inputs, num_classes, num_true, ignore_index, label_smoothing,
@@ -697,8 +689,11 @@ def _traced_sampled_softmax_loss(arguments: dict):
             kind, draw, support, weights_t, cdf, counts = table
         check_num_sampled(num_sampled, num_classes, unique=draw == "unique", support=support)
     else:
-        cand, true_count, samp_count = (torch.as_tensor(v, device=h.device)
-                                        for v in V.check_sampled_values_triple(sampled_values))
+        # No comprehension here: it would make `h` a closure cell, which `locals()` above reads
+        # before it is set (torch.compile refuses that).
+        cand, true_count, samp_count = V.check_sampled_values_triple(sampled_values)
+        cand, true_count, samp_count = (torch.as_tensor(cand, device=h.device), torch.as_tensor(
+            true_count, device=h.device), torch.as_tensor(samp_count, device=h.device))
         _check_tensor("sampled_values[0]", cand, floating=False)
         V.check_sampled_values_shapes(tuple(cand.shape), tuple(true_count.shape), tuple(samp_count.shape),
                                       num_sampled, n, t)
@@ -711,12 +706,6 @@ def _traced_sampled_softmax_loss(arguments: dict):
     loss, logp, _, _, _ = _ops.loss(h, shards, biases, ids, logq, keep, removed, t, list(offsets),
                                     partition_strategy, label_smoothing, bool(sparse), implementation)
     return _finish(loss, logp, keep, reduction, lead, return_log_prob)
-
-
-_ARGUMENT_NAMES = (
-    "weights", "biases", "labels", "inputs", "num_sampled", "num_classes", "num_true", "sampled_values",
-    "remove_accidental_hits", "sampler", "reduction", "ignore_index", "label_smoothing", "generator",
-    "partition_strategy", "subtract_log_q", "sparse", "return_log_prob", "implementation")
 
 
 @torch.compiler.disable
@@ -781,9 +770,9 @@ def _compiled_draw(weights, biases, labels, inputs, num_sampled, num_classes, nu
     h = inputs if inputs.dim() == 2 else inputs.reshape(n, inputs.shape[-1])
     try:
         loss = ext.sampled_softmax_sampled(h, weights, inputs.new_empty(0) if biases is None else biases,
-                                       labels.reshape(n), num_sampled, kind, DRAWS.index(draw), generator,
-                                       bool(remove_accidental_hits), bool(subtract_log_q), bool(sparse), ignore_index,
-                                           unique_draw_limit(num_sampled))
+                                           labels.reshape(n), num_sampled, kind, DRAWS.index(draw), generator,
+                                           bool(remove_accidental_hits), bool(subtract_log_q), bool(sparse),
+                                           ignore_index, unique_draw_limit(num_sampled))
     except ValueError as e:  # the unique draw's bound: the Python path's error, word for word
         found = re.search(r"unique draw stopped: num_sampled=(\d+) num_tries=(\d+) found=(\d+)", str(e))
         if found is None:

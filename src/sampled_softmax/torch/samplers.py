@@ -35,6 +35,16 @@ __all__ = [
 ]
 
 
+def check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"`generator` must be a torch.Generator or None; received {type(generator).__name__}")
+
+
+def check_ignore_index(ignore_index) -> None:
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise TypeError(f"`ignore_index` must be an int or None; received {type(ignore_index).__name__}")
+
+
 def _repeated_slots(values: torch.Tensor) -> torch.Tensor:
     """True where a value already appeared at an earlier position (sort-based, no sync)."""
     sorted_vals, order = torch.sort(values, stable=True)
@@ -94,8 +104,7 @@ class CandidateSampler(nn.Module):
             raise TypeError(f"`true_classes` must be a torch.Tensor; received {type(true_classes).__name__}")
         if true_classes.is_floating_point() or true_classes.is_complex() or true_classes.dtype == torch.bool:
             raise TypeError(f"`true_classes` must have an integer dtype; received {true_classes.dtype}")
-        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-            raise TypeError(f"`ignore_index` must be an int or None; received {type(ignore_index).__name__}")
+        check_ignore_index(ignore_index)
         if true_classes.numel():
             kept = true_classes if ignore_index is None else true_classes[true_classes != ignore_index]
             lo, hi = (int(v) for v in torch.aminmax(kept)) if kept.numel() else (None, None)
@@ -104,8 +113,7 @@ class CandidateSampler(nn.Module):
 
     def _draw_values(self, true_classes, num_sampled, generator, ignore_index) -> SampledValues:
         """:meth:`forward` for callers that checked ``true_classes`` already (the losses)."""
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"`generator` must be a torch.Generator or None; received {type(generator).__name__}")
+        check_generator(generator)
         num_sampled = check_num_sampled(
             num_sampled, self.num_classes, unique=self.draw == "unique", support=self.support
         )
