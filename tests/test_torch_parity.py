@@ -268,7 +268,7 @@ def test_expected_counts_in_any_float_dtype(rng):
 
 def test_numpy_and_torch_column_builders_agree(rng):
     """The CPU (NumPy) and accelerator (torch) bookkeeping give the same ids, log E and mask."""
-    from sampled_softmax.torch import functional as F
+    from sampled_softmax.torch import _columns as F
 
     _, _, y, _, sv = random_problem(rng, T=3, dup_candidates=True)
     y[1, 2] = -1

@@ -24,16 +24,38 @@ its own device that follows the same formulas.
 
 from __future__ import annotations
 
+import enum
+
 import numpy as np
 
 from . import SampledSoftmaxError, SampledValues
 from ._validation import check_choice, check_num_sampled, check_positive_int
 
-SAMPLERS = ("uniform", "log_uniform", "unigram", "learned_unigram")
-DRAWS = ("with_replacement", "unique", "unique_exact")
+
+class DistributionKind(enum.IntEnum):
+    """The sampler distributions by name. The compiled PyTorch core takes the closed-form ones
+    (``uniform``, ``log_uniform``) by these values (``csrc/common.h``)."""
+
+    uniform = 0
+    log_uniform = 1
+    unigram = 2
+    learned_unigram = 3
+
+
+class DrawKind(enum.IntEnum):
+    """The three ways to draw candidates (see the module docstring), by name; the compiled
+    PyTorch core takes them by these values (``csrc/common.h``)."""
+
+    with_replacement = 0
+    unique = 1
+    unique_exact = 2
+
+
+SAMPLERS = tuple(kind.name for kind in DistributionKind)
+DRAWS = tuple(kind.name for kind in DrawKind)
 
 __all__ = [
-    "SAMPLERS", "DRAWS", "uniform_probs", "log_uniform_probs", "unigram_weights",
+    "SAMPLERS", "DRAWS", "DistributionKind", "DrawKind", "uniform_probs", "log_uniform_probs", "unigram_weights",
     "expected_count", "Distribution", "Uniform", "LogUniform", "Unigram", "sample_candidates",
     "draw_from_uniforms", "first_distinct", "repeated_slots", "unique_draw_limit", "unique_draw_error",
     "check_true_classes",

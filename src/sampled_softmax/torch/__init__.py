@@ -1,17 +1,20 @@
-"""PyTorch front end: ``sampled_softmax_loss``, ``full_softmax_loss``, ``SampledSoftmaxLoss``,
+"""PyTorch front end: ``sampled_softmax_loss``, ``full_softmax_loss``, the ``SampledSoftmax``
+output layer (also ``SampledSoftmaxLoss``),
 the candidate samplers as modules, and ``SparseRowAdam`` for training steps that do not grow
 with the vocabulary. Imports PyTorch (and no other framework)."""
 
 from .. import SampledSoftmaxError, SampledValues
+from ._dispatch import Route, explain as explain_route
 from .functional import full_logits, full_softmax_loss, sampled_softmax_loss
-from .modules import SampledSoftmaxLoss, SampledSoftmaxOutput
+from .modules import SampledSoftmax, SampledSoftmaxLoss, SampledSoftmaxOutput
 from .optim import SparseRowAdam
 from .samplers import (
     CandidateSampler, LearnedUnigramSampler, LogUniformSampler, UniformSampler, UnigramSampler,
 )
 
 __all__ = [
-    "sampled_softmax_loss", "full_softmax_loss", "full_logits", "SampledSoftmaxLoss",
+    "sampled_softmax_loss", "full_softmax_loss", "full_logits", "SampledSoftmax", "SampledSoftmaxLoss",
     "SampledSoftmaxOutput", "CandidateSampler", "UniformSampler", "LogUniformSampler",
     "UnigramSampler", "LearnedUnigramSampler", "SparseRowAdam", "SampledValues", "SampledSoftmaxError",
+    "explain_route", "Route",
 ]

@@ -1,4 +1,5 @@
-"""The compiled core (``csrc/sampled_softmax_core.cpp``), built on first use.
+"""The compiled core (``csrc/``: ``loss.cpp``, ``sampling.cpp``, ``sparse_adam.cpp``,
+``bindings.cpp``), built on first use.
 
 ``torch.utils.cpp_extension`` compiles it once per machine and PyTorch version (1-3 minutes;
 needs a C++ compiler and ``ninja``, found next to this Python without activating its
@@ -10,8 +11,8 @@ which computes the same thing, is used instead.
 
 The extension has three functions: ``sampled_softmax_core`` (the loss from given columns),
 ``sampled_softmax_sampled`` (the uniform or log-uniform draw on the CPU, then the loss) and
-``sparse_row_adam_`` (``SparseRowAdam``'s sparse step). :func:`choose` is how each caller
-honours its ``implementation`` argument.
+``sparse_row_adam_`` (``SparseRowAdam``'s sparse step). Which caller uses it, and when, is
+decided in :mod:`._dispatch` only.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import logging
 import os
 import threading
 
-_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "sampled_softmax_core.cpp")
+_CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+_SOURCES = tuple(os.path.join(_CSRC, name) for name in ("loss.cpp", "sampling.cpp", "sparse_adam.cpp", "bindings.cpp"))
+_HEADERS = (os.path.join(_CSRC, "common.h"),)
 # -fno-math-errno: sqrt in a loop vectorises only when it need not set errno. -march=native:
 # the build is this machine's own (its name carries the CPU's features, so a cache shared with
 # another kind of CPU never loads it there); where the compiler refuses it, the portable flags.
 _PORTABLE_CFLAGS = ["-O3", "-fno-math-errno"]
 _NATIVE_CFLAGS = _PORTABLE_CFLAGS + ["-march=native"]
-IMPLEMENTATIONS = ("auto", "compiled", "python")
 _lock = threading.Lock()
 _state: dict = {}
 log = logging.getLogger("sampled_softmax")
@@ -51,8 +53,11 @@ def _module_name(cflags) -> str:
     # native build another CPU.
     import hashlib
 
-    with open(_SOURCE, "rb") as f:
-        digest = hashlib.sha1(f.read() + " ".join(cflags).encode() + _cpu_features().encode())
+    digest = hashlib.sha1()
+    for path in _SOURCES + _HEADERS:
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    digest.update(" ".join(cflags).encode() + _cpu_features().encode())
     return "sampled_softmax_core_" + digest.hexdigest()[:12]
 
 
@@ -80,22 +85,6 @@ def is_built() -> bool:
 def unavailable_reason() -> str | None:
     extension()
     return _state.get("why")
-
-
-def choose(implementation: str, why: str | None):
-    """The extension for a caller's ``implementation`` (one of :data:`IMPLEMENTATIONS`), or None
-    for its Python path. ``why`` says what keeps the compiled code from this call (None: nothing);
-    with ``"compiled"`` that, or a failed build, is an error naming it."""
-    if implementation == "python":
-        return None
-    ext = None if why else extension()
-    if ext is None and why is None:
-        why = f"it could not be built ({unavailable_reason()})"
-    if why and implementation == "compiled":
-        from .. import SampledSoftmaxError
-
-        raise SampledSoftmaxError(f"`implementation='compiled'` cannot be used: {why}")
-    return ext
 
 
 # A build holds PyTorch's lock file in its build folder; a build killed on the way leaves it
@@ -212,18 +201,33 @@ def _build():
             start = time.perf_counter()
             ticker = None if cached else _progress(start)
             try:
-                ext = load(name=name, sources=[_SOURCE], extra_cflags=cflags, verbose=False)
+                ext = load(name=name, sources=list(_SOURCES), extra_cflags=cflags, verbose=False)
             finally:
                 if ticker is not None:
                     ticker.set()
             if not cached:
                 _say(f"sampled_softmax: compiled core built in {time.perf_counter() - start:.0f} s")
             _state["where"] = folder
-            return ext
+            return _check_enums(ext)
         except Exception as e:  # no compiler, no ninja, a failed build: the Python path remains
             _state["why"] = f"{type(e).__name__}: {_first_error_line(str(e))}"
     log.warning("sampled_softmax: compiled core unavailable (%s); using the Python path", _state["why"])
     return None
+
+
+def _check_enums(ext):
+    """The build, if it reads the draw and distribution enums as Python names them; else None
+    (a build that would misread them is never used)."""
+    from ..samplers import DistributionKind, DrawKind
+
+    for name, kind, exported in (("DrawKind", DrawKind, ext.DRAW), ("DistributionKind", DistributionKind,
+                                                                   ext.DISTRIBUTION)):
+        ours = {member: int(kind[member]) if member in kind.__members__ else None for member in exported}
+        if dict(exported) != ours:
+            _state["why"] = f"its {name} values {dict(exported)} differ from Python's {ours}"
+            log.warning("sampled_softmax: compiled core unavailable (%s); using the Python path", _state["why"])
+            return None
+    return ext
 
 
 def _first_error_line(message: str) -> str:

@@ -30,8 +30,11 @@ import torch
 from torch import Tensor
 
 from . import _compiled
+from ._autograd import _check_once_differentiable, _targets, loss_backward as _loss_backward, loss_forward
+from ._columns import columns as _candidate_columns
+from ._prepare import _compute_dtype, _check_label_values, _check_labels_can_be_drawn, _check_sampled_values
+from ._rows import _scatter_rows, _scatter_to_shards, _Spec
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 _FakeTensor = torch._subclasses.FakeTensor
 
 
@@ -43,10 +46,6 @@ def traced(x) -> bool:
     return isinstance(x, torch.Tensor) and (x.is_meta or isinstance(x, _FakeTensor))
 
 
-def _compute_dtype(dtype):
-    return torch.float32 if dtype in _LOW_PRECISION else dtype
-
-
 # ---------------------------------------------------------------------------------------------
 # sampled_softmax::checked_labels
 
@@ -54,8 +53,6 @@ def _compute_dtype(dtype):
 @torch.library.custom_op("sampled_softmax::checked_labels", mutates_args=())
 def checked_labels(labels: Tensor, num_classes: int, ignore_index: Optional[int]) -> Tensor:
     """``labels`` (a copy) after checking them against ``[0, num_classes)`` or ``ignore_index``."""
-    from .functional import _check_label_values
-
     _check_label_values(labels, num_classes, ignore_index)
     return labels.clone()
 
@@ -78,12 +75,11 @@ def columns(
     candidates: Optional[Tensor], true_expected_count: Optional[Tensor], sampled_expected_count: Optional[Tensor],
     remove_accidental_hits: bool, subtract_log_q: bool, ignore_index: Optional[int], dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    from . import functional as Fn
     from .samplers import sampler_from_tables
 
     y = labels
     n, t = y.shape
-    valid = Fn._check_label_values(y, num_classes, ignore_index)
+    valid = _check_label_values(y, num_classes, ignore_index)
     if candidates is None:
         sampler = sampler_from_tables(kind, num_classes, draw, support, weights, cdf, counts)
         sampler.train(update_counts)
@@ -91,16 +87,14 @@ def columns(
                                                             None if valid is None else ignore_index)
         padded = draw == "unique_exact"
         if subtract_log_q and support < num_classes:
-            Fn._check_labels_can_be_drawn(y, valid, true_count, sampler)
+            _check_labels_can_be_drawn(y, valid, true_count, sampler)
     else:
-        cand, true_count, samp_count, padded = Fn._check_sampled_values(
+        cand, true_count, samp_count, padded = _check_sampled_values(
             (candidates, true_expected_count, sampled_expected_count), num_sampled, num_classes, y, valid, y.device)
     fill = cand[:1] if cand.numel() else y.new_zeros(1)
     y_safe = y if valid is None else torch.where(valid, y, fill)
-    on_cpu = y.device.type == "cpu" and cand.device.type == "cpu"
-    build = Fn._columns_numpy if on_cpu else Fn._columns_torch
-    ids, logq, removed = build(y_safe, valid, cand, true_count, samp_count, dtype, remove_accidental_hits,
-                               subtract_log_q, padded)
+    ids, logq, removed = _candidate_columns(y_safe, valid, cand, true_count, samp_count, dtype,
+                                            remove_accidental_hits, subtract_log_q, padded)
     s = cand.shape[0]
     removed = torch.zeros(n, s, dtype=torch.bool) if removed is None else removed.contiguous()
     keep = torch.ones(n, t, dtype=torch.bool) if valid is None else valid.clone()
@@ -122,9 +116,11 @@ def _(labels, num_sampled, num_classes, kind, draw, support, weights, cdf, count
 
 def _core(h, shards, bias, num_true, keep, label_smoothing, implementation):
     """The compiled core when it takes this call (as the eager path decides), else None."""
-    from .functional import _choose_compiled
+    from . import _dispatch
 
-    return _choose_compiled(implementation, shards, bias, h, num_true, keep, label_smoothing)
+    why = _dispatch.loss_obstacle(h.device.type, len(shards), num_true, keep is not None, label_smoothing,
+                                  (h.dtype, shards[0].dtype, None if bias is None else bias.dtype))
+    return _dispatch.compiled(implementation, why)
 
 
 @torch.library.custom_op("sampled_softmax::loss", mutates_args=())
@@ -135,17 +131,15 @@ def loss(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(loss [N], logp [N], logp_all [N, T + S], rows [N*T + S, D], route)``; ``route`` (0-d)
     says which kernel ran (1: the compiled core), for the backward to use the same."""
-    from . import functional as Fn
-
     keep = None if bool(keep_true.all()) else keep_true
     ext = _core(h, shards, bias, num_true, keep, label_smoothing, implementation)
     if ext is not None:
         loss_, logp_all, rows = ext.core_forward(h, shards[0], h.new_empty(0) if bias is None else bias, ids, logq,
                                                  removed)
         return loss_, loss_.neg(), logp_all, rows, torch.ones((), dtype=torch.int64)  # on the CPU: no sync
-    spec = Fn._Spec(num_true, tuple(offsets), strategy, label_smoothing, sparse)
+    spec = _Spec(num_true, tuple(offsets), strategy, label_smoothing, sparse)
     removed_cand = removed if bool(removed.any()) else None
-    loss_, logp, _, rows, logp_all, _ = Fn.loss_forward(h, ids, logq, keep, removed_cand, spec, bias, shards)
+    loss_, logp, _, rows, logp_all, _ = loss_forward(h, ids, logq, keep, removed_cand, spec, bias, shards)
     return loss_, logp.clone(), logp_all, rows, torch.zeros((), dtype=torch.int64)
 
 
@@ -165,8 +159,6 @@ def loss_backward(
     removed: Tensor, route: Tensor, num_true: int, label_smoothing: float, need_h: bool, need_w: bool, need_b: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(d_h [N, D], d_rows [N*T + S, D], d_b_rows [N*T + S])``, empty where not needed."""
-    from . import functional as Fn
-
     cdt = _compute_dtype(h.dtype)
     if int(route):
         d_h, d_rows, d_b_rows = _compiled.extension().core_backward(g_loss - g_logp, h, rows, ids, logp_all,
@@ -178,9 +170,9 @@ def loss_backward(
         targets = None
         if keep is not None or label_smoothing != 0.0:
             keep_cand = ~removed if bool(removed.any()) else None
-            targets = Fn._targets(keep, keep_cand, n, t, s, label_smoothing, cdt, h.device)
+            targets = _targets(keep, keep_cand, n, t, s, label_smoothing, cdt, h.device)
         hc = h if h.dtype == cdt else h.to(cdt)
-        d_h, d_rows, d_b_rows = Fn.loss_backward(g_loss, g_logp, hc, rows, logp_all, keep, targets, num_true,
+        d_h, d_rows, d_b_rows = _loss_backward(g_loss, g_logp, hc, rows, logp_all, keep, targets, num_true,
                                                  need_h, need_w, need_b)
     d_h = h.new_empty(0) if d_h is None else d_h.to(h.dtype)
     d_rows = rows.new_empty(0) if d_rows is None else d_rows
@@ -203,9 +195,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, g_loss, g_logp, _g_logp_all, _g_rows, _g_route):
-    from . import functional as Fn
-
-    Fn._check_once_differentiable()
+    _check_once_differentiable()
     h, rows, ids, logp_all, keep_true, removed, route, bias, *shards = ctx.saved_tensors
     num_true, offsets, strategy, eps, sparse = ctx.settings
     need_h, need_shards, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
@@ -215,11 +205,11 @@ def _backward(ctx, g_loss, g_logp, _g_logp_all, _g_rows, _g_route):
     g_logp = torch.zeros_like(logp_all[:, 0]) if g_logp is None else g_logp
     d_h, d_rows, d_b_rows = loss_backward(g_loss, g_logp, h, rows, ids, logp_all, keep_true, removed, route,
                                           num_true, eps, bool(need_h), any(needs_w), need_b)
-    spec = Fn._Spec(num_true, offsets, strategy, eps, sparse)
-    d_shards = Fn._scatter_to_shards(shards, ids, d_rows, spec, None, needs_w) if any(needs_w) else [None] * len(shards)
+    spec = _Spec(num_true, offsets, strategy, eps, sparse)
+    d_shards = _scatter_to_shards(shards, ids, d_rows, spec, None, needs_w) if any(needs_w) else [None] * len(shards)
     d_bias = None
     if need_b:
-        d_bias = Fn._scatter_rows(tuple(bias.shape), ids, d_b_rows.to(bias.dtype), sparse, None)
+        d_bias = _scatter_rows(tuple(bias.shape), ids, d_b_rows.to(bias.dtype), sparse, None)
     # One entry per input, lists as lists (h, shards, bias, ids, logq, keep, removed, num_true,
     # offsets, strategy, label_smoothing, sparse, implementation).
     return (d_h if need_h else None, d_shards, d_bias, None, None, None, None, None, [None] * len(offsets),

@@ -1,4 +1,5 @@
-"""``SampledSoftmaxLoss``: an output layer that trains with sampled softmax and evaluates exactly."""
+"""``SampledSoftmax`` (also ``SampledSoftmaxLoss``, its first name): an output layer that trains
+with sampled softmax and evaluates exactly."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import torch
 from torch import nn
 
 from .. import _validation as V
-from .functional import IMPLEMENTATIONS, full_logits, full_softmax_loss, sampled_softmax_loss
+from ._dispatch import IMPLEMENTATIONS
+from .functional import full_logits, full_softmax_loss, sampled_softmax_loss
 from .samplers import make_sampler
 
-__all__ = ["SampledSoftmaxLoss", "SampledSoftmaxOutput"]
+__all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxOutput"]
 
 
 class SampledSoftmaxOutput(NamedTuple):
@@ -23,7 +25,7 @@ class SampledSoftmaxOutput(NamedTuple):
     loss: torch.Tensor
 
 
-class SampledSoftmaxLoss(nn.Module):
+class SampledSoftmax(nn.Module):
     r"""Softmax output layer over ``num_classes`` trained with sampled softmax (Jean et al. 2014).
 
     Owns the class table ``weight [V, D]`` and ``bias [V]`` (or shares a given ``weight``
@@ -58,9 +60,9 @@ class SampledSoftmaxLoss(nn.Module):
 
     Example:
         >>> import torch
-        >>> from sampled_softmax.torch import SampledSoftmaxLoss
+        >>> from sampled_softmax.torch import SampledSoftmax
         >>> _ = torch.manual_seed(0)
-        >>> layer = SampledSoftmaxLoss(16, 1000, num_sampled=20)
+        >>> layer = SampledSoftmax(16, 1000, num_sampled=20)
         >>> out = layer(torch.randn(4, 7, 16), torch.randint(1000, (4, 7)))
         >>> out.output.shape, out.loss.shape
         (torch.Size([4, 7]), torch.Size([]))
@@ -144,3 +146,8 @@ class SampledSoftmaxLoss(nn.Module):
         return (f"in_features={self.in_features}, num_classes={self.num_classes}, "
                 f"num_sampled={self.num_sampled}, bias={self.bias is not None}, sparse={self.sparse}, "
                 f"reduction={self.reduction!r}")
+
+
+# The first name of the layer, kept as an alias. Keras' ``SampledSoftmaxLoss`` is a loss object
+# bound to its ``SampledSoftmax`` layer; here the layer itself is one name in both front ends.
+SampledSoftmaxLoss = SampledSoftmax

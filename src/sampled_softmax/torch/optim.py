@@ -24,7 +24,7 @@ import torch
 
 from .. import SampledSoftmaxError
 from .. import _validation as V
-from . import _compiled
+from . import _dispatch
 
 __all__ = ["SparseRowAdam"]
 
@@ -144,7 +144,7 @@ class SparseRowAdam(torch.optim.Optimizer):
         if not eps >= 0:
             raise SampledSoftmaxError(f"`eps` must be >= 0; received {eps}")
         V.check_choice("eps_placement", eps_placement, EPS_PLACEMENTS)
-        self.implementation = V.check_choice("implementation", implementation, _compiled.IMPLEMENTATIONS)
+        self.implementation = V.check_choice("implementation", implementation, _dispatch.IMPLEMENTATIONS)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, eps_placement=eps_placement,
                                       rowwise=bool(rowwise)))
 
@@ -253,16 +253,7 @@ class SparseRowAdam(torch.optim.Optimizer):
         """The compiled extension when it can take this parameter's sparse step, else None."""
         if self.implementation == "python":
             return None
-        held = [p] + [v for v in state.values() if isinstance(v, torch.Tensor)]
-        why = None
-        if p.device.type != "cpu":
-            why = f"it runs on the CPU; received a parameter on {p.device}"
-        elif p.dtype not in (torch.float32, torch.float64) or any(t.dtype != p.dtype for t in held + [grad]):
-            why = (f"it takes float32 or float64 parameters, gradients and state of one dtype; received "
-                   f"{p.dtype} and a {grad.dtype} gradient")
-        elif not all(t.is_contiguous() for t in held):
-            why = "it takes a contiguous parameter and state"
-        return _compiled.choose(self.implementation, why)
+        return _dispatch.compiled(self.implementation, _dispatch.adam_obstacle(p, grad, state))
 
     def state_bytes(self) -> int:
         """Bytes of optimizer state held, all parameters together."""

@@ -1,0 +1,236 @@
+"""Stages 2 and 3 of the pipeline, and the autograd Function that joins them.
+
+* :func:`sampled_logits_forward` / :func:`sampled_logits_backward`: the corrected logits
+  ``o_ik = h_i . W_k + b_k - log E(k)`` of every row's true columns and candidates (removed
+  columns at ``-inf``), from the gathered rows, and the gradients of ``h``, the rows and the
+  biases from ``d loss / d o``. Shared by every head.
+* A head turns the ``[N, T + S]`` logits into per-row losses and, backward, gives
+  ``d loss / d o``. :data:`SOFTMAX` is the sampled softmax cross-entropy; a new loss (NCE's
+  sigmoid, the in-batch softmax) is a new :class:`Head`, nothing more.
+* :class:`SampledLoss`: the ``autograd.Function`` that runs rows → logits → head forward and
+  head → logits → scatter backward (dense, or sparse rows without those of ignored labels).
+
+Nothing here reads labels or draws candidates: that is stage 1 (:mod:`._columns`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import torch
+
+from ._prepare import _compute_dtype
+from ._rows import _gather_rows, _scatter_rows, _scatter_to_shards, _Spec
+
+ONCE_DIFFERENTIABLE = (
+    "sampled_softmax_loss is differentiable once: its backward is explicit, so create_graph=True "
+    "(double backward, e.g. a gradient penalty through it) is not supported")
+
+
+def _check_once_differentiable() -> None:
+    # Autograd runs a backward with grad mode on only for create_graph=True.
+    if torch.is_grad_enabled():
+        raise RuntimeError(ONCE_DIFFERENTIABLE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: corrected logits
+
+
+def sampled_logits_forward(h, ids, logq, keep_true, removed_cand, spec: _Spec, bias, shards):
+    """``(logits [N, T + S], hc, rows)``: true columns first, removed columns ``-inf``.
+
+    ``hc`` and ``rows`` are the hidden states and the gathered rows ``[N*T + S, D]`` in the
+    compute dtype (float32 for float16/bfloat16), kept for :func:`sampled_logits_backward`.
+    """
+    # Tensor slicing through __getitem__ costs several microseconds a call in eager PyTorch;
+    # split/narrow keep this hot path to the operations it needs.
+    n, t = h.shape[0], spec.num_true
+    nt, s = n * t, ids.shape[0] - n * t
+    cdt = _compute_dtype(h.dtype)
+    hc = h if h.dtype == cdt else h.to(cdt)
+    rows = _gather_rows(shards, ids, spec, cdt)
+    w_true, w_cand = rows.split([nt, s])
+    # corr = b - log E for every touched column: true labels first, then candidates.
+    corr = logq.neg() if bias is None else bias.index_select(0, ids).to(cdt).sub_(logq)
+    corr_true, corr_cand = corr.split([nt, s])
+    sl = torch.addmm(corr_cand.unsqueeze(0), hc, w_cand.t())
+    if t == 1:
+        tl = torch.linalg.vecdot(hc, w_true).add_(corr_true).unsqueeze_(1)
+    else:
+        tl = torch.bmm(w_true.view(n, t, -1), hc.unsqueeze(2)).squeeze(2).add_(corr_true.view(n, t))
+    if removed_cand is not None:
+        sl.masked_fill_(removed_cand, -math.inf)
+    if keep_true is not None:
+        tl.masked_fill_(~keep_true, -math.inf)
+    return torch.cat([tl, sl], 1), hc, rows
+
+
+def sampled_logits_backward(g, hc, rows, num_true, need_h, need_w, need_b):
+    """From ``g = d loss / d logits [N, T + S]``: ``(d_h, d_rows [N*T + S, D], d_b_rows
+    [N*T + S])`` in the compute dtype (None where not needed); ``d_rows`` is the gradient of
+    each gathered row, to be scattered into the table."""
+    n, t = g.shape[0], num_true
+    nt, d, s = n * t, hc.shape[1], g.shape[1] - t
+    g_true, g_cand = g.split([t, s], 1)
+    w_true, w_cand = rows.split([nt, s])
+    d_h = d_rows = d_b_rows = None
+    if need_h:
+        if t == 1:
+            d_h = torch.addmm(w_true * g_true, g_cand, w_cand)
+        else:
+            d_h = torch.baddbmm((g_cand @ w_cand).unsqueeze(1), g_true.unsqueeze(1), w_true.view(n, t, d)).squeeze(1)
+    if need_w:
+        d_true = hc * g_true if t == 1 else (g_true.unsqueeze(2) * hc.unsqueeze(1)).view(nt, d)
+        d_rows = torch.cat([d_true, g_cand.t().mm(hc)])
+    if need_b:
+        d_b_rows = torch.cat([g_true.reshape(-1), g_cand.sum(0)])
+    return d_h, d_rows, d_b_rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 3: heads
+
+
+class Head(NamedTuple):
+    """A loss over the row logits.
+
+    ``forward(logits, keep_true, removed_cand, spec) -> (loss [N], logp [N], saved)`` and
+    ``backward(g_loss, g_logp, saved, keep_true, spec) -> d loss / d logits [N, T + S]``
+    (``g_loss``/``g_logp`` may be None). ``logp`` is the head's estimate of the targets'
+    log-probability (``return_log_prob``).
+    """
+
+    name: str
+    forward: Callable
+    backward: Callable
+
+
+def _softmax_forward(logits, keep_true, removed_cand, spec: _Spec):
+    n, t = logits.shape[0], spec.num_true
+    s = logits.shape[1] - t
+    # log_softmax is one fused, stable pass; backward needs only its exp.
+    logp_all = torch.log_softmax(logits, 1)
+    targets = None
+    if keep_true is None and spec.label_smoothing == 0.0:
+        # Plain targets 1/T on the true columns, all of them kept.
+        logp = logp_all[:, 0] if t == 1 else logp_all.narrow(1, 0, t).mean(1)
+        loss = logp.neg()
+    else:
+        if keep_true is not None:
+            # A row with every column removed (only an ignored row) gives nan: make its
+            # probabilities exactly 0 instead.
+            logp_all.nan_to_num_(nan=-math.inf)
+        keep_cand = None if removed_cand is None else ~removed_cand
+        targets = _targets(keep_true, keep_cand, n, t, s, spec.label_smoothing, logits.dtype, logits.device)
+        lp0 = logp_all.masked_fill(logp_all == -math.inf, 0.0)
+        logp = (lp0 * targets[1]).sum(1)
+        loss = logp.neg() if targets[0] is targets[1] else (lp0 * targets[0]).sum(1).neg_()
+        if keep_true is not None:
+            live = keep_true.any(1)
+            loss, logp = torch.where(live, loss, 0.0), torch.where(live, logp, 0.0)
+    return loss, logp, (logp_all, targets)
+
+
+def _softmax_backward(g_loss, g_logp, saved, keep_true, spec: _Spec):
+    logp_all, targets = saved
+    t = spec.num_true
+    # d loss / d logits = p - target_smoothed;  d logp / d logits = target_unsmoothed - p.
+    a = None if g_loss is None else g_loss.to(logp_all.dtype).unsqueeze(1)
+    c = None if g_logp is None else g_logp.to(logp_all.dtype).unsqueeze(1)
+    coef = a if c is None else (c.neg() if a is None else a - c)
+    g = logp_all.exp().mul_(coef)  # coef * softmax
+    if targets is None:  # target 1/T on each true column for both outputs
+        g.narrow(1, 0, t).sub_(coef if t == 1 else coef / t)
+    else:
+        t_smooth, t_plain = targets
+        if a is not None:
+            g.sub_(a * t_smooth)
+        if c is not None:
+            g.add_(c * t_plain)
+        if keep_true is not None:
+            g.mul_(keep_true.any(1, keepdim=True))  # ignored rows: exactly no gradient
+    return g
+
+
+SOFTMAX = Head("softmax", _softmax_forward, _softmax_backward)
+
+
+def _targets(keep_true, keep_cand, n, t, s, eps, dtype, device):
+    """Target matrices ``(smoothed, unsmoothed)``, each ``[N, T + S]``.
+
+    Unsmoothed: ``1 / T_i`` on each kept true column. Smoothed:
+    ``(1 - eps) / T_i + eps / K_i`` on kept true columns and ``eps / K_i`` on kept candidates,
+    with ``T_i`` kept labels and ``K_i`` kept columns in row ``i``.
+    """
+    kt = torch.ones(n, t, dtype=dtype, device=device) if keep_true is None else keep_true.to(dtype)
+    kc = torch.ones(n, s, dtype=dtype, device=device) if keep_cand is None else keep_cand.to(dtype)
+    n_true = kt.sum(1, keepdim=True).clamp_(min=1.0)
+    plain = torch.cat([kt / n_true, torch.zeros_like(kc)], 1)
+    if eps == 0.0:
+        return plain, plain
+    kept = torch.cat([kt, kc], 1)
+    smooth = plain * (1.0 - eps) + kept * (eps / (kt.sum(1, keepdim=True) + kc.sum(1, keepdim=True)).clamp_(min=1.0))
+    return smooth, plain
+
+
+# ---------------------------------------------------------------------------------------------
+# The softmax head through both stages (the traced operators of _ops.py call these)
+
+
+def loss_forward(h, ids, logq, keep_true, removed_cand, spec: _Spec, bias, shards):
+    """``(loss [N], logp [N], hc, rows, logp_all [N, T + S], targets)`` of the softmax head."""
+    logits, hc, rows = sampled_logits_forward(h, ids, logq, keep_true, removed_cand, spec, bias, shards)
+    loss, logp, (logp_all, targets) = _softmax_forward(logits, keep_true, removed_cand, spec)
+    # float16/bfloat16 inputs get float32 losses, as under autocast.
+    return loss, logp, hc, rows, logp_all, targets
+
+
+def loss_backward(g_loss, g_logp, hc, rows, logp_all, keep_true, targets, num_true, need_h, need_w, need_b):
+    """The softmax head's backward from :func:`loss_forward`'s values: ``(d_h, d_rows, d_b_rows)``."""
+    spec = _Spec(num_true, (), "div", 0.0, False)
+    g = _softmax_backward(g_loss, g_logp, (logp_all, targets), keep_true, spec)
+    return sampled_logits_backward(g, hc, rows, num_true, need_h, need_w, need_b)
+
+
+class SampledLoss(torch.autograd.Function):
+    """Per-row loss of a head over the sampled logits, and its ``logp``.
+
+    forward(head, h [N, D], ids [N*T + S], logq [N*T + S], keep_true [N, T] or None,
+            removed_cand [N, S] or None, spec, bias [V] or None, *shards) -> (loss [N], logp [N])
+    """
+
+    @staticmethod
+    def forward(ctx, head: Head, h, ids, logq, keep_true, removed_cand, spec: _Spec, bias, *shards):
+        logits, hc, rows = sampled_logits_forward(h, ids, logq, keep_true, removed_cand, spec, bias, shards)
+        loss, logp, saved = head.forward(logits, keep_true, removed_cand, spec)
+        ctx.head, ctx.spec, ctx.saved = head, spec, saved
+        ctx.dtypes = (h.dtype, None if bias is None else bias.dtype)
+        ctx.num_columns = logits.shape[1]
+        ctx.save_for_backward(hc, rows, ids, keep_true, bias, *shards)
+        return loss, logp
+
+    @staticmethod
+    def backward(ctx, g_loss, g_logp):
+        _check_once_differentiable()
+        hc, rows, ids, keep_true, bias, *shards = ctx.saved_tensors
+        spec: _Spec = ctx.spec
+        needs_w = ctx.needs_input_grad[8:]
+        needs_b = ctx.needs_input_grad[7]
+        g = ctx.head.backward(g_loss, g_logp, ctx.saved, keep_true, spec)
+        d_h, d_rows, d_b_rows = sampled_logits_backward(g, hc, rows, spec.num_true, ctx.needs_input_grad[1],
+                                                        any(needs_w), needs_b)
+        if d_h is not None and d_h.dtype != ctx.dtypes[0]:
+            d_h = d_h.to(ctx.dtypes[0])
+        d_bias, d_shards = None, [None] * len(shards)
+        keep_rows = None
+        if keep_true is not None and spec.sparse:
+            keep_rows = torch.cat([keep_true.reshape(-1), keep_true.new_ones(ctx.num_columns - spec.num_true)])
+        if d_rows is not None:
+            d_shards = _scatter_to_shards(shards, ids, d_rows, spec, keep_rows, needs_w)
+        if d_b_rows is not None:
+            if d_b_rows.dtype != ctx.dtypes[1]:
+                d_b_rows = d_b_rows.to(ctx.dtypes[1])
+            d_bias = _scatter_rows(tuple(bias.shape), ids, d_b_rows, spec.sparse, keep_rows)
+        return (None, d_h, None, None, None, None, None, d_bias, *d_shards)

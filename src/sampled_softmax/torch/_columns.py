@@ -1,0 +1,74 @@
+"""Stage 1 of the pipeline: the columns of each row. From the labels and the candidates,
+the class id of every column (``N * T`` true columns, then the ``S`` candidates), its
+``log E`` (the ``-log Q`` correction) and the removed-candidate mask (accidental hits and
+padding slots). One rule, two implementations: NumPy on the CPU, whose small-array operations
+cost a fraction of torch's there, and torch ops on accelerators; tests hold them equal."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._prepare import _as_numpy_float
+
+def _columns_numpy(y_safe, valid, cand, true_count, samp_count, cdt, remove_hits, subtract_log_q, padded):
+    """On the CPU: column ids ``[N*T + S]``, ``log E`` per column and the removed-candidate mask
+    ``[N, S]`` (or None), built with NumPy, whose small-array operations cost a fraction of torch's."""
+    n, t = y_safe.shape
+    yn, cn = y_safe.numpy(), cand.numpy()
+    ids = torch.from_numpy(np.concatenate([yn.reshape(-1), cn]))
+    vn = None if valid is None else valid.numpy()
+    removed = None
+    if remove_hits:
+        hits = yn[:, :, None] == cn
+        if vn is not None:
+            hits &= vn[:, :, None]
+        removed = hits[:, 0] if t == 1 else hits.any(1)
+    sc = _as_numpy_float(samp_count)
+    if padded:  # padding slots (expected count inf) are removed from every row
+        pad = ~np.isfinite(sc)
+        removed = np.broadcast_to(pad, (n, cn.size)).copy() if removed is None else removed | pad
+    if subtract_log_q:
+        np_dtype = torch.empty(0, dtype=cdt).numpy().dtype
+        counts = np.concatenate([_as_numpy_float(true_count).reshape(-1), sc]).astype(np_dtype)
+        if vn is not None:
+            counts[: n * t][~vn.reshape(-1)] = 1.0
+        if padded:
+            counts[n * t:][pad] = 1.0
+        logq = torch.from_numpy(np.log(counts))
+    else:
+        logq = torch.zeros(ids.shape[0], dtype=cdt)
+    return ids, logq, None if removed is None else torch.from_numpy(removed)
+
+
+def _columns_torch(y_safe, valid, cand, true_count, samp_count, cdt, remove_hits, subtract_log_q, padded):
+    """:func:`_columns_numpy` in torch ops, for accelerators."""
+    n, t = y_safe.shape
+    s = cand.shape[0]
+    ids = torch.cat([y_safe.reshape(-1), cand])
+    removed = None
+    if remove_hits:
+        hits = y_safe.unsqueeze(2) == cand.view(1, 1, s)
+        if valid is not None:
+            hits &= valid.unsqueeze(2)
+        removed = hits.any(1)
+    if padded:
+        pad = ~torch.isfinite(samp_count)
+        removed = pad.expand(n, s) if removed is None else removed | pad
+    if subtract_log_q:
+        counts = torch.cat([true_count.reshape(-1).to(cdt), samp_count.to(cdt)])
+        if valid is not None:
+            counts[: n * t].masked_fill_(~valid.reshape(-1), 1.0)
+        if padded:
+            counts[n * t:].masked_fill_(pad, 1.0)
+        logq = counts.log()
+    else:
+        logq = torch.zeros(ids.shape[0], dtype=cdt, device=ids.device)
+    return ids, logq, removed
+
+
+def columns(y_safe, valid, cand, true_count, samp_count, cdt, remove_hits, subtract_log_q, padded):
+    """``(ids [N*T + S], log E [N*T + S], removed [N, S] or None)`` for labels ``y_safe [N, T]``
+    (ignored ones replaced by 0, ``valid`` their mask or None) and candidates ``cand [S]``."""
+    build = _columns_numpy if y_safe.device.type == "cpu" and cand.device.type == "cpu" else _columns_torch
+    return build(y_safe, valid, cand, true_count, samp_count, cdt, remove_hits, subtract_log_q, padded)

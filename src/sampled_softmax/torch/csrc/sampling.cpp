@@ -1,0 +1,157 @@
+// Candidate sampling on the CPU, then the loss: the twin of `samplers.draw_from_uniforms`.
+//
+// sampled_softmax_sampled(h, W, b, labels [N], num_sampled, distribution, draw, generator,
+//                         remove_hits, subtract_log_q, sparse, ignore_index, unique_draw_limit)
+//                         -> loss [N] or None
+//   Draws the candidates as `sampled_softmax.torch.samplers` does (the same uniforms from the
+//   same generator, in the same order, the same classes, the same float32 expected counts), then
+//   the loss of loss.cpp. Parity with the Python sampler depends on consuming the uniforms in
+//   its order: change both or neither (tests/torch/test_compiled.py compares them draw for draw).
+//   None, before drawing anything, when a label is outside [0, V) or equals ignore_index: the
+//   caller's general path then reports the error or handles the ignored labels.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "common.h"
+
+namespace sampled_softmax {
+namespace {
+
+struct ClassDistribution {
+  DistributionKind kind;
+  int64_t num_classes;
+  double log_range;  // log(V + 1)
+
+  int64_t from_uniform(double u) const {
+    if (kind == DistributionKind::kUniform) return std::min<int64_t>(static_cast<int64_t>(u * num_classes), num_classes - 1);
+    // `% V` guards the round-off at u -> 1, as TensorFlow does.
+    return (static_cast<int64_t>(std::exp(u * log_range)) - 1) % num_classes;
+  }
+
+  double prob(int64_t k) const {
+    if (kind == DistributionKind::kUniform) return 1.0 / num_classes;
+    return std::log1p(1.0 / (static_cast<double>(k) + 1.0)) / log_range;
+  }
+};
+
+// torch.rand(count, generator=generator, dtype=torch.float64): the stream the Python sampler reads.
+Tensor uniforms(int64_t count, const std::optional<at::Generator>& generator) {
+  return at::rand({count}, generator, at::TensorOptions().dtype(at::kDouble));
+}
+
+// The expected count as the Python sampler returns it: the float64 formula, rounded to float32.
+float expected_count(double p, int64_t num_sampled, int64_t num_tries, DrawKind draw) {
+  double e;
+  if (draw == DrawKind::kWithReplacement || (draw == DrawKind::kUnique && num_tries == num_sampled)) {
+    e = p * static_cast<double>(num_sampled);
+  } else {
+    e = -std::expm1(static_cast<double>(num_tries) * std::log1p(-p));
+  }
+  return static_cast<float>(e);
+}
+
+// The loss from drawn candidates: column ids, log E (+inf removes a padding column from every
+// row) and the flat indices of accidental hits.
+Tensor loss_from_candidates(const Tensor& h, const Tensor& W, const Tensor& b, const Tensor& y,
+                            const std::vector<int64_t>& cand, const std::vector<char>& padding,
+                            const std::vector<int64_t>& hits, const ClassDistribution& dist, int64_t num_tries,
+                            DrawKind draw, bool subtract_log_q, bool sparse) {
+  const int64_t n = y.numel(), s = static_cast<int64_t>(cand.size());
+  Tensor ids = at::empty({n + s}, at::TensorOptions().dtype(at::kLong));
+  int64_t* idp = ids.data_ptr<int64_t>();
+  std::copy(y.data_ptr<int64_t>(), y.data_ptr<int64_t>() + n, idp);
+  std::copy(cand.begin(), cand.end(), idp + n);
+  Tensor logq = at::empty({n + s}, h.options());
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "sampled_softmax_log_q", [&] {
+    scalar_t* lq = logq.data_ptr<scalar_t>();
+    for (int64_t k = 0; k < n + s; ++k) {
+      if (k >= n && padding[k - n]) {
+        lq[k] = std::numeric_limits<scalar_t>::infinity();
+      } else if (subtract_log_q) {
+        // The sampler's float32 count, widened to the compute dtype, as on the Python path.
+        lq[k] = std::log(static_cast<scalar_t>(expected_count(dist.prob(idp[k]), s, num_tries, draw)));
+      } else {
+        lq[k] = 0;
+      }
+    }
+  });
+  Tensor removed = at::empty({static_cast<int64_t>(hits.size())}, at::TensorOptions().dtype(at::kLong));
+  std::copy(hits.begin(), hits.end(), removed.data_ptr<int64_t>());
+  return sampled_softmax_core(h, W, b, ids, logq, removed, sparse);
+}
+
+}  // namespace
+
+std::optional<Tensor> sampled_softmax_sampled(const Tensor& h, const Tensor& W, const Tensor& b,
+                                              const Tensor& labels, int64_t num_sampled, int64_t distribution,
+                                              int64_t draw_value, std::optional<at::Generator> generator,
+                                              bool remove_hits, bool subtract_log_q, bool sparse,
+                                              std::optional<int64_t> ignore_index, int64_t unique_draw_limit) {
+  TORCH_CHECK(labels.device().is_cpu() && h.device().is_cpu(), "sampled_softmax_sampled runs on the CPU");
+  TORCH_CHECK(distribution == static_cast<int64_t>(DistributionKind::kUniform) ||
+                  distribution == static_cast<int64_t>(DistributionKind::kLogUniform),
+              "sampled_softmax_sampled: unknown distribution ", distribution);
+  TORCH_CHECK(draw_value >= static_cast<int64_t>(DrawKind::kWithReplacement) &&
+                  draw_value <= static_cast<int64_t>(DrawKind::kUniqueExact),
+              "sampled_softmax_sampled: unknown draw ", draw_value);
+  const DrawKind draw = static_cast<DrawKind>(draw_value);
+  const int64_t n = labels.numel(), s = num_sampled, num_classes = W.size(0);
+  // The caller checks these with its own messages; here they only keep a unique draw finite.
+  TORCH_CHECK(s >= 1 && (draw != DrawKind::kUnique || s <= num_classes), "num_sampled out of range for the draw");
+  const ClassDistribution dist{static_cast<DistributionKind>(distribution), num_classes,
+                               std::log1p(static_cast<double>(num_classes))};
+  Tensor y = labels.to(at::kLong).contiguous();
+  const int64_t* yp = y.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    if (yp[i] < 0 || yp[i] >= num_classes || (ignore_index && yp[i] == *ignore_index)) return std::nullopt;
+  }
+
+  // The draw, consuming the uniforms exactly as the Python sampler does.
+  std::vector<int64_t> cand(s), next(s, -1), tail(s);
+  std::vector<char> padding(s, 0);
+  int64_t num_tries = s;
+  SlotTable table(s);
+  if (draw == DrawKind::kUnique) {
+    // TensorFlow's procedure in chunks of 2S + 64, doubling: the first S distinct classes.
+    // Stop before the total passes the caller's bound (samplers.unique_draw_limit); the caller
+    // turns this error into its own.
+    int64_t found = 0, tries = 0;
+    for (int64_t chunk = 2 * s + 64; found < s; chunk *= 2) {
+      TORCH_CHECK_VALUE(tries == 0 || tries + chunk <= unique_draw_limit, "unique draw stopped: num_sampled=", s,
+                        " num_tries=", tries, " found=", found);
+      Tensor u = uniforms(chunk, generator);
+      const double* up = u.data_ptr<double>();
+      for (int64_t k = 0; k < chunk && found < s; ++k) {
+        const int64_t c = dist.from_uniform(up[k]);
+        ++tries;
+        if (table.find_or_insert(c, found) < 0) cand[found++] = c;
+      }
+    }
+    num_tries = tries;
+  } else {
+    Tensor u = uniforms(s, generator);
+    const double* up = u.data_ptr<double>();
+    for (int64_t j = 0; j < s; ++j) {
+      cand[j] = dist.from_uniform(up[j]);
+      tail[j] = j;
+      const int64_t first = table.find_or_insert(cand[j], j);
+      if (first >= 0) {
+        // A repeat: a padding slot for unique_exact; for with_replacement, chained after the
+        // first slot so that a label finds every slot holding it.
+        padding[j] = draw == DrawKind::kUniqueExact;
+        next[tail[first]] = j;
+        tail[first] = j;
+      }
+    }
+  }
+  std::vector<int64_t> hits;
+  if (remove_hits) {
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = table.find(yp[i]); j >= 0; j = next[j]) hits.push_back(i * s + j);
+    }
+  }
+  return loss_from_candidates(h, W, b, y, cand, padding, hits, dist, num_tries, draw, subtract_log_q, sparse);
+}
+
+}  // namespace sampled_softmax
