@@ -18,6 +18,13 @@ smoothing ``eps``, the target puts ``(1 - eps) / T_i + eps / K_i`` on each kept 
     loss_i = logsumexp_{kept}(row_i) - sum_{kept} target_ik row_ik.
 
 A row with no kept label (all ``ignore_index``) has loss 0 and no gradient.
+
+Every sampled loss is three stages, each a function here and the same stage in every front end
+(TensorFlow's ``_compute_sampled_logits`` feeds ``nce_loss`` and ``sampled_softmax_loss`` alike):
+
+1. :func:`candidate_columns`: each row's column ids, ``log E`` and keep mask;
+2. :func:`corrected_logits` (and :func:`corrected_logits_grads`): ``h . W + b - log E``;
+3. a head over the logits: :func:`softmax_head` (sampled softmax cross-entropy).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import numpy as np
 from . import _validation as V
 
 __all__ = [
+    "candidate_columns", "corrected_logits", "corrected_logits_grads", "softmax_head",
     "sampled_logits", "sampled_softmax_loss", "sampled_softmax_grads",
     "full_softmax_loss", "full_softmax_grads", "log_softmax",
 ]
@@ -66,25 +74,20 @@ def _valid_labels(labels: np.ndarray, ignore_index) -> np.ndarray:
     return np.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
 
 
-def sampled_logits(
-    weights, biases, labels, inputs, sampled_values, *,
-    remove_accidental_hits=True, subtract_log_q=True, ignore_index=None,
-):
-    """Row logits ``[B, T + S]`` (true columns first) and the keep mask ``[B, T + S]``.
+# ---------------------------------------------------------------------------------------------
+# Stage 1: each row's columns
 
-    Removed columns hold ``-inf`` in the returned logits.
+
+def candidate_columns(labels, sampled_values, *, remove_accidental_hits=True, subtract_log_q=True,
+                      ignore_index=None):
+    """Stage 1: the columns of each row, ``(ids [B, T + S], log_q [B, T + S], keep [B, T + S])``.
+
+    Row ``i`` has its ``T`` labels then the ``S`` shared candidates ``c``:
+    ``ids[i] = (y_i1 .. y_iT, c_1 .. c_S)`` and ``log_q[i, k] = log E(ids[i, k])`` (0 everywhere
+    with ``subtract_log_q=False``). ``keep[i, k]`` is False for an ignored label
+    (``ignore_index``), a padding slot (``E(c_k) = inf``) and, with ``remove_accidental_hits``,
+    a candidate equal to one of row ``i``'s kept labels. Ignored labels' ids are 0.
     """
-    _check(weights, biases, labels, inputs, sampled_values, ignore_index=ignore_index)
-    return _sampled_logits(weights, biases, labels, inputs, sampled_values, remove_accidental_hits=remove_accidental_hits,
-                           subtract_log_q=subtract_log_q, ignore_index=ignore_index)
-
-
-def _sampled_logits(weights, biases, labels, inputs, sampled_values, *, remove_accidental_hits, subtract_log_q,
-                    ignore_index):
-    """:func:`sampled_logits` on checked arguments."""
-    W = np.asarray(weights, np.float64)
-    b = np.zeros(W.shape[0]) if biases is None else np.asarray(biases, np.float64)
-    h = np.asarray(inputs, np.float64)
     y = _as_2d_labels(labels)
     cand, true_count, samp_count = (np.asarray(v) for v in sampled_values)
     true_count = np.asarray(true_count, np.float64)
@@ -93,21 +96,85 @@ def _sampled_logits(weights, biases, labels, inputs, sampled_values, *, remove_a
     true_count = true_count.reshape(y.shape)
     samp_count = np.asarray(samp_count, np.float64)
     valid = _valid_labels(y, ignore_index)
-    y_safe = np.where(valid, y, 0)
-
-    t = np.einsum("bd,btd->bt", h, W[y_safe]) + b[y_safe]
-    s = h @ W[cand].T + b[cand]
+    B, S = y.shape[0], cand.size
+    ids = np.concatenate([np.where(valid, y, 0), np.broadcast_to(cand, (B, S))], axis=1)
+    log_q = np.zeros(ids.shape)
     if subtract_log_q:
-        t = t - np.log(np.where(valid, true_count, 1.0))
         with np.errstate(divide="ignore"):
-            s = s - np.log(samp_count)
-    keep_s = np.broadcast_to(np.isfinite(samp_count), s.shape).copy()
+            log_q = np.concatenate([np.log(np.where(valid, true_count, 1.0)),
+                                    np.broadcast_to(np.log(samp_count), (B, S))], axis=1)
+    keep_s = np.broadcast_to(np.isfinite(samp_count), (B, S)).copy()
     if remove_accidental_hits:
         hits = (cand[None, None, :] == y[:, :, None]) & valid[:, :, None]
         keep_s &= ~hits.any(axis=1)
-    keep = np.concatenate([valid, keep_s], axis=1)
-    logits = np.where(keep, np.concatenate([t, s], axis=1), -np.inf)
+    return ids, log_q, np.concatenate([valid, keep_s], axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: corrected logits
+
+
+def corrected_logits(weights, biases, inputs, ids, log_q, keep):
+    """Stage 2: ``o[i, k] = h_i . W[ids_ik] + b[ids_ik] - log_q[i, k]``, ``-inf`` where not
+    ``keep`` (``[B, K]`` for ``ids``, ``log_q`` and ``keep`` of shape ``[B, K]``)."""
+    W = np.asarray(weights, np.float64)
+    b = np.zeros(W.shape[0]) if biases is None else np.asarray(biases, np.float64)
+    h = np.asarray(inputs, np.float64)
+    o = np.einsum("bd,bkd->bk", h, W[ids]) + b[ids] - np.where(keep, log_q, 0.0)
+    return np.where(keep, o, -np.inf)
+
+
+def corrected_logits_grads(weights, biases, inputs, ids, d_logits):
+    """Stage 2 backward: from ``g = d loss / d o [B, K]``, ``(d_inputs, d_weights, d_biases)``:
+    ``d h_i = sum_k g_ik W[ids_ik]``, ``d W[ids_ik] += g_ik h_i``, ``d b[ids_ik] += g_ik`` (a
+    scatter-add, duplicates included)."""
+    W = np.asarray(weights, np.float64)
+    h = np.asarray(inputs, np.float64)
+    g = np.asarray(d_logits, np.float64)
+    d_inputs = np.einsum("bk,bkd->bd", g, W[ids])
+    d_weights = np.zeros_like(W)
+    np.add.at(d_weights, ids.ravel(), (g[:, :, None] * h[:, None, :]).reshape(-1, W.shape[1]))
+    d_biases = np.zeros(W.shape[0])
+    np.add.at(d_biases, ids.ravel(), g.ravel())
+    return d_inputs, d_weights, (None if biases is None else d_biases)
+
+
+def sampled_logits(
+    weights, biases, labels, inputs, sampled_values, *,
+    remove_accidental_hits=True, subtract_log_q=True, ignore_index=None,
+):
+    """Stages 1 and 2: row logits ``[B, T + S]`` (true columns first) and the keep mask ``[B, T + S]``.
+
+    Removed columns hold ``-inf`` in the returned logits.
+    """
+    _check(weights, biases, labels, inputs, sampled_values, ignore_index=ignore_index)
+    logits, keep, _ = _sampled_logits(weights, biases, labels, inputs, sampled_values,
+                                      remove_accidental_hits=remove_accidental_hits, subtract_log_q=subtract_log_q,
+                                      ignore_index=ignore_index)
     return logits, keep
+
+
+def _sampled_logits(weights, biases, labels, inputs, sampled_values, *, remove_accidental_hits, subtract_log_q,
+                    ignore_index):
+    """:func:`sampled_logits` on checked arguments: ``(logits, keep, ids)``."""
+    ids, log_q, keep = candidate_columns(labels, sampled_values, remove_accidental_hits=remove_accidental_hits,
+                                         subtract_log_q=subtract_log_q, ignore_index=ignore_index)
+    return corrected_logits(weights, biases, inputs, ids, log_q, keep), keep, ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 3: the softmax head
+
+
+def softmax_head(logits, keep, num_true, label_smoothing=0.0):
+    """Stage 3, the sampled softmax head: per-row loss ``[B]`` and ``d loss / d logits [B, K]``.
+
+    With ``T_i`` kept labels among the first ``num_true`` columns and ``K_i`` kept columns, the
+    target is ``(1 - eps) / T_i + eps / K_i`` on each kept true column and ``eps / K_i`` on each
+    kept candidate; ``loss_i = logsumexp_kept(o_i) - sum_k target_ik o_ik`` and the gradient is
+    ``softmax(o_i) - target_i``. A row with no kept label has loss 0 and gradient 0.
+    """
+    return _softmax_xent(logits, keep, _targets(keep, num_true, label_smoothing))
 
 
 def _targets(keep: np.ndarray, num_true: int, label_smoothing: float) -> np.ndarray:
@@ -134,11 +201,16 @@ def _softmax_xent(logits, keep, target):
     return np.where(row_live, loss, 0.0), np.where(row_live[:, None], grad, 0.0)
 
 
+# ---------------------------------------------------------------------------------------------
+# The sampled softmax loss: the three stages
+
+
 def sampled_softmax_loss(
     weights, biases, labels, inputs, sampled_values, *,
     remove_accidental_hits=True, subtract_log_q=True, label_smoothing=0.0, ignore_index=None,
 ):
-    """Per-example sampled softmax loss ``[B]`` in float64 (see the module docstring).
+    """Per-example sampled softmax loss ``[B]`` in float64 (see the module docstring):
+    :func:`candidate_columns`, :func:`corrected_logits`, :func:`softmax_head`.
 
     Args:
         weights: ``[V, D]`` class table.
@@ -146,14 +218,22 @@ def sampled_softmax_loss(
         labels: ``[B]`` or ``[B, T]`` integer labels.
         inputs: ``[B, D]`` hidden states.
         sampled_values: ``(candidates [S], true_expected_count [B, T], sampled_expected_count [S])``.
+
+    Example:
+        >>> import numpy as np
+        >>> from sampled_softmax import reference
+        >>> W, h = np.eye(3, 2), np.array([[1.0, 2.0]])
+        >>> sv = (np.array([1, 2]), np.ones((1, 1)), np.ones(2))
+        >>> reference.sampled_softmax_loss(W, None, np.array([0]), h, sv).round(4)
+        array([1.4076])
     """
     _check(weights, biases, labels, inputs, sampled_values, label_smoothing=label_smoothing, ignore_index=ignore_index)
     y = _as_2d_labels(labels)
-    logits, keep = _sampled_logits(
+    logits, keep, _ = _sampled_logits(
         weights, biases, y, inputs, sampled_values, remove_accidental_hits=remove_accidental_hits,
         subtract_log_q=subtract_log_q, ignore_index=ignore_index,
     )
-    loss, _ = _softmax_xent(logits, keep, _targets(keep, y.shape[1], label_smoothing))
+    loss, _ = softmax_head(logits, keep, y.shape[1], label_smoothing)
     return loss
 
 
@@ -161,33 +241,18 @@ def sampled_softmax_grads(
     weights, biases, labels, inputs, sampled_values, *, grad_loss=None,
     remove_accidental_hits=True, subtract_log_q=True, label_smoothing=0.0, ignore_index=None,
 ):
-    """Analytic gradients of ``sum_i grad_loss_i * loss_i``: ``(d_inputs, d_weights, d_biases)``.
-
-    With ``g = grad_loss_i (softmax(row_i) - target_i)``: ``d h_i = sum_k g_ik W[id_k]``,
-    ``d W[id_k] += g_ik h_i``, ``d b[id_k] += g_ik`` (a scatter-add, duplicates included).
-    """
+    """Analytic gradients of ``sum_i grad_loss_i * loss_i``: ``(d_inputs, d_weights, d_biases)``
+    (:func:`softmax_head`'s gradient through :func:`corrected_logits_grads`)."""
     _check(weights, biases, labels, inputs, sampled_values, label_smoothing=label_smoothing, ignore_index=ignore_index)
-    W = np.asarray(weights, np.float64)
-    h = np.asarray(inputs, np.float64)
     y = _as_2d_labels(labels)
-    cand = np.asarray(sampled_values[0])
-    logits, keep = _sampled_logits(
-        W, biases, y, h, sampled_values, remove_accidental_hits=remove_accidental_hits,
+    logits, keep, ids = _sampled_logits(
+        weights, biases, y, inputs, sampled_values, remove_accidental_hits=remove_accidental_hits,
         subtract_log_q=subtract_log_q, ignore_index=ignore_index,
     )
-    _, g = _softmax_xent(logits, keep, _targets(keep, y.shape[1], label_smoothing))
+    _, g = softmax_head(logits, keep, y.shape[1], label_smoothing)
     if grad_loss is not None:
         g = g * np.asarray(grad_loss, np.float64)[:, None]
-    B, T = y.shape
-    valid = _valid_labels(y, ignore_index)
-    y_safe = np.where(valid, y, 0)
-    ids = np.concatenate([y_safe, np.broadcast_to(cand, (B, cand.size))], axis=1)  # [B, T+S]
-    d_inputs = np.einsum("bk,bkd->bd", g, W[ids])
-    d_weights = np.zeros_like(W)
-    np.add.at(d_weights, ids.ravel(), (g[:, :, None] * h[:, None, :]).reshape(-1, W.shape[1]))
-    d_biases = np.zeros(W.shape[0])
-    np.add.at(d_biases, ids.ravel(), g.ravel())
-    return d_inputs, d_weights, (None if biases is None else d_biases)
+    return corrected_logits_grads(weights, biases, inputs, ids, g)
 
 
 def log_softmax(weights, biases, inputs) -> np.ndarray:

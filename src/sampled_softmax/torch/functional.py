@@ -32,9 +32,7 @@ from ._prepare import (
 from ._rows import _Spec
 from ..samplers import DrawKind, unique_draw_error, unique_draw_limit
 from .._validation import check_num_sampled
-from .samplers import (
-    CandidateSampler, LogUniformSampler, UniformSampler, check_generator, make_sampler, sampler_tables,
-)
+from .samplers import CandidateSampler, check_generator, make_sampler, sampler_tables
 
 __all__ = ["sampled_softmax_loss", "full_softmax_loss", "full_logits"]
 

@@ -1,0 +1,201 @@
+"""The ``tf.nn`` drop-ins: ``sampled_softmax_loss`` (``tf.nn``'s signature, defaults and output:
+change the import, nothing else), ``compute_accidental_hits``, and the exact
+``full_softmax_loss`` / ``full_logits`` for evaluation.
+
+The loss is the pipeline every front end shares: the columns of each row (labels, then the
+candidates; ``log E`` and the removed-candidate mask), the touched rows of the class table
+gathered with TensorFlow's own ``gather`` (so the gradients of weights and biases are
+``tf.IndexedSlices`` over those rows, as ``tf.nn``'s are), then the corrected logits and a
+head, in one ``tf.custom_gradient`` with an explicit backward.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from .. import _validation as V
+from ._prepare import (
+    _check, _check_label_values, _check_sampled_values, _compute_dtype, _nan_rows, _shards,
+)
+
+__all__ = ["sampled_softmax_loss", "full_softmax_loss", "full_logits", "compute_accidental_hits"]
+
+
+def _gather(shards, ids, partition_strategy):
+    if len(shards) == 1:
+        return tf.gather(shards[0], ids)
+    return tf.nn.embedding_lookup(shards, ids) if partition_strategy == "div" else _gather_mod(shards, ids)
+
+
+def _gather_mod(shards, ids):
+    n = len(shards)
+    shard, local = ids % n, ids // n
+    parts = tf.dynamic_partition(tf.range(tf.size(ids)), tf.cast(shard, tf.int32), n)
+    local_parts = tf.dynamic_partition(local, tf.cast(shard, tf.int32), n)
+    rows = [tf.gather(w, lp) for w, lp in zip(shards, local_parts)]
+    return tf.dynamic_stitch(parts, rows)
+
+
+def _sampled_loss(h, rows, b, logq, removed, num_true):
+    """Per-row loss for ``h [N, D]`` over the gathered columns: ``rows [M, D]``, ``b [M]`` and
+    ``logq [M]`` hold the ``N * T`` true columns then the ``S`` candidates. Gradients flow to
+    ``h``, ``rows`` and ``b`` whole, so no slice of them needs a gradient of its own."""
+
+    @tf.custom_gradient
+    def fused(h, rows, b):
+        n = tf.shape(h)[0]
+        nt = n * num_true
+        corr = b - logq
+        w_true, w_cand = rows[:nt], rows[nt:]
+        if num_true == 1:
+            tl = tf.reduce_sum(h * w_true, axis=1, keepdims=True) + corr[:nt, tf.newaxis]
+        else:
+            w_true = tf.reshape(w_true, [n, num_true, -1])
+            tl = tf.einsum("nd,ntd->nt", h, w_true) + tf.reshape(corr[:nt], [n, num_true])
+        sl = tf.matmul(h, w_cand, transpose_b=True) + corr[tf.newaxis, nt:]
+        # Removed candidates take the lowest finite value: exp() of it underflows to exactly 0,
+        # so their probability and gradient are exactly 0 (and, unlike -inf, it keeps the fused
+        # kernel's 0 * logit terms finite; this loss has no label smoothing).
+        sl = tf.where(removed, tf.constant(sl.dtype.min, sl.dtype), sl)
+        logits = tf.concat([tl, sl], 1)
+        target = tf.concat([tf.fill([n, num_true], tf.constant(1.0 / num_true, h.dtype)), tf.zeros_like(sl)], 1)
+        # One fused kernel gives the loss and d loss / d logits = softmax - target.
+        loss, backprop = tf.raw_ops.SoftmaxCrossEntropyWithLogits(features=logits, labels=target)
+
+        def grad(d_loss):
+            g = backprop * d_loss[:, tf.newaxis]
+            g_true, g_cand = g[:, :num_true], g[:, num_true:]
+            if num_true == 1:
+                d_h = g_true * w_true + tf.matmul(g_cand, w_cand)
+                d_true = g_true * h
+            else:
+                d_h = tf.einsum("nt,ntd->nd", g_true, w_true) + tf.matmul(g_cand, w_cand)
+                d_true = tf.reshape(g_true[:, :, tf.newaxis] * h[:, tf.newaxis, :], [nt, -1])
+            d_rows = tf.concat([d_true, tf.matmul(g_cand, h, transpose_a=True)], 0)
+            d_b = tf.concat([tf.reshape(g_true, [-1]), tf.reduce_sum(g_cand, 0)], 0)
+            return d_h, d_rows, d_b
+
+        return loss, grad
+
+    return fused(h, rows, b)
+
+
+def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_classes, num_true=1,
+                         sampled_values=None, remove_accidental_hits=True, seed=None,
+                         name="sampled_softmax_loss"):
+    """Sampled softmax training loss: ``tf.nn.sampled_softmax_loss``'s signature and output.
+
+    Per row ``i``, with candidates ``c`` shared by the batch and expected counts ``E``:
+    ``o_ik = h_i . W_k + b_k - log E(k)``, and ``loss_i = logsumexp_k o_ik - (1/T) sum_j o_iy_ij``
+    over the true columns and the candidates not removed as accidental hits.
+
+    Args:
+        weights: ``[num_classes, dim]`` tensor or variable, or a list of shards (``"div"``
+            layout, as ``tf.nn``'s).
+        biases: ``[num_classes]``.
+        labels: ``[batch, num_true]`` int32 or int64.
+        inputs: ``[batch, dim]``; float16/bfloat16 inputs are computed in float32.
+        num_sampled, num_classes, num_true: as ``tf.nn.sampled_softmax_loss``.
+        sampled_values: ``(sampled_candidates, true_expected_count, sampled_expected_count)``;
+            default: ``tf.random.log_uniform_candidate_sampler(..., unique=True, seed=seed)``,
+            the same draw as ``tf.nn`` with the same seed.
+        remove_accidental_hits: remove candidates equal to a row's label from its normalizer
+            (a true mask, where ``tf.nn`` adds ``-FLT_MAX``; where one candidate is drawn twice,
+            every copy is removed, where ``tf.nn`` removes one).
+        seed: seed of the default sampler.
+        name: name scope.
+
+    Returns:
+        ``[batch]`` per-example losses (float32 for float16/bfloat16 inputs).
+
+    Raises:
+        SampledSoftmaxError: a bad shape or value, naming the argument.
+        TypeError: a wrong dtype.
+    """
+    with tf.name_scope(name):
+        partition_strategy = "div"
+        inputs = tf.convert_to_tensor(inputs)
+        labels = tf.convert_to_tensor(labels)
+        shards, bias_shards, num_classes, num_sampled = _check(weights, biases, labels, inputs, num_sampled,
+                                                               num_classes, num_true, partition_strategy)
+        labels = _check_label_values(tf.reshape(tf.cast(labels, tf.int64), [-1, num_true]), num_classes)
+        if sampled_values is None:
+            V.check_num_sampled(num_sampled, num_classes, unique=True)
+            sampled_values = tf.random.log_uniform_candidate_sampler(
+                true_classes=labels, num_true=num_true, num_sampled=num_sampled, unique=True,
+                range_max=num_classes, seed=seed)
+        else:
+            sampled_values = _check_sampled_values(sampled_values, num_sampled, num_classes, labels, num_true)
+        cand, true_count, samp_count = (tf.stop_gradient(tf.convert_to_tensor(v)) for v in sampled_values)
+        cand = tf.cast(cand, tf.int64)
+        cdt = _compute_dtype(inputs.dtype)
+        n = tf.shape(labels)[0]
+        true_count = tf.broadcast_to(tf.reshape(true_count, [n, -1]), [n, num_true])
+        ids = tf.concat([tf.reshape(labels, [-1]), cand], 0)
+        rows = tf.cast(_gather(shards, ids, partition_strategy), cdt)
+        b = tf.zeros(tf.shape(ids), cdt) if biases is None else tf.cast(_gather(bias_shards, ids, partition_strategy), cdt)
+        # Padding slots (expected count inf, from draw="unique_exact") are removed from every row.
+        padding = tf.logical_not(tf.math.is_finite(samp_count))
+        samp_count = tf.where(padding, tf.ones_like(samp_count), samp_count)
+        logq = tf.math.log(tf.cast(tf.concat([tf.reshape(true_count, [-1]), samp_count], 0), cdt))
+        removed = tf.broadcast_to(padding[tf.newaxis, :], [n, tf.shape(cand)[0]])
+        if remove_accidental_hits:
+            hits = tf.reduce_any(labels[:, :, tf.newaxis] == cand[tf.newaxis, tf.newaxis, :], axis=1)
+            removed = tf.logical_or(removed, hits)
+        loss = _sampled_loss(tf.cast(inputs, cdt), rows, b, logq, removed, num_true)
+        return _nan_rows(loss, labels, cand, true_count, samp_count, num_classes)
+
+
+def full_logits(weights, biases, inputs, name="full_logits"):
+    """Exact logits ``inputs @ W^T + b``, ``[batch, num_classes]``, from one table or ``"div"`` shards."""
+    with tf.name_scope(name):
+        shards = _shards(weights)
+        W = shards[0] if len(shards) == 1 else tf.concat(shards, 0)
+        inputs = tf.convert_to_tensor(inputs)
+        cdt = _compute_dtype(inputs.dtype)
+        logits = tf.matmul(tf.cast(inputs, cdt), tf.cast(W, cdt), transpose_b=True)
+        if biases is None:
+            return logits
+        b_shards = _shards(biases)
+        return logits + tf.cast(b_shards[0] if len(b_shards) == 1 else tf.concat(b_shards, 0), cdt)
+
+
+def full_softmax_loss(weights, biases, labels, inputs, num_classes=None, num_true=1, name="full_softmax_loss"):
+    """Exact softmax cross-entropy over all classes, for evaluation: ``[batch]``.
+
+    Same weights, biases and labels as :func:`sampled_softmax_loss`; with ``num_true > 1`` the
+    target is ``1 / num_true`` on each label.
+    """
+    with tf.name_scope(name):
+        inputs = tf.convert_to_tensor(inputs)
+        labels = tf.convert_to_tensor(labels)
+        shards, bias_shards, num_classes, _ = _check(weights, biases, labels, inputs, 1, num_classes or
+                                                     sum(int(w.shape[0]) for w in _shards(weights)), num_true, "div")
+        labels = _check_label_values(tf.reshape(tf.cast(labels, tf.int64), [-1, num_true]), num_classes)
+        logp = tf.nn.log_softmax(full_logits(shards, bias_shards, inputs))
+        loss = -tf.reduce_mean(tf.gather(logp, labels, batch_dims=1), axis=1)
+        bad = tf.reduce_any((labels < 0) | (labels >= num_classes), axis=1)  # see _nan_rows
+        return tf.where(bad, tf.constant(float("nan"), loss.dtype), loss)
+
+
+def compute_accidental_hits(true_classes, sampled_candidates, num_true, seed=None, name=None):
+    """``tf.nn.compute_accidental_hits``: where a sampled candidate equals one of a row's true
+    classes. Returns ``(indices [K] int32, ids [K] int64, weights [K] float32)``: the row, the
+    candidate's position in ``sampled_candidates`` and ``-FLT_MAX`` (to add to that logit) for
+    each hit, in TensorFlow's order (rows, then each row's labels; a candidate drawn twice is
+    found at its last position). ``K`` depends on the values: not for XLA.
+    """
+    del seed
+    with tf.name_scope(name or "compute_accidental_hits"):
+        num_true = V.check_positive_int("num_true", num_true)
+        true_classes = tf.reshape(tf.cast(tf.convert_to_tensor(true_classes), tf.int64), [-1, num_true])
+        cand = tf.cast(tf.reshape(tf.convert_to_tensor(sampled_candidates), [-1]), tf.int64)
+        equal = true_classes[:, :, tf.newaxis] == cand[tf.newaxis, tf.newaxis, :]  # [B, T, S]
+        found = tf.reduce_any(equal, axis=2)
+        num_sampled = tf.shape(cand, out_type=tf.int64)[0]
+        last = num_sampled - 1 - tf.argmax(tf.cast(tf.reverse(equal, [2]), tf.int32), axis=2, output_type=tf.int64)
+        rows = tf.broadcast_to(tf.range(tf.shape(true_classes)[0], dtype=tf.int32)[:, tf.newaxis],
+                               tf.shape(found))
+        indices = tf.boolean_mask(rows, found)
+        ids = tf.boolean_mask(last, found)
+        return indices, ids, tf.fill(tf.shape(indices), tf.constant(-3.4028234663852886e38, tf.float32))
