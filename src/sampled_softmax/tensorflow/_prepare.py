@@ -69,24 +69,27 @@ def _check(weights, biases, labels, inputs, num_sampled, num_classes, num_true, 
     return shards, bias_shards, num_classes, num_sampled
 
 
-def _check_label_values(labels, num_classes):
-    """Labels in ``[0, num_classes)``: an error now when eager; in a graph an assertion with
-    the same words (a GPU gather would return zeros for them); under XLA, which drops
-    assertions, their rows are nan (see ``_nan_rows``). Returns ``labels``."""
+def _check_label_values(labels, num_classes, keep=None, ignore_index=None):
+    """Labels in ``[0, num_classes)`` (where ``keep``: those not equal to ``ignore_index``): an
+    error now when eager; in a graph an assertion with the same words (a GPU gather would
+    return zeros for them); under XLA, which drops assertions, their rows are nan (see
+    ``_nan_rows``). Returns ``labels``."""
+    # Zero stands in for ignored labels: it is always in range (and keeps shapes static for XLA).
+    kept = labels if keep is None else tf.where(keep, labels, tf.zeros_like(labels))
     if tf.executing_eagerly():
-        if tf.size(labels) > 0:
-            V.check_label_values(int(tf.reduce_min(labels)), int(tf.reduce_max(labels)), num_classes, None)
+        if tf.size(kept) > 0:
+            V.check_label_values(int(tf.reduce_min(kept)), int(tf.reduce_max(kept)), num_classes, ignore_index)
         return labels
-    low, high = tf.reduce_min(labels), tf.reduce_max(labels)
-    checks = [tf.debugging.Assert(tf.logical_or(tf.size(labels) == 0, low >= 0),
+    low, high = tf.reduce_min(kept), tf.reduce_max(kept)
+    checks = [tf.debugging.Assert(tf.logical_or(tf.size(kept) == 0, low >= 0),
                                   [f"`labels` must be in [0, {num_classes - 1}]; received values down to", low]),
-              tf.debugging.Assert(tf.logical_or(tf.size(labels) == 0, high < num_classes),
+              tf.debugging.Assert(tf.logical_or(tf.size(kept) == 0, high < num_classes),
                                   [f"`labels` must be in [0, {num_classes - 1}]; received values up to", high])]
     with tf.control_dependencies(checks):
         return tf.identity(labels)
 
 
-def _check_sampled_values(sampled_values, num_sampled, num_classes, labels, num_true):
+def _check_sampled_values(sampled_values, num_sampled, num_classes, labels, num_true, keep=None):
     """Dtypes and static shapes always; values when eager (as for the labels), and in a graph
     by assertions (XLA drops those: its rows become nan instead, see `_nan_rows`).
     ``true_expected_count`` of shape ``[batch, 1]`` is broadcast over ``num_true``, as tf.nn does."""
@@ -98,7 +101,8 @@ def _check_sampled_values(sampled_values, num_sampled, num_classes, labels, num_
         V.check_sampled_values_shapes(*shapes, num_sampled, n, num_true)
         if tf.executing_eagerly():
             V.check_sampled_values_numpy(cand.numpy(), true_count.numpy(), samp_count.numpy(), num_sampled=num_sampled,
-                                         num_classes=num_classes, lead_size=n, num_true=num_true)
+                                         num_classes=num_classes, lead_size=n, num_true=num_true,
+                                         valid=None if keep is None else keep.numpy())
             return cand, true_count, samp_count
     if not tf.executing_eagerly():
         checks = [
@@ -110,9 +114,9 @@ def _check_sampled_values(sampled_values, num_sampled, num_classes, labels, num_
                                                            f"[0, {num_classes - 1}]"),
             tf.debugging.assert_less(tf.cast(cand, tf.int64), tf.constant(num_classes, tf.int64), message=(
                 f"`sampled_values[0]` (sampled_candidates) must be in [0, {num_classes - 1}]")),
-            tf.debugging.assert_positive(true_count, message=(
+            tf.debugging.assert_positive(_kept_counts(true_count, keep), message=(
                 "`sampled_values[1]` (true_expected_count) must be positive and finite")),
-            tf.debugging.assert_all_finite(tf.cast(true_count, tf.float32),
+            tf.debugging.assert_all_finite(tf.cast(_kept_counts(true_count, keep), tf.float32),
                                            "`sampled_values[1]` (true_expected_count) must be positive and finite"),
             tf.debugging.assert_positive(samp_count, message=(
                 "`sampled_values[2]` (sampled_expected_count) must be positive (inf marks a padding slot)")),
@@ -122,12 +126,24 @@ def _check_sampled_values(sampled_values, num_sampled, num_classes, labels, num_
     return cand, true_count, samp_count
 
 
-def _nan_rows(loss, labels, cand, true_count, samp_count, num_classes):
+def _kept_counts(true_count, keep):
+    """The expected counts of kept labels (ignored ones read 1: they are unused)."""
+    if keep is None:
+        return true_count
+    true_count = tf.broadcast_to(tf.reshape(true_count, [tf.shape(keep)[0], -1]), tf.shape(keep))
+    return tf.where(keep, true_count, tf.ones_like(true_count))
+
+
+def _nan_rows(loss, labels, cand, true_count, samp_count, num_classes, keep=None):
     """Rows whose label is outside ``[0, V)``, and every row when a candidate is or when an
     expected count is not positive, are nan: where nothing raises (XLA drops assertions, and its
     gathers clamp an index into range, as GPU gathers return zeros) the result is never a
     plausible number. Eager calls and graphs on the CPU raise before this."""
-    bad_label = tf.reduce_any((labels < 0) | (labels >= num_classes), axis=1)
+    out_of_range = (labels < 0) | (labels >= num_classes)
+    if keep is not None:
+        out_of_range &= keep
+        true_count = tf.where(keep, true_count, tf.ones_like(true_count))
+    bad_label = tf.reduce_any(out_of_range, axis=1)
     true_count = tf.cast(true_count, tf.float32)
     bad_count = tf.reduce_any(~(true_count > 0) | ~tf.math.is_finite(true_count), axis=1)
     bad_all = tf.reduce_any((cand < 0) | (cand >= num_classes)) | tf.reduce_any(~(tf.cast(samp_count, tf.float32) > 0))

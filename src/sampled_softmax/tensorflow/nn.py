@@ -36,10 +36,77 @@ def _gather_mod(shards, ids):
     return tf.dynamic_stitch(parts, rows)
 
 
-def _sampled_loss(h, rows, b, logq, removed, num_true):
+# ---------------------------------------------------------------------------------------------
+# Stage 1: each row's columns
+
+
+def candidate_columns(labels, keep_true, cand, true_count, samp_count, *, remove_accidental_hits, subtract_log_q,
+                      dtype):
+    """Stage 1: ``(ids [N*T + S], logq [N*T + S], removed [N, S])`` for ``labels [N, T]``
+    (``keep_true`` their mask, None when none is ignored; ignored labels' ids are 0) and the
+    candidates. ``logq`` is 0 for ignored labels and padding slots (expected count ``inf``),
+    which are removed from every row; accidental hits of kept labels are removed from theirs."""
+    n = tf.shape(labels)[0]
+    safe = labels if keep_true is None else tf.where(keep_true, labels, tf.zeros_like(labels))
+    ids = tf.concat([tf.reshape(safe, [-1]), cand], 0)
+    padding = tf.logical_not(tf.math.is_finite(samp_count))
+    removed = tf.broadcast_to(padding[tf.newaxis, :], [n, tf.shape(cand)[0]])
+    if remove_accidental_hits:
+        equal = labels[:, :, tf.newaxis] == cand[tf.newaxis, tf.newaxis, :]
+        if keep_true is not None:
+            equal = tf.logical_and(equal, keep_true[:, :, tf.newaxis])
+        removed = tf.logical_or(removed, tf.reduce_any(equal, axis=1))
+    if not subtract_log_q:
+        return ids, tf.zeros(tf.shape(ids), dtype), removed
+    if keep_true is not None:
+        true_count = tf.where(keep_true, true_count, tf.ones_like(true_count))
+    samp_count = tf.where(padding, tf.ones_like(samp_count), samp_count)
+    logq = tf.math.log(tf.cast(tf.concat([tf.reshape(true_count, [-1]), samp_count], 0), dtype))
+    return ids, logq, removed
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 3: heads. A head maps the row logits [N, T + S] (removed columns at the dtype's lowest
+# value) to (loss [N], d loss / d logits [N, T + S]).
+
+
+def softmax_head(num_true, keep_true, label_smoothing):
+    """The sampled softmax cross-entropy: target ``1 / T`` on each true column, or with
+    ``keep_true``/``label_smoothing`` ``(1 - eps) / T_i + eps / K_i`` on each kept true column
+    and ``eps / K_i`` on each kept candidate; a row without a kept label has loss 0 and no
+    gradient."""
+
+    def head(logits, removed):
+        n, dtype = tf.shape(logits)[0], logits.dtype
+        if keep_true is None and not label_smoothing:
+            target = tf.concat([tf.fill([n, num_true], tf.constant(1.0 / num_true, dtype)),
+                                tf.zeros_like(logits[:, num_true:])], 1)
+            # One fused kernel gives the loss and d loss / d logits = softmax - target.
+            return tf.raw_ops.SoftmaxCrossEntropyWithLogits(features=logits, labels=target)
+        kt = tf.ones([n, num_true], dtype) if keep_true is None else tf.cast(keep_true, dtype)
+        kc = tf.cast(tf.logical_not(removed), dtype)
+        n_true = tf.reduce_sum(kt, 1, keepdims=True)
+        target = tf.concat([kt / tf.maximum(n_true, 1.0), tf.zeros_like(kc)], 1)
+        if label_smoothing:
+            kept = tf.concat([kt, kc], 1)
+            target = target * (1.0 - label_smoothing) + kept * (label_smoothing / (n_true + tf.reduce_sum(kc, 1, keepdims=True)))
+        loss, backprop = tf.raw_ops.SoftmaxCrossEntropyWithLogits(features=logits, labels=target)
+        live = n_true[:, 0] > 0
+        return tf.where(live, loss, tf.zeros_like(loss)), backprop * tf.cast(live, dtype)[:, tf.newaxis]
+
+    return head
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2 and the head in one custom gradient
+
+
+def sampled_loss(h, rows, b, logq, removed, keep_true, num_true, head):
     """Per-row loss for ``h [N, D]`` over the gathered columns: ``rows [M, D]``, ``b [M]`` and
-    ``logq [M]`` hold the ``N * T`` true columns then the ``S`` candidates. Gradients flow to
-    ``h``, ``rows`` and ``b`` whole, so no slice of them needs a gradient of its own."""
+    ``logq [M]`` hold the ``N * T`` true columns then the ``S`` candidates. Stage 2 (corrected
+    logits ``h . W + b - log E``, removed columns masked) and ``head``, with an explicit
+    backward. Gradients flow to ``h``, ``rows`` and ``b`` whole, so no slice of them needs a
+    gradient of its own."""
 
     @tf.custom_gradient
     def fused(h, rows, b):
@@ -53,14 +120,14 @@ def _sampled_loss(h, rows, b, logq, removed, num_true):
             w_true = tf.reshape(w_true, [n, num_true, -1])
             tl = tf.einsum("nd,ntd->nt", h, w_true) + tf.reshape(corr[:nt], [n, num_true])
         sl = tf.matmul(h, w_cand, transpose_b=True) + corr[tf.newaxis, nt:]
-        # Removed candidates take the lowest finite value: exp() of it underflows to exactly 0,
-        # so their probability and gradient are exactly 0 (and, unlike -inf, it keeps the fused
-        # kernel's 0 * logit terms finite; this loss has no label smoothing).
-        sl = tf.where(removed, tf.constant(sl.dtype.min, sl.dtype), sl)
-        logits = tf.concat([tl, sl], 1)
-        target = tf.concat([tf.fill([n, num_true], tf.constant(1.0 / num_true, h.dtype)), tf.zeros_like(sl)], 1)
-        # One fused kernel gives the loss and d loss / d logits = softmax - target.
-        loss, backprop = tf.raw_ops.SoftmaxCrossEntropyWithLogits(features=logits, labels=target)
+        # Removed columns take the lowest finite value: exp() of it underflows to exactly 0,
+        # so their probability and gradient are exactly 0 (and, unlike -inf, it keeps a fused
+        # kernel's 0 * logit terms finite: their targets are 0).
+        lowest = tf.constant(sl.dtype.min, sl.dtype)
+        sl = tf.where(removed, lowest, sl)
+        if keep_true is not None:
+            tl = tf.where(keep_true, tl, lowest)
+        loss, backprop = head(tf.concat([tl, sl], 1), removed)
 
         def grad(d_loss):
             g = backprop * d_loss[:, tf.newaxis]
@@ -80,14 +147,32 @@ def _sampled_loss(h, rows, b, logq, removed, num_true):
     return fused(h, rows, b)
 
 
+def _reduce(loss, live, reduction):
+    """``reduction`` of per-example losses; ``"mean"`` over the examples with a kept label
+    (``live``; nan when none has one, as PyTorch's)."""
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return tf.reduce_sum(loss)
+    count = tf.cast(tf.size(loss), loss.dtype) if live is None else tf.reduce_sum(tf.cast(live, loss.dtype))
+    return tf.reduce_sum(loss) / count
+
+
 def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_classes, num_true=1,
                          sampled_values=None, remove_accidental_hits=True, seed=None,
-                         name="sampled_softmax_loss"):
-    """Sampled softmax training loss: ``tf.nn.sampled_softmax_loss``'s signature and output.
+                         name="sampled_softmax_loss", *, ignore_index=None, label_smoothing=0.0,
+                         subtract_log_q=True, reduction="none"):
+    r"""Sampled softmax training loss: ``tf.nn.sampled_softmax_loss``'s signature and output.
 
     Per row ``i``, with candidates ``c`` shared by the batch and expected counts ``E``:
-    ``o_ik = h_i . W_k + b_k - log E(k)``, and ``loss_i = logsumexp_k o_ik - (1/T) sum_j o_iy_ij``
-    over the true columns and the candidates not removed as accidental hits.
+
+    .. math::
+        o_{ik} = h_i \cdot W_{k} + b_{k} - \log E(k),\qquad
+        \ell_i = \log\sum_{k \in \text{kept}} e^{o_{ik}} - \frac{1}{T}\sum_{j} o_{i y_{ij}}
+
+    over the true columns and the candidates not removed as accidental hits. The keyword-only
+    extras after ``tf.nn``'s arguments are those of the PyTorch and Keras front ends; their
+    defaults give ``tf.nn``'s loss.
 
     Args:
         weights: ``[num_classes, dim]`` tensor or variable, or a list of shards (``"div"``
@@ -104,46 +189,66 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_class
             every copy is removed, where ``tf.nn`` removes one).
         seed: seed of the default sampler.
         name: name scope.
+        ignore_index: label value to ignore: its column is removed, a row whose labels are all
+            ignored has loss 0 and no gradient. Default None.
+        label_smoothing: ``eps`` in ``[0, 1]``: target ``(1 - eps) / T_i + eps / K_i`` on each kept
+            label and ``eps / K_i`` on each of the row's ``K_i`` kept columns. Default 0.
+        subtract_log_q: subtract ``log E``; False gives negative sampling's uncorrected logits.
+        reduction: ``"none"`` (default, ``[batch]`` as ``tf.nn``), ``"mean"`` over the examples
+            with a kept label, or ``"sum"``.
 
     Returns:
-        ``[batch]`` per-example losses (float32 for float16/bfloat16 inputs).
+        ``[batch]`` per-example losses (float32 for float16/bfloat16 inputs), or a scalar.
 
     Raises:
         SampledSoftmaxError: a bad shape or value, naming the argument.
         TypeError: a wrong dtype.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> from sampled_softmax.tensorflow import sampled_softmax_loss
+        >>> W, b = tf.eye(3, 2, dtype=tf.float64), tf.zeros(3, tf.float64)
+        >>> sv = (tf.constant([1, 2], tf.int64), tf.ones([1, 1]), tf.ones([2]))
+        >>> loss = sampled_softmax_loss(W, b, [[0]], tf.constant([[1.0, 2.0]], tf.float64), 2, 3, sampled_values=sv)
+        >>> [round(float(x), 4) for x in loss]
+        [1.4076]
     """
     with tf.name_scope(name):
         partition_strategy = "div"
+        V.check_choice("reduction", reduction, V.REDUCTIONS)
+        label_smoothing = V.check_label_smoothing(label_smoothing)
+        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+            raise TypeError(f"`ignore_index` must be an int or None; received {type(ignore_index).__name__}")
         inputs = tf.convert_to_tensor(inputs)
         labels = tf.convert_to_tensor(labels)
         shards, bias_shards, num_classes, num_sampled = _check(weights, biases, labels, inputs, num_sampled,
                                                                num_classes, num_true, partition_strategy)
-        labels = _check_label_values(tf.reshape(tf.cast(labels, tf.int64), [-1, num_true]), num_classes)
+        labels = tf.reshape(tf.cast(labels, tf.int64), [-1, num_true])
+        keep_true = None if ignore_index is None else labels != ignore_index
+        labels = _check_label_values(labels, num_classes, keep_true, ignore_index)
         if sampled_values is None:
             V.check_num_sampled(num_sampled, num_classes, unique=True)
+            true_classes = labels if keep_true is None else tf.where(keep_true, labels, tf.zeros_like(labels))
             sampled_values = tf.random.log_uniform_candidate_sampler(
-                true_classes=labels, num_true=num_true, num_sampled=num_sampled, unique=True,
+                true_classes=true_classes, num_true=num_true, num_sampled=num_sampled, unique=True,
                 range_max=num_classes, seed=seed)
         else:
-            sampled_values = _check_sampled_values(sampled_values, num_sampled, num_classes, labels, num_true)
+            sampled_values = _check_sampled_values(sampled_values, num_sampled, num_classes, labels, num_true,
+                                                   keep_true)
         cand, true_count, samp_count = (tf.stop_gradient(tf.convert_to_tensor(v)) for v in sampled_values)
         cand = tf.cast(cand, tf.int64)
         cdt = _compute_dtype(inputs.dtype)
         n = tf.shape(labels)[0]
         true_count = tf.broadcast_to(tf.reshape(true_count, [n, -1]), [n, num_true])
-        ids = tf.concat([tf.reshape(labels, [-1]), cand], 0)
+        ids, logq, removed = candidate_columns(labels, keep_true, cand, true_count, samp_count,
+                                               remove_accidental_hits=remove_accidental_hits,
+                                               subtract_log_q=subtract_log_q, dtype=cdt)
         rows = tf.cast(_gather(shards, ids, partition_strategy), cdt)
         b = tf.zeros(tf.shape(ids), cdt) if biases is None else tf.cast(_gather(bias_shards, ids, partition_strategy), cdt)
-        # Padding slots (expected count inf, from draw="unique_exact") are removed from every row.
-        padding = tf.logical_not(tf.math.is_finite(samp_count))
-        samp_count = tf.where(padding, tf.ones_like(samp_count), samp_count)
-        logq = tf.math.log(tf.cast(tf.concat([tf.reshape(true_count, [-1]), samp_count], 0), cdt))
-        removed = tf.broadcast_to(padding[tf.newaxis, :], [n, tf.shape(cand)[0]])
-        if remove_accidental_hits:
-            hits = tf.reduce_any(labels[:, :, tf.newaxis] == cand[tf.newaxis, tf.newaxis, :], axis=1)
-            removed = tf.logical_or(removed, hits)
-        loss = _sampled_loss(tf.cast(inputs, cdt), rows, b, logq, removed, num_true)
-        return _nan_rows(loss, labels, cand, true_count, samp_count, num_classes)
+        loss = sampled_loss(tf.cast(inputs, cdt), rows, b, logq, removed, keep_true, num_true,
+                            softmax_head(num_true, keep_true, label_smoothing))
+        loss = _nan_rows(loss, labels, cand, true_count, samp_count, num_classes, keep_true)
+        return _reduce(loss, None if keep_true is None else tf.reduce_any(keep_true, axis=1), reduction)
 
 
 def full_logits(weights, biases, inputs, name="full_logits"):

@@ -1,0 +1,98 @@
+"""The TensorFlow loss's keyword-only extras (``ignore_index``, ``label_smoothing``,
+``subtract_log_q``, ``reduction``) against the NumPy reference, eagerly, in ``tf.function`` and
+under XLA; their defaults give ``tf.nn``'s loss."""
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from sampled_softmax import SampledSoftmaxError  # noqa: E402
+from sampled_softmax import reference as R  # noqa: E402
+from sampled_softmax import tensorflow as sst  # noqa: E402
+
+IGNORE = -1
+
+
+def problem(seed, *, V=60, D=8, B=10, S=15, T=2):
+    rng = np.random.default_rng(seed)
+    W, b, h = rng.normal(size=(V, D)), rng.normal(size=V), rng.normal(size=(B, D))
+    y = rng.integers(0, V, size=(B, T))
+    y[1, 0] = IGNORE  # one label of a row ignored
+    y[3, :] = IGNORE  # a whole row ignored
+    cand = np.concatenate([y[0, :1], rng.choice(np.setdiff1d(np.arange(V), y[0, :1]), S - 1, replace=False)])
+    sv = (cand.astype(np.int64), rng.uniform(0.05, 2, (B, T)), rng.uniform(0.05, 2, S))
+    return W, b, y, h, sv
+
+
+def run(mode, W, b, y, h, sv, **extras):
+    Wv, bv, hv = tf.Variable(W), tf.Variable(b), tf.Variable(h)
+    svt = tuple(tf.constant(v) for v in sv)
+
+    def step():
+        with tf.GradientTape() as tape:
+            loss = sst.sampled_softmax_loss(Wv, bv, tf.constant(y), hv, len(sv[0]), W.shape[0], num_true=y.shape[1],
+                                            sampled_values=svt, **extras)
+            total = tf.reduce_sum(loss)
+        return loss, tape.gradient(total, [Wv, bv, hv])
+
+    if mode != "eager":
+        step = tf.function(step, jit_compile=mode == "xla")
+    loss, grads = step()
+    return loss.numpy(), [tf.convert_to_tensor(g).numpy() for g in grads]
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize("eps,subtract,hits", [(0.0, True, True), (0.2, True, True), (0.1, False, False)])
+def test_extras_match_the_reference(mode, eps, subtract, hits):
+    W, b, y, h, sv = problem(3)
+    loss, (gW, gb, gh) = run(mode, W, b, y, h, sv, ignore_index=IGNORE, label_smoothing=eps, subtract_log_q=subtract,
+                             remove_accidental_hits=hits)
+    kw = dict(ignore_index=IGNORE, label_smoothing=eps, subtract_log_q=subtract, remove_accidental_hits=hits)
+    np.testing.assert_allclose(loss, R.sampled_softmax_loss(W, b, y, h, sv, **kw), rtol=1e-10, atol=1e-12)
+    rh, rW, rb = R.sampled_softmax_grads(W, b, y, h, sv, **kw)
+    for ours, ref in ((gW, rW), (gb, rb), (gh, rh)):
+        np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_an_ignored_row_has_loss_zero_and_no_gradient():
+    W, b, y, h, sv = problem(4)
+    loss, (_, _, gh) = run("eager", W, b, y, h, sv, ignore_index=IGNORE)
+    assert loss[3] == 0.0
+    assert np.all(gh[3] == 0.0)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_reduction(reduction):
+    W, b, y, h, sv = problem(5)
+    per_row = R.sampled_softmax_loss(W, b, y, h, sv, ignore_index=IGNORE)
+    loss, _ = run("eager", W, b, y, h, sv, ignore_index=IGNORE, reduction=reduction)
+    live = (y != IGNORE).any(axis=1)
+    expected = {"none": per_row, "sum": per_row.sum(), "mean": per_row.sum() / live.sum()}[reduction]
+    np.testing.assert_allclose(loss, expected, rtol=1e-12)
+
+
+def test_defaults_are_tf_nn():
+    W, b, y, h, sv = problem(6)
+    y = np.abs(y)
+    ours, _ = run("eager", W, b, y, h, sv, ignore_index=None, label_smoothing=0.0, subtract_log_q=True,
+                  reduction="none")
+    ref = tf.nn.sampled_softmax_loss(W, b, y, h, len(sv[0]), W.shape[0], num_true=2, sampled_values=sv).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("extras,error,match", [
+    (dict(reduction="avg"), SampledSoftmaxError, r"`reduction` must be one of 'none', 'mean', 'sum'; received 'avg'"),
+    (dict(label_smoothing=1.5), SampledSoftmaxError, r"`label_smoothing`"),
+    (dict(ignore_index="x"), TypeError, r"`ignore_index` must be an int or None; received str"),
+])
+def test_bad_extras(extras, error, match):
+    W, b, y, h, sv = problem(7)
+    with pytest.raises(error, match=match):
+        run("eager", W, b, np.abs(y), h, sv, **extras)
+
+
+def test_ignored_labels_with_the_default_sampler_are_not_drawn_against():
+    W, b, y, h, _ = problem(8)
+    loss = sst.sampled_softmax_loss(W, b, y, h, 10, W.shape[0], num_true=2, ignore_index=IGNORE, seed=3)
+    assert np.all(np.isfinite(loss.numpy())) and loss.numpy()[3] == 0.0
