@@ -366,6 +366,15 @@ def test_config_round_trip():
     assert loss.get_layer() is clone  # the most recent layer of that name
 
 
+def test_a_restored_loss_keeps_its_own_layer_when_another_of_its_name_appears():
+    first = SampledSoftmax(50, 5, name="head")
+    loss = SampledSoftmaxLoss.from_config(first.loss.get_config())
+    metric = SampledSoftmaxMetric.from_config(first.metric("accuracy").get_config())
+    second = SampledSoftmax(50, 5, name="head")  # another model's layer of the same name
+    assert loss.get_layer() is first and metric.get_layer() is first
+    assert SampledSoftmaxLoss.from_config(second.loss.get_config()).get_layer() is second
+
+
 def test_symbolic_model_builds_for_plain_and_sequence_outputs():
     head = SampledSoftmax(50, 5)
     assert tuple(head(keras.Input((16,))).shape) == (None, 50)

@@ -1,0 +1,89 @@
+"""``SampledSoftmaxLoss``: the loss of a ``SampledSoftmax`` layer, and Keras's loss reduction."""
+
+from __future__ import annotations
+
+import weakref
+
+from .. import SampledSoftmaxError
+from ._backend import get_keras_mask, get_tensor_attr, keras, ops
+from ._binding import _STATE_ATTR, _bound_layer, _warn_about_plain_metrics, bind_restored
+from .layers import SampledSoftmax, _shape
+
+
+def _reduce(losses, sample_weight, mask, reduction):
+    """Keras's loss reduction: masked positions weigh 0 and leave the mean's denominator."""
+    losses = ops.cast(losses, "float32")
+    weight = None
+    if mask is not None:
+        weight = ops.cast(mask, "float32")
+        if reduction in ("sum_over_batch_size", "mean"):
+            size = ops.cast(ops.size(weight), "float32")
+            weight = weight * ops.divide_no_nan(size, ops.sum(weight))
+    if sample_weight is not None:
+        sw = ops.cast(sample_weight, "float32")
+        while len(sw.shape) > len(losses.shape) and sw.shape[-1] == 1:
+            sw = ops.squeeze(sw, -1)
+        while len(sw.shape) < len(losses.shape):
+            sw = ops.expand_dims(sw, -1)
+        weight = sw if weight is None else weight * sw
+    weighted = losses if weight is None else losses * weight
+    if reduction in (None, "none"):
+        return weighted
+    total = ops.sum(weighted)
+    if reduction == "sum":
+        return total
+    if reduction == "mean_with_sample_weight" and weight is not None:
+        return ops.divide_no_nan(total, ops.sum(weight * ops.ones_like(losses)))
+    return ops.divide_no_nan(total, ops.cast(ops.size(losses), "float32"))
+
+
+@keras.saving.register_keras_serializable(package="sampled_softmax")
+class SampledSoftmaxLoss(keras.losses.Loss):
+    """The loss of a :class:`SampledSoftmax` layer (``layer.loss``): the sampled softmax loss
+    on the layer's training output, the exact cross-entropy on its full-softmax output.
+
+    Reduced like every Keras loss (``"sum_over_batch_size"`` by default), honouring the mask of
+    ``Embedding(mask_zero=True)`` and the layer's ``ignore_index``.
+    """
+
+    def __init__(self, layer=None, *, layer_name=None, reduction="sum_over_batch_size", name="sampled_softmax", **kwargs):
+        super().__init__(reduction=reduction, name=name, **kwargs)
+        if layer is not None and not isinstance(layer, SampledSoftmax):
+            raise TypeError(f"`layer` must be a SampledSoftmax layer; received {type(layer).__name__}")
+        # A weak reference, and a method rather than a property to reach it: Keras's saving walks
+        # every attribute, and layer -> loss -> layer would be a cycle it does not stop.
+        self._layer_ref = weakref.ref(layer) if layer is not None else None
+        self._layer_name = layer.name if layer is not None else layer_name
+        bind_restored(self)
+
+    def get_layer(self, y_pred=None) -> SampledSoftmax:
+        """The :class:`SampledSoftmax` layer this loss belongs to (the one that produced
+        ``y_pred``, when given)."""
+        return _bound_layer(self, "this loss", "compile with loss=layer.loss", y_pred)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # Keras's Loss.__call__ casts y_true to float; class ids must stay integers.
+        in_mask = get_keras_mask(y_pred)
+        losses = self.call(y_true, y_pred)
+        out_mask = get_keras_mask(losses)
+        if in_mask is not None and out_mask is not None:
+            mask = ops.logical_and(ops.cast(in_mask, "bool"), ops.cast(out_mask, "bool"))
+        else:
+            mask = in_mask if in_mask is not None else out_mask
+        return _reduce(losses, sample_weight, mask, self.reduction)
+
+    def call(self, y_true, y_pred):
+        layer = self.get_layer(y_pred)
+        y_true = ops.convert_to_tensor(y_true)
+        if layer._is_training_output(y_pred):
+            _warn_about_plain_metrics(layer)
+            return layer.sampled_loss(y_true, layer._split_training_output(y_pred)[0],
+                                      state=get_tensor_attr(y_pred, _STATE_ATTR))
+        if _shape(y_pred)[-1] != layer.num_classes:
+            raise SampledSoftmaxError(
+                f"`y_pred` must be the SampledSoftmax layer's output [..., {layer.num_classes}]; "
+                f"received shape {list(_shape(y_pred))}")
+        return layer.full_loss(y_true, y_pred)
+
+    def get_config(self):
+        return {"layer_name": self._layer_name, "reduction": self.reduction, "name": self.name}
