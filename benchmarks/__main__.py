@@ -47,10 +47,10 @@ def main(argv=None) -> int:
     lines = []
     if "loss" in parts:
         shape = dict(V=2000, S=20, D=16, B=8) if args.smoke else None
-        bar = harness.Progress(8 if args.smoke else (8 if args.quick else 30), "loss fwd+bwd")
+        step = harness.progress(8 if args.smoke else (8 if args.quick else 30), "loss fwd+bwd")
         res = loss_bench.run(quick=args.quick or args.smoke, seed=args.seed, shape=shape,
                              repeats=2 if args.smoke else 30, block=2 if args.smoke else 10,
-                             progress=lambda note: bar.step(note))
+                             progress=step)
         res["matmul_flops_per_s"] = loss_bench.matmul_rate(0.2 if args.smoke else 1.0)
         payload["loss"] = res
         lines += ["## Loss forward+backward, " + ", ".join(f"{k}={v}" for k, v in res["case"].items()), "",
@@ -73,16 +73,16 @@ def main(argv=None) -> int:
             vocabs = tuple(int(v) for v in args.vocabs.split(",")) if args.vocabs else (
                 sweeps.QUICK_VOCABS if args.quick else sweeps.VOCABS)
             case = dict(S=100, D=300, B=256)
-        bar = harness.Progress(len(vocabs) * 2, "loss against V")
+        step = harness.progress(len(vocabs) * 2, "loss against V")
         # --quick: the fast methods only, and no per-method memory (a fresh process each).
         sweep = sweeps.vocab_sweep(vocabs, **case, seed=args.seed, repeats=1 if args.smoke else (3 if args.quick else 10),
                                    methods=sweeps.FAST_METHODS if args.quick else sweeps.ALL_METHODS,
-                                   progress=lambda note: bar.step(note))
+                                   progress=step)
         memory_methods = () if args.quick else ("ours sparse",) if args.smoke else (
             "ours sparse", "tf.nn", "hand dense", "full softmax", "tf full softmax", "adaptive")
         mem = sweeps.memory_sweep(vocabs, **case, methods=memory_methods, progress=lambda note: None)
-        while bar.done < bar.total:
-            bar.step()
+        while step.bar.n < step.bar.total:
+            step()
         payload["vocab_sweep"], payload["memory_by_vocab"] = sweep, mem
         lines += ["## Loss forward+backward against V (" + ", ".join(f"{k}={v}" for k, v in case.items()) + ")", "",
                   "```", *sweeps.format_sweep(sweep), "```", "",
@@ -105,14 +105,14 @@ def main(argv=None) -> int:
     if "keras" in parts:
         from . import keras_fit
 
-        bar = harness.Progress(3, "keras train_on_batch")
-        res = keras_fit.run(quick=args.quick, smoke=args.smoke, progress=lambda note: bar.step(note))
+        step = harness.progress(3, "keras train_on_batch")
+        res = keras_fit.run(quick=args.quick, smoke=args.smoke, progress=step)
         payload["keras"] = res
         lines += ["## Keras train_on_batch per backend (" + ", ".join(f"{k}={v}" for k, v in res["case"].items())
                   + "; model in `benchmarks/keras_fit.py`)", "", "```", *keras_fit.format_rows(res), "```", ""]
     if "train" in parts and not args.smoke:
-        bar = harness.Progress(train_step.rounds(args.quick), "train step")
-        res = train_step.run(quick=args.quick, seed=args.seed, progress=lambda note: bar.step(note))
+        step = harness.progress(train_step.rounds(args.quick), "train step")
+        res = train_step.run(quick=args.quick, seed=args.seed, progress=step)
         payload["train"] = res
         lines += ["## Training step (forward, backward, optimizer)", ""]
         for name, group in res["groups"].items():

@@ -10,9 +10,25 @@ import statistics
 import subprocess
 import sys
 
-from sampled_softmax._progress import Progress  # noqa: F401  (re-exported for the suite)
 import time
 from typing import Callable
+
+
+def progress(total: int, label: str):
+    """The suite's progress bar (``tqdm``, on stderr): ``step(note)`` advances it by one."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=label, file=sys.stderr, dynamic_ncols=True)
+
+    def step(note: str = "") -> None:
+        if note:
+            bar.set_postfix_str(note, refresh=False)
+        bar.update()
+        if bar.n >= bar.total:
+            bar.close()
+
+    step.bar = bar
+    return step
 
 
 def environment(seed: int) -> dict:

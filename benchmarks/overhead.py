@@ -25,11 +25,11 @@ from .loss import TABLE1, tf_methods, torch_methods
 def run(*, repeats=40, block=10, seed=0) -> dict:
     import torch
 
-    from sampled_softmax.torch import LogUniformSampler, _compiled, sampled_softmax_loss
+    from sampled_softmax.torch import LogUniformSampler, compiled_core, compiled_core_status, sampled_softmax_loss
 
-    ext = _compiled.extension()
+    ext = compiled_core()
     if ext is None:
-        raise SystemExit(f"the compiled core is unavailable: {_compiled.unavailable_reason()}")
+        raise SystemExit(f"the compiled core is unavailable: {compiled_core_status()}")
     core = ext.sampled_softmax_core
     V, S, B = TABLE1["V"], TABLE1["S"], TABLE1["B"]
     fast, _, _, (W, b, h, y) = torch_methods(**TABLE1, seed=seed, with_full=False)

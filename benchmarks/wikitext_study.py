@@ -35,8 +35,8 @@ import time
 import numpy as np
 import torch
 
-from sampled_softmax.corpus import read_corpus, zipf_markov
-from sampled_softmax.demo import LanguageModel, add_training_arguments, train, windows
+from sampled_softmax.apps.corpus import read_corpus, zipf_markov
+from sampled_softmax.apps.demo import LanguageModel, add_training_arguments, train, windows
 
 SAMPLERS = ("unigram", "log_uniform", "uniform")
 

@@ -19,7 +19,7 @@ import time
 import keras
 import numpy as np
 
-from sampled_softmax.corpus import read_corpus
+from sampled_softmax.apps.corpus import read_corpus
 from sampled_softmax.keras import SampledSoftmax
 
 

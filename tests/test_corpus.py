@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sampled_softmax import SampledSoftmaxError
-from sampled_softmax.corpus import read_corpus, zipf_markov
+from sampled_softmax.apps.corpus import read_corpus, zipf_markov
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sampled_softmax.diagnose import estimate, random_problem  # noqa: E402
+from sampled_softmax.apps.diagnose import estimate, random_problem  # noqa: E402
 
 
 def test_every_class_once_with_a_uniform_sampler_is_exact():

@@ -21,7 +21,7 @@ def test_torch_recipe_learns_on_synthetic_data():
 
 def write_corpus(directory, tokens=30_000, vocab=300, seed=0):
     """A small text corpus from the generated Markov chain (words w0, w1, ...)."""
-    from sampled_softmax.corpus import zipf_markov
+    from sampled_softmax.apps.corpus import zipf_markov
 
     c = zipf_markov(vocab, tokens, tokens // 10, follow=0.7, seed=seed)
     for name, ids in (("train.txt", c.train), ("valid.txt", c.valid)):

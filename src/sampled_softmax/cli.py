@@ -37,9 +37,9 @@ def _info(_args) -> int:
             status = f"not importable ({exc})"
         print(f"{framework} {version}: sampled_softmax.{front_end} {status}")
         if front_end == "torch" and status == "importable":
-            from sampled_softmax.torch import _compiled
+            from sampled_softmax.torch import compiled_core_status
 
-            print("  " + _compiled.describe())
+            print("  " + compiled_core_status())
     for framework in KERAS_BACKENDS_ONLY:
         try:
             version = importlib.import_module(framework).__version__
@@ -49,19 +49,21 @@ def _info(_args) -> int:
     return 0
 
 
+BENCH_HOWTO = (
+    "sampled-softmax bench runs the benchmark suite of a source checkout (`benchmarks/` is not part of the "
+    "installed package): from the root of a clone of the repository, run `sampled-softmax bench [options]` "
+    "or `python -m benchmarks [options]`")
+
+
 def _bench(args) -> int:
-    # The suite lives in the source tree's `benchmarks/` (not shipped in the wheel).
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    for path in (os.getcwd(), root):
-        if os.path.isdir(os.path.join(path, "benchmarks")) and path not in sys.path:
-            sys.path.insert(0, path)
-    try:
-        from benchmarks.__main__ import main as bench_main
-    except ImportError:
-        print("sampled-softmax bench needs the source tree: run it from a checkout of the repository "
-              "(the `benchmarks/` directory is not part of the installed package)", file=sys.stderr)
+    """``python -m benchmarks`` in the current directory, when it is a checkout's root; else how to run it."""
+    import subprocess
+
+    here = os.getcwd()
+    if not os.path.isfile(os.path.join(here, "benchmarks", "__main__.py")):
+        print(BENCH_HOWTO, file=sys.stderr)
         return 2
-    return bench_main(args.rest)
+    return subprocess.call([sys.executable, "-m", "benchmarks", *args.rest], cwd=here)
 
 
 def _torch_command(module: str):
@@ -69,7 +71,7 @@ def _torch_command(module: str):
 
     def run(args) -> int:
         try:
-            command = importlib.import_module(f"sampled_softmax.{module}").main
+            command = importlib.import_module(f"sampled_softmax.apps.{module}").main
         except ImportError as exc:
             print(f"sampled-softmax {module} needs PyTorch (pip install 'sampled-softmax[torch]'): {exc}",
                   file=sys.stderr)

@@ -224,8 +224,8 @@ def sampled_softmax_loss(
         >>> from sampled_softmax import reference
         >>> W, h = np.eye(3, 2), np.array([[1.0, 2.0]])
         >>> sv = (np.array([1, 2]), np.ones((1, 1)), np.ones(2))
-        >>> reference.sampled_softmax_loss(W, None, np.array([0]), h, sv).round(4)
-        array([1.4076])
+        >>> round(float(reference.sampled_softmax_loss(W, None, np.array([0]), h, sv)[0]), 4)
+        1.4076
     """
     _check(weights, biases, labels, inputs, sampled_values, label_smoothing=label_smoothing, ignore_index=ignore_index)
     y = _as_2d_labels(labels)

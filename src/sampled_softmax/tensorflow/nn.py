@@ -210,8 +210,8 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_class
         >>> W, b = tf.eye(3, 2, dtype=tf.float64), tf.zeros(3, tf.float64)
         >>> sv = (tf.constant([1, 2], tf.int64), tf.ones([1, 1]), tf.ones([2]))
         >>> loss = sampled_softmax_loss(W, b, [[0]], tf.constant([[1.0, 2.0]], tf.float64), 2, 3, sampled_values=sv)
-        >>> [round(float(x), 4) for x in loss]
-        [1.4076]
+        >>> round(float(loss[0]), 4)
+        1.4076
     """
     with tf.name_scope(name):
         partition_strategy = "div"

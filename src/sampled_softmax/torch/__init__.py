@@ -4,6 +4,7 @@ the candidate samplers as modules, and ``SparseRowAdam`` for training steps that
 with the vocabulary. Imports PyTorch (and no other framework)."""
 
 from .. import SampledSoftmaxError, SampledValues
+from ._compiled import describe as compiled_core_status, extension as compiled_core, is_built as compiled_core_is_built
 from ._dispatch import Route, explain as explain_route
 from .functional import full_logits, full_softmax_loss, sampled_softmax_loss
 from .modules import SampledSoftmax, SampledSoftmaxLoss, SampledSoftmaxOutput
@@ -16,5 +17,5 @@ __all__ = [
     "sampled_softmax_loss", "full_softmax_loss", "full_logits", "SampledSoftmax", "SampledSoftmaxLoss",
     "SampledSoftmaxOutput", "CandidateSampler", "UniformSampler", "LogUniformSampler",
     "UnigramSampler", "LearnedUnigramSampler", "SparseRowAdam", "SampledValues", "SampledSoftmaxError",
-    "explain_route", "Route",
+    "explain_route", "Route", "compiled_core", "compiled_core_status", "compiled_core_is_built",
 ]

@@ -243,6 +243,8 @@ def describe() -> str:
     """One line for ``sampled-softmax info``: built or not, where, for which CPU."""
     if os.environ.get("SAMPLED_SOFTMAX_NO_COMPILE"):
         return "compiled core: off (SAMPLED_SOFTMAX_NO_COMPILE is set)"
+    if _state.get("why"):  # this process tried and failed
+        return f"compiled core: unavailable ({_state['why']})"
     import platform
 
     try:

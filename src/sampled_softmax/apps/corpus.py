@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import SampledSoftmaxError
+from .. import SampledSoftmaxError
 
 __all__ = ["Corpus", "read_corpus", "zipf_markov"]
 

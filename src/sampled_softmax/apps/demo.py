@@ -4,7 +4,7 @@ budget, compared on the exact full-softmax validation perplexity. PyTorch.
 
 Without ``--corpus`` it needs no download: the text is a generated Markov chain over a
 Zipf-distributed 50k-word vocabulary whose entropy rate is known, so the best perplexity any
-model can reach is printed beside the results (:func:`sampled_softmax.corpus.zipf_markov`).
+model can reach is printed beside the results (:func:`sampled_softmax.apps.corpus.zipf_markov`).
 
 The model: ``Embedding(V, D)``, one ``LSTM(D, D)`` layer, then the output layer under test.
 Full and adaptive softmax train with ``torch.optim.Adam``; sampled softmax with the library's
@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._progress import Progress
+from ._progress import progress_bar
 from .corpus import Corpus, read_corpus, zipf_markov
-from .torch import LogUniformSampler, SampledSoftmaxLoss, SparseRowAdam, UniformSampler, UnigramSampler
+from ..torch import LogUniformSampler, SampledSoftmaxLoss, SparseRowAdam, UniformSampler, UnigramSampler
 
 METHODS = ("full", "sampled-log-uniform", "sampled-unigram", "adaptive")
 LABELS = {
@@ -138,7 +138,7 @@ def train(model: LanguageModel, corpus: Corpus, *, budget: float, batch: int, se
     starts_max = corpus.train.size - seq_len - 1
     offsets = np.arange(seq_len + 1)
     curve_times, milestones = sorted(curve_times), sorted(milestones)
-    bar = Progress(len(curve_times), f"{label:<31}")
+    bar = progress_bar(len(curve_times), f"{label:<31}")
     curve, at_milestones, steps, trained, clock = [], [], 0, 0.0, 0.0
     while clock < budget:
         idx = rng.integers(0, starts_max, batch)[:, None] + offsets
@@ -157,13 +157,14 @@ def train(model: LanguageModel, corpus: Corpus, *, budget: float, batch: int, se
             curve_times.pop(0)
             ppl = perplexity(model, curve_valid)
             curve.append((trained, ppl))
-            bar.step(f"{trained:6.1f}s ppl {ppl:8.1f}")
+            bar.set_postfix_str(f"{trained:6.1f}s ppl {ppl:8.1f}", refresh=False)
+            bar.update()
         while milestones and (clock >= milestones[0] or clock >= budget):
             milestones.pop(0)
             at_milestones.append({"wall_s": trained, "steps": steps,
                                   "valid_perplexity": perplexity(model, milestone_valid)})
-    while bar.done < bar.total:
-        bar.step()
+    bar.update(bar.total - bar.n)
+    bar.close()
     return {"steps": steps, "wall_s": trained, "steps_per_s": steps / trained,
             "tokens_per_s": steps * batch * seq_len / trained, "curve": curve, "milestones": at_milestones}
 
@@ -308,12 +309,12 @@ def main(argv=None) -> int:
     if any(m != "full" for m in methods):
         # Build (or load) the compiled core before any clock starts: a first run on a machine
         # must not time the build as training.
-        from .torch import _compiled
+        from ..torch import compiled_core, compiled_core_is_built
 
-        if not _compiled.is_built():
+        if not compiled_core_is_built():
             print("building PyTorch's compiled core first (once per machine, 1-3 minutes, not counted "
                   "in the budget) ...", flush=True)
-        _compiled.extension()
+        compiled_core()
     results = [train_for(m, corpus, args, curve_valid, final_valid) for m in methods]
     print()
     print(table(results, corpus))

@@ -24,9 +24,9 @@ import os
 import numpy as np
 import torch
 
-from ._progress import Progress
-from .torch import LogUniformSampler, UniformSampler, UnigramSampler
-from .torch.functional import full_softmax_loss, sampled_softmax_loss
+from ._progress import progress_bar
+from ..torch import LogUniformSampler, UniformSampler, UnigramSampler
+from ..torch import full_softmax_loss, sampled_softmax_loss
 
 DRAWS = ("unique", "unique_exact", "with_replacement")
 
@@ -194,11 +194,11 @@ def main(argv=None) -> int:
     draws = [d for d in args.draws.split(",") if d]
     samplers = [s for s in args.samplers.split(",") if s]
     total = len(sizes) * len(draws) * len(samplers)
-    bar = Progress(total, "diagnose")
-    rows, (full_loss, full_db) = estimate(W, b, h, y, counts, sizes=sizes, draws=draws, samplers=samplers,
-                                          repeats=args.repeats, seed=args.seed, progress=bar.step)
-    while bar.done < bar.total:
-        bar.step()
+    with progress_bar(total, "diagnose") as bar:
+        rows, (full_loss, full_db) = estimate(W, b, h, y, counts, sizes=sizes, draws=draws, samplers=samplers,
+                                              repeats=args.repeats, seed=args.seed,
+                                              progress=lambda note: (bar.set_postfix_str(note, refresh=False),
+                                                                     bar.update()))
     print(f"{source}; exact full-softmax loss {full_loss:.4f}; {args.repeats} draws per setting")
     print(format_table(rows))
     os.makedirs(args.out, exist_ok=True)
