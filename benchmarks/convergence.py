@@ -2,7 +2,7 @@
 
 A trigram MLP language model (two previous words -> embedding -> tanh layer -> output layer)
 is trained on a corpus directory holding ``train.txt``/``valid.txt`` (default: Penn Treebank
-under ``../shared/data/ptb``, read by path, never copied) with ``SampledSoftmaxLoss(sparse=True)``
+under ``../shared/data/ptb``, read by path, never copied) with ``SampledSoftmax(sparse=True)``
 and each optimizer for the class table, from the same seed and data order:
 
 * ``SparseAdam``: ``torch.optim.SparseAdam`` (two dense ``[V, D]`` moment tables);
@@ -56,13 +56,13 @@ def load_corpus(directory):
 def train_one(optimizer_name, train_ids, valid_ids, V, *, steps, D=128, S=256, B=512, lr=2e-3, seed=0):
     import torch
 
-    from sampled_softmax.torch import SampledSoftmaxLoss, SparseRowAdam
+    from sampled_softmax.torch import SampledSoftmax, SparseRowAdam
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     emb = torch.nn.Embedding(V, D)
     body = torch.nn.Sequential(torch.nn.Linear(2 * D, D), torch.nn.Tanh())
-    head = SampledSoftmaxLoss(D, V, S, sparse=True)
+    head = SampledSoftmax(D, V, S, sparse=True)
     dense_opt = torch.optim.Adam(list(emb.parameters()) + list(body.parameters()), lr=lr)
     if optimizer_name == "SparseAdam":
         head_opt = torch.optim.SparseAdam(list(head.parameters()), lr=lr)

@@ -3,7 +3,7 @@
 The model: ``h = tanh(Linear(D, D)(x))`` (the rest of the model, updated by ``torch.optim.Adam``)
 followed by an output layer over ``V`` classes. Methods:
 
-* ``recipe``: ``SampledSoftmaxLoss(sparse=True)`` with ``SparseRowAdam`` for the class table
+* ``recipe``: ``SampledSoftmax(sparse=True)`` with ``SparseRowAdam`` for the class table
   (the library's documented recipe).
 * ``recipe rowwise``: the same with ``SparseRowAdam(rowwise=True)`` (one second moment per row).
 * ``recipe compiled``: the recipe with its forward (model and loss) in
@@ -35,7 +35,7 @@ def build(method: str, V: int, *, S=100, D=300, B=256, seed=0, body=True):
     import torch
     import torch.nn.functional as F
 
-    from sampled_softmax.torch import LogUniformSampler, SampledSoftmaxLoss, SparseRowAdam
+    from sampled_softmax.torch import LogUniformSampler, SampledSoftmax, SparseRowAdam
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, D, generator=g)
@@ -59,12 +59,12 @@ def build(method: str, V: int, *, S=100, D=300, B=256, seed=0, body=True):
         return step
 
     if method in ("recipe", "recipe rowwise"):
-        head = SampledSoftmaxLoss(D, V, S, sparse=True)
+        head = SampledSoftmax(D, V, S, sparse=True)
         head_opt = SparseRowAdam(head.parameters(), lr=1e-3, rowwise=method == "recipe rowwise")
         return make_step(lambda: head(hidden(), y, generator=g).loss, head_opt), (layer, *rest_opts, head, head_opt)
 
     if method == "recipe compiled":
-        head = SampledSoftmaxLoss(D, V, S, sparse=True)
+        head = SampledSoftmax(D, V, S, sparse=True)
         head_opt = SparseRowAdam(head.parameters(), lr=1e-3)
         torch.manual_seed(seed)
         forward = torch.compile(lambda: head(hidden(), y).loss, fullgraph=True)

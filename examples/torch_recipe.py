@@ -1,7 +1,7 @@
 """A training step whose cost does not grow with the vocabulary, in PyTorch.
 
 The recipe:
-1. ``SampledSoftmaxLoss(..., sparse=True)`` as the output layer: each step reads and writes
+1. ``SampledSoftmax(..., sparse=True)`` as the output layer: each step reads and writes
    only the ``B*T + S`` rows of the class table it touches, as sparse gradients. Any other
    ``[V, ...]`` table (an input ``nn.Embedding``) gets ``sparse=True`` too.
 2. ``SparseRowAdam`` for every such table: Adam on the touched rows only (``rowwise=True``
@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from sampled_softmax.torch import SampledSoftmaxLoss, SparseRowAdam
+from sampled_softmax.torch import SampledSoftmax, SparseRowAdam
 
 
 def synthetic(vocab: int, tokens: int, seed: int = 0):
@@ -64,7 +64,7 @@ class BigramLM(torch.nn.Module):
         super().__init__()
         self.embed = torch.nn.Embedding(vocab, dim, sparse=True)
         self.hidden = torch.nn.Sequential(torch.nn.Linear(dim, dim), torch.nn.Tanh())
-        self.output = SampledSoftmaxLoss(dim, vocab, num_sampled, sparse=True)
+        self.output = SampledSoftmax(dim, vocab, num_sampled, sparse=True)
 
     def forward(self, prev, target):
         return self.output(self.hidden(self.embed(prev)), target)

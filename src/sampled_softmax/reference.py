@@ -205,6 +205,19 @@ def _softmax_xent(logits, keep, target):
 # The sampled softmax loss: the three stages
 
 
+def _softmax_stages(weights, biases, labels, inputs, sampled_values, remove_accidental_hits, subtract_log_q,
+                    label_smoothing, ignore_index):
+    """The checked arguments through the three stages: ``(loss [B], d loss / d logits, ids)``."""
+    _check(weights, biases, labels, inputs, sampled_values, label_smoothing=label_smoothing, ignore_index=ignore_index)
+    y = _as_2d_labels(labels)
+    logits, keep, ids = _sampled_logits(
+        weights, biases, y, inputs, sampled_values, remove_accidental_hits=remove_accidental_hits,
+        subtract_log_q=subtract_log_q, ignore_index=ignore_index,
+    )
+    loss, g = softmax_head(logits, keep, y.shape[1], label_smoothing)
+    return loss, g, ids
+
+
 def sampled_softmax_loss(
     weights, biases, labels, inputs, sampled_values, *,
     remove_accidental_hits=True, subtract_log_q=True, label_smoothing=0.0, ignore_index=None,
@@ -227,13 +240,8 @@ def sampled_softmax_loss(
         >>> round(float(reference.sampled_softmax_loss(W, None, np.array([0]), h, sv)[0]), 4)
         1.4076
     """
-    _check(weights, biases, labels, inputs, sampled_values, label_smoothing=label_smoothing, ignore_index=ignore_index)
-    y = _as_2d_labels(labels)
-    logits, keep, _ = _sampled_logits(
-        weights, biases, y, inputs, sampled_values, remove_accidental_hits=remove_accidental_hits,
-        subtract_log_q=subtract_log_q, ignore_index=ignore_index,
-    )
-    loss, _ = softmax_head(logits, keep, y.shape[1], label_smoothing)
+    loss, _, _ = _softmax_stages(weights, biases, labels, inputs, sampled_values, remove_accidental_hits,
+                                 subtract_log_q, label_smoothing, ignore_index)
     return loss
 
 
@@ -243,13 +251,8 @@ def sampled_softmax_grads(
 ):
     """Analytic gradients of ``sum_i grad_loss_i * loss_i``: ``(d_inputs, d_weights, d_biases)``
     (:func:`softmax_head`'s gradient through :func:`corrected_logits_grads`)."""
-    _check(weights, biases, labels, inputs, sampled_values, label_smoothing=label_smoothing, ignore_index=ignore_index)
-    y = _as_2d_labels(labels)
-    logits, keep, ids = _sampled_logits(
-        weights, biases, y, inputs, sampled_values, remove_accidental_hits=remove_accidental_hits,
-        subtract_log_q=subtract_log_q, ignore_index=ignore_index,
-    )
-    _, g = softmax_head(logits, keep, y.shape[1], label_smoothing)
+    _, g, ids = _softmax_stages(weights, biases, labels, inputs, sampled_values, remove_accidental_hits,
+                                subtract_log_q, label_smoothing, ignore_index)
     if grad_loss is not None:
         g = g * np.asarray(grad_loss, np.float64)[:, None]
     return corrected_logits_grads(weights, biases, inputs, ids, g)

@@ -28,7 +28,7 @@ from torch import nn
 
 from ._progress import progress_bar
 from .corpus import Corpus, read_corpus, zipf_markov
-from ..torch import LogUniformSampler, SampledSoftmaxLoss, SparseRowAdam, UniformSampler, UnigramSampler
+from ..torch import LogUniformSampler, SampledSoftmax, SparseRowAdam, UniformSampler, UnigramSampler
 
 METHODS = ("full", "sampled-log-uniform", "sampled-unigram", "adaptive")
 LABELS = {
@@ -46,7 +46,7 @@ class LanguageModel(nn.Module):
     """``Embedding -> dropout -> LSTM -> dropout -> output layer``.
 
     ``head``: ``"full"`` (``nn.Linear`` + cross-entropy), ``"adaptive"``
-    (``nn.AdaptiveLogSoftmaxWithLoss``) or ``"sampled"`` (:class:`SampledSoftmaxLoss` with
+    (``nn.AdaptiveLogSoftmaxWithLoss``) or ``"sampled"`` (:class:`SampledSoftmax` with
     ``sampler`` in ``"log_uniform"``, ``"uniform"``, ``"unigram"`` (training counts + 1 raised
     to ``distortion``) drawn as ``draw``).
     """
@@ -76,7 +76,7 @@ class LanguageModel(nn.Module):
                 q = (LogUniformSampler if sampler == "log_uniform" else UniformSampler)(vocab_size, draw=draw)
             else:
                 raise ValueError(f"`sampler` must be 'log_uniform', 'uniform' or 'unigram'; received {sampler!r}")
-            self.out = SampledSoftmaxLoss(dim, vocab_size, num_sampled, sampler=q, sparse=True)
+            self.out = SampledSoftmax(dim, vocab_size, num_sampled, sampler=q, sparse=True)
 
     def hidden(self, tokens):
         return self.drop(self.rnn(self.drop(self.embed(tokens)))[0])

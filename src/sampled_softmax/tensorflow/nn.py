@@ -11,6 +11,8 @@ head, in one ``tf.custom_gradient`` with an explicit backward.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import tensorflow as tf
 
 from .. import _validation as V
@@ -158,10 +160,11 @@ def _reduce(loss, live, reduction):
     return tf.reduce_sum(loss) / count
 
 
-def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_classes, num_true=1,
-                         sampled_values=None, remove_accidental_hits=True, seed=None,
-                         name="sampled_softmax_loss", *, ignore_index=None, label_smoothing=0.0,
-                         subtract_log_q=True, reduction="none"):
+def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled: int, num_classes: int, num_true: int = 1,
+                         sampled_values=None, remove_accidental_hits: bool = True, seed: int | None = None,
+                         name: str = "sampled_softmax_loss", *, ignore_index: int | None = None,
+                         label_smoothing: float = 0.0, subtract_log_q: bool = True,
+                         reduction: Literal["none", "mean", "sum"] = "none") -> tf.Tensor:
     r"""Sampled softmax training loss: ``tf.nn.sampled_softmax_loss``'s signature and output.
 
     Per row ``i``, with candidates ``c`` shared by the batch and expected counts ``E``:
@@ -251,7 +254,7 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_class
         return _reduce(loss, None if keep_true is None else tf.reduce_any(keep_true, axis=1), reduction)
 
 
-def full_logits(weights, biases, inputs, name="full_logits"):
+def full_logits(weights, biases, inputs, name: str = "full_logits") -> tf.Tensor:
     """Exact logits ``inputs @ W^T + b``, ``[batch, num_classes]``, from one table or ``"div"`` shards."""
     with tf.name_scope(name):
         shards = _shards(weights)
@@ -265,7 +268,8 @@ def full_logits(weights, biases, inputs, name="full_logits"):
         return logits + tf.cast(b_shards[0] if len(b_shards) == 1 else tf.concat(b_shards, 0), cdt)
 
 
-def full_softmax_loss(weights, biases, labels, inputs, num_classes=None, num_true=1, name="full_softmax_loss"):
+def full_softmax_loss(weights, biases, labels, inputs, num_classes: int | None = None, num_true: int = 1,
+                      name: str = "full_softmax_loss") -> tf.Tensor:
     """Exact softmax cross-entropy over all classes, for evaluation: ``[batch]``.
 
     Same weights, biases and labels as :func:`sampled_softmax_loss`; with ``num_true > 1`` the

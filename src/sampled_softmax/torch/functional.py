@@ -15,7 +15,7 @@ import contextlib
 import functools
 import math
 import re
-from typing import Sequence, Union
+from typing import Literal, Sequence, Union
 
 import torch
 
@@ -36,7 +36,10 @@ from .samplers import CandidateSampler, check_generator, make_sampler, sampler_t
 
 __all__ = ["sampled_softmax_loss", "full_softmax_loss", "full_logits"]
 
-Tables = Union[torch.Tensor, Sequence[torch.Tensor]]
+Tables = Union[torch.Tensor, Sequence[torch.Tensor]]  # one [V, ...] table or its shards
+Reduction = Literal["none", "mean", "sum"]
+Partition = Literal["div", "mod"]
+Implementation = Literal["auto", "compiled", "python"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -59,11 +62,13 @@ def _reduce(per_row: torch.Tensor, live: torch.Tensor | None, reduction: str, le
 
 
 def sampled_softmax_loss(
-    weights, biases, labels, inputs, num_sampled, num_classes, num_true=1, sampled_values=None,
-    remove_accidental_hits=True, *, sampler="log_uniform", reduction="none", ignore_index=None,
-    label_smoothing=0.0, generator=None, partition_strategy="div", subtract_log_q=True,
-    sparse=False, return_log_prob=False, implementation="auto",
-):
+    weights: Tables, biases: Tables | None, labels: torch.Tensor, inputs: torch.Tensor, num_sampled: int,
+    num_classes: int, num_true: int = 1, sampled_values: Sequence | None = None, remove_accidental_hits: bool = True,
+    *, sampler: str | CandidateSampler = "log_uniform", reduction: Reduction = "none", ignore_index: int | None = None,
+    label_smoothing: float = 0.0, generator: torch.Generator | None = None, partition_strategy: Partition = "div",
+    subtract_log_q: bool = True, sparse: bool = False, return_log_prob: bool = False,
+    implementation: Implementation = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""Sampled softmax loss (Jean et al. 2014), the semantics of ``tf.nn.sampled_softmax_loss``.
 
     Draws one set of ``S`` candidate classes ``c`` for the whole batch and computes, per row,
@@ -319,7 +324,8 @@ def _loss_obstacle(shards, biases, h, t, valid, label_smoothing):
                                    (h.dtype, shards[0].dtype, None if biases is None else biases.dtype))
 
 
-def full_logits(weights, biases, inputs, *, partition_strategy="div") -> torch.Tensor:
+def full_logits(weights: Tables, biases: torch.Tensor | None, inputs: torch.Tensor, *,
+                partition_strategy: Partition = "div") -> torch.Tensor:
     """Exact logits ``inputs @ W^T + b``, ``[..., V]``, from one table or shards."""
     shards = _shards(weights)
     if len(shards) > 1:
@@ -330,9 +336,10 @@ def full_logits(weights, biases, inputs, *, partition_strategy="div") -> torch.T
 
 
 def full_softmax_loss(
-    weights, biases, labels, inputs, *, reduction="none", ignore_index=None, label_smoothing=0.0,
-    partition_strategy="div", return_log_prob=False,
-):
+    weights: Tables, biases: Tables | None, labels: torch.Tensor, inputs: torch.Tensor, *,
+    reduction: Reduction = "none", ignore_index: int | None = None, label_smoothing: float = 0.0,
+    partition_strategy: Partition = "div", return_log_prob: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""Exact softmax cross-entropy over all ``V`` classes, for evaluation.
 
     .. math:: \ell_i = -\frac{1 - \epsilon}{T}\sum_j \log p(y_{ij} \mid h_i) - \frac{\epsilon}{V}\sum_k \log p(k \mid h_i),

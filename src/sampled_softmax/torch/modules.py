@@ -4,7 +4,7 @@ with sampled softmax and evaluates exactly."""
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -12,7 +12,7 @@ from torch import nn
 from .. import _validation as V
 from ._dispatch import IMPLEMENTATIONS
 from .functional import full_logits, full_softmax_loss, sampled_softmax_loss
-from .samplers import make_sampler
+from .samplers import CandidateSampler, make_sampler
 
 __all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxOutput"]
 
@@ -70,10 +70,12 @@ class SampledSoftmax(nn.Module):
         torch.Size([4, 1000])
     """
 
-    def __init__(self, in_features, num_classes, num_sampled, *, sampler="log_uniform", bias=True,
-                 weight=None, remove_accidental_hits=True, sparse=False, reduction="mean",
-                 ignore_index=-100, label_smoothing=0.0, subtract_log_q=True, implementation="auto",
-                 device=None, dtype=None):
+    def __init__(self, in_features: int, num_classes: int, num_sampled: int, *,
+                 sampler: str | CandidateSampler = "log_uniform", bias: bool = True,
+                 weight: torch.nn.Parameter | None = None, remove_accidental_hits: bool = True, sparse: bool = False,
+                 reduction: Literal["none", "mean", "sum"] = "mean", ignore_index: int | None = -100,
+                 label_smoothing: float = 0.0, subtract_log_q: bool = True,
+                 implementation: Literal["auto", "compiled", "python"] = "auto", device=None, dtype=None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.in_features = V.check_positive_int("in_features", in_features)

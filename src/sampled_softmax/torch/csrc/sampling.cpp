@@ -6,7 +6,7 @@
 //   Draws the candidates as `sampled_softmax.torch.samplers` does (the same uniforms from the
 //   same generator, in the same order, the same classes, the same float32 expected counts), then
 //   the loss of loss.cpp. Parity with the Python sampler depends on consuming the uniforms in
-//   its order: change both or neither (tests/torch/test_compiled.py compares them draw for draw).
+//   its order: change both or neither (tests/frontends/torch/test_torch_compiled.py compares them draw for draw).
 //   None, before drawing anything, when a label is outside [0, V) or equals ignore_index: the
 //   caller's general path then reports the error or handles the ignored labels.
 #include <algorithm>

@@ -9,7 +9,7 @@ import pytest
 from sampled_softmax import SampledSoftmaxError
 from sampled_softmax.apps.corpus import read_corpus, zipf_markov
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
 
 
 def test_entropy_rate_matches_the_transition_matrix():

@@ -63,7 +63,7 @@ def tensorflow_loss(W, b, y, h, sv, kw):
 
 def keras_loss(W, b, y, h, sv, kw):
     pytest.importorskip("keras")
-    from test_keras import built_layer, sampled_loss_and_grads
+    from keras_layer_helpers import built_layer, sampled_loss_and_grads
 
     layer = built_layer(W, b, num_sampled=1, num_true=y.shape[1], remove_accidental_hits=kw["remove_accidental_hits"],
                         subtract_log_q=kw["subtract_log_q"], label_smoothing=kw["label_smoothing"],

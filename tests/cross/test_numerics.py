@@ -156,7 +156,7 @@ def test_low_precision_inputs_accumulate_in_float32(front, dtype):
         loss = loss.numpy()
     else:
         keras = pytest.importorskip("keras")
-        from test_keras import built_layer
+        from keras_layer_helpers import built_layer
 
         layer = built_layer(W, b, dtype=f"mixed_{dtype}")
         out = layer.sampled_loss(keras.ops.convert_to_tensor(y), keras.ops.cast(keras.ops.convert_to_tensor(h), dtype),
