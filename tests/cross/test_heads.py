@@ -31,7 +31,7 @@ def reference_loss_and_grads(W, b, y, h, sv):
 def test_a_sigmoid_head_in_pytorch(rng, T):
     torch = pytest.importorskip("torch")
     from sampled_softmax.torch._autograd import Head, SampledLoss
-    from sampled_softmax.torch._columns import columns
+    from sampled_softmax.torch._columns import candidate_columns
     from sampled_softmax.torch._rows import _Spec
 
     # -- the head, PyTorch: forward over the row logits (removed columns are -inf), backward
@@ -54,7 +54,7 @@ def test_a_sigmoid_head_in_pytorch(rng, T):
     W, b, y, h, sv = random_problem(rng, T=T)
     Wt, bt, ht = (torch.tensor(x, requires_grad=True) for x in (W, b, h))
     cand, tc, sc = (torch.as_tensor(v) for v in sv)
-    ids, logq, removed = columns(torch.as_tensor(y), None, cand, tc, sc, torch.float64, True, True, False)
+    ids, logq, removed = candidate_columns(torch.as_tensor(y), None, cand, tc, sc, torch.float64, True, True, False)
     loss, _ = SampledLoss.apply(sigmoid, ht, ids, logq, None, removed, _Spec(T, (), "div", 0.0, False), bt, Wt)
     loss.sum().backward()
     ref_loss, (gh, gW, gb) = reference_loss_and_grads(W, b, y, h, sv)
@@ -91,3 +91,57 @@ def test_a_sigmoid_head_in_tensorflow(rng, T):
     np.testing.assert_allclose(loss.numpy(), ref_loss, rtol=1e-12)
     for ours, ref in zip(grads, ref_grads):
         np.testing.assert_allclose(tf.convert_to_tensor(ours).numpy(), ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("T", [1, 2])
+def test_a_sigmoid_head_in_keras(rng, T):
+    keras = pytest.importorskip("keras")
+    from keras import ops
+
+    from keras_layer_helpers import BACKEND
+    from sampled_softmax.keras._stages import candidate_columns, corrected_logits
+
+    # -- the head, Keras: the loss over the kept columns (Keras differentiates it)
+    def sigmoid(logits, keep):
+        target = ops.concatenate([ops.ones_like(logits[:, :T]), ops.zeros_like(logits[:, T:])], axis=1)
+        z = ops.where(keep, logits, 0.0)
+        per_column = ops.maximum(z, 0.0) - z * target + ops.log1p(ops.exp(-ops.abs(z)))
+        return ops.sum(ops.where(keep, per_column, 0.0), axis=1)
+    # -- end of the head
+
+    W, b, y, h, sv = random_problem(rng, T=T)
+    cand, tc, sc = (ops.convert_to_tensor(v) for v in (sv[0].astype("int32"), sv[1].astype("float32"),
+                                                     sv[2].astype("float32")))
+    y32 = ops.convert_to_tensor(y.astype("int32"))
+
+    def loss_of(h_, W_, b_):
+        ids, log_q, keep = candidate_columns(y32, ops.ones_like(y32, dtype="bool"), cand, tc, sc,
+                                             remove_accidental_hits=True, subtract_log_q=True)
+        logits = corrected_logits(h_, ops.take(W_, ids, axis=0), ops.take(b_, ids, axis=0), log_q, keep, T)
+        return sigmoid(logits, keep)
+
+    args = [np.asarray(x, np.float32) for x in (h, W, b)]
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        variables = [tf.Variable(a) for a in args]
+        with tf.GradientTape() as tape:
+            loss = loss_of(*variables)
+            total = tf.reduce_sum(loss)
+        grads = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(total, variables)]
+    elif BACKEND == "jax":
+        import jax
+
+        loss = loss_of(*args)
+        grads = jax.grad(lambda *a: ops.sum(loss_of(*a)), argnums=(0, 1, 2))(*args)
+    else:
+        import torch
+
+        variables = [torch.tensor(a, requires_grad=True) for a in args]
+        loss = loss_of(*variables)
+        loss.sum().backward()
+        grads = [v.grad for v in variables]
+    ref_loss, ref_grads = reference_loss_and_grads(W, b, y, h, sv)
+    np.testing.assert_allclose(ops.convert_to_numpy(loss), ref_loss, rtol=1e-4, atol=1e-4)
+    for ours, ref in zip(grads, ref_grads):
+        np.testing.assert_allclose(ops.convert_to_numpy(ours), ref, rtol=1e-4, atol=1e-4)

@@ -15,6 +15,7 @@ from ._backend import (
     _sum_over_replicas, _take_rows, get_tensor_attr, keras, ops, set_keras_mask, set_tensor_attr,
 )
 from ._binding import _OWNER_ATTR, _STATE_ATTR, _check_compiled_loss, _find_upstream_layer, register
+from ._stages import candidate_columns, corrected_logits, softmax_head
 from .samplers import DRAWS, SAMPLERS, draw, expected_counts, uniforms
 
 if TYPE_CHECKING:
@@ -406,36 +407,17 @@ class SampledSoftmax(keras.layers.Layer):
                 true_count = ops.broadcast_to(true_count, (ops.shape(y2)[0], T))
             true_count = ops.reshape(true_count, (-1, T))
             samp_count = ops.cast(samp_count, "float32")
-        n = ops.shape(y2)[0]
-        ids = ops.concatenate([ops.reshape(y_safe, (-1,)), cand], axis=0)
+        ids, log_q, keep = candidate_columns(y2, valid, cand, true_count, samp_count,
+                                             remove_accidental_hits=self.remove_accidental_hits,
+                                             subtract_log_q=self.subtract_log_q)
         table = self.table if state is None else state["table"]
         rows = ops.cast(_take_rows(table, ids), "float32")  # one gather: sparse rows on TF
-        true_rows = ops.reshape(rows[: n * T], (n, T, self.input_dim))
-        cand_rows = rows[n * T:]
-        t = ops.sum(ops.expand_dims(h, 1) * true_rows, axis=-1)
-        s = ops.matmul(h, ops.transpose(cand_rows))
+        bias_rows = None
         if self.use_bias:
-            b = ops.cast(_take_rows(self.bias if state is None else state["bias"], ids), "float32")
-            t = t + ops.reshape(b[: n * T], (n, T))
-            s = s + b[n * T:]
-        padding = ops.logical_not(ops.isfinite(samp_count))
-        if self.subtract_log_q:
-            t = t - ops.log(ops.where(valid, true_count, 1.0))
-            s = s - ops.log(ops.where(padding, 1.0, samp_count))
-        keep_s = ops.logical_and(ops.logical_not(padding)[None, :], ops.ones_like(s, dtype="bool"))
-        if self.remove_accidental_hits:
-            hits = ops.logical_and(ops.equal(ops.reshape(cand, (1, 1, -1)), y2[:, :, None]), valid[:, :, None])
-            keep_s = ops.logical_and(keep_s, ops.logical_not(ops.any(hits, axis=1)))
-        keep = ops.concatenate([valid, keep_s], axis=1)
-        logits = ops.where(keep, ops.concatenate([t, s], axis=1), np.finfo(np.float32).min)
-        n_true = ops.sum(ops.cast(valid, "float32"), axis=1, keepdims=True)
-        n_kept = ops.sum(ops.cast(keep, "float32"), axis=1, keepdims=True)
-        eps = self.label_smoothing
-        on_true = ops.concatenate([ops.ones_like(t), ops.zeros_like(s)], axis=1)
-        target = ops.where(keep, on_true * (1.0 - eps) / ops.maximum(n_true, 1.0) + eps / n_kept, 0.0)
-        loss = ops.logsumexp(logits, axis=1) - ops.sum(target * ops.where(keep, logits, 0.0), axis=1)
-        live = n_true[:, 0] > 0
-        loss = self._nan_if_out_of_range(ops.where(live, loss, 0.0), y2, valid)
+            bias_rows = ops.cast(_take_rows(self.bias if state is None else state["bias"], ids), "float32")
+        logits = corrected_logits(h, rows, bias_rows, log_q, keep, T)
+        loss, live = softmax_head(logits, keep, T, self.label_smoothing)
+        loss = self._nan_if_out_of_range(loss, y2, valid)
         return self._with_padding_mask(ops.reshape(loss, ops.shape(inputs)[:-1]), live)
 
     def _checked_sampled_values(self, sampled_values, y2, valid):
@@ -466,7 +448,7 @@ class SampledSoftmax(keras.layers.Layer):
         if eps:
             loss = loss - eps * ops.mean(logp, axis=1)
         live = n_true > 0
-        loss = self._nan_if_out_of_range(ops.where(live, loss, 0.0), y2, valid)
+        loss = self._nan_if_out_of_range(loss, y2, valid)
         return self._with_padding_mask(ops.reshape(loss, ops.shape(y_pred)[:-1]), live)
 
     def _nan_if_out_of_range(self, loss, y2, valid):

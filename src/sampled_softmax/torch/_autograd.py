@@ -1,11 +1,11 @@
 """Stages 2 and 3 of the pipeline, and the autograd Function that joins them.
 
-* :func:`sampled_logits_forward` / :func:`sampled_logits_backward`: the corrected logits
+* :func:`corrected_logits_forward` / :func:`corrected_logits_backward`: the corrected logits
   ``o_ik = h_i . W_k + b_k - log E(k)`` of every row's true columns and candidates (removed
   columns at ``-inf``), from the gathered rows, and the gradients of ``h``, the rows and the
   biases from ``d loss / d o``. Shared by every head.
 * A head turns the ``[N, T + S]`` logits into per-row losses and, backward, gives
-  ``d loss / d o``. :data:`SOFTMAX` is the sampled softmax cross-entropy; a new loss (NCE's
+  ``d loss / d o``. :data:`softmax_head` is the sampled softmax cross-entropy; a new loss (NCE's
   sigmoid, the in-batch softmax) is a new :class:`Head`, nothing more.
 * :class:`SampledLoss`: the ``autograd.Function`` that runs rows → logits → head forward and
   head → logits → scatter backward (dense, or sparse rows without those of ignored labels).
@@ -38,11 +38,11 @@ def _check_once_differentiable() -> None:
 # Stage 2: corrected logits
 
 
-def sampled_logits_forward(h, ids, logq, keep_true, removed_cand, spec: _Spec, bias, shards):
+def corrected_logits_forward(h, ids, logq, keep_true, removed_cand, spec: _Spec, bias, shards):
     """``(logits [N, T + S], hc, rows)``: true columns first, removed columns ``-inf``.
 
     ``hc`` and ``rows`` are the hidden states and the gathered rows ``[N*T + S, D]`` in the
-    compute dtype (float32 for float16/bfloat16), kept for :func:`sampled_logits_backward`.
+    compute dtype (float32 for float16/bfloat16), kept for :func:`corrected_logits_backward`.
     """
     # Tensor slicing through __getitem__ costs several microseconds a call in eager PyTorch;
     # split/narrow keep this hot path to the operations it needs.
@@ -67,7 +67,7 @@ def sampled_logits_forward(h, ids, logq, keep_true, removed_cand, spec: _Spec, b
     return torch.cat([tl, sl], 1), hc, rows
 
 
-def sampled_logits_backward(g, hc, rows, num_true, need_h, need_w, need_b):
+def corrected_logits_backward(g, hc, rows, num_true, need_h, need_w, need_b):
     """From ``g = d loss / d logits [N, T + S]``: ``(d_h, d_rows [N*T + S, D], d_b_rows
     [N*T + S])`` in the compute dtype (None where not needed); ``d_rows`` is the gradient of
     each gathered row, to be scattered into the table."""
@@ -154,7 +154,7 @@ def _softmax_backward(g_loss, g_logp, saved, keep_true, spec: _Spec):
     return g
 
 
-SOFTMAX = Head("softmax", _softmax_forward, _softmax_backward)
+softmax_head = Head("softmax", _softmax_forward, _softmax_backward)
 
 
 def _targets(keep_true, keep_cand, n, t, s, eps, dtype, device):
@@ -181,7 +181,7 @@ def _targets(keep_true, keep_cand, n, t, s, eps, dtype, device):
 
 def loss_forward(h, ids, logq, keep_true, removed_cand, spec: _Spec, bias, shards):
     """``(loss [N], logp [N], hc, rows, logp_all [N, T + S], targets)`` of the softmax head."""
-    logits, hc, rows = sampled_logits_forward(h, ids, logq, keep_true, removed_cand, spec, bias, shards)
+    logits, hc, rows = corrected_logits_forward(h, ids, logq, keep_true, removed_cand, spec, bias, shards)
     loss, logp, (logp_all, targets) = _softmax_forward(logits, keep_true, removed_cand, spec)
     # float16/bfloat16 inputs get float32 losses, as under autocast.
     return loss, logp, hc, rows, logp_all, targets
@@ -191,7 +191,7 @@ def loss_backward(g_loss, g_logp, hc, rows, logp_all, keep_true, targets, num_tr
     """The softmax head's backward from :func:`loss_forward`'s values: ``(d_h, d_rows, d_b_rows)``."""
     spec = _Spec(num_true, (), "div", 0.0, False)
     g = _softmax_backward(g_loss, g_logp, (logp_all, targets), keep_true, spec)
-    return sampled_logits_backward(g, hc, rows, num_true, need_h, need_w, need_b)
+    return corrected_logits_backward(g, hc, rows, num_true, need_h, need_w, need_b)
 
 
 class SampledLoss(torch.autograd.Function):
@@ -203,7 +203,7 @@ class SampledLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, head: Head, h, ids, logq, keep_true, removed_cand, spec: _Spec, bias, *shards):
-        logits, hc, rows = sampled_logits_forward(h, ids, logq, keep_true, removed_cand, spec, bias, shards)
+        logits, hc, rows = corrected_logits_forward(h, ids, logq, keep_true, removed_cand, spec, bias, shards)
         loss, logp, saved = head.forward(logits, keep_true, removed_cand, spec)
         ctx.head, ctx.spec, ctx.saved = head, spec, saved
         ctx.dtypes = (h.dtype, None if bias is None else bias.dtype)
@@ -219,7 +219,7 @@ class SampledLoss(torch.autograd.Function):
         needs_w = ctx.needs_input_grad[8:]
         needs_b = ctx.needs_input_grad[7]
         g = ctx.head.backward(g_loss, g_logp, ctx.saved, keep_true, spec)
-        d_h, d_rows, d_b_rows = sampled_logits_backward(g, hc, rows, spec.num_true, ctx.needs_input_grad[1],
+        d_h, d_rows, d_b_rows = corrected_logits_backward(g, hc, rows, spec.num_true, ctx.needs_input_grad[1],
                                                         any(needs_w), needs_b)
         if d_h is not None and d_h.dtype != ctx.dtypes[0]:
             d_h = d_h.to(ctx.dtypes[0])

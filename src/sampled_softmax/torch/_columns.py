@@ -67,7 +67,7 @@ def _columns_torch(y_safe, valid, cand, true_count, samp_count, cdt, remove_hits
     return ids, logq, removed
 
 
-def columns(y_safe, valid, cand, true_count, samp_count, cdt, remove_hits, subtract_log_q, padded):
+def candidate_columns(y_safe, valid, cand, true_count, samp_count, cdt, remove_hits, subtract_log_q, padded):
     """``(ids [N*T + S], log E [N*T + S], removed [N, S] or None)`` for labels ``y_safe [N, T]``
     (ignored ones replaced by 0, ``valid`` their mask or None) and candidates ``cand [S]``."""
     build = _columns_numpy if y_safe.device.type == "cpu" and cand.device.type == "cpu" else _columns_torch

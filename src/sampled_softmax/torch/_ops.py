@@ -31,7 +31,7 @@ from torch import Tensor
 
 from . import _compiled
 from ._autograd import _check_once_differentiable, _targets, loss_backward as _loss_backward, loss_forward
-from ._columns import columns as _candidate_columns
+from ._columns import candidate_columns as _candidate_columns
 from ._prepare import _compute_dtype, _check_label_values, _check_labels_can_be_drawn, _check_sampled_values
 from ._rows import _scatter_rows, _scatter_to_shards, _Spec
 

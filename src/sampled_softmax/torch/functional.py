@@ -22,8 +22,8 @@ import torch
 from .. import SampledSoftmaxError
 from .. import _validation as V
 from . import _dispatch, _ops
-from ._autograd import SOFTMAX, SampledLoss
-from ._columns import columns
+from ._autograd import softmax_head, SampledLoss
+from ._columns import candidate_columns
 from ._dispatch import IMPLEMENTATIONS
 from ._prepare import (
     _autocast_on, _check_labels_can_be_drawn, _check_not_transformed, _check_sampled_values, _check_sparse_bias,
@@ -173,7 +173,7 @@ def sampled_softmax_loss(
         cand, true_count, samp_count, padded = _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid, h.device)
 
     y_safe = y if valid is None else torch.where(valid, y, 0)
-    ids, logq, removed = columns(y_safe, valid, cand, true_count, samp_count, _compute_dtype(h.dtype),
+    ids, logq, removed = candidate_columns(y_safe, valid, cand, true_count, samp_count, _compute_dtype(h.dtype),
                                  remove_accidental_hits, subtract_log_q, padded)
     if ext is not None:
         _dispatch.record("compiled")
@@ -183,7 +183,7 @@ def sampled_softmax_loss(
     else:
         _dispatch.record("python")
         spec = _Spec(t, offsets, partition_strategy, label_smoothing, bool(sparse))
-        loss, logp = SampledLoss.apply(SOFTMAX, h, ids, logq, valid, removed, spec, biases, *shards)
+        loss, logp = SampledLoss.apply(softmax_head, h, ids, logq, valid, removed, spec, biases, *shards)
     return _finish(loss, logp, valid, reduction, lead, return_log_prob)
 
 
