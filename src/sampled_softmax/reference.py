@@ -24,7 +24,9 @@ Every sampled loss is three stages, each a function here and the same stage in e
 
 1. :func:`candidate_columns`: each row's column ids, ``log E`` and keep mask;
 2. :func:`corrected_logits` (and :func:`corrected_logits_grads`): ``h . W + b - log E``;
-3. a head over the logits: :func:`softmax_head` (sampled softmax cross-entropy).
+3. a head over the logits: :func:`softmax_head` (sampled softmax cross-entropy) or
+   :func:`sigmoid_head` (NCE, and negative sampling, which is NCE's head over logits without
+   the ``- log E`` correction).
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ import numpy as np
 from . import _validation as V
 
 __all__ = [
-    "candidate_columns", "corrected_logits", "corrected_logits_grads", "softmax_head",
-    "sampled_logits", "sampled_softmax_loss", "sampled_softmax_grads",
+    "candidate_columns", "corrected_logits", "corrected_logits_grads", "softmax_head", "sigmoid_head",
+    "sampled_logits", "sampled_softmax_loss", "sampled_softmax_grads", "nce_loss", "nce_grads",
+    "negative_sampling_loss", "negative_sampling_grads",
     "full_softmax_loss", "full_softmax_grads", "log_softmax",
 ]
 
@@ -205,16 +208,16 @@ def _softmax_xent(logits, keep, target):
 # The sampled softmax loss: the three stages
 
 
-def _softmax_stages(weights, biases, labels, inputs, sampled_values, remove_accidental_hits, subtract_log_q,
-                    label_smoothing, ignore_index):
+def _stages(head, weights, biases, labels, inputs, sampled_values, remove_accidental_hits, subtract_log_q,
+            ignore_index, **head_options):
     """The checked arguments through the three stages: ``(loss [B], d loss / d logits, ids)``."""
-    _check(weights, biases, labels, inputs, sampled_values, label_smoothing=label_smoothing, ignore_index=ignore_index)
+    _check(weights, biases, labels, inputs, sampled_values, ignore_index=ignore_index, **head_options)
     y = _as_2d_labels(labels)
     logits, keep, ids = _sampled_logits(
         weights, biases, y, inputs, sampled_values, remove_accidental_hits=remove_accidental_hits,
         subtract_log_q=subtract_log_q, ignore_index=ignore_index,
     )
-    loss, g = softmax_head(logits, keep, y.shape[1], label_smoothing)
+    loss, g = head(logits, keep, y.shape[1], **head_options)
     return loss, g, ids
 
 
@@ -240,8 +243,8 @@ def sampled_softmax_loss(
         >>> round(float(reference.sampled_softmax_loss(W, None, np.array([0]), h, sv)[0]), 4)
         1.4076
     """
-    loss, _, _ = _softmax_stages(weights, biases, labels, inputs, sampled_values, remove_accidental_hits,
-                                 subtract_log_q, label_smoothing, ignore_index)
+    loss, _, _ = _stages(softmax_head, weights, biases, labels, inputs, sampled_values, remove_accidental_hits,
+                         subtract_log_q, ignore_index, label_smoothing=label_smoothing)
     return loss
 
 
@@ -251,11 +254,93 @@ def sampled_softmax_grads(
 ):
     """Analytic gradients of ``sum_i grad_loss_i * loss_i``: ``(d_inputs, d_weights, d_biases)``
     (:func:`softmax_head`'s gradient through :func:`corrected_logits_grads`)."""
-    _, g, ids = _softmax_stages(weights, biases, labels, inputs, sampled_values, remove_accidental_hits,
-                                subtract_log_q, label_smoothing, ignore_index)
+    _, g, ids = _stages(softmax_head, weights, biases, labels, inputs, sampled_values, remove_accidental_hits,
+                        subtract_log_q, ignore_index, label_smoothing=label_smoothing)
     if grad_loss is not None:
         g = g * np.asarray(grad_loss, np.float64)[:, None]
     return corrected_logits_grads(weights, biases, inputs, ids, g)
+
+
+# ---------------------------------------------------------------------------------------------
+# NCE and negative sampling: the sigmoid head
+
+
+def sigmoid_head(logits, keep, num_true):
+    """Stage 3, the sigmoid head of NCE (Gutmann & Hyvarinen 2010; ``tf.nn.nce_loss``) and of
+    negative sampling: per-row loss ``[B]`` and ``d loss / d logits [B, K]``.
+
+    Each kept column is a binary classification, target ``1 / T_i`` on the row's ``T_i`` kept
+    true columns and 0 on the candidates:
+
+        loss_i = sum_{k kept} [ max(o_ik, 0) - o_ik target_ik + log(1 + exp(-|o_ik|)) ]
+               = - sum_{k kept} [ target_ik log s(o_ik) + (1 - target_ik) log s(-o_ik) ]
+
+    with ``s`` the logistic sigmoid; the gradient is ``s(o_ik) - target_ik`` on kept columns. A
+    removed column (accidental hit, padding, ignored label) adds nothing, as ``tf.nn``'s
+    ``-FLT_MAX`` logit does; a row with no kept label has loss 0 and gradient 0.
+    """
+    keep = np.asarray(keep, bool)
+    n_true = keep[:, :num_true].sum(axis=1, keepdims=True)
+    target = np.zeros(keep.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        target[:, :num_true] = np.where(keep[:, :num_true], 1.0 / n_true, 0.0)
+    z = np.where(keep, logits, 0.0)
+    per_column = np.maximum(z, 0.0) - z * target + np.log1p(np.exp(-np.abs(z)))
+    live = n_true[:, 0] > 0
+    loss = np.where(live, np.where(keep, per_column, 0.0).sum(axis=1), 0.0)
+    grad = np.where(keep & live[:, None], 1.0 / (1.0 + np.exp(-z)) - target, 0.0)
+    return loss, grad
+
+
+def nce_loss(weights, biases, labels, inputs, sampled_values, *, remove_accidental_hits=False, subtract_log_q=True,
+             ignore_index=None):
+    """Per-example NCE loss ``[B]`` (float64), ``tf.nn.nce_loss``'s: :func:`candidate_columns`,
+    :func:`corrected_logits` (``o = h . W + b - log E``), :func:`sigmoid_head`. Accidental hits
+    are kept by default, as in ``tf.nn.nce_loss`` (removing them gives "sampled logistic").
+
+    Example:
+        One row, label 0, candidates 1 and 2, every expected count 1:
+
+        >>> import numpy as np
+        >>> from sampled_softmax.reference import nce_loss
+        >>> loss = nce_loss(np.eye(3, 2), None, np.array([0]), np.array([[1.0, 2.0]]),
+        ...                 (np.array([1, 2]), np.ones((1, 1)), np.ones(2)))
+        >>> print(f"{loss[0]:.4f}")
+        3.1333
+    """
+    loss, _, _ = _stages(sigmoid_head, weights, biases, labels, inputs, sampled_values, remove_accidental_hits,
+                         subtract_log_q, ignore_index)
+    return loss
+
+
+def nce_grads(weights, biases, labels, inputs, sampled_values, *, grad_loss=None, remove_accidental_hits=False,
+              subtract_log_q=True, ignore_index=None):
+    """Gradients of ``sum_i grad_loss_i * nce_loss_i``: ``(d_inputs, d_weights, d_biases)``."""
+    _, g, ids = _stages(sigmoid_head, weights, biases, labels, inputs, sampled_values, remove_accidental_hits,
+                        subtract_log_q, ignore_index)
+    if grad_loss is not None:
+        g = g * np.asarray(grad_loss, np.float64)[:, None]
+    return corrected_logits_grads(weights, biases, inputs, ids, g)
+
+
+def negative_sampling_loss(weights, biases, labels, inputs, sampled_values, *, remove_accidental_hits=False,
+                           ignore_index=None):
+    """Per-example negative sampling loss ``[B]`` (Mikolov et al. 2013), float64: NCE's sigmoid
+    head over uncorrected logits ``o = h . W + b``. With one label and noise ``c``,
+
+        loss_i = - log s(o_iy) - sum_k log s(-o_ik)
+
+    (the expected counts in ``sampled_values`` are read only for padding slots).
+    """
+    return nce_loss(weights, biases, labels, inputs, sampled_values, remove_accidental_hits=remove_accidental_hits,
+                    subtract_log_q=False, ignore_index=ignore_index)
+
+
+def negative_sampling_grads(weights, biases, labels, inputs, sampled_values, *, grad_loss=None,
+                            remove_accidental_hits=False, ignore_index=None):
+    """Gradients of ``sum_i grad_loss_i * negative_sampling_loss_i``."""
+    return nce_grads(weights, biases, labels, inputs, sampled_values, grad_loss=grad_loss,
+                     remove_accidental_hits=remove_accidental_hits, subtract_log_q=False, ignore_index=ignore_index)
 
 
 def log_softmax(weights, biases, inputs) -> np.ndarray:

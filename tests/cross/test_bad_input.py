@@ -155,15 +155,15 @@ CASES = [
 # Adapters: one valid call per front end, with the overrides applied
 
 
-def _reference(kw):
+def _reference(kw, loss="sampled_softmax_loss"):
     from sampled_softmax import reference as R
 
     kw = dict(kw)
     for k in ("num_sampled", "num_classes"):
         kw.pop(k)
     sampled_values = kw.pop("sampled_values", sv())
-    return R.sampled_softmax_loss(kw.pop("weights"), kw.pop("biases"), kw.pop("labels"), kw.pop("inputs"),
-                                  sampled_values, **kw)
+    return getattr(R, loss)(kw.pop("weights"), kw.pop("biases"), kw.pop("labels"), kw.pop("inputs"),
+                            sampled_values, **kw)
 
 
 def _converted(kw, to_tensor):
@@ -178,22 +178,23 @@ def _converted(kw, to_tensor):
     return {k: conv(v) for k, v in kw.items()}
 
 
-def _torch(kw, implementation="auto"):
+def _torch(kw, implementation="auto", loss="sampled_softmax_loss"):
     torch = pytest.importorskip("torch")
-    from sampled_softmax.torch import LogUniformSampler, sampled_softmax_loss
+    import sampled_softmax.torch as sst
+    from sampled_softmax.torch import LogUniformSampler
 
     kw = _converted(kw, torch.from_numpy)
     kw["implementation"] = implementation
     if "draw" in kw:
         kw["sampler"] = LogUniformSampler(kw["num_classes"], draw=kw.pop("draw"))
-    return sampled_softmax_loss(**kw)
+    return getattr(sst, loss)(**kw)
 
 
-def _tensorflow(kw):
+def _tensorflow(kw, loss="sampled_softmax_loss"):
     tf = pytest.importorskip("tensorflow")
     from sampled_softmax import tensorflow as sst
 
-    return sst.sampled_softmax_loss(**_converted(kw, tf.constant))
+    return getattr(sst, loss)(**_converted(kw, tf.constant))
 
 
 def _keras(kw):
@@ -240,6 +241,28 @@ LABELS_NAME = {"keras": r"`y_true` \(targets\)"}
 PARAMS = [pytest.param(front, overrides, exc, message, id=f"{front}: {case}")
           for case, overrides, exc, message, fronts in CASES
           for front in fronts + (("torch-python",) if "torch" in fronts else ())]
+
+
+# The same table against the relatives (NCE, negative sampling): every case whose argument they take.
+RELATIVES = {
+    "reference nce_loss": lambda kw: _reference(kw, "nce_loss"),
+    "reference negative_sampling_loss": lambda kw: _reference(kw, "negative_sampling_loss"),
+    "torch nce_loss": lambda kw: _torch(kw, loss="nce_loss"),
+    "torch negative_sampling_loss": lambda kw: _torch(kw, loss="negative_sampling_loss"),
+    "tensorflow nce_loss": lambda kw: _tensorflow(kw, "nce_loss"),
+}
+NOT_TAKEN = {"label_smoothing", "return_log_prob", "partition_strategy"}
+RELATIVE_PARAMS = [pytest.param(name, overrides, exc, message, id=f"{name}: {case}")
+                   for case, overrides, exc, message, fronts in CASES
+                   for name in RELATIVES if name.split()[0] in fronts and not NOT_TAKEN & set(overrides)]
+
+
+@pytest.mark.parametrize("name,overrides,exc,message", RELATIVE_PARAMS)
+def test_bad_input_to_the_relatives_is_the_same_clear_error(name, overrides, exc, message):
+    kw = base()
+    kw.update(overrides)
+    with pytest.raises(exc, match=message.replace("{labels}", "`labels`")):
+        RELATIVES[name](kw)
 
 
 def test_the_table_has_thirty_distinct_cases_and_covers_every_front_end():

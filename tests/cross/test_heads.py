@@ -95,7 +95,7 @@ def test_a_sigmoid_head_in_tensorflow(rng, T):
 
 @pytest.mark.parametrize("T", [1, 2])
 def test_a_sigmoid_head_in_keras(rng, T):
-    keras = pytest.importorskip("keras")
+    pytest.importorskip("keras")
     from keras import ops
 
     from keras_layer_helpers import BACKEND

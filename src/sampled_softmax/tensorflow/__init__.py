@@ -4,14 +4,14 @@ Imports TensorFlow (and no other framework).
 """
 
 from .. import SampledSoftmaxError, SampledValues
-from .nn import compute_accidental_hits, full_logits, full_softmax_loss, sampled_softmax_loss
+from .nn import compute_accidental_hits, full_logits, full_softmax_loss, nce_loss, sampled_softmax_loss
 from .samplers import (
     LearnedUnigramSampler, all_candidate_sampler, fixed_unigram_candidate_sampler, learned_unigram_candidate_sampler,
     log_uniform_candidate_sampler, uniform_candidate_sampler, unigram_candidate_sampler,
 )
 
 __all__ = [
-    "sampled_softmax_loss", "full_softmax_loss", "full_logits", "log_uniform_candidate_sampler",
+    "sampled_softmax_loss", "nce_loss", "full_softmax_loss", "full_logits", "log_uniform_candidate_sampler",
     "uniform_candidate_sampler", "unigram_candidate_sampler", "all_candidate_sampler", "compute_accidental_hits",
     "fixed_unigram_candidate_sampler", "learned_unigram_candidate_sampler", "LearnedUnigramSampler", "SampledValues",
     "SampledSoftmaxError",

@@ -20,7 +20,7 @@ from ._prepare import (
     _check, _check_label_values, _check_sampled_values, _compute_dtype, _nan_rows, _shards,
 )
 
-__all__ = ["sampled_softmax_loss", "full_softmax_loss", "full_logits", "compute_accidental_hits"]
+__all__ = ["sampled_softmax_loss", "nce_loss", "full_softmax_loss", "full_logits", "compute_accidental_hits"]
 
 
 def _gather(shards, ids, partition_strategy):
@@ -95,6 +95,27 @@ def softmax_head(num_true, keep_true, label_smoothing):
         loss, backprop = tf.raw_ops.SoftmaxCrossEntropyWithLogits(features=logits, labels=target)
         live = n_true[:, 0] > 0
         return tf.where(live, loss, tf.zeros_like(loss)), backprop * tf.cast(live, dtype)[:, tf.newaxis]
+
+    return head
+
+
+def sigmoid_head(num_true, keep_true):
+    """NCE's head (negative sampling's over uncorrected logits): each kept column a logistic
+    classification, target ``1 / T_i`` on the kept true columns and 0 on the candidates; the
+    row's loss is the sum of the sigmoid cross-entropies, its gradient ``sigmoid(o) - target``.
+    Removed columns add nothing; a row without a kept label has loss 0 and no gradient."""
+
+    def head(logits, removed):
+        n, dtype = tf.shape(logits)[0], logits.dtype
+        kt = tf.ones([n, num_true], tf.bool) if keep_true is None else keep_true
+        keep = tf.concat([kt, tf.logical_not(removed)], 1)
+        n_true = tf.reduce_sum(tf.cast(kt, dtype), 1, keepdims=True)
+        target = tf.concat([tf.cast(kt, dtype) / tf.maximum(n_true, 1.0), tf.zeros_like(logits[:, num_true:])], 1)
+        zero = tf.zeros_like(logits)
+        z = tf.where(keep, logits, zero)
+        live = tf.cast(n_true > 0, dtype)
+        per_column = tf.where(keep, tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=z), zero)
+        return tf.reduce_sum(per_column, 1) * live[:, 0], tf.where(keep, tf.sigmoid(z) - target, zero) * live
 
     return head
 
@@ -217,41 +238,98 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled: int, num_
         1.4076
     """
     with tf.name_scope(name):
-        partition_strategy = "div"
-        V.check_choice("reduction", reduction, V.REDUCTIONS)
         label_smoothing = V.check_label_smoothing(label_smoothing)
-        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-            raise TypeError(f"`ignore_index` must be an int or None; received {type(ignore_index).__name__}")
-        inputs = tf.convert_to_tensor(inputs)
-        labels = tf.convert_to_tensor(labels)
-        shards, bias_shards, num_classes, num_sampled = _check(weights, biases, labels, inputs, num_sampled,
-                                                               num_classes, num_true, partition_strategy)
-        labels = tf.reshape(tf.cast(labels, tf.int64), [-1, num_true])
-        keep_true = None if ignore_index is None else labels != ignore_index
-        labels = _check_label_values(labels, num_classes, keep_true, ignore_index)
-        if sampled_values is None:
-            V.check_num_sampled(num_sampled, num_classes, unique=True)
-            true_classes = labels if keep_true is None else tf.where(keep_true, labels, tf.zeros_like(labels))
-            sampled_values = tf.random.log_uniform_candidate_sampler(
-                true_classes=true_classes, num_true=num_true, num_sampled=num_sampled, unique=True,
-                range_max=num_classes, seed=seed)
-        else:
-            sampled_values = _check_sampled_values(sampled_values, num_sampled, num_classes, labels, num_true,
-                                                   keep_true)
-        cand, true_count, samp_count = (tf.stop_gradient(tf.convert_to_tensor(v)) for v in sampled_values)
-        cand = tf.cast(cand, tf.int64)
-        cdt = _compute_dtype(inputs.dtype)
-        n = tf.shape(labels)[0]
-        true_count = tf.broadcast_to(tf.reshape(true_count, [n, -1]), [n, num_true])
-        ids, logq, removed = candidate_columns(labels, keep_true, cand, true_count, samp_count,
-                                               remove_accidental_hits=remove_accidental_hits,
-                                               subtract_log_q=subtract_log_q, dtype=cdt)
-        rows = tf.cast(_gather(shards, ids, partition_strategy), cdt)
-        b = tf.zeros(tf.shape(ids), cdt) if biases is None else tf.cast(_gather(bias_shards, ids, partition_strategy), cdt)
-        loss = sampled_loss(tf.cast(inputs, cdt), rows, b, logq, removed, keep_true, num_true,
-                            softmax_head(num_true, keep_true, label_smoothing))
-        loss = _nan_rows(loss, labels, cand, true_count, samp_count, num_classes, keep_true)
-        return _reduce(loss, None if keep_true is None else tf.reduce_any(keep_true, axis=1), reduction)
+        return _sampled_head_loss(
+            weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+            remove_accidental_hits, seed, ignore_index, subtract_log_q, reduction,
+            lambda keep_true: softmax_head(num_true, keep_true, label_smoothing))
+
+
+def nce_loss(weights, biases, labels, inputs, num_sampled: int, num_classes: int, num_true: int = 1,
+             sampled_values=None, remove_accidental_hits: bool = False, name: str = "nce_loss", *,
+             ignore_index: int | None = None, subtract_log_q: bool = True,
+             reduction: Literal["none", "mean", "sum"] = "none") -> tf.Tensor:
+    r"""Noise-contrastive estimation loss (Gutmann & Hyvarinen 2010): ``tf.nn.nce_loss``'s
+    signature, defaults and output.
+
+    The corrected logits ``o_ik = h_i . W_k + b_k - log E(k)`` of the true columns and the
+    candidates, each a logistic classification with target ``1 / T`` on the true columns and 0
+    on the candidates; per row, the sum of the sigmoid cross-entropies:
+
+    .. math::
+        \ell_i = -\sum_{k} \big[t_{ik} \log \sigma(o_{ik}) + (1 - t_{ik}) \log \sigma(-o_{ik})\big]
+
+    A removed column (an accidental hit with ``remove_accidental_hits=True``, "sampled
+    logistic"; a padding slot) adds nothing, as ``tf.nn``'s ``-FLT_MAX`` logit does. The same
+    stages as :func:`sampled_softmax_loss`, with the sigmoid head.
+
+    Args:
+        weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values:
+            as :func:`sampled_softmax_loss` (and ``tf.nn.nce_loss``).
+        remove_accidental_hits: remove candidates equal to a row's label. Default False, as
+            ``tf.nn.nce_loss``.
+        name: name scope.
+        ignore_index: label value to ignore (its column adds nothing; a row whose labels are all
+            ignored has loss 0 and no gradient).
+        subtract_log_q: subtract ``log E``. False gives negative sampling (Mikolov et al. 2013).
+        reduction: ``"none"`` (default, ``[batch]``), ``"mean"`` over the rows with a kept label,
+            or ``"sum"``.
+
+    Returns:
+        ``[batch]`` per-example losses, or a scalar.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> from sampled_softmax.tensorflow import nce_loss
+        >>> W = tf.eye(3, 2, dtype=tf.float64)
+        >>> sv = (tf.constant([1, 2], tf.int64), tf.ones([1, 1]), tf.ones([2]))
+        >>> loss = nce_loss(W, tf.zeros(3, tf.float64), [[0]], tf.constant([[1.0, 2.0]], tf.float64), 2, 3, sampled_values=sv)
+        >>> round(float(loss[0]), 4)
+        3.1333
+    """
+    with tf.name_scope(name):
+        return _sampled_head_loss(
+            weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+            remove_accidental_hits, None, ignore_index, subtract_log_q, reduction,
+            lambda keep_true: sigmoid_head(num_true, keep_true))
+
+
+def _sampled_head_loss(weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+                       remove_accidental_hits, seed, ignore_index, subtract_log_q, reduction, make_head):
+    """The three stages for a head (``make_head(keep_true)``), after the shared checks."""
+    partition_strategy = "div"
+    V.check_choice("reduction", reduction, V.REDUCTIONS)
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise TypeError(f"`ignore_index` must be an int or None; received {type(ignore_index).__name__}")
+    inputs = tf.convert_to_tensor(inputs)
+    labels = tf.convert_to_tensor(labels)
+    shards, bias_shards, num_classes, num_sampled = _check(weights, biases, labels, inputs, num_sampled,
+                                                           num_classes, num_true, partition_strategy)
+    labels = tf.reshape(tf.cast(labels, tf.int64), [-1, num_true])
+    keep_true = None if ignore_index is None else labels != ignore_index
+    labels = _check_label_values(labels, num_classes, keep_true, ignore_index)
+    if sampled_values is None:
+        V.check_num_sampled(num_sampled, num_classes, unique=True)
+        true_classes = labels if keep_true is None else tf.where(keep_true, labels, tf.zeros_like(labels))
+        sampled_values = tf.random.log_uniform_candidate_sampler(
+            true_classes=true_classes, num_true=num_true, num_sampled=num_sampled, unique=True,
+            range_max=num_classes, seed=seed)
+    else:
+        sampled_values = _check_sampled_values(sampled_values, num_sampled, num_classes, labels, num_true,
+                                               keep_true)
+    cand, true_count, samp_count = (tf.stop_gradient(tf.convert_to_tensor(v)) for v in sampled_values)
+    cand = tf.cast(cand, tf.int64)
+    cdt = _compute_dtype(inputs.dtype)
+    n = tf.shape(labels)[0]
+    true_count = tf.broadcast_to(tf.reshape(true_count, [n, -1]), [n, num_true])
+    ids, logq, removed = candidate_columns(labels, keep_true, cand, true_count, samp_count,
+                                           remove_accidental_hits=remove_accidental_hits,
+                                           subtract_log_q=subtract_log_q, dtype=cdt)
+    rows = tf.cast(_gather(shards, ids, partition_strategy), cdt)
+    b = tf.zeros(tf.shape(ids), cdt) if biases is None else tf.cast(_gather(bias_shards, ids, partition_strategy), cdt)
+    loss = sampled_loss(tf.cast(inputs, cdt), rows, b, logq, removed, keep_true, num_true, make_head(keep_true))
+    loss = _nan_rows(loss, labels, cand, true_count, samp_count, num_classes, keep_true)
+    return _reduce(loss, None if keep_true is None else tf.reduce_any(keep_true, axis=1), reduction)
 
 
 def full_logits(weights, biases, inputs, name: str = "full_logits") -> tf.Tensor:

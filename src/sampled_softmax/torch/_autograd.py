@@ -157,6 +157,35 @@ def _softmax_backward(g_loss, g_logp, saved, keep_true, spec: _Spec):
 softmax_head = Head("softmax", _softmax_forward, _softmax_backward)
 
 
+def _sigmoid_forward(logits, keep_true, removed_cand, spec: _Spec):
+    n, t = logits.shape[0], spec.num_true
+    s = logits.shape[1] - t
+    kt = logits.new_ones(n, t, dtype=torch.bool) if keep_true is None else keep_true
+    kc = logits.new_ones(n, s, dtype=torch.bool) if removed_cand is None else ~removed_cand
+    keep = torch.cat([kt, kc], 1)
+    n_true = kt.sum(1, keepdim=True)
+    target = torch.cat([kt.to(logits.dtype) / n_true.clamp(min=1), logits.new_zeros(n, s)], 1)
+    z = torch.where(keep, logits, 0.0)
+    # max(z, 0) - z t + log(1 + exp(-|z|)) per kept column: the stable sigmoid cross-entropy.
+    per_column = torch.nn.functional.binary_cross_entropy_with_logits(z, target, reduction="none")
+    live = (n_true > 0).to(logits.dtype)
+    loss = torch.where(keep, per_column, 0.0).sum(1) * live[:, 0]
+    # NCE has no estimate of log p(target): the second output is zeros.
+    return loss, torch.zeros_like(loss), (z, target, keep, live)
+
+
+def _sigmoid_backward(g_loss, g_logp, saved, keep_true, spec: _Spec):
+    z, target, keep, live = saved
+    g = torch.where(keep, torch.sigmoid(z) - target, 0.0).mul_(live)
+    return g if g_loss is None else g.mul_(g_loss.to(g.dtype).unsqueeze(1))
+
+
+# NCE's head (Gutmann & Hyvarinen 2010; tf.nn.nce_loss), and negative sampling's over logits
+# without the -log E correction: each kept column a logistic classification, target 1 / T_i on
+# the kept true columns, 0 on the candidates; the row's loss is their sum.
+sigmoid_head = Head("sigmoid", _sigmoid_forward, _sigmoid_backward)
+
+
 def _targets(keep_true, keep_cand, n, t, s, eps, dtype, device):
     """Target matrices ``(smoothed, unsmoothed)``, each ``[N, T + S]``.
 

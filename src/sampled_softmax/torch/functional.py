@@ -22,7 +22,7 @@ import torch
 from .. import SampledSoftmaxError
 from .. import _validation as V
 from . import _dispatch, _ops
-from ._autograd import softmax_head, SampledLoss
+from ._autograd import SampledLoss, sigmoid_head, softmax_head
 from ._columns import candidate_columns
 from ._dispatch import IMPLEMENTATIONS
 from ._prepare import (
@@ -34,7 +34,7 @@ from ..samplers import DrawKind, unique_draw_error, unique_draw_limit
 from .._validation import check_num_sampled
 from .samplers import CandidateSampler, check_generator, make_sampler, sampler_tables
 
-__all__ = ["sampled_softmax_loss", "full_softmax_loss", "full_logits"]
+__all__ = ["sampled_softmax_loss", "nce_loss", "negative_sampling_loss", "full_softmax_loss", "full_logits"]
 
 Tables = Union[torch.Tensor, Sequence[torch.Tensor]]  # one [V, ...] table or its shards
 Reduction = Literal["none", "mean", "sum"]
@@ -136,11 +136,7 @@ def sampled_softmax_loss(
     """
     V.check_choice("implementation", implementation, IMPLEMENTATIONS)
     if isinstance(inputs, torch.Tensor) and _autocast_on(inputs.device.type):
-        # As F.cross_entropy under autocast: the loss is computed (and returned) in float32
-        # whatever the autocast dtype, on every path, so forward and backward agree on dtypes.
-        arguments = dict(locals())
-        with torch.autocast(inputs.device.type, enabled=False):
-            return sampled_softmax_loss(**arguments)
+        return _without_autocast(sampled_softmax_loss, dict(locals()))
     if _ops.traced(inputs):
         return _traced_sampled_softmax_loss(**locals())
     _check_not_transformed(inputs, weights)
@@ -151,6 +147,24 @@ def sampled_softmax_loss(
         if result is not None:
             _dispatch.record("compiled_draw")
             return result
+    return _general_path(softmax_head, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+                         sampled_values, remove_accidental_hits, sampler, reduction, ignore_index, label_smoothing,
+                         generator, partition_strategy, subtract_log_q, sparse, return_log_prob, implementation)
+
+
+def _without_autocast(loss_fn, arguments):
+    """``loss_fn(**arguments)`` with autocast off. As F.cross_entropy under autocast, the loss is
+    computed (and returned) in float32 whatever the autocast dtype, on every path, so forward
+    and backward agree on dtypes."""
+    with torch.autocast(arguments["inputs"].device.type, enabled=False):
+        return loss_fn(**arguments)
+
+
+def _general_path(head, weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+                  remove_accidental_hits, sampler, reduction, ignore_index, label_smoothing, generator,
+                  partition_strategy, subtract_log_q, sparse, return_log_prob, implementation):
+    """Every check, then the three stages with ``head``: on the compiled core where it applies
+    (``"compiled"`` route), else the Python autograd Function (``"python"``)."""
     check_generator(generator)
     _check_sparse_bias(biases, sparse)
     shards, biases, y, h, lead, num_classes, offsets, valid, label_smoothing = _prepare(
@@ -159,7 +173,7 @@ def sampled_softmax_loss(
     )
     y = y.long()
     n, t = y.shape
-    ext = _dispatch.compiled(implementation, _loss_obstacle(shards, biases, h, t, valid, label_smoothing))
+    ext = _dispatch.compiled(implementation, _loss_obstacle(head, shards, biases, h, t, valid, label_smoothing))
     if sampled_values is None:
         sampler = _sampler_for(sampler, num_classes)
         # The raw labels: a learned sampler must not count ignored labels (as class 0).
@@ -183,8 +197,95 @@ def sampled_softmax_loss(
     else:
         _dispatch.record("python")
         spec = _Spec(t, offsets, partition_strategy, label_smoothing, bool(sparse))
-        loss, logp = SampledLoss.apply(softmax_head, h, ids, logq, valid, removed, spec, biases, *shards)
+        loss, logp = SampledLoss.apply(head, h, ids, logq, valid, removed, spec, biases, *shards)
     return _finish(loss, logp, valid, reduction, lead, return_log_prob)
+
+
+def nce_loss(
+    weights: Tables, biases: Tables | None, labels: torch.Tensor, inputs: torch.Tensor, num_sampled: int,
+    num_classes: int, num_true: int = 1, sampled_values: Sequence | None = None, remove_accidental_hits: bool = False,
+    *, sampler: str | CandidateSampler = "log_uniform", reduction: Reduction = "none", ignore_index: int | None = None,
+    generator: torch.Generator | None = None, partition_strategy: Partition = "div", subtract_log_q: bool = True,
+    sparse: bool = False, implementation: Implementation = "auto",
+) -> torch.Tensor:
+    r"""Noise-contrastive estimation loss (Gutmann & Hyvarinen 2010), the semantics of ``tf.nn.nce_loss``.
+
+    The candidates and corrected logits of :func:`sampled_softmax_loss`,
+    :math:`o_{ik} = h_i \cdot W_k + b_k - \log E(k)`, each column a logistic classification with
+    target :math:`t_{ik} = 1/T` on the true columns and 0 on the candidates; per row, the sum
+
+    .. math::
+        \ell_i = -\sum_{k} \big[t_{ik} \log \sigma(o_{ik}) + (1 - t_{ik}) \log \sigma(-o_{ik})\big]
+
+    A removed column (an accidental hit with ``remove_accidental_hits=True``, "sampled
+    logistic"; a padding slot; an ignored label) adds nothing. Same arguments as
+    :func:`sampled_softmax_loss` without ``label_smoothing`` and ``return_log_prob``;
+    ``remove_accidental_hits`` defaults to False, as in ``tf.nn.nce_loss``. ``implementation``:
+    the compiled core computes the softmax head only, so ``"auto"`` runs the Python path and
+    ``"compiled"`` is an error saying so. Under ``torch.compile`` the call runs eagerly (a graph
+    break).
+
+    Returns:
+        The loss: shape ``[...]`` for ``reduction="none"``, else a scalar.
+
+    Example:
+        >>> import torch
+        >>> from sampled_softmax.torch import nce_loss
+        >>> W = torch.eye(3, 2, dtype=torch.float64)
+        >>> sv = (torch.tensor([1, 2]), torch.ones(1, 1), torch.ones(2))
+        >>> nce_loss(W, None, torch.tensor([0]), torch.tensor([[1.0, 2.0]], dtype=torch.float64), 2, 3, sampled_values=sv)
+        tensor([3.1333], dtype=torch.float64)
+    """
+    return _sigmoid_loss(weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+                         remove_accidental_hits, sampler, reduction, ignore_index, generator, partition_strategy,
+                         subtract_log_q, sparse, implementation)
+
+
+def negative_sampling_loss(
+    weights: Tables, biases: Tables | None, labels: torch.Tensor, inputs: torch.Tensor, num_sampled: int,
+    num_classes: int, num_true: int = 1, sampled_values: Sequence | None = None, remove_accidental_hits: bool = False,
+    *, sampler: str | CandidateSampler = "log_uniform", reduction: Reduction = "none", ignore_index: int | None = None,
+    generator: torch.Generator | None = None, partition_strategy: Partition = "div", sparse: bool = False,
+    implementation: Implementation = "auto",
+) -> torch.Tensor:
+    r"""Negative sampling (Mikolov et al. 2013): :func:`nce_loss` over uncorrected logits
+    :math:`o_{ik} = h_i \cdot W_k + b_k`. With one label and noise classes :math:`c_k`,
+
+    .. math::
+        \ell_i = -\log \sigma(o_{i y_i}) - \sum_k \log \sigma(-o_{i c_k})
+
+    The noise is drawn by ``sampler`` (word2vec's is ``UnigramSampler(V, counts,
+    distortion=0.75, draw="with_replacement")``), shared by the batch. Same arguments as
+    :func:`nce_loss` without ``subtract_log_q``.
+
+    Example:
+        >>> import torch
+        >>> from sampled_softmax.torch import negative_sampling_loss
+        >>> W = torch.eye(3, 2, dtype=torch.float64)
+        >>> sv = (torch.tensor([1, 2]), torch.ones(1, 1), torch.ones(2))
+        >>> negative_sampling_loss(W, None, torch.tensor([0]), torch.tensor([[1.0, 2.0]], dtype=torch.float64), 2, 3,
+        ...                        sampled_values=sv)
+        tensor([3.1333], dtype=torch.float64)
+    """
+    return _sigmoid_loss(weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+                         remove_accidental_hits, sampler, reduction, ignore_index, generator, partition_strategy,
+                         False, sparse, implementation)
+
+
+@torch.compiler.disable  # the sigmoid head has no custom operator yet: under torch.compile, eager
+def _sigmoid_loss(weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+                  remove_accidental_hits, sampler, reduction, ignore_index, generator, partition_strategy,
+                  subtract_log_q, sparse, implementation):
+    V.check_choice("implementation", implementation, IMPLEMENTATIONS)
+    if isinstance(inputs, torch.Tensor) and _autocast_on(inputs.device.type):
+        return _without_autocast(_sigmoid_loss, dict(locals()))
+    if _ops.traced(inputs):
+        raise NotImplementedError("nce_loss and negative_sampling_loss do not take meta or fake tensors yet "
+                                  "(torch.export, FakeTensorMode): run them on real tensors")
+    _check_not_transformed(inputs, weights)
+    return _general_path(sigmoid_head, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+                         sampled_values, remove_accidental_hits, sampler, reduction, ignore_index, 0.0, generator,
+                         partition_strategy, subtract_log_q, sparse, False, implementation)
 
 
 def _traced_sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
@@ -318,8 +419,10 @@ def _compiled_draw(weights, biases, labels, inputs, num_sampled, num_classes, nu
     return _finish(loss, -loss if return_log_prob else None, None, reduction, lead, return_log_prob)
 
 
-def _loss_obstacle(shards, biases, h, t, valid, label_smoothing):
+def _loss_obstacle(head, shards, biases, h, t, valid, label_smoothing):
     """:func:`_dispatch.loss_obstacle` of a checked call."""
+    if head is not softmax_head:
+        return f"it computes the sampled softmax head only; received the {head.name} head"
     return _dispatch.loss_obstacle(h.device.type, len(shards), t, valid is not None, label_smoothing,
                                    (h.dtype, shards[0].dtype, None if biases is None else biases.dtype))
 

@@ -11,10 +11,12 @@ from torch import nn
 
 from .. import _validation as V
 from ._dispatch import IMPLEMENTATIONS
-from .functional import full_logits, full_softmax_loss, sampled_softmax_loss
+from .functional import _reduce, full_logits, full_softmax_loss, nce_loss, negative_sampling_loss, sampled_softmax_loss
 from .samplers import CandidateSampler, make_sampler
 
-__all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxOutput"]
+__all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxOutput", "LOSSES"]
+
+LOSSES = ("sampled_softmax", "nce", "negative_sampling")
 
 
 class SampledSoftmaxOutput(NamedTuple):
@@ -52,6 +54,12 @@ class SampledSoftmax(nn.Module):
         subtract_log_q: subtract ``log E(k)`` (False gives negative sampling). Default True.
         implementation: ``"auto"``, ``"compiled"`` or ``"python"``, as for
             :func:`~sampled_softmax.torch.sampled_softmax_loss`. Default ``"auto"``.
+        loss: the training loss: ``"sampled_softmax"`` (default), ``"nce"``
+            (:func:`~sampled_softmax.torch.nce_loss`) or ``"negative_sampling"``
+            (:func:`~sampled_softmax.torch.negative_sampling_loss`; ``subtract_log_q`` is then
+            False). With the last two, ``output`` in training mode is the per-example
+            log-likelihood of their logistic classifications (minus the unreduced loss), and
+            ``label_smoothing`` must be 0. Eval mode is the exact full softmax for all three.
 
     Shape:
         - input: ``[..., D]``
@@ -75,7 +83,9 @@ class SampledSoftmax(nn.Module):
                  weight: torch.nn.Parameter | None = None, remove_accidental_hits: bool = True, sparse: bool = False,
                  reduction: Literal["none", "mean", "sum"] = "mean", ignore_index: int | None = -100,
                  label_smoothing: float = 0.0, subtract_log_q: bool = True,
-                 implementation: Literal["auto", "compiled", "python"] = "auto", device=None, dtype=None) -> None:
+                 implementation: Literal["auto", "compiled", "python"] = "auto",
+                 loss: Literal["sampled_softmax", "nce", "negative_sampling"] = "sampled_softmax",
+                 device=None, dtype=None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.in_features = V.check_positive_int("in_features", in_features)
@@ -88,6 +98,10 @@ class SampledSoftmax(nn.Module):
         self.subtract_log_q = bool(subtract_log_q)
         self.sparse = bool(sparse)
         self.implementation = V.check_choice("implementation", implementation, IMPLEMENTATIONS)
+        self.loss = V.check_choice("loss", loss, LOSSES)
+        if self.loss != "sampled_softmax" and self.label_smoothing:
+            raise V.SampledSoftmaxError(f"`label_smoothing` must be 0 with loss={self.loss!r} (a sum of logistic "
+                                        f"losses has no softmax to smooth); received {self.label_smoothing}")
         self.sampler = make_sampler(sampler, num_classes)
         V.check_num_sampled(num_sampled, num_classes, unique=self.sampler.draw == "unique", support=self.sampler.support)
         if weight is None:
@@ -116,6 +130,21 @@ class SampledSoftmax(nn.Module):
         return target.shape[-1] if target.dim() == input.dim() else 1
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, *, generator=None) -> SampledSoftmaxOutput:
+        if self.training and self.loss != "sampled_softmax":
+            relative = nce_loss if self.loss == "nce" else negative_sampling_loss
+            extra = {"subtract_log_q": self.subtract_log_q} if self.loss == "nce" else {}
+            num_true = self._num_true(input, target)
+            per_example = relative(
+                self.weight, self.bias, target, input, self.num_sampled, self.num_classes, num_true,
+                remove_accidental_hits=self.remove_accidental_hits, sampler=self.sampler, reduction="none",
+                ignore_index=self.ignore_index, generator=generator, sparse=self.sparse,
+                implementation=self.implementation, **extra,
+            )
+            live = None
+            if self.ignore_index is not None:
+                live = (target != self.ignore_index).reshape(per_example.numel(), num_true).any(1)
+            loss = _reduce(per_example.reshape(-1), live, self.reduction, per_example.shape)
+            return SampledSoftmaxOutput(per_example.neg(), loss)
         if self.training:
             loss, output = sampled_softmax_loss(
                 self.weight, self.bias, target, input, self.num_sampled, self.num_classes,
@@ -147,7 +176,7 @@ class SampledSoftmax(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, num_classes={self.num_classes}, "
                 f"num_sampled={self.num_sampled}, bias={self.bias is not None}, sparse={self.sparse}, "
-                f"reduction={self.reduction!r}")
+                f"reduction={self.reduction!r}" + ("" if self.loss == "sampled_softmax" else f", loss={self.loss!r}"))
 
 
 # The first name of the layer, kept as an alias. Keras' ``SampledSoftmaxLoss`` is a loss object

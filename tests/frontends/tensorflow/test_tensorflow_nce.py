@@ -1,0 +1,98 @@
+"""``sampled_softmax.tensorflow.nce_loss`` against ``tf.nn.nce_loss`` itself (identical
+``sampled_values``) and the NumPy reference."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from sampled_softmax import reference as R  # noqa: E402
+from sampled_softmax import tensorflow as sst  # noqa: E402
+
+
+def problem(seed, *, V=101, D=16, B=12, S=20, T=1, dtype=np.float32, label_dtype=np.int64):
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(V, D)).astype(dtype)
+    b = rng.normal(size=V).astype(dtype)
+    h = rng.normal(size=(B, D)).astype(dtype)
+    y = rng.integers(0, V, size=(B, T)).astype(label_dtype)
+    hit = np.unique(y[:, 0])[:6]  # accidental hits; distinct candidates like TF's default draw
+    cand = np.concatenate([hit, rng.choice(np.setdiff1d(np.arange(V), hit), S - hit.size, replace=False)])
+    sv = (cand.astype(np.int64), rng.uniform(0.01, 2, (B, T)).astype(dtype), rng.uniform(0.01, 2, S).astype(dtype))
+    return W, b, y, h, sv
+
+
+def loss_and_grads(fn, W, b, y, h, sv, T, hits, shards=None, **extras):
+    Wv = [tf.Variable(w) for w in (np.array_split(W, shards) if shards else [W])]
+    bv, hv = tf.Variable(b), tf.Variable(h)
+    with tf.GradientTape() as tape:
+        loss = fn(Wv if shards else Wv[0], bv, tf.constant(y), hv, len(sv[0]), W.shape[0], num_true=T,
+                  sampled_values=tuple(tf.constant(v) for v in sv), remove_accidental_hits=hits, **extras)
+    grads = tape.gradient(loss, Wv + [bv, hv])
+    return loss.numpy(), grads
+
+
+@pytest.mark.parametrize("T,hits,shards,dtype", list(itertools.product(
+    [1, 3], [False, True], [None, 3], [np.float32, np.float64])))
+def test_matches_tf_nn_nce_loss(T, hits, shards, dtype):
+    W, b, y, h, sv = problem(T * 5 + hits, T=T, dtype=dtype)
+    ours, g_ours = loss_and_grads(sst.nce_loss, W, b, y, h, sv, T, hits, shards)
+    ref, g_ref = loss_and_grads(tf.nn.nce_loss, W, b, y, h, sv, T, hits, shards)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ours, ref, **tol)
+    for a, r in zip(g_ours, g_ref):
+        assert isinstance(a, tf.IndexedSlices) == isinstance(r, tf.IndexedSlices)
+        np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(r).numpy(), **tol)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize("T,hits,subtract", [(1, False, True), (3, True, True), (2, False, False)])
+def test_matches_the_reference(mode, T, hits, subtract):
+    W, b, y, h, sv = problem(7, T=T, dtype=np.float64)
+    y[1, 0] = -1  # an ignored label
+    Wv, bv, hv = tf.Variable(W), tf.Variable(b), tf.Variable(h)
+
+    def step():
+        with tf.GradientTape() as tape:
+            loss = sst.nce_loss(Wv, bv, tf.constant(y), hv, len(sv[0]), W.shape[0], num_true=T,
+                                sampled_values=tuple(tf.constant(v) for v in sv), remove_accidental_hits=hits,
+                                ignore_index=-1, subtract_log_q=subtract)
+            total = tf.reduce_sum(loss)
+        return loss, tape.gradient(total, [hv, Wv, bv])
+
+    if mode != "eager":
+        step = tf.function(step, jit_compile=mode == "xla")
+    loss, grads = step()
+    kw = dict(remove_accidental_hits=hits, subtract_log_q=subtract, ignore_index=-1)
+    np.testing.assert_allclose(loss.numpy(), R.nce_loss(W, b, y, h, sv, **kw), rtol=1e-10)
+    for ours, ref in zip(grads, R.nce_grads(W, b, y, h, sv, **kw)):
+        np.testing.assert_allclose(tf.convert_to_tensor(ours).numpy(), ref, rtol=1e-9, atol=1e-12)
+
+
+def test_library_samplers_compile_with_nce_under_xla():
+    W, b, y, h, _ = problem(3)
+    gen = tf.random.Generator.from_seed(0)
+
+    @tf.function(jit_compile=True)
+    def step(labels):
+        sv = sst.log_uniform_candidate_sampler(labels, 20, W.shape[0], generator=gen)
+        return sst.nce_loss(W, b, labels, h, 20, W.shape[0], sampled_values=sv)
+
+    assert np.all(np.isfinite(step(tf.constant(y)).numpy()))
+
+
+def test_default_sampler_with_a_global_seed_draws_what_tf_nn_draws():
+    W, b, y, h, _ = problem(5, V=1000)
+    losses = []
+    for fn in (tf.nn.nce_loss, sst.nce_loss):
+        tf.random.set_seed(1234)
+        losses.append(fn(tf.constant(W), tf.constant(b), tf.constant(y), tf.constant(h), 50, 1000).numpy())
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def test_negative_sampling_is_nce_without_log_q():
+    W, b, y, h, sv = problem(9, dtype=np.float64)
+    ours = sst.nce_loss(W, b, y, h, len(sv[0]), W.shape[0], sampled_values=sv, subtract_log_q=False).numpy()
+    np.testing.assert_allclose(ours, R.negative_sampling_loss(W, b, y, h, sv), rtol=1e-12)

@@ -1,0 +1,85 @@
+"""``nce_loss`` and ``negative_sampling_loss`` for PyTorch against the reference."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from sampled_softmax import SampledSoftmaxError
+from sampled_softmax import reference as R
+from sampled_softmax.torch import LogUniformSampler, nce_loss, negative_sampling_loss
+
+from conftest import random_problem
+
+
+@pytest.mark.parametrize("T,hits,subtract,ignore,sparse", list(itertools.product(
+    [1, 3], [False, True], [True, False], [False, True], [False, True])))
+def test_nce_matches_the_reference(rng, T, hits, subtract, ignore, sparse):
+    W, b, y, h, sv = random_problem(rng, T=T)
+    if ignore:
+        y[0, -1] = -100
+        y[2, :] = -100
+    Wt, bt, ht = (torch.tensor(x, requires_grad=True) for x in (W, b, h))
+    svt = tuple(torch.as_tensor(v) for v in sv)
+    loss = nce_loss(Wt, bt, torch.as_tensor(y), ht, len(sv[0]), W.shape[0], num_true=T, sampled_values=svt,
+                    remove_accidental_hits=hits, subtract_log_q=subtract, sparse=sparse,
+                    ignore_index=-100 if ignore else None)
+    kw = dict(remove_accidental_hits=hits, subtract_log_q=subtract, ignore_index=-100 if ignore else None)
+    np.testing.assert_allclose(loss.detach().numpy(), R.nce_loss(W, b, y, h, sv, **kw), rtol=1e-12)
+    weights = rng.normal(size=loss.shape[0])
+    (loss * torch.as_tensor(weights)).sum().backward()
+    for ours, ref in zip((ht.grad, Wt.grad, bt.grad), R.nce_grads(W, b, y, h, sv, grad_loss=weights, **kw)):
+        ours = ours.to_dense() if ours.is_sparse else ours
+        np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_negative_sampling_is_nce_without_log_q(rng):
+    W, b, y, h, sv = random_problem(rng)
+    args = [torch.as_tensor(x) for x in (W, b, y, h)]
+    svt = tuple(torch.as_tensor(v) for v in sv)
+    ns = negative_sampling_loss(*args, len(sv[0]), W.shape[0], sampled_values=svt)
+    torch.testing.assert_close(ns, nce_loss(*args, len(sv[0]), W.shape[0], sampled_values=svt, subtract_log_q=False))
+    np.testing.assert_allclose(ns.numpy(), R.negative_sampling_loss(W, b, y, h, sv), rtol=1e-12)
+
+
+def test_drawn_noise_reductions_and_routes(rng):
+    W, b, y, h, _ = random_problem(rng, V=200, B=8)
+    args = [torch.as_tensor(x, dtype=torch.float32) for x in (W, b)] + [torch.as_tensor(y[:, 0])] + [
+        torch.as_tensor(h, dtype=torch.float32)]
+    per_row = nce_loss(*args, 20, 200, sampler=LogUniformSampler(200, draw="with_replacement"),
+                       generator=torch.Generator().manual_seed(1))
+    mean = nce_loss(*args, 20, 200, sampler=LogUniformSampler(200, draw="with_replacement"), reduction="mean",
+                    generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(mean, per_row.mean())
+    with pytest.raises(SampledSoftmaxError, match="cannot be used: it computes the sampled softmax head only; received the sigmoid head"):
+        nce_loss(*args, 20, 200, implementation="compiled")
+    with pytest.raises(SampledSoftmaxError, match="`implementation` must be one of"):
+        negative_sampling_loss(*args, 20, 200, implementation="pyhton")
+
+
+@pytest.mark.parametrize("kind", ["nce", "negative_sampling"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_the_output_layer_trains_with_the_relatives_and_evaluates_exactly(rng, kind, reduction):
+    from sampled_softmax.torch import SampledSoftmax, full_softmax_loss
+
+    layer = SampledSoftmax(6, 40, 8, loss=kind, reduction=reduction, sampler=LogUniformSampler(40, draw="unique"))
+    h = torch.randn(5, 3, 6, dtype=torch.float32)
+    y = torch.randint(40, (5, 3))
+    y[0, 0] = -100
+    out = layer(h, y, generator=torch.Generator().manual_seed(4))
+    fn = nce_loss if kind == "nce" else negative_sampling_loss
+    per = fn(layer.weight, layer.bias, y, h, 8, 40, remove_accidental_hits=True, sampler=layer.sampler, ignore_index=-100,
+             generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(out.output, -per)
+    expected = {"none": per, "sum": per.sum(), "mean": per.sum() / (y != -100).sum()}[reduction]
+    torch.testing.assert_close(out.loss, expected)
+    out.loss.sum().backward()
+    assert layer.weight.grad is not None
+    layer.eval()
+    torch.testing.assert_close(layer(h, y).loss, full_softmax_loss(layer.weight, layer.bias, y, h, reduction=reduction,
+                                                                   ignore_index=-100))
+    with pytest.raises(SampledSoftmaxError, match=r"`label_smoothing` must be 0 with loss="):
+        SampledSoftmax(6, 40, 8, loss=kind, label_smoothing=0.1)
+    with pytest.raises(SampledSoftmaxError, match=r"`loss` must be one of 'sampled_softmax', 'nce', 'negative_sampling'"):
+        SampledSoftmax(6, 40, 8, loss="nsc")
