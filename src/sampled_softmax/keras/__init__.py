@@ -36,11 +36,11 @@ Files: :mod:`.layers` (the layer), :mod:`.losses`, :mod:`.metrics`, :mod:`.optim
 """
 
 from .. import SampledSoftmaxError
-from .layers import OUTPUTS, SampledSoftmax
+from .layers import LOSSES, OUTPUTS, SampledSoftmax
 from .losses import SampledSoftmaxLoss
 from .metrics import Perplexity, SampledSoftmaxMetric
 from .optimizers import LazyAdam
 from .samplers import DRAWS, SAMPLERS
 
 __all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxMetric", "Perplexity", "LazyAdam",
-           "SampledSoftmaxError", "SAMPLERS", "DRAWS", "OUTPUTS"]
+           "SampledSoftmaxError", "SAMPLERS", "DRAWS", "OUTPUTS", "LOSSES"]

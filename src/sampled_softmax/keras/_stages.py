@@ -61,3 +61,17 @@ def softmax_head(logits, keep, num_true, label_smoothing):
     loss = ops.logsumexp(logits, axis=1) - ops.sum(target * ops.where(keep, logits, 0.0), axis=1)
     live = n_true[:, 0] > 0
     return ops.where(live, loss, 0.0), live
+
+
+def sigmoid_head(logits, keep, num_true):
+    """Stage 3 of NCE (and of negative sampling, over uncorrected logits): each kept column a
+    logistic classification, target ``1 / T_i`` on the kept target columns and 0 on the
+    candidates; per row the sum of the sigmoid cross-entropies ``[N]``, and the rows with a kept
+    target ``[N]`` (the others have loss 0)."""
+    kt = ops.cast(keep[:, :num_true], "float32")
+    n_true = ops.sum(kt, axis=1, keepdims=True)
+    target = ops.concatenate([kt / ops.maximum(n_true, 1.0), ops.zeros_like(logits[:, num_true:])], axis=1)
+    z = ops.where(keep, logits, 0.0)
+    per_column = ops.maximum(z, 0.0) - z * target + ops.log1p(ops.exp(-ops.abs(z)))
+    live = n_true[:, 0] > 0
+    return ops.where(live, ops.sum(ops.where(keep, per_column, 0.0), axis=1), 0.0), live

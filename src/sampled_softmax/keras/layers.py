@@ -15,7 +15,7 @@ from ._backend import (
     _sum_over_replicas, _take_rows, get_tensor_attr, keras, ops, set_keras_mask, set_tensor_attr,
 )
 from ._binding import _OWNER_ATTR, _STATE_ATTR, _check_compiled_loss, _find_upstream_layer, register
-from ._stages import candidate_columns, corrected_logits, softmax_head
+from ._stages import candidate_columns, corrected_logits, sigmoid_head, softmax_head
 from .samplers import DRAWS, SAMPLERS, draw, expected_counts, uniforms
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .metrics import SampledSoftmaxMetric
 
 OUTPUTS = ("probabilities", "logits", "log_probabilities")
+LOSSES = ("sampled_softmax", "nce", "negative_sampling")
 
 
 def _shape(x) -> tuple:
@@ -114,6 +115,10 @@ class SampledSoftmax(keras.layers.Layer):
         seed: seed of the layer's candidate draws (a ``keras.random.SeedGenerator``, saved
             with the layer's weights).
         kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer: as ``Dense``.
+        loss: the training objective of :attr:`loss` (the loss object): ``"sampled_softmax"``
+            (default), ``"nce"`` (noise-contrastive estimation, ``tf.nn.nce_loss``'s sigmoid head)
+            or ``"negative_sampling"`` (NCE's head without ``- log E(k)``). ``label_smoothing``
+            must be 0 with the last two. Evaluation is the exact softmax for all three.
 
     Shape:
         - Input: ``[..., D]`` (``[B, D]`` or sequences ``[B, T, D]``).
@@ -126,7 +131,7 @@ class SampledSoftmax(keras.layers.Layer):
                  remove_accidental_hits=True, subtract_log_q=True, label_smoothing=0.0,
                  ignore_index=None, tied_to=None, output="probabilities", seed=None,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
-                 kernel_regularizer=None, bias_regularizer=None, **kwargs):
+                 kernel_regularizer=None, bias_regularizer=None, loss="sampled_softmax", **kwargs):
         tied_name = kwargs.pop("tied_to_name", None)
         unigrams_in_weights = kwargs.pop("unigrams_in_weights", False)
         full_in_training = bool(kwargs.pop("full_output_in_training", False))
@@ -139,6 +144,10 @@ class SampledSoftmax(keras.layers.Layer):
         self.remove_accidental_hits = bool(remove_accidental_hits)
         self.subtract_log_q = bool(subtract_log_q)
         self.label_smoothing = V.check_label_smoothing(label_smoothing)
+        self.objective = V.check_choice("loss", loss, LOSSES)
+        if self.objective != "sampled_softmax" and self.label_smoothing:
+            raise SampledSoftmaxError(f"`label_smoothing` must be 0 with loss={self.objective!r} (a sum of logistic "
+                                      f"losses has no softmax to smooth); received {self.label_smoothing}")
         if ignore_index is not None and not isinstance(ignore_index, int):
             raise TypeError(f"`ignore_index` must be an int or None; received {type(ignore_index).__name__}")
         self.ignore_index = ignore_index
@@ -409,14 +418,18 @@ class SampledSoftmax(keras.layers.Layer):
             samp_count = ops.cast(samp_count, "float32")
         ids, log_q, keep = candidate_columns(y2, valid, cand, true_count, samp_count,
                                              remove_accidental_hits=self.remove_accidental_hits,
-                                             subtract_log_q=self.subtract_log_q)
+                                             subtract_log_q=self.subtract_log_q
+                                             and self.objective != "negative_sampling")
         table = self.table if state is None else state["table"]
         rows = ops.cast(_take_rows(table, ids), "float32")  # one gather: sparse rows on TF
         bias_rows = None
         if self.use_bias:
             bias_rows = ops.cast(_take_rows(self.bias if state is None else state["bias"], ids), "float32")
         logits = corrected_logits(h, rows, bias_rows, log_q, keep, T)
-        loss, live = softmax_head(logits, keep, T, self.label_smoothing)
+        if self.objective == "sampled_softmax":
+            loss, live = softmax_head(logits, keep, T, self.label_smoothing)
+        else:
+            loss, live = sigmoid_head(logits, keep, T)
         loss = self._nan_if_out_of_range(loss, y2, valid)
         return self._with_padding_mask(ops.reshape(loss, ops.shape(inputs)[:-1]), live)
 
@@ -486,7 +499,7 @@ class SampledSoftmax(keras.layers.Layer):
             num_true=self.num_true, use_bias=self.use_bias,
             remove_accidental_hits=self.remove_accidental_hits, subtract_log_q=self.subtract_log_q,
             label_smoothing=self.label_smoothing, ignore_index=self.ignore_index,
-            output=self.output_mode, seed=self.seed,
+            output=self.output_mode, seed=self.seed, loss=self.objective,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             bias_initializer=keras.initializers.serialize(self.bias_initializer),
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),

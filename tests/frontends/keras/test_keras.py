@@ -54,6 +54,42 @@ def test_sampled_loss_and_gradients_match_reference(T, hits, bias, log_q, eps, i
         assert np.all(grads[0][1] == 0)
 
 
+@pytest.mark.parametrize("objective,T,hits,ignore", [
+    ("nce", 1, False, None), ("nce", 3, True, 7), ("negative_sampling", 1, False, None),
+    ("negative_sampling", 2, True, 7)])
+def test_nce_and_negative_sampling_match_reference(objective, T, hits, ignore):
+    W, b, y, h, sv = problem(T * 10 + hits, T=T)
+    if ignore is not None:
+        y[1, :] = ignore
+        y[2, 0] = ignore
+    layer = built_layer(W, b, num_true=T, remove_accidental_hits=hits, ignore_index=ignore, loss=objective)
+    loss, grads = sampled_loss_and_grads(layer, y if T > 1 else y[:, 0], h, sv)
+    kw = dict(remove_accidental_hits=hits, ignore_index=ignore)
+    ref_loss = R.nce_loss if objective == "nce" else R.negative_sampling_loss
+    ref_grads = R.nce_grads if objective == "nce" else R.negative_sampling_grads
+    np.testing.assert_allclose(loss, ref_loss(W, b, y, h, sv, **kw), rtol=2e-5, atol=2e-5)
+    for got, want in zip(grads, ref_grads(W, b, y, h, sv, **kw)):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+    assert SampledSoftmax.from_config(layer.get_config()).objective == objective
+    with pytest.raises(SampledSoftmaxError, match=r"`label_smoothing` must be 0 with loss="):
+        SampledSoftmax(60, 5, loss=objective, label_smoothing=0.1)
+
+
+def test_an_nce_head_fits_and_evaluates_exactly():
+    keras.utils.set_random_seed(3)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 8)).astype(np.float32)
+    y = np.argmax(x @ rng.normal(size=(8, 30)), axis=1).astype(np.int64)
+    head = SampledSoftmax(30, 10, seed=0, loss="nce")
+    model = keras.Sequential([keras.Input((8,)), head])
+    model.compile(optimizer="adam", loss=head.loss)
+    history = model.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    evaluated = model.evaluate(x, y, verbose=0)
+    probs = to_numpy(model(x, training=False))
+    np.testing.assert_allclose(evaluated, -np.mean(np.log(probs[np.arange(128), y])), rtol=1e-4)
+
+
 def test_masked_candidates_get_exactly_zero_gradient():
     W, b, y, h, sv = problem(5)
     layer = built_layer(W, b)
