@@ -29,7 +29,7 @@ from ._prepare import (
     _autocast_on, _check_labels_can_be_drawn, _check_not_transformed, _check_sampled_values, _check_sparse_bias,
     _check_tensor, _compute_dtype, _full_table, _LOW_PRECISION, _prepare, _shards, _true_count_rows,
 )
-from ._rows import _Spec
+from ._rows import GatherRows, _Spec
 from ..samplers import DrawKind, unique_draw_error, unique_draw_limit
 from .._validation import check_num_sampled
 from .samplers import CandidateSampler, check_generator, make_sampler, sampler_tables
@@ -246,7 +246,7 @@ def negative_sampling_loss(
     num_classes: int, num_true: int = 1, sampled_values: Sequence | None = None, remove_accidental_hits: bool = False,
     *, sampler: str | CandidateSampler = "log_uniform", reduction: Reduction = "none", ignore_index: int | None = None,
     generator: torch.Generator | None = None, partition_strategy: Partition = "div", sparse: bool = False,
-    implementation: Implementation = "auto",
+    implementation: Implementation = "auto", noise: Literal["shared", "per_example"] = "shared",
 ) -> torch.Tensor:
     r"""Negative sampling (Mikolov et al. 2013): :func:`nce_loss` over uncorrected logits
     :math:`o_{ik} = h_i \cdot W_k + b_k`. With one label and noise classes :math:`c_k`,
@@ -255,8 +255,12 @@ def negative_sampling_loss(
         \ell_i = -\log \sigma(o_{i y_i}) - \sum_k \log \sigma(-o_{i c_k})
 
     The noise is drawn by ``sampler`` (word2vec's is ``UnigramSampler(V, counts,
-    distortion=0.75, draw="with_replacement")``), shared by the batch. Same arguments as
-    :func:`nce_loss` without ``subtract_log_q``.
+    distortion=0.75, draw="with_replacement")``): ``num_sampled`` classes shared by the batch
+    (``noise="shared"``, the default), or, as word2vec itself does, ``num_sampled`` classes drawn
+    independently for each example (``noise="per_example"``: the sampler's draw must be
+    ``"with_replacement"``, and ``sampled_values`` cannot be given; one weight table). With
+    ``remove_accidental_hits`` a noise class equal to the example's label adds nothing, as
+    word2vec skips it. Same arguments as :func:`nce_loss` without ``subtract_log_q``.
 
     Example:
         >>> import torch
@@ -267,9 +271,66 @@ def negative_sampling_loss(
         ...                        sampled_values=sv)
         tensor([3.1333], dtype=torch.float64)
     """
+    V.check_choice("noise", noise, ("shared", "per_example"))
+    if noise == "per_example":
+        V.check_choice("implementation", implementation, IMPLEMENTATIONS)
+        if implementation == "compiled":
+            raise SampledSoftmaxError("`implementation='compiled'` cannot be used: it computes the sampled softmax "
+                                      "head only; received noise='per_example'")
+        if sampled_values is not None:
+            raise SampledSoftmaxError("`sampled_values` cannot be given with noise='per_example' (the noise is "
+                                      "drawn for each example); pass noise='shared' to give shared candidates")
+        return _per_example_negative_sampling(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+                                              remove_accidental_hits, sampler, reduction, ignore_index, generator,
+                                              partition_strategy, sparse)
     return _sigmoid_loss(weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
                          remove_accidental_hits, sampler, reduction, ignore_index, generator, partition_strategy,
                          False, sparse, implementation)
+
+
+def _per_example_negative_sampling(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+                                   remove_accidental_hits, sampler, reduction, ignore_index, generator,
+                                   partition_strategy, sparse):
+    """Negative sampling with ``num_sampled`` noise classes per example (word2vec's): the rows
+    ``[N, T + k]`` gathered as embeddings (sparse row gradients with ``sparse``), the logits by
+    one batched product, the sigmoid head by autograd."""
+    check_generator(generator)
+    _check_sparse_bias(biases, sparse)
+    shards, biases, y, h, lead, num_classes, _, valid, _ = _prepare(
+        weights, biases, labels, inputs, num_classes, num_true, ignore_index, 0.0, reduction, partition_strategy)
+    if len(shards) > 1:
+        raise SampledSoftmaxError("`weights` must be one [num_classes, dim] table with noise='per_example'; "
+                                  f"received {len(shards)} shards")
+    sampler = _sampler_for(sampler, num_classes)
+    if sampler.draw != "with_replacement":
+        raise SampledSoftmaxError(
+            f"`sampler` must draw 'with_replacement' with noise='per_example' (independent noise for each example); "
+            f"received a sampler with draw={sampler.draw!r}")
+    y = y.long()
+    n, t = y.shape
+    check_num_sampled(num_sampled, num_classes, unique=False)
+    noise, _, _ = sampler._draw_values(y, n * num_sampled, generator, None if valid is None else ignore_index)
+    noise = noise.to(h.device).view(n, num_sampled)
+    kt = torch.ones_like(y, dtype=torch.bool) if valid is None else valid
+    y_safe = torch.where(kt, y, 0)
+    kc = torch.ones_like(noise, dtype=torch.bool)
+    if remove_accidental_hits:
+        kc = ~((noise.unsqueeze(2) == y_safe.unsqueeze(1)) & kt.unsqueeze(1)).any(2)
+    ids = torch.cat([y_safe, noise], 1)
+    keep = torch.cat([kt, kc], 1)
+    cdt = _compute_dtype(h.dtype)
+    hc = h.to(cdt)
+    flat = ids.reshape(-1)
+    rows = GatherRows.apply(shards[0], flat, bool(sparse)).to(cdt).view(n, ids.shape[1], -1)
+    logits = torch.bmm(rows, hc.unsqueeze(2)).squeeze(2)
+    if biases is not None:
+        logits = logits + GatherRows.apply(biases, flat, bool(sparse)).to(cdt).view(ids.shape)
+    n_true = kt.sum(1, keepdim=True)
+    target = torch.cat([kt.to(cdt) / n_true.clamp(min=1), torch.zeros_like(noise, dtype=cdt)], 1)
+    z = torch.where(keep, logits, 0.0)
+    per_column = torch.nn.functional.binary_cross_entropy_with_logits(z, target, reduction="none")
+    loss = torch.where(keep, per_column, 0.0).sum(1) * (n_true[:, 0] > 0)
+    return _finish(loss, None, valid, reduction, lead, False)
 
 
 @torch.compiler.disable  # the sigmoid head has no custom operator yet: under torch.compile, eager

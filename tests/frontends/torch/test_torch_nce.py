@@ -83,3 +83,55 @@ def test_the_output_layer_trains_with_the_relatives_and_evaluates_exactly(rng, k
         SampledSoftmax(6, 40, 8, loss=kind, label_smoothing=0.1)
     with pytest.raises(SampledSoftmaxError, match=r"`loss` must be one of 'sampled_softmax', 'nce', 'negative_sampling'"):
         SampledSoftmax(6, 40, 8, loss="nsc")
+
+
+@pytest.mark.parametrize("hits,ignore,sparse,bias", list(itertools.product([False, True], [False, True],
+                                                                           [False, True], [False, True])))
+def test_per_example_noise_is_negative_sampling_row_by_row(rng, hits, ignore, sparse, bias):
+    from sampled_softmax.torch import UnigramSampler
+
+    V = 30
+    W, b, y, h, _ = random_problem(rng, V=V, B=6)
+    if ignore:
+        y[2, 0] = -100
+    b = b if bias else None
+    sampler = UnigramSampler(V, rng.integers(1, 50, V), distortion=0.75, draw="with_replacement")
+    Wt = torch.tensor(W, requires_grad=True)
+    bt = None if b is None else torch.tensor(b, requires_grad=True)
+    ht = torch.tensor(h, requires_grad=True)
+    kw = dict(sampler=sampler, noise="per_example", remove_accidental_hits=hits, sparse=sparse,
+              ignore_index=-100 if ignore else None)
+    loss = negative_sampling_loss(Wt, bt, torch.as_tensor(y[:, 0]), ht, 5, V, generator=torch.Generator().manual_seed(2),
+                                  **kw)
+    noise = sampler(torch.as_tensor(y), 6 * 5, generator=torch.Generator().manual_seed(2),
+                    ignore_index=-100 if ignore else None)[0].view(6, 5).numpy()
+    for i in range(6):
+        sv = (noise[i], np.ones((1, 1)), np.ones(5))
+        ref = R.negative_sampling_loss(W, b, y[i:i + 1], h[i:i + 1], sv, remove_accidental_hits=hits,
+                                       ignore_index=-100 if ignore else None)
+        np.testing.assert_allclose(loss[i].item(), ref[0], rtol=1e-12)
+    weights = rng.normal(size=6)
+    (loss * torch.as_tensor(weights)).sum().backward()
+    d_h = np.zeros_like(h)
+    d_W = np.zeros_like(W)
+    for i in range(6):
+        sv = (noise[i], np.ones((1, 1)), np.ones(5))
+        gh, gW, _ = R.negative_sampling_grads(W, b, y[i:i + 1], h[i:i + 1], sv, grad_loss=weights[i:i + 1],
+                                              remove_accidental_hits=hits, ignore_index=-100 if ignore else None)
+        d_h[i] = gh[0]
+        d_W += gW
+    np.testing.assert_allclose(ht.grad.numpy(), d_h, rtol=1e-10, atol=1e-12)
+    grad_W = Wt.grad.to_dense() if Wt.grad.is_sparse else Wt.grad
+    assert Wt.grad.is_sparse == sparse
+    np.testing.assert_allclose(grad_W.numpy(), d_W, rtol=1e-10, atol=1e-12)
+
+
+def test_per_example_noise_needs_independent_draws():
+    W, h, y = torch.randn(30, 4), torch.randn(3, 4), torch.tensor([1, 2, 3])
+    with pytest.raises(SampledSoftmaxError, match=r"`sampler` must draw 'with_replacement' with noise='per_example'"):
+        negative_sampling_loss(W, None, y, h, 5, 30, noise="per_example")
+    with pytest.raises(SampledSoftmaxError, match=r"`noise` must be one of 'shared', 'per_example'"):
+        negative_sampling_loss(W, None, y, h, 5, 30, noise="each")
+    with pytest.raises(SampledSoftmaxError, match=r"`sampled_values` cannot be given with noise='per_example'"):
+        negative_sampling_loss(W, None, y, h, 5, 30, sampled_values=(torch.arange(5), torch.ones(3, 1),
+                                                                     torch.ones(5)), noise="per_example")
