@@ -81,8 +81,17 @@ def _torch_command(module: str):
     return run
 
 
-_demo, _diagnose = _torch_command("demo"), _torch_command("diagnose")
-PASS_THROUGH = {"bench": _bench, "demo": _demo, "diagnose": _diagnose}  # commands whose options their own parser reads
+_demo, _diagnose, _word2vec = _torch_command("demo"), _torch_command("diagnose"), _torch_command("word2vec")
+PASS_THROUGH = {"bench": _bench, "demo": _demo, "diagnose": _diagnose, "word2vec": _word2vec}
+PASS_THROUGH_HELP = {
+    "bench": "the benchmark suite (options: python -m benchmarks --help)",
+    "demo": "train a language model with full, sampled and adaptive softmax side by side "
+            "(options: sampled-softmax demo --help)",
+    "diagnose": "bias and variance of the sampled loss and its gradient against the full softmax "
+                "(options: sampled-softmax diagnose --help)",
+    "word2vec": "skip-gram word vectors with negative sampling, NCE or sampled softmax "
+                "(options: sampled-softmax word2vec --help)",
+}
 
 
 def main(argv=None) -> int:
@@ -90,17 +99,11 @@ def main(argv=None) -> int:
     parser.add_argument("--version", action="version", version=f"sampled-softmax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions and which front ends are importable").set_defaults(func=_info)
-    bench = sub.add_parser("bench", help="the benchmark suite (options: python -m benchmarks --help)")
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=_bench)
-    demo = sub.add_parser("demo", help="train a language model with full, sampled and adaptive softmax "
-                                       "side by side (options: sampled-softmax demo --help)")
-    demo.add_argument("rest", nargs=argparse.REMAINDER)
-    demo.set_defaults(func=_demo)
-    diagnose = sub.add_parser("diagnose", help="bias and variance of the sampled loss and its gradient against "
-                                               "the full softmax (options: sampled-softmax diagnose --help)")
-    diagnose.add_argument("rest", nargs=argparse.REMAINDER)
-    diagnose.set_defaults(func=_diagnose)
+    # Commands whose options their own parser reads (everything after the command's name).
+    for name, help_text in PASS_THROUGH_HELP.items():
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("rest", nargs=argparse.REMAINDER)
+        command.set_defaults(func=PASS_THROUGH[name])
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] and argv[0] in PASS_THROUGH:  # everything after the command belongs to its parser
         return PASS_THROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))

@@ -263,3 +263,48 @@ class SampledLoss(torch.autograd.Function):
                 d_b_rows = d_b_rows.to(ctx.dtypes[1])
             d_bias = _scatter_rows(tuple(bias.shape), ids, d_b_rows, spec.sparse, keep_rows)
         return (None, d_h, None, None, None, None, None, d_bias, *d_shards)
+
+
+class PerExampleSigmoid(torch.autograd.Function):
+    """The sigmoid head over columns of each example's own: ``ids [N, K]`` (its labels, then its
+    noise), ``keep`` and ``target`` ``[N, K]`` as :data:`sigmoid_head` uses them.
+
+    forward(h [N, D], ids, keep, target, live [N], sparse, bias [V] or None, table [V, D]) -> loss [N]
+
+    Word2vec's negative sampling draws its noise for each example: no column is shared, so the
+    logits are one dot product per (example, column), and the row gradients are scattered into
+    the table (dense, or sparse rows).
+    """
+
+    @staticmethod
+    def forward(ctx, h, ids, keep, target, live, sparse: bool, bias, table):
+        n, k = ids.shape
+        cdt = _compute_dtype(h.dtype)
+        hc = h if h.dtype == cdt else h.to(cdt)
+        flat = ids.reshape(-1)
+        rows = table.index_select(0, flat).view(n, k, -1)
+        rows = rows if rows.dtype == cdt else rows.to(cdt)
+        logits = torch.bmm(rows, hc.unsqueeze(2)).squeeze(2)
+        if bias is not None:
+            logits += bias.index_select(0, flat).view(n, k).to(cdt)
+        z = logits.mul_(keep)  # removed columns at 0, then weighed 0 below
+        per_column = z.clamp(min=0).sub_(z * target).add_(z.abs().neg_().exp_().log1p_())
+        loss = per_column.mul_(keep).sum(1).mul_(live)
+        ctx.sparse, ctx.shapes = sparse, (tuple(table.shape), None if bias is None else tuple(bias.shape))
+        ctx.dtypes = (h.dtype, table.dtype, None if bias is None else bias.dtype)
+        ctx.save_for_backward(hc, rows, flat, z, target, keep, live)
+        return loss
+
+    @staticmethod
+    def backward(ctx, g_loss):
+        _check_once_differentiable()
+        hc, rows, flat, z, target, keep, live = ctx.saved_tensors
+        g = torch.sigmoid(z).sub_(target).mul_(keep).mul_((live * g_loss.to(z.dtype)).unsqueeze(1))
+        d_h = torch.bmm(g.unsqueeze(1), rows).squeeze(1).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+        d_bias = d_table = None
+        if ctx.needs_input_grad[7]:
+            d_rows = (g.unsqueeze(2) * hc.unsqueeze(1)).view(flat.shape[0], -1).to(ctx.dtypes[1])
+            d_table = _scatter_rows(ctx.shapes[0], flat, d_rows, ctx.sparse, None)
+        if ctx.needs_input_grad[6]:
+            d_bias = _scatter_rows(ctx.shapes[1], flat, g.reshape(-1).to(ctx.dtypes[2]), ctx.sparse, None)
+        return d_h, None, None, None, None, None, d_bias, d_table

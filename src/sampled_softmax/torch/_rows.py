@@ -73,19 +73,3 @@ def _scatter_to_shards(shards, ids, row_grads, spec: _Spec, keep, needs):
             g = row_grads.to(w.dtype) * mine.unsqueeze(1)
             grads.append(_scatter_rows(tuple(w.shape), local.clamp(max=w.shape[0] - 1), g, False, None))
     return grads
-
-
-class GatherRows(torch.autograd.Function):
-    """``table.index_select(0, ids)`` whose gradient is scattered back as :func:`_scatter_rows`
-    does: dense, or sparse COO rows (``sparse``), for a table of any rank (a ``[V]`` bias too)."""
-
-    @staticmethod
-    def forward(ctx, table, ids, sparse: bool):
-        ctx.shape, ctx.sparse = tuple(table.shape), sparse
-        ctx.save_for_backward(ids)
-        return table.index_select(0, ids)
-
-    @staticmethod
-    def backward(ctx, grad_rows):
-        (ids,) = ctx.saved_tensors
-        return _scatter_rows(ctx.shape, ids, grad_rows, ctx.sparse, None), None, None

@@ -22,14 +22,14 @@ import torch
 from .. import SampledSoftmaxError
 from .. import _validation as V
 from . import _dispatch, _ops
-from ._autograd import SampledLoss, sigmoid_head, softmax_head
+from ._autograd import PerExampleSigmoid, SampledLoss, sigmoid_head, softmax_head
 from ._columns import candidate_columns
 from ._dispatch import IMPLEMENTATIONS
 from ._prepare import (
     _autocast_on, _check_labels_can_be_drawn, _check_not_transformed, _check_sampled_values, _check_sparse_bias,
     _check_tensor, _compute_dtype, _full_table, _LOW_PRECISION, _prepare, _shards, _true_count_rows,
 )
-from ._rows import GatherRows, _Spec
+from ._rows import _Spec
 from ..samplers import DrawKind, unique_draw_error, unique_draw_limit
 from .._validation import check_num_sampled
 from .samplers import CandidateSampler, check_generator, make_sampler, sampler_tables
@@ -319,17 +319,10 @@ def _per_example_negative_sampling(weights, biases, labels, inputs, num_sampled,
     ids = torch.cat([y_safe, noise], 1)
     keep = torch.cat([kt, kc], 1)
     cdt = _compute_dtype(h.dtype)
-    hc = h.to(cdt)
-    flat = ids.reshape(-1)
-    rows = GatherRows.apply(shards[0], flat, bool(sparse)).to(cdt).view(n, ids.shape[1], -1)
-    logits = torch.bmm(rows, hc.unsqueeze(2)).squeeze(2)
-    if biases is not None:
-        logits = logits + GatherRows.apply(biases, flat, bool(sparse)).to(cdt).view(ids.shape)
     n_true = kt.sum(1, keepdim=True)
     target = torch.cat([kt.to(cdt) / n_true.clamp(min=1), torch.zeros_like(noise, dtype=cdt)], 1)
-    z = torch.where(keep, logits, 0.0)
-    per_column = torch.nn.functional.binary_cross_entropy_with_logits(z, target, reduction="none")
-    loss = torch.where(keep, per_column, 0.0).sum(1) * (n_true[:, 0] > 0)
+    live = (n_true[:, 0] > 0).to(cdt)
+    loss = PerExampleSigmoid.apply(h, ids, keep.to(cdt), target, live, bool(sparse), biases, shards[0])
     return _finish(loss, None, valid, reduction, lead, False)
 
 

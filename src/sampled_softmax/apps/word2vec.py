@@ -1,0 +1,426 @@
+"""``sampled-softmax word2vec``: skip-gram word vectors (Mikolov et al. 2013) trained with the
+library's losses, evaluated as gensim evaluates them.
+
+The model is word2vec's: an input vector per word (``vectors``, what is saved), an output table
+over the vocabulary, and for each (center, context) pair within a window the context's input
+vector predicting the center word. The training loss is one of the library's:
+``"negative_sampling"`` (word2vec's own objective, :func:`sampled_softmax.torch.negative_sampling_loss`
+with ``negative`` noise words per pair from ``unigram ** 0.75``), ``"nce"`` or
+``"sampled_softmax"`` (over ``num_sampled`` candidates shared by a batch). Updates are word2vec's
+plain SGD, its learning rate falling linearly from ``alpha`` to ``min_alpha``, applied to the
+sparse rows a batch touches. Frequent words are subsampled and the window shrunk at random, as
+word2vec and gensim do.
+
+Python API::
+
+    from sampled_softmax.apps.word2vec import Word2VecConfig, read_sentences, train
+    model = train(read_sentences("../shared/data/wikitext-2"), Word2VecConfig(dim=100, epochs=5))
+    model.save_word2vec_format("vectors.txt")                  # gensim's KeyedVectors reads it
+    model.evaluate_analogies("../shared/data/word-eval/questions-words.txt")
+    model.evaluate_word_pairs("../shared/data/word-eval/wordsim353.tsv")
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import math
+import os
+import sys
+import time
+from typing import Literal, Sequence
+
+import numpy as np
+
+from .. import SampledSoftmaxError
+from ._progress import progress_bar
+
+__all__ = ["Word2VecConfig", "WordVectors", "read_sentences", "train", "main"]
+
+LOSSES = ("negative_sampling", "nce", "sampled_softmax")
+
+
+@dataclasses.dataclass
+class Word2VecConfig:
+    """Skip-gram settings; the defaults are gensim's ``Word2Vec(sg=1)``'s."""
+
+    dim: int = 100
+    window: int = 5
+    min_count: int = 5
+    sample: float = 1e-3
+    negative: int = 5
+    epochs: int = 5
+    alpha: float = 0.025
+    min_alpha: float = 0.0001
+    loss: Literal["negative_sampling", "nce", "sampled_softmax"] = "negative_sampling"
+    num_sampled: int = 64  # candidates shared by a batch, for "nce" and "sampled_softmax"
+    # The shared candidates of "nce" and "sampled_softmax" get a gradient from every pair of a
+    # batch: word2vec's per-pair SGD rate would throw them far, so those train with
+    # SparseRowAdam at this rate (falling linearly as alpha does).
+    adam_lr: float = 0.005
+    batch: int = 2048  # (center, context) pairs per step
+    seed: int = 1
+    threads: int | None = None
+
+    def check(self) -> "Word2VecConfig":
+        for name in ("dim", "window", "min_count", "negative", "epochs", "num_sampled", "batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SampledSoftmaxError(f"`{name}` must be an integer >= 1; received {value!r}")
+        for name in ("alpha", "min_alpha", "sample", "adam_lr"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise SampledSoftmaxError(f"`{name}` must be a finite number >= 0; received {value!r}")
+        if self.loss not in LOSSES:
+            raise SampledSoftmaxError(f"`loss` must be one of {', '.join(map(repr, LOSSES))}; received {self.loss!r}")
+        return self
+
+
+def read_sentences(corpus: str) -> list[list[str]]:
+    """Sentences (a line each, words split on whitespace) of a corpus: a text file, or a
+    directory's ``train.txt`` (or ``ptb.train.txt``), else all its ``*.txt`` files in name order."""
+    if os.path.isdir(corpus):
+        names = [n for n in ("train.txt", "ptb.train.txt") if os.path.isfile(os.path.join(corpus, n))]
+        names = names[:1] or sorted(n for n in os.listdir(corpus) if n.endswith(".txt"))
+        paths = [os.path.join(corpus, n) for n in names]
+    elif os.path.isfile(corpus):
+        paths = [corpus]
+    else:
+        raise SampledSoftmaxError(f"`corpus` must be a text file or a directory of them; received {corpus!r}")
+    if not paths:
+        raise SampledSoftmaxError(f"`corpus` directory {corpus!r} holds no .txt file")
+    sentences = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            sentences.extend(words for words in (line.split() for line in f) if words)
+    return sentences
+
+
+@dataclasses.dataclass
+class WordVectors:
+    """Trained vectors ``[V, D]`` (float32) of ``words``, most frequent first, and ``counts``."""
+
+    words: list[str]
+    vectors: np.ndarray
+    counts: np.ndarray
+    stats: dict = dataclasses.field(default_factory=dict)
+
+    def save_word2vec_format(self, path: str) -> str:
+        """The plain word2vec text format (``V D`` then a word and its numbers per line)."""
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(f"{len(self.words)} {self.vectors.shape[1]}\n")
+            for word, vector in zip(self.words, self.vectors):
+                f.write(word + " " + " ".join(f"{x:.6g}" for x in vector) + "\n")
+        return path
+
+    @classmethod
+    def load_word2vec_format(cls, path: str) -> "WordVectors":
+        with open(path, encoding="utf-8") as f:
+            count, dim = (int(x) for x in f.readline().split())
+            words, rows = [], []
+            for line in f:
+                parts = line.rstrip("\n").split(" ")
+                words.append(parts[0])
+                rows.append(np.asarray(parts[1:], dtype=np.float32))
+        vectors = np.stack(rows) if rows else np.zeros((0, dim), np.float32)
+        if vectors.shape != (count, dim):
+            raise SampledSoftmaxError(f"`path` {path!r}: header says {count} x {dim}, file holds {vectors.shape}")
+        return cls(words, vectors, np.zeros(count))
+
+    def _unit(self) -> np.ndarray:
+        norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
+        return self.vectors / np.where(norms > 0, norms, 1.0)
+
+    def evaluate_analogies(self, path: str, restrict_vocab: int = 30000, case_insensitive: bool = True) -> dict:
+        """Accuracy on ``a b c d`` analogies (``questions-words.txt``) by 3CosAdd over the
+        ``restrict_vocab`` most frequent words, as gensim's ``evaluate_word_analogies``: a
+        question with a word outside them is skipped; the answer is the word nearest to
+        ``unit(b) - unit(a) + unit(c)`` other than ``a``, ``b``, ``c``. Returns ``{"accuracy",
+        "correct", "total", "sections": {name: accuracy}}``."""
+        limit = min(restrict_vocab, len(self.words))
+        unit = self._unit()[:limit]
+        index: dict[str, int] = {}
+        for i in reversed(range(limit)):  # the most frequent spelling wins when case is folded
+            index[self.words[i].upper() if case_insensitive else self.words[i]] = i
+        sections: dict[str, list[int]] = collections.OrderedDict()
+        section = None
+        questions = []
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(":"):
+                    section = line[1:].strip()
+                    sections[section] = [0, 0]
+                    continue
+                words = line.split()
+                if len(words) != 4:
+                    continue
+                if case_insensitive:
+                    words = [w.upper() for w in words]
+                if all(w in index for w in words):
+                    questions.append((section, [index[w] for w in words]))
+        for start in range(0, len(questions), 2048):  # batched: one matrix product per block
+            block = questions[start:start + 2048]
+            ids = np.array([q[1] for q in block])
+            query = unit[ids[:, 1]] - unit[ids[:, 0]] + unit[ids[:, 2]]
+            query /= np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
+            sims = query @ unit.T
+            rows = np.arange(len(block))[:, None]
+            sims[rows, ids[:, :3]] = -np.inf
+            predicted = sims.argmax(axis=1)
+            for (name, _), guess, want in zip(block, predicted, ids[:, 3]):
+                sections[name][0] += int(guess == want)
+                sections[name][1] += 1
+        correct = sum(c for c, _ in sections.values())
+        total = sum(t for _, t in sections.values())
+        return {"accuracy": correct / total if total else 0.0, "correct": correct, "total": total,
+                "sections": {k: (c / t if t else float("nan")) for k, (c, t) in sections.items()}}
+
+    def evaluate_word_pairs(self, path: str, restrict_vocab: int = 300000, case_insensitive: bool = True) -> dict:
+        """Spearman correlation between human scores and cosine similarity over the pairs whose
+        words are among the ``restrict_vocab`` most frequent, as gensim's ``evaluate_word_pairs``
+        (tab-separated ``word word score`` lines, ``#`` comments). Returns ``{"spearman",
+        "pairs", "oov"}``."""
+        limit = min(restrict_vocab, len(self.words))
+        unit = self._unit()[:limit]
+        index: dict[str, int] = {}
+        for i in reversed(range(limit)):
+            index[self.words[i].upper() if case_insensitive else self.words[i]] = i
+        human, model, oov = [], [], 0
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("#") or not line.strip():
+                    continue
+                a, b, score = line.split("\t")[:3]
+                if case_insensitive:
+                    a, b = a.upper(), b.upper()
+                if a not in index or b not in index:
+                    oov += 1
+                    continue
+                human.append(float(score))
+                model.append(float(unit[index[a]] @ unit[index[b]]))
+        return {"spearman": _spearman(np.array(human), np.array(model)), "pairs": len(human), "oov": oov}
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks from 1, ties sharing their average rank."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    sorted_x = x[order]
+    start = 0
+    for end in range(1, len(x) + 1):
+        if end == len(x) or sorted_x[end] != sorted_x[start]:
+            ranks[order[start:end]] = (start + end + 1) / 2.0
+            start = end
+    return ranks
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 2:
+        return float("nan")
+    ra, rb = _ranks(a), _ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra @ rb) / math.sqrt((ra @ ra) * (rb @ rb)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def build_vocabulary(sentences: Sequence[Sequence[str]], min_count: int):
+    """Words with at least ``min_count`` occurrences, most frequent first (ties in order of
+    first appearance), and their counts."""
+    counts = collections.Counter(w for s in sentences for w in s)
+    kept = [(w, c) for w, c in counts.items() if c >= min_count]
+    kept.sort(key=lambda wc: -wc[1])  # stable: ties keep first appearance
+    if not kept:
+        raise SampledSoftmaxError(f"`min_count`={min_count} leaves no word of the corpus")
+    return [w for w, _ in kept], np.array([c for _, c in kept], dtype=np.int64)
+
+
+def _encode(sentences, index):
+    """Token ids of the words in the vocabulary, and the sentence number of each."""
+    ids, sentence = [], []
+    for k, words in enumerate(sentences):
+        row = [index[w] for w in words if w in index]
+        ids.extend(row)
+        sentence.extend([k] * len(row))
+    return np.asarray(ids, dtype=np.int64), np.asarray(sentence, dtype=np.int64)
+
+
+def keep_probabilities(counts: np.ndarray, sample: float) -> np.ndarray:
+    """word2vec's subsampling: a word of count ``c`` among ``N`` is kept with probability
+    ``(sqrt(c / (s N)) + 1) s N / c`` (at most 1); ``sample = 0`` keeps every word."""
+    if sample == 0:
+        return np.ones(len(counts))
+    threshold = sample * counts.sum()
+    return np.minimum((np.sqrt(counts / threshold) + 1.0) * threshold / counts, 1.0)
+
+
+def skipgram_pairs(ids, sentence, window, rng):
+    """(center, context) position pairs of one pass: each center's window shrunk to a random
+    ``1..window`` (word2vec's reduced window), within its sentence."""
+    reach = window - rng.integers(0, window, size=len(ids))
+    centers, contexts = [], []
+    for d in range(1, window + 1):
+        same = sentence[d:] == sentence[:-d]
+        left = np.nonzero(same & (reach[:-d] >= d))[0]  # center i, context i + d
+        right = np.nonzero(same & (reach[d:] >= d))[0]  # center i + d, context i
+        centers += [ids[left], ids[right + d]]
+        contexts += [ids[left + d], ids[right]]
+    return np.concatenate(centers), np.concatenate(contexts)
+
+
+def train(sentences: Sequence[Sequence[str]], config: Word2VecConfig | None = None, *,
+          progress: bool = True) -> WordVectors:
+    """Skip-gram vectors for ``sentences`` (lists of words) with ``config``'s settings."""
+    import torch
+
+    from ..torch import (
+        SparseRowAdam, UnigramSampler, nce_loss, negative_sampling_loss, sampled_softmax_loss,
+    )
+
+    config = (config or Word2VecConfig()).check()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    words, counts = build_vocabulary(sentences, config.min_count)
+    index = {w: i for i, w in enumerate(words)}
+    ids, sentence = _encode(sentences, index)
+    V, D = len(words), config.dim
+    rng = np.random.default_rng(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    # word2vec's initialisation: small random input vectors, output vectors at zero.
+    vectors = torch.nn.Parameter(torch.from_numpy(((rng.random((V, D)) - 0.5) / D).astype(np.float32)))
+    table = torch.nn.Parameter(torch.zeros(V, D))
+    shared = config.loss != "negative_sampling"
+    sampler = UnigramSampler(V, counts.astype(np.float64), distortion=0.75,
+                             draw="unique" if shared else "with_replacement")
+    adam = SparseRowAdam([vectors, table], lr=config.adam_lr) if shared else None
+    keep = keep_probabilities(counts.astype(np.float64), config.sample)
+    # The learning rate falls linearly over all pairs; the pairs of an epoch are known once it is
+    # drawn, so the schedule uses the expected number of pairs per epoch.
+    expected_pairs = float((keep[ids]).sum()) * (config.window + 1)
+    total_pairs = expected_pairs * config.epochs
+    done_pairs, words_done = 0, 0
+    bar = progress_bar(config.epochs * len(ids), "word2vec") if progress else None
+    start = time.perf_counter()
+    for epoch in range(config.epochs):
+        kept = rng.random(len(ids)) < keep[ids]
+        centers, contexts = skipgram_pairs(ids[kept], sentence[kept], config.window, rng)
+        order = rng.permutation(len(centers))
+        centers = torch.from_numpy(centers[order])
+        contexts = torch.from_numpy(contexts[order])
+        steps = max(1, math.ceil(len(centers) / config.batch))
+        for step in range(steps):
+            lo, hi = step * config.batch, min((step + 1) * config.batch, len(centers))
+            y, x = centers[lo:hi], contexts[lo:hi]
+            lr = max(config.min_alpha, config.alpha * (1.0 - done_pairs / total_pairs))
+            h = torch.nn.functional.embedding(x, vectors, sparse=True)
+            if config.loss == "negative_sampling":
+                loss = negative_sampling_loss(table, None, y, h, config.negative, V, remove_accidental_hits=True,
+                                              sampler=sampler, reduction="sum", generator=generator, sparse=True,
+                                              noise="per_example")
+            elif config.loss == "nce":
+                loss = nce_loss(table, None, y, h, config.num_sampled, V, sampler=sampler, reduction="sum",
+                                generator=generator, sparse=True, remove_accidental_hits=True)
+            else:
+                loss = sampled_softmax_loss(table, None, y, h, config.num_sampled, V, sampler=sampler,
+                                            reduction="sum", generator=generator, sparse=True)
+            if adam is not None:
+                adam.param_groups[0]["lr"] = config.adam_lr * lr / config.alpha if config.alpha else config.adam_lr
+                loss.backward()
+                adam.step()
+                adam.zero_grad(set_to_none=True)
+                done_pairs += hi - lo
+                words_done += _advance(bar, len(ids), step, steps, epoch, config, words_done, start, lr)
+                continue
+            # The gradient of -lr * loss is the SGD step itself: scatter_add_ it into the touched
+            # rows (duplicates summed; 3x faster than index_add_ or a sparse add on the CPU).
+            (loss * -lr).backward()
+            with torch.no_grad():
+                for p in (vectors, table):
+                    rows, step_rows = p.grad._indices()[0], p.grad._values()
+                    p.scatter_add_(0, rows.unsqueeze(1).expand(-1, D), step_rows)
+                    p.grad = None
+            done_pairs += hi - lo
+            words_done += _advance(bar, len(ids), step, steps, epoch, config, words_done, start, lr)
+    if bar is not None:
+        bar.close()
+    wall = time.perf_counter() - start
+    stats = {"wall_s": wall, "words_per_s": config.epochs * len(ids) / wall, "vocabulary": V,
+             "corpus_words": int(sum(len(s) for s in sentences)), "trained_words": int(len(ids)),
+             "config": dataclasses.asdict(config)}
+    return WordVectors(words, vectors.detach().numpy().copy(), counts, stats)
+
+
+def _advance(bar, num_words, step, steps, epoch, config, words_done, start, lr) -> int:
+    """The corpus words one step covers (an epoch's words spread evenly over its steps), shown
+    on the progress bar with the rate so far."""
+    covered = (num_words * (step + 1)) // steps - (num_words * step) // steps
+    if bar is not None:
+        bar.update(covered)
+        if step % 50 == 0:
+            rate = (words_done + covered) / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix_str(f"epoch {epoch + 1}/{config.epochs} {rate:,.0f} words/s lr {lr:.4f}", refresh=False)
+    return covered
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    defaults = Word2VecConfig()
+    ap.add_argument("--corpus", required=True, help="a text file, or a directory (its train.txt, else every *.txt)")
+    for name, help_text in (("dim", "vector size"), ("window", "largest distance to a context word"),
+                            ("min-count", "ignore words rarer than this"), ("negative", "noise words per pair"),
+                            ("epochs", "passes over the corpus"), ("num-sampled", "shared candidates per batch "
+                                                                                 "(nce, sampled_softmax)"),
+                            ("batch", "pairs per step"), ("seed", "random seed")):
+        ap.add_argument(f"--{name}", type=int, default=getattr(defaults, name.replace("-", "_")), help=help_text)
+    ap.add_argument("--sample", type=float, default=defaults.sample, help="subsampling threshold of frequent words")
+    ap.add_argument("--alpha", type=float, default=defaults.alpha, help="initial learning rate")
+    ap.add_argument("--min-alpha", type=float, default=defaults.min_alpha, help="final learning rate")
+    ap.add_argument("--loss", choices=LOSSES, default=defaults.loss)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--out", default="vectors.txt", help="where to save the vectors (word2vec text format)")
+    ap.add_argument("--eval", default=None, metavar="DIR",
+                    help="evaluate on DIR's questions-words.txt, wordsim353.tsv and simlex999.txt")
+
+
+def evaluate(model: WordVectors, directory: str) -> dict:
+    """The analogy accuracy and word-pair correlations of the evaluation sets in ``directory``."""
+    results = {}
+    analogies = os.path.join(directory, "questions-words.txt")
+    if os.path.isfile(analogies):
+        results["analogy"] = model.evaluate_analogies(analogies)
+    for name in ("wordsim353.tsv", "simlex999.txt"):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            results[name.split(".")[0]] = model.evaluate_word_pairs(path)
+    return results
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="sampled-softmax word2vec", description=__doc__.split("\n\n")[0])
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    config = Word2VecConfig(dim=args.dim, window=args.window, min_count=args.min_count, sample=args.sample,
+                            negative=args.negative, epochs=args.epochs, alpha=args.alpha, min_alpha=args.min_alpha,
+                            loss=args.loss, num_sampled=args.num_sampled, batch=args.batch, seed=args.seed,
+                            threads=args.threads)
+    model = train(read_sentences(args.corpus), config)
+    print(f"{model.stats['vocabulary']} words, {model.stats['corpus_words']:,} corpus words, "
+          f"{model.stats['wall_s']:.1f} s ({model.stats['words_per_s']:,.0f} words/s)")
+    print(f"wrote {model.save_word2vec_format(args.out)}")
+    if args.eval:
+        for name, result in evaluate(model, args.eval).items():
+            if name == "analogy":
+                print(f"analogy accuracy {result['accuracy']:.4f} ({result['correct']}/{result['total']})")
+            else:
+                print(f"{name} spearman {result['spearman']:.4f} ({result['pairs']} pairs, {result['oov']} OOV)")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
