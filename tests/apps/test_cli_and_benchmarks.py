@@ -23,6 +23,20 @@ def test_version_and_info():
     assert "sampled_softmax.torch importable" in out.stdout
 
 
+def test_bench_outside_a_checkout_says_how_to_run_it(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "sampled_softmax", "bench", "--smoke"], capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "from the root of a clone of the repository" in out.stderr and "python -m benchmarks" in out.stderr
+
+
+def test_the_library_never_imports_the_applications():
+    code = ("import sys, sampled_softmax.torch, sampled_softmax.tensorflow, sampled_softmax.keras; "
+            "print(sorted(m for m in sys.modules if m.startswith('sampled_softmax.apps')))")
+    out = run("-c", code)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
 def test_unknown_command_is_an_error():
     out = run("-m", "sampled_softmax", "frobnicate")
     assert out.returncode == 2 and "invalid choice" in out.stderr
