@@ -136,13 +136,16 @@ class WordVectors:
         """Accuracy on ``a b c d`` analogies (``questions-words.txt``) by 3CosAdd over the
         ``restrict_vocab`` most frequent words, as gensim's ``evaluate_word_analogies``: a
         question with a word outside them is skipped; the answer is the word nearest to
-        ``unit(b) - unit(a) + unit(c)`` other than ``a``, ``b``, ``c``. Returns ``{"accuracy",
+        ``unit(b) - unit(a) + unit(c)`` among the 5 nearest other than ``a``, ``b``, ``c`` (with
+        ``case_insensitive``, words compared by their folded spelling). Returns ``{"accuracy",
         "correct", "total", "sections": {name: accuracy}}``."""
         limit = min(restrict_vocab, len(self.words))
         unit = self._unit()[:limit]
         index: dict[str, int] = {}
         for i in reversed(range(limit)):  # the most frequent spelling wins when case is folded
             index[self.words[i].upper() if case_insensitive else self.words[i]] = i
+        # Each word's most frequent spelling under case folding (itself without folding).
+        fold = np.array([index[w.upper() if case_insensitive else w] for w in self.words[:limit]])
         sections: dict[str, list[int]] = collections.OrderedDict()
         section = None
         questions = []
@@ -167,9 +170,12 @@ class WordVectors:
             sims = query @ unit.T
             rows = np.arange(len(block))[:, None]
             sims[rows, ids[:, :3]] = -np.inf
-            predicted = sims.argmax(axis=1)
-            for (name, _), guess, want in zip(block, predicted, ids[:, 3]):
-                sections[name][0] += int(guess == want)
+            top = np.argpartition(-sims, 4, axis=1)[:, :5]
+            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1), axis=1)
+            for (name, _), candidates, question in zip(block, fold[top], ids):
+                # As gensim: the first of the 5 nearest whose folded spelling is not a, b or c.
+                guess = next((c for c in candidates if c not in question[:3]), candidates[-1])
+                sections[name][0] += int(guess == question[3])
                 sections[name][1] += 1
         correct = sum(c for c, _ in sections.values())
         total = sum(t for _, t in sections.values())
