@@ -36,7 +36,7 @@ import numpy as np
 from .. import SampledSoftmaxError
 from ._progress import progress_bar
 
-__all__ = ["Word2VecConfig", "WordVectors", "read_sentences", "train", "main"]
+__all__ = ["Word2VecConfig", "WordVectors", "read_sentences", "train", "evaluate", "main"]
 
 LOSSES = ("negative_sampling", "nce", "sampled_softmax")
 
@@ -57,8 +57,9 @@ class Word2VecConfig:
     num_sampled: int = 64  # candidates shared by a batch, for "nce" and "sampled_softmax"
     # The shared candidates of "nce" and "sampled_softmax" get a gradient from every pair of a
     # batch: word2vec's per-pair SGD rate would throw them far, so those train with
-    # SparseRowAdam at this rate (falling linearly as alpha does).
-    adam_lr: float = 0.005
+    # SparseRowAdam at this rate (falling linearly as alpha does); None: the best of
+    # 0.005 / 0.02 / 0.05 on WikiText-2 (BENCHMARKS.md), 0.005 for sampled softmax, 0.02 for NCE.
+    adam_lr: float | None = None
     batch: int = 2048  # (center, context) pairs per step
     seed: int = 1
     threads: int | None = None
@@ -70,6 +71,8 @@ class Word2VecConfig:
                 raise SampledSoftmaxError(f"`{name}` must be an integer >= 1; received {value!r}")
         for name in ("alpha", "min_alpha", "sample", "adam_lr"):
             value = getattr(self, name)
+            if value is None and name == "adam_lr":
+                continue
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise SampledSoftmaxError(f"`{name}` must be a finite number >= 0; received {value!r}")
         if self.loss not in LOSSES:
@@ -301,7 +304,8 @@ def train(sentences: Sequence[Sequence[str]], config: Word2VecConfig | None = No
     shared = config.loss != "negative_sampling"
     sampler = UnigramSampler(V, counts.astype(np.float64), distortion=0.75,
                              draw="unique" if shared else "with_replacement")
-    adam = SparseRowAdam([vectors, table], lr=config.adam_lr) if shared else None
+    adam_lr = config.adam_lr if config.adam_lr is not None else {"nce": 0.02}.get(config.loss, 0.005)
+    adam = SparseRowAdam([vectors, table], lr=adam_lr) if shared else None
     keep = keep_probabilities(counts.astype(np.float64), config.sample)
     # The learning rate falls linearly over all pairs; the pairs of an epoch are known once it is
     # drawn, so the schedule uses the expected number of pairs per epoch.
@@ -333,7 +337,7 @@ def train(sentences: Sequence[Sequence[str]], config: Word2VecConfig | None = No
                 loss = sampled_softmax_loss(table, None, y, h, config.num_sampled, V, sampler=sampler,
                                             reduction="sum", generator=generator, sparse=True)
             if adam is not None:
-                adam.param_groups[0]["lr"] = config.adam_lr * lr / config.alpha if config.alpha else config.adam_lr
+                adam.param_groups[0]["lr"] = adam_lr * lr / config.alpha if config.alpha else adam_lr
                 loss.backward()
                 adam.step()
                 adam.zero_grad(set_to_none=True)
