@@ -63,6 +63,14 @@ def test_benchmark_smoke_run_writes_results(tmp_path):
     assert "## Goals" in md and "Keras train_on_batch" not in md  # the Keras part is left out of --smoke
 
 
+def test_relatives_benchmark_smoke_run():
+    from benchmarks import relatives
+
+    res = relatives.run(repeats=1, block=1, shape=dict(V=500, S=10, D=8, B=4))
+    assert {"ours sampled softmax", "ours nce", "ours negative sampling"} <= set(res["summary"])
+    assert all(r > 0 for r in res["ratios"].values())
+
+
 def test_keras_fit_benchmark_smoke_run():
     from benchmarks import keras_fit
 
