@@ -73,11 +73,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=30)
     args = ap.parse_args(argv)
     res = run(repeats=args.repeats)
-    print(f"{'method':<30} {'median ms':>10}")
-    for m, s in res["summary"].items():
-        print(f"{m:<30} {s['median_ms']:>10.3f}")
-    for name, r in res["ratios"].items():
-        print(f"  {name}: {r:.2f}x")
+    lines = [f"{'method':<30} {'median ms':>10}"]
+    lines += [f"{m:<30} {s['median_ms']:>10.3f}" for m, s in res["summary"].items()]
+    lines += [f"  {name}: {r:.2f}x" for name, r in res["ratios"].items()]
+    print("\n".join(lines))
     return 0
 
 

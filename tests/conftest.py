@@ -35,3 +35,19 @@ def random_problem(rng, *, V=40, D=6, B=5, T=1, S=8, hits=True, dup_candidates=F
     true_count = rng.uniform(0.05, 3.0, size=(B, T))
     samp_count = rng.uniform(0.05, 3.0, size=S)
     return W, b, y, h, (cand, true_count, samp_count)
+
+
+def central_differences(f, arrays, step=1e-6):
+    """``d f / d a`` for each array ``a`` of ``arrays`` by central differences (``f`` takes the
+    arrays, in order, and returns a float)."""
+    grads = []
+    for which, x in enumerate(arrays):
+        num = np.zeros_like(x)
+        for idx in np.ndindex(x.shape):
+            args = [a.copy() for a in arrays]
+            args[which][idx] += step
+            up = f(*args)
+            args[which][idx] -= 2 * step
+            num[idx] = (up - f(*args)) / (2 * step)
+        grads.append(num)
+    return grads

@@ -6,7 +6,7 @@ import pytest
 
 from sampled_softmax import reference as R
 
-from conftest import random_problem
+from conftest import central_differences, random_problem
 
 
 def log_sigmoid(x):
@@ -58,15 +58,7 @@ def test_nce_gradients_match_finite_differences(rng, hits, ignore):
     def total(W_, b_, h_):
         return float(weights @ R.nce_loss(W_, b_, y, h_, sv, **kw))
 
-    eps = 1e-6
-    for arr, grad, which in ((h, d_h, 2), (W, d_W, 0), (b, d_b, 1)):
-        numeric = np.zeros_like(arr)
-        for idx in np.ndindex(arr.shape):
-            args = [W.copy(), b.copy(), h.copy()]
-            args[which][idx] += eps
-            up = total(*args)
-            args[which][idx] -= 2 * eps
-            numeric[idx] = (up - total(*args)) / (2 * eps)
+    for grad, numeric in zip((d_W, d_b, d_h), central_differences(total, [W, b, h])):
         np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-7)
     if ignore:
         assert R.nce_loss(W, b, y, h, sv, **kw)[2] == 0.0 and np.all(d_h[2] == 0.0)

@@ -23,12 +23,12 @@ def problem(seed, *, V=101, D=16, B=12, S=20, T=1, dtype=np.float32, label_dtype
     return W, b, y, h, sv
 
 
-def loss_and_grads(fn, W, b, y, h, sv, T, hits, shards=None):
+def loss_and_grads(fn, W, b, y, h, sv, T, hits, shards=None, **extras):
     Wv = [tf.Variable(w) for w in (np.array_split(W, shards) if shards else [W])]
     bv, hv = tf.Variable(b), tf.Variable(h)
     with tf.GradientTape() as tape:
         loss = fn(Wv if shards else Wv[0], bv, tf.constant(y), hv, len(sv[0]), W.shape[0], num_true=T,
-                  sampled_values=tuple(tf.constant(v) for v in sv), remove_accidental_hits=hits)
+                  sampled_values=tuple(tf.constant(v) for v in sv), remove_accidental_hits=hits, **extras)
     grads = tape.gradient(loss, Wv + [bv, hv])
     return loss.numpy(), grads
 

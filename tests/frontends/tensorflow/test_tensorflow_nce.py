@@ -11,39 +11,19 @@ tf = pytest.importorskip("tensorflow")
 from sampled_softmax import reference as R  # noqa: E402
 from sampled_softmax import tensorflow as sst  # noqa: E402
 
-
-def problem(seed, *, V=101, D=16, B=12, S=20, T=1, dtype=np.float32, label_dtype=np.int64):
-    rng = np.random.default_rng(seed)
-    W = rng.normal(size=(V, D)).astype(dtype)
-    b = rng.normal(size=V).astype(dtype)
-    h = rng.normal(size=(B, D)).astype(dtype)
-    y = rng.integers(0, V, size=(B, T)).astype(label_dtype)
-    hit = np.unique(y[:, 0])[:6]  # accidental hits; distinct candidates like TF's default draw
-    cand = np.concatenate([hit, rng.choice(np.setdiff1d(np.arange(V), hit), S - hit.size, replace=False)])
-    sv = (cand.astype(np.int64), rng.uniform(0.01, 2, (B, T)).astype(dtype), rng.uniform(0.01, 2, S).astype(dtype))
-    return W, b, y, h, sv
-
-
-def loss_and_grads(fn, W, b, y, h, sv, T, hits, shards=None, **extras):
-    Wv = [tf.Variable(w) for w in (np.array_split(W, shards) if shards else [W])]
-    bv, hv = tf.Variable(b), tf.Variable(h)
-    with tf.GradientTape() as tape:
-        loss = fn(Wv if shards else Wv[0], bv, tf.constant(y), hv, len(sv[0]), W.shape[0], num_true=T,
-                  sampled_values=tuple(tf.constant(v) for v in sv), remove_accidental_hits=hits, **extras)
-    grads = tape.gradient(loss, Wv + [bv, hv])
-    return loss.numpy(), grads
+from test_tensorflow import loss_and_grads, problem  # noqa: E402  (same folder: one problem, one runner)
 
 
 @pytest.mark.parametrize("T,hits,shards,dtype", list(itertools.product(
     [1, 3], [False, True], [None, 3], [np.float32, np.float64])))
 def test_matches_tf_nn_nce_loss(T, hits, shards, dtype):
     W, b, y, h, sv = problem(T * 5 + hits, T=T, dtype=dtype)
-    ours, g_ours = loss_and_grads(sst.nce_loss, W, b, y, h, sv, T, hits, shards)
-    ref, g_ref = loss_and_grads(tf.nn.nce_loss, W, b, y, h, sv, T, hits, shards)
+    results = [loss_and_grads(fn, W, b, y, h, sv, T, hits, shards) for fn in (sst.nce_loss, tf.nn.nce_loss)]
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    (ours, g_ours), (ref, g_ref) = results
     np.testing.assert_allclose(ours, ref, **tol)
+    assert [isinstance(a, tf.IndexedSlices) for a in g_ours] == [isinstance(r, tf.IndexedSlices) for r in g_ref]
     for a, r in zip(g_ours, g_ref):
-        assert isinstance(a, tf.IndexedSlices) == isinstance(r, tf.IndexedSlices)
         np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(r).numpy(), **tol)
 
 
