@@ -341,17 +341,15 @@ def train(sentences: Sequence[Sequence[str]], config: Word2VecConfig | None = No
                 loss.backward()
                 adam.step()
                 adam.zero_grad(set_to_none=True)
-                done_pairs += hi - lo
-                words_done += _advance(bar, len(ids), step, steps, epoch, config, words_done, start, lr)
-                continue
-            # The gradient of -lr * loss is the SGD step itself: scatter_add_ it into the touched
-            # rows (duplicates summed; 3x faster than index_add_ or a sparse add on the CPU).
-            (loss * -lr).backward()
-            with torch.no_grad():
-                for p in (vectors, table):
-                    rows, step_rows = p.grad._indices()[0], p.grad._values()
-                    p.scatter_add_(0, rows.unsqueeze(1).expand(-1, D), step_rows)
-                    p.grad = None
+            else:
+                # The gradient of -lr * loss is the SGD step itself: scatter_add_ it into the touched
+                # rows (duplicates summed; 3x faster than index_add_ or a sparse add on the CPU).
+                (loss * -lr).backward()
+                with torch.no_grad():
+                    for p in (vectors, table):
+                        rows, step_rows = p.grad._indices()[0], p.grad._values()
+                        p.scatter_add_(0, rows.unsqueeze(1).expand(-1, D), step_rows)
+                        p.grad = None
             done_pairs += hi - lo
             words_done += _advance(bar, len(ids), step, steps, epoch, config, words_done, start, lr)
     if bar is not None:

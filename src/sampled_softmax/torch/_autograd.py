@@ -265,19 +265,20 @@ class SampledLoss(torch.autograd.Function):
         return (None, d_h, None, None, None, None, None, d_bias, *d_shards)
 
 
-class PerExampleSigmoid(torch.autograd.Function):
-    """The sigmoid head over columns of each example's own: ``ids [N, K]`` (its labels, then its
-    noise), ``keep`` and ``target`` ``[N, K]`` as :data:`sigmoid_head` uses them.
+class PerExampleLoss(torch.autograd.Function):
+    """A head over columns of each example's own: ``ids [N, T + k]`` (its labels, then its
+    noise), instead of the candidates a batch shares.
 
-    forward(h [N, D], ids, keep, target, live [N], sparse, bias [V] or None, table [V, D]) -> loss [N]
+    forward(head, h [N, D], ids, keep_true [N, T] or None, removed [N, k], spec, bias [V] or
+            None, table [V, D]) -> loss [N]
 
-    Word2vec's negative sampling draws its noise for each example: no column is shared, so the
-    logits are one dot product per (example, column), and the row gradients are scattered into
-    the table (dense, or sparse rows).
+    Word2vec's negative sampling draws its noise for each example: the logits are one dot
+    product per (example, column), then the head; backward, the head's ``d loss / d logits``
+    and the row gradients scattered into the table (dense, or sparse rows).
     """
 
     @staticmethod
-    def forward(ctx, h, ids, keep, target, live, sparse: bool, bias, table):
+    def forward(ctx, head: Head, h, ids, keep_true, removed, spec: _Spec, bias, table):
         n, k = ids.shape
         cdt = _compute_dtype(h.dtype)
         hc = h if h.dtype == cdt else h.to(cdt)
@@ -287,24 +288,23 @@ class PerExampleSigmoid(torch.autograd.Function):
         logits = torch.bmm(rows, hc.unsqueeze(2)).squeeze(2)
         if bias is not None:
             logits += bias.index_select(0, flat).view(n, k).to(cdt)
-        z = logits.mul_(keep)  # removed columns at 0, then weighed 0 below
-        per_column = z.clamp(min=0).sub_(z * target).add_(z.abs().neg_().exp_().log1p_())
-        loss = per_column.mul_(keep).sum(1).mul_(live)
-        ctx.sparse, ctx.shapes = sparse, (tuple(table.shape), None if bias is None else tuple(bias.shape))
+        loss, _, saved = head.forward(logits, keep_true, removed, spec)
+        ctx.head, ctx.spec, ctx.saved = head, spec, saved
+        ctx.shapes = (tuple(table.shape), None if bias is None else tuple(bias.shape))
         ctx.dtypes = (h.dtype, table.dtype, None if bias is None else bias.dtype)
-        ctx.save_for_backward(hc, rows, flat, z, target, keep, live)
+        ctx.save_for_backward(hc, rows, flat, keep_true)
         return loss
 
     @staticmethod
     def backward(ctx, g_loss):
         _check_once_differentiable()
-        hc, rows, flat, z, target, keep, live = ctx.saved_tensors
-        g = torch.sigmoid(z).sub_(target).mul_(keep).mul_((live * g_loss.to(z.dtype)).unsqueeze(1))
-        d_h = torch.bmm(g.unsqueeze(1), rows).squeeze(1).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+        hc, rows, flat, keep_true = ctx.saved_tensors
+        g = ctx.head.backward(g_loss, None, ctx.saved, keep_true, ctx.spec)
+        d_h = torch.bmm(g.unsqueeze(1), rows).squeeze(1).to(ctx.dtypes[0]) if ctx.needs_input_grad[1] else None
         d_bias = d_table = None
         if ctx.needs_input_grad[7]:
             d_rows = (g.unsqueeze(2) * hc.unsqueeze(1)).view(flat.shape[0], -1).to(ctx.dtypes[1])
-            d_table = _scatter_rows(ctx.shapes[0], flat, d_rows, ctx.sparse, None)
+            d_table = _scatter_rows(ctx.shapes[0], flat, d_rows, ctx.spec.sparse, None)
         if ctx.needs_input_grad[6]:
-            d_bias = _scatter_rows(ctx.shapes[1], flat, g.reshape(-1).to(ctx.dtypes[2]), ctx.sparse, None)
-        return d_h, None, None, None, None, None, d_bias, d_table
+            d_bias = _scatter_rows(ctx.shapes[1], flat, g.reshape(-1).to(ctx.dtypes[2]), ctx.spec.sparse, None)
+        return None, d_h, None, None, None, None, d_bias, d_table

@@ -136,11 +136,8 @@ def explain(weights, biases, labels, inputs, num_sampled, num_classes, num_true=
     ignored = ignore_index is not None and bool((labels == ignore_index).any())
     why = loss_obstacle(inputs.device.type, len(shards), num_true, ignored, label_smoothing,
                         (inputs.dtype, shards[0].dtype, None if biases is None else biases.dtype))
-    if why is None and _compiled.extension() is None:
-        why = f"it could not be built ({_compiled.unavailable_reason()})"
-    if why is not None:
-        if implementation == "compiled":
-            raise SampledSoftmaxError(f"`implementation='compiled'` cannot be used: {why}")
+    if compiled(implementation, why) is None:  # raises for implementation="compiled"
+        why = why or f"it could not be built ({_compiled.unavailable_reason()})"
         return Route("python", f"the compiled core cannot be used: {why}")
     draw_why = draw_obstacle(sampler, sampled_values)
     if draw_why is not None:

@@ -22,7 +22,7 @@ import torch
 from .. import SampledSoftmaxError
 from .. import _validation as V
 from . import _dispatch, _ops
-from ._autograd import PerExampleSigmoid, SampledLoss, sigmoid_head, softmax_head
+from ._autograd import PerExampleLoss, SampledLoss, sigmoid_head, softmax_head
 from ._columns import candidate_columns
 from ._dispatch import IMPLEMENTATIONS
 from ._prepare import (
@@ -272,28 +272,20 @@ def negative_sampling_loss(
         tensor([3.1333], dtype=torch.float64)
     """
     V.check_choice("noise", noise, ("shared", "per_example"))
-    if noise == "per_example":
-        V.check_choice("implementation", implementation, IMPLEMENTATIONS)
-        if implementation == "compiled":
-            raise SampledSoftmaxError("`implementation='compiled'` cannot be used: it computes the sampled softmax "
-                                      "head only; received noise='per_example'")
-        if sampled_values is not None:
-            raise SampledSoftmaxError("`sampled_values` cannot be given with noise='per_example' (the noise is "
-                                      "drawn for each example); pass noise='shared' to give shared candidates")
-        return _per_example_negative_sampling(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
-                                              remove_accidental_hits, sampler, reduction, ignore_index, generator,
-                                              partition_strategy, sparse)
+    if noise == "per_example" and sampled_values is not None:
+        raise SampledSoftmaxError("`sampled_values` cannot be given with noise='per_example' (the noise is "
+                                  "drawn for each example); pass noise='shared' to give shared candidates")
     return _sigmoid_loss(weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
                          remove_accidental_hits, sampler, reduction, ignore_index, generator, partition_strategy,
-                         False, sparse, implementation)
+                         False, sparse, implementation, noise)
 
 
 def _per_example_negative_sampling(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
                                    remove_accidental_hits, sampler, reduction, ignore_index, generator,
                                    partition_strategy, sparse):
-    """Negative sampling with ``num_sampled`` noise classes per example (word2vec's): the rows
-    ``[N, T + k]`` gathered as embeddings (sparse row gradients with ``sparse``), the logits by
-    one batched product, the sigmoid head by autograd."""
+    """Negative sampling with ``num_sampled`` noise classes per example (word2vec's): each row's
+    own columns ``[N, T + k]`` (its labels, then its noise) through :class:`PerExampleLoss`
+    with the sigmoid head."""
     check_generator(generator)
     _check_sparse_bias(biases, sparse)
     shards, biases, y, h, lead, num_classes, _, valid, _ = _prepare(
@@ -313,23 +305,19 @@ def _per_example_negative_sampling(weights, biases, labels, inputs, num_sampled,
     noise = noise.to(h.device).view(n, num_sampled)
     kt = torch.ones_like(y, dtype=torch.bool) if valid is None else valid
     y_safe = torch.where(kt, y, 0)
-    kc = torch.ones_like(noise, dtype=torch.bool)
+    kc = torch.ones_like(noise, dtype=torch.bool)  # kept noise columns
     if remove_accidental_hits:
         kc = ~((noise.unsqueeze(2) == y_safe.unsqueeze(1)) & kt.unsqueeze(1)).any(2)
     ids = torch.cat([y_safe, noise], 1)
-    keep = torch.cat([kt, kc], 1)
-    cdt = _compute_dtype(h.dtype)
-    n_true = kt.sum(1, keepdim=True)
-    target = torch.cat([kt.to(cdt) / n_true.clamp(min=1), torch.zeros_like(noise, dtype=cdt)], 1)
-    live = (n_true[:, 0] > 0).to(cdt)
-    loss = PerExampleSigmoid.apply(h, ids, keep.to(cdt), target, live, bool(sparse), biases, shards[0])
+    spec = _Spec(t, (), partition_strategy, 0.0, bool(sparse))
+    loss = PerExampleLoss.apply(sigmoid_head, h, ids, valid, ~kc, spec, biases, shards[0])
     return _finish(loss, None, valid, reduction, lead, False)
 
 
 @torch.compiler.disable  # the sigmoid head has no custom operator yet: under torch.compile, eager
 def _sigmoid_loss(weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
                   remove_accidental_hits, sampler, reduction, ignore_index, generator, partition_strategy,
-                  subtract_log_q, sparse, implementation):
+                  subtract_log_q, sparse, implementation, noise="shared"):
     V.check_choice("implementation", implementation, IMPLEMENTATIONS)
     if isinstance(inputs, torch.Tensor) and _autocast_on(inputs.device.type):
         return _without_autocast(_sigmoid_loss, dict(locals()))
@@ -337,6 +325,13 @@ def _sigmoid_loss(weights, biases, labels, inputs, num_sampled, num_classes, num
         raise NotImplementedError("nce_loss and negative_sampling_loss do not take meta or fake tensors yet "
                                   "(torch.export, FakeTensorMode): run them on real tensors")
     _check_not_transformed(inputs, weights)
+    if noise == "per_example":
+        if implementation == "compiled":
+            raise SampledSoftmaxError("`implementation='compiled'` cannot be used: it computes the sampled softmax "
+                                      "head only; received noise='per_example'")
+        return _per_example_negative_sampling(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+                                              remove_accidental_hits, sampler, reduction, ignore_index, generator,
+                                              partition_strategy, sparse)
     return _general_path(sigmoid_head, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
                          sampled_values, remove_accidental_hits, sampler, reduction, ignore_index, 0.0, generator,
                          partition_strategy, subtract_log_q, sparse, False, implementation)
