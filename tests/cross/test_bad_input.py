@@ -197,7 +197,7 @@ def _tensorflow(kw, loss="sampled_softmax_loss"):
     return getattr(sst, loss)(**_converted(kw, tf.constant))
 
 
-def _keras(kw):
+def _keras(kw, loss="sampled_softmax"):
     keras = pytest.importorskip("keras")
     from sampled_softmax.keras import SampledSoftmax
 
@@ -206,7 +206,7 @@ def _keras(kw):
     call = {k: kw.pop(k) for k in ("labels", "inputs")}
     sampled_values = kw.pop("sampled_values", sv())
     W, b = kw.pop("weights"), kw.pop("biases")
-    layer = SampledSoftmax(kw.pop("num_classes"), kw.pop("num_sampled"), **kw)
+    layer = SampledSoftmax(kw.pop("num_classes"), kw.pop("num_sampled"), loss=loss, **kw)
     layer.build((None, D))
     layer.kernel.assign(W)
     layer.bias.assign(b)
@@ -250,6 +250,8 @@ RELATIVES = {
     "torch nce_loss": lambda kw: _torch(kw, loss="nce_loss"),
     "torch negative_sampling_loss": lambda kw: _torch(kw, loss="negative_sampling_loss"),
     "tensorflow nce_loss": lambda kw: _tensorflow(kw, "nce_loss"),
+    "keras loss=nce": lambda kw: _keras(kw, "nce"),
+    "keras loss=negative_sampling": lambda kw: _keras(kw, "negative_sampling"),
 }
 NOT_TAKEN = {"label_smoothing", "return_log_prob", "partition_strategy"}
 RELATIVE_PARAMS = [pytest.param(name, overrides, exc, message, id=f"{name}: {case}")
@@ -261,7 +263,8 @@ RELATIVE_PARAMS = [pytest.param(name, overrides, exc, message, id=f"{name}: {cas
 def test_bad_input_to_the_relatives_is_the_same_clear_error(name, overrides, exc, message):
     kw = base()
     kw.update(overrides)
-    with pytest.raises(exc, match=message.replace("{labels}", "`labels`")):
+    labels = LABELS_NAME.get(name.split()[0], "`labels`")
+    with pytest.raises(exc, match=message.replace("{labels}", labels)):
         RELATIVES[name](kw)
 
 
