@@ -15,6 +15,7 @@ Nothing here reads labels or draws candidates: that is stage 1 (:mod:`._columns`
 
 from __future__ import annotations
 
+import enum
 import math
 from typing import Callable, NamedTuple
 
@@ -91,6 +92,14 @@ def corrected_logits_backward(g, hc, rows, num_true, need_h, need_w, need_b):
 
 # ---------------------------------------------------------------------------------------------
 # Stage 3: heads
+
+
+class HeadKind(enum.IntEnum):
+    """The heads the compiled core computes, by :attr:`Head.name`; it takes them by these
+    values (``csrc/common.h``)."""
+
+    softmax = 0
+    sigmoid = 1
 
 
 class Head(NamedTuple):

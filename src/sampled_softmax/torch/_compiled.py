@@ -1,5 +1,5 @@
-"""The compiled core (``csrc/``: ``loss.cpp``, ``sampling.cpp``, ``sparse_adam.cpp``,
-``bindings.cpp``), built on first use.
+"""The compiled core (``csrc/``: ``loss.cpp``, ``per_example.cpp``, ``sampling.cpp``,
+``sparse_adam.cpp``, ``bindings.cpp``), built on first use.
 
 ``torch.utils.cpp_extension`` compiles it once per machine and PyTorch version (1-3 minutes;
 needs a C++ compiler and ``ninja``, found next to this Python without activating its
@@ -9,9 +9,11 @@ A lock left by a killed build is removed once :data:`STALE_LOCK_S` old. If it ca
 :func:`extension` returns None and says why in :func:`unavailable_reason`: the Python path,
 which computes the same thing, is used instead.
 
-The extension has three functions: ``sampled_softmax_core`` (the loss from given columns),
-``sampled_softmax_sampled`` (the uniform or log-uniform draw on the CPU, then the loss) and
-``sparse_row_adam_`` (``SparseRowAdam``'s sparse step). Which caller uses it, and when, is
+The extension's functions: ``sampled_softmax_core`` (a sampled loss, softmax or sigmoid head,
+from given columns), ``per_example_core`` (the same over each example's own noise),
+``sampled_softmax_sampled`` (the uniform or log-uniform draw on the CPU, then the loss),
+``sparse_row_adam_`` (``SparseRowAdam``'s sparse step), and ``core_forward`` /
+``core_backward`` for the traced operators. Which caller uses it, and when, is
 decided in :mod:`._dispatch` only.
 """
 
@@ -22,7 +24,8 @@ import os
 import threading
 
 _CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-_SOURCES = tuple(os.path.join(_CSRC, name) for name in ("loss.cpp", "sampling.cpp", "sparse_adam.cpp", "bindings.cpp"))
+_SOURCES = tuple(os.path.join(_CSRC, name) for name in ("loss.cpp", "per_example.cpp", "sampling.cpp",
+                                                            "sparse_adam.cpp", "bindings.cpp"))
 _HEADERS = (os.path.join(_CSRC, "common.h"),)
 # -fno-math-errno: sqrt in a loop vectorises only when it need not set errno. -march=native:
 # the build is this machine's own (its name carries the CPU's features, so a cache shared with
@@ -216,12 +219,13 @@ def _build():
 
 
 def _check_enums(ext):
-    """The build, if it reads the draw and distribution enums as Python names them; else None
-    (a build that would misread them is never used)."""
+    """The build, if it reads the draw, distribution and head enums as Python names them; else
+    None (a build that would misread them is never used)."""
     from ..samplers import DistributionKind, DrawKind
+    from ._autograd import HeadKind
 
     for name, kind, exported in (("DrawKind", DrawKind, ext.DRAW), ("DistributionKind", DistributionKind,
-                                                                   ext.DISTRIBUTION)):
+                                                                   ext.DISTRIBUTION), ("HeadKind", HeadKind, ext.HEAD)):
         ours = {member: int(kind[member]) if member in kind.__members__ else None for member in exported}
         if dict(exported) != ours:
             _state["why"] = f"its {name} values {dict(exported)} differ from Python's {ours}"

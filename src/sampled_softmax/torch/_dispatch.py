@@ -116,9 +116,16 @@ def record(route: str, reason: str = "") -> None:
         log.debug("sampled_softmax: route %s%s", route, f" ({reason})" if reason else "")
 
 
+LOSSES = ("sampled_softmax", "nce", "negative_sampling")
+
+
 def explain(weights, biases, labels, inputs, num_sampled, num_classes, num_true=1, sampled_values=None, *,
-            sampler="log_uniform", ignore_index=None, label_smoothing=0.0, implementation="auto") -> Route:
-    """The route :func:`sampled_softmax_loss` takes for these arguments, and why.
+            sampler="log_uniform", ignore_index=None, label_smoothing=0.0, implementation="auto",
+            loss="sampled_softmax", noise="shared") -> Route:
+    """The route :func:`sampled_softmax_loss` (``loss="nce"``: :func:`nce_loss`;
+    ``"negative_sampling"``: :func:`negative_sampling_loss` with ``noise``) takes for these
+    arguments, and why. Per-example noise is drawn by its sampler: its routes are
+    ``"compiled"`` and ``"python"``.
 
     Example:
         >>> import torch
@@ -130,6 +137,8 @@ def explain(weights, biases, labels, inputs, num_sampled, num_classes, num_true=
     from .._validation import check_choice
 
     check_choice("implementation", implementation, IMPLEMENTATIONS)
+    check_choice("loss", loss, LOSSES)
+    check_choice("noise", noise, ("shared", "per_example"))
     if implementation == "python":
         return Route("python", "implementation='python'")
     shards = weights if isinstance(weights, (list, tuple)) else [weights]
@@ -140,6 +149,8 @@ def explain(weights, biases, labels, inputs, num_sampled, num_classes, num_true=
         why = why or f"it could not be built ({_compiled.unavailable_reason()})"
         return Route("python", f"the compiled core cannot be used: {why}")
     draw_why = draw_obstacle(sampler, sampled_values)
+    if loss == "negative_sampling" and noise == "per_example":
+        draw_why = "the noise of each example is drawn by its sampler (noise='per_example')"
     if draw_why is not None:
         return Route("compiled", f"the compiled core computes the loss but does not draw: {draw_why}")
     return Route("compiled_draw", "")

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from . import _compiled
-from ._autograd import _check_once_differentiable, _targets, loss_backward as _loss_backward, loss_forward
+from ._autograd import HeadKind, _check_once_differentiable, _targets, loss_backward as _loss_backward, loss_forward
 from ._columns import candidate_columns as _candidate_columns
 from ._prepare import _compute_dtype, _check_label_values, _check_labels_can_be_drawn, _check_sampled_values
 from ._rows import _scatter_rows, _scatter_to_shards, _Spec
@@ -135,7 +135,7 @@ def loss(
     ext = _core(h, shards, bias, num_true, keep, label_smoothing, implementation)
     if ext is not None:
         loss_, logp_all, rows = ext.core_forward(h, shards[0], h.new_empty(0) if bias is None else bias, ids, logq,
-                                                 removed)
+                                                 removed, int(HeadKind.softmax))
         return loss_, loss_.neg(), logp_all, rows, torch.ones((), dtype=torch.int64)  # on the CPU: no sync
     spec = _Spec(num_true, tuple(offsets), strategy, label_smoothing, sparse)
     removed_cand = removed if bool(removed.any()) else None
@@ -162,7 +162,7 @@ def loss_backward(
     cdt = _compute_dtype(h.dtype)
     if int(route):
         d_h, d_rows, d_b_rows = _compiled.extension().core_backward(g_loss - g_logp, h, rows, ids, logp_all,
-                                                                     need_h, need_w, need_b)
+                                                                     int(HeadKind.softmax), need_h, need_w, need_b)
     else:
         keep = None if bool(keep_true.all()) else keep_true
         n, t = keep_true.shape

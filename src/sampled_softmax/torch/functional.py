@@ -22,7 +22,7 @@ import torch
 from .. import SampledSoftmaxError
 from .. import _validation as V
 from . import _dispatch, _ops
-from ._autograd import PerExampleLoss, SampledLoss, sigmoid_head, softmax_head
+from ._autograd import HeadKind, PerExampleLoss, SampledLoss, sigmoid_head, softmax_head
 from ._columns import candidate_columns
 from ._dispatch import IMPLEMENTATIONS
 from ._prepare import (
@@ -141,7 +141,7 @@ def sampled_softmax_loss(
         return _traced_sampled_softmax_loss(**locals())
     _check_not_transformed(inputs, weights)
     if implementation != "python" and _dispatch.draw_obstacle(sampler, sampled_values) is None:
-        result = _compiled_draw(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+        result = _compiled_draw(softmax_head, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
                                 remove_accidental_hits, sampler, reduction, ignore_index, label_smoothing,
                                 generator, partition_strategy, subtract_log_q, sparse, return_log_prob)
         if result is not None:
@@ -173,7 +173,7 @@ def _general_path(head, weights, biases, labels, inputs, num_sampled, num_classe
     )
     y = y.long()
     n, t = y.shape
-    ext = _dispatch.compiled(implementation, _loss_obstacle(head, shards, biases, h, t, valid, label_smoothing))
+    ext = _dispatch.compiled(implementation, _loss_obstacle(shards, biases, h, t, valid, label_smoothing))
     if sampled_values is None:
         sampler = _sampler_for(sampler, num_classes)
         # The raw labels: a learned sampler must not count ignored labels (as class 0).
@@ -192,8 +192,11 @@ def _general_path(head, weights, biases, labels, inputs, num_sampled, num_classe
     if ext is not None:
         _dispatch.record("compiled")
         loss = ext.sampled_softmax_core(h, shards[0], h.new_empty(0) if biases is None else biases, ids, logq,
-                                        h.new_empty(0, dtype=torch.bool) if removed is None else removed, bool(sparse))
-        logp = -loss  # one label, no smoothing: the loss is -log p(target)
+                                        h.new_empty(0, dtype=torch.bool) if removed is None else removed,
+                                        int(HeadKind[head.name]), bool(sparse))
+        # One label, no smoothing: the softmax loss is -log p(target); the sigmoid head has no
+        # estimate of it (zeros, as on the Python path).
+        logp = -loss if head is softmax_head else torch.zeros_like(loss)
     else:
         _dispatch.record("python")
         spec = _Spec(t, offsets, partition_strategy, label_smoothing, bool(sparse))
@@ -221,9 +224,9 @@ def nce_loss(
     logistic"; a padding slot; an ignored label) adds nothing. Same arguments as
     :func:`sampled_softmax_loss` without ``label_smoothing`` and ``return_log_prob``;
     ``remove_accidental_hits`` defaults to False, as in ``tf.nn.nce_loss``. ``implementation``:
-    the compiled core computes the softmax head only, so ``"auto"`` runs the Python path and
-    ``"compiled"`` is an error saying so. Under ``torch.compile`` the call runs eagerly (a graph
-    break).
+    as for :func:`sampled_softmax_loss` (the compiled core computes this head too, and draws
+    ``"uniform"`` / ``"log_uniform"`` candidates itself). Under ``torch.compile`` the call runs
+    eagerly (a graph break).
 
     Returns:
         The loss: shape ``[...]`` for ``reduction="none"``, else a scalar.
@@ -282,10 +285,10 @@ def negative_sampling_loss(
 
 def _per_example_negative_sampling(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
                                    remove_accidental_hits, sampler, reduction, ignore_index, generator,
-                                   partition_strategy, sparse):
+                                   partition_strategy, sparse, implementation):
     """Negative sampling with ``num_sampled`` noise classes per example (word2vec's): each row's
-    own columns ``[N, T + k]`` (its labels, then its noise) through :class:`PerExampleLoss`
-    with the sigmoid head."""
+    own columns ``[N, T + k]`` (its labels, then its noise) with the sigmoid head, on the
+    compiled core where it applies (``"compiled"`` route), else :class:`PerExampleLoss`."""
     check_generator(generator)
     _check_sparse_bias(biases, sparse)
     shards, biases, y, h, lead, num_classes, _, valid, _ = _prepare(
@@ -301,8 +304,16 @@ def _per_example_negative_sampling(weights, biases, labels, inputs, num_sampled,
     y = y.long()
     n, t = y.shape
     check_num_sampled(num_sampled, num_classes, unique=False)
+    ext = _dispatch.compiled(implementation, _loss_obstacle(shards, biases, h, t, valid, 0.0))
     noise, _, _ = sampler._draw_values(y, n * num_sampled, generator, None if valid is None else ignore_index)
     noise = noise.to(h.device).view(n, num_sampled)
+    if ext is not None:  # one label per row, none ignored
+        _dispatch.record("compiled")
+        loss = ext.per_example_core(h, shards[0], h.new_empty(0) if biases is None else biases,
+                                    torch.cat([y, noise], 1), bool(remove_accidental_hits), int(HeadKind.sigmoid),
+                                    bool(sparse))
+        return _finish(loss, None, None, reduction, lead, False)
+    _dispatch.record("python")
     kt = torch.ones_like(y, dtype=torch.bool) if valid is None else valid
     y_safe = torch.where(kt, y, 0)
     kc = torch.ones_like(noise, dtype=torch.bool)  # kept noise columns
@@ -326,12 +337,16 @@ def _sigmoid_loss(weights, biases, labels, inputs, num_sampled, num_classes, num
                                   "(torch.export, FakeTensorMode): run them on real tensors")
     _check_not_transformed(inputs, weights)
     if noise == "per_example":
-        if implementation == "compiled":
-            raise SampledSoftmaxError("`implementation='compiled'` cannot be used: it computes the sampled softmax "
-                                      "head only; received noise='per_example'")
         return _per_example_negative_sampling(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
                                               remove_accidental_hits, sampler, reduction, ignore_index, generator,
-                                              partition_strategy, sparse)
+                                              partition_strategy, sparse, implementation)
+    if implementation != "python" and _dispatch.draw_obstacle(sampler, sampled_values) is None:
+        result = _compiled_draw(sigmoid_head, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+                                remove_accidental_hits, sampler, reduction, ignore_index, 0.0, generator,
+                                partition_strategy, subtract_log_q, sparse, False)
+        if result is not None:
+            _dispatch.record("compiled_draw")
+            return result
     return _general_path(sigmoid_head, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
                          sampled_values, remove_accidental_hits, sampler, reduction, ignore_index, 0.0, generator,
                          partition_strategy, subtract_log_q, sparse, False, implementation)
@@ -408,9 +423,9 @@ def _finish(loss, logp, valid, reduction, lead, return_log_prob):
 _COMPILED_LABEL_DTYPES = (torch.int64, torch.int32)
 
 
-def _compiled_draw(weights, biases, labels, inputs, num_sampled, num_classes, num_true, remove_accidental_hits,
-                   sampler, reduction, ignore_index, label_smoothing, generator, partition_strategy,
-                   subtract_log_q, sparse, return_log_prob):
+def _compiled_draw(head, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+                   remove_accidental_hits, sampler, reduction, ignore_index, label_smoothing, generator,
+                   partition_strategy, subtract_log_q, sparse, return_log_prob):
     """The ``"compiled_draw"`` route: draw, hit mask, log Q and loss in one compiled call,
     without the general argument handling, whose per-call cost is a tenth of the whole loss.
 
@@ -456,8 +471,9 @@ def _compiled_draw(weights, biases, labels, inputs, num_sampled, num_classes, nu
     try:
         loss = ext.sampled_softmax_sampled(h, weights, inputs.new_empty(0) if biases is None else biases,
                                            labels.reshape(n), num_sampled, int(kind), int(DrawKind[draw]), generator,
-                                           bool(remove_accidental_hits), bool(subtract_log_q), bool(sparse),
-                                           ignore_index, unique_draw_limit(num_sampled))
+                                           bool(remove_accidental_hits), bool(subtract_log_q),
+                                           int(HeadKind[head.name]), bool(sparse), ignore_index,
+                                           unique_draw_limit(num_sampled))
     except ValueError as e:  # the unique draw's bound: the Python path's error, word for word
         found = re.search(r"unique draw stopped: num_sampled=(\d+) num_tries=(\d+) found=(\d+)", str(e))
         if found is None:
@@ -468,10 +484,8 @@ def _compiled_draw(weights, biases, labels, inputs, num_sampled, num_classes, nu
     return _finish(loss, -loss if return_log_prob else None, None, reduction, lead, return_log_prob)
 
 
-def _loss_obstacle(head, shards, biases, h, t, valid, label_smoothing):
+def _loss_obstacle(shards, biases, h, t, valid, label_smoothing):
     """:func:`_dispatch.loss_obstacle` of a checked call."""
-    if head is not softmax_head:
-        return f"it computes the sampled softmax head only; received the {head.name} head"
     return _dispatch.loss_obstacle(h.device.type, len(shards), t, valid is not None, label_smoothing,
                                    (h.dtype, shards[0].dtype, None if biases is None else biases.dtype))
 

@@ -13,6 +13,7 @@ from sampled_softmax.torch import (
     sampled_softmax_loss,
 )
 from sampled_softmax.torch import _compiled
+from sampled_softmax.torch._autograd import HeadKind
 
 needs_compiled = pytest.mark.skipif(compiled_core() is None, reason="compiled core unavailable")
 
@@ -78,16 +79,26 @@ def test_the_build_reads_the_enums_as_python_names_them():
     ext = compiled_core()
     assert dict(ext.DRAW) == {k.name: int(k) for k in DrawKind}
     assert dict(ext.DISTRIBUTION) == {k.name: int(k) for k in (DistributionKind.uniform, DistributionKind.log_uniform)}
+    assert dict(ext.HEAD) == {k.name: int(k) for k in HeadKind}
 
 
 def test_a_build_with_other_enum_values_is_refused(monkeypatch):
     class Build:
         DRAW = {"with_replacement": 0, "unique_exact": 1, "unique": 2}  # reordered
         DISTRIBUTION = {"uniform": 0, "log_uniform": 1}
+        HEAD = {"softmax": 0, "sigmoid": 1}
 
     monkeypatch.setattr(_compiled, "_state", {})
     assert _compiled._check_enums(Build()) is None
     assert "DrawKind values" in _compiled._state["why"]
+
+    class HeadsSwapped(Build):
+        DRAW = {"with_replacement": 0, "unique": 1, "unique_exact": 2}
+        HEAD = {"softmax": 1, "sigmoid": 0}
+
+    monkeypatch.setattr(_compiled, "_state", {})
+    assert _compiled._check_enums(HeadsSwapped()) is None
+    assert "HeadKind values" in _compiled._state["why"]
 
 
 @needs_compiled

@@ -8,14 +8,28 @@ import torch
 
 from sampled_softmax import SampledSoftmaxError
 from sampled_softmax import reference as R
-from sampled_softmax.torch import LogUniformSampler, nce_loss, negative_sampling_loss
+from sampled_softmax.torch import (
+    LogUniformSampler, UnigramSampler, compiled_core, explain_route, nce_loss, negative_sampling_loss,
+)
 
 from conftest import random_problem
 
+needs_compiled = pytest.mark.skipif(compiled_core() is None, reason="compiled core unavailable")
 
-@pytest.mark.parametrize("T,hits,subtract,ignore,sparse", list(itertools.product(
-    [1, 3], [False, True], [True, False], [False, True], [False, True])))
-def test_nce_matches_the_reference(rng, T, hits, subtract, ignore, sparse):
+
+def _cases(*axes, compiled_when):
+    """Every combination on the Python path, and on the compiled core where it takes the call
+    (``compiled_when(*case)``: one label per row, none ignored)."""
+    for case in itertools.product(*axes):
+        yield case + ("python",)
+        if compiled_when(*case):
+            yield pytest.param(*case, "compiled", marks=needs_compiled)
+
+
+@pytest.mark.parametrize("T,hits,subtract,ignore,sparse,implementation", list(_cases(
+    [1, 3], [False, True], [True, False], [False, True], [False, True],
+    compiled_when=lambda T, hits, subtract, ignore, sparse: T == 1 and not ignore)))
+def test_nce_matches_the_reference(rng, T, hits, subtract, ignore, sparse, implementation):
     W, b, y, h, sv = random_problem(rng, T=T)
     if ignore:
         y[0, -1] = -100
@@ -24,7 +38,7 @@ def test_nce_matches_the_reference(rng, T, hits, subtract, ignore, sparse):
     svt = tuple(torch.as_tensor(v) for v in sv)
     loss = nce_loss(Wt, bt, torch.as_tensor(y), ht, len(sv[0]), W.shape[0], num_true=T, sampled_values=svt,
                     remove_accidental_hits=hits, subtract_log_q=subtract, sparse=sparse,
-                    ignore_index=-100 if ignore else None)
+                    ignore_index=-100 if ignore else None, implementation=implementation)
     kw = dict(remove_accidental_hits=hits, subtract_log_q=subtract, ignore_index=-100 if ignore else None)
     np.testing.assert_allclose(loss.detach().numpy(), R.nce_loss(W, b, y, h, sv, **kw), rtol=1e-12)
     weights = rng.normal(size=loss.shape[0])
@@ -52,10 +66,37 @@ def test_drawn_noise_reductions_and_routes(rng):
     mean = nce_loss(*args, 20, 200, sampler=LogUniformSampler(200, draw="with_replacement"), reduction="mean",
                     generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(mean, per_row.mean())
-    with pytest.raises(SampledSoftmaxError, match="cannot be used: it computes the sampled softmax head only; received the sigmoid head"):
-        nce_loss(*args, 20, 200, implementation="compiled")
+    with pytest.raises(SampledSoftmaxError, match="cannot be used: it takes num_true=1; received 2"):
+        nce_loss(*args[:2], torch.as_tensor(y).repeat(1, 2), args[3], 20, 200, num_true=2, implementation="compiled")
     with pytest.raises(SampledSoftmaxError, match="`implementation` must be one of"):
         negative_sampling_loss(*args, 20, 200, implementation="pyhton")
+
+
+@needs_compiled
+@pytest.mark.parametrize("fn", [nce_loss, negative_sampling_loss])
+@pytest.mark.parametrize("sampler", ["log_uniform", "uniform", LogUniformSampler(200, draw="with_replacement"),
+                                     LogUniformSampler(200, draw="unique_exact")])
+@pytest.mark.parametrize("bias,sparse,dtype", [(True, False, torch.float64), (False, True, torch.float32)])
+def test_the_compiled_core_draws_and_computes_the_sigmoid_head_as_the_python_path(rng, fn, sampler, bias, sparse,
+                                                                                  dtype):
+    W, b, y, h, _ = random_problem(rng, V=200, B=16)
+    y[3, 0] = y[5, 0] = 7  # a frequent class: accidental hits with the drawn candidates
+    results = []
+    for implementation in ("compiled", "python"):
+        Wt, ht = (torch.tensor(x, dtype=dtype, requires_grad=True) for x in (W, h))
+        bt = torch.tensor(b, dtype=dtype, requires_grad=True) if bias else None
+        loss = fn(Wt, bt, torch.as_tensor(y[:, 0]), ht, 20, 200, remove_accidental_hits=True, sampler=sampler,
+                  sparse=sparse, generator=torch.Generator().manual_seed(9), implementation=implementation)
+        (loss * torch.arange(16, dtype=dtype)).sum().backward()
+        grads = [g.to_dense() if g.is_sparse else g for g in (ht.grad, Wt.grad) + ((bt.grad,) if bias else ())]
+        results.append((loss, grads))
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[0][0], results[1][0], **tol)
+    for ours, theirs in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(ours, theirs, **tol)
+    route = explain_route(torch.as_tensor(W), None, torch.as_tensor(y[:, 0]), torch.as_tensor(h), 20, 200,
+                          sampler=sampler, loss="nce" if fn is nce_loss else "negative_sampling")
+    assert route.name == "compiled_draw"
 
 
 @pytest.mark.parametrize("kind", ["nce", "negative_sampling"])
@@ -85,11 +126,10 @@ def test_the_output_layer_trains_with_the_relatives_and_evaluates_exactly(rng, k
         SampledSoftmax(6, 40, 8, loss="nsc")
 
 
-@pytest.mark.parametrize("hits,ignore,sparse,bias", list(itertools.product([False, True], [False, True],
-                                                                           [False, True], [False, True])))
-def test_per_example_noise_is_negative_sampling_row_by_row(rng, hits, ignore, sparse, bias):
-    from sampled_softmax.torch import UnigramSampler
-
+@pytest.mark.parametrize("hits,ignore,sparse,bias,implementation", list(_cases(
+    [False, True], [False, True], [False, True], [False, True],
+    compiled_when=lambda hits, ignore, sparse, bias: not ignore)))
+def test_per_example_noise_is_negative_sampling_row_by_row(rng, hits, ignore, sparse, bias, implementation):
     V = 30
     W, b, y, h, _ = random_problem(rng, V=V, B=6)
     if ignore:
@@ -100,7 +140,7 @@ def test_per_example_noise_is_negative_sampling_row_by_row(rng, hits, ignore, sp
     bt = None if b is None else torch.tensor(b, requires_grad=True)
     ht = torch.tensor(h, requires_grad=True)
     kw = dict(sampler=sampler, noise="per_example", remove_accidental_hits=hits, sparse=sparse,
-              ignore_index=-100 if ignore else None)
+              ignore_index=-100 if ignore else None, implementation=implementation)
     loss = negative_sampling_loss(Wt, bt, torch.as_tensor(y[:, 0]), ht, 5, V, generator=torch.Generator().manual_seed(2),
                                   **kw)
     noise = sampler(torch.as_tensor(y), 6 * 5, generator=torch.Generator().manual_seed(2),
@@ -124,6 +164,20 @@ def test_per_example_noise_is_negative_sampling_row_by_row(rng, hits, ignore, sp
     grad_W = Wt.grad.to_dense() if Wt.grad.is_sparse else Wt.grad
     assert Wt.grad.is_sparse == sparse
     np.testing.assert_allclose(grad_W.numpy(), d_W, rtol=1e-10, atol=1e-12)
+
+
+@needs_compiled
+def test_per_example_noise_routes():
+    W, h, y = torch.randn(30, 4), torch.randn(3, 4), torch.tensor([1, 2, 3])
+    kw = dict(sampler=UnigramSampler(30, np.arange(30, 0, -1.0), draw="with_replacement"), loss="negative_sampling",
+              noise="per_example")
+    assert explain_route(W, None, y, h, 5, 30, **kw) == ("compiled", "the compiled core computes the loss but does "
+                                                                     "not draw: the noise of each example is drawn by "
+                                                                     "its sampler (noise='per_example')")
+    assert explain_route(W, None, y.view(3, 1).expand(3, 2), h, 5, 30, num_true=2, **kw).name == "python"
+    with pytest.raises(SampledSoftmaxError, match="cannot be used: it takes num_true=1; received 2"):
+        negative_sampling_loss(W, None, y.view(3, 1).expand(3, 2), h, 5, 30, num_true=2, noise="per_example",
+                               sampler=kw["sampler"], implementation="compiled")
 
 
 def test_per_example_noise_needs_independent_draws():

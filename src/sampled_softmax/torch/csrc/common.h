@@ -16,6 +16,9 @@ using at::Tensor;
 // `_compiled.py` makes when it loads a build (a mismatch is refused, never misread).
 enum class DrawKind : int64_t { kWithReplacement = 0, kUnique = 1, kUniqueExact = 2 };
 enum class DistributionKind : int64_t { kUniform = 0, kLogUniform = 1 };
+// The head over a row's logits (`sampled_softmax.torch._autograd.HeadKind`): the softmax
+// cross-entropy, or a logistic loss per column (NCE, negative sampling).
+enum class HeadKind : int64_t { kSoftmax = 0, kSigmoid = 1 };
 
 // x . y with independent partial sums: a single running sum cannot be vectorised without
 // reassociation, which the compiler may not do on its own.
@@ -72,18 +75,26 @@ class SlotTable {
 };
 
 // loss.cpp
+HeadKind head_kind(int64_t value);
+std::vector<Tensor> head_forward(const Tensor& logits, HeadKind head);
+Tensor head_grad(const Tensor& act, const Tensor& grad_loss, HeadKind head);
+Tensor scatter_rows(const Tensor& ids, const Tensor& row_grads, at::IntArrayRef shape, bool sparse);
 std::vector<Tensor> core_forward(const Tensor& h, const Tensor& W, const Tensor& b, const Tensor& ids,
-                                 const Tensor& logq, const Tensor& removed);
+                                 const Tensor& logq, const Tensor& removed, int64_t head);
 std::vector<Tensor> core_backward(const Tensor& grad_loss, const Tensor& h, const Tensor& rows, const Tensor& ids,
-                                  const Tensor& logp, bool need_h, bool need_w, bool need_b);
+                                  const Tensor& act, int64_t head, bool need_h, bool need_w, bool need_b);
 Tensor sampled_softmax_core(const Tensor& h, const Tensor& W, const Tensor& b, const Tensor& ids,
-                            const Tensor& logq, const Tensor& removed, bool sparse);
+                            const Tensor& logq, const Tensor& removed, int64_t head, bool sparse);
+
+// per_example.cpp
+Tensor per_example_core(const Tensor& h, const Tensor& W, const Tensor& b, const Tensor& ids, bool remove_hits,
+                        int64_t head, bool sparse);
 
 // sampling.cpp
 std::optional<Tensor> sampled_softmax_sampled(const Tensor& h, const Tensor& W, const Tensor& b,
                                               const Tensor& labels, int64_t num_sampled, int64_t distribution,
                                               int64_t draw, std::optional<at::Generator> generator,
-                                              bool remove_hits, bool subtract_log_q, bool sparse,
+                                              bool remove_hits, bool subtract_log_q, int64_t head, bool sparse,
                                               std::optional<int64_t> ignore_index, int64_t unique_draw_limit);
 
 // sparse_adam.cpp

@@ -1,18 +1,20 @@
-// The sampled softmax loss of one table with one label per row: the same arithmetic as
-// `loss_forward` / `loss_backward` in `_autograd.py` (which stay the reference and the fallback),
-// without Python between the steps.
+// The sampled loss of one table with one label per row: the same arithmetic as
+// `corrected_logits_forward` / `_backward` and the heads of `_autograd.py` (which stay the
+// reference and the fallback), without Python between the steps.
 //
 // sampled_softmax_core(h [N, D], W [V, D], b [V] or empty, ids [N + S] (labels first),
-//                      logq [N + S], removed, sparse) -> loss [N]
-//   loss_i = logsumexp_k o_ik - o_i0 over o = [h_i . W_y + c_y, h_i . W_cand + c_cand],
-//   c = b - log E. `removed` is a bool [N, S] mask, or int64 flat indices i * S + j, of
-//   candidates set to -inf (probability 0, gradient exactly 0); a column whose log E is +inf
-//   is removed from every row.
+//                      logq [N + S], removed, head, sparse) -> loss [N]
+//   Row logits o = [h_i . W_y + c_y, h_i . W_cand + c_cand], c = b - log E; then the head
+//   (HeadKind, common.h): softmax, loss_i = logsumexp_k o_ik - o_i0; sigmoid (NCE, negative
+//   sampling), loss_i = softplus(-o_i0) + sum_{k>0} softplus(o_ik). `removed` is a bool [N, S]
+//   mask, or int64 flat indices i * S + j, of candidates set to -inf (probability 0, loss 0,
+//   gradient exactly 0); a column whose log E is +inf is removed from every row.
 //
-// core_forward(h, W, b, ids, logq, removed) -> [loss, logp [N, S + 1], rows [N + S, D]] and
-// core_backward(grad_loss, h, rows, ids, logp, need_h, need_w, need_b) -> [d_h, d_rows, d_b_rows]
+// core_forward(h, W, b, ids, logq, removed, head) -> [loss, act [N, S + 1], rows [N + S, D]] and
+// core_backward(grad_loss, h, rows, ids, act, head, need_h, need_w, need_b) -> [d_h, d_rows, d_b_rows]
 //   The same loss as two plain functions, for the custom operators of `_ops.py` (torch.compile,
 //   meta tensors, torch.export), whose autograd formula scatters the row gradients itself.
+//   `act` is what the head's backward needs: log-softmax (softmax) or sigmoid (sigmoid) of o.
 #include <cmath>
 #include <limits>
 
@@ -25,10 +27,50 @@ namespace sampled_softmax {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// The forward: {loss [N], logp [N, S + 1] (log-softmax of the row logits, true column first),
+HeadKind head_kind(int64_t value) {
+  TORCH_CHECK(value == static_cast<int64_t>(HeadKind::kSoftmax) || value == static_cast<int64_t>(HeadKind::kSigmoid),
+              "sampled_softmax: unknown head ", value);
+  return static_cast<HeadKind>(value);
+}
+
+// The head over row logits [N, C] (true column first, removed columns -inf): {loss [N], act [N, C]}.
+std::vector<Tensor> head_forward(const Tensor& logits, HeadKind head) {
+  if (head == HeadKind::kSoftmax) {
+    Tensor logp = at::log_softmax(logits, 1);
+    return {logp.select(1, 0).neg(), logp};
+  }
+  // softplus(x) = max(x, 0) + log1p(exp(-|x|)): the true column's -log sigmoid(o) at x = -o, a
+  // candidate's -log sigmoid(-o) at x = o; exactly 0 for a removed column (o = -inf).
+  Tensor x = logits.clone();
+  x.select(1, 0).neg_();
+  Tensor loss = x.clamp_min(0).add_(x.abs().neg_().exp_().log1p_()).sum(1);
+  Tensor act = at::sigmoid(logits);
+  return {loss, act};
+}
+
+// d loss_i / d o_ik = g_i * (p_ik - [k == 0]), p = exp(act) (softmax) or act (sigmoid).
+Tensor head_grad(const Tensor& act, const Tensor& grad_loss, HeadKind head) {
+  Tensor g = head == HeadKind::kSoftmax ? act.exp() : act.contiguous().clone();
+  Tensor go = grad_loss.to(act.scalar_type()).contiguous();
+  const int64_t n = g.size(0), c = g.size(1);
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "sampled_softmax_head_grad", [&] {
+    scalar_t* gp = g.data_ptr<scalar_t>();
+    const scalar_t* gop = go.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < n; ++i) {
+      scalar_t* gi = gp + i * c;
+      const scalar_t gi_out = gop[i];
+      for (int64_t k = 0; k < c; ++k) gi[k] *= gi_out;
+      gi[0] -= gi_out;
+    }
+  });
+  return g;
+}
+
+// The forward: {loss [N], act [N, S + 1] (the head's activations of the row logits, true column first),
 // rows [N + S, D] (the gathered rows of W)}.
 std::vector<Tensor> core_forward(const Tensor& h, const Tensor& W, const Tensor& b, const Tensor& ids,
-                                 const Tensor& logq, const Tensor& removed) {
+                                 const Tensor& logq, const Tensor& removed, int64_t head) {
+  const HeadKind kind = head_kind(head);
   const int64_t n = h.size(0), m = ids.size(0), s = m - n;
   const bool has_bias = b.numel() > 0;
   Tensor hc = h.contiguous();
@@ -68,30 +110,21 @@ std::vector<Tensor> core_forward(const Tensor& h, const Tensor& W, const Tensor&
   if (removed.numel() > 0 && removed.scalar_type() == at::kBool) {
     cand_logits.masked_fill_(removed, -std::numeric_limits<double>::infinity());
   }
-  Tensor logp = at::log_softmax(logits, 1);
-  return {logp.select(1, 0).neg(), logp, rows};
+  auto out = head_forward(logits, kind);
+  return {out[0], out[1], rows};
 }
 
 // The backward from the forward's saved values: {d_h [N, D], d_rows [N + S, D] (the gradient
 // of each gathered row), d_b_rows [N + S]}, each undefined when not asked for.
 std::vector<Tensor> core_backward(const Tensor& grad_loss, const Tensor& h_in, const Tensor& rows, const Tensor& ids,
-                                  const Tensor& logp, bool need_h, bool need_w, bool need_b) {
+                                  const Tensor& act, int64_t head, bool need_h, bool need_w, bool need_b) {
   const Tensor h = h_in.contiguous();
   const int64_t n = h.size(0), m = ids.size(0), s = m - n, d = h.size(1);
-  // d loss_i / d o_ik = g_i * (p_ik - [k == 0]).
-  Tensor go = grad_loss.to(logp.scalar_type()).contiguous();
-  Tensor g = logp.exp();
+  Tensor g = head_grad(act, grad_loss, head_kind(head));
   Tensor d_rows = need_w ? at::empty({m, d}, h.options()) : Tensor();
   Tensor d_b_rows = need_b ? at::zeros({m}, h.options()) : Tensor();
-  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "sampled_softmax_core_scale", [&] {
-    scalar_t* gp = g.data_ptr<scalar_t>();
-    const scalar_t* gop = go.data_ptr<scalar_t>();
-    for (int64_t i = 0; i < n; ++i) {
-      scalar_t* gi = gp + i * (s + 1);
-      const scalar_t gi_out = gop[i];
-      for (int64_t k = 0; k <= s; ++k) gi[k] *= gi_out;
-      gi[0] -= gi_out;
-    }
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "sampled_softmax_core_rows", [&] {
+    const scalar_t* gp = g.data_ptr<scalar_t>();
     if (need_w) {  // true rows: d W_{y_i} = g_i0 h_i
       const scalar_t* hp = h.data_ptr<scalar_t>();
       scalar_t* dp = d_rows.data_ptr<scalar_t>();
@@ -131,8 +164,6 @@ std::vector<Tensor> core_backward(const Tensor& grad_loss, const Tensor& h_in, c
   return {d_h, d_rows, d_b_rows};
 }
 
-namespace {
-
 // Row gradients into a [rows, ...] table gradient: uncoalesced sparse COO rows (duplicates
 // summed by whoever coalesces, like nn.Embedding(sparse=True)'s) or dense.
 Tensor scatter_rows(const Tensor& ids, const Tensor& row_grads, at::IntArrayRef shape, bool sparse) {
@@ -140,10 +171,13 @@ Tensor scatter_rows(const Tensor& ids, const Tensor& row_grads, at::IntArrayRef 
   return at::zeros(shape, row_grads.options()).index_add_(0, ids, row_grads);
 }
 
+namespace {
+
 struct SampledSoftmaxCore : public torch::autograd::Function<SampledSoftmaxCore> {
   static Tensor forward(AutogradContext* ctx, const Tensor& h, const Tensor& W, const Tensor& b,
-                        const Tensor& ids, const Tensor& logq, const Tensor& removed, bool sparse) {
-    auto out = core_forward(h, W, b, ids, logq, removed);
+                        const Tensor& ids, const Tensor& logq, const Tensor& removed, int64_t head, bool sparse) {
+    auto out = core_forward(h, W, b, ids, logq, removed, head);
+    ctx->saved_data["head"] = head;
     ctx->saved_data["sparse"] = sparse;
     ctx->saved_data["has_bias"] = b.numel() > 0;
     ctx->saved_data["num_classes"] = W.size(0);
@@ -158,23 +192,25 @@ struct SampledSoftmaxCore : public torch::autograd::Function<SampledSoftmaxCore>
                 "sampled_softmax_loss is differentiable once: its backward is explicit, so create_graph=True "
                 "(double backward, e.g. a gradient penalty through it) is not supported");
     auto saved = ctx->get_saved_variables();
-    const Tensor &h = saved[0], &rows = saved[1], &ids = saved[2], &logp = saved[3];
+    const Tensor &h = saved[0], &rows = saved[1], &ids = saved[2], &act = saved[3];
+    const int64_t head = ctx->saved_data["head"].toInt();
     const bool sparse = ctx->saved_data["sparse"].toBool();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     const int64_t num_classes = ctx->saved_data["num_classes"].toInt();
     const bool need_w = ctx->needs_input_grad(1), need_b = has_bias && ctx->needs_input_grad(2);
-    auto grads = core_backward(grad_outputs[0], h, rows, ids, logp, ctx->needs_input_grad(0), need_w, need_b);
+    auto grads = core_backward(grad_outputs[0], h, rows, ids, act, head, ctx->needs_input_grad(0), need_w, need_b);
     Tensor d_W = need_w ? scatter_rows(ids, grads[1], {num_classes, h.size(1)}, sparse) : Tensor();
     Tensor d_b = need_b ? scatter_rows(ids, grads[2], {num_classes}, sparse) : Tensor();
-    return {grads[0], d_W, d_b, Tensor(), Tensor(), Tensor(), Tensor()};
+    return {grads[0], d_W, d_b, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
 }  // namespace
 
 Tensor sampled_softmax_core(const Tensor& h, const Tensor& W, const Tensor& b, const Tensor& ids,
-                            const Tensor& logq, const Tensor& removed, bool sparse) {
-  return SampledSoftmaxCore::apply(h, W, b, ids, logq, removed, sparse);
+                            const Tensor& logq, const Tensor& removed, int64_t head, bool sparse) {
+  head_kind(head);
+  return SampledSoftmaxCore::apply(h, W, b, ids, logq, removed, head, sparse);
 }
 
 }  // namespace sampled_softmax

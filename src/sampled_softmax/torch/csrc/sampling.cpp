@@ -1,11 +1,11 @@
 // Candidate sampling on the CPU, then the loss: the twin of `samplers.draw_from_uniforms`.
 //
 // sampled_softmax_sampled(h, W, b, labels [N], num_sampled, distribution, draw, generator,
-//                         remove_hits, subtract_log_q, sparse, ignore_index, unique_draw_limit)
+//                         remove_hits, subtract_log_q, head, sparse, ignore_index, unique_draw_limit)
 //                         -> loss [N] or None
 //   Draws the candidates as `sampled_softmax.torch.samplers` does (the same uniforms from the
 //   same generator, in the same order, the same classes, the same float32 expected counts), then
-//   the loss of loss.cpp. Parity with the Python sampler depends on consuming the uniforms in
+//   the loss of loss.cpp with `head`. Parity with the Python sampler depends on consuming the uniforms in
 //   its order: change both or neither (tests/frontends/torch/test_torch_compiled.py compares them draw for draw).
 //   None, before drawing anything, when a label is outside [0, V) or equals ignore_index: the
 //   caller's general path then reports the error or handles the ignored labels.
@@ -56,7 +56,7 @@ float expected_count(double p, int64_t num_sampled, int64_t num_tries, DrawKind 
 Tensor loss_from_candidates(const Tensor& h, const Tensor& W, const Tensor& b, const Tensor& y,
                             const std::vector<int64_t>& cand, const std::vector<char>& padding,
                             const std::vector<int64_t>& hits, const ClassDistribution& dist, int64_t num_tries,
-                            DrawKind draw, bool subtract_log_q, bool sparse) {
+                            DrawKind draw, bool subtract_log_q, int64_t head, bool sparse) {
   const int64_t n = y.numel(), s = static_cast<int64_t>(cand.size());
   Tensor ids = at::empty({n + s}, at::TensorOptions().dtype(at::kLong));
   int64_t* idp = ids.data_ptr<int64_t>();
@@ -78,7 +78,7 @@ Tensor loss_from_candidates(const Tensor& h, const Tensor& W, const Tensor& b, c
   });
   Tensor removed = at::empty({static_cast<int64_t>(hits.size())}, at::TensorOptions().dtype(at::kLong));
   std::copy(hits.begin(), hits.end(), removed.data_ptr<int64_t>());
-  return sampled_softmax_core(h, W, b, ids, logq, removed, sparse);
+  return sampled_softmax_core(h, W, b, ids, logq, removed, head, sparse);
 }
 
 }  // namespace
@@ -86,8 +86,9 @@ Tensor loss_from_candidates(const Tensor& h, const Tensor& W, const Tensor& b, c
 std::optional<Tensor> sampled_softmax_sampled(const Tensor& h, const Tensor& W, const Tensor& b,
                                               const Tensor& labels, int64_t num_sampled, int64_t distribution,
                                               int64_t draw_value, std::optional<at::Generator> generator,
-                                              bool remove_hits, bool subtract_log_q, bool sparse,
+                                              bool remove_hits, bool subtract_log_q, int64_t head, bool sparse,
                                               std::optional<int64_t> ignore_index, int64_t unique_draw_limit) {
+  head_kind(head);
   TORCH_CHECK(labels.device().is_cpu() && h.device().is_cpu(), "sampled_softmax_sampled runs on the CPU");
   TORCH_CHECK(distribution == static_cast<int64_t>(DistributionKind::kUniform) ||
                   distribution == static_cast<int64_t>(DistributionKind::kLogUniform),
@@ -151,7 +152,7 @@ std::optional<Tensor> sampled_softmax_sampled(const Tensor& h, const Tensor& W, 
       for (int64_t j = table.find(yp[i]); j >= 0; j = next[j]) hits.push_back(i * s + j);
     }
   }
-  return loss_from_candidates(h, W, b, y, cand, padding, hits, dist, num_tries, draw, subtract_log_q, sparse);
+  return loss_from_candidates(h, W, b, y, cand, padding, hits, dist, num_tries, draw, subtract_log_q, head, sparse);
 }
 
 }  // namespace sampled_softmax
