@@ -18,8 +18,8 @@ venv: $(STAMP)
 # The Keras layer's tests run once per Keras backend (the main run uses TensorFlow's).
 test: $(STAMP)
 	$(PY) -m pytest -q
-	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider tests/frontends/keras tests/cross/test_bad_input.py tests/cross/test_properties.py tests/cross/test_heads.py -k keras
-	KERAS_BACKEND=torch $(PY) -m pytest -q -p no:cacheprovider tests/frontends/keras tests/cross/test_bad_input.py tests/cross/test_properties.py tests/cross/test_heads.py -k keras
+	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider tests/frontends/keras tests/cross/test_bad_input.py tests/cross/test_properties.py tests/cross/test_heads.py tests/cross/test_exclude_true.py -k keras
+	KERAS_BACKEND=torch $(PY) -m pytest -q -p no:cacheprovider tests/frontends/keras tests/cross/test_bad_input.py tests/cross/test_properties.py tests/cross/test_heads.py tests/cross/test_exclude_true.py -k keras
 
 # The wheel and sdist as they would be published, with their metadata checked.
 dist: $(STAMP)

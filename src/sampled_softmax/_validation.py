@@ -25,6 +25,40 @@ def check_choice(name: str, value, choices: Iterable[str]) -> str:
     return value
 
 
+def check_bool(name: str, value) -> bool:
+    """``value`` as a bool: True or False (a NumPy bool too), nothing else."""
+    if type(value).__name__ not in ("bool", "bool_"):
+        raise TypeError(f"`{name}` must be True or False; received {value!r}")
+    return bool(value)
+
+
+def exclusion_error(num_sampled: int, row: int | None = None, total: float | None = None) -> str:
+    """The message for ``exclude_true`` given expected counts whose labels' ``Q_i >= 1`` (the
+    row and its ``Q`` where known)."""
+    which = "a row's labels have" if row is None else f"row {row}'s labels have"
+    value = "" if total is None else f" = {total:.6g}"
+    return (f"`exclude_true=True` needs the expected counts of {num_sampled} draws with replacement (E = S q): "
+            f"{which} total probability Q = sum E / S{value} >= 1")
+
+
+def check_exclusion_counts(y, valid, cand, true_count, samp_count) -> None:
+    """``exclude_true`` with given NumPy ``sampled_values``: every row with a candidate left
+    after rejection has ``Q_i = sum E / S < 1`` over its distinct kept labels."""
+    import numpy as np
+
+    y, valid, cand = np.asarray(y), np.asarray(valid, bool), np.asarray(cand).reshape(-1)
+    s = cand.size
+    tc = np.broadcast_to(np.asarray(true_count, np.float64).reshape(y.shape[0], -1), y.shape)
+    earlier = np.tril(np.ones((y.shape[1], y.shape[1]), bool), -1)
+    repeated = ((y[:, :, None] == y[:, None, :]) & valid[:, None, :] & earlier).any(axis=2)
+    Q = np.where(valid & ~repeated, tc / s, 0.0).sum(axis=1)
+    hits = ((cand[None, None, :] == y[:, :, None]) & valid[:, :, None]).any(axis=1)
+    left = (~hits & np.isfinite(np.asarray(samp_count, np.float64).reshape(-1))[None, :]).sum(axis=1)
+    bad = np.nonzero((Q >= 1.0) & (left > 0))[0]
+    if bad.size:
+        raise SampledSoftmaxError(exclusion_error(s, int(bad[0]), float(Q[bad[0]])))
+
+
 def check_positive_int(name: str, value, *, minimum: int = 1) -> int:
     if isinstance(value, bool) or type(value).__name__ == "bool_":
         raise TypeError(f"`{name}` must be an int; received bool")

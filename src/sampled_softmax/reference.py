@@ -19,6 +19,19 @@ smoothing ``eps``, the target puts ``(1 - eps) / T_i + eps / K_i`` on each kept 
 
 A row with no kept label (all ``ignore_index``) has loss 0 and no gradient.
 
+With ``exclude_true`` (the estimator of seed 001's article): negatives are draws from ``q``
+conditioned on not being one of the row's labels, so a candidate equal to one of row ``i``'s
+labels is always removed (rejected), the true columns get no correction, and a kept candidate
+column gets the importance weight of the remaining draws:
+
+    t[i, j] = h_i . W[y_ij] + b[y_ij]
+    s[i, k] = h_i . W[c_k]  + b[c_k]  - log(k_i q(c_k) / (1 - Q_i))
+
+with ``q(c) = E(c) / S`` (the expected counts of ``S`` draws with replacement), ``k_i`` the
+candidates left in row ``i`` after rejection and ``Q_i`` the total ``q`` of row ``i``'s distinct
+kept labels (``num_true > 1``: all of them are excluded together). ``Sum_t e^t + Sum_k e^s`` is
+then an unbiased estimate of the full softmax normalizer.
+
 Every sampled loss is three stages, each a function here and the same stage in every front end
 (TensorFlow's ``_compute_sampled_logits`` feeds ``nce_loss`` and ``sampled_softmax_loss`` alike):
 
@@ -82,7 +95,7 @@ def _valid_labels(labels: np.ndarray, ignore_index) -> np.ndarray:
 
 
 def candidate_columns(labels, sampled_values, *, remove_accidental_hits=True, subtract_log_q=True,
-                      ignore_index=None):
+                      ignore_index=None, exclude_true=False):
     """Stage 1: the columns of each row, ``(ids [B, T + S], log_q [B, T + S], keep [B, T + S])``.
 
     Row ``i`` has its ``T`` labels then the ``S`` shared candidates ``c``:
@@ -90,6 +103,9 @@ def candidate_columns(labels, sampled_values, *, remove_accidental_hits=True, su
     with ``subtract_log_q=False``). ``keep[i, k]`` is False for an ignored label
     (``ignore_index``), a padding slot (``E(c_k) = inf``) and, with ``remove_accidental_hits``,
     a candidate equal to one of row ``i``'s kept labels. Ignored labels' ids are 0.
+
+    ``exclude_true`` (see the module docstring): hits are always removed; ``log_q`` is 0 on the
+    true columns and ``log(k_i q(c) / (1 - Q_i))`` on row ``i``'s kept candidates.
     """
     y = _as_2d_labels(labels)
     cand, true_count, samp_count = (np.asarray(v) for v in sampled_values)
@@ -107,10 +123,25 @@ def candidate_columns(labels, sampled_values, *, remove_accidental_hits=True, su
             log_q = np.concatenate([np.log(np.where(valid, true_count, 1.0)),
                                     np.broadcast_to(np.log(samp_count), (B, S))], axis=1)
     keep_s = np.broadcast_to(np.isfinite(samp_count), (B, S)).copy()
-    if remove_accidental_hits:
+    if remove_accidental_hits or exclude_true:
         hits = (cand[None, None, :] == y[:, :, None]) & valid[:, :, None]
         keep_s &= ~hits.any(axis=1)
+    if exclude_true and subtract_log_q:
+        log_q = np.concatenate([np.zeros(y.shape), log_q[:, y.shape[1]:] + _exclusion_correction(
+            y, valid, true_count, keep_s)[:, None]], axis=1)
     return ids, log_q, np.concatenate([valid, keep_s], axis=1)
+
+
+def _exclusion_correction(y, valid, true_count, keep_s):
+    """``log(k_i / S) - log(1 - Q_i)`` per row: with ``log E(c) = log(S q(c))`` it makes a
+    candidate's correction ``log(k_i q(c) / (1 - Q_i))`` (0 for a row without candidates)."""
+    S = keep_s.shape[1]
+    earlier = np.tril(np.ones((y.shape[1], y.shape[1]), bool), -1)  # [j, j']: j' < j
+    repeated = ((y[:, :, None] == y[:, None, :]) & valid[:, None, :] & earlier).any(axis=2)
+    Q = np.where(valid & ~repeated, true_count / S, 0.0).sum(axis=1)
+    k = keep_s.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(k > 0, np.log(k / S) - np.log1p(-Q), 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +175,7 @@ def corrected_logits_grads(weights, biases, inputs, ids, d_logits):
 
 def sampled_logits(
     weights, biases, labels, inputs, sampled_values, *,
-    remove_accidental_hits=True, subtract_log_q=True, ignore_index=None,
+    remove_accidental_hits=True, subtract_log_q=True, ignore_index=None, exclude_true=False,
 ):
     """Stages 1 and 2: row logits ``[B, T + S]`` (true columns first) and the keep mask ``[B, T + S]``.
 
@@ -153,15 +184,16 @@ def sampled_logits(
     _check(weights, biases, labels, inputs, sampled_values, ignore_index=ignore_index)
     logits, keep, _ = _sampled_logits(weights, biases, labels, inputs, sampled_values,
                                       remove_accidental_hits=remove_accidental_hits, subtract_log_q=subtract_log_q,
-                                      ignore_index=ignore_index)
+                                      ignore_index=ignore_index, exclude_true=exclude_true)
     return logits, keep
 
 
 def _sampled_logits(weights, biases, labels, inputs, sampled_values, *, remove_accidental_hits, subtract_log_q,
-                    ignore_index):
+                    ignore_index, exclude_true=False):
     """:func:`sampled_logits` on checked arguments: ``(logits, keep, ids)``."""
     ids, log_q, keep = candidate_columns(labels, sampled_values, remove_accidental_hits=remove_accidental_hits,
-                                         subtract_log_q=subtract_log_q, ignore_index=ignore_index)
+                                         subtract_log_q=subtract_log_q, ignore_index=ignore_index,
+                                         exclude_true=exclude_true)
     return corrected_logits(weights, biases, inputs, ids, log_q, keep), keep, ids
 
 
@@ -209,13 +241,13 @@ def _softmax_xent(logits, keep, target):
 
 
 def _stages(head, weights, biases, labels, inputs, sampled_values, remove_accidental_hits, subtract_log_q,
-            ignore_index, **head_options):
+            ignore_index, exclude_true=False, **head_options):
     """The checked arguments through the three stages: ``(loss [B], d loss / d logits, ids)``."""
     _check(weights, biases, labels, inputs, sampled_values, ignore_index=ignore_index, **head_options)
     y = _as_2d_labels(labels)
     logits, keep, ids = _sampled_logits(
         weights, biases, y, inputs, sampled_values, remove_accidental_hits=remove_accidental_hits,
-        subtract_log_q=subtract_log_q, ignore_index=ignore_index,
+        subtract_log_q=subtract_log_q, ignore_index=ignore_index, exclude_true=exclude_true,
     )
     loss, g = head(logits, keep, y.shape[1], **head_options)
     return loss, g, ids
@@ -223,7 +255,7 @@ def _stages(head, weights, biases, labels, inputs, sampled_values, remove_accide
 
 def sampled_softmax_loss(
     weights, biases, labels, inputs, sampled_values, *,
-    remove_accidental_hits=True, subtract_log_q=True, label_smoothing=0.0, ignore_index=None,
+    remove_accidental_hits=True, subtract_log_q=True, label_smoothing=0.0, ignore_index=None, exclude_true=False,
 ):
     """Per-example sampled softmax loss ``[B]`` in float64 (see the module docstring):
     :func:`candidate_columns`, :func:`corrected_logits`, :func:`softmax_head`.
@@ -234,6 +266,8 @@ def sampled_softmax_loss(
         labels: ``[B]`` or ``[B, T]`` integer labels.
         inputs: ``[B, D]`` hidden states.
         sampled_values: ``(candidates [S], true_expected_count [B, T], sampled_expected_count [S])``.
+        exclude_true: the article's estimator (module docstring): negatives conditioned on not
+            being a label; the expected counts must be those of draws with replacement.
 
     Example:
         >>> import numpy as np
@@ -244,18 +278,18 @@ def sampled_softmax_loss(
         1.4076
     """
     loss, _, _ = _stages(softmax_head, weights, biases, labels, inputs, sampled_values, remove_accidental_hits,
-                         subtract_log_q, ignore_index, label_smoothing=label_smoothing)
+                         subtract_log_q, ignore_index, exclude_true, label_smoothing=label_smoothing)
     return loss
 
 
 def sampled_softmax_grads(
     weights, biases, labels, inputs, sampled_values, *, grad_loss=None,
-    remove_accidental_hits=True, subtract_log_q=True, label_smoothing=0.0, ignore_index=None,
+    remove_accidental_hits=True, subtract_log_q=True, label_smoothing=0.0, ignore_index=None, exclude_true=False,
 ):
     """Analytic gradients of ``sum_i grad_loss_i * loss_i``: ``(d_inputs, d_weights, d_biases)``
     (:func:`softmax_head`'s gradient through :func:`corrected_logits_grads`)."""
     _, g, ids = _stages(softmax_head, weights, biases, labels, inputs, sampled_values, remove_accidental_hits,
-                        subtract_log_q, ignore_index, label_smoothing=label_smoothing)
+                        subtract_log_q, ignore_index, exclude_true, label_smoothing=label_smoothing)
     if grad_loss is not None:
         g = g * np.asarray(grad_loss, np.float64)[:, None]
     return corrected_logits_grads(weights, biases, inputs, ids, g)

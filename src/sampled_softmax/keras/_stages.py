@@ -13,17 +13,21 @@ from ._backend import ops
 LOWEST = float(np.finfo(np.float32).min)
 
 
-def candidate_columns(y, valid, cand, true_count, samp_count, *, remove_accidental_hits, subtract_log_q):
+def candidate_columns(y, valid, cand, true_count, samp_count, *, remove_accidental_hits, subtract_log_q,
+                      exclude_true=False):
     """Stage 1: ``(ids [N*T + S], log_q [N, T + S], keep [N, T + S])`` for targets ``y [N, T]``
     (``valid``: not ignored; ignored ones' ids are 0) and candidates ``cand [S]``. ``keep`` is
     False for ignored targets, padding slots (expected count ``inf``) and, with
     ``remove_accidental_hits``, a candidate equal to one of the row's kept targets; ``log_q`` is
-    ``log E`` of each column (0 where not kept, or without ``subtract_log_q``)."""
+    ``log E`` of each column (0 where not kept, or without ``subtract_log_q``).
+
+    ``exclude_true`` (the reference's module docstring): hits are always removed, ``log_q`` is 0
+    on the targets and ``log(k_i q(c) / (1 - Q_i))`` on row ``i``'s candidates, ``q = E / S``."""
     y_safe = ops.where(valid, y, 0)
     ids = ops.concatenate([ops.reshape(y_safe, (-1,)), cand], axis=0)
     padding = ops.logical_not(ops.isfinite(samp_count))
     keep_s = ops.logical_and(ops.logical_not(padding)[None, :], ops.ones_like(y[:, :1], dtype="bool"))
-    if remove_accidental_hits:
+    if remove_accidental_hits or exclude_true:
         hits = ops.logical_and(ops.equal(ops.reshape(cand, (1, 1, -1)), y[:, :, None]), valid[:, :, None])
         keep_s = ops.logical_and(keep_s, ops.logical_not(ops.any(hits, axis=1)))
     keep = ops.concatenate([valid, keep_s], axis=1)
@@ -32,8 +36,26 @@ def candidate_columns(y, valid, cand, true_count, samp_count, *, remove_accident
         log_q_cand = ops.log(ops.where(padding, 1.0, samp_count))
     else:
         log_q_true, log_q_cand = ops.zeros_like(true_count), ops.zeros_like(samp_count)
-    log_q = ops.concatenate([log_q_true, ops.zeros_like(keep_s, dtype="float32") + log_q_cand[None, :]], axis=1)
-    return ids, log_q, keep
+    log_q_cand = ops.zeros_like(keep_s, dtype="float32") + log_q_cand[None, :]
+    if exclude_true and subtract_log_q:
+        log_q_true = ops.zeros_like(true_count)
+        log_q_cand = log_q_cand + exclusion_correction(y, valid, true_count, keep_s)[:, None]
+    return ids, ops.concatenate([log_q_true, log_q_cand], axis=1), keep
+
+
+def exclusion_correction(y, valid, true_count, keep_s):
+    """``log(k_i / S) - log(1 - Q_i)`` per row (0 for a row without candidates): ``k_i`` the
+    row's kept candidates, ``Q_i = sum E / S`` over its distinct kept targets. Expected counts
+    of draws with replacement give ``Q_i <= 1``; rows with ``Q_i >= 1`` are nan."""
+    t, s = ops.shape(y)[1], ops.shape(keep_s)[1]
+    earlier = np.tril(np.ones((t, t), bool), -1)  # [j, j']: j' < j (T is static)
+    same = ops.logical_and(ops.equal(y[:, :, None], y[:, None, :]), valid[:, None, :])
+    repeated = ops.any(ops.logical_and(same, earlier[None]), axis=2)
+    q = ops.where(ops.logical_and(valid, ops.logical_not(repeated)), true_count / s, 0.0)
+    big_q = ops.sum(q, axis=1)
+    k = ops.sum(ops.cast(keep_s, "float32"), axis=1)
+    correction = ops.log(ops.maximum(k, 1.0) / s) - ops.log1p(-big_q)
+    return ops.where(k > 0, ops.where(big_q < 1.0, correction, float("nan")), 0.0)
 
 
 def corrected_logits(h, rows, bias_rows, log_q, keep, num_true):

@@ -92,8 +92,9 @@ class SampledSoftmax(keras.layers.Layer):
             each training step adds its targets after drawing, ignored targets excepted; the
             counts are a non-trainable float32 weight, saved with the model, exact up to 2**24
             per class and rounded, by at most 6e-8 relative, beyond).
-        draw: ``"unique_exact"`` (``S`` draws, repeats become padding removed from the
-            normalizer, ``E = 1 - (1 - Q)^S`` exact) or ``"with_replacement"`` (``E = S Q``).
+        draw: ``"unique_exact"`` (the default; ``S`` draws, repeats become padding removed
+            from the normalizer, ``E = 1 - (1 - Q)^S`` exact) or ``"with_replacement"``
+            (``E = S Q``; the default with ``exclude_true``).
             TensorFlow's ``unique=True`` needs a data-dependent loop and is offered by the
             TensorFlow and PyTorch front ends.
         unigrams: counts or probabilities of ids ``num_reserved_ids .. V - 1`` for
@@ -119,6 +120,11 @@ class SampledSoftmax(keras.layers.Layer):
             (default), ``"nce"`` (noise-contrastive estimation, ``tf.nn.nce_loss``'s sigmoid head)
             or ``"negative_sampling"`` (NCE's head without ``- log E(k)``). ``label_smoothing``
             must be 0 with the last two. Evaluation is the exact softmax for all three.
+        exclude_true: the estimator of the PyTorch article (``shared/seeds/001``) instead of
+            TensorFlow's: candidates equal to a target are always rejected, targets get no
+            correction, a kept candidate gets ``-log(k_i q(c) / (1 - Q_i))`` (``k_i`` the row's
+            candidates left, ``Q_i`` the total ``q`` of its distinct kept targets). Needs
+            ``draw="with_replacement"`` and ``loss="sampled_softmax"``.
 
     Shape:
         - Input: ``[..., D]`` (``[B, D]`` or sequences ``[B, T, D]``).
@@ -126,18 +132,21 @@ class SampledSoftmax(keras.layers.Layer):
         - Targets (``y`` of ``fit``/``evaluate``): integer ``[...]``, ``[..., 1]`` or ``[..., num_true]``.
     """
 
-    def __init__(self, num_classes, num_sampled, *, sampler="log_uniform", draw="unique_exact",
+    def __init__(self, num_classes, num_sampled, *, sampler="log_uniform", draw=None,
                  unigrams=None, distortion=1.0, num_reserved_ids=0, num_true=1, use_bias=True,
                  remove_accidental_hits=True, subtract_log_q=True, label_smoothing=0.0,
                  ignore_index=None, tied_to=None, output="probabilities", seed=None,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
-                 kernel_regularizer=None, bias_regularizer=None, loss="sampled_softmax", **kwargs):
+                 kernel_regularizer=None, bias_regularizer=None, loss="sampled_softmax", exclude_true=False,
+                 **kwargs):
         tied_name = kwargs.pop("tied_to_name", None)
         unigrams_in_weights = kwargs.pop("unigrams_in_weights", False)
         full_in_training = bool(kwargs.pop("full_output_in_training", False))
         super().__init__(**kwargs)
         self.num_classes = V.check_positive_int("num_classes", num_classes)
         self.sampler = V.check_choice("sampler", sampler, SAMPLERS)
+        self.exclude_true = V.check_bool("exclude_true", exclude_true)
+        draw = ("with_replacement" if self.exclude_true else "unique_exact") if draw is None else draw
         self.draw = V.check_choice("draw", draw, DRAWS)
         self.num_true = V.check_positive_int("num_true", num_true)
         self.use_bias = bool(use_bias)
@@ -145,6 +154,12 @@ class SampledSoftmax(keras.layers.Layer):
         self.subtract_log_q = bool(subtract_log_q)
         self.label_smoothing = V.check_label_smoothing(label_smoothing)
         self.objective = V.check_choice("loss", loss, LOSSES)
+        if self.exclude_true and self.draw != "with_replacement":
+            raise SampledSoftmaxError(f"`draw` must be 'with_replacement' with exclude_true=True (the estimator needs "
+                                      f"expected counts S q); received {self.draw!r}")
+        if self.exclude_true and self.objective != "sampled_softmax":
+            raise SampledSoftmaxError(f"`exclude_true=True` is an estimator of the softmax normalizer: it needs "
+                                      f"loss='sampled_softmax'; received {self.objective!r}")
         if self.objective != "sampled_softmax" and self.label_smoothing:
             raise SampledSoftmaxError(f"`label_smoothing` must be 0 with loss={self.objective!r} (a sum of logistic "
                                       f"losses has no softmax to smooth); received {self.label_smoothing}")
@@ -419,7 +434,8 @@ class SampledSoftmax(keras.layers.Layer):
         ids, log_q, keep = candidate_columns(y2, valid, cand, true_count, samp_count,
                                              remove_accidental_hits=self.remove_accidental_hits,
                                              subtract_log_q=self.subtract_log_q
-                                             and self.objective != "negative_sampling")
+                                             and self.objective != "negative_sampling",
+                                             exclude_true=self.exclude_true)
         table = self.table if state is None else state["table"]
         rows = ops.cast(_take_rows(table, ids), "float32")  # one gather: sparse rows on TF
         bias_rows = None
@@ -445,6 +461,9 @@ class SampledSoftmax(keras.layers.Layer):
             if all(a is not None for a in arrays):
                 V.check_sampled_values_numpy(*arrays[:3], num_sampled=None, num_classes=self.num_classes,
                                              lead_size=n, num_true=T, valid=arrays[3])
+                y_now = _concrete_numpy(y2)
+                if self.exclude_true and y_now is not None:
+                    V.check_exclusion_counts(y_now, arrays[3], *arrays[:3])
         return cand, true_count, samp_count
 
     def full_loss(self, y_true, y_pred):
@@ -499,7 +518,7 @@ class SampledSoftmax(keras.layers.Layer):
             num_true=self.num_true, use_bias=self.use_bias,
             remove_accidental_hits=self.remove_accidental_hits, subtract_log_q=self.subtract_log_q,
             label_smoothing=self.label_smoothing, ignore_index=self.ignore_index,
-            output=self.output_mode, seed=self.seed, loss=self.objective,
+            output=self.output_mode, seed=self.seed, loss=self.objective, exclude_true=self.exclude_true,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             bias_initializer=keras.initializers.serialize(self.bias_initializer),
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),

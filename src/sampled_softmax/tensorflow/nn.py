@@ -15,6 +15,7 @@ from typing import Literal
 
 import tensorflow as tf
 
+from .. import SampledSoftmaxError
 from .. import _validation as V
 from ._prepare import (
     _check, _check_label_values, _check_sampled_values, _compute_dtype, _nan_rows, _shards,
@@ -65,6 +66,36 @@ def candidate_columns(labels, keep_true, cand, true_count, samp_count, *, remove
     samp_count = tf.where(padding, tf.ones_like(samp_count), samp_count)
     logq = tf.math.log(tf.cast(tf.concat([tf.reshape(true_count, [-1]), samp_count], 0), dtype))
     return ids, logq, removed
+
+
+def exclusion_correction(labels, keep_true, true_count, removed, logq, num_sampled):
+    """``exclude_true`` (the reference's module docstring), after :func:`candidate_columns`
+    with the hits removed: ``(logq, row_logq [N])``, ``logq`` 0 on the true columns and
+    ``row_logq_i = log(k_i / S) - log(1 - Q_i)`` subtracted from row ``i``'s candidates: ``k_i``
+    its candidates left, ``Q_i = sum E / S`` over its distinct kept labels."""
+    n, t = tf.shape(labels)[0], labels.shape[1]
+    dtype = logq.dtype
+    kept = tf.ones_like(labels, tf.bool) if keep_true is None else keep_true
+    earlier = tf.linalg.band_part(tf.ones([t, t], tf.bool), -1, 0) & ~tf.eye(t, dtype=tf.bool)  # [j, j']: j' < j
+    repeated = tf.reduce_any((labels[:, :, tf.newaxis] == labels[:, tf.newaxis, :]) & kept[:, tf.newaxis, :]
+                             & earlier[tf.newaxis], axis=2)
+    q_true = tf.cast(true_count, dtype) / num_sampled
+    Q = tf.reduce_sum(tf.where(kept & ~repeated, q_true, tf.zeros_like(q_true)), axis=1)
+    k = tf.cast(num_sampled, dtype) - tf.reduce_sum(tf.cast(removed, dtype), axis=1)
+    bad = (Q >= 1.0) & (k > 0)
+    if tf.executing_eagerly():
+        if bool(tf.reduce_any(bad)):
+            i = int(tf.where(bad)[0, 0])
+            raise SampledSoftmaxError(V.exclusion_error(num_sampled, i, float(Q[i])))
+    else:
+        check = tf.debugging.Assert(~tf.reduce_any(bad), [V.exclusion_error(num_sampled) + "; Q per row:", Q])
+        with tf.control_dependencies([check]):
+            Q = tf.identity(Q)
+    safe_k = tf.maximum(k, 1.0)
+    row_logq = tf.where(k > 0, tf.math.log(safe_k / num_sampled) - tf.math.log1p(-tf.minimum(Q, 1.0)),
+                        tf.zeros_like(k))
+    logq = tf.concat([tf.zeros([n * t], dtype), logq[n * t:]], 0)
+    return logq, row_logq
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,12 +155,12 @@ def sigmoid_head(num_true, keep_true):
 # Stage 2 and the head in one custom gradient
 
 
-def sampled_loss(h, rows, b, logq, removed, keep_true, num_true, head):
+def sampled_loss(h, rows, b, logq, removed, keep_true, num_true, head, row_logq=None):
     """Per-row loss for ``h [N, D]`` over the gathered columns: ``rows [M, D]``, ``b [M]`` and
     ``logq [M]`` hold the ``N * T`` true columns then the ``S`` candidates. Stage 2 (corrected
-    logits ``h . W + b - log E``, removed columns masked) and ``head``, with an explicit
-    backward. Gradients flow to ``h``, ``rows`` and ``b`` whole, so no slice of them needs a
-    gradient of its own."""
+    logits ``h . W + b - log E``, minus ``row_logq [N]`` on each row's candidates if given,
+    removed columns masked) and ``head``, with an explicit backward. Gradients flow to ``h``,
+    ``rows`` and ``b`` whole, so no slice of them needs a gradient of its own."""
 
     @tf.custom_gradient
     def fused(h, rows, b):
@@ -143,6 +174,8 @@ def sampled_loss(h, rows, b, logq, removed, keep_true, num_true, head):
             w_true = tf.reshape(w_true, [n, num_true, -1])
             tl = tf.einsum("nd,ntd->nt", h, w_true) + tf.reshape(corr[:nt], [n, num_true])
         sl = tf.matmul(h, w_cand, transpose_b=True) + corr[tf.newaxis, nt:]
+        if row_logq is not None:
+            sl = sl - row_logq[:, tf.newaxis]
         # Removed columns take the lowest finite value: exp() of it underflows to exactly 0,
         # so their probability and gradient are exactly 0 (and, unlike -inf, it keeps a fused
         # kernel's 0 * logit terms finite: their targets are 0).
@@ -185,7 +218,7 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled: int, num_
                          sampled_values=None, remove_accidental_hits: bool = True, seed: int | None = None,
                          name: str = "sampled_softmax_loss", *, ignore_index: int | None = None,
                          label_smoothing: float = 0.0, subtract_log_q: bool = True,
-                         reduction: Literal["none", "mean", "sum"] = "none") -> tf.Tensor:
+                         reduction: Literal["none", "mean", "sum"] = "none", exclude_true: bool = False) -> tf.Tensor:
     r"""Sampled softmax training loss: ``tf.nn.sampled_softmax_loss``'s signature and output.
 
     Per row ``i``, with candidates ``c`` shared by the batch and expected counts ``E``:
@@ -220,6 +253,12 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled: int, num_
         subtract_log_q: subtract ``log E``; False gives negative sampling's uncorrected logits.
         reduction: ``"none"`` (default, ``[batch]`` as ``tf.nn``), ``"mean"`` over the examples
             with a kept label, or ``"sum"``.
+        exclude_true: the estimator of the PyTorch article (``shared/seeds/001``) instead of
+            TensorFlow's: candidates equal to a row's label are always rejected, the true
+            columns get no correction, a kept candidate gets ``-log(k_i q(c) / (1 - Q_i))``
+            (``k_i`` the row's candidates left, ``Q_i`` the total ``q = E / S`` of its distinct
+            kept labels). The expected counts must be those of draws with replacement; the
+            default sampler then draws with ``unique=False``. Default False.
 
     Returns:
         ``[batch]`` per-example losses (float32 for float16/bfloat16 inputs), or a scalar.
@@ -239,10 +278,11 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled: int, num_
     """
     with tf.name_scope(name):
         label_smoothing = V.check_label_smoothing(label_smoothing)
+        exclude_true = V.check_bool("exclude_true", exclude_true)
         return _sampled_head_loss(
             weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-            remove_accidental_hits, seed, ignore_index, subtract_log_q, reduction,
-            lambda keep_true: softmax_head(num_true, keep_true, label_smoothing))
+            remove_accidental_hits or exclude_true, seed, ignore_index, subtract_log_q, reduction,
+            lambda keep_true: softmax_head(num_true, keep_true, label_smoothing), exclude_true)
 
 
 def nce_loss(weights, biases, labels, inputs, num_sampled: int, num_classes: int, num_true: int = 1,
@@ -295,7 +335,8 @@ def nce_loss(weights, biases, labels, inputs, num_sampled: int, num_classes: int
 
 
 def _sampled_head_loss(weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-                       remove_accidental_hits, seed, ignore_index, subtract_log_q, reduction, make_head):
+                       remove_accidental_hits, seed, ignore_index, subtract_log_q, reduction, make_head,
+                       exclude_true=False):
     """The three stages for a head (``make_head(keep_true)``), after the shared checks."""
     partition_strategy = "div"
     V.check_choice("reduction", reduction, V.REDUCTIONS)
@@ -309,10 +350,10 @@ def _sampled_head_loss(weights, biases, labels, inputs, num_sampled, num_classes
     keep_true = None if ignore_index is None else labels != ignore_index
     labels = _check_label_values(labels, num_classes, keep_true, ignore_index)
     if sampled_values is None:
-        V.check_num_sampled(num_sampled, num_classes, unique=True)
+        V.check_num_sampled(num_sampled, num_classes, unique=not exclude_true)
         true_classes = labels if keep_true is None else tf.where(keep_true, labels, tf.zeros_like(labels))
         sampled_values = tf.random.log_uniform_candidate_sampler(
-            true_classes=true_classes, num_true=num_true, num_sampled=num_sampled, unique=True,
+            true_classes=true_classes, num_true=num_true, num_sampled=num_sampled, unique=not exclude_true,
             range_max=num_classes, seed=seed)
     else:
         sampled_values = _check_sampled_values(sampled_values, num_sampled, num_classes, labels, num_true,
@@ -325,9 +366,14 @@ def _sampled_head_loss(weights, biases, labels, inputs, num_sampled, num_classes
     ids, logq, removed = candidate_columns(labels, keep_true, cand, true_count, samp_count,
                                            remove_accidental_hits=remove_accidental_hits,
                                            subtract_log_q=subtract_log_q, dtype=cdt)
+    row_logq = None
+    if exclude_true and subtract_log_q:
+        logq, row_logq = exclusion_correction(labels if keep_true is None else tf.where(
+            keep_true, labels, tf.zeros_like(labels)), keep_true, true_count, removed, logq, num_sampled)
     rows = tf.cast(_gather(shards, ids, partition_strategy), cdt)
     b = tf.zeros(tf.shape(ids), cdt) if biases is None else tf.cast(_gather(bias_shards, ids, partition_strategy), cdt)
-    loss = sampled_loss(tf.cast(inputs, cdt), rows, b, logq, removed, keep_true, num_true, make_head(keep_true))
+    loss = sampled_loss(tf.cast(inputs, cdt), rows, b, logq, removed, keep_true, num_true, make_head(keep_true),
+                        row_logq)
     loss = _nan_rows(loss, labels, cand, true_count, samp_count, num_classes, keep_true)
     return _reduce(loss, None if keep_true is None else tf.reduce_any(keep_true, axis=1), reduction)
 

@@ -39,8 +39,10 @@ def _check_once_differentiable() -> None:
 # Stage 2: corrected logits
 
 
-def corrected_logits_forward(h, ids, logq, keep_true, removed_cand, spec: _Spec, bias, shards):
-    """``(logits [N, T + S], hc, rows)``: true columns first, removed columns ``-inf``.
+def corrected_logits_forward(h, ids, logq, keep_true, removed_cand, spec: _Spec, bias, shards, row_logq=None):
+    """``(logits [N, T + S], hc, rows)``: true columns first, removed columns ``-inf``;
+    ``row_logq [N]`` (``exclude_true``'s per-row term), if given, is subtracted from each row's
+    candidate columns.
 
     ``hc`` and ``rows`` are the hidden states and the gathered rows ``[N*T + S, D]`` in the
     compute dtype (float32 for float16/bfloat16), kept for :func:`corrected_logits_backward`.
@@ -57,6 +59,8 @@ def corrected_logits_forward(h, ids, logq, keep_true, removed_cand, spec: _Spec,
     corr = logq.neg() if bias is None else bias.index_select(0, ids).to(cdt).sub_(logq)
     corr_true, corr_cand = corr.split([nt, s])
     sl = torch.addmm(corr_cand.unsqueeze(0), hc, w_cand.t())
+    if row_logq is not None:
+        sl.sub_(row_logq.unsqueeze(1))
     if t == 1:
         tl = torch.linalg.vecdot(hc, w_true).add_(corr_true).unsqueeze_(1)
     else:
@@ -236,12 +240,14 @@ class SampledLoss(torch.autograd.Function):
     """Per-row loss of a head over the sampled logits, and its ``logp``.
 
     forward(head, h [N, D], ids [N*T + S], logq [N*T + S], keep_true [N, T] or None,
-            removed_cand [N, S] or None, spec, bias [V] or None, *shards) -> (loss [N], logp [N])
+            removed_cand [N, S] or None, row_logq [N] or None, spec, bias [V] or None, *shards)
+            -> (loss [N], logp [N])
     """
 
     @staticmethod
-    def forward(ctx, head: Head, h, ids, logq, keep_true, removed_cand, spec: _Spec, bias, *shards):
-        logits, hc, rows = corrected_logits_forward(h, ids, logq, keep_true, removed_cand, spec, bias, shards)
+    def forward(ctx, head: Head, h, ids, logq, keep_true, removed_cand, row_logq, spec: _Spec, bias, *shards):
+        logits, hc, rows = corrected_logits_forward(h, ids, logq, keep_true, removed_cand, spec, bias, shards,
+                                                    row_logq)
         loss, logp, saved = head.forward(logits, keep_true, removed_cand, spec)
         ctx.head, ctx.spec, ctx.saved = head, spec, saved
         ctx.dtypes = (h.dtype, None if bias is None else bias.dtype)
@@ -254,8 +260,8 @@ class SampledLoss(torch.autograd.Function):
         _check_once_differentiable()
         hc, rows, ids, keep_true, bias, *shards = ctx.saved_tensors
         spec: _Spec = ctx.spec
-        needs_w = ctx.needs_input_grad[8:]
-        needs_b = ctx.needs_input_grad[7]
+        needs_w = ctx.needs_input_grad[9:]
+        needs_b = ctx.needs_input_grad[8]
         g = ctx.head.backward(g_loss, g_logp, ctx.saved, keep_true, spec)
         d_h, d_rows, d_b_rows = corrected_logits_backward(g, hc, rows, spec.num_true, ctx.needs_input_grad[1],
                                                         any(needs_w), needs_b)
@@ -271,15 +277,15 @@ class SampledLoss(torch.autograd.Function):
             if d_b_rows.dtype != ctx.dtypes[1]:
                 d_b_rows = d_b_rows.to(ctx.dtypes[1])
             d_bias = _scatter_rows(tuple(bias.shape), ids, d_b_rows, spec.sparse, keep_rows)
-        return (None, d_h, None, None, None, None, None, d_bias, *d_shards)
+        return (None, d_h, None, None, None, None, None, None, d_bias, *d_shards)
 
 
 class PerExampleLoss(torch.autograd.Function):
     """A head over columns of each example's own: ``ids [N, T + k]`` (its labels, then its
     noise), instead of the candidates a batch shares.
 
-    forward(head, h [N, D], ids, keep_true [N, T] or None, removed [N, k], spec, bias [V] or
-            None, table [V, D]) -> loss [N]
+    forward(head, h [N, D], ids, keep_true [N, T] or None, removed [N, k] or None,
+            logq [N, T + k] or None, spec, bias [V] or None, table [V, D]) -> loss [N]
 
     Word2vec's negative sampling draws its noise for each example: the logits are one dot
     product per (example, column), then the head; backward, the head's ``d loss / d logits``
@@ -287,7 +293,7 @@ class PerExampleLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, head: Head, h, ids, keep_true, removed, spec: _Spec, bias, table):
+    def forward(ctx, head: Head, h, ids, keep_true, removed, logq, spec: _Spec, bias, table):
         n, k = ids.shape
         cdt = _compute_dtype(h.dtype)
         hc = h if h.dtype == cdt else h.to(cdt)
@@ -297,6 +303,13 @@ class PerExampleLoss(torch.autograd.Function):
         logits = torch.bmm(rows, hc.unsqueeze(2)).squeeze(2)
         if bias is not None:
             logits += bias.index_select(0, flat).view(n, k).to(cdt)
+        if logq is not None:
+            logits -= logq
+        t = spec.num_true
+        if removed is not None:
+            logits[:, t:].masked_fill_(removed, -math.inf)
+        if keep_true is not None:
+            logits[:, :t].masked_fill_(~keep_true, -math.inf)
         loss, _, saved = head.forward(logits, keep_true, removed, spec)
         ctx.head, ctx.spec, ctx.saved = head, spec, saved
         ctx.shapes = (tuple(table.shape), None if bias is None else tuple(bias.shape))
@@ -311,9 +324,9 @@ class PerExampleLoss(torch.autograd.Function):
         g = ctx.head.backward(g_loss, None, ctx.saved, keep_true, ctx.spec)
         d_h = torch.bmm(g.unsqueeze(1), rows).squeeze(1).to(ctx.dtypes[0]) if ctx.needs_input_grad[1] else None
         d_bias = d_table = None
-        if ctx.needs_input_grad[7]:
+        if ctx.needs_input_grad[8]:
             d_rows = (g.unsqueeze(2) * hc.unsqueeze(1)).view(flat.shape[0], -1).to(ctx.dtypes[1])
             d_table = _scatter_rows(ctx.shapes[0], flat, d_rows, ctx.spec.sparse, None)
-        if ctx.needs_input_grad[6]:
+        if ctx.needs_input_grad[7]:
             d_bias = _scatter_rows(ctx.shapes[1], flat, g.reshape(-1).to(ctx.dtypes[2]), ctx.spec.sparse, None)
-        return None, d_h, None, None, None, None, d_bias, d_table
+        return None, d_h, None, None, None, None, None, d_bias, d_table

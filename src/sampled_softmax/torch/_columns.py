@@ -9,7 +9,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import SampledSoftmaxError
+from .._validation import exclusion_error
 from ._prepare import _as_numpy_float
+
 
 def _columns_numpy(y_safe, valid, cand, true_count, samp_count, cdt, remove_hits, subtract_log_q, padded):
     """On the CPU: column ids ``[N*T + S]``, ``log E`` per column and the removed-candidate mask
@@ -72,3 +75,26 @@ def candidate_columns(y_safe, valid, cand, true_count, samp_count, cdt, remove_h
     (ignored ones replaced by 0, ``valid`` their mask or None) and candidates ``cand [S]``."""
     build = _columns_numpy if y_safe.device.type == "cpu" and cand.device.type == "cpu" else _columns_torch
     return build(y_safe, valid, cand, true_count, samp_count, cdt, remove_hits, subtract_log_q, padded)
+
+
+def exclusion_correction(y_safe, valid, true_count, removed, num_sampled, cdt):
+    """Seed 001's estimator (``exclude_true``), after :func:`candidate_columns` (with the hits
+    ``removed [N, S]``): ``row_logq_i = log(k_i / S) - log(1 - Q_i)`` ``[N]``, added to the
+    ``log E(c) = log(S q(c))`` of row ``i``'s candidates (the true columns get none), so that a
+    candidate's correction is ``log(k_i q(c) / (1 - Q_i))``: ``k_i`` the row's candidates left,
+    ``Q_i`` the ``q = E / S`` of its distinct kept labels, in the compute dtype ``cdt``."""
+    n, t = y_safe.shape
+    s = num_sampled
+    kept_true = torch.ones_like(y_safe, dtype=torch.bool) if valid is None else valid
+    earlier = torch.ones(t, t, dtype=torch.bool, device=y_safe.device).tril_(-1)  # [j, j']: j' < j
+    repeated = ((y_safe.unsqueeze(2) == y_safe.unsqueeze(1)) & kept_true.unsqueeze(1) & earlier).any(2)
+    q_true = true_count.reshape(n, t).to(device=y_safe.device, dtype=cdt) / s
+    Q = torch.where(kept_true & ~repeated, q_true, 0.0).sum(1)
+    k = torch.full((n,), s, dtype=cdt, device=y_safe.device)
+    if removed is not None:
+        k = k - removed.sum(1).to(cdt)
+    bad = (Q >= 1.0) & (k > 0)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise SampledSoftmaxError(exclusion_error(s, i, float(Q[i])))
+    return torch.where(k > 0, torch.log(k / s) - torch.log1p(-Q), 0.0)

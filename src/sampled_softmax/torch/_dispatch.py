@@ -45,7 +45,7 @@ class Route(NamedTuple):
 
 
 def loss_obstacle(device_type: str, num_shards: int, num_true: int, ignored: bool, label_smoothing: float,
-                  dtypes: tuple) -> str | None:
+                  dtypes: tuple, exclude_true: bool = False) -> str | None:
     """What keeps the compiled core from a loss call, or None. The rules, stated once.
 
     ``dtypes``: of inputs, weights and biases (None for no biases); ``ignored``: whether a
@@ -61,6 +61,8 @@ def loss_obstacle(device_type: str, num_shards: int, num_true: int, ignored: boo
         return "it takes no ignored labels (ignore_index present in labels)"
     if label_smoothing:
         return f"it takes label_smoothing=0; received {label_smoothing}"
+    if exclude_true:
+        return "it takes exclude_true=False (TensorFlow's estimator)"
     h, w, b = dtypes
     if h not in _DTYPES or w != h or (b is not None and b != h):
         return (f"it takes float32 or float64 inputs, weights and biases of one dtype; received "
@@ -121,7 +123,7 @@ LOSSES = ("sampled_softmax", "nce", "negative_sampling")
 
 def explain(weights, biases, labels, inputs, num_sampled, num_classes, num_true=1, sampled_values=None, *,
             sampler="log_uniform", ignore_index=None, label_smoothing=0.0, implementation="auto",
-            loss="sampled_softmax", noise="shared") -> Route:
+            loss="sampled_softmax", noise="shared", exclude_true=False) -> Route:
     """The route :func:`sampled_softmax_loss` (``loss="nce"``: :func:`nce_loss`;
     ``"negative_sampling"``: :func:`negative_sampling_loss` with ``noise``) takes for these
     arguments, and why. Per-example noise is drawn by its sampler: its routes are
@@ -144,7 +146,7 @@ def explain(weights, biases, labels, inputs, num_sampled, num_classes, num_true=
     shards = weights if isinstance(weights, (list, tuple)) else [weights]
     ignored = ignore_index is not None and bool((labels == ignore_index).any())
     why = loss_obstacle(inputs.device.type, len(shards), num_true, ignored, label_smoothing,
-                        (inputs.dtype, shards[0].dtype, None if biases is None else biases.dtype))
+                        (inputs.dtype, shards[0].dtype, None if biases is None else biases.dtype), exclude_true)
     if compiled(implementation, why) is None:  # raises for implementation="compiled"
         why = why or f"it could not be built ({_compiled.unavailable_reason()})"
         return Route("python", f"the compiled core cannot be used: {why}")

@@ -23,7 +23,7 @@ from .. import SampledSoftmaxError
 from .. import _validation as V
 from . import _dispatch, _ops
 from ._autograd import HeadKind, PerExampleLoss, SampledLoss, sigmoid_head, softmax_head
-from ._columns import candidate_columns
+from ._columns import candidate_columns, exclusion_correction
 from ._dispatch import IMPLEMENTATIONS
 from ._prepare import (
     _autocast_on, _check_labels_can_be_drawn, _check_not_transformed, _check_sampled_values, _check_sparse_bias,
@@ -52,6 +52,24 @@ def _sampler_for(sampler, num_classes):
     return _named_sampler(sampler, num_classes) if isinstance(sampler, str) else make_sampler(sampler, num_classes)
 
 
+@functools.lru_cache(maxsize=64)
+def _named_sampler_with_replacement(name: str, num_classes: int) -> CandidateSampler:
+    return type(_named_sampler(name, num_classes))(num_classes, draw="with_replacement")
+
+
+def _with_replacement_sampler(sampler, num_classes):
+    """``exclude_true``'s sampler: a name draws with replacement; a module must."""
+    if isinstance(sampler, str):
+        _named_sampler(sampler, num_classes)  # the usual check of the name
+        return _named_sampler_with_replacement(sampler, num_classes)
+    sampler = make_sampler(sampler, num_classes)
+    if sampler.draw != "with_replacement":
+        raise SampledSoftmaxError(
+            f"`sampler` must draw 'with_replacement' with exclude_true=True (its expected counts must be S q); "
+            f"received a sampler with draw={sampler.draw!r}")
+    return sampler
+
+
 def _reduce(per_row: torch.Tensor, live: torch.Tensor | None, reduction: str, lead) -> torch.Tensor:
     if reduction == "none":
         return per_row.reshape(lead)
@@ -67,7 +85,8 @@ def sampled_softmax_loss(
     *, sampler: str | CandidateSampler = "log_uniform", reduction: Reduction = "none", ignore_index: int | None = None,
     label_smoothing: float = 0.0, generator: torch.Generator | None = None, partition_strategy: Partition = "div",
     subtract_log_q: bool = True, sparse: bool = False, return_log_prob: bool = False,
-    implementation: Implementation = "auto",
+    implementation: Implementation = "auto", exclude_true: bool = False,
+    noise: Literal["shared", "per_example"] = "shared",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""Sampled softmax loss (Jean et al. 2014), the semantics of ``tf.nn.sampled_softmax_loss``.
 
@@ -116,6 +135,20 @@ def sampled_softmax_loss(
             the candidates (the same ones the sampler module draws from the same generator).
             ``"compiled"`` requires the compiled core (an error says why it cannot be used);
             ``"python"`` never uses it. Both compute the same loss and gradients.
+        exclude_true: another estimator than TensorFlow's (the one of the PyTorch article
+            ``shared/seeds/001``): negatives are draws from ``q`` given that they are not one
+            of the row's labels, so a candidate equal to a label is always
+            rejected (removed), the true columns get no correction, and a kept candidate gets
+            :math:`-\log(k_i\, q(c) / (1 - Q_i))`: ``k_i`` the row's candidates left after
+            rejection, ``Q_i`` the total ``q`` of its distinct kept labels (all ``T`` excluded
+            together), ``q(c) = E(c) / S``. The expected counts must be those of ``S`` draws
+            with replacement (``E = S q``): a sampler given by name draws so, a sampler module
+            must have ``draw="with_replacement"``. Python path only; under ``torch.compile``
+            the call runs eagerly.
+        noise: ``"shared"`` (default): one set of ``S`` candidates for the batch;
+            ``"per_example"``: ``S`` candidates drawn for each example (with replacement, one
+            weight table, no ``sampled_values`` nor ``return_log_prob``), corrected by
+            ``log(S q(c))``, or with ``exclude_true`` as above. Python path only.
 
     Returns:
         The loss: shape ``[...]`` for ``reduction="none"``, else a scalar. With
@@ -135,11 +168,34 @@ def sampled_softmax_loss(
         tensor([1.4076], dtype=torch.float64)
     """
     V.check_choice("implementation", implementation, IMPLEMENTATIONS)
+    V.check_choice("noise", noise, ("shared", "per_example"))
     if isinstance(inputs, torch.Tensor) and _autocast_on(inputs.device.type):
         return _without_autocast(sampled_softmax_loss, dict(locals()))
     if _ops.traced(inputs):
+        if exclude_true or noise != "shared":
+            if torch.compiler.is_compiling():
+                return _eager_sampled_softmax_loss(**locals())
+            raise NotImplementedError("sampled_softmax_loss with exclude_true=True or noise='per_example' does not "
+                                      "take meta or fake tensors yet (torch.export, FakeTensorMode): run it on real "
+                                      "tensors")
         return _traced_sampled_softmax_loss(**locals())
     _check_not_transformed(inputs, weights)
+    V.check_bool("exclude_true", exclude_true)
+    if noise == "per_example":
+        if sampled_values is not None:
+            raise SampledSoftmaxError("`sampled_values` cannot be given with noise='per_example' (the candidates are "
+                                      "drawn for each example); pass noise='shared' to give shared candidates")
+        if return_log_prob:
+            raise SampledSoftmaxError("`return_log_prob=True` is not offered with noise='per_example'")
+        return _per_example(softmax_head, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+                            remove_accidental_hits, sampler, reduction, ignore_index, generator, partition_strategy,
+                            sparse, implementation, subtract_log_q=subtract_log_q, exclude_true=exclude_true,
+                            label_smoothing=label_smoothing)
+    if exclude_true:
+        return _general_path(softmax_head, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+                             sampled_values, True, sampler, reduction, ignore_index, label_smoothing, generator,
+                             partition_strategy, subtract_log_q, sparse, return_log_prob, implementation,
+                             exclude_true=True)
     if implementation != "python" and _dispatch.draw_obstacle(sampler, sampled_values) is None:
         result = _compiled_draw(softmax_head, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
                                 remove_accidental_hits, sampler, reduction, ignore_index, label_smoothing,
@@ -162,9 +218,10 @@ def _without_autocast(loss_fn, arguments):
 
 def _general_path(head, weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
                   remove_accidental_hits, sampler, reduction, ignore_index, label_smoothing, generator,
-                  partition_strategy, subtract_log_q, sparse, return_log_prob, implementation):
+                  partition_strategy, subtract_log_q, sparse, return_log_prob, implementation, exclude_true=False):
     """Every check, then the three stages with ``head``: on the compiled core where it applies
-    (``"compiled"`` route), else the Python autograd Function (``"python"``)."""
+    (``"compiled"`` route), else the Python autograd Function (``"python"``). ``exclude_true``:
+    the caller passes ``remove_accidental_hits=True``."""
     check_generator(generator)
     _check_sparse_bias(biases, sparse)
     shards, biases, y, h, lead, num_classes, offsets, valid, label_smoothing = _prepare(
@@ -173,9 +230,11 @@ def _general_path(head, weights, biases, labels, inputs, num_sampled, num_classe
     )
     y = y.long()
     n, t = y.shape
-    ext = _dispatch.compiled(implementation, _loss_obstacle(shards, biases, h, t, valid, label_smoothing))
+    ext = _dispatch.compiled(implementation, _loss_obstacle(shards, biases, h, t, valid, label_smoothing,
+                                                            exclude_true))
     if sampled_values is None:
-        sampler = _sampler_for(sampler, num_classes)
+        sampler = _with_replacement_sampler(sampler, num_classes) if exclude_true else _sampler_for(sampler,
+                                                                                                      num_classes)
         # The raw labels: a learned sampler must not count ignored labels (as class 0).
         draw = sampler._draw_values if type(sampler).forward is CandidateSampler.forward else (
             lambda *a: sampler(a[0], a[1], generator=a[2], ignore_index=a[3]))
@@ -189,6 +248,10 @@ def _general_path(head, weights, biases, labels, inputs, num_sampled, num_classe
     y_safe = y if valid is None else torch.where(valid, y, 0)
     ids, logq, removed = candidate_columns(y_safe, valid, cand, true_count, samp_count, _compute_dtype(h.dtype),
                                  remove_accidental_hits, subtract_log_q, padded)
+    row_logq = None
+    if exclude_true and subtract_log_q:
+        row_logq = exclusion_correction(y_safe, valid, true_count, removed, cand.shape[0], _compute_dtype(h.dtype))
+        logq = torch.cat([torch.zeros_like(logq[: n * t]), logq[n * t:]])
     if ext is not None:
         _dispatch.record("compiled")
         loss = ext.sampled_softmax_core(h, shards[0], h.new_empty(0) if biases is None else biases, ids, logq,
@@ -200,7 +263,7 @@ def _general_path(head, weights, biases, labels, inputs, num_sampled, num_classe
     else:
         _dispatch.record("python")
         spec = _Spec(t, offsets, partition_strategy, label_smoothing, bool(sparse))
-        loss, logp = SampledLoss.apply(head, h, ids, logq, valid, removed, spec, biases, *shards)
+        loss, logp = SampledLoss.apply(head, h, ids, logq, valid, removed, row_logq, spec, biases, *shards)
     return _finish(loss, logp, valid, reduction, lead, return_log_prob)
 
 
@@ -283,30 +346,38 @@ def negative_sampling_loss(
                          False, sparse, implementation, noise)
 
 
-def _per_example_negative_sampling(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
-                                   remove_accidental_hits, sampler, reduction, ignore_index, generator,
-                                   partition_strategy, sparse, implementation):
-    """Negative sampling with ``num_sampled`` noise classes per example (word2vec's): each row's
-    own columns ``[N, T + k]`` (its labels, then its noise) with the sigmoid head, on the
-    compiled core where it applies (``"compiled"`` route), else :class:`PerExampleLoss`."""
+def _per_example(head, weights, biases, labels, inputs, num_sampled, num_classes, num_true, remove_accidental_hits,
+                 sampler, reduction, ignore_index, generator, partition_strategy, sparse, implementation, *,
+                 subtract_log_q=False, exclude_true=False, label_smoothing=0.0):
+    """``num_sampled`` noise classes drawn for each example (``noise="per_example"``): each row's
+    own columns ``[N, T + k]`` (its labels, then its noise) and ``head``. Negative sampling
+    (word2vec's) runs on the compiled core where it applies (``"compiled"`` route); the rest is
+    :class:`PerExampleLoss`. With ``subtract_log_q`` a column's correction is ``log(k q(c))``
+    (the expected count of ``k`` draws with replacement), with ``exclude_true`` the article's."""
     check_generator(generator)
     _check_sparse_bias(biases, sparse)
-    shards, biases, y, h, lead, num_classes, _, valid, _ = _prepare(
-        weights, biases, labels, inputs, num_classes, num_true, ignore_index, 0.0, reduction, partition_strategy)
+    shards, biases, y, h, lead, num_classes, _, valid, label_smoothing = _prepare(
+        weights, biases, labels, inputs, num_classes, num_true, ignore_index, label_smoothing, reduction,
+        partition_strategy)
     if len(shards) > 1:
         raise SampledSoftmaxError("`weights` must be one [num_classes, dim] table with noise='per_example'; "
                                   f"received {len(shards)} shards")
-    sampler = _sampler_for(sampler, num_classes)
+    sampler = _sampler_for(sampler, num_classes) if not exclude_true else _with_replacement_sampler(sampler,
+                                                                                                    num_classes)
     if sampler.draw != "with_replacement":
         raise SampledSoftmaxError(
             f"`sampler` must draw 'with_replacement' with noise='per_example' (independent noise for each example); "
             f"received a sampler with draw={sampler.draw!r}")
     y = y.long()
     n, t = y.shape
-    check_num_sampled(num_sampled, num_classes, unique=False)
-    ext = _dispatch.compiled(implementation, _loss_obstacle(shards, biases, h, t, valid, 0.0))
-    noise, _, _ = sampler._draw_values(y, n * num_sampled, generator, None if valid is None else ignore_index)
-    noise = noise.to(h.device).view(n, num_sampled)
+    k = num_sampled
+    check_num_sampled(k, num_classes, unique=False)
+    why = _loss_obstacle(shards, biases, h, t, valid, label_smoothing, exclude_true)
+    if why is None and (head is not sigmoid_head or subtract_log_q):
+        why = "it draws per-example noise for negative sampling only (the sigmoid head without log Q)"
+    ext = _dispatch.compiled(implementation, why)
+    noise, _, _ = sampler._draw_values(y, n * k, generator, None if valid is None else ignore_index)
+    noise = noise.to(h.device).view(n, k)
     if ext is not None:  # one label per row, none ignored
         _dispatch.record("compiled")
         loss = ext.per_example_core(h, shards[0], h.new_empty(0) if biases is None else biases,
@@ -316,12 +387,20 @@ def _per_example_negative_sampling(weights, biases, labels, inputs, num_sampled,
     _dispatch.record("python")
     kt = torch.ones_like(y, dtype=torch.bool) if valid is None else valid
     y_safe = torch.where(kt, y, 0)
-    kc = torch.ones_like(noise, dtype=torch.bool)  # kept noise columns
-    if remove_accidental_hits:
-        kc = ~((noise.unsqueeze(2) == y_safe.unsqueeze(1)) & kt.unsqueeze(1)).any(2)
+    removed = None
+    if remove_accidental_hits or exclude_true:
+        removed = ((noise.unsqueeze(2) == y_safe.unsqueeze(1)) & kt.unsqueeze(1)).any(2)
     ids = torch.cat([y_safe, noise], 1)
-    spec = _Spec(t, (), partition_strategy, 0.0, bool(sparse))
-    loss = PerExampleLoss.apply(sigmoid_head, h, ids, valid, ~kc, spec, biases, shards[0])
+    logq = None
+    if subtract_log_q:
+        # The float32 expected counts of k draws, as a shared draw of k returns them.
+        counts = (sampler.probs(ids.reshape(-1)) * k).float().view(n, t + k).to(_compute_dtype(h.dtype))
+        logq = torch.where(torch.cat([kt, torch.ones_like(noise, dtype=torch.bool)], 1), counts.log(), 0.0)
+        if exclude_true:
+            row_logq = exclusion_correction(y_safe, valid, counts[:, :t], removed, k, counts.dtype)
+            logq = torch.cat([torch.zeros_like(logq[:, :t]), logq[:, t:] + row_logq.unsqueeze(1)], 1)
+    spec = _Spec(t, (), partition_strategy, label_smoothing, bool(sparse))
+    loss = PerExampleLoss.apply(head, h, ids, valid, removed, logq, spec, biases, shards[0])
     return _finish(loss, None, valid, reduction, lead, False)
 
 
@@ -337,9 +416,9 @@ def _sigmoid_loss(weights, biases, labels, inputs, num_sampled, num_classes, num
                                   "(torch.export, FakeTensorMode): run them on real tensors")
     _check_not_transformed(inputs, weights)
     if noise == "per_example":
-        return _per_example_negative_sampling(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
-                                              remove_accidental_hits, sampler, reduction, ignore_index, generator,
-                                              partition_strategy, sparse, implementation)
+        return _per_example(sigmoid_head, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+                            remove_accidental_hits, sampler, reduction, ignore_index, generator, partition_strategy,
+                            sparse, implementation)
     if implementation != "python" and _dispatch.draw_obstacle(sampler, sampled_values) is None:
         result = _compiled_draw(sigmoid_head, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
                                 remove_accidental_hits, sampler, reduction, ignore_index, 0.0, generator,
@@ -484,10 +563,10 @@ def _compiled_draw(head, weights, biases, labels, inputs, num_sampled, num_class
     return _finish(loss, -loss if return_log_prob else None, None, reduction, lead, return_log_prob)
 
 
-def _loss_obstacle(shards, biases, h, t, valid, label_smoothing):
+def _loss_obstacle(shards, biases, h, t, valid, label_smoothing, exclude_true=False):
     """:func:`_dispatch.loss_obstacle` of a checked call."""
     return _dispatch.loss_obstacle(h.device.type, len(shards), t, valid is not None, label_smoothing,
-                                   (h.dtype, shards[0].dtype, None if biases is None else biases.dtype))
+                                   (h.dtype, shards[0].dtype, None if biases is None else biases.dtype), exclude_true)
 
 
 def full_logits(weights: Tables, biases: torch.Tensor | None, inputs: torch.Tensor, *,
