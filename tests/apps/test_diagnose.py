@@ -7,7 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sampled_softmax.apps.diagnose import estimate, random_problem  # noqa: E402
+from sampled_softmax.apps.diagnose import example_gradients, estimate, random_problem  # noqa: E402
+from sampled_softmax.torch import UniformSampler  # noqa: E402
 
 
 def test_every_class_once_with_a_uniform_sampler_is_exact():
@@ -46,11 +47,42 @@ def test_command_writes_table_plots_and_json(tmp_path, capsys):
 
     assert main(["diagnose", "--vocab", "300", "--dim", "8", "--batch", "64", "--sizes", "8,64,300",
                  "--repeats", "3", "--samplers", "uniform,log_uniform", "--draws", "unique,with_replacement",
-                 "--out", str(tmp_path)]) == 0
+                 "--out", str(tmp_path), "--picture", "--picture-draws", "5"]) == 0
     out = capsys.readouterr().out
-    assert "cos d/db" in out and "exact full-softmax loss" in out
+    assert "cos d/db" in out and "exact full-softmax loss" in out and "exclude_true" in out
     rows = json.loads((tmp_path / "diagnose.json").read_text())["rows"]
-    assert len(rows) == 2 * 2 * 3
+    # Both estimators with replacement, TensorFlow's alone for the unique draw.
+    assert len(rows) == 2 * 3 * (1 + 2)
+    assert {r["estimator"] for r in rows if r["draw"] == "unique"} == {"tensorflow"}
     assert all(np.isfinite(r["bias"]) for r in rows)
-    for name in ("diagnose_bias_cosine.png", "diagnose_per_class_gradient.png"):
+    for name in ("diagnose_bias_cosine.png", "diagnose_per_class_gradient.png", "diagnose_estimators.png"):
         assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_the_pictures_gradients_spike_where_the_article_says():
+    # One example: the full gradient is p - onehot (negative on the target, positive elsewhere,
+    # summing to 0); one sampled draw is nonzero only on the target and the drawn classes; with
+    # exclude_true the target is never a negative, so its gradient is negative in every draw.
+    W, b, h, y, _ = random_problem(60, 6, 8, spread=2.0)
+    grads = example_gradients(W, b, h, y, UniformSampler(60, draw="with_replacement"), 5, draws=50)
+    full, target = grads["full"], int(y[0])
+    assert full[target] < 0 and bool((torch.cat([full[:target], full[target + 1:]]) > 0).all())
+    assert abs(float(full.sum())) < 1e-12
+    for estimator in ("tensorflow", "exclude_true"):
+        one, mean = grads[estimator]
+        assert int((one != 0).sum()) <= 1 + 5
+        assert abs(float(one.sum())) < 1e-12 and abs(float(mean.sum())) < 1e-12
+    assert grads["exclude_true"][0][target] < 0
+    # Averaged over draws the sampled gradient spreads over many classes (the forest).
+    assert int((grads["exclude_true"][1] != 0).sum()) > 20
+
+
+def test_the_article_estimator_is_closer_to_the_full_loss_on_a_peaked_problem():
+    # Uniform q over many classes: TensorFlow's estimator lifts the target by -log(S/V) and
+    # underestimates the loss much more than the article's, which leaves the target uncorrected.
+    W, b, h, y, counts = random_problem(400, 8, 64, spread=3.0)
+    rows, _ = estimate(W, b, h, y, counts, sizes=[20], draws=["with_replacement"], samplers=["uniform"],
+                       repeats=20, estimators=("tensorflow", "exclude_true"))
+    tf_row, article_row = rows
+    assert (tf_row["estimator"], article_row["estimator"]) == ("tensorflow", "exclude_true")
+    assert abs(article_row["bias"]) < abs(tf_row["bias"])

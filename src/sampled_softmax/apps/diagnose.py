@@ -10,6 +10,13 @@ full-softmax mean loss and gradients:
   (``d loss / d b``, a vector over all ``V`` classes) and for the hidden states
   (``d loss / d h``), averaged over draws.
 
+Two estimators side by side (``--estimators``): TensorFlow's (``tensorflow``) and the one of
+the PyTorch article ``shared/seeds/001`` (``exclude_true``: labels rejected from the draws,
+correction ``log(k q / (1 - q_t))``; draws with replacement only). ``--picture`` also draws the
+article's picture for one example: its full softmax gradient over the classes that matter (a
+negative spike on the target, a positive forest on the others) against the sampled gradient of
+one draw (spikes on the drawn classes only) and the average of many draws, for both estimators.
+
 Sampled softmax is a biased estimator of the full loss (its expectation is not the full loss);
 what matters for training is how well its gradient points the same way. PyTorch, float64.
 """
@@ -29,6 +36,7 @@ from ..torch import LogUniformSampler, UniformSampler, UnigramSampler
 from ..torch import full_softmax_loss, sampled_softmax_loss
 
 DRAWS = ("unique", "unique_exact", "with_replacement")
+ESTIMATORS = ("tensorflow", "exclude_true")
 
 
 def random_problem(vocab_size: int, dim: int, n: int, spread: float, seed: int = 0):
@@ -64,10 +72,11 @@ def exact(W, b, h, y):
     return loss.item(), db, dh
 
 
-def sampled(W, b, h, y, sampler, S, generator):
+def sampled(W, b, h, y, sampler, S, generator, exclude_true=False):
     b = b.clone().requires_grad_(True)
     h = h.clone().requires_grad_(True)
-    loss = sampled_softmax_loss(W, b, y, h, S, W.shape[0], sampler=sampler, reduction="mean", generator=generator)
+    loss = sampled_softmax_loss(W, b, y, h, S, W.shape[0], sampler=sampler, reduction="mean", generator=generator,
+                                exclude_true=exclude_true)
     db, dh = torch.autograd.grad(loss, (b, h))
     return loss.item(), db, dh
 
@@ -90,8 +99,10 @@ def make_samplers(vocab_size, counts, draw, names):
     return out
 
 
-def estimate(W, b, h, y, counts, *, sizes, draws, samplers, repeats, seed=0, progress=None):
-    """One row per (sampler, draw, S): bias, std, gradient cosines, averaged over ``repeats``."""
+def estimate(W, b, h, y, counts, *, sizes, draws, samplers, repeats, seed=0, progress=None,
+             estimators=("tensorflow",)):
+    """One row per (estimator, sampler, draw, S): bias, std, gradient cosines, averaged over
+    ``repeats``. ``exclude_true`` rows only for draws with replacement (its expected counts)."""
     full_loss, full_db, full_dh = exact(W, b, h, y)
     rows = []
     V = W.shape[0]
@@ -100,29 +111,92 @@ def estimate(W, b, h, y, counts, *, sizes, draws, samplers, repeats, seed=0, pro
             for S in sizes:
                 if S > (sampler.support if draw == "unique" else 10 * V):
                     continue
-                g = torch.Generator().manual_seed(seed)
-                losses, cos_b, cos_h = [], [], []
-                for _ in range(repeats):
-                    loss, db, dh = sampled(W, b, h, y, sampler, S, g)
-                    losses.append(loss)
-                    cos_b.append(_cos(db, full_db))
-                    cos_h.append(_cos(dh, full_dh))
-                losses = np.asarray(losses)
-                rows.append({"sampler": name, "draw": draw, "S": S, "full_loss": full_loss,
-                             "mean_sampled_loss": float(losses.mean()), "bias": float(losses.mean() - full_loss),
-                             "std": float(losses.std(ddof=1)) if repeats > 1 else 0.0,
-                             "grad_cosine_bias": float(np.mean(cos_b)), "grad_cosine_hidden": float(np.mean(cos_h))})
+                for estimator in estimators:
+                    if estimator == "exclude_true" and draw != "with_replacement":
+                        continue
+                    g = torch.Generator().manual_seed(seed)
+                    losses, cos_b, cos_h = [], [], []
+                    for _ in range(repeats):
+                        loss, db, dh = sampled(W, b, h, y, sampler, S, g, estimator == "exclude_true")
+                        losses.append(loss)
+                        cos_b.append(_cos(db, full_db))
+                        cos_h.append(_cos(dh, full_dh))
+                    losses = np.asarray(losses)
+                    rows.append({"estimator": estimator, "sampler": name, "draw": draw, "S": S,
+                                 "full_loss": full_loss, "mean_sampled_loss": float(losses.mean()),
+                                 "bias": float(losses.mean() - full_loss),
+                                 "std": float(losses.std(ddof=1)) if repeats > 1 else 0.0,
+                                 "grad_cosine_bias": float(np.mean(cos_b)),
+                                 "grad_cosine_hidden": float(np.mean(cos_h))})
                 if progress:
                     progress(f"{name} {draw} S={S}")
     return rows, (full_loss, full_db)
 
 
 def format_table(rows) -> str:
-    lines = [f"{'sampler':<12} {'draw':<17} {'S':>6} {'bias':>9} {'std':>8} {'cos d/db':>9} {'cos d/dh':>9}"]
+    lines = [f"{'estimator':<13} {'sampler':<12} {'draw':<17} {'S':>6} {'bias':>9} {'std':>8} {'cos d/db':>9} "
+             f"{'cos d/dh':>9}"]
     for r in rows:
-        lines.append(f"{r['sampler']:<12} {r['draw']:<17} {r['S']:>6} {r['bias']:>9.4f} {r['std']:>8.4f} "
-                     f"{r['grad_cosine_bias']:>9.4f} {r['grad_cosine_hidden']:>9.4f}")
+        lines.append(f"{r.get('estimator', 'tensorflow'):<13} {r['sampler']:<12} {r['draw']:<17} {r['S']:>6} "
+                     f"{r['bias']:>9.4f} {r['std']:>8.4f} {r['grad_cosine_bias']:>9.4f} "
+                     f"{r['grad_cosine_hidden']:>9.4f}")
     return "\n".join(lines)
+
+
+def example_gradients(W, b, h, y, sampler, S, *, example=0, draws=1000, seed=0):
+    """For one example: its full softmax gradient over the classes (``d loss / d b``, i.e.
+    ``p - onehot(target)``) and, for each estimator, the sampled gradient of one draw and the
+    mean over ``draws`` draws. Returns ``{"full": [V], name: (one [V], mean [V])}``."""
+    hi, yi = h[example:example + 1], y[example:example + 1]
+    _, full, _ = exact(W, b, hi, yi)
+    out = {"full": full}
+    for estimator in ESTIMATORS:
+        g = torch.Generator().manual_seed(seed)
+        total = torch.zeros_like(full)
+        one = None
+        for k in range(draws):
+            _, db, _ = sampled(W, b, hi, yi, sampler, S, g, estimator == "exclude_true")
+            one = db if k == 0 else one
+            total += db
+        out[estimator] = (one, total / draws)
+    return out
+
+
+def picture(grads, target: int, S: int, sampler_name: str, path: str, *, classes: int = 16, draws: int = 1000):
+    """The article's bar chart: over the target and the classes of largest full gradient, the
+    full gradient, one draw's and the mean of ``draws``, one panel per estimator. Returns
+    ``path``, or None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    full = grads["full"]
+    order = [int(k) for k in torch.argsort(full.abs(), descending=True) if int(k) != target][: classes - 1]
+    shown = [target] + order
+    x = np.arange(len(shown))
+    titles = {"tensorflow": "TensorFlow's estimator: every column corrected by -log(S q), hits kept",
+              "exclude_true": "The article's (exclude_true): target rejected from the draws, -log(k q / (1 - q_t))"}
+    fig, axes = plt.subplots(2, 1, figsize=(10, 6.4), sharex=True)
+    for ax, estimator in zip(axes, ESTIMATORS):
+        one, mean = grads[estimator]
+        ax.bar(x - 0.27, full[shown].numpy(), 0.27, color="0.55", label="full softmax")
+        ax.bar(x, one[shown].numpy(), 0.27, color="tab:blue", label="sampled, one draw")
+        ax.bar(x + 0.27, mean[shown].numpy(), 0.27, color="tab:orange", label=f"sampled, mean of {draws} draws")
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_title(titles[estimator], fontsize=9)
+        ax.set_ylabel("d loss / d logit")
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[1].set_xticks(x, ["target\n" + str(target)] + [str(k) for k in order], fontsize=7)
+    axes[1].set_xlabel(f"class (the target, then the {classes - 1} largest full gradients); {sampler_name} "
+                       f"sampler, S={S} with replacement")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plots(rows, W, b, h, y, full_db, sampler, S, out_dir: str) -> list[str]:
@@ -183,7 +257,18 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=20, help="Monte Carlo draws per setting")
     ap.add_argument("--out", default=".", help="where the PNG plots and diagnose.json go")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--estimators", default=",".join(ESTIMATORS),
+                    help="tensorflow (TensorFlow's) and/or exclude_true (the article's; draws with replacement)")
+    ap.add_argument("--picture", action="store_true",
+                    help="also draw one example's full and sampled gradients for both estimators "
+                         "(diagnose_estimators.png)")
+    ap.add_argument("--picture-size", type=int, default=20, help="S of the picture's draws")
+    ap.add_argument("--picture-draws", type=int, default=1000, help="draws averaged in the picture")
     args = ap.parse_args(argv)
+    estimators = [e for e in args.estimators.split(",") if e]
+    for e in estimators:
+        if e not in ESTIMATORS:
+            ap.error(f"--estimators: {e!r} is not one of {', '.join(ESTIMATORS)}")
     if args.checkpoint:
         W, b, h, y, counts = load_checkpoint(args.checkpoint)
         source = args.checkpoint
@@ -196,7 +281,7 @@ def main(argv=None) -> int:
     total = len(sizes) * len(draws) * len(samplers)
     with progress_bar(total, "diagnose") as bar:
         rows, (full_loss, full_db) = estimate(W, b, h, y, counts, sizes=sizes, draws=draws, samplers=samplers,
-                                              repeats=args.repeats, seed=args.seed,
+                                              repeats=args.repeats, seed=args.seed, estimators=estimators,
                                               progress=lambda note: (bar.set_postfix_str(note, refresh=False),
                                                                      bar.update()))
     print(f"{source}; exact full-softmax loss {full_loss:.4f}; {args.repeats} draws per setting")
@@ -204,6 +289,13 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     chosen = make_samplers(W.shape[0], counts, "unique", [samplers[0]])[samplers[0]]
     paths = plots(rows, W, b, h, y, full_db, chosen, min(sizes[len(sizes) // 2], W.shape[0]), args.out)
+    if args.picture:
+        with_replacement = make_samplers(W.shape[0], counts, "with_replacement", [samplers[0]])[samplers[0]]
+        grads = example_gradients(W, b, h, y, with_replacement, args.picture_size, draws=args.picture_draws,
+                                  seed=args.seed)
+        path = picture(grads, int(y[0]), args.picture_size, samplers[0],
+                       os.path.join(args.out, "diagnose_estimators.png"), draws=args.picture_draws)
+        paths += [path] if path else []
     with open(os.path.join(args.out, "diagnose.json"), "w") as f:
         json.dump({"source": source, "args": vars(args), "rows": rows}, f, indent=1)
     print(f"wrote {', '.join(paths) or '(no plots: matplotlib not installed)'} and {os.path.join(args.out, 'diagnose.json')}")

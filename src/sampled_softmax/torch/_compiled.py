@@ -53,10 +53,12 @@ def _cpu_features() -> str:
 
 def _module_name(cflags) -> str:
     # Source, flags and CPU in the name: an edited source never loads a stale build, nor a
-    # native build another CPU.
+    # native build another CPU. The sources' folder too: PyTorch's build rebuilds whenever the
+    # source paths in its build file change, so two checkouts sharing one name would rebuild
+    # each other's module on every first load (minutes each).
     import hashlib
 
-    digest = hashlib.sha1()
+    digest = hashlib.sha1(_CSRC.encode())
     for path in _SOURCES + _HEADERS:
         with open(path, "rb") as f:
             digest.update(f.read())
