@@ -1,0 +1,19 @@
+"""``sampled_softmax.jax``: the sampled losses as pure JAX functions with explicit PRNG keys.
+
+Losses (:mod:`.functional`): :func:`sampled_softmax_loss`, :func:`nce_loss`,
+:func:`negative_sampling_loss`, :func:`full_softmax_loss`, :func:`full_logits`; samplers
+(:mod:`.samplers`): pure functions of a key. Everything compiles under ``jax.jit`` with static
+``num_sampled`` / ``num_classes`` / ``num_true``, and works under ``jax.grad`` and ``jax.vmap``.
+Importing this module imports JAX only.
+"""
+
+from . import samplers
+from .functional import (
+    candidate_columns, corrected_logits, full_logits, full_softmax_loss, nce_loss, negative_sampling_loss,
+    sampled_softmax_loss, sigmoid_head, softmax_head,
+)
+
+__all__ = [
+    "sampled_softmax_loss", "nce_loss", "negative_sampling_loss", "full_softmax_loss", "full_logits",
+    "candidate_columns", "corrected_logits", "softmax_head", "sigmoid_head", "samplers",
+]
