@@ -14,7 +14,7 @@ loss is ``nan`` (never a plausible number).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,13 +45,14 @@ def _concrete(x) -> bool:
 
 def candidate_columns(labels, valid, cand, true_count, samp_count, *, remove_accidental_hits=True, subtract_log_q=True,
                       exclude_true=False, dtype=jnp.float32):
-    """``(ids [N, T + S], log_q [N, T + S], keep [N, T + S])`` for ``labels [N, T]`` (``valid``:
-    not ignored; ignored ones' ids are 0) and candidates ``cand [S]``: as
-    :func:`sampled_softmax.reference.candidate_columns` (``exclude_true`` included)."""
+    """``(ids [N*T + S], log_q [N, T + S], keep [N, T + S])`` for ``labels [N, T]`` (``valid``:
+    not ignored; ignored ones' ids are 0) and candidates ``cand [S]``: the rows to gather (each
+    row's labels, then the candidates shared by the batch) and, per row and column, ``log E`` and
+    the keep mask of :func:`sampled_softmax.reference.candidate_columns` (``exclude_true`` too)."""
     n, t = labels.shape
     s = cand.shape[0]
     y = jnp.where(valid, labels, 0)
-    ids = jnp.concatenate([y, jnp.broadcast_to(cand[None, :], (n, s))], axis=1)
+    ids = jnp.concatenate([y.reshape(-1), cand])
     padding = ~jnp.isfinite(samp_count)
     keep_s = jnp.broadcast_to(~padding[None, :], (n, s))
     if remove_accidental_hits or exclude_true:
@@ -59,7 +60,7 @@ def candidate_columns(labels, valid, cand, true_count, samp_count, *, remove_acc
         keep_s = keep_s & ~hits
     keep = jnp.concatenate([valid, keep_s], axis=1)
     if not subtract_log_q:
-        return ids, jnp.zeros(ids.shape, dtype), keep
+        return ids, jnp.zeros(keep.shape, dtype), keep
     log_true = jnp.log(jnp.where(valid, true_count, 1.0).astype(dtype))
     log_cand = jnp.broadcast_to(jnp.log(jnp.where(padding, 1.0, samp_count).astype(dtype))[None, :], (n, s))
     if exclude_true:
@@ -84,16 +85,21 @@ def _exclusion_correction(y, valid, true_count, keep_s):
 # Stage 2: corrected logits
 
 
-def corrected_logits(weights, biases, inputs, ids, log_q, keep):
-    """``o [N, K] = h . W[ids] + b[ids] - log_q``, removed columns at the dtype's lowest value.
-    One gather of the ``N*T + S`` distinct rows would be the same; this gathers per column, which
-    XLA fuses into the products."""
-    n, k = ids.shape
-    rows = jnp.take(weights, ids.reshape(-1), axis=0).reshape(n, k, -1).astype(inputs.dtype)
-    o = jnp.einsum("nd,nkd->nk", inputs, rows)
-    if biases is not None:
-        o = o + jnp.take(biases, ids).astype(inputs.dtype)
-    o = o - log_q.astype(inputs.dtype)
+def corrected_logits(inputs, rows, bias_rows, log_q, keep, num_true):
+    """``o [N, T + S] = h . W[ids] + b[ids] - log_q`` from the rows gathered at
+    :func:`candidate_columns`' ids (``rows [N*T + S, D]``, ``bias_rows [N*T + S]`` or None),
+    removed columns at the dtype's lowest value: one product per label, one matrix product with
+    the shared candidates."""
+    n, d = inputs.shape
+    rows = rows.astype(inputs.dtype)
+    true_rows = rows[: n * num_true].reshape(n, num_true, d)
+    t = jnp.einsum("nd,ntd->nt", inputs, true_rows)
+    s = inputs @ rows[n * num_true:].T
+    if bias_rows is not None:
+        bias_rows = bias_rows.astype(inputs.dtype)
+        t = t + bias_rows[: n * num_true].reshape(n, num_true)
+        s = s + bias_rows[n * num_true:]
+    o = jnp.concatenate([t, s], axis=1) - log_q.astype(inputs.dtype)
     return jnp.where(keep, o, _lowest(o.dtype))
 
 
@@ -195,20 +201,51 @@ def _columns(y, valid, num_sampled, num_classes, num_true, sampled_values, key, 
     return cand.astype(jnp.int32), true_count, samp_count
 
 
-def _loss(head, weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-          remove_accidental_hits, key, sampler, draw, ignore_index, label_smoothing, subtract_log_q, exclude_true,
-          reduction):
+class _Call(NamedTuple):
+    """A checked call through stage 1: what stages 2 and 3 need besides the rows."""
+
+    W: jax.Array
+    b: jax.Array | None
+    h: jax.Array  # [N, D] in the compute dtype
+    ids: jax.Array  # [N*T + S], the rows to gather
+    log_q: jax.Array
+    keep: jax.Array
+    y: jax.Array
+    valid: jax.Array
+    num_true: int
+    lead: tuple
+
+
+def _stage1(weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+            remove_accidental_hits, key, sampler, draw, ignore_index, subtract_log_q, exclude_true, reduction) -> _Call:
     V.check_choice("reduction", reduction, V.REDUCTIONS)
     exclude_true = V.check_bool("exclude_true", exclude_true)
     num_classes = V.check_positive_int("num_classes", num_classes)
     W, b, y, h, lead, valid = _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_index)
     cdt = _compute_dtype(h.dtype)
-    cand, true_count, samp_count = _columns(y, valid, num_sampled, num_classes, num_true, sampled_values, key,
+    cand, true_count, samp_count = _columns(y, valid, num_sampled, num_classes, y.shape[1], sampled_values, key,
                                             sampler, draw, exclude_true)
     ids, log_q, keep = candidate_columns(y, valid, cand, true_count, samp_count,
                                          remove_accidental_hits=remove_accidental_hits,
                                          subtract_log_q=subtract_log_q, exclude_true=exclude_true, dtype=cdt)
-    logits = corrected_logits(W, b, h.astype(cdt), ids, log_q, keep)
+    return _Call(W, b, h.astype(cdt), ids, log_q, keep, y, valid, y.shape[1], lead)
+
+
+def _loss(head, weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+          remove_accidental_hits, key, sampler, draw, ignore_index, label_smoothing, subtract_log_q, exclude_true,
+          reduction):
+    c = _stage1(weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+                remove_accidental_hits, key, sampler, draw, ignore_index, subtract_log_q, exclude_true, reduction)
+    rows = jnp.take(c.W, c.ids, axis=0)
+    bias_rows = None if c.b is None else jnp.take(c.b, c.ids)
+    return _head_loss(head, c, c.h, rows, bias_rows, label_smoothing, reduction)
+
+
+def _head_loss(head, c: _Call, h, rows, bias_rows, label_smoothing, reduction):
+    """Stages 2 and 3 from the gathered rows, reduced: the part :mod:`.sparse` differentiates."""
+    log_q, keep, y, valid, num_true, lead = c.log_q, c.keep, c.y, c.valid, c.num_true, c.lead
+    num_classes = c.W.shape[0]
+    logits = corrected_logits(h, rows, bias_rows, log_q, keep, num_true)
     if head == "softmax":
         loss, live = softmax_head(logits, keep, num_true, label_smoothing)
     else:
