@@ -193,3 +193,20 @@ def test_keras_needs_draws_with_replacement_and_the_softmax_head():
         SampledSoftmax(V, S, exclude_true=True, loss="nce")
     layer = SampledSoftmax(V, S, exclude_true=True)
     assert SampledSoftmax.from_config(layer.get_config()).exclude_true is True
+
+
+def test_pytorch_exclude_true_runs_eagerly_under_torch_compile_and_refuses_meta_tensors(rng):
+    torch = pytest.importorskip("torch")
+    from sampled_softmax.torch import sampled_softmax_loss
+
+    W, b, y, h, sv = problem(rng, 1, "unigram", False)
+    args = [torch.as_tensor(x) for x in (W, b, y, h)]
+    svt = tuple(torch.as_tensor(v) for v in sv)
+
+    def loss(W_, h_):
+        return sampled_softmax_loss(W_, args[1], args[2], h_, S, V, sampled_values=svt, exclude_true=True)
+
+    torch.testing.assert_close(torch.compile(loss)(args[0], args[3]), loss(args[0], args[3]))
+    with pytest.raises(NotImplementedError, match=r"exclude_true=True or noise='per_example' does not take meta"):
+        sampled_softmax_loss(args[0].to("meta"), None, args[2].to("meta"), args[3].to("meta"), S, V,
+                             exclude_true=True)

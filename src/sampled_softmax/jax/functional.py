@@ -159,8 +159,9 @@ def _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_inde
     y = labels.reshape(n, num_true)
     h = inputs.reshape(n, inputs.shape[-1])
     valid = jnp.ones(y.shape, bool) if ignore_index is None else y != ignore_index
-    if _concrete(y) and y.size:
-        kept = np.asarray(y)[np.asarray(valid)]
+    if _concrete(y) and y.size:  # labels known now (outside jit, or closed over): checked now
+        y_now = np.asarray(y)
+        kept = y_now if ignore_index is None else y_now[y_now != ignore_index]
         if kept.size:
             V.check_label_values(int(kept.min()), int(kept.max()), num_classes, ignore_index)
     return weights, biases, y, h, lead, valid
@@ -191,7 +192,7 @@ def _columns(y, valid, num_sampled, num_classes, num_true, sampled_values, key, 
     V.check_sampled_values_shapes(tuple(cand.shape), tuple(true_count.shape), tuple(samp_count.shape), num_sampled,
                                   n, num_true)
     true_count = jnp.broadcast_to(true_count.reshape(n, -1), (n, num_true))
-    if all(_concrete(v) for v in (cand, true_count, samp_count, y)):
+    if all(_concrete(v) for v in (cand, true_count, samp_count, y, valid)):
         V.check_sampled_values_numpy(np.asarray(cand), np.asarray(true_count), np.asarray(samp_count),
                                      num_sampled=num_sampled, num_classes=num_classes, lead_size=n,
                                      num_true=num_true, valid=np.asarray(valid))

@@ -434,7 +434,7 @@ def _sigmoid_loss(weights, biases, labels, inputs, num_sampled, num_classes, num
 def _traced_sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
                                  sampled_values, remove_accidental_hits, sampler, reduction, ignore_index,
                                  label_smoothing, generator, partition_strategy, subtract_log_q, sparse,
-                                 return_log_prob, implementation):
+                                 return_log_prob, implementation, exclude_true=False, noise="shared"):
     """:func:`sampled_softmax_loss` for a traced call (torch.compile, torch.export, meta or fake
     tensors): the same checks of types, shapes and settings; every step that reads values
     (label and ``sampled_values`` checks, the draw, the masks, the loss) is one of the custom
