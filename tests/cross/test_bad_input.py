@@ -14,8 +14,9 @@ import pytest
 from sampled_softmax import SampledSoftmaxError
 
 V, D, B, S = 20, 4, 3, 5
-ALL = ("reference", "torch", "tensorflow", "keras")
-FUNCTIONAL = ("torch", "tensorflow")  # the functions with tf.nn's (num_sampled, num_classes, ...) arguments
+ALL = ("reference", "torch", "tensorflow", "keras", "jax")
+FUNCTIONAL = ("torch", "tensorflow")  # the functions with tf.nn's arguments, sharded tables included
+TF_ARGS = FUNCTIONAL + ("jax",)  # the functions with tf.nn's (num_sampled, num_classes, ...) arguments
 
 
 def base():
@@ -40,53 +41,53 @@ CASES = [
      r"{labels} must be in \[0, 19\]; received values down to -3", ALL),
     ("negative label other than ignore_index", dict(labels=np.array([1, -3, -100]), ignore_index=-100),
      SampledSoftmaxError, r"{labels} must be in \[0, 19\] \(or ignore_index=-100\); received values down to -3",
-     ("reference", "torch", "keras")),
+     ("reference", "torch", "keras", "jax")),
     # TensorFlow's drop-in casts float labels to int64, as tf.nn does (tested in test_tensorflow.py).
     ("float labels", dict(labels=np.array([1.0, 2.0, 3.0], np.float32)), TypeError,
-     r"{labels} must have an integer dtype; received " + F32, ("reference", "torch", "keras")),
+     r"{labels} must have an integer dtype; received " + F32, ("reference", "torch", "keras", "jax")),
     ("string labels", dict(labels=np.array(["a", "b", "c"])), TypeError,
      r"{labels} must have an integer dtype; received string", ("tensorflow",)),
     ("labels batch differs from inputs", dict(labels=np.array([1, 2])), SampledSoftmaxError,
      r"{labels} must have shape \[3\] or \[3, 1\] .*received shape \[2\]", ALL),
     ("labels last dim differs from num_true", dict(labels=np.array([[1, 2]] * 3)), SampledSoftmaxError,
      r"{labels} (last dimension must equal num_true=1|must have shape \[3\] or \[3, 1\]).*received shape \[3, 2\]",
-     ("torch", "tensorflow", "keras")),
+     ("torch", "tensorflow", "keras", "jax")),
     ("num_true without its labels dim", dict(num_true=2), SampledSoftmaxError,
-     r"{labels} must have shape \[3, 2\] .*received shape \[3\]", ("torch", "tensorflow", "keras")),
+     r"{labels} must have shape \[3, 2\] .*received shape \[3\]", ("torch", "tensorflow", "keras", "jax")),
     ("labels dim disagrees with num_true", dict(labels=np.array([[1], [2], [3]]), num_true=2), SampledSoftmaxError,
      r"{labels} (last dimension must equal num_true=2|must have shape \[3, 2\]).*received shape \[3, 1\]",
-     ("torch", "tensorflow", "keras")),
+     ("torch", "tensorflow", "keras", "jax")),
     ("num_true zero", dict(num_true=0), SampledSoftmaxError, r"`num_true` must be >= 1; received 0",
-     ("torch", "tensorflow", "keras")),
+     ("torch", "tensorflow", "keras", "jax")),
     # inputs
     ("integer inputs", dict(inputs=np.ones((B, D), np.int64)), TypeError,
-     r"`inputs` must have a floating dtype; received (torch\.)?int64", ("reference", "torch", "tensorflow")),
+     r"`inputs` must have a floating dtype; received (torch\.)?int64", ("reference", "torch", "tensorflow", "jax")),
     ("inputs dim differs from weights", dict(inputs=np.ones((B, D + 1), np.float32)), SampledSoftmaxError,
      r"`inputs` last dimension must equal the weights' dim 4; received 5", ALL),
     ("inputs without a batch axis", dict(inputs=np.ones(D, np.float32)), SampledSoftmaxError,
      r"`inputs` must have shape \[batch, dim\]; received shape", ("reference", "tensorflow")),
     # num_sampled, num_classes
     ("num_sampled zero", dict(num_sampled=0), SampledSoftmaxError, r"`num_sampled` must be >= 1; received 0",
-     ("torch", "tensorflow", "keras")),
+     ("torch", "tensorflow", "keras", "jax")),
     ("num_sampled negative", dict(num_sampled=-4), SampledSoftmaxError, r"`num_sampled` must be >= 1; received -4",
-     ("torch", "tensorflow", "keras")),
+     ("torch", "tensorflow", "keras", "jax")),
     ("num_sampled above num_classes for unique draws", dict(num_sampled=V + 1), SampledSoftmaxError,
      r"`num_sampled` must be <= 20 \(num_classes\) when drawing unique candidates; received 21",
-     ("torch", "tensorflow", "keras")),
+     ("torch", "tensorflow", "keras", "jax")),
     ("num_sampled not an int", dict(num_sampled=2.5), TypeError, r"`num_sampled` must be an int; received float",
-     ("torch", "tensorflow", "keras")),
+     ("torch", "tensorflow", "keras", "jax")),
     ("num_classes differs from weights", dict(num_classes=V + 5), SampledSoftmaxError,
-     r"`num_classes` must equal the number of rows of `weights` \(20\); received 25", FUNCTIONAL),
+     r"`num_classes` must equal the number of rows of `weights` \(20\); received 25", TF_ARGS),
     ("num_classes zero", dict(num_classes=0), SampledSoftmaxError, r"`num_classes` must be >= 1; received 0",
-     ("torch", "tensorflow", "keras")),
+     ("torch", "tensorflow", "keras", "jax")),
     # weights, biases
     ("weights not 2-D", dict(weights=np.ones(V * D, np.float32)), SampledSoftmaxError,
-     r"`weights` must have shape \[num_classes, dim\]; received shape \[80\]", ("reference", "torch", "tensorflow")),
+     r"`weights` must have shape \[num_classes, dim\]; received shape \[80\]", ("reference", "torch", "tensorflow", "jax")),
     ("integer weights", dict(weights=np.ones((V, D), np.int32)), TypeError,
-     r"`weights` must have a floating dtype; received (torch\.)?int32", ("reference", "torch", "tensorflow")),
+     r"`weights` must have a floating dtype; received (torch\.)?int32", ("reference", "torch", "tensorflow", "jax")),
     ("weights not a tensor", dict(weights="W"), TypeError,
      r"`weights` must (be a torch.Tensor or a list of shards|have a floating dtype); received (str|string|<U1)",
-     ("reference", "torch", "tensorflow")),
+     ("reference", "torch", "tensorflow", "jax")),
     ("shards of unequal dims", dict(weights=[np.ones((10, D), np.float32), np.ones((10, D + 1), np.float32)]),
      SampledSoftmaxError, r"`weights` shards must all have the same dim; received dims \[4, 5\]", FUNCTIONAL),
     ("shards off TensorFlow's layout", dict(weights=[np.ones((6, D), np.float32), np.ones((14, D), np.float32)]),
@@ -95,32 +96,32 @@ CASES = [
     ("empty shard list", dict(weights=[]), SampledSoftmaxError, r"`weights` must be .* received an empty list",
      FUNCTIONAL),
     ("biases wrong shape", dict(biases=np.ones(V + 1, np.float32)), SampledSoftmaxError,
-     r"`biases` must have shape \[20\]; received shape \[21\]", ("reference", "torch", "tensorflow")),
+     r"`biases` must have shape \[20\]; received shape \[21\]", ("reference", "torch", "tensorflow", "jax")),
     ("integer biases", dict(biases=np.ones(V, np.int64)), TypeError,
-     r"`biases` must have a floating dtype; received (torch\.)?int64", ("reference", "torch", "tensorflow")),
+     r"`biases` must have a floating dtype; received (torch\.)?int64", ("reference", "torch", "tensorflow", "jax")),
     # choices and hyperparameters
     ("unknown sampler", dict(sampler="zipf"), SampledSoftmaxError, r"`sampler` must be one of .*; received 'zipf'",
-     ("torch", "keras")),
+     ("torch", "keras", "jax")),
     ("unigram sampler without its counts", dict(sampler="unigram"), SampledSoftmaxError,
-     r"sampler='unigram'", ("torch", "keras")),
+     r"sampler='unigram'", ("torch", "keras", "jax")),
     ("unknown draw", dict(draw="lottery"), SampledSoftmaxError, r"`draw` must be one of .*; received 'lottery'",
-     ("torch", "keras")),
+     ("torch", "keras", "jax")),
     ("unknown reduction", dict(reduction="avg"), SampledSoftmaxError,
-     r"`reduction` must be one of 'none', 'mean', 'sum'; received 'avg'", ("torch",)),
+     r"`reduction` must be one of 'none', 'mean', 'sum'; received 'avg'", ("torch", "jax")),
     ("unknown partition strategy", dict(partition_strategy="block"), SampledSoftmaxError,
      r"`partition_strategy` must be one of 'div', 'mod'; received 'block'", ("torch",)),
     ("label smoothing above 1", dict(label_smoothing=1.5), SampledSoftmaxError,
-     r"`label_smoothing` must be in \[0, 1\]; received 1.5", ("reference", "torch", "keras")),
+     r"`label_smoothing` must be in \[0, 1\]; received 1.5", ("reference", "torch", "keras", "jax")),
     ("label smoothing negative", dict(label_smoothing=-0.1), SampledSoftmaxError,
-     r"`label_smoothing` must be in \[0, 1\]; received -0.1", ("reference", "torch", "keras")),
+     r"`label_smoothing` must be in \[0, 1\]; received -0.1", ("reference", "torch", "keras", "jax")),
     ("label smoothing nan", dict(label_smoothing=float("nan")), SampledSoftmaxError,
-     r"`label_smoothing` must be in \[0, 1\]; received nan", ("reference", "torch", "keras")),
+     r"`label_smoothing` must be in \[0, 1\]; received nan", ("reference", "torch", "keras", "jax")),
     # sampled_values
     ("sampled_values not a triple", dict(sampled_values=(np.arange(S),)), SampledSoftmaxError,
      r"`sampled_values` must be a triple .* received tuple of length 1", ALL),
     ("sampled candidates longer than num_sampled", dict(sampled_values=sv(cand=np.arange(S + 1))),
      SampledSoftmaxError, r"`sampled_values\[0\]` \(sampled_candidates\) must have shape \[5\]; received shape \[6\]",
-     FUNCTIONAL),
+     TF_ARGS),
     ("sampled candidates 2-D", dict(sampled_values=sv(cand=np.arange(S)[:, None])), SampledSoftmaxError,
      r"`sampled_values\[0\]` \(sampled_candidates\) must have shape (\[5\]|\[num_sampled\]); received shape \[5, 1\]",
      ALL),
@@ -216,6 +217,17 @@ def _keras(kw, loss="sampled_softmax"):
     return layer.sampled_loss(conv(call["labels"]), conv(call["inputs"]), sampled_values=sampled_values)
 
 
+def _jax(kw, loss="sampled_softmax_loss"):
+    jax = pytest.importorskip("jax")
+    import sampled_softmax.jax as ssj
+
+    # NumPy arrays as given (JAX takes them; without x64 a JAX array cannot hold int64 or float64).
+    kw = dict(kw)
+    if "sampled_values" not in kw:
+        kw["key"] = jax.random.key(0)
+    return getattr(ssj, loss)(**kw)
+
+
 def _np(x):
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
@@ -234,7 +246,7 @@ def _tensorflow_traced(kw, jit_compile):
     return fn(*[kw[k] for k in names])
 
 
-ADAPTERS = {"reference": _reference, "torch": _torch, "tensorflow": _tensorflow, "keras": _keras,
+ADAPTERS = {"reference": _reference, "torch": _torch, "tensorflow": _tensorflow, "keras": _keras, "jax": _jax,
             # The same PyTorch call on its Python path: both implementations give the same error.
             "torch-python": lambda kw: _torch(kw, "python")}
 LABELS_NAME = {"keras": r"`y_true` \(targets\)"}
@@ -252,6 +264,8 @@ RELATIVES = {
     "tensorflow nce_loss": lambda kw: _tensorflow(kw, "nce_loss"),
     "keras loss=nce": lambda kw: _keras(kw, "nce"),
     "keras loss=negative_sampling": lambda kw: _keras(kw, "negative_sampling"),
+    "jax nce_loss": lambda kw: _jax(kw, "nce_loss"),
+    "jax negative_sampling_loss": lambda kw: _jax(kw, "negative_sampling_loss"),
 }
 NOT_TAKEN = {"label_smoothing", "return_log_prob", "partition_strategy"}
 RELATIVE_PARAMS = [pytest.param(name, overrides, exc, message, id=f"{name}: {case}")

@@ -143,15 +143,20 @@ def sigmoid_head(logits, keep, num_true):
 
 def _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_index):
     """Checked ``(W, b, y [N, T], h [N, D], lead, valid [N, T])``."""
+    # Dtypes are checked as given (without x64, jnp.asarray makes int64 int32 and float64 float32).
+    for name, x, kind in (("weights", weights, jnp.floating), ("inputs", inputs, jnp.floating),
+                          ("labels", labels, jnp.integer)):
+        dtype = _given_dtype(name, x)
+        check = V.check_integer_dtype if kind is jnp.integer else V.check_floating_dtype
+        check(name, jnp.issubdtype(dtype, kind), str(dtype))
     weights, inputs, labels = jnp.asarray(weights), jnp.asarray(inputs), jnp.asarray(labels)
-    V.check_floating_dtype("weights", jnp.issubdtype(weights.dtype, jnp.floating), str(weights.dtype))
-    V.check_floating_dtype("inputs", jnp.issubdtype(inputs.dtype, jnp.floating), str(inputs.dtype))
-    V.check_integer_dtype("labels", jnp.issubdtype(labels.dtype, jnp.integer), str(labels.dtype))
     num_true = V.check_positive_int("num_true", num_true)
     if inputs.ndim < 1:
         raise SampledSoftmaxError(f"`inputs` must have shape [..., dim]; received shape {list(inputs.shape)}")
     V.check_weights_shapes([tuple(weights.shape)], num_classes, inputs.shape[-1])
     if biases is not None:
+        dtype = _given_dtype("biases", biases)
+        V.check_floating_dtype("biases", jnp.issubdtype(dtype, jnp.floating), str(dtype))
         biases = jnp.asarray(biases)
         V.check_biases_shape(tuple(biases.shape), num_classes)
     lead, num_true = V.resolve_label_shape(tuple(labels.shape), tuple(inputs.shape), num_true)
@@ -165,6 +170,16 @@ def _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_inde
         if kept.size:
             V.check_label_values(int(kept.min()), int(kept.max()), num_classes, ignore_index)
     return weights, biases, y, h, lead, valid
+
+
+def _given_dtype(name, x):
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None:
+        return np.dtype(dtype) if not isinstance(dtype, np.dtype) else dtype
+    try:
+        return np.asarray(x).dtype
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"`{name}` must be an array; received {type(x).__name__}") from err
 
 
 def _compute_dtype(dtype):
@@ -191,7 +206,8 @@ def _columns(y, valid, num_sampled, num_classes, num_true, sampled_values, key, 
     n = y.shape[0]
     V.check_sampled_values_shapes(tuple(cand.shape), tuple(true_count.shape), tuple(samp_count.shape), num_sampled,
                                   n, num_true)
-    true_count = jnp.broadcast_to(true_count.reshape(n, -1), (n, num_true))
+    true_count = jnp.broadcast_to(true_count.reshape(n, true_count.size // max(n, 1) if n else num_true),
+                                  (n, num_true))
     if all(_concrete(v) for v in (cand, true_count, samp_count, y, valid)):
         V.check_sampled_values_numpy(np.asarray(cand), np.asarray(true_count), np.asarray(samp_count),
                                      num_sampled=num_sampled, num_classes=num_classes, lead_size=n,
