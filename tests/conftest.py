@@ -13,6 +13,10 @@ except ImportError:  # pragma: no cover
     pass
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# JAX sees 4 CPU devices (set before anything imports JAX): the vocabulary-parallel tests shard
+# over them. Work placed on one device is unchanged.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
 
 
 @pytest.fixture

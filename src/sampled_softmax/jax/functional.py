@@ -107,42 +107,55 @@ def corrected_logits(inputs, rows, bias_rows, log_q, keep, num_true):
 # Stage 3: heads
 
 
-def softmax_head(logits, keep, num_true, label_smoothing=0.0):
-    """Per-row softmax cross-entropy ``[N]`` and the rows with a kept label ``[N]``: target
-    ``(1 - eps) / T_i + eps / K_i`` on each kept label, ``eps / K_i`` on each kept candidate."""
-    dtype = logits.dtype
+def softmax_target(keep, num_true, label_smoothing=0.0, dtype=jnp.float32):
+    """The softmax head's target ``[N, T + S]``: ``(1 - eps) / T_i + eps / K_i`` on each kept
+    label, ``eps / K_i`` on each kept candidate (``T_i`` kept labels, ``K_i`` kept columns)."""
     kt = keep[:, :num_true].astype(dtype)
     n_true = jnp.sum(kt, axis=1, keepdims=True)
     n_kept = jnp.sum(keep.astype(dtype), axis=1, keepdims=True)
-    on_true = jnp.concatenate([kt, jnp.zeros_like(logits[:, num_true:])], axis=1)
+    on_true = jnp.concatenate([kt, jnp.zeros((keep.shape[0], keep.shape[1] - num_true), dtype)], axis=1)
     eps = label_smoothing
     target = on_true * (1.0 - eps) / jnp.maximum(n_true, 1.0)
     if eps:
         target = target + jnp.where(keep, eps / jnp.maximum(n_kept, 1.0), 0.0)
+    return target
+
+
+def softmax_head(logits, keep, num_true, label_smoothing=0.0):
+    """Per-row softmax cross-entropy ``[N]`` and the rows with a kept label ``[N]``, against
+    :func:`softmax_target`."""
+    target = softmax_target(keep, num_true, label_smoothing, logits.dtype)
     loss = jax.nn.logsumexp(logits, axis=1) - jnp.sum(target * jnp.where(keep, logits, 0.0), axis=1)
-    live = n_true[:, 0] > 0
+    live = jnp.any(keep[:, :num_true], axis=1)
     return jnp.where(live, loss, 0.0), live
 
 
-def sigmoid_head(logits, keep, num_true):
-    """NCE's head (negative sampling's over uncorrected logits): each kept column a logistic
-    classification, target ``1 / T_i`` on the kept labels and 0 on the candidates; per row the
-    sum ``[N]``, and the rows with a kept label ``[N]``."""
+def sigmoid_columns(logits, keep, num_true):
+    """NCE's per-column logistic losses ``[N, T + S]``: target ``1 / T_i`` on the kept labels, 0
+    on the candidates, 0 where removed."""
     kt = keep[:, :num_true].astype(logits.dtype)
     n_true = jnp.sum(kt, axis=1, keepdims=True)
     target = jnp.concatenate([kt / jnp.maximum(n_true, 1.0), jnp.zeros_like(logits[:, num_true:])], axis=1)
     z = jnp.where(keep, logits, 0.0)
     per_column = jnp.maximum(z, 0.0) - z * target + jnp.log1p(jnp.exp(-jnp.abs(z)))
-    live = n_true[:, 0] > 0
-    return jnp.where(live, jnp.sum(jnp.where(keep, per_column, 0.0), axis=1), 0.0), live
+    return jnp.where(keep, per_column, 0.0)
+
+
+def sigmoid_head(logits, keep, num_true):
+    """NCE's head (negative sampling's over uncorrected logits): each kept column a logistic
+    classification (:func:`sigmoid_columns`); per row the sum ``[N]``, and the rows with a kept
+    label ``[N]``."""
+    live = jnp.any(keep[:, :num_true], axis=1)
+    return jnp.where(live, jnp.sum(sigmoid_columns(logits, keep, num_true), axis=1), 0.0), live
 
 
 # ---------------------------------------------------------------------------------------------
 # The losses
 
 
-def _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_index):
-    """Checked ``(W, b, y [N, T], h [N, D], lead, valid [N, T])``."""
+def _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_index, table_rows=None):
+    """Checked ``(W, b, y [N, T], h [N, D], lead, valid [N, T])``. ``table_rows``: a function
+    ``(rows of weights) -> None`` that checks a table shard (default: all ``num_classes`` rows)."""
     # Dtypes are checked as given (without x64, jnp.asarray makes int64 int32 and float64 float32).
     for name, x, kind in (("weights", weights, jnp.floating), ("inputs", inputs, jnp.floating),
                           ("labels", labels, jnp.integer)):
@@ -153,12 +166,14 @@ def _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_inde
     num_true = V.check_positive_int("num_true", num_true)
     if inputs.ndim < 1:
         raise SampledSoftmaxError(f"`inputs` must have shape [..., dim]; received shape {list(inputs.shape)}")
-    V.check_weights_shapes([tuple(weights.shape)], num_classes, inputs.shape[-1])
+    V.check_weights_shapes([tuple(weights.shape)], None if table_rows else num_classes, inputs.shape[-1])
+    if table_rows:
+        table_rows(weights.shape[0])
     if biases is not None:
         dtype = _given_dtype("biases", biases)
         V.check_floating_dtype("biases", jnp.issubdtype(dtype, jnp.floating), str(dtype))
         biases = jnp.asarray(biases)
-        V.check_biases_shape(tuple(biases.shape), num_classes)
+        V.check_biases_shape(tuple(biases.shape), weights.shape[0] if table_rows else num_classes)
     lead, num_true = V.resolve_label_shape(tuple(labels.shape), tuple(inputs.shape), num_true)
     n = int(np.prod(lead, dtype=np.int64))
     y = labels.reshape(n, num_true)
@@ -234,11 +249,13 @@ class _Call(NamedTuple):
 
 
 def _stage1(weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-            remove_accidental_hits, key, sampler, draw, ignore_index, subtract_log_q, exclude_true, reduction) -> _Call:
+            remove_accidental_hits, key, sampler, draw, ignore_index, subtract_log_q, exclude_true, reduction,
+            table_rows=None) -> _Call:
     V.check_choice("reduction", reduction, V.REDUCTIONS)
     exclude_true = V.check_bool("exclude_true", exclude_true)
     num_classes = V.check_positive_int("num_classes", num_classes)
-    W, b, y, h, lead, valid = _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_index)
+    W, b, y, h, lead, valid = _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_index,
+                                       table_rows)
     cdt = _compute_dtype(h.dtype)
     cand, true_count, samp_count = _columns(y, valid, num_sampled, num_classes, y.shape[1], sampled_values, key,
                                             sampler, draw, exclude_true)
@@ -260,15 +277,17 @@ def _loss(head, weights, biases, labels, inputs, num_sampled, num_classes, num_t
 
 def _head_loss(head, c: _Call, h, rows, bias_rows, label_smoothing, reduction):
     """Stages 2 and 3 from the gathered rows, reduced: the part :mod:`.sparse` differentiates."""
-    log_q, keep, y, valid, num_true, lead = c.log_q, c.keep, c.y, c.valid, c.num_true, c.lead
-    num_classes = c.W.shape[0]
-    logits = corrected_logits(h, rows, bias_rows, log_q, keep, num_true)
+    logits = corrected_logits(h, rows, bias_rows, c.log_q, c.keep, c.num_true)
     if head == "softmax":
-        loss, live = softmax_head(logits, keep, num_true, label_smoothing)
+        loss, live = softmax_head(logits, c.keep, c.num_true, label_smoothing)
     else:
-        loss, live = sigmoid_head(logits, keep, num_true)
-    # A label out of range (only possible under jit, where it cannot be checked) is never a
-    # plausible number.
+        loss, live = sigmoid_head(logits, c.keep, c.num_true)
+    return _reduced(loss, live, c.y, c.valid, c.lead, c.W.shape[0], reduction)
+
+
+def _reduced(loss, live, y, valid, lead, num_classes, reduction):
+    """``loss [N]`` reduced; a label out of range (only possible under jit, where it cannot be
+    checked) makes its row's loss nan, never a plausible number."""
     bad = jnp.any(valid & ((y < 0) | (y >= num_classes)), axis=1)
     loss = jnp.where(bad, jnp.nan, loss)
     if reduction == "none":
@@ -377,9 +396,4 @@ def full_softmax_loss(weights, biases, labels, inputs, num_true: int = 1, *, ign
     if label_smoothing:
         loss = loss - label_smoothing * jnp.mean(logp, axis=1)
     live = n_true > 0
-    loss = jnp.where(live, loss, 0.0)
-    if reduction == "none":
-        return loss.reshape(lead)
-    if reduction == "sum":
-        return jnp.sum(loss)
-    return jnp.sum(loss) / jnp.sum(live).astype(loss.dtype)
+    return _reduced(jnp.where(live, loss, 0.0), live, y, valid, lead, W.shape[0], reduction)
