@@ -1,6 +1,6 @@
 """The JAX front end: Table 1's loss forward+backward under ``jax.jit`` against ``tf.nn`` (in a
 ``tf.function``, IndexedSlices gradients) and the Keras layer on the JAX backend, paired in one
-process; and a training step with the lazy Adam at V=10k and V=1M (is it flat in V?).
+process; and a training step with the lazy Adam at V=10k and V=1M, interleaved (is it flat in V?).
 
     python -m benchmarks.jax_bench [--repeats 30] [--vocabs 10000,1000000]
 
@@ -11,6 +11,10 @@ Methods (gradients of weights, biases and inputs of the summed loss, Table 1 sha
   as the ``B + S`` gathered rows');
 * ``ours jax dense``: ``jax.value_and_grad`` of :func:`sampled_softmax.jax.sampled_softmax_loss`
   with respect to the table (a dense ``[V, D]`` gradient, what plain autodiff gives);
+* ``ours jax rows vjp``: the same row gradients with stages 2 and 3 under a hand-written
+  ``jax.custom_vjp`` (:func:`custom_vjp_rows`: the backward reuses the forward's softmax and
+  forms ``(p - target) @ rows`` and ``(p - target)^T h`` directly), the experiment that decides
+  whether the front end needs one;
 * ``tf.nn``: ``tf.nn.sampled_softmax_loss``;
 * ``keras jax layer``: ``SampledSoftmax.sampled_loss`` under ``jax.jit`` (Keras on JAX), gradients
   by ``jax.value_and_grad`` through ``keras.StatelessScope``.
@@ -26,6 +30,41 @@ import time
 
 from .harness import paired, paired_ratio, summarize
 from .loss import TABLE1
+
+
+def custom_vjp_rows(W, b, y, h, S, V, key):
+    """``(loss, (d rows, d bias rows, d h))`` of the summed sampled softmax loss (``num_true=1``)
+    with a hand-written VJP of the corrected logits and the softmax head."""
+    import jax
+    import jax.numpy as jnp
+
+    from sampled_softmax.jax.functional import _stage1, corrected_logits, softmax_target
+
+    c = _stage1(W, b, y, h, S, V, 1, None, True, key, "log_uniform", None, None, True, False, "sum")
+    target = softmax_target(c.keep, 1, 0.0, h.dtype)
+
+    @jax.custom_vjp
+    def head(h, rows, bias_rows):
+        return fwd(h, rows, bias_rows)[0]
+
+    def fwd(h, rows, bias_rows):
+        o = corrected_logits(h, rows, bias_rows, c.log_q, c.keep, 1)
+        lse = jax.nn.logsumexp(o, axis=1)
+        loss = jnp.sum(lse - jnp.sum(target * jnp.where(c.keep, o, 0.0), axis=1))
+        return loss, (h, rows, jnp.exp(o - lse[:, None]))
+
+    def bwd(res, g):
+        h, rows, p = res
+        n = h.shape[0]
+        G = g * (p - target)  # removed columns: p = 0 and target = 0
+        d_true = G[:, :1] * h  # [N, D], one label per row
+        d_cand = G[:, 1:].T @ h  # [S, D]
+        dh = G[:, :1] * rows[:n] + G[:, 1:] @ rows[n:]
+        return dh, jnp.concatenate([d_true, d_cand]), jnp.concatenate([G[:, 0], G[:, 1:].sum(0)])
+
+    head.defvjp(fwd, bwd)
+    rows, bias_rows = jnp.take(W, c.ids, axis=0), jnp.take(b, c.ids)
+    return jax.value_and_grad(head, argnums=(1, 2, 0))(c.h, rows, bias_rows)
 
 
 def loss_methods(V, S, D, B, seed=0):
@@ -52,8 +91,10 @@ def loss_methods(V, S, D, B, seed=0):
         return jax.value_and_grad(lambda W, b, h: jnp.sum(sampled_softmax_loss(W, b, y, h, S, V, key=key)),
                                   argnums=(0, 1, 2))(W, b, h)
 
+    vjp = jax.jit(functools.partial(custom_vjp_rows, y=y, S=S, V=V))
     methods = {
         "ours jax rows": lambda: jax.block_until_ready(rows(W, b, h, next(keys))),
+        "ours jax rows vjp": lambda: jax.block_until_ready(vjp(W, b, h=h, key=next(keys))),
         "ours jax dense": lambda: jax.block_until_ready(dense(W, b, h, next(keys))),
     }
     try:
@@ -95,9 +136,10 @@ def loss_methods(V, S, D, B, seed=0):
     return methods
 
 
-def step_time(V, D=300, B=256, S=100, repeats=30, seed=0) -> float:
+def step_times(vocabs, D=300, B=256, S=100, repeats=30, seed=0) -> dict:
     """Median seconds of a jitted training step (loss, row gradients, lazy Adam, in-place update
-    of a donated table) at vocabulary ``V``."""
+    of a donated table) at each vocabulary in ``vocabs``, the vocabularies' steps interleaved
+    round by round so that a drift of the machine affects them alike."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -105,28 +147,30 @@ def step_time(V, D=300, B=256, S=100, repeats=30, seed=0) -> float:
     from sampled_softmax.jax.sparse import apply_row_updates, lazy_adam, value_and_row_grads
 
     rng = np.random.default_rng(seed)
-    W = jnp.asarray(rng.normal(size=(V, D)).astype(np.float32) * 0.05)
-    b = jnp.zeros(V, jnp.float32)
     h = jnp.asarray(rng.normal(size=(B, D)).astype(np.float32))
-    y = jnp.asarray(rng.integers(0, V, (B, 1)))
     opt = lazy_adam(1e-3)
+    runs = {}
+    for V in vocabs:
+        y = jnp.asarray(rng.integers(0, V, (B, 1)))
+        b = jnp.zeros(V, jnp.float32)
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(W, state, key):
-        loss, grads = value_and_row_grads(W, b, y, h, S, V, key=key)
-        updates, state = opt.update(grads.weights, state)
-        return apply_row_updates(W, updates), state, loss
+        @functools.partial(jax.jit, donate_argnums=(0, 1))
+        def step(W, state, key, b=b, y=y, V=V):
+            loss, grads = value_and_row_grads(W, b, y, h, S, V, key=key)
+            updates, state = opt.update(grads.weights, state)
+            return apply_row_updates(W, updates), state, loss
 
-    state = opt.init(W)
+        W = jnp.asarray(rng.normal(size=(V, D)).astype(np.float32) * 0.05)
+        runs[V] = [step, W, opt.init(W)]
     keys = jax.random.split(jax.random.key(seed), repeats + 3)
-    times = []
+    times = {V: [] for V in vocabs}
     for i in range(repeats + 3):
-        start = time.perf_counter()
-        W, state, loss = step(W, state, keys[i])
-        jax.block_until_ready(loss)
-        times.append(time.perf_counter() - start)
-    times = sorted(times[3:])
-    return times[len(times) // 2]
+        for V, run in runs.items():
+            start = time.perf_counter()
+            run[1], run[2], loss = run[0](run[1], run[2], keys[i])
+            jax.block_until_ready(loss)
+            times[V].append(time.perf_counter() - start)
+    return {V: float(np.median(t[3:])) for V, t in times.items()}
 
 
 def main(argv=None) -> int:
@@ -138,11 +182,11 @@ def main(argv=None) -> int:
     samples = paired(loss_methods(shape["V"], shape["S"], shape["D"], shape["B"]), repeats=args.repeats, block=5)
     lines = [f"Table 1 shapes {shape}, forward+backward, median ms (paired, {args.repeats} rounds)"]
     lines += [f"  {m:<20} {s['median_ms']:>9.3f}" for m, s in summarize(samples).items()]
-    for other in ("tf.nn", "ours jax dense", "keras jax layer"):
+    for other in ("ours jax rows vjp", "tf.nn", "ours jax dense", "keras jax layer"):
         if other in samples:
             lines.append(f"  {other} / ours jax rows: {paired_ratio(samples, other, 'ours jax rows'):.2f}x")
     vocabs = [int(v) for v in args.vocabs.split(",") if v]
-    steps = {V: step_time(V, repeats=args.repeats) for V in vocabs}
+    steps = step_times(vocabs, repeats=args.repeats)
     lines.append("training step with lazy_adam (B=256, S=100, D=300), median ms:")
     lines += [f"  V={V:>9,}: {t * 1e3:.3f}" for V, t in steps.items()]
     if len(vocabs) > 1:

@@ -116,3 +116,26 @@ def test_sweep_skips_what_does_not_fit_and_says_why():
     assert all("needs about" in why and "GB" in why for why in skipped.values())
     rows = sweeps.format_sweep([{"case": dict(V=too_big, S=100, D=300, B=256), "summary": {}, "skipped": skipped}])
     assert any("skipped at V=1000000M: full softmax (needs about" in r for r in rows)
+
+
+def test_jax_benchmark_custom_vjp_computes_the_same_gradients_and_steps_run():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from benchmarks import jax_bench
+    from sampled_softmax.jax.sparse import value_and_row_grads
+
+    V, S, D, B = 500, 20, 8, 16
+    rng = np.random.default_rng(0)
+    W, b = jnp.asarray(rng.normal(size=(V, D)), jnp.float32), jnp.asarray(rng.normal(size=V), jnp.float32)
+    h, y = jnp.asarray(rng.normal(size=(B, D)), jnp.float32), jnp.asarray(rng.integers(0, V, (B, 1)))
+    y = y.at[3].set(y[0])  # a label repeated in the batch
+    key = jax.random.key(1)
+    loss, (d_rows, d_bias, d_h) = jax_bench.custom_vjp_rows(W, b, y, h, S, V, key)
+    ref, grads = value_and_row_grads(W, b, y, h, S, V, key=key, reduction="sum")
+    np.testing.assert_allclose(loss, ref, rtol=1e-6)
+    for ours, theirs in ((d_rows, grads.weights.values), (d_bias, grads.biases.values), (d_h, grads.inputs)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    times = jax_bench.step_times((50, 100), D=4, B=3, S=5, repeats=2)
+    assert set(times) == {50, 100} and all(t > 0 for t in times.values())

@@ -68,3 +68,13 @@ def test_demo_rejects_unknown_methods(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--methods", "full,nope"])
     assert "--methods must be a subset" in capsys.readouterr().err
+
+
+def test_flax_lm_example_beats_the_unigram_baseline():
+    import pytest
+
+    pytest.importorskip("flax")
+    pytest.importorskip("optax")
+    results, unigram = load("flax_lm").main(["--vocab", "1000", "--steps", "200", "--dim", "32", "--num-sampled", "64",
+                                             "--valid-windows", "40"])
+    assert results["sampled"] < 0.5 * unigram

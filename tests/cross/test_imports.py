@@ -79,3 +79,11 @@ def test_keras_picks_an_installed_backend_when_none_was_chosen(tmp_path):
     env["KERAS_HOME"] = str(tmp_path)  # no keras.json there
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert "BACKEND jax" in out.stdout, out.stderr[-2000:]
+
+
+def test_jax_front_ends_load_only_jax_and_flax_only_when_asked():
+    assert loaded_after("import sampled_softmax.jax, sampled_softmax.jax.parallel, sampled_softmax.jax.sparse") == {"jax"}
+    code = "import sys, sampled_softmax.jax; print('flax' in sys.modules, 'optax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+    assert loaded_after("import sampled_softmax.jax.flax") == {"jax"}
