@@ -280,3 +280,76 @@ def check_sampled_values_numpy(cand, true_count, samp_count, *, num_sampled, num
     check_sampled_values_values(int(cand.min()), int(cand.max()), num_classes,
                                 float(tc.min()) if tc.size else None, float(tc.max()) if tc.size else None,
                                 float(sc.min()))
+
+
+# ---------------------------------------------------------------------------------------------
+# In-batch (retrieval) softmax
+
+
+def check_in_batch_shapes(query_shape: Sequence[int], candidates_shape: Sequence[int], *, candidate_ids=None,
+                          query_ids=None, log_q=None, score_mask=None, excluded_ids=None,
+                          sample_weight=None) -> tuple[int, int, int]:
+    """Shapes of an in-batch softmax call (each optional argument given as its shape, or None):
+    ``query [B, D]``, ``candidates [C, D]`` with ``C >= B``, ``candidate_ids`` and ``log_q``
+    ``[C]``, ``query_ids`` and ``sample_weight`` ``[B]``, ``score_mask [B, C]``,
+    ``excluded_ids [B, K]``. Returns ``(B, C, D)``."""
+    query_shape, candidates_shape = list(query_shape), list(candidates_shape)
+    if len(query_shape) != 2:
+        raise SampledSoftmaxError(f"`query` must have shape [batch, dim]; received shape {query_shape}")
+    if len(candidates_shape) != 2:
+        raise SampledSoftmaxError(f"`candidates` must have shape [num_candidates, dim]; received shape "
+                                  f"{candidates_shape}")
+    (b, d), (c, dc) = query_shape, candidates_shape
+    if dc != d:
+        raise SampledSoftmaxError(f"`candidates` last dimension must equal the query's dim {d}; received {dc}")
+    if c < b:
+        raise SampledSoftmaxError(f"`candidates` must have at least as many rows as `query` ({b}: candidate i is "
+                                  f"query i's positive); received {c}")
+    for name, shape, want in (("candidate_ids", candidate_ids, [c]), ("log_q", log_q, [c]),
+                              ("query_ids", query_ids, [b]), ("sample_weight", sample_weight, [b]),
+                              ("score_mask", score_mask, [b, c])):
+        if shape is not None and list(shape) != want:
+            raise SampledSoftmaxError(f"`{name}` must have shape {want}; received shape {list(shape)}")
+    if excluded_ids is not None and (len(excluded_ids) != 2 or excluded_ids[0] != b):
+        raise SampledSoftmaxError(f"`excluded_ids` must have shape [{b}, K] (per query, K ids; negative values are "
+                                  f"padding); received shape {list(excluded_ids)}")
+    return b, c, d
+
+
+def check_temperature(value) -> float:
+    """A Python temperature: a positive finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`temperature` must be a number or a scalar tensor; received {type(value).__name__}")
+    value = float(value)
+    check_temperature_value(value)
+    return value
+
+
+def check_temperature_value(value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise SampledSoftmaxError(f"`temperature` must be positive and finite; received {value}")
+
+
+def check_num_hard_negatives(value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`num_hard_negatives` must be an int or None; received {type(value).__name__}")
+    if value < 1:
+        raise SampledSoftmaxError(f"`num_hard_negatives` must be >= 1 (or None: every negative); received {value}")
+    return value
+
+
+def check_log_q_values(lo: float, hi: float, finite: bool) -> None:
+    """``log_q`` is the log of a probability: finite and ``<= 0``."""
+    if not finite:
+        raise SampledSoftmaxError("`log_q` must be finite (the log of a sampling probability); received a "
+                                  "non-finite value")
+    if hi > 0:
+        raise SampledSoftmaxError(f"`log_q` must be <= 0 (the log of a sampling probability); received {hi}")
+
+
+def check_sample_weight_values(lo: float, finite: bool) -> None:
+    if not finite or lo < 0:
+        raise SampledSoftmaxError(f"`sample_weight` must be finite and >= 0; received "
+                                  f"{'a non-finite value' if not finite else lo}")
