@@ -37,8 +37,8 @@ def _data(B, D, M, seed=0):
 
     rng = np.random.default_rng(seed)
     C = B + M
-    q = rng.normal(size=(B, D)).astype(np.float32) / np.sqrt(D)
-    c = rng.normal(size=(C, D)).astype(np.float32) / np.sqrt(D)
+    q = (rng.normal(size=(B, D)) / np.sqrt(D)).astype(np.float32)
+    c = (rng.normal(size=(C, D)) / np.sqrt(D)).astype(np.float32)
     ids = rng.zipf(1.3, size=C) % 100_000  # popular items repeat: accidental hits
     log_q = np.log(rng.uniform(1e-4, 0.5, size=C)).astype(np.float32)
     return q, c, ids, log_q
