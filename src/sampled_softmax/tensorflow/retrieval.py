@@ -1,0 +1,260 @@
+"""In-batch softmax for two-tower retrieval in TensorFlow, and the streaming frequency estimators
+as ``tf.Module``s (their state in ``tf.Variable``s: ``tf.train.Checkpoint`` saves it).
+
+The semantics of :func:`sampled_softmax.torch.in_batch_softmax_loss` and of the NumPy reference's
+stages; TensorFlow's autodiff gives the gradients (query, candidates, a ``tf.Variable``
+temperature and ``log_q``). Values (``log_q``, ``temperature``, ``sample_weight``) raise when
+eager, assert in a graph, and make the loss ``nan`` under XLA. Works in ``tf.function`` and
+with ``jit_compile=True``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import tensorflow as tf
+
+from .. import SampledSoftmaxError
+from .. import _validation as V
+from .. import frequency as F
+
+__all__ = ["in_batch_softmax_loss", "in_batch_keep", "StreamingFrequency", "CountMinFrequency"]
+
+
+def _shape(x):
+    return None if x is None else tuple(x.shape.as_list())
+
+
+def in_batch_keep(batch_size: int, num_candidates: int, *, candidate_ids=None, query_ids=None, score_mask=None,
+                  excluded_ids=None, remove_accidental_hits: bool = True) -> tf.Tensor:
+    """Stage 1: the keep mask ``[B, C]`` of :func:`sampled_softmax.reference.in_batch_columns`."""
+    b, c = batch_size, num_candidates
+    keep = tf.ones((b, c), tf.bool)
+    if candidate_ids is not None and remove_accidental_hits:
+        keep &= tf.not_equal(candidate_ids[None, :], candidate_ids[:b, None])
+    if excluded_ids is not None:
+        if candidate_ids is None:
+            raise SampledSoftmaxError("`excluded_ids` needs `candidate_ids` (the ids to compare them with)")
+        excluded_ids = tf.cast(excluded_ids, candidate_ids.dtype)
+        hit = tf.equal(candidate_ids[None, :, None], excluded_ids[:, None, :]) & (excluded_ids[:, None, :] >= 0)
+        keep &= ~tf.reduce_any(hit, axis=2)
+    if query_ids is not None:
+        same = tf.equal(query_ids[:, None], query_ids[None, :])
+        keep &= tf.concat([~same, tf.ones((b, c - b), tf.bool)], axis=1)
+    if score_mask is not None:
+        keep &= score_mask
+    return keep | tf.cast(tf.eye(b, c), tf.bool)
+
+
+def _checked(name, x, ok, message_now, message_graph):
+    """``x`` with ``ok`` (a scalar bool) checked: an error now when eager, an assertion in a graph."""
+    if tf.executing_eagerly():
+        if not bool(ok):
+            message_now()
+        return x
+    with tf.control_dependencies([tf.debugging.Assert(ok, [message_graph])]):
+        return tf.identity(x)
+
+
+def in_batch_softmax_loss(
+    query, candidates, *, candidate_ids=None, query_ids=None, log_q=None, temperature=1.0,
+    remove_accidental_hits: bool = True, score_mask=None, excluded_ids=None, num_hard_negatives: int | None = None,
+    sample_weight=None, reduction: Literal["none", "mean", "sum"] = "mean",
+) -> tf.Tensor:
+    r"""In-batch softmax loss for two-tower retrieval (sampling-bias corrected), the semantics of
+    :func:`sampled_softmax.torch.in_batch_softmax_loss`: query ``i`` of ``B`` has its positive at
+    candidate ``i`` of ``C >= B``; ``o_ij = q_i . c_j / temperature - log_q_j`` (scale, then
+    correct: TFRS' order, with the sign Yi et al. 2019 derive); negatives with the row's positive
+    id, the same query id, ``score_mask`` False or an id in ``excluded_ids[i]`` are removed
+    (probability 0, gradient 0); ``num_hard_negatives`` keeps each row's hardest;
+    ``loss_i = w_i (logsumexp_kept(o_i) - o_ii)``; ``"mean"`` is ``sum_i loss_i / B``.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> from sampled_softmax.tensorflow import in_batch_softmax_loss
+        >>> q, c = tf.eye(2, 3), tf.eye(4, 3)
+        >>> round(float(in_batch_softmax_loss(q, c, candidate_ids=tf.range(4))), 4)
+        1.4076
+    """
+    query, candidates = tf.convert_to_tensor(query), tf.convert_to_tensor(candidates)
+    V.check_floating_dtype("query", query.dtype.is_floating, query.dtype.name)
+    V.check_floating_dtype("candidates", candidates.dtype.is_floating, candidates.dtype.name)
+    optional = {k: None if v is None else tf.convert_to_tensor(v)
+                for k, v in dict(candidate_ids=candidate_ids, query_ids=query_ids, log_q=log_q,
+                                 score_mask=score_mask, excluded_ids=excluded_ids,
+                                 sample_weight=sample_weight).items()}
+    for name in ("candidate_ids", "query_ids", "excluded_ids"):
+        x = optional[name]
+        if x is not None:
+            V.check_integer_dtype(name, x.dtype.is_integer, x.dtype.name)
+    for name in ("log_q", "sample_weight"):
+        x = optional[name]
+        if x is not None:
+            V.check_floating_dtype(name, x.dtype.is_floating, x.dtype.name)
+    if optional["score_mask"] is not None and optional["score_mask"].dtype != tf.bool:
+        raise TypeError(f"`score_mask` must be a bool tensor (True keeps); received {optional['score_mask'].dtype.name}")
+    if None in _shape(query) or None in _shape(candidates):
+        raise SampledSoftmaxError(f"`query` and `candidates` need static shapes; received {_shape(query)} and "
+                                  f"{_shape(candidates)}")
+    b, c, _ = V.check_in_batch_shapes(_shape(query), _shape(candidates),
+                                      **{k: _shape(v) for k, v in optional.items()})
+    V.check_choice("reduction", reduction, V.REDUCTIONS)
+    V.check_bool("remove_accidental_hits", remove_accidental_hits)
+    num_hard_negatives = V.check_num_hard_negatives(num_hard_negatives)
+    cdt = tf.float32 if query.dtype in (tf.float16, tf.bfloat16) else query.dtype
+
+    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+        temperature = tf.constant(V.check_temperature(temperature), cdt)
+    else:
+        if not isinstance(temperature, tf.Variable):
+            temperature = tf.convert_to_tensor(temperature)
+        if temperature.shape.num_elements() != 1 or not temperature.dtype.is_floating:
+            raise SampledSoftmaxError(f"`temperature` must be a number or a floating scalar tensor; received shape "
+                                      f"{temperature.shape.as_list()}, {temperature.dtype.name}")
+        t = tf.reshape(tf.cast(temperature, cdt), [])
+        temperature = _checked("temperature", t, tf.math.is_finite(t) & (t > 0),
+                               lambda: V.check_temperature_value(float(t)),
+                               "`temperature` must be positive and finite")
+        temperature = tf.where(tf.math.is_finite(temperature) & (temperature > 0), temperature,
+                               tf.constant(float("nan"), cdt))
+    log_q, weight = optional["log_q"], optional["sample_weight"]
+    if log_q is not None:
+        log_q = tf.cast(log_q, cdt)
+        fine = tf.reduce_all(tf.math.is_finite(log_q)) & tf.reduce_all(log_q <= 0)
+        log_q = _checked("log_q", log_q, fine,
+                         lambda: V.check_log_q_values(float(tf.reduce_min(log_q)), float(tf.reduce_max(log_q)),
+                                                      bool(tf.reduce_all(tf.math.is_finite(log_q)))),
+                         "`log_q` must be finite and <= 0 (the log of a sampling probability)")
+        log_q = tf.where(tf.math.is_finite(log_q) & (log_q <= 0), log_q, tf.constant(float("nan"), cdt))
+    if weight is not None:
+        weight = tf.cast(weight, cdt)
+        fine = tf.reduce_all(tf.math.is_finite(weight)) & tf.reduce_all(weight >= 0)
+        weight = _checked("sample_weight", weight, fine,
+                          lambda: V.check_sample_weight_values(float(tf.reduce_min(weight)),
+                                                               bool(tf.reduce_all(tf.math.is_finite(weight)))),
+                          "`sample_weight` must be finite and >= 0")
+    if b == 0:
+        zero = tf.reduce_sum(candidates[:0]) + tf.zeros([0], cdt)
+        return zero if reduction == "none" else tf.reduce_sum(zero)
+
+    keep = in_batch_keep(b, c, candidate_ids=optional["candidate_ids"], query_ids=optional["query_ids"],
+                         score_mask=optional["score_mask"], excluded_ids=optional["excluded_ids"],
+                         remove_accidental_hits=remove_accidental_hits)
+    o = tf.linalg.matmul(tf.cast(query, cdt), tf.cast(candidates, cdt), transpose_b=True) / temperature
+    if log_q is not None:
+        o = o - log_q[None, :]
+    eye = tf.cast(tf.eye(b, c), tf.bool)
+    if num_hard_negatives is not None and num_hard_negatives < c - 1:
+        negatives = tf.where(keep & ~eye, tf.stop_gradient(o), tf.constant(float("-inf"), cdt))
+        top = tf.math.top_k(negatives, num_hard_negatives).indices
+        hard = tf.reduce_any(tf.one_hot(top, c, on_value=True, off_value=False, dtype=tf.bool), axis=1)
+        keep = (keep & hard) | eye
+    masked = tf.where(keep, o, tf.constant(cdt.min, cdt))
+    positive = tf.linalg.diag_part(o[:, :b])
+    loss = tf.reduce_logsumexp(masked, axis=1) - positive
+    if weight is not None:
+        loss = loss * tf.where(tf.math.is_finite(weight) & (weight >= 0), weight, tf.constant(float("nan"), cdt))
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return tf.reduce_sum(loss)
+    return tf.reduce_sum(loss) / b
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming frequency estimators
+
+
+def _buckets(ids, constants, num_buckets):
+    ids = tf.cast(tf.reshape(ids, [-1]), tf.int64)
+    x = tf.bitwise.bitwise_and(tf.bitwise.bitwise_xor(ids, tf.bitwise.right_shift(ids, 32)), 0xFFFFFFFF)
+    a, b = constants[:, 0:1], constants[:, 1:2]
+    return tf.math.floormod(tf.math.floormod(a * x[None, :] + b, F.PRIME), num_buckets)
+
+
+class _HashedEstimator(tf.Module):
+    def __init__(self, num_buckets, num_hashes, seed, name):
+        super().__init__(name=name)
+        self.num_buckets, self.num_hashes, self.seed = num_buckets, num_hashes, seed
+        self.hash_constants = tf.constant(F.hash_constants(num_hashes, seed))
+        self.step = tf.Variable(tf.zeros([], tf.int64), trainable=False, name="step")
+
+    def buckets(self, ids) -> tf.Tensor:
+        """``[H, N]`` buckets (the hashing of :func:`sampled_softmax.frequency.bucket_ids`)."""
+        ids = tf.convert_to_tensor(ids)
+        if not ids.dtype.is_integer:
+            raise TypeError(f"`ids` must have an integer dtype; received {ids.dtype.name}")
+        if tf.executing_eagerly() and tf.size(ids) > 0:
+            F.check_ids_values(int(tf.reduce_min(ids)))
+        return _buckets(ids, self.hash_constants, self.num_buckets)
+
+    def _indices(self, buckets):
+        rows = tf.broadcast_to(tf.range(self.num_hashes, dtype=tf.int64)[:, None], tf.shape(buckets))
+        return tf.stack([rows, buckets], axis=-1)
+
+    def log_q(self, ids) -> tf.Tensor:
+        """``log`` of :meth:`probability` (float32), ``<= 0``."""
+        return tf.math.log(self.probability(ids))
+
+    def __call__(self, ids, training: bool = True) -> tf.Tensor:
+        """``log_q`` of ``ids`` (their shape), after updating with them when ``training``."""
+        if training:
+            self.update(ids)
+        return tf.reshape(self.log_q(ids), tf.shape(ids))
+
+
+class StreamingFrequency(_HashedEstimator):
+    """Yi et al. 2019's estimator (:class:`sampled_softmax.frequency.LastSeenEstimator`), the
+    same as :class:`sampled_softmax.torch.StreamingFrequency`."""
+
+    def __init__(self, num_buckets: int = 2**20, *, num_hashes: int = 1, learning_rate: float = 0.05,
+                 seed: int = 0, name: str | None = None):
+        num_buckets, num_hashes, learning_rate = F.check_estimator_args(num_buckets, num_hashes, learning_rate)
+        super().__init__(num_buckets, num_hashes, seed, name)
+        self.learning_rate = learning_rate
+        self.last_step = tf.Variable(tf.zeros([num_hashes, num_buckets], tf.int64), trainable=False,
+                                     name="last_step")
+        self.gap = tf.Variable(tf.zeros([num_hashes, num_buckets], tf.float64), trainable=False, name="gap")
+
+    def update(self, ids) -> None:
+        buckets = self.buckets(ids)
+        step = self.step.assign_add(1)
+        t = tf.cast(step, tf.float64)
+        old = tf.gather(self.gap, buckets, batch_dims=1)
+        since = tf.cast(step - tf.gather(self.last_step, buckets, batch_dims=1), tf.float64)
+        # Every copy of a bucket computes the same value from the old state: the scatter is
+        # deterministic whatever the order of the writes.
+        new = tf.where(old > 0, (1 - self.learning_rate) * old + self.learning_rate * since, t)
+        index = self._indices(buckets)
+        self.gap.scatter_nd_update(index, new)
+        self.last_step.scatter_nd_update(index, tf.broadcast_to(step, tf.shape(buckets)))
+
+    def probability(self, ids) -> tf.Tensor:
+        gaps = tf.reduce_max(tf.gather(self.gap, self.buckets(ids), batch_dims=1), axis=0)
+        unseen = tf.cast(self.step + 1, tf.float64)
+        return tf.cast(1.0 / tf.where(gaps > 0, gaps, unseen), tf.float32)
+
+
+class CountMinFrequency(_HashedEstimator):
+    """A count-min sketch (:class:`sampled_softmax.frequency.CountMinEstimator`), the same as
+    :class:`sampled_softmax.torch.CountMinFrequency`."""
+
+    def __init__(self, num_buckets: int = 2**20, *, num_hashes: int = 2, seed: int = 0, name: str | None = None):
+        num_buckets, num_hashes, _ = F.check_estimator_args(num_buckets, num_hashes)
+        super().__init__(num_buckets, num_hashes, seed, name)
+        self.counts = tf.Variable(tf.zeros([num_hashes, num_buckets], tf.int64), trainable=False, name="counts")
+        self.total = tf.Variable(tf.zeros([], tf.int64), trainable=False, name="total")
+
+    def update(self, ids) -> None:
+        buckets = self.buckets(ids)
+        self.step.assign_add(1)
+        self.total.assign_add(tf.cast(tf.shape(buckets)[1], tf.int64))
+        self.counts.scatter_nd_add(self._indices(buckets), tf.ones_like(buckets))
+
+    def probability(self, ids) -> tf.Tensor:
+        count = tf.cast(tf.maximum(tf.reduce_min(tf.gather(self.counts, self.buckets(ids), batch_dims=1), axis=0), 1),
+                        tf.float64)
+        total = tf.cast(tf.maximum(self.total, 1), tf.float64)
+        per_step = total / tf.cast(tf.maximum(self.step, 1), tf.float64)
+        f = tf.minimum(count / total, 1.0)
+        return tf.cast(-tf.math.expm1(per_step * tf.math.log1p(-f)), tf.float32)

@@ -1,0 +1,125 @@
+"""TensorFlow retrieval: ``in_batch_softmax_loss`` against the NumPy reference (float64 1e-12,
+gradients of query, candidates, a temperature variable and log_q), eagerly, in ``tf.function``
+and under XLA; bad values raise, assert, or give nan under XLA; the estimators equal their NumPy
+reference and the PyTorch ones, and ``tf.train.Checkpoint`` saves their state."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from sampled_softmax import SampledSoftmaxError  # noqa: E402
+from sampled_softmax import frequency as NF  # noqa: E402
+from sampled_softmax import reference as R  # noqa: E402
+from sampled_softmax.tensorflow import CountMinFrequency, StreamingFrequency, in_batch_softmax_loss  # noqa: E402
+
+B, C, D = 6, 10, 4
+
+
+def problem(seed=0):
+    rng = np.random.default_rng(seed)
+    q, c = rng.normal(size=(B, D)), rng.normal(size=(C, D))
+    ids = rng.permutation(40)[:C]
+    ids[4], ids[8] = ids[1], ids[0]
+    log_q = np.log(rng.uniform(0.01, 0.9, size=C))
+    masks = dict(query_ids=np.array([0, 1, 2, 0, 4, 5]), score_mask=rng.uniform(size=(B, C)) > 0.2,
+                 excluded_ids=np.array([[ids[5], -1], [-1, -1], [ids[9], ids[3]], [-1, -1], [-1, -1], [ids[2], -1]]))
+    return q, c, ids, log_q, masks, rng.uniform(0.1, 2.0, size=B)
+
+
+MODES = ("eager", "function", "xla")
+
+
+@pytest.mark.parametrize("masks,hard,weighted,mode", [c for c in itertools.product([False, True], [None, 3],
+                                                                                    [False, True], MODES)
+                                                       if c[3] == "eager" or c[0] == c[2]])
+def test_equals_the_reference_in_float64(masks, hard, weighted, mode):
+    q, c, ids, log_q, mask_kw, w = problem()
+    kw = dict(candidate_ids=ids, num_hard_negatives=hard, **(mask_kw if masks else {}))
+    g = np.random.default_rng(1).normal(size=B)
+    tq, tc, tlq = tf.constant(q), tf.constant(c), tf.constant(log_q)
+    temperature = tf.Variable(0.4, dtype=tf.float64)
+
+    def step(tq, tc, tlq):
+        with tf.GradientTape() as tape:
+            tape.watch([tq, tc, tlq])
+            loss = in_batch_softmax_loss(tq, tc, log_q=tlq, temperature=temperature, reduction="none",
+                                         sample_weight=w if weighted else None, **kw)
+            total = tf.reduce_sum(loss * g)
+        return loss, tape.gradient(total, [tq, tc, temperature, tlq])
+
+    if mode != "eager":
+        step = tf.function(step, jit_compile=mode == "xla")
+    loss, grads = step(tq, tc, tlq)
+    ref_kw = dict(kw, log_q=log_q, temperature=0.4, sample_weight=w if weighted else None)
+    np.testing.assert_allclose(loss.numpy(), R.in_batch_softmax_loss(q, c, **ref_kw), rtol=1e-12)
+    for ours, ref in zip(grads, R.in_batch_softmax_grads(q, c, grad_loss=g, **ref_kw)):
+        np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_float32_and_reductions():
+    q, c, ids, log_q, _, _ = problem()
+    ref = R.in_batch_softmax_loss(q, c, candidate_ids=ids, log_q=log_q, temperature=0.5)
+    kw = dict(candidate_ids=ids, log_q=log_q.astype(np.float32), temperature=0.5)
+    q32, c32 = q.astype(np.float32), c.astype(np.float32)
+    np.testing.assert_allclose(in_batch_softmax_loss(q32, c32, reduction="none", **kw), ref, rtol=1e-5)
+    np.testing.assert_allclose(in_batch_softmax_loss(q32, c32, reduction="sum", **kw), ref.sum(), rtol=1e-5)
+    np.testing.assert_allclose(in_batch_softmax_loss(q32, c32, **kw), ref.mean(), rtol=1e-5)
+
+
+def test_bad_values_raise_eagerly_assert_in_a_graph_and_are_nan_under_xla():
+    q, c, _, _, _, _ = problem()
+    bad = np.full(C, 0.5)
+    with pytest.raises(SampledSoftmaxError, match=r"`log_q` must be <= 0 .*received 0.5"):
+        in_batch_softmax_loss(q, c, log_q=bad)
+    graph = tf.function(lambda lq: in_batch_softmax_loss(q, c, log_q=lq, reduction="none"))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"`log_q` must be finite and <= 0"):
+        graph(tf.constant(bad))
+    xla = tf.function(lambda lq: in_batch_softmax_loss(q, c, log_q=lq, reduction="none"), jit_compile=True)
+    assert np.all(np.isnan(xla(tf.constant(bad)).numpy()))
+    assert np.all(np.isfinite(xla(tf.constant(-np.ones(C))).numpy()))
+    with pytest.raises(SampledSoftmaxError, match=r"`temperature` must be positive and finite; received -1.0"):
+        in_batch_softmax_loss(q, c, temperature=tf.constant(-1.0, tf.float64))
+    with pytest.raises(SampledSoftmaxError, match=r"`candidates` must have at least as many rows"):
+        in_batch_softmax_loss(q, c[:3])
+    with pytest.raises(TypeError, match=r"`score_mask` must be a bool tensor"):
+        in_batch_softmax_loss(q, c, score_mask=np.ones((B, C)))
+
+
+@pytest.mark.parametrize("kind", ["last_seen", "count_min"])
+def test_estimators_equal_the_numpy_reference_and_survive_a_checkpoint(kind, tmp_path):
+    rng = np.random.default_rng(0)
+    p = np.arange(1, 301, dtype=np.float64) ** -1.1
+    stream = [rng.choice(300, size=32, p=p / p.sum()) for _ in range(30)]
+    stream[2] = np.concatenate([stream[2], stream[2][:4], [2**40 + 3]])
+    make = (lambda: StreamingFrequency(64, num_hashes=2, learning_rate=0.1, seed=4)) if kind == "last_seen" else \
+        (lambda: CountMinFrequency(64, num_hashes=2, seed=4))
+    ref = NF.LastSeenEstimator(64, num_hashes=2, learning_rate=0.1, seed=4) if kind == "last_seen" else \
+        NF.CountMinEstimator(64, num_hashes=2, seed=4)
+    est = make()
+    update = tf.function(lambda ids: est(ids))
+    for i, ids in enumerate(stream):
+        log_q = update(tf.constant(ids))
+        ref.update(ids)
+        np.testing.assert_allclose(log_q.numpy(), ref.log_q(ids), rtol=1e-6, atol=1e-7)
+        if i == 14:
+            path = tf.train.Checkpoint(frequency=est).write(str(tmp_path / "ckpt"))
+    restored = make()
+    tf.train.Checkpoint(frequency=restored).read(path).assert_consumed()
+    for ids in stream[15:]:
+        restored(tf.constant(ids))
+    probe = tf.range(300)
+    np.testing.assert_array_equal(restored.log_q(probe).numpy(), est.log_q(probe).numpy())
+
+
+def test_estimators_equal_the_torch_ones():
+    torch = pytest.importorskip("torch")
+    from sampled_softmax import torch as sst
+
+    rng = np.random.default_rng(1)
+    ours, theirs = StreamingFrequency(128, num_hashes=3), sst.StreamingFrequency(128, num_hashes=3)
+    for _ in range(10):
+        ids = rng.integers(0, 500, size=40)
+        np.testing.assert_allclose(ours(tf.constant(ids)).numpy(), theirs(torch.from_numpy(ids)).numpy(), rtol=1e-6)
