@@ -139,8 +139,8 @@ def estimator_cost(shape=SHAPE, repeats=20) -> dict:
     return out
 
 
-def run(repeats=10, shape=SHAPE, memory=True) -> dict:
-    samples = paired(methods(shape), repeats=repeats, block=3)
+def run(repeats=10, shape=SHAPE, memory=True, only=METHODS) -> dict:
+    samples = paired(methods(shape, only=only), repeats=repeats, block=3)
     summary = summarize(samples)
     ratios = {m: paired_ratio(samples, m, "ours") for m in samples if m != "ours"}
     mem = {m: median_memory_run(["-m", "benchmarks.retrieval", "--memory", m, "--shape", json.dumps(shape)])

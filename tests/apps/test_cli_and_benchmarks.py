@@ -139,3 +139,17 @@ def test_jax_benchmark_custom_vjp_computes_the_same_gradients_and_steps_run():
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
     times = jax_bench.step_times((50, 100), D=4, B=3, S=5, repeats=2)
     assert set(times) == {50, 100} and all(t > 0 for t in times.values())
+
+
+def test_retrieval_benchmark_and_study_smoke_runs():
+    from benchmarks import retrieval, retrieval_study
+
+    res = retrieval.run(repeats=1, shape=dict(B=16, D=8, M=16), memory=False, only=("ours", "torch cross_entropy"))
+    assert set(res["summary"]) >= {"ours", "torch cross_entropy"} and all(r > 0 for r in res["ratios"].values())
+    assert set(res["estimator_ms"]) == {"StreamingFrequency", "CountMinFrequency"}
+    study = retrieval_study.run(items=300, users=40, steps=15, batch=32, held_out=200)
+    assert set(study["results"]) == set(retrieval_study.METHODS)
+    for r in study["results"].values():
+        assert 0.0 <= r["recall@10"] <= r["recall@100"] <= 1.0
+    assert "estimate median relative error (top 100)" in study["results"]["mixed negatives"]
+    assert "| full softmax |" in retrieval_study.table(study)
