@@ -9,7 +9,7 @@ Importing this module imports JAX only.
 """
 
 from . import samplers
-from .retrieval import in_batch_softmax_loss
+from .retrieval import in_batch_softmax_loss, mixed_negatives
 from .functional import (
     candidate_columns, corrected_logits, full_logits, full_softmax_loss, nce_loss, negative_sampling_loss,
     sampled_softmax_loss, sigmoid_head, softmax_head,
@@ -17,5 +17,5 @@ from .functional import (
 
 __all__ = [
     "sampled_softmax_loss", "nce_loss", "negative_sampling_loss", "full_softmax_loss", "full_logits",
-    "candidate_columns", "corrected_logits", "softmax_head", "sigmoid_head", "samplers", "in_batch_softmax_loss",
+    "candidate_columns", "corrected_logits", "softmax_head", "sigmoid_head", "samplers", "in_batch_softmax_loss", "mixed_negatives",
 ]

@@ -7,7 +7,7 @@ checked where they are concrete; under ``jit`` a bad value gives ``nan``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,7 @@ from .. import SampledSoftmaxError
 from .. import _validation as V
 from .functional import _concrete, _given_dtype
 
-__all__ = ["in_batch_softmax_loss", "in_batch_keep"]
+__all__ = ["in_batch_softmax_loss", "in_batch_keep", "mixed_negatives", "MixedNegatives"]
 
 
 def in_batch_keep(batch_size: int, num_candidates: int, *, candidate_ids=None, query_ids=None, score_mask=None,
@@ -124,3 +124,43 @@ def in_batch_softmax_loss(
     if reduction == "sum":
         return jnp.sum(loss)
     return jnp.sum(loss) / max(b, 1)
+
+
+class MixedNegatives(NamedTuple):
+    """In-batch candidates followed by sampled ones (see :func:`mixed_negatives`)."""
+
+    candidates: jax.Array
+    candidate_ids: jax.Array
+    log_q: jax.Array
+    score_mask: jax.Array
+
+
+def mixed_negatives(candidates, candidate_ids, in_batch_log_q, sampled_values, encode) -> MixedNegatives:
+    """Mixed negative sampling (Yang et al. 2020), as :func:`sampled_softmax.torch.mixed_negatives`
+    with JAX's explicit draw: the batch's ``candidates [B, D]`` plus the ``M`` candidates of
+    ``sampled_values`` (``samplers.sampled_values(key, sampler, ids, M)``, whose ``"unique_exact"``
+    expected counts are inclusion probabilities ``<= 1``) embedded by ``encode(ids) -> [M, D]``.
+    Returns ``MixedNegatives(candidates [B + M, D], candidate_ids [B + M], log_q [B + M],
+    score_mask [B, B + M])`` for ``in_batch_softmax_loss(query, **mixed._asdict())``: each column
+    with its own source's log probability; padding slots (repeats, expected count ``inf``) masked."""
+    candidates, candidate_ids = jnp.asarray(candidates), jnp.asarray(candidate_ids)
+    in_batch_log_q = jnp.asarray(in_batch_log_q)
+    cand, _, count = (jnp.asarray(v) for v in V.check_sampled_values_triple(sampled_values))
+    b = candidates.shape[0]
+    for name, x in (("candidate_ids", candidate_ids), ("in_batch_log_q", in_batch_log_q)):
+        if x.shape != (b,):
+            raise SampledSoftmaxError(f"`{name}` must have shape [{b}]; received shape {list(x.shape)}")
+    if cand.ndim != 1 or count.shape != cand.shape:
+        raise SampledSoftmaxError(f"`sampled_values` must hold candidates [M] and their expected counts [M]; received "
+                                  f"shapes {list(cand.shape)} and {list(count.shape)}")
+    m = cand.shape[0]
+    extra = jnp.asarray(encode(cand))
+    if extra.shape != (m, candidates.shape[1]):
+        raise SampledSoftmaxError(f"`encode` must return [{m}, {candidates.shape[1]}] embeddings; received "
+                                  f"{list(extra.shape)}")
+    padding = jnp.isinf(count)
+    log_e = jnp.log(jnp.where(padding, 1.0, count)).astype(in_batch_log_q.dtype)
+    score_mask = jnp.concatenate([jnp.ones((b, b), bool), jnp.broadcast_to(~padding[None, :], (b, m))], axis=1)
+    return MixedNegatives(jnp.concatenate([candidates, extra.astype(candidates.dtype)]),
+                          jnp.concatenate([candidate_ids, cand.astype(candidate_ids.dtype)]),
+                          jnp.concatenate([in_batch_log_q, log_e]), score_mask)

@@ -10,7 +10,7 @@ with ``jit_compile=True``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import tensorflow as tf
 
@@ -18,7 +18,7 @@ from .. import SampledSoftmaxError
 from .. import _validation as V
 from .. import frequency as F
 
-__all__ = ["in_batch_softmax_loss", "in_batch_keep", "StreamingFrequency", "CountMinFrequency"]
+__all__ = ["in_batch_softmax_loss", "in_batch_keep", "mixed_negatives", "MixedNegatives", "StreamingFrequency", "CountMinFrequency"]
 
 
 def _shape(x):
@@ -258,3 +258,46 @@ class CountMinFrequency(_HashedEstimator):
         per_step = total / tf.cast(tf.maximum(self.step, 1), tf.float64)
         f = tf.minimum(count / total, 1.0)
         return tf.cast(-tf.math.expm1(per_step * tf.math.log1p(-f)), tf.float32)
+
+
+class MixedNegatives(NamedTuple):
+    """In-batch candidates followed by sampled ones (see :func:`mixed_negatives`)."""
+
+    candidates: tf.Tensor
+    candidate_ids: tf.Tensor
+    log_q: tf.Tensor
+    score_mask: tf.Tensor
+
+
+def mixed_negatives(candidates, candidate_ids, in_batch_log_q, sampled_values, encode) -> MixedNegatives:
+    """Mixed negative sampling (Yang et al. 2020), as :func:`sampled_softmax.torch.mixed_negatives`
+    with TensorFlow's explicit draw: the batch's ``candidates [B, D]`` plus the ``M`` candidates of
+    ``sampled_values`` (from a sampler with ``unique=True``, e.g.
+    ``tf.random.log_uniform_candidate_sampler`` or this library's, so that the expected counts are
+    inclusion probabilities ``<= 1``) embedded by ``encode(ids) -> [M, D]``. Returns a
+    ``MixedNegatives(candidates [B + M, D], candidate_ids [B + M], log_q [B + M], score_mask
+    [B, B + M])`` for ``in_batch_softmax_loss(query, **mixed._asdict())``: each column with its own
+    source's log probability; padding slots (an expected count of ``inf``) masked out."""
+    candidates = tf.convert_to_tensor(candidates)
+    candidate_ids, in_batch_log_q = tf.convert_to_tensor(candidate_ids), tf.convert_to_tensor(in_batch_log_q)
+    sampled_values = V.check_sampled_values_triple(sampled_values)
+    cand, _, count = (tf.convert_to_tensor(v) for v in sampled_values)
+    b = _shape(candidates)[0]
+    for name, x in (("candidate_ids", candidate_ids), ("in_batch_log_q", in_batch_log_q)):
+        if _shape(x) != (b,):
+            raise SampledSoftmaxError(f"`{name}` must have shape [{b}]; received shape {list(_shape(x))}")
+    if len(_shape(cand)) != 1 or _shape(count) != _shape(cand):
+        raise SampledSoftmaxError(f"`sampled_values` must hold candidates [M] and their expected counts [M]; received "
+                                  f"shapes {list(_shape(cand))} and {list(_shape(count))}")
+    m = _shape(cand)[0]
+    extra = tf.convert_to_tensor(encode(cand))
+    if _shape(extra) != (m, _shape(candidates)[1]):
+        raise SampledSoftmaxError(f"`encode` must return [{m}, {_shape(candidates)[1]}] embeddings; received "
+                                  f"{list(_shape(extra))}")
+    count = tf.cast(count, in_batch_log_q.dtype)
+    padding = tf.math.is_inf(count)
+    log_e = tf.math.log(tf.where(padding, tf.ones_like(count), count))
+    score_mask = tf.concat([tf.ones((b, b), tf.bool), tf.broadcast_to(~padding[None, :], (b, m))], axis=1)
+    return MixedNegatives(tf.concat([candidates, tf.cast(extra, candidates.dtype)], 0),
+                          tf.concat([candidate_ids, tf.cast(cand, candidate_ids.dtype)], 0),
+                          tf.concat([in_batch_log_q, log_e], 0), score_mask)

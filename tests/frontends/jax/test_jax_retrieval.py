@@ -85,3 +85,22 @@ def test_bad_input_is_a_clear_error(kw, exc, message):
     args.update(kw)
     with pytest.raises(exc, match=message):
         in_batch_softmax_loss(args.pop("query"), args.pop("candidates"), **args)
+
+
+def test_mixed_negatives_give_each_source_its_own_probability():
+    from sampled_softmax.jax import mixed_negatives, samplers
+
+    V, M = 50, 12
+    table = jax.random.normal(jax.random.key(0), (V, D))
+    ids = jnp.array([3, 7, 7, 20])
+    in_batch = jnp.log(jnp.array([0.5, 0.25, 0.25, 0.125]))
+    sv = samplers.sampled_values(jax.random.key(1), samplers.log_uniform(V), ids[:, None], M)
+    mixed = mixed_negatives(table[ids], ids, in_batch, sv, lambda i: table[i])
+    count = np.asarray(sv[2])
+    finite = np.isfinite(count)
+    np.testing.assert_array_equal(mixed.candidate_ids[4:], sv[0])
+    np.testing.assert_allclose(mixed.log_q[4:][finite], np.log(count[finite]), rtol=1e-6)
+    np.testing.assert_array_equal(mixed.score_mask[:, 4:], np.broadcast_to(finite, (4, M)))
+    assert np.all(np.asarray(mixed.log_q) <= 0)
+    loss = in_batch_softmax_loss(jax.random.normal(jax.random.key(2), (4, D)), **mixed._asdict())
+    assert np.isfinite(float(loss))

@@ -124,3 +124,27 @@ def test_estimators_equal_the_torch_ones():
     for _ in range(10):
         ids = rng.integers(0, 500, size=40)
         np.testing.assert_allclose(ours(tf.constant(ids)).numpy(), theirs(torch.from_numpy(ids)).numpy(), rtol=1e-6)
+
+
+def test_mixed_negatives_give_each_source_its_own_probability():
+    from sampled_softmax.tensorflow import mixed_negatives
+
+    V, M = 50, 8
+    table = tf.random.stateless_normal((V, D), seed=(1, 2))
+    ids = tf.constant([3, 7, 7, 20], tf.int64)
+    in_batch = tf.math.log(tf.constant([0.5, 0.25, 0.25, 0.125]))
+    sv = tf.random.log_uniform_candidate_sampler(ids[:, None], 1, M, True, V, seed=3)
+    mixed = mixed_negatives(tf.gather(table, ids), ids, in_batch, sv, lambda i: tf.gather(table, i))
+    np.testing.assert_array_equal(mixed.candidate_ids[4:].numpy(), sv.sampled_candidates.numpy())
+    np.testing.assert_allclose(mixed.log_q.numpy(), np.concatenate([in_batch.numpy(),
+                                                                    np.log(sv.sampled_expected_count.numpy())]),
+                               rtol=1e-6)
+    assert mixed.score_mask.numpy().all() and (mixed.log_q.numpy() <= 0).all()
+    padded = (sv.sampled_candidates, sv.true_expected_count,
+              tf.tensor_scatter_nd_update(sv.sampled_expected_count, [[2]], [float("inf")]))
+    mixed = mixed_negatives(tf.gather(table, ids), ids, in_batch, padded, lambda i: tf.gather(table, i))
+    assert not mixed.score_mask.numpy()[:, 4 + 2].any() and mixed.score_mask.numpy().sum() == 4 * (4 + M) - 4
+    loss = in_batch_softmax_loss(tf.random.stateless_normal((4, D), seed=(3, 4)), **mixed._asdict())
+    assert np.isfinite(loss.numpy())
+    with pytest.raises(SampledSoftmaxError, match=r"`encode` must return \[8, 4\] embeddings; received \[8, 3\]"):
+        mixed_negatives(tf.gather(table, ids), ids, in_batch, sv, lambda i: tf.zeros((M, 3)))
