@@ -135,6 +135,29 @@ MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 MEMORY_RUNS = 3
 
 
+def peak_extra_mb(step, calls: int = 2) -> float:
+    """MB of resident memory that ``calls`` calls of ``step`` reach beyond what is resident after
+    a first call (Linux: the high-water mark ``VmHWM``, reset through ``/proc/self/clear_refs``).
+    Run it in a fresh process (see :func:`median_memory_run`)."""
+    import ctypes
+    import gc
+
+    from .train_step import _status_kb
+
+    step()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # pragma: no cover - not glibc
+        pass
+    base_kb = _status_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    for _ in range(calls):
+        step()
+    return (_status_kb("VmHWM") - base_kb) / 1024
+
+
 def median_memory_run(argv: list[str], *, runs: int = MEMORY_RUNS) -> dict:
     """Run ``python argv`` ``runs`` times in fresh processes, each printing a JSON row with
     ``peak_extra_mb`` as its last line; the row with the median peak, with every run's peak

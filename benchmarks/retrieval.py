@@ -96,26 +96,12 @@ def methods(shape=SHAPE, seed=0, only=METHODS) -> dict:
 
 def measure_memory(method: str, shape: dict) -> dict:
     """Peak resident memory of two forward+backward calls beyond the state after a first."""
-    import ctypes
-    import gc
-
-    from .train_step import _status_kb
+    from .harness import peak_extra_mb
 
     step = methods(shape, only=(method,)).get(method)
     if step is None:
         return {"method": method, "skipped": "not installed"}
-    step()
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # pragma: no cover - not glibc
-        pass
-    base_kb = _status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    for _ in range(2):
-        step()
-    return {"method": method, "peak_extra_mb": (_status_kb("VmHWM") - base_kb) / 1024}
+    return {"method": method, "peak_extra_mb": peak_extra_mb(step)}
 
 
 def estimator_cost(shape=SHAPE, repeats=20) -> dict:

@@ -131,27 +131,12 @@ def vocab_sweep(vocabs=VOCABS, *, S=100, D=300, B=256, seed=0, repeats=10, metho
 
 def measure_loss_memory(method: str, shape: dict, seed=0) -> dict:
     """Peak resident memory of fwd+bwd calls beyond the tables (as train_step.measure_memory)."""
-    import ctypes
-    import gc
-
-    from .train_step import _status_kb
+    from .harness import peak_extra_mb
 
     steps, skipped = _methods(shape, seed, (method,))
     if method in skipped:
         return {"method": method, **shape, "skipped": skipped[method]}
-    step = steps[method]
-    step()
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # pragma: no cover - not glibc
-        pass
-    base_kb = _status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    for _ in range(2):
-        step()
-    return {"method": method, **shape, "peak_extra_mb": (_status_kb("VmHWM") - base_kb) / 1024}
+    return {"method": method, **shape, "peak_extra_mb": peak_extra_mb(steps[method])}
 
 
 def memory_in_subprocess(method: str, shape: dict) -> dict:

@@ -41,6 +41,21 @@ def random_problem(rng, *, V=40, D=6, B=5, T=1, S=8, hits=True, dup_candidates=F
     return W, b, y, h, (cand, true_count, samp_count)
 
 
+def in_batch_problem(seed=0, B=6, C=10, D=4):
+    """A float64 in-batch retrieval problem: ``(query, candidates, ids, log_q, masks, weights)``
+    with accidental hits (queries 1 and 4 share their positive; an extra negative repeats query
+    0's), a repeated query id, and per-query masks (``masks``: ``query_ids``, ``score_mask``,
+    ``excluded_ids``)."""
+    rng = np.random.default_rng(seed)
+    q, c = rng.normal(size=(B, D)), rng.normal(size=(C, D))
+    ids = rng.permutation(40)[:C]
+    ids[4], ids[8] = ids[1], ids[0]
+    log_q = np.log(rng.uniform(0.01, 0.9, size=C))
+    masks = dict(query_ids=np.array([0, 1, 2, 0, 4, 5]), score_mask=rng.uniform(size=(B, C)) > 0.2,
+                 excluded_ids=np.array([[ids[5], -1], [-1, -1], [ids[9], ids[3]], [-1, -1], [-1, -1], [ids[2], -1]]))
+    return q, c, ids, log_q, masks, rng.uniform(0.1, 2.0, size=B)
+
+
 def central_differences(f, arrays, step=1e-6):
     """``d f / d a`` for each array ``a`` of ``arrays`` by central differences (``f`` takes the
     arrays, in order, and returns a float)."""

@@ -353,3 +353,26 @@ def check_sample_weight_values(lo: float, finite: bool) -> None:
     if not finite or lo < 0:
         raise SampledSoftmaxError(f"`sample_weight` must be finite and >= 0; received "
                                   f"{'a non-finite value' if not finite else lo}")
+
+
+def check_mixed_negatives_shapes(candidates_shape, ids_shape, log_q_shape, sampled_shape=None,
+                                 count_shape=None) -> tuple[int, int]:
+    """``mixed_negatives``: ``candidates [B, D]``, ``candidate_ids`` and ``in_batch_log_q`` ``[B]``,
+    a draw of ``M`` candidates with ``M`` expected counts. Returns ``(B, D)``."""
+    candidates_shape = list(candidates_shape)
+    if len(candidates_shape) != 2:
+        raise SampledSoftmaxError(f"`candidates` must have shape [batch, dim]; received shape {candidates_shape}")
+    b, d = candidates_shape
+    for name, shape in (("candidate_ids", ids_shape), ("in_batch_log_q", log_q_shape)):
+        if list(shape) != [b]:
+            raise SampledSoftmaxError(f"`{name}` must have shape [{b}]; received shape {list(shape)}")
+    if sampled_shape is not None and (len(sampled_shape) != 1 or list(count_shape) != list(sampled_shape)):
+        raise SampledSoftmaxError(f"`sampled_values` must hold candidates [M] and their expected counts [M]; received "
+                                  f"shapes {list(sampled_shape)} and {list(count_shape)}")
+    return b, d
+
+
+def check_encoded_shape(shape, num: int, dim: int) -> None:
+    """``encode(ids)`` of ``mixed_negatives`` returns ``[M, D]`` embeddings."""
+    if shape is None or list(shape) != [num, dim]:
+        raise SampledSoftmaxError(f"`encode` must return [{num}, {dim}] embeddings; received {shape}")

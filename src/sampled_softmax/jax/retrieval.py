@@ -146,18 +146,11 @@ def mixed_negatives(candidates, candidate_ids, in_batch_log_q, sampled_values, e
     candidates, candidate_ids = jnp.asarray(candidates), jnp.asarray(candidate_ids)
     in_batch_log_q = jnp.asarray(in_batch_log_q)
     cand, _, count = (jnp.asarray(v) for v in V.check_sampled_values_triple(sampled_values))
-    b = candidates.shape[0]
-    for name, x in (("candidate_ids", candidate_ids), ("in_batch_log_q", in_batch_log_q)):
-        if x.shape != (b,):
-            raise SampledSoftmaxError(f"`{name}` must have shape [{b}]; received shape {list(x.shape)}")
-    if cand.ndim != 1 or count.shape != cand.shape:
-        raise SampledSoftmaxError(f"`sampled_values` must hold candidates [M] and their expected counts [M]; received "
-                                  f"shapes {list(cand.shape)} and {list(count.shape)}")
+    b, d = V.check_mixed_negatives_shapes(candidates.shape, candidate_ids.shape, in_batch_log_q.shape, cand.shape,
+                                          count.shape)
     m = cand.shape[0]
     extra = jnp.asarray(encode(cand))
-    if extra.shape != (m, candidates.shape[1]):
-        raise SampledSoftmaxError(f"`encode` must return [{m}, {candidates.shape[1]}] embeddings; received "
-                                  f"{list(extra.shape)}")
+    V.check_encoded_shape(list(extra.shape), m, d)
     padding = jnp.isinf(count)
     log_e = jnp.log(jnp.where(padding, 1.0, count)).astype(in_batch_log_q.dtype)
     score_mask = jnp.concatenate([jnp.ones((b, b), bool), jnp.broadcast_to(~padding[None, :], (b, m))], axis=1)

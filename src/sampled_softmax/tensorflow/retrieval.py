@@ -282,18 +282,11 @@ def mixed_negatives(candidates, candidate_ids, in_batch_log_q, sampled_values, e
     candidate_ids, in_batch_log_q = tf.convert_to_tensor(candidate_ids), tf.convert_to_tensor(in_batch_log_q)
     sampled_values = V.check_sampled_values_triple(sampled_values)
     cand, _, count = (tf.convert_to_tensor(v) for v in sampled_values)
-    b = _shape(candidates)[0]
-    for name, x in (("candidate_ids", candidate_ids), ("in_batch_log_q", in_batch_log_q)):
-        if _shape(x) != (b,):
-            raise SampledSoftmaxError(f"`{name}` must have shape [{b}]; received shape {list(_shape(x))}")
-    if len(_shape(cand)) != 1 or _shape(count) != _shape(cand):
-        raise SampledSoftmaxError(f"`sampled_values` must hold candidates [M] and their expected counts [M]; received "
-                                  f"shapes {list(_shape(cand))} and {list(_shape(count))}")
+    b, d = V.check_mixed_negatives_shapes(_shape(candidates), _shape(candidate_ids), _shape(in_batch_log_q),
+                                          _shape(cand), _shape(count))
     m = _shape(cand)[0]
     extra = tf.convert_to_tensor(encode(cand))
-    if _shape(extra) != (m, _shape(candidates)[1]):
-        raise SampledSoftmaxError(f"`encode` must return [{m}, {_shape(candidates)[1]}] embeddings; received "
-                                  f"{list(_shape(extra))}")
+    V.check_encoded_shape(list(_shape(extra)), m, d)
     count = tf.cast(count, in_batch_log_q.dtype)
     padding = tf.math.is_inf(count)
     log_e = tf.math.log(tf.where(padding, tf.ones_like(count), count))

@@ -256,12 +256,8 @@ def mixed_negatives(candidates: torch.Tensor, candidate_ids: torch.Tensor, in_ba
         raise SampledSoftmaxError("`sampler` must draw unique candidates (draw='unique' or 'unique_exact') for mixed "
                                   "negatives: a column's log_q is then the log of its inclusion probability (<= 1); "
                                   "received draw='with_replacement'")
-    if candidates.ndim != 2:
-        raise SampledSoftmaxError(f"`candidates` must have shape [batch, dim]; received shape {list(candidates.shape)}")
-    b = candidates.shape[0]
-    for name, x in (("candidate_ids", candidate_ids), ("in_batch_log_q", in_batch_log_q)):
-        if tuple(x.shape) != (b,):
-            raise SampledSoftmaxError(f"`{name}` must have shape [{b}]; received shape {list(x.shape)}")
+    b, d = V.check_mixed_negatives_shapes(tuple(candidates.shape), tuple(candidate_ids.shape),
+                                          tuple(in_batch_log_q.shape))
     V.check_integer_dtype("candidate_ids", _is_int(candidate_ids), str(candidate_ids.dtype))
     num_negatives = V.check_positive_int("num_negatives", num_negatives)
     cand, _, count = sampler(candidate_ids.reshape(-1, 1).to(torch.int64), num_negatives, generator=generator)
@@ -269,10 +265,8 @@ def mixed_negatives(candidates: torch.Tensor, candidate_ids: torch.Tensor, in_ba
     padding = ~torch.isfinite(count)
     log_e = torch.where(padding, torch.ones_like(count), count).log().to(in_batch_log_q.dtype)
     extra = encode(cand)
-    if not isinstance(extra, torch.Tensor) or tuple(extra.shape) != (num_negatives, candidates.shape[1]):
-        got = list(extra.shape) if isinstance(extra, torch.Tensor) else type(extra).__name__
-        raise SampledSoftmaxError(f"`encode` must return [{num_negatives}, {candidates.shape[1]}] embeddings; "
-                                  f"received {got}")
+    V.check_encoded_shape(list(extra.shape) if isinstance(extra, torch.Tensor) else type(extra).__name__,
+                          num_negatives, d)
     score_mask = None
     if sampler.draw == "unique_exact":  # (decided by the draw, not by its values: no host sync)
         score_mask = torch.ones((b, b + num_negatives), dtype=torch.bool, device=candidates.device)

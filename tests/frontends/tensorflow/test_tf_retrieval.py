@@ -15,18 +15,13 @@ from sampled_softmax import frequency as NF  # noqa: E402
 from sampled_softmax import reference as R  # noqa: E402
 from sampled_softmax.tensorflow import CountMinFrequency, StreamingFrequency, in_batch_softmax_loss  # noqa: E402
 
+from conftest import in_batch_problem  # noqa: E402
+
 B, C, D = 6, 10, 4
 
 
 def problem(seed=0):
-    rng = np.random.default_rng(seed)
-    q, c = rng.normal(size=(B, D)), rng.normal(size=(C, D))
-    ids = rng.permutation(40)[:C]
-    ids[4], ids[8] = ids[1], ids[0]
-    log_q = np.log(rng.uniform(0.01, 0.9, size=C))
-    masks = dict(query_ids=np.array([0, 1, 2, 0, 4, 5]), score_mask=rng.uniform(size=(B, C)) > 0.2,
-                 excluded_ids=np.array([[ids[5], -1], [-1, -1], [ids[9], ids[3]], [-1, -1], [-1, -1], [ids[2], -1]]))
-    return q, c, ids, log_q, masks, rng.uniform(0.1, 2.0, size=B)
+    return in_batch_problem(seed, B, C, D)
 
 
 MODES = ("eager", "function", "xla")

@@ -19,19 +19,13 @@ from sampled_softmax.torch import (  # noqa: E402
     mixed_negatives,
 )
 
+from conftest import in_batch_problem  # noqa: E402
+
 B, C, D = 6, 10, 4
 
 
-def problem(seed=0, dtype=torch.float64):
-    rng = np.random.default_rng(seed)
-    q, c = rng.normal(size=(B, D)), rng.normal(size=(C, D))
-    ids = rng.permutation(40)[:C]
-    ids[4] = ids[1]  # queries 1 and 4 share their positive
-    ids[8] = ids[0]  # an extra negative equal to query 0's positive
-    log_q = np.log(rng.uniform(0.01, 0.9, size=C))
-    masks = dict(query_ids=np.array([0, 1, 2, 0, 4, 5]), score_mask=rng.uniform(size=(B, C)) > 0.2,
-                 excluded_ids=np.array([[ids[5], -1], [-1, -1], [ids[9], ids[3]], [-1, -1], [-1, -1], [ids[2], -1]]))
-    return q, c, ids, log_q, masks, rng.uniform(0.1, 2.0, size=B)
+def problem(seed=0):
+    return in_batch_problem(seed, B, C, D)
 
 
 def _t(x, dtype=torch.float64, grad=False):
