@@ -19,10 +19,11 @@ no per-id storage:
 
 Both give probabilities in ``(0, 1]``, so ``log_q <= 0``.
 
-Hashing (the same in every front end): ``x = (id XOR (id >> 32)) & 0xFFFFFFFF`` (ids are
-non-negative int64), then bucket ``((a_k x + b_k) mod (2**31 - 1)) mod num_buckets`` with
-``a_k, b_k`` from :func:`hash_constants` (a seeded NumPy generator): 64-bit integer arithmetic
-without overflow.
+Hashing (the same in every front end, and in 32-bit integer arithmetic wherever it runs):
+tabulation hashing. Hash ``k`` XORs one entry per byte of the id from its own random tables,
+``h_k(id) = T[k, 0, byte_0(id)] ^ ... ^ T[k, 7, byte_7(id)]`` (entries in ``[0, 2**31)``, from
+:func:`hash_tables`, a seeded NumPy generator), and the bucket is ``h_k(id) mod num_buckets``.
+Ids are non-negative int64; where ids are 32-bit (JAX without x64) their high bytes are 0.
 """
 
 from __future__ import annotations
@@ -32,10 +33,9 @@ import numpy as np
 from . import SampledSoftmaxError
 from ._validation import check_positive_int
 
-__all__ = ["hash_constants", "bucket_ids", "LastSeenEstimator", "CountMinEstimator", "check_estimator_args",
+__all__ = ["hash_tables", "bucket_ids", "LastSeenEstimator", "CountMinEstimator", "check_estimator_args",
            "check_ids_values"]
 
-PRIME = 2**31 - 1
 
 
 def check_estimator_args(num_buckets, num_hashes, learning_rate=None):
@@ -54,20 +54,18 @@ def check_ids_values(lo) -> None:
         raise SampledSoftmaxError(f"`ids` must be non-negative integers; received {lo}")
 
 
-def hash_constants(num_hashes: int, seed: int = 0) -> np.ndarray:
-    """``[H, 2]`` int64: ``(a_k, b_k)`` with ``1 <= a_k < 2**31 - 1`` and ``0 <= b_k < 2**31 - 1``."""
-    rng = np.random.default_rng(seed)
-    a = rng.integers(1, PRIME, size=num_hashes, dtype=np.int64)
-    b = rng.integers(0, PRIME, size=num_hashes, dtype=np.int64)
-    return np.stack([a, b], axis=1)
+def hash_tables(num_hashes: int, seed: int = 0) -> np.ndarray:
+    """``[H, 8, 256]`` int64 tabulation tables, entries in ``[0, 2**31)``."""
+    return np.random.default_rng(seed).integers(0, 2**31, size=(num_hashes, 8, 256), dtype=np.int64)
 
 
-def bucket_ids(ids, constants, num_buckets: int) -> np.ndarray:
+def bucket_ids(ids, tables, num_buckets: int) -> np.ndarray:
     """``[H, N]`` int64 buckets of ``ids [N]``."""
     ids = np.asarray(ids, np.int64).reshape(-1)
-    x = (ids ^ (ids >> 32)) & 0xFFFFFFFF
-    a, b = constants[:, 0:1], constants[:, 1:2]
-    return ((a * x[None, :] + b) % PRIME) % num_buckets
+    h = np.zeros((tables.shape[0], ids.size), np.int64)
+    for i in range(8):
+        h ^= tables[:, i, (ids >> (8 * i)) & 255]
+    return h % num_buckets
 
 
 class LastSeenEstimator:
@@ -77,7 +75,7 @@ class LastSeenEstimator:
                  seed: int = 0):
         self.num_buckets, self.num_hashes, self.learning_rate = check_estimator_args(num_buckets, num_hashes,
                                                                                      learning_rate)
-        self.constants = hash_constants(self.num_hashes, seed)
+        self.tables = hash_tables(self.num_hashes, seed)
         self.step = 0
         self.last_step = np.zeros((self.num_hashes, self.num_buckets), np.int64)
         self.gap = np.zeros((self.num_hashes, self.num_buckets), np.float64)  # 0: never seen
@@ -87,7 +85,7 @@ class LastSeenEstimator:
         check_ids_values(int(ids.min()) if ids.size else None)
         self.step += 1
         t, alpha = self.step, self.learning_rate
-        for k, buckets in enumerate(bucket_ids(ids, self.constants, self.num_buckets)):
+        for k, buckets in enumerate(bucket_ids(ids, self.tables, self.num_buckets)):
             buckets = np.unique(buckets)
             old = self.gap[k, buckets]
             seen = old > 0
@@ -95,7 +93,7 @@ class LastSeenEstimator:
             self.last_step[k, buckets] = t
 
     def probability(self, ids) -> np.ndarray:
-        buckets = bucket_ids(ids, self.constants, self.num_buckets)
+        buckets = bucket_ids(ids, self.tables, self.num_buckets)
         gaps = np.take_along_axis(self.gap, buckets, axis=1).max(axis=0)
         return 1.0 / np.where(gaps > 0, gaps, self.step + 1.0)
 
@@ -108,7 +106,7 @@ class CountMinEstimator:
 
     def __init__(self, num_buckets: int = 2**20, *, num_hashes: int = 2, seed: int = 0):
         self.num_buckets, self.num_hashes, _ = check_estimator_args(num_buckets, num_hashes)
-        self.constants = hash_constants(self.num_hashes, seed)
+        self.tables = hash_tables(self.num_hashes, seed)
         self.step = 0
         self.total = 0
         self.counts = np.zeros((self.num_hashes, self.num_buckets), np.int64)
@@ -118,11 +116,11 @@ class CountMinEstimator:
         check_ids_values(int(ids.min()) if ids.size else None)
         self.step += 1
         self.total += ids.size
-        for k, buckets in enumerate(bucket_ids(ids, self.constants, self.num_buckets)):
+        for k, buckets in enumerate(bucket_ids(ids, self.tables, self.num_buckets)):
             np.add.at(self.counts[k], buckets, 1)
 
     def probability(self, ids) -> np.ndarray:
-        buckets = bucket_ids(ids, self.constants, self.num_buckets)
+        buckets = bucket_ids(ids, self.tables, self.num_buckets)
         count = np.maximum(np.take_along_axis(self.counts, buckets, axis=1).min(axis=0), 1)
         total = max(self.total, 1)
         per_step = total / max(self.step, 1)

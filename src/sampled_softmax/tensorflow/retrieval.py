@@ -165,18 +165,20 @@ def in_batch_softmax_loss(
 # Streaming frequency estimators
 
 
-def _buckets(ids, constants, num_buckets):
+def _buckets(ids, tables, num_buckets):
     ids = tf.cast(tf.reshape(ids, [-1]), tf.int64)
-    x = tf.bitwise.bitwise_and(tf.bitwise.bitwise_xor(ids, tf.bitwise.right_shift(ids, 32)), 0xFFFFFFFF)
-    a, b = constants[:, 0:1], constants[:, 1:2]
-    return tf.math.floormod(tf.math.floormod(a * x[None, :] + b, F.PRIME), num_buckets)
+    h = tf.zeros([tables.shape[0], tf.size(ids)], tf.int64)
+    for i in range(8):
+        byte = tf.bitwise.bitwise_and(tf.bitwise.right_shift(ids, 8 * i), 255)
+        h = tf.bitwise.bitwise_xor(h, tf.gather(tables[:, i], byte, axis=1))
+    return tf.math.floormod(h, num_buckets)
 
 
 class _HashedEstimator(tf.Module):
     def __init__(self, num_buckets, num_hashes, seed, name):
         super().__init__(name=name)
         self.num_buckets, self.num_hashes, self.seed = num_buckets, num_hashes, seed
-        self.hash_constants = tf.constant(F.hash_constants(num_hashes, seed))
+        self.hash_tables = tf.constant(F.hash_tables(num_hashes, seed))
         self.step = tf.Variable(tf.zeros([], tf.int64), trainable=False, name="step")
 
     def buckets(self, ids) -> tf.Tensor:
@@ -186,7 +188,7 @@ class _HashedEstimator(tf.Module):
             raise TypeError(f"`ids` must have an integer dtype; received {ids.dtype.name}")
         if tf.executing_eagerly() and tf.size(ids) > 0:
             F.check_ids_values(int(tf.reduce_min(ids)))
-        return _buckets(ids, self.hash_constants, self.num_buckets)
+        return _buckets(ids, self.hash_tables, self.num_buckets)
 
     def _indices(self, buckets):
         rows = tf.broadcast_to(tf.range(self.num_hashes, dtype=tf.int64)[:, None], tf.shape(buckets))

@@ -37,17 +37,18 @@ class _HashedEstimator(nn.Module):
         super().__init__()
         self.num_buckets, self.num_hashes = num_buckets, num_hashes
         self.seed = seed
-        self.register_buffer("hash_constants", torch.from_numpy(F.hash_constants(num_hashes, seed)))
+        self.register_buffer("hash_tables", torch.from_numpy(F.hash_tables(num_hashes, seed)))
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
 
     def buckets(self, ids: torch.Tensor) -> torch.Tensor:
         """``[H, N]`` buckets of ``ids`` (the hashing of :func:`sampled_softmax.frequency.bucket_ids`)."""
-        ids = _check_ids(ids).to(self.hash_constants.device)
+        ids = _check_ids(ids).to(self.hash_tables.device)
         if ids.numel() and ids.device.type == "cpu":  # values are checked where reading them is free
             F.check_ids_values(int(ids.min()))
-        x = (ids ^ (ids >> 32)) & 0xFFFFFFFF
-        a, b = self.hash_constants[:, 0:1], self.hash_constants[:, 1:2]
-        return torch.remainder(torch.remainder(a * x[None, :] + b, F.PRIME), self.num_buckets)
+        h = torch.zeros((self.num_hashes, ids.numel()), dtype=torch.int64, device=ids.device)
+        for i in range(8):
+            h ^= self.hash_tables[:, i, (ids >> (8 * i)) & 255]
+        return torch.remainder(h, self.num_buckets)
 
     def log_q(self, ids: torch.Tensor) -> torch.Tensor:
         """``log`` of :meth:`probability` (float32), ``<= 0``."""

@@ -209,7 +209,7 @@ def test_estimators_equal_their_numpy_reference_step_by_step(kind, num_hashes):
     probe = np.arange(0, 320, 7)
     for ids in stream:
         np.testing.assert_array_equal(ours.buckets(torch.from_numpy(ids)).numpy(),
-                                      NF.bucket_ids(ids, ref.constants, 64))
+                                      NF.bucket_ids(ids, ref.tables, 64))
         log_q = ours(torch.from_numpy(ids))
         ref.update(ids)
         np.testing.assert_allclose(log_q.numpy(), ref.log_q(ids), rtol=1e-6, atol=1e-7)
