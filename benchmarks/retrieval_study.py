@@ -50,14 +50,18 @@ def world(items, users, pairs, held_out, seed=0, dim=16, exponent=1.1):
     u = torch.randint(users, (total,), generator=g)
     j = torch.empty(total, dtype=torch.int64)
     marginal = torch.zeros(items, dtype=torch.float64)
+    order = torch.argsort(u, stable=True)  # the pairs grouped by user
+    counts = torch.bincount(u, minlength=users).tolist()
+    first = 0
     for start in range(0, users, 256):  # P(j | u) for a block of users at a time
         block = torch.arange(start, min(start + 256, users))
-        logits = a[block] @ b.T + log_p
-        probs = torch.softmax(logits, 1)
+        probs = torch.softmax(a[block] @ b.T + log_p, 1)
         marginal += probs.double().sum(0) / users
-        rows = torch.nonzero((u >= start) & (u < start + len(block)))[:, 0]
-        if rows.numel():
-            j[rows] = torch.multinomial(probs[u[rows] - start], 1, generator=g)[:, 0]
+        for k, user in enumerate(block.tolist()):
+            n = counts[user]
+            if n:
+                j[order[first:first + n]] = torch.multinomial(probs[k], n, replacement=True, generator=g)
+                first += n
     return u[:pairs], j[:pairs], u[pairs:], j[pairs:], marginal
 
 
