@@ -30,6 +30,8 @@ The sampled loss is the one of :mod:`sampled_softmax.reference`: corrected logit
 ``o_k = h . W_k + b_k - log E(k)`` over the true class(es) and the candidates, accidental hits
 and padding slots removed from the normalizer, optional label smoothing over the kept columns.
 
+For two-tower retrieval, :class:`InBatchSoftmax` and :class:`InBatchSoftmaxLoss` (:mod:`.retrieval`).
+
 Files: :mod:`.layers` (the layer), :mod:`.losses`, :mod:`.metrics`, :mod:`.optimizers`,
 :mod:`.samplers` (draws in ``keras.ops``); every backend branch and private Keras access is in
 ``_backend``, the layer-to-loss binding in ``_binding``.
@@ -40,7 +42,9 @@ from .layers import LOSSES, OUTPUTS, SampledSoftmax
 from .losses import SampledSoftmaxLoss
 from .metrics import Perplexity, SampledSoftmaxMetric
 from .optimizers import LazyAdam
+from .retrieval import InBatchSoftmax, InBatchSoftmaxLoss
 from .samplers import DRAWS, SAMPLERS
 
 __all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxMetric", "Perplexity", "LazyAdam",
+           "InBatchSoftmax", "InBatchSoftmaxLoss",
            "SampledSoftmaxError", "SAMPLERS", "DRAWS", "OUTPUTS", "LOSSES"]

@@ -1,0 +1,170 @@
+"""Two-tower retrieval in Keras 3: ``InBatchSoftmax`` (a layer: the corrected, masked in-batch
+logits) and ``InBatchSoftmaxLoss`` (the softmax cross-entropy against each row's own candidate),
+in ``keras.ops``: the TensorFlow, JAX and PyTorch backends.
+
+The semantics of :func:`sampled_softmax.torch.in_batch_softmax_loss` and of the NumPy
+reference's stages: query ``i`` of ``B`` has its positive at candidate ``i`` of ``C >= B``;
+``o_ij = q_i . c_j / temperature - log_q_j`` (scale, then correct); a negative with the row's
+positive id (``candidate_ids``), the same query id, ``score_mask`` False or an id in the row's
+``excluded_ids`` is removed (the dtype's lowest value: probability 0, gradient 0); with
+``num_hard_negatives`` each row keeps only its hardest negatives. The temperature may be learned
+(a weight, saved with the model). Example::
+
+    logits = InBatchSoftmax(temperature=0.05)(query_emb, item_emb, candidate_ids=item_ids, log_q=log_q)
+    model = keras.Model(inputs, logits)
+    model.compile(optimizer="adam", loss=InBatchSoftmaxLoss())
+    model.fit(inputs, item_ids)                   # y is not used by the loss: any [B] array
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import SampledSoftmaxError
+from .. import _validation as V
+from ._backend import keras, ops
+
+__all__ = ["InBatchSoftmax", "InBatchSoftmaxLoss"]
+
+
+def _shape(x):
+    return tuple(x.shape)
+
+
+def _dtype(x) -> str:
+    return keras.backend.standardize_dtype(x.dtype)
+
+
+def _values_now(x):
+    """``x`` as a NumPy array when its values are known (eager), else None (traced)."""
+    try:
+        return ops.convert_to_numpy(x)
+    except Exception:  # a tracer or a symbolic tensor: checked by the nan rule instead
+        return None
+
+
+@keras.saving.register_keras_serializable(package="sampled_softmax")
+class InBatchSoftmax(keras.layers.Layer):
+    """The in-batch logits ``[B, C]`` of a two-tower model, corrected and masked.
+
+    Args:
+        temperature: ``tau > 0``. Default 1.0.
+        learn_temperature: learn ``tau`` (a weight ``log_temperature``, starting at
+            ``log(temperature)``). Default False.
+        remove_accidental_hits: remove negatives with the row's positive id (needs
+            ``candidate_ids`` in the call). Default True.
+        num_hard_negatives: keep only each row's ``k`` highest-logit negatives. Default None.
+
+    Call arguments:
+        query: ``[B, D]``; candidates: ``[C, D]``, ``C >= B`` (the positives, then extra negatives).
+        candidate_ids: integer ``[C]``; query_ids: integer ``[B]``; log_q: ``[C]`` (finite,
+        ``<= 0``); score_mask: bool ``[B, C]`` (True keeps); excluded_ids: integer ``[B, K]``
+        (negative entries are padding).
+    """
+
+    def __init__(self, temperature: float = 1.0, *, learn_temperature: bool = False,
+                 remove_accidental_hits: bool = True, num_hard_negatives: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature = V.check_temperature(temperature)
+        self.learn_temperature = V.check_bool("learn_temperature", learn_temperature)
+        self.remove_accidental_hits = V.check_bool("remove_accidental_hits", remove_accidental_hits)
+        self.num_hard_negatives = V.check_num_hard_negatives(num_hard_negatives)
+        self.log_temperature = None
+        if self.learn_temperature:
+            self.log_temperature = self.add_weight(shape=(), initializer=keras.initializers.Constant(
+                math.log(self.temperature)), trainable=True, name="log_temperature")
+
+    def call(self, query, candidates, candidate_ids=None, log_q=None, query_ids=None, score_mask=None,
+             excluded_ids=None):
+        query, candidates = ops.convert_to_tensor(query), ops.convert_to_tensor(candidates)
+        for name, x in (("query", query), ("candidates", candidates)):
+            V.check_floating_dtype(name, "float" in _dtype(x), _dtype(x))
+        optional = {k: None if v is None else ops.convert_to_tensor(v)
+                    for k, v in dict(candidate_ids=candidate_ids, query_ids=query_ids, log_q=log_q,
+                                     score_mask=score_mask, excluded_ids=excluded_ids).items()}
+        for name in ("candidate_ids", "query_ids", "excluded_ids"):
+            x = optional[name]
+            if x is not None:
+                V.check_integer_dtype(name, "int" in _dtype(x), _dtype(x))
+        if optional["score_mask"] is not None and _dtype(optional["score_mask"]) != "bool":
+            raise TypeError(f"`score_mask` must be a bool tensor (True keeps); received {_dtype(optional['score_mask'])}")
+        if None not in _shape(query) + _shape(candidates):  # static (else checked by the ops themselves)
+            V.check_in_batch_shapes(_shape(query), _shape(candidates),
+                                    **{k: None if v is None else _shape(v) for k, v in optional.items()})
+        b, c = ops.shape(query)[0], ops.shape(candidates)[0]
+        dtype = "float32" if _dtype(query) in ("float16", "bfloat16") else _dtype(query)
+        o = ops.matmul(ops.cast(query, dtype), ops.transpose(ops.cast(candidates, dtype)))
+        if self.log_temperature is not None:
+            o = o / ops.exp(ops.cast(self.log_temperature, dtype))
+        elif self.temperature != 1.0:
+            o = o / self.temperature
+        if optional["log_q"] is not None:
+            now = _values_now(optional["log_q"])
+            if now is not None and now.size:
+                V.check_log_q_values(float(now.min()), float(now.max()), bool(np.isfinite(now).all()))
+            lq = ops.cast(optional["log_q"], dtype)
+            # A log_q that is not finite or positive (a value that cannot be checked when traced)
+            # makes the logits nan, never a plausible number.
+            o = o - ops.where(ops.isfinite(lq) & (lq <= 0), lq, float("nan"))[None, :]
+        eye = ops.eye(b, c, dtype="bool")
+        keep = self._keep(b, c, optional) | eye
+        lowest = _lowest(dtype)
+        if self.num_hard_negatives is not None and self.num_hard_negatives < c - 1:
+            negatives = ops.where(keep & ~eye, ops.stop_gradient(o), float("-inf"))
+            _, top = ops.top_k(negatives, self.num_hard_negatives)
+            hard = ops.any(ops.one_hot(top, c, dtype="int32") > 0, axis=1)
+            keep = (keep & hard) | eye
+        return ops.where(keep, o, lowest)
+
+    def _keep(self, b, c, optional):
+        keep = ops.ones((b, c), "bool")
+        ids = optional["candidate_ids"]
+        if ids is not None and self.remove_accidental_hits:
+            keep = keep & (ids[None, :] != ids[:b, None])
+        if optional["excluded_ids"] is not None:
+            if ids is None:
+                raise SampledSoftmaxError("`excluded_ids` needs `candidate_ids` (the ids to compare them with)")
+            ex = ops.cast(optional["excluded_ids"], ids.dtype)
+            hit = (ids[None, :, None] == ex[:, None, :]) & (ex[:, None, :] >= 0)
+            keep = keep & ~ops.any(hit, axis=2)
+        if optional["query_ids"] is not None:
+            qid = optional["query_ids"]
+            keep = keep & ops.concatenate([qid[:, None] != qid[None, :], ops.ones((b, c - b), "bool")], axis=1)
+        if optional["score_mask"] is not None:
+            keep = keep & optional["score_mask"]
+        return keep
+
+    def compute_output_spec(self, query, candidates, *args, **kwargs):
+        return keras.KerasTensor((query.shape[0], candidates.shape[0]), dtype="float32" if _dtype(query) in (
+            "float16", "bfloat16") else _dtype(query))
+
+    def get_config(self):
+        return dict(super().get_config(), temperature=self.temperature, learn_temperature=self.learn_temperature,
+                    remove_accidental_hits=self.remove_accidental_hits, num_hard_negatives=self.num_hard_negatives)
+
+
+def _lowest(dtype: str) -> float:
+    return float(np.finfo(dtype).min)
+
+
+@keras.saving.register_keras_serializable(package="sampled_softmax")
+class InBatchSoftmaxLoss(keras.losses.Loss):
+    """Softmax cross-entropy of in-batch logits ``[B, C]`` (from :class:`InBatchSoftmax`) against
+    each row's own candidate: ``loss_i = logsumexp(o_i) - o_ii``. ``y_true`` is not used (the
+    target is the row's position); pass the batch's item ids or any ``[B]`` array to ``fit``.
+    Keras' reductions and ``sample_weight`` apply."""
+
+    def __init__(self, reduction="sum_over_batch_size", name="in_batch_softmax", **kwargs):
+        super().__init__(reduction=reduction, name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        y_pred = ops.convert_to_tensor(y_pred)
+        b = _shape(y_pred)[0]
+        if len(_shape(y_pred)) != 2 or (b is not None and _shape(y_pred)[1] is not None and _shape(y_pred)[1] < b):
+            raise SampledSoftmaxError(f"`y_pred` must be in-batch logits [B, C] with C >= B; received shape "
+                                      f"{list(_shape(y_pred))}")
+        logits = ops.cast(y_pred, "float32") if _dtype(y_pred) in ("float16", "bfloat16") else y_pred
+        positive = ops.diagonal(logits[:, : ops.shape(logits)[0]])
+        return ops.logsumexp(logits, axis=1) - positive

@@ -1,0 +1,72 @@
+"""The Keras retrieval layer and loss (``InBatchSoftmax``, ``InBatchSoftmaxLoss``) on whichever
+backend this run uses: equal to the NumPy reference (float32, 1e-5), a two-tower model trains
+with ``fit`` (a learned temperature too) and survives ``.keras`` saving, bad input."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from sampled_softmax import SampledSoftmaxError  # noqa: E402
+from sampled_softmax import reference as R  # noqa: E402
+from sampled_softmax.keras import InBatchSoftmax, InBatchSoftmaxLoss  # noqa: E402
+
+from conftest import in_batch_problem  # noqa: E402
+
+B, C, D = 6, 10, 4
+
+
+@pytest.mark.parametrize("masks,hard,temperature", [(False, None, 1.0), (True, None, 0.5), (True, 3, 0.3),
+                                                   (False, 2, 2.0)])
+def test_keras_in_batch_loss_equals_the_reference(masks, hard, temperature):
+    q, c, ids, log_q, mask_kw, _ = in_batch_problem(0, B, C, D)
+    kw = dict(candidate_ids=ids, **(mask_kw if masks else {}))
+    layer = InBatchSoftmax(temperature, num_hard_negatives=hard)
+    logits = layer(q.astype("float32"), c.astype("float32"), log_q=log_q.astype("float32"), **kw)
+    loss = InBatchSoftmaxLoss(reduction=None)(np.zeros(B), logits)
+    ref = R.in_batch_softmax_loss(q, c, log_q=log_q, temperature=temperature, num_hard_negatives=hard, **kw)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loss), ref, rtol=1e-5)
+    mean = InBatchSoftmaxLoss()(np.zeros(B), logits)
+    np.testing.assert_allclose(float(keras.ops.convert_to_numpy(mean)), ref.mean(), rtol=1e-5)
+
+
+def _two_towers(learn_temperature):
+    users, items = keras.Input((), dtype="int32"), keras.Input((), dtype="int32")
+    query = keras.layers.Embedding(30, 8, name="user_tower")(users)
+    candidate = keras.layers.Embedding(50, 8, name="item_tower")(items)
+    logits = InBatchSoftmax(0.2, learn_temperature=learn_temperature, name="in_batch")(query, candidate,
+                                                                                     candidate_ids=items)
+    return keras.Model([users, items], logits)
+
+
+def test_keras_two_tower_model_trains_with_fit_and_survives_saving(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = _two_towers(learn_temperature=True)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=InBatchSoftmaxLoss())
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 30, 512).astype("int32")
+    items = ((users * 7 + rng.integers(0, 2, 512)) % 50).astype("int32")
+    history = model.fit([users, items], items, batch_size=64, epochs=4, verbose=0)
+    assert history.history["loss"][-1] < 0.6 * history.history["loss"][0]
+    t = float(keras.ops.convert_to_numpy(model.get_layer("in_batch").log_temperature))
+    assert t != pytest.approx(np.log(0.2)), "the temperature must be learned"
+    model.save(tmp_path / "two_towers.keras")
+    restored = keras.models.load_model(tmp_path / "two_towers.keras")
+    x = [users[:64], items[:64]]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(restored(x)), keras.ops.convert_to_numpy(model(x)),
+                               rtol=1e-6)
+
+
+def test_keras_in_batch_bad_input_is_a_clear_error():
+    q, c, ids, _, _, _ = in_batch_problem(0, B, C, D)
+    q, c = q.astype("float32"), c.astype("float32")
+    with pytest.raises(SampledSoftmaxError, match=r"`candidates` must have at least as many rows as `query`"):
+        InBatchSoftmax()(q, c[:3])
+    with pytest.raises(SampledSoftmaxError, match=r"`log_q` must be <= 0 .*received 0.5"):
+        InBatchSoftmax()(q, c, log_q=np.full(C, 0.5, "float32"))
+    with pytest.raises(SampledSoftmaxError, match=r"`temperature` must be positive and finite; received 0.0"):
+        InBatchSoftmax(0.0)
+    with pytest.raises(SampledSoftmaxError, match=r"`num_hard_negatives` must be >= 1"):
+        InBatchSoftmax(num_hard_negatives=0)
+    with pytest.raises(SampledSoftmaxError, match=r"`y_pred` must be in-batch logits \[B, C\] with C >= B"):
+        InBatchSoftmaxLoss()(np.zeros(4), np.zeros((4, 2), "float32"))
