@@ -42,9 +42,9 @@ from .layers import LOSSES, OUTPUTS, SampledSoftmax
 from .losses import SampledSoftmaxLoss
 from .metrics import Perplexity, SampledSoftmaxMetric
 from .optimizers import LazyAdam
-from .retrieval import InBatchSoftmax, InBatchSoftmaxLoss
+from .retrieval import InBatchSoftmax, InBatchSoftmaxLoss, StreamingFrequency
 from .samplers import DRAWS, SAMPLERS
 
 __all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxMetric", "Perplexity", "LazyAdam",
-           "InBatchSoftmax", "InBatchSoftmaxLoss",
+           "InBatchSoftmax", "InBatchSoftmaxLoss", "StreamingFrequency",
            "SampledSoftmaxError", "SAMPLERS", "DRAWS", "OUTPUTS", "LOSSES"]

@@ -26,7 +26,7 @@ from .. import SampledSoftmaxError
 from .. import _validation as V
 from ._backend import keras, ops
 
-__all__ = ["InBatchSoftmax", "InBatchSoftmaxLoss"]
+__all__ = ["InBatchSoftmax", "InBatchSoftmaxLoss", "StreamingFrequency"]
 
 
 def _shape(x):
@@ -168,3 +168,89 @@ class InBatchSoftmaxLoss(keras.losses.Loss):
         logits = ops.cast(y_pred, "float32") if _dtype(y_pred) in ("float16", "bfloat16") else y_pred
         positive = ops.diagonal(logits[:, : ops.shape(logits)[0]])
         return ops.logsumexp(logits, axis=1) - positive
+
+
+@keras.saving.register_keras_serializable(package="sampled_softmax")
+class StreamingFrequency(keras.layers.Layer):
+    """Yi et al. 2019's streaming estimate of ``log_q`` (:class:`sampled_softmax.frequency.
+    LastSeenEstimator`, the same hashing as the PyTorch and TensorFlow ones) as a Keras layer: its
+    state is non-trainable weights (saved with the model); called on a batch's candidate ids it
+    updates in training and returns their ``log_q`` ``[B]`` (float32, ``<= 0``). The moving
+    average is float32 here (the JAX backend has no float64 by default).
+
+    Args:
+        num_buckets: buckets per hash function. Default ``2**20``.
+        num_hashes: hash functions (the estimate takes the largest gap). Default 1.
+        learning_rate: ``alpha`` of the moving average. Default 0.05.
+        seed: seeds the hash functions.
+    """
+
+    def __init__(self, num_buckets: int = 2**20, *, num_hashes: int = 1, learning_rate: float = 0.05, seed: int = 0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        from .. import frequency as F
+
+        self.num_buckets, self.num_hashes, self.learning_rate = F.check_estimator_args(num_buckets, num_hashes,
+                                                                                       learning_rate)
+        self.seed = seed
+        tables = F.hash_tables(self.num_hashes, seed).astype("int32")
+        self._tables = tables  # [H, 8, 256]; bytes 4..7 of a 32-bit id are 0:
+        self._high_bytes = np.bitwise_xor.reduce(tables[:, 4:, 0], axis=1).astype("int32")
+        self.step = self.add_weight(shape=(), dtype="int32", initializer="zeros", trainable=False, name="step")
+        self.last_step = self.add_weight(shape=(self.num_hashes, self.num_buckets), dtype="int32",
+                                         initializer="zeros", trainable=False, name="last_step")
+        self.gap = self.add_weight(shape=(self.num_hashes, self.num_buckets), dtype="float32", initializer="zeros",
+                                   trainable=False, name="gap")
+
+    def buckets(self, ids):
+        """``[H, N]`` buckets of ``ids`` (:func:`sampled_softmax.frequency.bucket_ids`)."""
+        ids = ops.reshape(ops.convert_to_tensor(ids), (-1,))
+        if "int" not in _dtype(ids):
+            raise TypeError(f"`ids` must have an integer dtype; received {_dtype(ids)}")
+        now = _values_now(ids)
+        if now is not None and now.size and now.min() < 0:
+            raise SampledSoftmaxError(f"`ids` must be non-negative integers; received {now.min()}")
+        wide = _dtype(ids) in ("int64", "uint64")
+        tables = ops.convert_to_tensor(self._tables)
+        h = None
+        for i in range(8 if wide else 4):
+            byte = ops.cast(ops.bitwise_and(ops.right_shift(ids, 8 * i), 255), "int32")
+            part = ops.take(tables[:, i], byte, axis=1)
+            h = part if h is None else ops.bitwise_xor(h, part)
+        if not wide:
+            h = ops.bitwise_xor(h, ops.convert_to_tensor(self._high_bytes)[:, None])
+        return ops.mod(h, self.num_buckets)
+
+    def _indices(self, buckets):
+        rows = ops.broadcast_to(ops.arange(self.num_hashes, dtype="int32")[:, None], ops.shape(buckets))
+        return ops.reshape(ops.stack([rows, ops.cast(buckets, "int32")], axis=-1), (-1, 2))
+
+    def update(self, ids):
+        buckets = self.buckets(ids)
+        step = self.step + 1
+        self.step.assign(step)
+        old = ops.take_along_axis(self.gap, buckets, axis=1)
+        since = ops.cast(step - ops.take_along_axis(self.last_step, buckets, axis=1), "float32")
+        new = ops.where(old > 0, (1 - self.learning_rate) * old + self.learning_rate * since,
+                        ops.cast(step, "float32"))
+        index = self._indices(buckets)
+        self.gap.assign(ops.scatter_update(self.gap, index, ops.reshape(new, (-1,))))
+        self.last_step.assign(ops.scatter_update(self.last_step, index,
+                                                 ops.reshape(ops.broadcast_to(step, ops.shape(buckets)), (-1,))))
+
+    def log_q(self, ids):
+        gaps = ops.max(ops.take_along_axis(self.gap, self.buckets(ids), axis=1), axis=0)
+        unseen = ops.cast(self.step + 1, "float32")
+        return -ops.log(ops.where(gaps > 0, gaps, unseen))
+
+    def call(self, ids, training=None):
+        if training:
+            self.update(ids)
+        return ops.reshape(self.log_q(ids), ops.shape(ids))
+
+    def compute_output_spec(self, ids, training=None):
+        return keras.KerasTensor(ids.shape, dtype="float32")
+
+    def get_config(self):
+        return dict(super().get_config(), num_buckets=self.num_buckets, num_hashes=self.num_hashes,
+                    learning_rate=self.learning_rate, seed=self.seed)

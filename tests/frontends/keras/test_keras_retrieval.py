@@ -70,3 +70,36 @@ def test_keras_in_batch_bad_input_is_a_clear_error():
         InBatchSoftmax(num_hard_negatives=0)
     with pytest.raises(SampledSoftmaxError, match=r"`y_pred` must be in-batch logits \[B, C\] with C >= B"):
         InBatchSoftmaxLoss()(np.zeros(4), np.zeros((4, 2), "float32"))
+
+
+def test_keras_streaming_frequency_equals_the_reference_trains_in_fit_and_is_saved(tmp_path):
+    from sampled_softmax import frequency as NF
+    from sampled_softmax.keras import StreamingFrequency
+
+    rng = np.random.default_rng(0)
+    p = np.arange(1, 301, dtype=np.float64) ** -1.1
+    stream = [rng.choice(300, size=32, p=p / p.sum()).astype("int32") for _ in range(20)]
+    ours, ref = StreamingFrequency(64, num_hashes=2, learning_rate=0.1, seed=4), \
+        NF.LastSeenEstimator(64, num_hashes=2, learning_rate=0.1, seed=4)
+    for ids in stream:
+        log_q = ours(ids, training=True)
+        ref.update(ids)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(log_q), ref.log_q(ids), rtol=1e-5, atol=1e-6)
+    before = keras.ops.convert_to_numpy(ours(stream[0], training=False))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours(stream[0])), before)  # inference: no update
+    # Inside a two-tower model trained by fit, saved and restored with the model.
+    keras.utils.set_random_seed(0)
+    users, items = keras.Input((), dtype="int32"), keras.Input((), dtype="int32")
+    frequency = StreamingFrequency(256, name="frequency")
+    logits = InBatchSoftmax(0.2)(keras.layers.Embedding(30, 8)(users), keras.layers.Embedding(50, 8)(items),
+                                 candidate_ids=items, log_q=frequency(items))
+    model = keras.Model([users, items], logits)
+    model.compile(optimizer="adam", loss=InBatchSoftmaxLoss())
+    u = rng.integers(0, 30, 256).astype("int32")
+    i = ((u * 7) % 50).astype("int32")
+    model.fit([u, i], i, batch_size=32, epochs=1, verbose=0, shuffle=False)
+    assert int(keras.ops.convert_to_numpy(model.get_layer("frequency").step)) == 8
+    model.save(tmp_path / "m.keras")
+    restored = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(restored.get_layer("frequency").gap),
+                                  keras.ops.convert_to_numpy(model.get_layer("frequency").gap))
