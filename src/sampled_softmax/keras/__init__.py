@@ -42,9 +42,9 @@ from .layers import LOSSES, OUTPUTS, SampledSoftmax
 from .losses import SampledSoftmaxLoss
 from .metrics import Perplexity, SampledSoftmaxMetric
 from .optimizers import LazyAdam
-from .retrieval import InBatchSoftmax, InBatchSoftmaxLoss, StreamingFrequency
+from .retrieval import CorpusIndex, InBatchSoftmax, InBatchSoftmaxLoss, RecallAtK, StreamingFrequency
 from .samplers import DRAWS, SAMPLERS
 
 __all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxMetric", "Perplexity", "LazyAdam",
-           "InBatchSoftmax", "InBatchSoftmaxLoss", "StreamingFrequency",
+           "InBatchSoftmax", "InBatchSoftmaxLoss", "StreamingFrequency", "CorpusIndex", "RecallAtK",
            "SampledSoftmaxError", "SAMPLERS", "DRAWS", "OUTPUTS", "LOSSES"]

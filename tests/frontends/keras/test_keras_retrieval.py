@@ -103,3 +103,25 @@ def test_keras_streaming_frequency_equals_the_reference_trains_in_fit_and_is_sav
     restored = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(restored.get_layer("frequency").gap),
                                   keras.ops.convert_to_numpy(model.get_layer("frequency").gap))
+
+
+@pytest.mark.parametrize("chunk_size", [7, 1000])
+def test_keras_corpus_index_is_exact_top_k_and_recall_counts_hits(chunk_size):
+    from sampled_softmax.keras import CorpusIndex, RecallAtK
+
+    rng = np.random.default_rng(0)
+    items, query = rng.normal(size=(50, 4)).astype("float32"), rng.normal(size=(6, 4)).astype("float32")
+    ids = rng.permutation(1000)[:50].astype("int32")
+    index = CorpusIndex(chunk_size=chunk_size).index(items, ids)
+    scores, top = index.search(query, k=5)
+    exact = query @ items.T
+    order = np.argsort(-exact, axis=1)[:, :5]
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(top), ids[order])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(scores), np.take_along_axis(exact, order, 1), rtol=1e-5)
+    recall = RecallAtK(index, k=5)
+    truth = np.array([ids[order[0, 0]], ids[order[1, 4]], ids[order[2, 5 - 1]], ids[np.argsort(-exact[3])[10]],
+                      ids[np.argsort(-exact[4])[20]], ids[np.argsort(-exact[5])[49]]])
+    recall.update_state(truth, query)
+    assert float(keras.ops.convert_to_numpy(recall.result())) == pytest.approx(3 / 6)
+    with pytest.raises(SampledSoftmaxError, match=r"`k` must be <= 50 \(the indexed items\); received 51"):
+        index.search(query, k=51)
