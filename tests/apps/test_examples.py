@@ -78,3 +78,9 @@ def test_flax_lm_example_beats_the_unigram_baseline():
     results, unigram = load("flax_lm").main(["--vocab", "1000", "--steps", "200", "--dim", "32", "--num-sampled", "64",
                                              "--valid-windows", "40"])
     assert results["sampled"] < 0.5 * unigram
+
+
+def test_two_tower_example_learns_to_retrieve():
+    before, after = load("two_tower").main(["--users", "200", "--items", "1000", "--steps", "80", "--batch", "128",
+                                            "--extra", "64"])
+    assert after[10] > before[10] + 0.2 and after[100] > before[100] + 0.3
