@@ -42,9 +42,12 @@ from .layers import LOSSES, OUTPUTS, SampledSoftmax
 from .losses import SampledSoftmaxLoss
 from .metrics import Perplexity, SampledSoftmaxMetric
 from .optimizers import LazyAdam
-from .retrieval import CorpusIndex, InBatchSoftmax, InBatchSoftmaxLoss, RecallAtK, StreamingFrequency
+from .retrieval import (
+    CorpusIndex, CountMinFrequency, InBatchSoftmax, InBatchSoftmaxLoss, RecallAtK, StreamingFrequency,
+)
 from .samplers import DRAWS, SAMPLERS
 
 __all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxMetric", "Perplexity", "LazyAdam",
-           "InBatchSoftmax", "InBatchSoftmaxLoss", "StreamingFrequency", "CorpusIndex", "RecallAtK",
+           "InBatchSoftmax", "InBatchSoftmaxLoss", "StreamingFrequency", "CountMinFrequency", "CorpusIndex",
+           "RecallAtK",
            "SampledSoftmaxError", "SAMPLERS", "DRAWS", "OUTPUTS", "LOSSES"]

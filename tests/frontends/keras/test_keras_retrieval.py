@@ -72,15 +72,20 @@ def test_keras_in_batch_bad_input_is_a_clear_error():
         InBatchSoftmaxLoss()(np.zeros(4), np.zeros((4, 2), "float32"))
 
 
-def test_keras_streaming_frequency_equals_the_reference_trains_in_fit_and_is_saved(tmp_path):
+@pytest.mark.parametrize("kind", ["last_seen", "count_min"])
+def test_keras_frequency_estimators_equal_the_reference_train_in_fit_and_are_saved(tmp_path, kind):
     from sampled_softmax import frequency as NF
-    from sampled_softmax.keras import StreamingFrequency
+    from sampled_softmax.keras import CountMinFrequency, StreamingFrequency
 
     rng = np.random.default_rng(0)
     p = np.arange(1, 301, dtype=np.float64) ** -1.1
     stream = [rng.choice(300, size=32, p=p / p.sum()).astype("int32") for _ in range(20)]
-    ours, ref = StreamingFrequency(64, num_hashes=2, learning_rate=0.1, seed=4), \
-        NF.LastSeenEstimator(64, num_hashes=2, learning_rate=0.1, seed=4)
+    if kind == "last_seen":
+        cls, ours, ref = StreamingFrequency, StreamingFrequency(64, num_hashes=2, learning_rate=0.1, seed=4), \
+            NF.LastSeenEstimator(64, num_hashes=2, learning_rate=0.1, seed=4)
+    else:
+        cls, ours, ref = CountMinFrequency, CountMinFrequency(64, num_hashes=2, seed=4), \
+            NF.CountMinEstimator(64, num_hashes=2, seed=4)
     for ids in stream:
         log_q = ours(ids, training=True)
         ref.update(ids)
@@ -90,7 +95,7 @@ def test_keras_streaming_frequency_equals_the_reference_trains_in_fit_and_is_sav
     # Inside a two-tower model trained by fit, saved and restored with the model.
     keras.utils.set_random_seed(0)
     users, items = keras.Input((), dtype="int32"), keras.Input((), dtype="int32")
-    frequency = StreamingFrequency(256, name="frequency")
+    frequency = cls(256, name="frequency")
     logits = InBatchSoftmax(0.2)(keras.layers.Embedding(30, 8)(users), keras.layers.Embedding(50, 8)(items),
                                  candidate_ids=items, log_q=frequency(items))
     model = keras.Model([users, items], logits)
@@ -101,8 +106,8 @@ def test_keras_streaming_frequency_equals_the_reference_trains_in_fit_and_is_sav
     assert int(keras.ops.convert_to_numpy(model.get_layer("frequency").step)) == 8
     model.save(tmp_path / "m.keras")
     restored = keras.models.load_model(tmp_path / "m.keras")
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(restored.get_layer("frequency").gap),
-                                  keras.ops.convert_to_numpy(model.get_layer("frequency").gap))
+    for weight, saved in zip(model.get_layer("frequency").weights, restored.get_layer("frequency").weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(saved), keras.ops.convert_to_numpy(weight))
 
 
 @pytest.mark.parametrize("chunk_size", [7, 1000])
