@@ -79,7 +79,7 @@ def train(method, data, *, items, users, steps, batch, seed=0, dim=32, lr=1e-2):
     opt = torch.optim.Adam(list(user_tower.parameters()) + list(item_tower.parameters()), lr=lr)
     frequency = StreamingFrequency(1 << 20)
     exact_log_q = torch.log(-torch.expm1(batch * torch.log1p(-marginal))).float()
-    sampler = UniformSampler(items, draw="unique")
+    sampler = UniformSampler(items, draw="unique_exact")
     order = torch.randperm(tu.numel(), generator=torch.Generator().manual_seed(seed))
     start = time.perf_counter()
     for step in range(steps):

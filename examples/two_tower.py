@@ -65,7 +65,7 @@ def main(argv=None):
         torch.nn.init.normal_(tower.weight, std=0.1)
     optimizer = torch.optim.Adam([*user_tower.parameters(), *item_tower.parameters()], lr=1e-2)
     frequency = StreamingFrequency(num_buckets=1 << 20)
-    sampler = UniformSampler(args.items)
+    sampler = UniformSampler(args.items, draw="unique_exact")
     before = recall_at(user_tower, item_tower, test_u, test_i)
     for step in range(args.steps):
         u = train_u[step * args.batch:(step + 1) * args.batch]

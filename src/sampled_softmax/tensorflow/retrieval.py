@@ -74,7 +74,7 @@ def in_batch_softmax_loss(
         >>> from sampled_softmax.tensorflow import in_batch_softmax_loss
         >>> q, c = tf.eye(2, 3), tf.eye(4, 3)
         >>> round(float(in_batch_softmax_loss(q, c, candidate_ids=tf.range(4))), 4)
-        1.4076
+        0.7437
     """
     query, candidates = tf.convert_to_tensor(query), tf.convert_to_tensor(candidates)
     V.check_floating_dtype("query", query.dtype.is_floating, query.dtype.name)
@@ -274,9 +274,12 @@ class MixedNegatives(NamedTuple):
 def mixed_negatives(candidates, candidate_ids, in_batch_log_q, sampled_values, encode) -> MixedNegatives:
     """Mixed negative sampling (Yang et al. 2020), as :func:`sampled_softmax.torch.mixed_negatives`
     with TensorFlow's explicit draw: the batch's ``candidates [B, D]`` plus the ``M`` candidates of
-    ``sampled_values`` (from a sampler with ``unique=True``, e.g.
-    ``tf.random.log_uniform_candidate_sampler`` or this library's, so that the expected counts are
-    inclusion probabilities ``<= 1``) embedded by ``encode(ids) -> [M, D]``. Returns a
+    ``sampled_values`` embedded by ``encode(ids) -> [M, D]``. The expected counts must be
+    inclusion probabilities (``<= 1``): draw with this library's samplers
+    (``sampled_softmax.tensorflow.log_uniform_candidate_sampler`` etc., ``draw="unique_exact"``).
+    TensorFlow's ``tf.random.*_candidate_sampler(unique=True)`` report ``S p`` when no draw
+    repeats, above 1 for frequent classes: an error here when eager, an assertion of the loss in a
+    graph. Returns a
     ``MixedNegatives(candidates [B + M, D], candidate_ids [B + M], log_q [B + M], score_mask
     [B, B + M])`` for ``in_batch_softmax_loss(query, **mixed._asdict())``: each column with its own
     source's log probability; padding slots (an expected count of ``inf``) masked out."""
@@ -290,6 +293,13 @@ def mixed_negatives(candidates, candidate_ids, in_batch_log_q, sampled_values, e
     extra = tf.convert_to_tensor(encode(cand))
     V.check_encoded_shape(list(_shape(extra)), m, d)
     count = tf.cast(count, in_batch_log_q.dtype)
+    if tf.executing_eagerly():
+        finite = tf.boolean_mask(count, ~tf.math.is_inf(count))
+        if tf.size(finite) and float(tf.reduce_max(finite)) > 1.0:
+            raise SampledSoftmaxError(
+                f"`sampled_values[2]` (sampled_expected_count) must be at most 1 for mixed negatives (an inclusion "
+                f"probability); received {float(tf.reduce_max(finite))} (tf.random's unique samplers report S p when "
+                f"no draw repeats: draw with sampled_softmax.tensorflow's samplers, draw='unique_exact')")
     padding = tf.math.is_inf(count)
     log_e = tf.math.log(tf.where(padding, tf.ones_like(count), count))
     score_mask = tf.concat([tf.ones((b, b), tf.bool), tf.broadcast_to(~padding[None, :], (b, m))], axis=1)

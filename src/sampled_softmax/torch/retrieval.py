@@ -229,13 +229,13 @@ class MixedNegatives(NamedTuple):
     ``in_batch_softmax_loss(query, **mixed._asdict())``: ``candidates [B + M, D]``,
     ``candidate_ids [B + M]``, ``log_q [B + M]`` (each column's own log probability of being a
     candidate: in-batch, the frequency estimate; sampled, the draw's inclusion probability), and
-    ``score_mask [B, B + M]`` removing the padding slots of an ``"unique_exact"`` draw (repeats of
-    a class drawn already; None for the ``"unique"`` draw, which has none)."""
+    ``score_mask [B, B + M]`` removing the padding slots of the draw (repeats of a class drawn
+    already)."""
 
     candidates: torch.Tensor
     candidate_ids: torch.Tensor
     log_q: torch.Tensor
-    score_mask: torch.Tensor | None
+    score_mask: torch.Tensor
 
 
 def mixed_negatives(candidates: torch.Tensor, candidate_ids: torch.Tensor, in_batch_log_q: torch.Tensor,
@@ -243,19 +243,20 @@ def mixed_negatives(candidates: torch.Tensor, candidate_ids: torch.Tensor, in_ba
                     encode: Callable[[torch.Tensor], torch.Tensor], *,
                     generator: torch.Generator | None = None) -> MixedNegatives:
     """Mixed negative sampling (Yang et al. 2020): the batch's candidates plus ``num_negatives``
-    corpus candidates drawn by ``sampler`` (any of the library's, with a unique draw:
-    ``"unique"`` or ``"unique_exact"``) and embedded by ``encode(ids) -> [M, D]`` (the candidate
-    tower). Each column keeps the probability of the source that put it there:
+    corpus candidates drawn by ``sampler`` (any of the library's, with ``draw="unique_exact"``,
+    whose expected counts are exact inclusion probabilities) and embedded by
+    ``encode(ids) -> [M, D]`` (the candidate tower). Each column keeps the probability of the source that put it there:
     ``in_batch_log_q [B]`` (e.g. ``StreamingFrequency.log_q(candidate_ids)``) for the batch's,
     ``log E(k)``, the probability that the draw includes ``k``, for the sampled ones."""
     candidates, candidate_ids = _tensor("candidates", candidates), _tensor("candidate_ids", candidate_ids)
     in_batch_log_q = _tensor("in_batch_log_q", in_batch_log_q)
     if not isinstance(sampler, CandidateSampler):
         raise TypeError(f"`sampler` must be a sampled_softmax.torch sampler; received {type(sampler).__name__}")
-    if sampler.draw == "with_replacement":
-        raise SampledSoftmaxError("`sampler` must draw unique candidates (draw='unique' or 'unique_exact') for mixed "
-                                  "negatives: a column's log_q is then the log of its inclusion probability (<= 1); "
-                                  "received draw='with_replacement'")
+    if sampler.draw != "unique_exact":
+        raise SampledSoftmaxError(
+            f"`sampler` must draw with draw='unique_exact' for mixed negatives: a column's log_q is the log of its "
+            f"exact inclusion probability 1 - (1 - Q)^M (<= 1), where draw='unique' reports S Q when no draw repeats "
+            f"and draw='with_replacement' S Q; received draw={sampler.draw!r}")
     b, d = V.check_mixed_negatives_shapes(tuple(candidates.shape), tuple(candidate_ids.shape),
                                           tuple(in_batch_log_q.shape))
     V.check_integer_dtype("candidate_ids", _is_int(candidate_ids), str(candidate_ids.dtype))
@@ -267,10 +268,9 @@ def mixed_negatives(candidates: torch.Tensor, candidate_ids: torch.Tensor, in_ba
     extra = encode(cand)
     V.check_encoded_shape(list(extra.shape) if isinstance(extra, torch.Tensor) else type(extra).__name__,
                           num_negatives, d)
-    score_mask = None
-    if sampler.draw == "unique_exact":  # (decided by the draw, not by its values: no host sync)
-        score_mask = torch.ones((b, b + num_negatives), dtype=torch.bool, device=candidates.device)
-        score_mask[:, b:] = ~padding[None, :]
+    # Repeats of the draw are padding slots, masked in every row (no host sync to find them).
+    score_mask = torch.ones((b, b + num_negatives), dtype=torch.bool, device=candidates.device)
+    score_mask[:, b:] = ~padding[None, :]
     return MixedNegatives(torch.cat([candidates, extra.to(candidates.dtype)]),
                           torch.cat([candidate_ids, cand.to(candidate_ids.dtype)]),
                           torch.cat([in_batch_log_q, log_e.to(in_batch_log_q.device)]), score_mask)

@@ -122,24 +122,26 @@ def test_estimators_equal_the_torch_ones():
 
 
 def test_mixed_negatives_give_each_source_its_own_probability():
-    from sampled_softmax.tensorflow import mixed_negatives
+    from sampled_softmax.tensorflow import log_uniform_candidate_sampler, mixed_negatives
 
     V, M = 50, 8
     table = tf.random.stateless_normal((V, D), seed=(1, 2))
     ids = tf.constant([3, 7, 7, 20], tf.int64)
     in_batch = tf.math.log(tf.constant([0.5, 0.25, 0.25, 0.125]))
-    sv = tf.random.log_uniform_candidate_sampler(ids[:, None], 1, M, True, V, seed=3)
+    sv = log_uniform_candidate_sampler(ids[:, None], M, V, generator=tf.random.Generator.from_seed(3))
     mixed = mixed_negatives(tf.gather(table, ids), ids, in_batch, sv, lambda i: tf.gather(table, i))
+    count = sv.sampled_expected_count.numpy()
+    finite = np.isfinite(count)
     np.testing.assert_array_equal(mixed.candidate_ids[4:].numpy(), sv.sampled_candidates.numpy())
-    np.testing.assert_allclose(mixed.log_q.numpy(), np.concatenate([in_batch.numpy(),
-                                                                    np.log(sv.sampled_expected_count.numpy())]),
-                               rtol=1e-6)
-    assert mixed.score_mask.numpy().all() and (mixed.log_q.numpy() <= 0).all()
-    padded = (sv.sampled_candidates, sv.true_expected_count,
-              tf.tensor_scatter_nd_update(sv.sampled_expected_count, [[2]], [float("inf")]))
-    mixed = mixed_negatives(tf.gather(table, ids), ids, in_batch, padded, lambda i: tf.gather(table, i))
-    assert not mixed.score_mask.numpy()[:, 4 + 2].any() and mixed.score_mask.numpy().sum() == 4 * (4 + M) - 4
+    np.testing.assert_allclose(mixed.log_q.numpy()[:4], in_batch.numpy())
+    np.testing.assert_allclose(mixed.log_q.numpy()[4:][finite], np.log(count[finite]), rtol=1e-6)
+    np.testing.assert_array_equal(mixed.score_mask.numpy()[:, 4:], np.broadcast_to(finite, (4, M)))
+    assert (mixed.log_q.numpy() <= 0).all()
     loss = in_batch_softmax_loss(tf.random.stateless_normal((4, D), seed=(3, 4)), **mixed._asdict())
     assert np.isfinite(loss.numpy())
     with pytest.raises(SampledSoftmaxError, match=r"`encode` must return \[8, 4\] embeddings; received \[8, 3\]"):
         mixed_negatives(tf.gather(table, ids), ids, in_batch, sv, lambda i: tf.zeros((M, 3)))
+    # TensorFlow's unique samplers report S p (above 1 for frequent classes) when no draw repeats.
+    above = (sv.sampled_candidates, sv.true_expected_count, tf.constant([1.4] + [0.5] * (M - 1)))
+    with pytest.raises(SampledSoftmaxError, match=r"`sampled_values\[2\]` \(sampled_expected_count\) must be at most 1"):
+        mixed_negatives(tf.gather(table, ids), ids, in_batch, above, lambda i: tf.gather(table, i))
