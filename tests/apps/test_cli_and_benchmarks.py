@@ -153,3 +153,15 @@ def test_retrieval_benchmark_and_study_smoke_runs():
         assert 0.0 <= r["recall@10"] <= r["recall@100"] <= 1.0
     assert "estimate median relative error (top 100)" in study["results"]["mixed negatives"]
     assert "| full softmax |" in retrieval_study.table(study)
+
+
+def test_retrieval_text_study_smoke_run():
+    from benchmarks import retrieval_text_study
+    from sampled_softmax.apps.corpus import zipf_markov
+
+    corpus = zipf_markov(500, 5_000, 1_000, seed=0)
+    res = retrieval_text_study.run(corpus, seconds=60, max_steps=5, batch=32, extra=32, valid=200, dim=8)
+    assert set(res["results"]) == set(retrieval_text_study.METHODS)
+    for r in res["results"].values():
+        assert r["steps"] == 5 and 0.0 <= r["recall@10"] <= r["recall@100"] <= 1.0 and r["perplexity"] > 1.0
+    assert "| full softmax |" in retrieval_text_study.table(res)
