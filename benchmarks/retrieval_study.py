@@ -28,10 +28,11 @@ probability of the 100 most popular items.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
+
+from .harness import dump
 
 METHODS = ("in-batch, no correction", "in-batch, exact log Q", "in-batch, streaming estimate", "mixed negatives",
            "full softmax")
@@ -175,8 +176,7 @@ def main(argv=None) -> int:
     payload = run(args.items, args.users, args.steps, args.batch, args.held_out, args.seed)
     print(table(payload))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=2)
+        dump(args.json, payload)
     return 0
 
 

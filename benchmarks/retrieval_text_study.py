@@ -23,11 +23,12 @@ steps done in the budget.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
+
+from .harness import dump
 
 METHODS = ("in-batch, no correction", "in-batch, streaming log Q", "mixed negatives", "full softmax")
 
@@ -135,8 +136,7 @@ def main(argv=None) -> int:
     print(f"{corpus.name}: V={corpus.vocab_size}, {args.seconds:.0f} s of training per method")
     print(table(payload))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=2)
+        dump(args.json, payload)
     return 0
 
 
