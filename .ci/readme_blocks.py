@@ -1,6 +1,7 @@
 """Run the README's Python blocks that need only what this environment has installed, each in
 a fresh namespace and folder, as a user would paste them (used by .ci/clean_room)."""
 
+import ast
 import importlib.util
 import os
 import re
@@ -8,7 +9,17 @@ import sys
 import tempfile
 
 FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
-FRAMEWORKS = ("torch", "tensorflow", "keras", "jax")
+
+
+def imported_modules(code: str) -> set[str]:
+    """Top-level modules a block imports (any of them: frameworks, flax, optax, ...)."""
+    names = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
 
 
 def main(readme: str) -> int:
@@ -16,9 +27,8 @@ def main(readme: str) -> int:
         blocks = FENCE.findall(f.read())
     ran = 0
     for i, code in enumerate(blocks):
-        needs = {m for m in FRAMEWORKS if re.search(rf"^\s*(import|from) {m}\b|^import .*\b{m}\b", code, re.M)}
         # Keras blocks need Keras and any one backend (it picks an installed one).
-        missing = [m for m in needs if importlib.util.find_spec(m) is None]
+        missing = sorted(m for m in imported_modules(code) if importlib.util.find_spec(m) is None)
         if missing:
             print(f"block {i}: skipped (needs {', '.join(missing)})")
             continue
