@@ -30,6 +30,61 @@ def test_keras_in_batch_loss_equals_the_reference(masks, hard, temperature):
     np.testing.assert_allclose(float(keras.ops.convert_to_numpy(mean)), ref.mean(), rtol=1e-5)
 
 
+def _in_batch_weighted_sum_and_grads(layer, q, c, log_q, weights, **kw):
+    """``sum_i w_i loss_i`` (Keras' ``sample_weight`` with ``reduction="sum"``) and its gradients
+    w.r.t. (query, candidates, log_q, log_temperature), by this backend's autodiff."""
+    loss_fn = InBatchSoftmaxLoss(reduction="sum")
+    zeros = np.zeros(len(q))
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        xs = [tf.constant(a, tf.float32) for a in (q, c, log_q)]
+        with tf.GradientTape() as tape:
+            tape.watch(xs)
+            total = loss_fn(zeros, layer(xs[0], xs[1], log_q=xs[2], **kw), sample_weight=weights)
+        grads = tape.gradient(total, xs + [layer.log_temperature.value])
+    elif backend == "jax":
+        import jax
+
+        def f(qv, cv, lv, tv):
+            with keras.StatelessScope(state_mapping=[(layer.log_temperature, tv)]):
+                return loss_fn(zeros, layer(qv, cv, log_q=lv, **kw), sample_weight=weights)
+
+        args = [jax.numpy.asarray(a, "float32") for a in (q, c, log_q)] + [layer.log_temperature.value]
+        total, grads = jax.value_and_grad(f, argnums=(0, 1, 2, 3))(*args)
+    else:
+        import torch
+
+        xs = [torch.tensor(a, dtype=torch.float32, requires_grad=True) for a in (q, c, log_q)]
+        layer.log_temperature.value.grad = None
+        total = loss_fn(zeros, layer(*xs[:2], log_q=xs[2], **kw), sample_weight=torch.as_tensor(weights))
+        total.backward()
+        grads = [x.grad for x in xs] + [layer.log_temperature.value.grad]
+    return float(keras.ops.convert_to_numpy(total)), [keras.ops.convert_to_numpy(g) for g in grads]
+
+
+@pytest.mark.parametrize("masks,hard", [(False, None), (True, None), (True, 3)])
+def test_keras_in_batch_gradients_with_sample_weights_equal_the_reference(masks, hard):
+    """Gradients of the query, the candidates, ``log_q`` and the learned temperature, under
+    Keras' ``sample_weight``, against the reference's closed forms (float32, 1e-4)."""
+    q, c, ids, log_q, mask_kw, weights = in_batch_problem(1, B, C, D)
+    kw = dict(candidate_ids=ids, **(mask_kw if masks else {}))
+    temperature = 0.4
+    layer = InBatchSoftmax(temperature, learn_temperature=True, num_hard_negatives=hard)
+    total, (dq, dc, dlog_q, dlog_t) = _in_batch_weighted_sum_and_grads(layer, q, c, log_q, weights.astype("float32"),
+                                                                       **kw)
+    ref_kw = dict(log_q=log_q, temperature=temperature, num_hard_negatives=hard, **kw)
+    ref_loss = R.in_batch_softmax_loss(q, c, **ref_kw)
+    ref_dq, ref_dc, ref_dt, ref_dlog_q = R.in_batch_softmax_grads(q, c, sample_weight=weights, **ref_kw)
+    assert total == pytest.approx(float(np.sum(weights * ref_loss)), rel=1e-5)
+    np.testing.assert_allclose(dq, ref_dq, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(dc, ref_dc, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(dlog_q, ref_dlog_q, rtol=1e-4, atol=1e-6)
+    # d/d(log t) = t d/dt: the layer learns the temperature through its logarithm.
+    assert float(dlog_t) == pytest.approx(temperature * ref_dt, rel=1e-4, abs=1e-6)
+
+
 def _two_towers(learn_temperature):
     users, items = keras.Input((), dtype="int32"), keras.Input((), dtype="int32")
     query = keras.layers.Embedding(30, 8, name="user_tower")(users)
