@@ -144,7 +144,8 @@ def test_jax_benchmark_custom_vjp_computes_the_same_gradients_and_steps_run():
 def test_retrieval_benchmark_and_study_smoke_runs():
     from benchmarks import retrieval, retrieval_study
 
-    res = retrieval.run(repeats=1, shape=dict(B=16, D=8, M=16), memory=False, only=("ours", "torch cross_entropy", "ours tf"))
+    res = retrieval.run(repeats=1, shape=dict(B=16, D=8, M=16), memory=False,
+                        only=("ours", "torch cross_entropy", "ours tf"))
     assert set(res["summary"]) >= {"ours", "torch cross_entropy"} and all(r > 0 for r in res["ratios"].values())
     assert set(res["estimator_ms"]) == {"StreamingFrequency", "CountMinFrequency"}
     study = retrieval_study.run(items=300, users=40, steps=15, batch=32, held_out=200)
