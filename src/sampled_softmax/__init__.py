@@ -29,3 +29,8 @@ class SampledValues(NamedTuple):
 class SampledSoftmaxError(ValueError):
     """An argument had the wrong value or shape; the message names it, the expectation and
     what was received."""
+
+
+from .order_check import VocabularyOrderWarning  # noqa: E402  (NumPy only)
+
+__all__.append("VocabularyOrderWarning")

@@ -57,8 +57,10 @@ class SampledSoftmax(nnx.Module):
         num_sampled: ``S``, candidates drawn per training call.
         rngs: ``nnx.Rngs``; the ``"sampler"`` stream (else ``"default"``) draws the candidates,
             ``"params"`` (else ``"default"``) initialises the table.
-        sampler: ``"log_uniform"`` (default; ids sorted by decreasing frequency), ``"uniform"``,
-            ``"learned_unigram"`` (counts learned from the labels), or a
+        sampler: ``"learned_unigram"`` (default: counts learned from the labels, any vocabulary
+            order), ``"log_uniform"`` (only for ids sorted by decreasing frequency; on another
+            order it can double the perplexity, and a
+            :class:`~sampled_softmax.VocabularyOrderWarning` says so), ``"uniform"``, or a
             :class:`sampled_softmax.jax.samplers.Sampler` (e.g. ``samplers.unigram(V, counts)``).
         draw: ``"unique_exact"`` (default) or ``"with_replacement"``.
         use_bias: learn a bias per class. Default True.
@@ -87,7 +89,7 @@ class SampledSoftmax(nnx.Module):
     """
 
     def __init__(self, in_features: int, num_classes: int, num_sampled: int, *, rngs: nnx.Rngs,
-                 sampler="log_uniform", draw: Literal["unique_exact", "with_replacement"] | None = None,
+                 sampler="learned_unigram", draw: Literal["unique_exact", "with_replacement"] | None = None,
                  use_bias: bool = True, remove_accidental_hits: bool | None = None,
                  reduction: Literal["none", "mean", "sum"] = "mean", ignore_index: int | None = None,
                  label_smoothing: float = 0.0,

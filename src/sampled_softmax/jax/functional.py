@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import SampledSoftmaxError
 from .. import _validation as V
+from . import _order
 from . import samplers as S
 
 __all__ = ["sampled_softmax_loss", "nce_loss", "negative_sampling_loss", "full_softmax_loss", "full_logits",
@@ -208,6 +209,8 @@ def _columns(y, valid, num_sampled, num_classes, num_true, sampled_values, key, 
             raise SampledSoftmaxError("`key` (a jax.random key) is required to draw the candidates; received None "
                                       "(or pass sampled_values)")
         sampler = S.make(sampler, num_classes)
+        if sampler.kind == "log_uniform":
+            _order.observe(y, valid, num_classes)
         if exclude_true:
             if draw is None:
                 draw = "with_replacement"

@@ -145,6 +145,34 @@ def _check_label_values(y, num_classes: int, ignore_index):
     return y
 
 
+KERAS_ORDER_REMEDY = ("use sampler='learned_unigram' (learns the label frequencies), sampler='unigram' with the "
+                      "label counts, or sampler='uniform'")
+
+
+def _observe_label_order(y, valid, num_classes: int) -> None:
+    """The vocabulary-order check (:mod:`sampled_softmax.order_check`) on the labels: now when
+    eager, through ``jax.debug.callback`` when jitted on JAX, ``tf.numpy_function`` in a
+    TensorFlow graph. An XLA-compiled TensorFlow step (``fit``'s default on TensorFlow) cannot
+    call back to Python: there it does not run (``run_eagerly=True`` or ``jit_compile=False``
+    runs it)."""
+    from .. import order_check as OC
+
+    check = OC.order_check("keras", num_classes, KERAS_ORDER_REMEDY)
+    if not check.pending or _in_symbolic_scope():
+        return
+    values, live = _concrete_numpy(y), _concrete_numpy(valid)
+    if values is not None and live is not None:
+        check.observe(OC.label_counts(np.where(live, values, -1), num_classes))
+    elif keras.backend.backend() == "jax":
+        from ..jax import _order
+
+        _order.observe(y, valid, num_classes, front="keras", remedy=KERAS_ORDER_REMEDY)
+    elif keras.backend.backend() == "tensorflow":
+        from ..tensorflow import _order
+
+        _order.observe(y, valid, num_classes, front="keras", remedy=KERAS_ORDER_REMEDY)
+
+
 def _take_rows(table, ids):
     """``table[ids]`` for a weight: on TensorFlow a sparse read of the variable (``ResourceGather``).
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import TYPE_CHECKING
 
@@ -11,8 +12,9 @@ from .. import SampledSoftmaxError
 from .. import _validation as V
 from ..samplers import unigram_weights
 from ._backend import (
-    _check_label_values, _concrete_numpy, _in_stateless_scope, _in_symbolic_scope, _stores_state_on_outputs,
-    _sum_over_replicas, _take_rows, get_tensor_attr, keras, ops, set_keras_mask, set_tensor_attr,
+    _check_label_values, _concrete_numpy, _in_stateless_scope, _in_symbolic_scope, _observe_label_order,
+    _stores_state_on_outputs, _sum_over_replicas, _take_rows, get_tensor_attr, keras, ops, set_keras_mask,
+    set_tensor_attr,
 )
 from ._binding import _OWNER_ATTR, _STATE_ATTR, _check_compiled_loss, _find_upstream_layer, register
 from ._stages import candidate_columns, corrected_logits, sigmoid_head, softmax_head
@@ -65,6 +67,23 @@ def _log_probs(y_pred, output_mode):
     return z
 
 
+_FROZEN_WARNED: set = set()
+
+
+def _warn_counts_frozen(layer_name: str) -> None:
+    """Once per layer name: the default sampler's counts cannot learn in this train step."""
+    if layer_name in _FROZEN_WARNED:
+        return
+    _FROZEN_WARNED.add(layer_name)
+    warnings.warn(
+        f"SampledSoftmax {layer_name!r}: the default sampler, 'learned_unigram', adds each step's targets to its "
+        f"counts in the loss, and this loss runs outside the model's stateless call (a custom JAX train_step), "
+        f"where no variable can be updated: it draws from its counts as they are (uniform for a new layer). To "
+        f"learn them, compute the loss inside keras.StatelessScope(state_mapping=...) and return the updated "
+        f"counts; or choose the sampler (sampler='unigram' with the label counts, 'uniform', or 'log_uniform' for "
+        f"a vocabulary sorted by decreasing frequency).", UserWarning, stacklevel=3)
+
+
 @keras.saving.register_keras_serializable(package="sampled_softmax")
 class SampledSoftmax(keras.layers.Layer):
     r"""Softmax output layer over ``num_classes`` trained with sampled softmax (Jean et al. 2014).
@@ -86,12 +105,15 @@ class SampledSoftmax(keras.layers.Layer):
     Args:
         num_classes: ``V``.
         num_sampled: ``S``, candidates drawn per training step, shared by the batch.
-        sampler: ``"log_uniform"`` (Zipf; class ids sorted by decreasing frequency, TensorFlow's
-            default), ``"uniform"``, ``"unigram"`` (needs ``unigrams``) or ``"learned_unigram"``
-            (``tf.random.learned_unigram_candidate_sampler``: counts start at 1 per class and
+        sampler: ``"learned_unigram"`` (the default, as
+            ``tf.random.learned_unigram_candidate_sampler``: counts start at 1 per class and
             each training step adds its targets after drawing, ignored targets excepted; the
             counts are a non-trainable float32 weight, saved with the model, exact up to 2**24
-            per class and rounded, by at most 6e-8 relative, beyond).
+            per class and rounded, by at most 6e-8 relative, beyond; it fits any vocabulary
+            order), ``"log_uniform"`` (Zipf, TensorFlow's default: only for class ids sorted by
+            decreasing frequency; on another order it can double the perplexity, and a
+            :class:`~sampled_softmax.VocabularyOrderWarning` says so), ``"uniform"`` or
+            ``"unigram"`` (needs ``unigrams``). ``benchmarks/sampler_study.py`` measures the choice.
         draw: ``"unique_exact"`` (the default; ``S`` draws, repeats become padding removed
             from the normalizer, ``E = 1 - (1 - Q)^S`` exact) or ``"with_replacement"``
             (``E = S Q``; the default with ``exclude_true``).
@@ -132,7 +154,7 @@ class SampledSoftmax(keras.layers.Layer):
         - Targets (``y`` of ``fit``/``evaluate``): integer ``[...]``, ``[..., 1]`` or ``[..., num_true]``.
     """
 
-    def __init__(self, num_classes, num_sampled, *, sampler="log_uniform", draw=None,
+    def __init__(self, num_classes, num_sampled, *, sampler=None, draw=None,
                  unigrams=None, distortion=1.0, num_reserved_ids=0, num_true=1, use_bias=True,
                  remove_accidental_hits=True, subtract_log_q=True, label_smoothing=0.0,
                  ignore_index=None, tied_to=None, output="probabilities", seed=None,
@@ -144,7 +166,10 @@ class SampledSoftmax(keras.layers.Layer):
         full_in_training = bool(kwargs.pop("full_output_in_training", False))
         super().__init__(**kwargs)
         self.num_classes = V.check_positive_int("num_classes", num_classes)
-        self.sampler = V.check_choice("sampler", sampler, SAMPLERS)
+        # None: the default, learned_unigram; a custom JAX train_step, where its counts cannot
+        # be updated, then draws from the counts as they are, with a warning, rather than failing.
+        self._sampler_given = sampler is not None
+        self.sampler = V.check_choice("sampler", "learned_unigram" if sampler is None else sampler, SAMPLERS)
         self.exclude_true = V.check_bool("exclude_true", exclude_true)
         draw = ("with_replacement" if self.exclude_true else "unique_exact") if draw is None else draw
         self.draw = V.check_choice("draw", draw, DRAWS)
@@ -411,18 +436,24 @@ class SampledSoftmax(keras.layers.Layer):
             valid = ops.not_equal(y2, self.ignore_index)
             y_safe = ops.where(valid, y2, 0)
         if sampled_values is None:
+            if self.sampler == "log_uniform":
+                _observe_label_order(y2, valid, self.num_classes)
             cand, true_count, samp_count = self.sample(y_safe, state)
             if self.sampler == "learned_unigram":
-                if state is not None and not _in_stateless_scope():
+                frozen = state is not None and not _in_stateless_scope()
+                if frozen and self._sampler_given:
                     raise SampledSoftmaxError(
                         "`sampler`='learned_unigram' adds each step's targets to its counts in the loss, and this "
                         "loss runs outside the model's stateless call (a custom JAX train_step), where no "
                         "variable can be updated: compute the loss inside keras.StatelessScope(state_mapping=...) "
                         "and return its updated counts, or use another sampler")
-                # After drawing, as TensorFlow's learned sampler; ignored targets are not counted.
-                seen = ops.segment_sum(ops.reshape(ops.cast(valid, "float32"), (-1,)), ops.reshape(y_safe, (-1,)),
-                                       num_segments=self.num_classes)
-                self.sampling_counts.assign_add(_sum_over_replicas(seen))
+                if frozen:
+                    _warn_counts_frozen(self.name)
+                else:
+                    # After drawing, as TensorFlow's learned sampler; ignored targets are not counted.
+                    seen = ops.segment_sum(ops.reshape(ops.cast(valid, "float32"), (-1,)),
+                                           ops.reshape(y_safe, (-1,)), num_segments=self.num_classes)
+                    self.sampling_counts.assign_add(_sum_over_replicas(seen))
         else:
             cand, true_count, samp_count = self._checked_sampled_values(sampled_values, y2, valid)
             cand = ops.cast(cand, "int32")
@@ -513,8 +544,8 @@ class SampledSoftmax(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            num_classes=self.num_classes, num_sampled=self.num_sampled, sampler=self.sampler,
-            draw=self.draw, distortion=self.distortion, num_reserved_ids=self.num_reserved_ids,
+            num_classes=self.num_classes, num_sampled=self.num_sampled,
+            sampler=self.sampler if self._sampler_given else None, draw=self.draw, distortion=self.distortion, num_reserved_ids=self.num_reserved_ids,
             num_true=self.num_true, use_bias=self.use_bias,
             remove_accidental_hits=self.remove_accidental_hits, subtract_log_q=self.subtract_log_q,
             label_smoothing=self.label_smoothing, ignore_index=self.ignore_index,

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from .. import SampledSoftmaxError
 from .. import _validation as V
+from . import _order
 from ._prepare import (
     _check, _check_label_values, _check_sampled_values, _compute_dtype, _nan_rows, _shards,
 )
@@ -351,6 +352,7 @@ def _sampled_head_loss(weights, biases, labels, inputs, num_sampled, num_classes
     labels = _check_label_values(labels, num_classes, keep_true, ignore_index)
     if sampled_values is None:
         V.check_num_sampled(num_sampled, num_classes, unique=not exclude_true)
+        _order.observe(labels, keep_true, num_classes)
         true_classes = labels if keep_true is None else tf.where(keep_true, labels, tf.zeros_like(labels))
         sampled_values = tf.random.log_uniform_candidate_sampler(
             true_classes=true_classes, num_true=num_true, num_sampled=num_sampled, unique=not exclude_true,

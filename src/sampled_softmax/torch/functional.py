@@ -21,7 +21,7 @@ import torch
 
 from .. import SampledSoftmaxError
 from .. import _validation as V
-from . import _dispatch, _ops
+from . import _dispatch, _ops, _order
 from ._autograd import HeadKind, PerExampleLoss, SampledLoss, sigmoid_head, softmax_head
 from ._columns import candidate_columns, exclusion_correction
 from ._dispatch import IMPLEMENTATIONS
@@ -180,6 +180,8 @@ def sampled_softmax_loss(
                                       "tensors")
         return _traced_sampled_softmax_loss(**locals())
     _check_not_transformed(inputs, weights)
+    if _order.uses_log_uniform(sampler, sampled_values):
+        _order.observe(labels, num_classes)
     V.check_bool("exclude_true", exclude_true)
     if noise == "per_example":
         if sampled_values is not None:
@@ -415,6 +417,8 @@ def _sigmoid_loss(weights, biases, labels, inputs, num_sampled, num_classes, num
         raise NotImplementedError("nce_loss and negative_sampling_loss do not take meta or fake tensors yet "
                                   "(torch.export, FakeTensorMode): run them on real tensors")
     _check_not_transformed(inputs, weights)
+    if _order.uses_log_uniform(sampler, sampled_values):
+        _order.observe(labels, num_classes)
     if noise == "per_example":
         return _per_example(sigmoid_head, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
                             remove_accidental_hits, sampler, reduction, ignore_index, generator, partition_strategy,

@@ -12,7 +12,7 @@ from torch import nn
 from .. import _validation as V
 from ._dispatch import IMPLEMENTATIONS
 from .functional import _reduce, full_logits, full_softmax_loss, nce_loss, negative_sampling_loss, sampled_softmax_loss
-from .samplers import CandidateSampler, make_sampler
+from .samplers import CandidateSampler, LearnedUnigramSampler, make_sampler
 
 __all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxOutput", "LOSSES"]
 
@@ -42,8 +42,13 @@ class SampledSoftmax(nn.Module):
         in_features: ``D``.
         num_classes: ``V``.
         num_sampled: ``S``, candidates drawn per training step.
-        sampler: ``"log_uniform"`` (default), ``"uniform"`` or a :class:`CandidateSampler`
-            (registered as a submodule: its state is in ``state_dict``).
+        sampler: ``"learned_unigram"`` (default: a :class:`LearnedUnigramSampler`, which learns
+            the label frequencies as it trains, so any vocabulary order works), ``"log_uniform"``
+            (only for class ids sorted by decreasing frequency: on another order it can double
+            the perplexity, and a :class:`~sampled_softmax.VocabularyOrderWarning` says so),
+            ``"uniform"`` or a :class:`CandidateSampler`, e.g. :class:`UnigramSampler` with
+            known counts (registered as a submodule: its state, e.g. learned counts, is in
+            ``state_dict``). ``benchmarks/sampler_study.py`` measures the choice.
         bias: learn a bias per class. Default True.
         weight: an existing ``[V, D]`` Parameter to share instead of creating one.
         remove_accidental_hits: mask candidates equal to a row's label. Default True.
@@ -79,7 +84,7 @@ class SampledSoftmax(nn.Module):
     """
 
     def __init__(self, in_features: int, num_classes: int, num_sampled: int, *,
-                 sampler: str | CandidateSampler = "log_uniform", bias: bool = True,
+                 sampler: str | CandidateSampler = "learned_unigram", bias: bool = True,
                  weight: torch.nn.Parameter | None = None, remove_accidental_hits: bool = True, sparse: bool = False,
                  reduction: Literal["none", "mean", "sum"] = "mean", ignore_index: int | None = -100,
                  label_smoothing: float = 0.0, subtract_log_q: bool = True,
@@ -102,6 +107,8 @@ class SampledSoftmax(nn.Module):
         if self.loss != "sampled_softmax" and self.label_smoothing:
             raise V.SampledSoftmaxError(f"`label_smoothing` must be 0 with loss={self.loss!r} (a sum of logistic "
                                         f"losses has no softmax to smooth); received {self.label_smoothing}")
+        if isinstance(sampler, str) and sampler == "learned_unigram":
+            sampler = LearnedUnigramSampler(num_classes).to(device)  # its counts are this module's state
         self.sampler = make_sampler(sampler, num_classes)
         V.check_num_sampled(num_sampled, num_classes, unique=self.sampler.draw == "unique", support=self.sampler.support)
         if weight is None:

@@ -24,7 +24,7 @@ def _batch(seed=0, shape=(4, 5)):
 
 @pytest.mark.parametrize("loss", ["sampled_softmax", "nce"])
 def test_training_mode_is_the_functional_loss_with_the_same_key(loss):
-    layer = SampledSoftmax(D, V, S, rngs=nnx.Rngs(0), loss=loss, ignore_index=-1)
+    layer = SampledSoftmax(D, V, S, rngs=nnx.Rngs(0), loss=loss, ignore_index=-1, sampler="log_uniform")
     h, y = _batch()
     y = y.at[0, 0].set(-1)
     key = jax.random.key(3)
@@ -59,6 +59,7 @@ def test_the_stream_draws_fresh_candidates_each_call_and_is_reproducible():
 
 
 def test_learned_counts_are_state_updated_after_each_draw_and_left_alone_by_the_optimizer():
+    assert SampledSoftmax(D, V, S, rngs=nnx.Rngs(0)).sampler == "learned_unigram", "the default (issue 22)"
     layer = SampledSoftmax(D, V, S, rngs=nnx.Rngs(0), sampler="learned_unigram", ignore_index=-1)
     optimizer = nnx.Optimizer(layer, optax.adam(1e-2), wrt=nnx.Param)
     h, y = _batch()

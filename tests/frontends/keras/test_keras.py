@@ -694,7 +694,7 @@ def test_jax_guide_custom_train_step_trains_like_fit():
     for cls in (GuideModel, keras.Model):
         keras.utils.set_random_seed(0)
         inputs = keras.Input((None,), dtype="int32")
-        head = SampledSoftmax(V_LM, 8, seed=0)
+        head = SampledSoftmax(V_LM, 8, sampler="uniform", seed=0)
         model = cls(inputs, head(keras.layers.Embedding(V_LM, 16)(inputs)))
         model.compile(optimizer=keras.optimizers.Adam(0.05), loss=head.loss)
         start = _kernel(head)
@@ -702,6 +702,24 @@ def test_jax_guide_custom_train_step_trains_like_fit():
         kernels.append(_kernel(head))
         assert not np.allclose(kernels[-1], start)
     np.testing.assert_allclose(kernels[0], kernels[1], rtol=1e-5, atol=1e-6)
+
+    # The default sampler (learned_unigram) cannot update its counts there: it trains on the
+    # counts as they are and says so once; chosen explicitly, it is an error (below).
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None,), dtype="int32")
+    head = SampledSoftmax(V_LM, 8, seed=0)
+    model = GuideModel(inputs, head(keras.layers.Embedding(V_LM, 16)(inputs)))
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=head.loss)
+    start = _kernel(head)
+    with pytest.warns(UserWarning, match="the default sampler, 'learned_unigram', adds each step's targets"):
+        model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    assert not np.allclose(_kernel(head), start)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(head.sampling_counts), np.ones(V_LM))
+    head = SampledSoftmax(V_LM, 8, sampler="learned_unigram", seed=0)
+    model = GuideModel(inputs, head(keras.layers.Embedding(V_LM, 16)(inputs)))
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=head.loss)
+    with pytest.raises(Exception, match="loss runs outside the model's stateless call"):
+        model.fit(x, y, epochs=1, batch_size=16, verbose=0)
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="JAX reports a compiled step's error at the end of its traceback")

@@ -11,7 +11,7 @@ from sampled_softmax.torch import (LearnedUnigramSampler, SampledSoftmaxLoss, Sa
 
 def test_training_mode_is_the_sampled_loss_and_eval_mode_the_full_softmax():
     torch.manual_seed(0)
-    layer = SampledSoftmaxLoss(8, 100, 10, dtype=torch.float64)
+    layer = SampledSoftmaxLoss(8, 100, 10, sampler="log_uniform", dtype=torch.float64)
     x, y = torch.randn(2, 5, 8, dtype=torch.float64), torch.randint(100, (2, 5))
     out = layer(x, y, generator=torch.Generator().manual_seed(3))
     assert isinstance(out, SampledSoftmaxOutput) and out.output.shape == (2, 5) and out.loss.shape == ()
@@ -61,10 +61,30 @@ def test_learned_sampler_state_goes_into_the_module_state_dict():
     assert torch.equal(fresh.weight, layer.weight)
 
 
+def test_the_default_sampler_learns_the_label_counts_and_saves_them():
+    """The default sampler fits any vocabulary order (issue 22): it is a LearnedUnigramSampler
+    whose counts (1 per class to start) add each training call's labels, ignored ones excepted,
+    and travel in ``state_dict``; eval mode leaves them alone."""
+    torch.manual_seed(0)
+    layer = SampledSoftmaxLoss(4, 30, 6, dtype=torch.float64)
+    assert isinstance(layer.sampler, LearnedUnigramSampler)
+    y = torch.tensor([[3, 3, 7], [29, -100, 0]])
+    layer(torch.randn(2, 3, 4, dtype=torch.float64), y)
+    expected = torch.ones(30, dtype=torch.float64)
+    expected[[3, 7, 29, 0]] += torch.tensor([2.0, 1.0, 1.0, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(layer.state_dict()["sampler.counts"], expected, rtol=0, atol=0)
+    layer.eval()
+    layer(torch.randn(2, 3, 4, dtype=torch.float64), y)
+    torch.testing.assert_close(layer.sampler.counts, expected, rtol=0, atol=0)
+    restored = SampledSoftmaxLoss(4, 30, 6, dtype=torch.float64)
+    restored.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(restored.sampler.counts, expected, rtol=0, atol=0)
+
+
 def test_extra_repr_and_dtype():
     layer = SampledSoftmaxLoss(4, 30, 6, sparse=True, dtype=torch.float64)
     assert "in_features=4, num_classes=30, num_sampled=6" in repr(layer) and "sparse=True" in repr(layer)
-    assert "LogUniformSampler(num_classes=30, draw='unique')" in repr(layer)
+    assert "LearnedUnigramSampler(num_classes=30, draw='unique')" in repr(layer)
     assert layer.weight.dtype == torch.float64 and layer.bias.dtype == torch.float64
 
 
