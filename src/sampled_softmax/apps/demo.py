@@ -11,6 +11,11 @@ Full and adaptive softmax train with ``torch.optim.Adam``; sampled softmax with 
 recipe (sparse row gradients for both ``[V, D]`` tables, :class:`SparseRowAdam` for them,
 ``Adam`` for the LSTM). The budget bounds each method's whole run, its evaluations included
 (the validation sets are cut to fit); steps/s and the curve count training time only.
+
+Which sampler: the demo's ids are sorted by decreasing frequency (the generated corpus by
+construction, ``read_corpus`` by counting), which is what log-uniform assumes. With your own
+vocabulary in any other order, keep the output layer's default (a learned unigram) or give a
+unigram table of the counts (BENCHMARKS.md, "Which sampler").
 """
 
 from __future__ import annotations
@@ -325,6 +330,9 @@ def main(argv=None) -> int:
                    "optimal_perplexity": corpus.optimal_perplexity, "unigram_perplexity": corpus.unigram_perplexity(),
                    "results": [{k: v for k, v in r.items() if k != "model"} for r in results]}, f, indent=1)
     print(f"\nwrote {png or '(no plot: matplotlib not installed)'} and {os.path.join(args.out, 'demo.json')}")
+    if any(m.startswith("sampled") for m in methods):
+        print("Which sampler: log-uniform assumes ids sorted by decreasing frequency, as here; with a vocabulary "
+              "in another order keep the output layer's default (a learned unigram) or give a unigram table.")
     if args.save:
         chosen = next((r for r in results if r["method"] == "sampled-log-uniform"), results[0])
         print(f"checkpoint: {save_checkpoint(chosen, corpus, args, args.save)}")

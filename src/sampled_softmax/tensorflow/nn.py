@@ -241,7 +241,13 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled: int, num_
         num_sampled, num_classes, num_true: as ``tf.nn.sampled_softmax_loss``.
         sampled_values: ``(sampled_candidates, true_expected_count, sampled_expected_count)``;
             default: ``tf.random.log_uniform_candidate_sampler(..., unique=True, seed=seed)``,
-            the same draw as ``tf.nn`` with the same seed.
+            the same draw as ``tf.nn`` with the same seed. It assumes class ids sorted by
+            decreasing frequency: with another order (alphabetical, random) it nearly doubled
+            PTB's held-out perplexity (BENCHMARKS.md, "Which sampler"), and a
+            :class:`~sampled_softmax.VocabularyOrderWarning` says so when the first labels
+            contradict it (eager or in a graph; not inside XLA). Then pass the draw of
+            ``tf.random.learned_unigram_candidate_sampler`` or
+            ``fixed_unigram_candidate_sampler`` with the counts.
         remove_accidental_hits: remove candidates equal to a row's label from its normalizer
             (a true mask, where ``tf.nn`` adds ``-FLT_MAX``; where one candidate is drawn twice,
             every copy is removed, where ``tf.nn`` removes one).
