@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -166,3 +168,24 @@ def test_retrieval_text_study_smoke_run():
     for r in res["results"].values():
         assert r["steps"] == 5 and 0.0 <= r["recall@10"] <= r["recall@100"] <= 1.0 and r["perplexity"] > 1.0
     assert "| full softmax |" in retrieval_text_study.table(res)
+
+
+def test_sampler_study_and_order_check_benchmark_smoke_runs(tmp_path):
+    from benchmarks import order_check, sampler_study
+
+    rng = np.random.default_rng(0)
+    words = np.array([f"w{i}" for i in range(60)])
+    for split, n in (("train", 3000), ("valid", 600)):
+        (tmp_path / f"{split}.txt").write_text(" ".join(words[np.minimum(rng.zipf(1.3, n) - 1, 59)]) + "\n")
+    setting = dict(sampler_study.SETTING, tokens=2000, valid=400, embed=8, hidden=8)
+    res = sampler_study.run(str(tmp_path), orders=("frequency", "alphabetical"), samplers=("learned_unigram",),
+                            num_sampled=(8,), epochs=1, setting=setting, log=lambda line: None)
+    assert [(r["order"], r["sampler"]) for r in res["results"]] == [
+        ("frequency", "full"), ("frequency", "learned_unigram"), ("alphabetical", "full"),
+        ("alphabetical", "learned_unigram")]
+    assert all(r["perplexity"] > 1 and r["steps"] > 0 for r in res["results"])
+    assert "| learned_unigram | 8 |" in sampler_study.table(res)
+    data = sampler_study.load(str(tmp_path), "alphabetical", 2000, 400)
+    assert data["counts"].sum() == 2000 and data["train"].max() < data["V"]
+    bench = order_check.run(repeats=1, shape=dict(V=1000, S=10, D=8, B=16))
+    assert all(r > 0 for r in bench["ratios"].values())

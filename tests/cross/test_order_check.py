@@ -125,6 +125,15 @@ def test_torch_warns_once_for_a_shuffled_vocabulary_and_names_the_caller():
     assert not check.pending and check.share < 0.15 and check.device_counts is None
 
 
+def test_torch_device_counts_equal_the_numpy_counts():
+    """The torch-ops count (used off the CPU) against the NumPy one (used on it)."""
+    torch = pytest.importorskip("torch")
+    from sampled_softmax.torch import _order
+
+    ids = np.array([0, 3, 4, 6, 7, -1, -100, 2, 5])
+    assert _order.device_counts(torch.from_numpy(ids), 7).tolist() == OC.label_counts(ids, 7).tolist() == [6, 3]
+
+
 def test_torch_checks_only_log_uniform_draws():
     torch = pytest.importorskip("torch")
     from sampled_softmax.torch import LogUniformSampler

@@ -12,6 +12,12 @@ from .samplers import LogUniformSampler
 REMEDY = ("use sampler='learned_unigram' (learns the label frequencies), a UnigramSampler with the label counts, "
           "or sampler='uniform'")
 
+def device_counts(ids: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """:func:`sampled_softmax.order_check.label_counts` in torch ops, on the ids' device."""
+    live = (ids >= 0) & (ids < num_classes)
+    return torch.stack([live.sum(), (live & (ids >= OC.upper_half(num_classes))).sum()])
+
+
 def uses_log_uniform(sampler, sampled_values) -> bool:
     return sampled_values is None and (type(sampler) is LogUniformSampler or (isinstance(sampler, str)
                                                                               and sampler == "log_uniform"))
@@ -27,8 +33,10 @@ def observe(labels, num_classes, front: str = "torch") -> None:
     if not check.pending:
         return
     ids = labels.detach().reshape(-1)
-    live = (ids >= 0) & (ids < num_classes)
-    counts = torch.stack([live.sum(), (live & (ids >= OC.upper_half(num_classes))).sum()])
+    if ids.device.type == "cpu":  # NumPy's small-array operations cost a fraction of torch's
+        check.observe(OC.label_counts(ids.numpy(), num_classes))
+        return
+    counts = device_counts(ids, num_classes)
     check.device_counts = counts if check.device_counts is None else check.device_counts + counts
     check.device_labels += ids.numel()
     if check.device_labels >= OC.LABELS_TO_CHECK:
