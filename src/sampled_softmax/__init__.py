@@ -6,9 +6,11 @@
 
 from typing import Any, NamedTuple
 
+from .order_check import VocabularyOrderWarning  # NumPy only
+
 __version__ = "0.1.0"
 
-__all__ = ["SampledValues", "SampledSoftmaxError", "__version__"]
+__all__ = ["SampledValues", "SampledSoftmaxError", "VocabularyOrderWarning", "__version__"]
 
 
 class SampledValues(NamedTuple):
@@ -29,8 +31,3 @@ class SampledValues(NamedTuple):
 class SampledSoftmaxError(ValueError):
     """An argument had the wrong value or shape; the message names it, the expectation and
     what was received."""
-
-
-from .order_check import VocabularyOrderWarning  # noqa: E402  (NumPy only)
-
-__all__.append("VocabularyOrderWarning")
