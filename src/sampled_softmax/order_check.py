@@ -80,7 +80,8 @@ class OrderCheck:
         with self._lock:
             if not self.pending:
                 return
-            self.counts += np.asarray(counts, np.int64).reshape(2)
+            # [..., 2]: a callback under jax.vmap receives the counts of each mapped call.
+            self.counts += np.asarray(counts, np.int64).reshape(-1, 2).sum(axis=0)
             if self.counts[0] < LABELS_TO_CHECK:
                 return
             self.pending = False

@@ -179,6 +179,23 @@ def test_jax_warns_for_a_shuffled_vocabulary_eager_and_jitted(jit):
         assert len(order_warnings(record)) == expected, (jit, expected)
 
 
+def test_jax_vmapped_steps_count_every_mapped_call():
+    jax = pytest.importorskip("jax")
+    from sampled_softmax.jax import sampled_softmax_loss
+
+    W, b = jax.numpy.zeros((V, 4)), jax.numpy.zeros(V)
+    labels = permuted(zipf_labels(OC.LABELS_TO_CHECK, V), V).reshape(4, -1)
+
+    def loss(y, key):
+        return sampled_softmax_loss(W, b, y, jax.numpy.ones((y.shape[0], 4)), 16, V, key=key)
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        jax.jit(jax.vmap(loss))(labels, jax.random.split(jax.random.key(0), 4)).block_until_ready()
+        jax.effects_barrier()
+    assert len(order_warnings(record)) == 1
+
+
 # -- TensorFlow -----------------------------------------------------------------------------
 
 
