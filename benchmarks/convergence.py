@@ -62,7 +62,7 @@ def train_one(optimizer_name, train_ids, valid_ids, V, *, steps, D=128, S=256, B
     g = torch.Generator().manual_seed(seed)
     emb = torch.nn.Embedding(V, D)
     body = torch.nn.Sequential(torch.nn.Linear(2 * D, D), torch.nn.Tanh())
-    head = SampledSoftmax(D, V, S, sparse=True)
+    head = SampledSoftmax(D, V, S, sampler="log_uniform", sparse=True)
     dense_opt = torch.optim.Adam(list(emb.parameters()) + list(body.parameters()), lr=lr)
     if optimizer_name == "SparseAdam":
         head_opt = torch.optim.SparseAdam(list(head.parameters()), lr=lr)

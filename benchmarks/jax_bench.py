@@ -118,7 +118,7 @@ def loss_methods(V, S, D, B, seed=0):
 
         from sampled_softmax.keras import SampledSoftmax
 
-        layer = SampledSoftmax(V, S, seed=seed)
+        layer = SampledSoftmax(V, S, sampler="log_uniform", seed=seed)  # as tf.nn
         layer.build((None, D))
         variables = [layer.kernel, layer.bias]
 

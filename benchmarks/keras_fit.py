@@ -36,7 +36,8 @@ def _model(method: str, shape: dict):
     keras.utils.set_random_seed(0)
     V = shape["V"]
     sampled = method.startswith("SampledSoftmax")
-    head = SampledSoftmax(V, shape["S"], seed=0) if sampled else keras.layers.Dense(V, activation="softmax")
+    head = (SampledSoftmax(V, shape["S"], sampler="log_uniform", seed=0) if sampled  # as tf.nn
+            else keras.layers.Dense(V, activation="softmax"))
     model = keras.Sequential([keras.Input((shape["T"],), dtype="int32"), keras.layers.Embedding(V, shape["embed"]),
                               keras.layers.LSTM(shape["hidden"], return_sequences=True), head])
     loss = head.loss if sampled else "sparse_categorical_crossentropy"

@@ -59,12 +59,12 @@ def build(method: str, V: int, *, S=100, D=300, B=256, seed=0, body=True):
         return step
 
     if method in ("recipe", "recipe rowwise"):
-        head = SampledSoftmax(D, V, S, sparse=True)
+        head = SampledSoftmax(D, V, S, sampler="log_uniform", sparse=True)  # as tf.nn
         head_opt = SparseRowAdam(head.parameters(), lr=1e-3, rowwise=method == "recipe rowwise")
         return make_step(lambda: head(hidden(), y, generator=g).loss, head_opt), (layer, *rest_opts, head, head_opt)
 
     if method == "recipe compiled":
-        head = SampledSoftmax(D, V, S, sparse=True)
+        head = SampledSoftmax(D, V, S, sampler="log_uniform", sparse=True)  # as tf.nn
         head_opt = SparseRowAdam(head.parameters(), lr=1e-3)
         torch.manual_seed(seed)
         forward = torch.compile(lambda: head(hidden(), y).loss, fullgraph=True)
