@@ -170,8 +170,8 @@ def test_retrieval_text_study_smoke_run():
     assert "| full softmax |" in retrieval_text_study.table(res)
 
 
-def test_sampler_study_and_order_check_benchmark_smoke_runs(tmp_path):
-    from benchmarks import order_check, sampler_study
+def test_sampler_study_and_sampler_costs_benchmark_smoke_runs(tmp_path):
+    from benchmarks import sampler_costs, sampler_study
 
     rng = np.random.default_rng(0)
     words = np.array([f"w{i}" for i in range(60)])
@@ -187,5 +187,5 @@ def test_sampler_study_and_order_check_benchmark_smoke_runs(tmp_path):
     assert "| learned_unigram | 8 |" in sampler_study.table(res)
     data = sampler_study.load(str(tmp_path), "alphabetical", 2000, 400)
     assert data["counts"].sum() == 2000 and data["train"].max() < data["V"]
-    bench = order_check.run(repeats=1, shape=dict(V=1000, S=10, D=8, B=16))
+    bench = sampler_costs.run(repeats=1, shape=dict(V=1000, S=10, D=8, B=16), large=dict(V=1000, D=8, B=16, S=10))
     assert all(r > 0 for r in bench["ratios"].values())

@@ -1,5 +1,7 @@
-"""What the vocabulary-order check (:mod:`sampled_softmax.order_check`) costs a training step,
-paired in one process at Table 1's shapes (``V=100k``, ``S=100``, ``D=300``, ``B=256``):
+"""What the sampler choices of issue 22 cost a training step, paired in one process.
+
+The vocabulary-order check (:mod:`sampled_softmax.order_check`) at Table 1's shapes
+(``V=100k``, ``S=100``, ``D=300``, ``B=256``):
 
 * PyTorch ``sampled_softmax_loss`` (log-uniform, forward and backward, sparse row gradients,
   as the library's recipe trains) with the check counting
@@ -10,7 +12,11 @@ paired in one process at Table 1's shapes (``V=100k``, ``S=100``, ``D=300``, ``B
   compiled step and returns at once after the verdict: what such a step pays for good) against
   one traced after the verdict (no callback).
 
-    python -m benchmarks.order_check [--repeats 30]
+The default sampler of the output layers against log-uniform: a PyTorch ``SampledSoftmax``
+step (``sparse=True``, forward and backward) at ``V=1M``, ``D=128``, ``B=256``, ``S=8192`` with
+``LearnedUnigramSampler`` (an ``O(V)`` cumulative table per draw) and with ``LogUniformSampler``.
+
+    python -m benchmarks.sampler_costs [--repeats 30]
 """
 
 from __future__ import annotations
@@ -87,19 +93,48 @@ def jax_methods(V, S, D, B, seed=0):
     return {"jax, callback compiled in": run(with_callback), "jax, no callback": run(without)}
 
 
-def run(repeats=30, shape=TABLE1) -> dict:
+LARGE = dict(V=1_000_000, D=128, B=256, S=8192)
+
+
+def default_sampler_methods(V, D, B, S, seed=0):
+    import torch
+
+    from sampled_softmax.torch import LearnedUnigramSampler, LogUniformSampler, SampledSoftmax
+
+    torch.manual_seed(seed)
+    h = torch.randn(B, D)
+    y = torch.from_numpy(np.random.default_rng(seed).zipf(1.1, size=B) % V)
+    methods = {}
+    for name, sampler in (("torch V=1M, learned_unigram", LearnedUnigramSampler(V)),
+                          ("torch V=1M, log_uniform", LogUniformSampler(V))):
+        layer = SampledSoftmax(D, V, S, sampler=sampler, sparse=True)
+
+        def step(layer=layer):
+            layer.weight.grad = layer.bias.grad = None
+            layer(h, y).loss.backward()
+
+        methods[name] = step
+    return methods
+
+
+def run(repeats=30, shape=TABLE1, large=LARGE) -> dict:
     methods = {}
     methods.update(torch_methods(**shape))
     try:
         methods.update(jax_methods(**shape))
     except ImportError:
         pass
+    if large:
+        methods.update(default_sampler_methods(**large))
     samples = paired(methods, repeats=repeats, block=5)
     ratios = {"torch: counting / after the verdict": paired_ratio(samples, "torch, check counting",
                                                                   "torch, after the verdict")}
     if "jax, no callback" in samples:
         ratios["jax: callback / none"] = paired_ratio(samples, "jax, callback compiled in", "jax, no callback")
-    return {"shape": shape, "summary": summarize(samples), "ratios": ratios}
+    if large:
+        ratios["torch V=1M: learned_unigram / log_uniform"] = paired_ratio(
+            samples, "torch V=1M, learned_unigram", "torch V=1M, log_uniform")
+    return {"shape": shape, "large": large, "summary": summarize(samples), "ratios": ratios}
 
 
 def main(argv=None) -> int:
@@ -107,9 +142,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=30)
     args = ap.parse_args(argv)
     res = run(args.repeats)
-    print(f"vocabulary-order check, Table 1 shapes {res['shape']}, forward+backward (paired, {args.repeats} rounds)")
+    print(f"forward+backward, paired, {args.repeats} rounds: the order check at Table 1 shapes {res['shape']}; "
+          f"the default sampler at {res['large']}")
     for m, s in res["summary"].items():
-        print(f"  {m:<28} {s['median_ms']:>8.3f} ms")
+        print(f"  {m:<32} {s['median_ms']:>8.3f} ms")
     for m, r in res["ratios"].items():
         print(f"  {m}: {r:.3f}x")
     return 0
