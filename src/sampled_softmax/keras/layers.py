@@ -67,16 +67,16 @@ def _log_probs(y_pred, output_mode):
     return z
 
 
-_FROZEN_WARNED: set = set()
+_FROZEN_WARNED: weakref.WeakSet = weakref.WeakSet()
 
 
-def _warn_counts_frozen(layer_name: str) -> None:
-    """Once per layer name: the default sampler's counts cannot learn in this train step."""
-    if layer_name in _FROZEN_WARNED:
+def _warn_counts_frozen(layer) -> None:
+    """Once per layer: the default sampler's counts cannot learn in this train step."""
+    if layer in _FROZEN_WARNED:
         return
-    _FROZEN_WARNED.add(layer_name)
+    _FROZEN_WARNED.add(layer)
     warnings.warn(
-        f"SampledSoftmax {layer_name!r}: the default sampler, 'learned_unigram', adds each step's targets to its "
+        f"SampledSoftmax {layer.name!r}: the default sampler, 'learned_unigram', adds each step's targets to its "
         f"counts in the loss, and this loss runs outside the model's stateless call (a custom JAX train_step), "
         f"where no variable can be updated: it draws from its counts as they are (uniform for a new layer). To "
         f"learn them, compute the loss inside keras.StatelessScope(state_mapping=...) and return the updated "
@@ -448,7 +448,7 @@ class SampledSoftmax(keras.layers.Layer):
                         "variable can be updated: compute the loss inside keras.StatelessScope(state_mapping=...) "
                         "and return its updated counts, or use another sampler")
                 if frozen:
-                    _warn_counts_frozen(self.name)
+                    _warn_counts_frozen(self)
                 else:
                     # After drawing, as TensorFlow's learned sampler; ignored targets are not counted.
                     seen = ops.segment_sum(ops.reshape(ops.cast(valid, "float32"), (-1,)),
