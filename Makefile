@@ -15,11 +15,15 @@ $(STAMP): pyproject.toml constraints/dev.txt constraints/dev-requirements.txt
 
 venv: $(STAMP)
 
-# The Keras layer's tests run once per Keras backend (the main run uses TensorFlow's).
+# The Keras layer's tests run once per Keras backend (the main run uses TensorFlow's). Tests run
+# in TEST_WORKERS processes (pytest-xdist; 0 runs them in this one), the slowest listed last.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS)
+KERAS_TESTS := tests/frontends/keras tests/cross/test_bad_input.py tests/cross/test_properties.py tests/cross/test_heads.py tests/cross/test_exclude_true.py -k keras
 test: $(STAMP)
-	$(PY) -m pytest -q
-	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider tests/frontends/keras tests/cross/test_bad_input.py tests/cross/test_properties.py tests/cross/test_heads.py tests/cross/test_exclude_true.py -k keras
-	KERAS_BACKEND=torch $(PY) -m pytest -q -p no:cacheprovider tests/frontends/keras tests/cross/test_bad_input.py tests/cross/test_properties.py tests/cross/test_heads.py tests/cross/test_exclude_true.py -k keras
+	$(PYTEST) --durations=15
+	KERAS_BACKEND=jax $(PYTEST) -p no:cacheprovider $(KERAS_TESTS)
+	KERAS_BACKEND=torch $(PYTEST) -p no:cacheprovider $(KERAS_TESTS)
 
 # The wheel and sdist as they would be published, with their metadata checked.
 dist: $(STAMP)
