@@ -125,6 +125,13 @@ def test_torch_warns_once_for_a_shuffled_vocabulary_and_names_the_caller():
     assert not check.pending and check.share < 0.15 and check.device_counts is None
 
 
+def test_the_environment_variable_turns_the_check_off(monkeypatch):
+    monkeypatch.setenv("SAMPLED_SOFTMAX_ORDER_CHECK", "0")
+    assert not _torch_steps(permuted(zipf_labels(8 * 512, V), V))
+    monkeypatch.setenv("SAMPLED_SOFTMAX_ORDER_CHECK", "1")
+    assert len(_torch_steps(permuted(zipf_labels(8 * 512, V), V))) == 1
+
+
 def test_torch_device_counts_equal_the_numpy_counts():
     """The torch-ops count (used off the CPU) against the NumPy one (used on it)."""
     torch = pytest.importorskip("torch")
