@@ -140,7 +140,7 @@ def estimator_cost(shape=SHAPE, repeats=20) -> dict:
 def run(repeats=10, shape=SHAPE, memory=True, only=METHODS) -> dict:
     samples = paired(methods(shape, only=only), repeats=repeats, block=3)
     summary = summarize(samples)
-    ratios = {f"{m} / ours": paired_ratio(samples, m, "ours") for m in samples if m != "ours"}
+    ratios = {f"{m} / ours": paired_ratio(samples, m, "ours") for m in samples if m != "ours" and "ours" in samples}
     if {"ours tf", "tfrs-style tf"} <= set(samples):
         ratios["tfrs-style tf / ours tf"] = paired_ratio(samples, "tfrs-style tf", "ours tf")
     mem = {m: median_memory_run(["-m", "benchmarks.retrieval", "--memory", m, "--shape", json.dumps(shape)])

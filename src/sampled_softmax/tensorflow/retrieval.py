@@ -140,18 +140,8 @@ def in_batch_softmax_loss(
     keep = in_batch_keep(b, c, candidate_ids=optional["candidate_ids"], query_ids=optional["query_ids"],
                          score_mask=optional["score_mask"], excluded_ids=optional["excluded_ids"],
                          remove_accidental_hits=remove_accidental_hits)
-    o = tf.linalg.matmul(tf.cast(query, cdt), tf.cast(candidates, cdt), transpose_b=True) / temperature
-    if log_q is not None:
-        o = o - log_q[None, :]
-    eye = tf.cast(tf.eye(b, c), tf.bool)
-    if num_hard_negatives is not None and num_hard_negatives < c - 1:
-        negatives = tf.where(keep & ~eye, tf.stop_gradient(o), tf.constant(float("-inf"), cdt))
-        top = tf.math.top_k(negatives, num_hard_negatives).indices
-        hard = tf.reduce_any(tf.one_hot(top, c, on_value=True, off_value=False, dtype=tf.bool), axis=1)
-        keep = (keep & hard) | eye
-    masked = tf.where(keep, o, tf.constant(cdt.min, cdt))
-    positive = tf.linalg.diag_part(o[:, :b])
-    loss = tf.reduce_logsumexp(masked, axis=1) - positive
+    loss = _in_batch_rows(tf.cast(query, cdt), tf.cast(candidates, cdt), temperature,
+                          tf.zeros([c], cdt) if log_q is None else log_q, keep, num_hard_negatives)
     if weight is not None:
         loss = loss * tf.where(tf.math.is_finite(weight) & (weight >= 0), weight, tf.constant(float("nan"), cdt))
     if reduction == "none":
@@ -159,6 +149,45 @@ def in_batch_softmax_loss(
     if reduction == "sum":
         return tf.reduce_sum(loss)
     return tf.reduce_sum(loss) / b
+
+
+def _in_batch_rows(query, candidates, temperature, log_q, keep, num_hard_negatives):
+    """Per-row loss ``logsumexp_kept(o_i) - o_ii`` with ``o = q c^T / t - log_q``, and a custom
+    gradient that keeps one ``[B, C]`` buffer, ``G = softmax_kept(o) - target``, for the
+    backward pass (TensorFlow's autodiff would keep the logits, their masked copy and the mask):
+    ``d q = G c / t``, ``d c = G^T q / t``, ``d t = -sum((G c) * q) / t^2``,
+    ``d log_q = -sum_i G_i``."""
+    b, c = query.shape[0], candidates.shape[0]
+
+    @tf.custom_gradient
+    def rows(q, cand, t, lq):
+        # Few [B, C] buffers alive at once: the temperature scales q, the positives come from the
+        # rows' dot products, and the target is subtracted on the diagonal in place.
+        scaled = q / t
+        o = tf.linalg.matmul(scaled, cand, transpose_b=True) - lq[None, :]
+        positive = tf.reduce_sum(scaled * cand[:b], axis=1) - lq[:b]
+        kept = keep
+        if num_hard_negatives is not None and num_hard_negatives < c - 1:
+            eye = tf.cast(tf.eye(b, c), tf.bool)
+            negatives = tf.where(kept & ~eye, o, tf.constant(float("-inf"), o.dtype))
+            top = tf.math.top_k(negatives, num_hard_negatives).indices
+            hard = tf.reduce_any(tf.one_hot(top, c, on_value=True, off_value=False, dtype=tf.bool), axis=1)
+            kept = (kept & hard) | eye
+        masked = tf.where(kept, o, tf.constant(float("-inf"), o.dtype))
+        lse = tf.reduce_logsumexp(masked, axis=1)
+        loss = lse - positive
+        p = tf.exp(masked - lse[:, None])  # zero on removed columns
+        d_logits = tf.linalg.set_diag(p, tf.linalg.diag_part(p) - 1)
+
+        def grad(upstream):
+            g = d_logits * upstream[:, None]
+            gc = tf.linalg.matmul(g, cand) / t
+            return (gc, tf.linalg.matmul(g, q, transpose_a=True) / t, -tf.reduce_sum(gc * q) / t,
+                    -tf.reduce_sum(g, axis=0))
+
+        return loss, grad
+
+    return rows(query, candidates, temperature, log_q)
 
 
 # ---------------------------------------------------------------------------------------------
