@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import SampledSoftmaxError
 from . import _validation as V
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "negative_sampling_loss", "negative_sampling_grads",
     "full_softmax_loss", "full_softmax_grads", "log_softmax",
     "in_batch_columns", "in_batch_logits", "hard_negatives", "in_batch_softmax_loss", "in_batch_softmax_grads",
+    "mixed_negatives",
 ]
 
 
@@ -68,7 +70,7 @@ def _check(weights, biases, labels, inputs, sampled_values=None, *, label_smooth
         V.check_floating_dtype("biases", np.issubdtype(b.dtype, np.floating), str(b.dtype))
     V.check_label_smoothing(label_smoothing)
     if h.ndim != 2:
-        raise V.SampledSoftmaxError(f"`inputs` must have shape [batch, dim]; received shape {list(h.shape)}")
+        raise SampledSoftmaxError(f"`inputs` must have shape [batch, dim]; received shape {list(h.shape)}")
     num_classes, _ = V.check_weights_shapes([W.shape], None, h.shape[1])
     V.check_biases_shape(None if biases is None else np.shape(biases), num_classes)
     _, num_true = V.resolve_label_shape(y.shape, h.shape, y.shape[-1] if y.ndim == 2 else 1)
@@ -462,7 +464,7 @@ def in_batch_columns(batch_size, num_candidates, *, candidate_ids=None, query_id
             ex = np.asarray(excluded_ids)
             keep &= ~((ids[None, :, None] == ex[:, None, :]) & (ex[:, None, :] >= 0)).any(axis=2)
     elif excluded_ids is not None:
-        raise V.SampledSoftmaxError("`excluded_ids` needs `candidate_ids` (the ids to compare them with)")
+        raise SampledSoftmaxError("`excluded_ids` needs `candidate_ids` (the ids to compare them with)")
     if query_ids is not None:
         qid = np.asarray(query_ids)
         keep[:, :b] &= qid[:, None] != qid[None, :]
@@ -553,3 +555,38 @@ def in_batch_softmax_grads(query, candidates, *, grad_loss=None, candidate_ids=N
     scores = query @ candidates.T / t  # o + log_q
     return (G @ candidates / t, G.T @ query / t, float(-np.sum(G * scores) / t),
             None if log_q is None else -G.sum(axis=0))
+
+
+def mixed_negatives(candidates, candidate_ids, in_batch_log_q, sampled_values, encode):
+    """Mixed negative sampling (Yang et al. 2020): the columns of the in-batch loss when ``M``
+    corpus candidates are drawn besides the batch's own ``B``.
+
+    ``sampled_values = (cand [M], _, E [M])`` is a draw whose expected counts are inclusion
+    probabilities (``draw="unique_exact"``: ``E(k) = 1 - (1 - Q(k))^M``, ``inf`` on a padding
+    slot, the repeat of a class drawn already); ``encode(ids) -> [M, D]`` is the candidate tower.
+    Each column keeps the log probability of the source that put it there::
+
+        candidates = [candidates; encode(cand)]                 # [B + M, D]
+        candidate_ids = [candidate_ids; cand]                   # [B + M]
+        log_q = [in_batch_log_q; log E(cand)]                   # [B + M]
+        score_mask[i, j] = j < B or E(cand[j - B]) is finite    # [B, B + M]
+
+    Returns ``(candidates, candidate_ids, log_q, score_mask)`` (float64 arrays, ids int64) for
+    :func:`in_batch_softmax_loss`."""
+    candidates = np.asarray(candidates, np.float64)
+    candidate_ids, in_batch_log_q = np.asarray(candidate_ids), np.asarray(in_batch_log_q, np.float64)
+    cand, _, count = (np.asarray(v) for v in V.check_sampled_values_triple(sampled_values))
+    b, d = V.check_mixed_negatives_shapes(candidates.shape, candidate_ids.shape, in_batch_log_q.shape, cand.shape,
+                                          count.shape)
+    count = count.astype(np.float64)
+    padding = np.isinf(count)
+    if np.any(count[~padding] > 1.0):
+        raise SampledSoftmaxError(
+            f"`sampled_values[2]` (sampled_expected_count) must be at most 1 for mixed negatives (an inclusion "
+            f"probability); received {count[~padding].max()}")
+    extra = np.asarray(encode(cand), np.float64)
+    V.check_encoded_shape(list(extra.shape), cand.shape[0], d)
+    log_e = np.log(np.where(padding, 1.0, count))
+    score_mask = np.concatenate([np.ones((b, b), bool), np.broadcast_to(~padding[None, :], (b, cand.shape[0]))], 1)
+    return (np.concatenate([candidates, extra]), np.concatenate([candidate_ids, cand]).astype(np.int64),
+            np.concatenate([in_batch_log_q, log_e]), score_mask)

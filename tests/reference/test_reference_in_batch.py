@@ -133,3 +133,31 @@ def test_bad_input_is_a_clear_error(rng, kw, message):
     args.update(kw)
     with pytest.raises(SampledSoftmaxError, match=message):
         R.in_batch_softmax_loss(args.pop("query"), args.pop("candidates"), **args)
+
+
+def test_mixed_negatives_columns_keep_their_own_source_probability():
+    """The reference's mixed negatives: batch columns with the in-batch estimate, sampled columns
+    with the log of their inclusion probability, padding slots masked in every row; the loss on
+    them equals the in-batch loss over the distinct columns only (padding has no effect)."""
+    rng = np.random.default_rng(3)
+    V_, D_ = 40, 3
+    table = rng.normal(size=(V_, D_))
+    ids = np.array([4, 9, 9, 30])
+    in_batch = np.log([0.5, 0.2, 0.2, 0.05])
+    cand = np.array([1, 17, 1, 33, 9])          # slot 2 repeats slot 0: padding
+    count = np.array([0.3, 0.1, np.inf, 0.05, 0.2])
+    cands, cids, log_q, mask = R.mixed_negatives(table[ids], ids, in_batch, (cand, None, count), lambda i: table[i])
+    np.testing.assert_array_equal(cands, table[np.concatenate([ids, cand])])
+    np.testing.assert_array_equal(cids, np.concatenate([ids, cand]))
+    np.testing.assert_array_equal(log_q, np.concatenate([in_batch, np.log([0.3, 0.1, 1.0, 0.05, 0.2])]))
+    np.testing.assert_array_equal(mask, np.broadcast_to([True] * 4 + [True, True, False, True, True], (4, 9)))
+    q = rng.normal(size=(4, D_))
+    loss = R.in_batch_softmax_loss(q, cands, candidate_ids=cids, log_q=log_q, score_mask=mask)
+    keep = [0, 1, 2, 3, 4, 5, 7, 8]
+    without_padding = R.in_batch_softmax_loss(q, cands[keep], candidate_ids=cids[keep], log_q=log_q[keep])
+    np.testing.assert_allclose(loss, without_padding, rtol=1e-14)
+    with pytest.raises(SampledSoftmaxError, match=r"`sampled_values\[2\]` .*must be at most 1 .*received 2.5"):
+        R.mixed_negatives(table[ids], ids, in_batch, (cand, None, np.array([2.5, 0.1, 0.1, 0.1, 0.1])),
+                          lambda i: table[i])
+    with pytest.raises(SampledSoftmaxError, match=r"`encode` must return \[5, 3\] embeddings"):
+        R.mixed_negatives(table[ids], ids, in_batch, (cand, None, count), lambda i: table[i][:, :2])

@@ -30,7 +30,8 @@ The sampled loss is the one of :mod:`sampled_softmax.reference`: corrected logit
 ``o_k = h . W_k + b_k - log E(k)`` over the true class(es) and the candidates, accidental hits
 and padding slots removed from the normalizer, optional label smoothing over the kept columns.
 
-For two-tower retrieval, :class:`InBatchSoftmax` and :class:`InBatchSoftmaxLoss` (:mod:`.retrieval`).
+For two-tower retrieval, :class:`InBatchSoftmax` and :class:`InBatchSoftmaxLoss`, with mixed
+negatives from :class:`CorpusSampler` and :func:`mixed_negatives` (:mod:`.retrieval`).
 
 Files: :mod:`.layers` (the layer), :mod:`.losses`, :mod:`.metrics`, :mod:`.optimizers`,
 :mod:`.samplers` (draws in ``keras.ops``); every backend branch and private Keras access is in
@@ -43,11 +44,12 @@ from .losses import SampledSoftmaxLoss
 from .metrics import Perplexity, SampledSoftmaxMetric
 from .optimizers import LazyAdam
 from .retrieval import (
-    CorpusIndex, CountMinFrequency, InBatchSoftmax, InBatchSoftmaxLoss, RecallAtK, StreamingFrequency,
+    CorpusIndex, CorpusSampler, CountMinFrequency, InBatchSoftmax, InBatchSoftmaxLoss, MixedNegatives, RecallAtK,
+    StreamingFrequency, mixed_negatives,
 )
 from .samplers import DRAWS, SAMPLERS
 
 __all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxMetric", "Perplexity", "LazyAdam",
            "InBatchSoftmax", "InBatchSoftmaxLoss", "StreamingFrequency", "CountMinFrequency", "CorpusIndex",
-           "RecallAtK",
+           "RecallAtK", "CorpusSampler", "MixedNegatives", "mixed_negatives",
            "SampledSoftmaxError", "SAMPLERS", "DRAWS", "OUTPUTS", "LOSSES"]

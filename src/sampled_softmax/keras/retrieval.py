@@ -19,16 +19,19 @@ positive id (``candidate_ids``), the same query id, ``score_mask`` False or an i
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from .. import SampledSoftmaxError
 from .. import _validation as V
 from .. import frequency as F
+from ..samplers import unigram_weights
 from ._backend import keras, ops
+from .samplers import DRAWS, SAMPLERS, draw, expected_counts, uniforms
 
-__all__ = ["InBatchSoftmax", "InBatchSoftmaxLoss", "StreamingFrequency", "CountMinFrequency", "CorpusIndex",
-           "RecallAtK"]
+__all__ = ["InBatchSoftmax", "InBatchSoftmaxLoss", "StreamingFrequency", "CountMinFrequency", "CorpusSampler",
+           "MixedNegatives", "mixed_negatives", "CorpusIndex", "RecallAtK"]
 
 
 def _shape(x):
@@ -301,6 +304,182 @@ class CountMinFrequency(_HashedFrequency):
 
     def get_config(self):
         return dict(super().get_config(), num_buckets=self.num_buckets, num_hashes=self.num_hashes, seed=self.seed)
+
+
+@keras.saving.register_keras_serializable(package="sampled_softmax")
+class CorpusSampler(keras.layers.Layer):
+    """Draws ``num_sampled`` corpus candidates per call, shared by the batch, with the layer's seed
+    generator: the ``sampled_values`` of :func:`mixed_negatives` (or of any ``sampled_values=``
+    argument), in ``keras.ops`` on every backend, inside ``fit``.
+
+    Called on the batch's true ids ``[B]`` or ``[B, T]``, returns TensorFlow's triple
+    ``(sampled_candidates [M] int32, true_expected_count [B, T] float32, sampled_expected_count
+    [M] float32)``. With ``draw="unique_exact"`` (the default) the expected counts are the exact
+    inclusion probabilities ``1 - (1 - Q)^M``, and a slot repeating a class drawn already (a
+    padding slot) has an expected count of ``inf``: what :func:`mixed_negatives` needs.
+
+    Args:
+        num_classes: the corpus size ``V`` (ids in ``[0, V)``).
+        num_sampled: ``M``, candidates per call.
+        sampler: ``"uniform"`` (default: Yang et al.'s corpus negatives, whatever the id order),
+            ``"log_uniform"`` (ids sorted by decreasing popularity), ``"unigram"`` (from
+            ``unigrams``) or ``"learned_unigram"`` (counts of the true ids seen in training,
+            starting at 1, saved with the model).
+        draw: ``"unique_exact"`` or ``"with_replacement"``.
+        unigrams: counts or probabilities ``[V]`` for ``sampler="unigram"``.
+        distortion: power applied to ``unigrams``. Default 1.
+        seed: seeds the draw (its state is saved with the model).
+        unigrams_in_weights: ``sampler="unigram"`` without ``unigrams``: the tables come from
+            the saved weights (how a reloaded model rebuilds the layer).
+    """
+
+    _SEED_KEY = "seed_generator_state"
+
+    def __init__(self, num_classes: int, num_sampled: int, *, sampler: str = "uniform", draw: str = "unique_exact",
+                 unigrams=None, distortion: float = 1.0, seed: int | None = None, unigrams_in_weights: bool = False,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = V.check_positive_int("num_classes", num_classes)
+        self.sampler = V.check_choice("sampler", sampler, SAMPLERS)
+        self.draw = V.check_choice("draw", draw, DRAWS)
+        self.distortion = float(distortion)
+        self.seed = seed
+        support = self.num_classes
+        probs = None
+        if self.sampler == "unigram":
+            if unigrams is not None:
+                weights = unigram_weights(unigrams, num_classes=self.num_classes, distortion=self.distortion)
+                support = int(np.count_nonzero(weights))
+                probs = np.asarray(weights, np.float64) / np.sum(weights)
+            elif not unigrams_in_weights:
+                raise SampledSoftmaxError("`unigrams` (counts or probabilities) is required for sampler='unigram'; "
+                                          "received None")
+        self.num_sampled = V.check_num_sampled(num_sampled, self.num_classes, unique=self.draw == "unique_exact",
+                                               support=support)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        if self.sampler == "unigram":
+            # The tables are weights (saved with the model, not in its config): the CDF to draw
+            # from, and the probabilities (normalised in float64) to correct with.
+            cdf = np.zeros(self.num_classes) if probs is None else np.cumsum(probs)
+            if probs is not None:
+                cdf[-1] = 1.0
+            self.sampling_cdf = self.add_weight(name="sampling_cdf", shape=(self.num_classes,), trainable=False,
+                                                initializer=keras.initializers.Constant(cdf.astype(np.float32)))
+            self.sampling_probs = self.add_weight(
+                name="sampling_probs", shape=(self.num_classes,), trainable=False,
+                initializer=keras.initializers.Constant(
+                    np.zeros(self.num_classes, np.float32) if probs is None else probs.astype(np.float32)))
+        if self.sampler == "learned_unigram":
+            self.sampling_counts = self.add_weight(name="sampling_counts", shape=(self.num_classes,),
+                                                   initializer="ones", trainable=False)
+
+    def call(self, true_ids, training=None):
+        true_ids = ops.convert_to_tensor(true_ids)
+        if "int" not in _dtype(true_ids):
+            raise TypeError(f"`true_ids` must have an integer dtype; received {_dtype(true_ids)}")
+        now = _values_now(true_ids)
+        if now is not None and now.size and (now.min() < 0 or now.max() >= self.num_classes):
+            raise SampledSoftmaxError(f"`true_ids` must be in [0, {self.num_classes - 1}]; received "
+                                      f"{now.min() if now.min() < 0 else now.max()}")
+        true2 = ops.cast(ops.reshape(true_ids, (ops.shape(true_ids)[0], -1)), "int32")
+        tables = {}
+        if self.sampler == "unigram":
+            tables = dict(cdf=ops.convert_to_tensor(self.sampling_cdf), probs=ops.convert_to_tensor(self.sampling_probs))
+        elif self.sampler == "learned_unigram":
+            tables = dict(counts=ops.convert_to_tensor(self.sampling_counts))
+        u = uniforms(self.num_sampled, self.seed_generator)
+        cand, probs = draw(self.sampler, u, self.num_classes, **tables)
+        # Out-of-range true ids of a traced call get a nan expected count, never a wrapped one.
+        in_range = (true2 >= 0) & (true2 < self.num_classes)
+        p_true = ops.where(in_range, probs(ops.where(in_range, true2, 0)), float("nan"))
+        true_count, samp_count = expected_counts(self.draw, self.num_sampled, cand, p_true, probs(cand))
+        if training and self.sampler == "learned_unigram":  # after drawing, as TensorFlow's learned sampler
+            seen = ops.segment_sum(ops.ones((ops.size(true2),), "float32"),
+                                   ops.reshape(ops.where(in_range, true2, 0), (-1,)), num_segments=self.num_classes)
+            self.sampling_counts.assign_add(seen)
+        return cand, true_count, samp_count
+
+    def compute_output_spec(self, true_ids, training=None):
+        t = 1 if len(true_ids.shape) == 1 else true_ids.shape[1]
+        return (keras.KerasTensor((self.num_sampled,), dtype="int32"),
+                keras.KerasTensor((true_ids.shape[0], t), dtype="float32"),
+                keras.KerasTensor((self.num_sampled,), dtype="float32"))
+
+    # Keras saves a layer's variables but not its SeedGenerator's state: without it a resumed
+    # fit would draw the first epoch's candidates again.
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store[self._SEED_KEY] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        if self._SEED_KEY in keys:
+            self.seed_generator.state.assign(store[self._SEED_KEY])
+            store = {k: store[k] for k in keys if k != self._SEED_KEY}
+        super().load_own_variables(store)
+
+    def get_config(self):
+        return dict(super().get_config(), num_classes=self.num_classes, num_sampled=self.num_sampled,
+                    sampler=self.sampler, draw=self.draw, distortion=self.distortion, seed=self.seed,
+                    unigrams_in_weights=self.sampler == "unigram")
+
+
+class MixedNegatives(NamedTuple):
+    """In-batch candidates followed by sampled ones (see :func:`mixed_negatives`)."""
+
+    candidates: object
+    candidate_ids: object
+    log_q: object
+    score_mask: object
+
+
+def mixed_negatives(candidates, candidate_ids, in_batch_log_q, sampled_values, encode) -> MixedNegatives:
+    """Mixed negative sampling (Yang et al. 2020) in ``keras.ops``, as
+    :func:`sampled_softmax.reference.mixed_negatives`: the batch's ``candidates [B, D]`` plus the
+    ``M`` candidates of ``sampled_values`` (a :class:`CorpusSampler`'s output, whose
+    ``"unique_exact"`` expected counts are inclusion probabilities ``<= 1``) embedded by
+    ``encode(ids) -> [M, D]`` (the candidate tower: a layer shared with the one that embedded the
+    batch's candidates, so that both are one set of weights). Works on eager tensors and on a
+    functional model's symbolic ones. Returns ``MixedNegatives(candidates [B + M, D],
+    candidate_ids [B + M], log_q [B + M], score_mask [B, B + M])``, to pass on to
+    :class:`InBatchSoftmax`: each column with its own source's log probability, padding slots
+    (expected count ``inf``) masked out. Example::
+
+        item_emb = item_tower(item_ids)
+        mixed = mixed_negatives(item_emb, item_ids, frequency(item_ids), corpus_sampler(item_ids), item_tower)
+        logits = InBatchSoftmax(0.05)(query_emb, mixed.candidates, candidate_ids=mixed.candidate_ids,
+                                      log_q=mixed.log_q, score_mask=mixed.score_mask)
+    """
+    candidates, candidate_ids = ops.convert_to_tensor(candidates), ops.convert_to_tensor(candidate_ids)
+    in_batch_log_q = ops.convert_to_tensor(in_batch_log_q)
+    cand, _, count = (ops.convert_to_tensor(v) for v in V.check_sampled_values_triple(sampled_values))
+    b, d = V.check_mixed_negatives_shapes(_shape(candidates), _shape(candidate_ids), _shape(in_batch_log_q),
+                                          _shape(cand), _shape(count))
+    m = _shape(cand)[0]
+    for name, x in (("candidate_ids", candidate_ids), ("sampled_values[0]", cand)):
+        V.check_integer_dtype(name, "int" in _dtype(x), _dtype(x))
+    now = _values_now(count)
+    if now is not None:
+        finite = now[np.isfinite(now)]
+        if finite.size and finite.max() > 1.0:
+            raise SampledSoftmaxError(
+                f"`sampled_values[2]` (sampled_expected_count) must be at most 1 for mixed negatives (an inclusion "
+                f"probability); received {float(finite.max())} (draw with CorpusSampler(draw='unique_exact'))")
+    extra = encode(cand)
+    V.check_encoded_shape(list(_shape(extra)) if hasattr(extra, "shape") else type(extra).__name__, m, d)
+    lq_dtype = _dtype(in_batch_log_q)
+    count = ops.cast(count, lq_dtype)
+    padding = ops.isinf(count)
+    # A count above 1 that cannot be checked now (traced) makes log_q positive: InBatchSoftmax's
+    # nan rule then shows it, never a plausible loss.
+    log_e = ops.log(ops.where(padding, ops.ones_like(count), count))
+    # Built by broadcasting, not from ops.shape: a functional model's batch size is unknown.
+    in_batch = ops.ones_like(candidate_ids, dtype="bool")
+    columns = ops.concatenate([in_batch, ops.logical_not(padding)], axis=0)
+    score_mask = ops.logical_and(in_batch[:, None], columns[None, :])
+    return MixedNegatives(ops.concatenate([candidates, ops.cast(extra, _dtype(candidates))], axis=0),
+                          ops.concatenate([candidate_ids, ops.cast(cand, _dtype(candidate_ids))], axis=0),
+                          ops.concatenate([in_batch_log_q, log_e], axis=0), score_mask)
 
 
 class CorpusIndex:

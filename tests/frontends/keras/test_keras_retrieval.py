@@ -185,3 +185,119 @@ def test_keras_corpus_index_is_exact_top_k_and_recall_counts_hits(chunk_size):
     assert float(keras.ops.convert_to_numpy(recall.result())) == pytest.approx(3 / 6)
     with pytest.raises(SampledSoftmaxError, match=r"`k` must be <= 50 \(the indexed items\); received 51"):
         index.search(query, k=51)
+
+
+def _numpy_distribution(sampler, num_classes, unigrams=None, counts=None):
+    from sampled_softmax import samplers as S
+
+    if sampler == "uniform":
+        return S.Uniform(num_classes)
+    if sampler == "log_uniform":
+        return S.LogUniform(num_classes)
+    return S.Unigram(unigrams if sampler == "unigram" else counts)
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "log_uniform", "unigram", "learned_unigram"])
+def test_keras_corpus_sampler_draws_with_exact_inclusion_probabilities(sampler):
+    """Each slot's expected count is the exact inclusion probability ``1 - (1 - Q)^M`` of the
+    NumPy distribution (``inf`` on repeats); over many draws, each class is drawn as often as
+    that probability says (seeded, a 5-sigma bound); learned counts grow only in training."""
+    from sampled_softmax import samplers as S
+    from sampled_softmax.keras import CorpusSampler
+
+    V_, M = 20, 6
+    unigrams = np.arange(1, V_ + 1, dtype=np.float64)[::-1] ** 1.5
+    layer = CorpusSampler(V_, M, sampler=sampler, unigrams=unigrams if sampler == "unigram" else None, seed=3)
+    true = np.array([[2, 5], [7, 7], [0, 19]], "int32")
+    draws, n = np.zeros(V_), 400
+    for step in range(n):
+        counts = np.ones(V_) if sampler != "learned_unigram" else keras.ops.convert_to_numpy(layer.sampling_counts)
+        cand, true_count, samp_count = (keras.ops.convert_to_numpy(v) for v in layer(true, training=step < 3))
+        dist = _numpy_distribution(sampler, V_, unigrams, counts.astype(np.float64))
+        repeat = S.repeated_slots(cand)
+        assert cand.min() >= 0 and cand.max() < V_
+        np.testing.assert_array_equal(np.isinf(samp_count), repeat)
+        np.testing.assert_allclose(samp_count[~repeat], S.expected_count(dist.probs(cand[~repeat]), M, "unique_exact"),
+                                   rtol=2e-5)
+        np.testing.assert_allclose(true_count, S.expected_count(dist.probs(true), M, "unique_exact"), rtol=2e-5)
+        draws[np.unique(cand)] += 1
+    if sampler == "learned_unigram":
+        learned = np.ones(V_)
+        np.add.at(learned, true.reshape(-1), 3)  # three training calls, none after
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.sampling_counts), learned)
+        dist = _numpy_distribution(sampler, V_, counts=learned)
+    p = S.expected_count(dist.all_probs(), M, "unique_exact")
+    assert np.all(np.abs(draws - n * p) <= 5 * np.sqrt(n * p * (1 - p)) + 1), (draws, n * p)
+    again = CorpusSampler(V_, M, sampler=sampler, unigrams=unigrams if sampler == "unigram" else None, seed=3)
+    first = CorpusSampler(V_, M, sampler=sampler, unigrams=unigrams if sampler == "unigram" else None, seed=3)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(again(true)[0]), keras.ops.convert_to_numpy(first(true)[0]))
+
+
+def test_keras_mixed_negatives_equal_the_reference_and_mask_padding_by_effect():
+    from sampled_softmax.keras import CorpusSampler, mixed_negatives
+
+    rng = np.random.default_rng(5)
+    V_, M = 12, 8
+    table = rng.normal(size=(V_, D)).astype("float32")
+    ids = np.array([3, 7, 7, 1, 10], "int32")
+    in_batch = np.log([0.3, 0.2, 0.2, 0.1, 0.05]).astype("float32")
+    sv = [keras.ops.convert_to_numpy(v) for v in CorpusSampler(V_, M, sampler="log_uniform", seed=1)(ids)]
+    assert np.isinf(sv[2]).any(), "the draw must hold a padding slot for this test"
+    encode = lambda i: keras.ops.take(keras.ops.convert_to_tensor(table), i, axis=0)  # noqa: E731
+    mixed = mixed_negatives(table[ids], ids, in_batch, sv, encode)
+    ref = R.mixed_negatives(table[ids], ids, in_batch, sv, lambda i: table[i])
+    for ours, theirs in zip(mixed, ref):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(ours), theirs, rtol=1e-6)
+    q = rng.normal(size=(5, D)).astype("float32")
+    logits = InBatchSoftmax(0.5)(q, mixed.candidates, candidate_ids=mixed.candidate_ids, log_q=mixed.log_q,
+                                 score_mask=mixed.score_mask)
+    loss = InBatchSoftmaxLoss(reduction=None)(np.zeros(5), logits)
+    ref_loss = R.in_batch_softmax_loss(q, ref[0], candidate_ids=ref[1], log_q=ref[2], score_mask=ref[3],
+                                       temperature=0.5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loss), ref_loss, rtol=1e-5)
+    probs = keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=1))
+    assert np.all(probs[:, 5:][:, np.isinf(sv[2])] == 0), "a padding slot must have probability 0"
+    with pytest.raises(SampledSoftmaxError, match=r"`sampled_values\[2\]` .*must be at most 1 .*received 2.0"):
+        mixed_negatives(table[ids], ids, in_batch, (sv[0], sv[1], np.full(M, 2.0, "float32")), encode)
+    with pytest.raises(SampledSoftmaxError, match=r"`encode` must return \[8, 4\] embeddings"):
+        mixed_negatives(table[ids], ids, in_batch, sv, lambda i: encode(i)[:, :2])
+    with pytest.raises(SampledSoftmaxError, match=r"`true_ids` must be in \[0, 11\]; received 12"):
+        CorpusSampler(V_, M)(np.array([12], "int32"))
+    with pytest.raises(SampledSoftmaxError, match=r"`unigrams` .* is required for sampler='unigram'"):
+        CorpusSampler(V_, M, sampler="unigram")
+
+
+def test_keras_two_tower_with_mixed_negatives_trains_with_fit_and_survives_saving(tmp_path):
+    """A functional two-tower model with mixed negatives (one shared item tower, the sampler's
+    draw and the streaming estimate inside ``fit``): the loss falls, the reloaded model holds one
+    item tower (not a copy) and, with the saved seed state, gives the same logits."""
+    from sampled_softmax.keras import CorpusSampler, StreamingFrequency, mixed_negatives
+
+    keras.utils.set_random_seed(0)
+    V_, M = 50, 16
+    users, items = keras.Input((), dtype="int32"), keras.Input((), dtype="int32")
+    item_tower = keras.layers.Embedding(V_, 8, name="item_tower")
+    query = keras.layers.Embedding(30, 8, name="user_tower")(users)
+    sampled = CorpusSampler(V_, M, seed=2, name="corpus_sampler")(items)
+    mixed = mixed_negatives(item_tower(items), items, StreamingFrequency(256, name="frequency")(items), sampled,
+                            item_tower)
+    logits = InBatchSoftmax(0.2, name="in_batch")(query, mixed.candidates, candidate_ids=mixed.candidate_ids,
+                                                  log_q=mixed.log_q, score_mask=mixed.score_mask)
+    model = keras.Model([users, items], logits)
+    assert len(model.trainable_weights) == 2
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=InBatchSoftmaxLoss())
+    rng = np.random.default_rng(0)
+    u = rng.integers(0, 30, 512).astype("int32")
+    i = ((u * 7 + rng.integers(0, 2, 512)) % V_).astype("int32")
+    history = model.fit([u, i], i, batch_size=64, epochs=8, verbose=0)
+    assert history.history["loss"][-1] < 0.6 * history.history["loss"][0]
+    model.save(tmp_path / "mixed.keras")
+    restored = keras.models.load_model(tmp_path / "mixed.keras")
+    assert len(restored.trainable_weights) == 2, "the reloaded model must share one item tower"
+    x = [u[:64], i[:64]]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(restored(x)), keras.ops.convert_to_numpy(model(x)),
+                               rtol=1e-6)
+    # Training the reloaded model moves the item tower that the batch's own candidates use.
+    before = keras.ops.convert_to_numpy(restored.get_layer("item_tower").embeddings).copy()
+    restored.fit([u, i], i, batch_size=64, epochs=1, verbose=0)
+    assert not np.allclose(keras.ops.convert_to_numpy(restored.get_layer("item_tower").embeddings), before)
