@@ -1,0 +1,745 @@
+r"""Past one process with ``torch.distributed`` (gloo on CPU, NCCL on GPU, started by ``torchrun``).
+
+**Vocabulary-parallel sampled softmax** (:func:`vocab_parallel_sampled_softmax_loss`,
+:class:`VocabParallelSampledSoftmax`). Rank ``r`` of the ``P`` ranks of ``group`` holds shard
+``r`` of the class table in TensorFlow's ``"div"`` layout (:func:`shard_range`: the first
+``V mod P`` shards one row longer), and only that shard's optimizer state. The hidden states
+and labels are the same on every rank (as in Megatron's tensor parallelism; gather a
+data-parallel batch first with :func:`all_gather_rows`). One call:
+
+1. *Agreement* (one all-gather of a few integers per rank): ``num_sampled``, ``num_classes``,
+   the shapes, a checksum of the labels and each rank's shard size are compared; an argument a
+   rank rejects, or one the ranks disagree on, is a :class:`~sampled_softmax.SampledSoftmaxError`
+   raised on *every* rank (never a hang in a later collective).
+2. *Candidates*: every rank runs the sampler (so a learned sampler's counts stay equal on every
+   rank: they all see the same labels) and rank 0's draw is broadcast, ``O(S + N T)`` numbers,
+   so that all ranks use the same candidates whatever their generators. ``sampled_values`` given
+   by the caller are used as they are and must agree (their checksum is compared).
+3. *Corrected logits*: each rank computes ``h . W_k + b_k`` of the columns (true labels and
+   candidates) whose class it owns and zeros elsewhere; one all-reduce (sum) of the
+   ``[N, T + S]`` scores gives every rank all of them, exactly (each column has one non-zero
+   term). ``- log E(k)``, the masks and the head are those of :func:`sampled_softmax_loss`.
+4. *Backward*: ``d loss / d logits`` is the same on every rank; each rank scatters the rows of
+   its own columns into its shard (row-sparse with ``sparse=True``) and the input gradient is
+   one all-reduce (sum) of ``[N, D]``.
+
+Bytes per rank and step: ``8 (4 + k)`` for the agreement, ``8 (2 S + N T)`` broadcast,
+``4 N (T + S)`` and ``4 N D`` all-reduced (float32) — never ``O(N V)`` and never the table.
+:func:`vocab_parallel_full_softmax_loss` is the exact loss for evaluation (running
+max and sum of exponentials over chunks of the local shard, then an all-reduce of ``O(N T)``).
+
+**Data parallel with row-sparse tables**: ``DistributedDataParallel`` rejects the row-sparse
+gradients of ``SampledSoftmax(sparse=True)`` ("Cannot access storage of SparseTensorImpl": it
+expects sparse gradients only from ``nn.Embedding``). :func:`all_reduce_gradients` is its
+replacement: after ``backward``, the average over ranks of every gradient, dense ones by
+all-reduce, row-sparse ones by all-gathering their indices and values.
+:func:`all_reduce_buffers` averages buffers that are sums (a learned sampler's counts).
+
+**Negatives across ranks** for in-batch retrieval: :func:`gather_negatives` gathers every
+rank's candidate embeddings (differentiably), ids and ``log_q``, the rank's own first, so that
+``in_batch_softmax_loss(query, *gather_negatives(...))`` sees the global batch as negatives with
+each query's positive still at its own column.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.distributed as dist
+
+from .. import SampledSoftmaxError
+from .. import _validation as V
+from ._autograd import _check_once_differentiable, corrected_logits_backward, corrected_logits_forward, softmax_head
+from ._columns import candidate_columns
+from ._prepare import _check_label_values, _check_sampled_values, _check_tensor, _compute_dtype, _true_count_rows
+from ._rows import _scatter_rows, _Spec
+from .functional import _finish, _sampler_for
+from .samplers import CandidateSampler, LearnedUnigramSampler, check_generator, check_ignore_index
+
+__all__ = [
+    "shard_range", "vocab_parallel_sampled_softmax_loss", "vocab_parallel_full_softmax_loss",
+    "VocabParallelSampledSoftmax", "all_gather_rows", "gather_negatives", "GatheredNegatives",
+    "all_reduce_gradients", "all_reduce_buffers", "DistributedLearnedUnigramSampler", "CollectiveBytes",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# The group, and agreement between its ranks
+
+
+def _group(group):
+    if not dist.is_available() or not dist.is_initialized():
+        raise SampledSoftmaxError("sampled_softmax.torch.distributed needs an initialised process group: call "
+                                  "torch.distributed.init_process_group (torchrun sets its environment) first")
+    return group if group is not None else dist.group.WORLD
+
+
+def shard_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``(first class id, rows)`` of shard ``rank`` of ``world_size`` in TensorFlow's ``"div"``
+    layout: the first ``num_classes % world_size`` shards hold one row more."""
+    num_classes = V.check_positive_int("num_classes", num_classes)
+    world_size = V.check_positive_int("world_size", world_size)
+    if not 0 <= rank < world_size:
+        raise SampledSoftmaxError(f"`rank` must be in [0, {world_size - 1}]; received {rank}")
+    if num_classes < world_size:
+        raise SampledSoftmaxError(f"`num_classes` ({num_classes}) must be at least the world size ({world_size}): "
+                                  f"every rank holds at least one class")
+    base, extra = divmod(num_classes, world_size)
+    return rank * base + min(rank, extra), base + (1 if rank < extra else 0)
+
+
+def _checksum(x: torch.Tensor) -> int:
+    """An order-sensitive integer checksum (int64 arithmetic wraps, identically on every rank)."""
+    if x.numel() == 0:
+        return 0
+    flat = x.detach().reshape(-1)
+    if flat.is_floating_point():
+        flat = flat.to(torch.float64).contiguous().view(torch.int64)
+    weights = torch.arange(1, flat.numel() + 1, device=flat.device, dtype=torch.int64) * 2654435761
+    return int((flat.to(torch.int64) * weights).sum())
+
+
+def _agree(group, device, fields: dict, error: BaseException | None, *, per_rank: Sequence[str] = ()):
+    """All-gather ``fields`` (integers) and an error flag from every rank. Raises on every rank if
+    one rejected its arguments (its message is shared) or if a field outside ``per_rank``
+    differs between ranks. Returns the gathered ``[P, len(fields)]`` table as Python lists."""
+    names = list(fields)
+    row = torch.tensor([0 if error is None else 1] + [int(fields[k]) for k in names], dtype=torch.int64,
+                       device=device)
+    world = dist.get_world_size(group)
+    rows = [torch.empty_like(row) for _ in range(world)]
+    dist.all_gather(rows, row, group=group)
+    table = [r.tolist() for r in rows]
+    failed = [p for p in range(world) if table[p][0]]
+    if failed:
+        messages = [None] * world
+        dist.all_gather_object(messages, None if error is None else f"{type(error).__name__}: {error}", group=group)
+        if error is not None:
+            raise error
+        p = failed[0]
+        raise SampledSoftmaxError(f"rank {p} of the group rejected its arguments, so no rank can go on: {messages[p]}")
+    for j, name in enumerate(names, start=1):
+        values = [table[p][j] for p in range(world)]
+        if name not in per_rank and len(set(values)) > 1:
+            raise SampledSoftmaxError(f"`{name}` must be the same on every rank of the group; received {values} "
+                                      f"on ranks 0..{world - 1}")
+    return [r[1:] for r in table]
+
+
+# ---------------------------------------------------------------------------------------------
+# Vocabulary-parallel sampled softmax
+
+
+class _OwnedScores(torch.autograd.Function):
+    """``[N, T + S]`` scores ``h . W_k + b_k`` of every column, each from the rank owning ``k``.
+
+    forward(h [N, D], ids [N*T + S] global, start, rows, num_true, sparse, group, bias_shard,
+            weight_shard) -> scores (the same on every rank)
+    """
+
+    @staticmethod
+    def forward(ctx, h, ids, start, rows, num_true, sparse, group, bias_shard, weight_shard):
+        local = ids - start
+        owned = (local >= 0) & (local < rows)
+        safe = torch.where(owned, local, 0)
+        n, t = h.shape[0], num_true
+        spec = _Spec(t, (), "div", 0.0, bool(sparse))
+        zeros = torch.zeros(ids.shape[0], dtype=_compute_dtype(h.dtype), device=h.device)
+        scores, hc, gathered = corrected_logits_forward(h, safe, zeros, None, None, spec, bias_shard, (weight_shard,))
+        own_columns = torch.cat([owned[: n * t].view(n, t), owned[n * t:].expand(n, ids.shape[0] - n * t)], 1)
+        scores = scores.masked_fill(~own_columns, 0.0)
+        dist.all_reduce(scores, group=group)
+        ctx.group, ctx.num_true, ctx.sparse = group, t, bool(sparse)
+        ctx.dtypes = (h.dtype, weight_shard.dtype, None if bias_shard is None else bias_shard.dtype)
+        ctx.shapes = (tuple(weight_shard.shape), None if bias_shard is None else tuple(bias_shard.shape))
+        ctx.save_for_backward(hc, gathered, safe, owned, own_columns)
+        return scores
+
+    @staticmethod
+    def backward(ctx, g):
+        _check_once_differentiable()
+        hc, gathered, safe, owned, own_columns = ctx.saved_tensors
+        need_h, need_b, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[7], ctx.needs_input_grad[8]
+        g_local = g.to(hc.dtype).masked_fill(~own_columns, 0.0)
+        d_h, d_rows, d_b_rows = corrected_logits_backward(g_local, hc, gathered, ctx.num_true, need_h, need_w, need_b)
+        if d_h is not None:
+            dist.all_reduce(d_h, group=ctx.group)  # each rank holds the part of its own columns
+            d_h = d_h.to(ctx.dtypes[0])
+        d_w = d_b = None
+        if d_rows is not None:
+            d_w = _scatter_rows(ctx.shapes[0], safe, d_rows.to(ctx.dtypes[1]), ctx.sparse, owned)
+        if d_b_rows is not None:
+            d_b = _scatter_rows(ctx.shapes[1], safe, d_b_rows.to(ctx.dtypes[2]), ctx.sparse, owned)
+        return d_h, None, None, None, None, None, None, d_b, d_w
+
+
+class _Head(torch.autograd.Function):
+    """The head of :func:`sampled_softmax_loss` over scores: ``- log E``, the masks, the loss.
+
+    forward(scores [N, T + S], logq [N*T + S], keep_true, removed, spec) -> loss [N]
+    """
+
+    @staticmethod
+    def forward(ctx, scores, logq, keep_true, removed, spec: _Spec):
+        n, t = scores.shape[0], spec.num_true
+        logits = torch.cat([scores[:, :t] - logq[: n * t].view(n, t), scores[:, t:] - logq[n * t:]], 1)
+        if removed is not None:
+            logits[:, t:].masked_fill_(removed, -math.inf)
+        if keep_true is not None:
+            logits[:, :t].masked_fill_(~keep_true, -math.inf)
+        loss, _, saved = softmax_head.forward(logits, keep_true, removed, spec)
+        ctx.spec, ctx.saved = spec, saved
+        ctx.save_for_backward(keep_true)
+        return loss
+
+    @staticmethod
+    def backward(ctx, g_loss):
+        (keep_true,) = ctx.saved_tensors
+        return softmax_head.backward(g_loss, None, ctx.saved, keep_true, ctx.spec), None, None, None, None
+
+
+def _broadcast_draw(cand, true_count, samp_count, group, n, t, device):
+    """Rank 0's candidates and expected counts on every rank (one float64 broadcast)."""
+    packed = torch.cat([cand.to(device, torch.float64), samp_count.to(device, torch.float64).reshape(-1),
+                        true_count.to(device, torch.float64).reshape(-1)])
+    dist.broadcast(packed, src=dist.get_global_rank(group, 0), group=group)
+    s = cand.shape[0]
+    return (packed[:s].to(torch.int64), packed[2 * s:].view(n, t).to(torch.float32),
+            packed[s:2 * s].to(torch.float32))
+
+
+def vocab_parallel_sampled_softmax_loss(
+    weight_shard: torch.Tensor, bias_shard: torch.Tensor | None, labels: torch.Tensor, inputs: torch.Tensor,
+    num_sampled: int, num_classes: int, *, group=None, num_true: int = 1, sampled_values: Sequence | None = None,
+    remove_accidental_hits: bool = True, sampler: str | CandidateSampler = "log_uniform", reduction: str = "mean",
+    ignore_index: int | None = None, label_smoothing: float = 0.0, subtract_log_q: bool = True,
+    generator: torch.Generator | None = None, sparse: bool = False,
+) -> torch.Tensor:
+    r""":func:`sampled_softmax.torch.sampled_softmax_loss` with the class table sharded over the
+    ranks of ``group`` (see the module's docstring for the algorithm and its traffic).
+
+    Equal, loss and gradients, to ``sampled_softmax_loss`` on the concatenated table with the
+    same candidates. Call it on every rank of ``group`` with the same ``labels`` and
+    ``inputs``; rank ``r`` passes shard ``r`` (:func:`shard_range`).
+
+    Args:
+        weight_shard: ``[V_r, D]``, this rank's rows of the ``[V, D]`` table.
+        bias_shard: ``[V_r]`` or None (on every rank).
+        labels: integer ``[...]`` or ``[..., T]``, the same on every rank.
+        inputs: ``[..., D]``, the same on every rank (the gradient each rank gets is the full one).
+        num_sampled, num_classes, num_true, remove_accidental_hits, ignore_index,
+        label_smoothing, subtract_log_q, sparse: as in ``sampled_softmax_loss``.
+        group: the process group the table is sharded over (default: the world).
+        sampled_values: ``(candidates [S], true_expected_count, sampled_expected_count)``,
+            identical on every rank; else rank 0's draw by ``sampler`` is broadcast.
+        sampler: a name or a sampler module, run on every rank (see the module's docstring).
+        reduction: ``"mean"`` (default) over the rows with a kept label, ``"sum"`` or ``"none"``.
+        generator: for the sampler.
+    """
+    group = _group(group)
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    device = inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")
+    error, fields, prepared = None, {}, None
+    try:
+        prepared = _prepare_shard(weight_shard, bias_shard, labels, inputs, num_sampled, num_classes, num_true,
+                                  ignore_index, label_smoothing, reduction, rank, world, generator)
+        fields = prepared.fields
+    except (SampledSoftmaxError, TypeError, ValueError) as e:
+        error = e
+    names = ("num_sampled", "num_classes", "num_true", "dim", "rows of the batch", "labels (a checksum)",
+             "bias given", "sampled_values given", "shard rows")
+    if error is not None:
+        fields = dict.fromkeys(names, 0)
+    table = _agree(group, device, fields, error, per_rank=("shard rows",))
+    _check_layout([r[-1] for r in table], prepared.num_classes, world)
+    shard, bias, y, h, lead, valid, label_smoothing = prepared.tensors
+    n, t = y.shape
+    if sampled_values is None:
+        if isinstance(sampler, DistributedLearnedUnigramSampler):
+            raise SampledSoftmaxError(
+                "`sampler` must not be a DistributedLearnedUnigramSampler here: every rank sees the same labels, so "
+                "it would count them once per rank; use LearnedUnigramSampler (its counts stay equal on every rank)")
+        sampler_module = _sampler_for(sampler, num_classes)
+        draw = sampler_module._draw_values if type(sampler_module).forward is CandidateSampler.forward else (
+            lambda *a: sampler_module(a[0], a[1], generator=a[2], ignore_index=a[3]))
+        cand, true_count, samp_count = draw(y, num_sampled, generator, None if valid is None else ignore_index)
+        cand, true_count, samp_count = _broadcast_draw(cand, true_count, samp_count, group, n, t, h.device)
+        padded = bool(torch.isinf(samp_count).any())
+    else:
+        cand, true_count, samp_count, padded = _check_sampled_values(sampled_values, num_sampled, num_classes, y,
+                                                                     valid, h.device)
+        _agree(group, device, {"sampled_values (a checksum)": _checksum(cand) ^ _checksum(samp_count)}, None)
+        true_count = _true_count_rows(true_count, n, t)
+    y_safe = y if valid is None else torch.where(valid, y, 0)
+    cdt = _compute_dtype(h.dtype)
+    ids, logq, removed = candidate_columns(y_safe, valid, cand.to(h.device), true_count, samp_count, cdt,
+                                           remove_accidental_hits, subtract_log_q, padded)
+    ids, logq = ids.to(h.device), logq.to(h.device)
+    removed = None if removed is None else removed.to(h.device)
+    start, rows = shard_range(num_classes, rank, world)
+    scores = _OwnedScores.apply(h, ids, start, rows, t, sparse, group, bias, shard)
+    spec = _Spec(t, (), "div", label_smoothing, bool(sparse))
+    loss = _Head.apply(scores, logq, valid, removed, spec)
+    return _finish(loss, loss, valid, reduction, lead, False)
+
+
+class _Prepared(NamedTuple):
+    fields: dict
+    num_classes: int
+    tensors: tuple
+
+
+def _prepare_shard(shard, bias, labels, inputs, num_sampled, num_classes, num_true, ignore_index, label_smoothing,
+                   reduction, rank, world, generator) -> _Prepared:
+    _check_tensor("weight_shard", shard, floating=True)
+    _check_tensor("inputs", inputs, floating=True)
+    _check_tensor("labels", labels, floating=False)
+    if bias is not None:
+        _check_tensor("bias_shard", bias, floating=True)
+    check_generator(generator)
+    check_ignore_index(ignore_index)
+    V.check_choice("reduction", reduction, V.REDUCTIONS)
+    label_smoothing = V.check_label_smoothing(label_smoothing)
+    num_classes = V.check_positive_int("num_classes", num_classes)
+    num_sampled = V.check_positive_int("num_sampled", num_sampled)
+    if shard.dim() != 2:
+        raise SampledSoftmaxError(f"`weight_shard` must have shape [rows, dim]; received shape {list(shard.shape)}")
+    dim = shard.shape[1]
+    if inputs.dim() == 0 or inputs.shape[-1] != dim:
+        raise SampledSoftmaxError(f"`inputs` last dimension must equal the weight shard's dim {dim}; received shape "
+                                  f"{list(inputs.shape)}")
+    if bias is not None and tuple(bias.shape) != (shard.shape[0],):
+        raise SampledSoftmaxError(f"`bias_shard` must have shape [{shard.shape[0]}] (the weight shard's rows); "
+                                  f"received shape {list(bias.shape)}")
+    lead, num_true = V.resolve_label_shape(tuple(labels.shape), tuple(inputs.shape), num_true)
+    n = math.prod(lead)
+    y = labels.reshape(n, num_true).long()
+    h = inputs.reshape(n, dim)
+    valid = _check_label_values(y, num_classes, ignore_index)
+    fields = {"num_sampled": num_sampled, "num_classes": num_classes, "num_true": num_true, "dim": dim,
+              "rows of the batch": n, "labels (a checksum)": _checksum(y), "bias given": bias is not None,
+              "sampled_values given": 0, "shard rows": shard.shape[0]}
+    return _Prepared(fields, num_classes, (shard, bias, y, h, lead, valid, label_smoothing))
+
+
+def _check_layout(rows: list, num_classes: int, world: int) -> None:
+    """Every rank's shard size against the ``"div"`` layout (checked on every rank alike)."""
+    if num_classes < world:
+        raise SampledSoftmaxError(f"`num_classes` ({num_classes}) must be at least the world size ({world}): every "
+                                  f"rank holds at least one class")
+    expected = [shard_range(num_classes, p, world)[1] for p in range(world)]
+    if list(rows) != expected:
+        raise SampledSoftmaxError(
+            f"`weight_shard` rows must be {expected} on ranks 0..{world - 1} for num_classes={num_classes} (the 'div' "
+            f"layout of sampled_softmax.torch.distributed.shard_range); received {list(rows)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The exact loss, vocabulary-parallel, in chunks
+
+
+class _FullLoss(torch.autograd.Function):
+    """Exact softmax cross-entropy over the sharded table, ``O(N x chunk)`` memory.
+
+    forward(h [N, D], y_safe [N, T], target [N, T] weights, eps, start, chunk, group, bias, shard)
+    -> loss [N]; the logits of a chunk are recomputed in backward.
+    """
+
+    @staticmethod
+    def forward(ctx, h, y_safe, target, eps, num_classes, start, chunk, group, bias, shard):
+        cdt = _compute_dtype(h.dtype)
+        hc = h.to(cdt)
+        n, rows = h.shape[0], shard.shape[0]
+        running_max = torch.full((n,), -math.inf, dtype=cdt, device=h.device)
+        sum_exp = torch.zeros(n, dtype=cdt, device=h.device)
+        sum_logits = torch.zeros(n, dtype=cdt, device=h.device)
+        for lo in range(0, rows, chunk):
+            z = _chunk_logits(hc, shard, bias, lo, min(lo + chunk, rows), cdt)
+            new_max = torch.maximum(running_max, z.max(1).values)
+            sum_exp = sum_exp * torch.exp(running_max - new_max) + torch.exp(z - new_max[:, None]).sum(1)
+            running_max = new_max
+            sum_logits += z.sum(1)
+        global_max = running_max.clone()
+        dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=group)
+        local = y_safe - start
+        owned = (local >= 0) & (local < rows)
+        safe = torch.where(owned, local, 0)
+        true_logits = torch.einsum("nd,ntd->nt", hc, shard.index_select(0, safe.reshape(-1)).view(*safe.shape, -1)
+                                   .to(cdt))
+        if bias is not None:
+            true_logits = true_logits + bias.index_select(0, safe.reshape(-1)).view(safe.shape).to(cdt)
+        packed = torch.cat([(sum_exp * torch.exp(running_max - global_max))[:, None], sum_logits[:, None],
+                            torch.where(owned, true_logits, 0.0)], 1)
+        dist.all_reduce(packed, group=group)
+        lse = global_max + torch.log(packed[:, 0])
+        # target sums to 1 - eps over the kept labels; eps spreads over all V classes.
+        live = (target.sum(1) > 0).to(cdt)
+        loss = lse * (target.sum(1) + eps * live) - (target * packed[:, 2:]).sum(1) - eps * live * packed[:, 1] / num_classes
+        ctx.save_for_backward(hc, shard, bias, lse, safe, owned, target)
+        ctx.meta = (eps, num_classes, chunk, group, h.dtype, shard.dtype)
+        return loss
+
+    @staticmethod
+    def backward(ctx, g_loss):
+        _check_once_differentiable()
+        hc, shard, bias, lse, safe, owned, target = ctx.saved_tensors
+        eps, num_classes, chunk, group, h_dtype, w_dtype = ctx.meta
+        cdt = hc.dtype
+        g = g_loss.to(cdt)
+        live = (target.sum(1) > 0).to(cdt)
+        mass = (target.sum(1) + eps * live) * g  # d loss / d lse
+        d_h = torch.zeros_like(hc)
+        d_w = torch.zeros(shard.shape, dtype=cdt, device=hc.device) if ctx.needs_input_grad[9] else None
+        d_b = torch.zeros(shard.shape[0], dtype=cdt, device=hc.device) if ctx.needs_input_grad[8] else None
+        rows = shard.shape[0]
+        for lo in range(0, rows, chunk):
+            hi = min(lo + chunk, rows)
+            z = _chunk_logits(hc, shard, bias, lo, hi, cdt)
+            d_z = torch.exp(z - lse[:, None]) * mass[:, None] - (eps / num_classes) * (live * g)[:, None]
+            w = shard[lo:hi].to(cdt)
+            d_h += d_z @ w
+            if d_w is not None:
+                d_w[lo:hi] = d_z.t() @ hc
+            if d_b is not None:
+                d_b[lo:hi] = d_z.sum(0)
+        # The targets' columns: -target on the owned ones.
+        d_true = torch.where(owned, -target * g[:, None], 0.0)
+        w_true = shard.index_select(0, safe.reshape(-1)).view(*safe.shape, -1).to(cdt)
+        d_h += torch.einsum("nt,ntd->nd", d_true, w_true)
+        if d_w is not None:
+            d_w.index_add_(0, safe.reshape(-1), (d_true[:, :, None] * hc[:, None, :]).reshape(-1, hc.shape[1]))
+        if d_b is not None:
+            d_b.index_add_(0, safe.reshape(-1), d_true.reshape(-1))
+        dist.all_reduce(d_h, group=group)
+        return (d_h.to(h_dtype), None, None, None, None, None, None, None,
+                None if d_b is None else d_b.to(bias.dtype), None if d_w is None else d_w.to(w_dtype))
+
+
+def _chunk_logits(hc, shard, bias, lo, hi, cdt):
+    z = hc @ shard[lo:hi].to(cdt).t()
+    return z if bias is None else z + bias[lo:hi].to(cdt)
+
+
+def vocab_parallel_full_softmax_loss(
+    weight_shard: torch.Tensor, bias_shard: torch.Tensor | None, labels: torch.Tensor, inputs: torch.Tensor,
+    num_classes: int, *, group=None, num_true: int = 1, reduction: str = "mean", ignore_index: int | None = None,
+    label_smoothing: float = 0.0, chunk_size: int = 8192,
+) -> torch.Tensor:
+    """The exact :func:`sampled_softmax.torch.full_softmax_loss` over the sharded table, for
+    evaluation (and differentiable): each rank runs over its shard in chunks of ``chunk_size``
+    rows (``O(N chunk_size)`` memory, the chunk's logits recomputed in backward) keeping a
+    running max and sum of exponentials; an all-reduce (max) and one (sum) of ``O(N T)`` numbers
+    give the log-sum-exp and the labels' logits. Same arguments as
+    :func:`vocab_parallel_sampled_softmax_loss`."""
+    group = _group(group)
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    device = inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")
+    error, prepared = None, None
+    try:
+        chunk_size = V.check_positive_int("chunk_size", chunk_size)
+        prepared = _prepare_shard(weight_shard, bias_shard, labels, inputs, 1, num_classes, num_true, ignore_index,
+                                  label_smoothing, reduction, rank, world, None)
+        fields = prepared.fields
+    except (SampledSoftmaxError, TypeError, ValueError) as e:
+        error, fields = e, {}
+    names = ("num_sampled", "num_classes", "num_true", "dim", "rows of the batch", "labels (a checksum)",
+             "bias given", "sampled_values given", "shard rows")
+    table = _agree(group, device, fields if error is None else dict.fromkeys(names, 0), error,
+                   per_rank=("shard rows",))
+    _check_layout([r[-1] for r in table], prepared.num_classes, world)
+    shard, bias, y, h, lead, valid, eps = prepared.tensors
+    n, t = y.shape
+    cdt = _compute_dtype(h.dtype)
+    kept = torch.ones_like(y, dtype=torch.bool) if valid is None else valid
+    n_true = kept.sum(1, keepdim=True).clamp(min=1)
+    target = kept.to(cdt) * (1.0 - eps) / n_true.to(cdt)
+    y_safe = y if valid is None else torch.where(valid, y, 0)
+    start, _ = shard_range(num_classes, rank, world)
+    loss = _FullLoss.apply(h, y_safe, target, eps, num_classes, start, chunk_size, group, bias, shard)
+    return _finish(loss, loss, valid, reduction, lead, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The module
+
+
+class VocabParallelSampledSoftmax(torch.nn.Module):
+    r"""A sampled softmax output layer whose class table is sharded over the ranks of ``group``.
+
+    Each rank holds ``weight [V_r, D]`` (and ``bias [V_r]``), rows
+    ``shard_range(num_classes, rank, world)`` of the table, and only their optimizer state. In
+    training mode, ``forward(inputs, labels)`` is
+    :func:`vocab_parallel_sampled_softmax_loss`; in eval mode the exact
+    :func:`vocab_parallel_full_softmax_loss`. Inputs and labels are the same on every rank.
+
+    Args:
+        in_features: ``D``. num_classes: ``V``. num_sampled: ``S``.
+        group: process group (default: the world). bias: learn a bias. Default True.
+        sampler: ``"learned_unigram"`` (default, as :class:`~sampled_softmax.torch.SampledSoftmax`:
+            a :class:`~sampled_softmax.torch.LearnedUnigramSampler`, whose counts stay equal on
+            every rank since every rank sees the same labels), ``"log_uniform"``, ``"uniform"``
+            or a sampler module.
+        sparse: row-sparse gradients of the shard (for ``SparseRowAdam``).
+        num_true, remove_accidental_hits, ignore_index, label_smoothing, reduction: as in
+            :func:`vocab_parallel_sampled_softmax_loss`.
+        chunk_size: rows per chunk of the exact loss.
+
+    Shape:
+        ``inputs [..., D]``, ``labels [...]`` (or ``[..., T]``) → a scalar (or ``[...]`` with
+        ``reduction="none"``).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, num_sampled: int, *, group=None, bias: bool = True,
+                 sampler: str | CandidateSampler = "learned_unigram", sparse: bool = False, num_true: int = 1,
+                 remove_accidental_hits: bool = True, ignore_index: int | None = None, label_smoothing: float = 0.0,
+                 reduction: str = "mean", chunk_size: int = 8192, device=None, dtype=None):
+        super().__init__()
+        self.group = _group(group)
+        self.rank, self.world_size = dist.get_rank(self.group), dist.get_world_size(self.group)
+        self.num_classes = V.check_positive_int("num_classes", num_classes)
+        self.start, rows = shard_range(self.num_classes, self.rank, self.world_size)
+        self.num_sampled, self.num_true = num_sampled, num_true
+        # A module sampler is a submodule: its state (learned counts) is in state_dict.
+        self.sampler = LearnedUnigramSampler(self.num_classes) if sampler == "learned_unigram" else sampler
+        self.sparse, self.remove_accidental_hits = bool(sparse), remove_accidental_hits
+        self.ignore_index, self.label_smoothing, self.reduction = ignore_index, label_smoothing, reduction
+        self.chunk_size = chunk_size
+        self.weight = torch.nn.Parameter(torch.empty(rows, in_features, device=device, dtype=dtype))
+        self.bias = torch.nn.Parameter(torch.zeros(rows, device=device, dtype=dtype)) if bias else None
+        torch.nn.init.normal_(self.weight, std=in_features ** -0.5)
+
+    @torch.no_grad()
+    def load_full_table(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        """Copy this rank's rows of a full ``[V, D]`` table (and ``[V]`` bias)."""
+        end = self.start + self.weight.shape[0]
+        self.weight.copy_(weight[self.start:end])
+        if self.bias is not None and bias is not None:
+            self.bias.copy_(bias[self.start:end])
+
+    def forward(self, inputs: torch.Tensor, labels: torch.Tensor, *, generator=None,
+                sampled_values=None) -> torch.Tensor:
+        common = dict(group=self.group, num_true=self.num_true, reduction=self.reduction,
+                      ignore_index=self.ignore_index, label_smoothing=self.label_smoothing)
+        if self.training:
+            return vocab_parallel_sampled_softmax_loss(
+                self.weight, self.bias, labels, inputs, self.num_sampled, self.num_classes,
+                sampled_values=sampled_values, remove_accidental_hits=self.remove_accidental_hits,
+                sampler=self.sampler, generator=generator, sparse=self.sparse, **common)
+        return vocab_parallel_full_softmax_loss(self.weight, self.bias, labels, inputs, self.num_classes,
+                                                chunk_size=self.chunk_size, **common)
+
+    def extra_repr(self) -> str:
+        return (f"num_classes={self.num_classes}, rows={self.start}..{self.start + self.weight.shape[0] - 1} "
+                f"(rank {self.rank} of {self.world_size}), dim={self.weight.shape[1]}, num_sampled={self.num_sampled}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Gathering across ranks
+
+
+class _AllGatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        world = dist.get_world_size(group)
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        ctx.group, ctx.rank, ctx.rows = group, dist.get_rank(group), x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, g):
+        # Every rank's loss may depend on this rank's rows: their gradient is the sum over ranks.
+        g = g.contiguous().clone()
+        dist.all_reduce(g, group=ctx.group)
+        return g[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows], None
+
+
+def all_gather_rows(x: torch.Tensor, *, group=None) -> torch.Tensor:
+    """``[P * N, ...]``: every rank's ``x [N, ...]`` in rank order, differentiable (the gradient
+    of this rank's rows is the sum of every rank's). ``N`` must be the same on every rank."""
+    group = _group(group)
+    _check_tensor("x", x)
+    _agree(group, x.device, {"x's shape (a checksum)": _checksum(torch.tensor(list(x.shape[1:]) + [x.shape[0]])),
+                             "x's dtype": zlib.crc32(str(x.dtype).encode())}, None)
+    if x.requires_grad:
+        return _AllGatherRows.apply(x, group)
+    return _AllGatherRows.forward(_Ctx(), x, group)
+
+
+class _Ctx:
+    """A stand-in for autograd's context when no gradient is needed."""
+
+
+class GatheredNegatives(NamedTuple):
+    """Every rank's candidates, this rank's first: ``candidates [P B, D]``, ``candidate_ids
+    [P B]`` and ``log_q [P B]`` (each None if not given)."""
+
+    candidates: torch.Tensor
+    candidate_ids: torch.Tensor | None
+    log_q: torch.Tensor | None
+
+
+def gather_negatives(candidates: torch.Tensor, candidate_ids: torch.Tensor | None = None,
+                     log_q: torch.Tensor | None = None, *, group=None) -> GatheredNegatives:
+    """Negatives across ranks for :func:`sampled_softmax.torch.in_batch_softmax_loss`: every
+    rank's ``candidates [B, D]`` (differentiable), ``candidate_ids [B]`` and ``log_q [B]``,
+    gathered, with **this rank's first** so that query ``i``'s positive stays at column ``i``
+    and the other ranks' candidates are extra negatives (the global batch). Use it as
+    ``in_batch_softmax_loss(query, **gather_negatives(c, ids, log_q)._asdict())``. Under data
+    parallelism, averaging the ranks' gradients (DDP, or :func:`all_reduce_gradients`) then
+    gives the gradient of the single-process loss over the concatenated batch."""
+    group = _group(group)
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+
+    def own_first(x):
+        if x is None:
+            return None
+        full = all_gather_rows(x, group=group)
+        b = x.shape[0]
+        order = torch.cat([torch.arange(rank * b, (rank + 1) * b), torch.arange(0, rank * b),
+                           torch.arange((rank + 1) * b, world * b)]).to(full.device)
+        return full.index_select(0, order)
+
+    return GatheredNegatives(own_first(candidates), own_first(candidate_ids), own_first(log_q))
+
+
+# ---------------------------------------------------------------------------------------------
+# Data parallel with row-sparse gradients
+
+
+def all_reduce_gradients(parameters, *, group=None) -> None:
+    """Replace each parameter's gradient by its average over the ranks of ``group``, in place:
+    the data-parallel step of ``DistributedDataParallel``, for models whose gradients are
+    row-sparse (``SampledSoftmax(sparse=True)``, ``nn.Embedding(sparse=True)``), which DDP
+    rejects. Dense gradients are all-reduced; a sparse one is all-gathered (indices and values,
+    ``O(rows touched)``, never ``O(V)``) and coalesced. Call after ``backward``, before the
+    optimizer step, on every rank with the same parameters in the same order. A parameter
+    without a gradient on a rank counts as zero there."""
+    group = _group(group)
+    world = dist.get_world_size(group)
+    params = [p for p in parameters]
+    device = params[0].device if params else torch.device("cpu")
+    _agree(group, device, {"parameters (count)": len(params), "parameters (a shape checksum)":
+                           _checksum(torch.tensor([d for p in params for d in p.shape] or [0]))}, None)
+    if not params:
+        return
+    # 0: no gradient, 1: dense, 2: sparse; the ranks must agree on dense or sparse.
+    kinds = torch.tensor([0 if p.grad is None else (2 if p.grad.is_sparse else 1) for p in params], device=device)
+    every = [torch.empty_like(kinds) for _ in range(world)]
+    dist.all_gather(every, kinds, group=group)
+    every = torch.stack(every).cpu()
+    for i, p in enumerate(params):
+        column = every[:, i].tolist()
+        if 1 in column and 2 in column:
+            raise SampledSoftmaxError(f"parameter {i} (shape {list(p.shape)}) has a dense gradient on some ranks and a "
+                                      f"sparse one on others: {column} on ranks 0..{world - 1} (0 none, 1 dense, "
+                                      f"2 sparse)")
+    for i, p in enumerate(params):
+        kind = max(every[:, i].tolist())
+        if kind == 1:
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            dist.all_reduce(grad, group=group)
+            p.grad = grad.div_(world)
+        elif kind == 2:
+            p.grad = _all_reduce_sparse(p.grad, tuple(p.shape), p, group, world)
+
+
+def _all_reduce_sparse(grad, shape, p, group, world):
+    if grad is None:
+        grad = torch.sparse_coo_tensor(torch.zeros(len(shape), 0, dtype=torch.int64, device=p.device),
+                                       torch.zeros((0,) + shape[1:], dtype=p.dtype, device=p.device), shape)
+    grad = grad.coalesce()
+    indices, values = grad.indices(), grad.values()
+    sizes = [torch.empty(1, dtype=torch.int64, device=indices.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([indices.shape[1]], device=indices.device), group=group)
+    sizes = [int(s) for s in sizes]
+    largest = max(sizes)
+    pad = largest - indices.shape[1]
+    padded_idx = torch.cat([indices, indices.new_zeros(indices.shape[0], pad)], 1)
+    padded_val = torch.cat([values, values.new_zeros((pad,) + tuple(values.shape[1:]))])
+    all_idx = [torch.empty_like(padded_idx) for _ in range(world)]
+    all_val = [torch.empty_like(padded_val) for _ in range(world)]
+    dist.all_gather(all_idx, padded_idx, group=group)
+    dist.all_gather(all_val, padded_val, group=group)
+    idx = torch.cat([i[:, :s] for i, s in zip(all_idx, sizes)], 1)
+    val = torch.cat([v[:s] for v, s in zip(all_val, sizes)]) / world
+    return torch.sparse_coo_tensor(idx, val, shape, check_invariants=False).coalesce()
+
+
+def all_reduce_buffers(buffers, *, group=None, op: str = "mean") -> None:
+    """Make buffers equal on every rank, in place: their ``"mean"`` (running statistics) or
+    ``"sum"`` over the ranks. (A learned sampler's counts need neither: see
+    :class:`DistributedLearnedUnigramSampler`.)"""
+    group = _group(group)
+    world = dist.get_world_size(group)
+    V.check_choice("op", op, ("mean", "sum"))
+    for b in buffers:
+        dist.all_reduce(b, group=group)
+        if op == "mean":
+            b.div_(world)
+
+
+class DistributedLearnedUnigramSampler(LearnedUnigramSampler):
+    """:class:`~sampled_softmax.torch.LearnedUnigramSampler` for data parallelism: each update
+    counts the labels of **every** rank of ``group`` (all-gathered, ``O(N T P)`` integers, never
+    the ``O(V)`` counts), so every rank's counts equal one process's over the concatenated
+    batch and every rank draws from the same distribution. (Under DDP a plain learned sampler
+    learns from its own rank's labels only, and DDP's buffer broadcast then keeps rank 0's.)
+    Call it on every rank at every step."""
+
+    def __init__(self, num_classes: int, *, group=None, draw: str = "unique"):
+        super().__init__(num_classes, draw=draw)
+        self.group = _group(group)
+
+    @torch.no_grad()
+    def update(self, true_classes, valid=None):
+        world = dist.get_world_size(self.group)
+        ids = true_classes.reshape(-1).to(self.counts.device, torch.int64)
+        keep = torch.ones_like(ids, dtype=torch.bool) if valid is None else valid.reshape(-1).to(ids.device)
+        sizes = [torch.empty(1, dtype=torch.int64, device=ids.device) for _ in range(world)]
+        dist.all_gather(sizes, torch.tensor([ids.numel()], device=ids.device), group=self.group)
+        largest = max(int(x) for x in sizes)
+        # Padding is -1 and never counted: ranks may hold batches of different sizes.
+        padded = torch.cat([torch.where(keep, ids, -1), ids.new_full((largest - ids.numel(),), -1)])
+        every = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(every, padded, group=self.group)
+        every = torch.cat(every)
+        every = every[every >= 0]
+        self.counts.index_add_(0, every, torch.ones(every.numel(), dtype=self.counts.dtype, device=every.device))
+
+
+class CollectiveBytes:
+    """Counts the bytes each rank hands to ``torch.distributed``'s collectives while active (a
+    context manager that wraps ``all_reduce``, ``all_gather``, ``broadcast`` and
+    ``all_gather_object``): ``with CollectiveBytes() as sent: ...; sent.total``."""
+
+    _NAMES = ("all_reduce", "all_gather", "broadcast")
+
+    def __init__(self):
+        self.by_op: dict[str, int] = {}
+        self._saved = {}
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_op.values())
+
+    def __enter__(self):
+        for name in self._NAMES:
+            original = getattr(dist, name)
+            self._saved[name] = original
+
+            def wrapped(*args, _name=name, _original=original, **kwargs):
+                tensor = args[1] if _name == "all_gather" else args[0]
+                self.by_op[_name] = self.by_op.get(_name, 0) + tensor.numel() * tensor.element_size()
+                return _original(*args, **kwargs)
+
+            setattr(dist, name, wrapped)
+        return self
+
+    def __exit__(self, *exc):
+        for name, original in self._saved.items():
+            setattr(dist, name, original)
+        return False
