@@ -16,9 +16,9 @@ data-parallel batch first with :func:`all_gather_rows`). One call:
    so that all ranks use the same candidates whatever their generators. ``sampled_values`` given
    by the caller are used as they are and must agree (their checksum is compared).
 3. *Corrected logits*: each rank computes ``h . W_k + b_k`` of the columns (true labels and
-   candidates) whose class it owns and zeros elsewhere; one all-reduce (sum) of the
-   ``[N, T + S]`` scores gives every rank all of them, exactly (each column has one non-zero
-   term). ``- log E(k)``, the masks and the head are those of :func:`sampled_softmax_loss`.
+   candidates) whose class it owns, ``O(N S D / P)`` work, and zeros elsewhere; one all-reduce
+   (sum) of the ``[N, T + S]`` scores gives every rank all of them, exactly (each column has
+   one non-zero term). ``- log E(k)``, the masks and the head are those of :func:`sampled_softmax_loss`.
 4. *Backward*: ``d loss / d logits`` is the same on every rank; each rank scatters the rows of
    its own columns into its shard (row-sparse with ``sparse=True``) and the input gradient is
    one all-reduce (sum) of ``[N, D]``.
@@ -136,43 +136,55 @@ def _agree(group, device, fields: dict, error: BaseException | None, *, per_rank
 class _OwnedScores(torch.autograd.Function):
     """``[N, T + S]`` scores ``h . W_k + b_k`` of every column, each from the rank owning ``k``.
 
+    Each rank computes only its own columns (its candidates, ``S / P`` on average, and its
+    labels), so the work per rank falls as ``1 / P``; one all-reduce (sum) of the scores,
+    zeros elsewhere, gives every rank all of them exactly.
+
     forward(h [N, D], ids [N*T + S] global, start, rows, num_true, sparse, group, bias_shard,
             weight_shard) -> scores (the same on every rank)
     """
 
     @staticmethod
     def forward(ctx, h, ids, start, rows, num_true, sparse, group, bias_shard, weight_shard):
+        n, t = h.shape[0], num_true
+        nt = n * t
         local = ids - start
         owned = (local >= 0) & (local < rows)
-        safe = torch.where(owned, local, 0)
-        n, t = h.shape[0], num_true
+        owned_true = owned[:nt]
+        mine = owned[nt:].nonzero().squeeze(1)  # this rank's candidate columns (one read-back)
+        sub = torch.cat([torch.where(owned_true, local[:nt], 0), local[nt:].index_select(0, mine)])
         spec = _Spec(t, (), "div", 0.0, bool(sparse))
-        zeros = torch.zeros(ids.shape[0], dtype=_compute_dtype(h.dtype), device=h.device)
-        scores, hc, gathered = corrected_logits_forward(h, safe, zeros, None, None, spec, bias_shard, (weight_shard,))
-        own_columns = torch.cat([owned[: n * t].view(n, t), owned[n * t:].expand(n, ids.shape[0] - n * t)], 1)
-        scores = scores.masked_fill(~own_columns, 0.0)
+        zeros = torch.zeros(sub.shape[0], dtype=_compute_dtype(h.dtype), device=h.device)
+        part, hc, gathered = corrected_logits_forward(h, sub, zeros, None, None, spec, bias_shard, (weight_shard,))
+        scores = part.new_zeros(n, ids.shape[0] - nt + t)
+        scores[:, :t] = part[:, :t].masked_fill(~owned_true.view(n, t), 0.0)
+        scores.index_copy_(1, mine + t, part[:, t:])
         dist.all_reduce(scores, group=group)
         ctx.group, ctx.num_true, ctx.sparse = group, t, bool(sparse)
         ctx.dtypes = (h.dtype, weight_shard.dtype, None if bias_shard is None else bias_shard.dtype)
         ctx.shapes = (tuple(weight_shard.shape), None if bias_shard is None else tuple(bias_shard.shape))
-        ctx.save_for_backward(hc, gathered, safe, owned, own_columns)
+        ctx.save_for_backward(hc, gathered, sub, owned_true, mine)
         return scores
 
     @staticmethod
     def backward(ctx, g):
         _check_once_differentiable()
-        hc, gathered, safe, owned, own_columns = ctx.saved_tensors
+        hc, gathered, sub, owned_true, mine = ctx.saved_tensors
+        t = ctx.num_true
+        n = hc.shape[0]
         need_h, need_b, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[7], ctx.needs_input_grad[8]
-        g_local = g.to(hc.dtype).masked_fill(~own_columns, 0.0)
-        d_h, d_rows, d_b_rows = corrected_logits_backward(g_local, hc, gathered, ctx.num_true, need_h, need_w, need_b)
+        g = g.to(hc.dtype)
+        g_sub = torch.cat([g[:, :t].masked_fill(~owned_true.view(n, t), 0.0), g.index_select(1, mine + t)], 1)
+        d_h, d_rows, d_b_rows = corrected_logits_backward(g_sub, hc, gathered, t, need_h, need_w, need_b)
         if d_h is not None:
             dist.all_reduce(d_h, group=ctx.group)  # each rank holds the part of its own columns
             d_h = d_h.to(ctx.dtypes[0])
+        keep = torch.cat([owned_true, owned_true.new_ones(mine.shape[0])])
         d_w = d_b = None
         if d_rows is not None:
-            d_w = _scatter_rows(ctx.shapes[0], safe, d_rows.to(ctx.dtypes[1]), ctx.sparse, owned)
+            d_w = _scatter_rows(ctx.shapes[0], sub, d_rows.to(ctx.dtypes[1]), ctx.sparse, keep)
         if d_b_rows is not None:
-            d_b = _scatter_rows(ctx.shapes[1], safe, d_b_rows.to(ctx.dtypes[2]), ctx.sparse, owned)
+            d_b = _scatter_rows(ctx.shapes[1], sub, d_b_rows.to(ctx.dtypes[2]), ctx.sparse, keep)
         return d_h, None, None, None, None, None, None, d_b, d_w
 
 
