@@ -223,15 +223,24 @@ def _bad_input_worker(rank, world):
             messages[name] = None
         except SampledSoftmaxError as e:
             messages[name] = str(e)
-    # The group still works after every error: no rank is left waiting in a collective.
-    loss = vocab_parallel_sampled_softmax_loss(shard, None, labels, inputs, S, V)
-    return messages, bool(torch.isfinite(loss))
+    # The group still works after every error: no rank is left waiting in a collective. And the
+    # bytes each rank hands to the collectives are the formula's.
+    from sampled_softmax.torch.distributed import CollectiveBytes
+
+    h = inputs.float().requires_grad_()
+    with CollectiveBytes() as sent:
+        loss = vocab_parallel_sampled_softmax_loss(shard.float(), None, labels, h, S, V)
+        loss.backward()
+    return messages, bool(torch.isfinite(loss)), dict(sent.by_op)
 
 
 def test_vocab_parallel_bad_input_is_an_error_on_every_rank(tmp_path):
+    from sampled_softmax.torch.distributed import vocab_parallel_bytes
+
     results = spawn.run(_bad_input_worker, 2, tmp_path)
-    for rank, (messages, finite) in enumerate(results):
+    for rank, (messages, finite, sent) in enumerate(results):
         assert finite
+        assert sent == vocab_parallel_bytes(N, 1, S, D, element_size=4)
         assert "`weight_shard` rows must be [12, 11] on ranks 0..1 for num_classes=23" in messages["uneven shards"]
         assert "received [13, 11]" in messages["uneven shards"]
         owned = messages["label owned by no rank"]

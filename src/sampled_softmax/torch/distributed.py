@@ -63,6 +63,7 @@ __all__ = [
     "shard_range", "vocab_parallel_sampled_softmax_loss", "vocab_parallel_full_softmax_loss",
     "VocabParallelSampledSoftmax", "all_gather_rows", "gather_negatives", "GatheredNegatives",
     "all_reduce_gradients", "all_reduce_buffers", "DistributedLearnedUnigramSampler", "CollectiveBytes",
+    "vocab_parallel_bytes", "megatron_exact_bytes",
 ]
 
 
@@ -721,6 +722,28 @@ class DistributedLearnedUnigramSampler(LearnedUnigramSampler):
         every = torch.cat(every)
         every = every[every >= 0]
         self.counts.index_add_(0, every, torch.ones(every.numel(), dtype=self.counts.dtype, device=every.device))
+
+
+def vocab_parallel_bytes(batch: int, num_true: int, num_sampled: int, dim: int, *, element_size: int = 4,
+                         backward: bool = True) -> dict:
+    """Bytes each rank hands to the collectives in one call of
+    :func:`vocab_parallel_sampled_softmax_loss` that draws its candidates (what
+    :class:`CollectiveBytes` measures; a ring all-reduce of ``x`` bytes puts ``2 (P - 1) / P x``
+    on the wire): the agreement (10 int64), rank 0's draw (``2 S + N T`` float64), the scores
+    (``N (T + S)``) and, backward, the input gradient (``N D``), both in the compute dtype."""
+    n, t, s, d = batch, num_true, num_sampled, dim
+    out = {"all_gather": 8 * 10, "broadcast": 8 * (2 * s + n * t), "all_reduce": element_size * n * (t + s)}
+    if backward:
+        out["all_reduce"] += element_size * n * d
+    return out
+
+
+def megatron_exact_bytes(batch: int, dim: int, *, element_size: int = 4, backward: bool = True) -> dict:
+    """The same count for Megatron-style vocabulary-parallel *exact* cross-entropy
+    (``vocab_parallel_cross_entropy``): all-reduces of the row max, the target logit and the
+    sum of exponentials (``3 N``) and, backward, the input gradient (``N D``). Fewer bytes than
+    ours, but ``O(N V D / P)`` work per rank where ours is ``O(N S D / P)``."""
+    return {"all_reduce": element_size * (3 * batch + (batch * dim if backward else 0))}
 
 
 class CollectiveBytes:
