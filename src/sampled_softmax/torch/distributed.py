@@ -15,16 +15,22 @@ data-parallel batch first with :func:`all_gather_rows`). One call:
    rank: they all see the same labels) and rank 0's draw is broadcast, ``O(S + N T)`` numbers,
    so that all ranks use the same candidates whatever their generators. ``sampled_values`` given
    by the caller are used as they are and must agree (their checksum is compared).
-3. *Corrected logits*: each rank computes ``h . W_k + b_k`` of the columns (true labels and
-   candidates) whose class it owns, ``O(N S D / P)`` work, and zeros elsewhere; one all-reduce
-   (sum) of the ``[N, T + S]`` scores gives every rank all of them, exactly (each column has
-   one non-zero term). ``- log E(k)``, the masks and the head are those of :func:`sampled_softmax_loss`.
-4. *Backward*: ``d loss / d logits`` is the same on every rank; each rank scatters the rows of
-   its own columns into its shard (row-sparse with ``sparse=True``) and the input gradient is
-   one all-reduce (sum) of ``[N, D]``.
+3. *Corrected logits and the head*: each rank computes the corrected logits
+   ``h . W_k + b_k - log E(k)`` of the columns whose class it owns (its candidates, ``S / P``
+   on average, and the labels in its shard): ``O(N S D / P)`` work. As Megatron's exact
+   vocabulary-parallel cross-entropy does over all classes, three all-reduces of ``O(N T)``
+   numbers give every rank the labels' logits, the count and sum of the kept candidates'
+   logits (for label smoothing), their max and their sum of exponentials, hence each row's
+   log-sum-exp and loss: the loss of :func:`sampled_softmax_loss` (accidental hits and padding
+   removed, ``ignore_index``, label smoothing).
+4. *Backward*: ``d loss / d o`` of a rank's own columns follows from the log-sum-exp; each rank
+   scatters them into its shard (row-sparse with ``sparse=True``) and the input gradient is one
+   all-reduce (sum) of ``[N, D]``.
 
-Bytes per rank and step: ``8 (4 + k)`` for the agreement, ``8 (2 S + N T)`` broadcast,
-``4 N (T + S)`` and ``4 N D`` all-reduced (float32) — never ``O(N V)`` and never the table.
+Bytes per rank and call (:func:`vocab_parallel_bytes`): 80 for the agreement,
+``8 (2 S + N T)`` for rank 0's draw, ``4 N (T + 4)`` in the head's all-reduces and ``4 N D`` for
+the input gradient (float32): never ``O(N V)``, never the table, and of Megatron's exact loss
+(``4 N (3 + D)``, :func:`megatron_exact_bytes`) but for the draw.
 :func:`vocab_parallel_full_softmax_loss` is the exact loss for evaluation (running
 max and sum of exponentials over chunks of the local shard, then an all-reduce of ``O(N T)``).
 
@@ -52,7 +58,7 @@ import torch.distributed as dist
 
 from .. import SampledSoftmaxError
 from .. import _validation as V
-from ._autograd import _check_once_differentiable, corrected_logits_backward, corrected_logits_forward, softmax_head
+from ._autograd import _check_once_differentiable, corrected_logits_backward, corrected_logits_forward
 from ._columns import candidate_columns
 from ._prepare import _check_label_values, _check_sampled_values, _check_tensor, _compute_dtype, _true_count_rows
 from ._rows import _scatter_rows, _Spec
@@ -134,84 +140,98 @@ def _agree(group, device, fields: dict, error: BaseException | None, *, per_rank
 # Vocabulary-parallel sampled softmax
 
 
-class _OwnedScores(torch.autograd.Function):
-    """``[N, T + S]`` scores ``h . W_k + b_k`` of every column, each from the rank owning ``k``.
+class _VocabParallelSoftmax(torch.autograd.Function):
+    """The sampled softmax head over columns spread across the ranks, as Megatron's exact
+    vocabulary-parallel cross-entropy does over all classes.
 
-    Each rank computes only its own columns (its candidates, ``S / P`` on average, and its
-    labels), so the work per rank falls as ``1 / P``; one all-reduce (sum) of the scores,
-    zeros elsewhere, gives every rank all of them exactly.
+    Each rank computes the corrected logits of the columns it owns (its candidates, ``S / P``
+    on average, and the labels in its shard): ``O(N S D / P)`` work. Three all-reduces of
+    ``O(N T)`` numbers give every rank the labels' logits, the number and sum of the kept
+    candidates' logits (label smoothing), their max and their sum of exponentials, hence the
+    log-sum-exp of every row; backward, ``d loss / d o`` of a rank's own columns follows from
+    those, and the input gradient is one all-reduce of ``[N, D]``.
 
-    forward(h [N, D], ids [N*T + S] global, start, rows, num_true, sparse, group, bias_shard,
-            weight_shard) -> scores (the same on every rank)
+    forward(h [N, D], ids [N*T + S] global, logq [N*T + S], keep_true [N, T] or None,
+            removed [N, S] or None, start, rows, spec, group, bias_shard, weight_shard) -> loss [N]
     """
 
     @staticmethod
-    def forward(ctx, h, ids, start, rows, num_true, sparse, group, bias_shard, weight_shard):
-        n, t = h.shape[0], num_true
+    def forward(ctx, h, ids, logq, keep_true, removed, start, rows, spec: _Spec, group, bias_shard, weight_shard):
+        n, t = h.shape[0], spec.num_true
         nt = n * t
         local = ids - start
         owned = (local >= 0) & (local < rows)
-        owned_true = owned[:nt]
+        owned_true = owned[:nt].view(n, t)
         mine = owned[nt:].nonzero().squeeze(1)  # this rank's candidate columns (one read-back)
-        sub = torch.cat([torch.where(owned_true, local[:nt], 0), local[nt:].index_select(0, mine)])
-        spec = _Spec(t, (), "div", 0.0, bool(sparse))
-        zeros = torch.zeros(sub.shape[0], dtype=_compute_dtype(h.dtype), device=h.device)
-        part, hc, gathered = corrected_logits_forward(h, sub, zeros, None, None, spec, bias_shard, (weight_shard,))
-        scores = part.new_zeros(n, ids.shape[0] - nt + t)
-        scores[:, :t] = part[:, :t].masked_fill(~owned_true.view(n, t), 0.0)
-        scores.index_copy_(1, mine + t, part[:, t:])
-        dist.all_reduce(scores, group=group)
-        ctx.group, ctx.num_true, ctx.sparse = group, t, bool(sparse)
+        sub = torch.cat([torch.where(owned[:nt], local[:nt], 0), local[nt:].index_select(0, mine)])
+        sub_logq = torch.cat([logq[:nt], logq[nt:].index_select(0, mine)])
+        removed_sub = None if removed is None else removed.index_select(1, mine)
+        own_spec = _Spec(t, (), "div", spec.label_smoothing, spec.sparse)
+        logits, hc, gathered = corrected_logits_forward(h, sub, sub_logq, None, removed_sub, own_spec, bias_shard,
+                                                        (weight_shard,))
+        cdt = logits.dtype
+        cand = logits[:, t:]  # removed columns at -inf
+        kept_cand = torch.isfinite(cand)
+        # 1. The labels' logits (from their owners), the kept candidates' count and logit sum.
+        packed = torch.cat([torch.where(owned_true, logits[:, :t], 0.0), kept_cand.sum(1, keepdim=True).to(cdt),
+                            torch.where(kept_cand, cand, 0.0).sum(1, keepdim=True)], 1)
+        dist.all_reduce(packed, group=group)
+        true_z, kept_count, kept_sum = packed[:, :t], packed[:, t], packed[:, t + 1]
+        # 2. and 3. The candidates' max and sum of exponentials below it.
+        cand_max = torch.cat([cand, cand.new_full((n, 1), -math.inf)], 1).amax(1)
+        dist.all_reduce(cand_max, op=dist.ReduceOp.MAX, group=group)
+        shift_c = torch.where(torch.isfinite(cand_max), cand_max, 0.0)
+        cand_sum = torch.exp(cand - shift_c[:, None]).sum(1)
+        dist.all_reduce(cand_sum, group=group)
+        kt = torch.ones_like(owned_true) if keep_true is None else keep_true
+        zt = true_z.masked_fill(~kt, -math.inf)
+        top = torch.maximum(cand_max, zt.amax(1))
+        shift = torch.where(torch.isfinite(top), top, 0.0)
+        lse = shift + torch.log(cand_sum * torch.exp(shift_c - shift) + torch.exp(zt - shift[:, None]).sum(1))
+        n_true = kt.sum(1).to(cdt)
+        live = n_true > 0
+        n_kept = (n_true + kept_count).clamp(min=1.0)
+        eps = spec.label_smoothing
+        true_sum = torch.where(kt, true_z, 0.0).sum(1)
+        loss = lse - (1.0 - eps) * true_sum / n_true.clamp(min=1.0)
+        if eps:
+            loss = loss - eps * (true_sum + kept_sum) / n_kept
+        loss = torch.where(live, loss, 0.0)
+        ctx.group, ctx.spec = group, own_spec
         ctx.dtypes = (h.dtype, weight_shard.dtype, None if bias_shard is None else bias_shard.dtype)
         ctx.shapes = (tuple(weight_shard.shape), None if bias_shard is None else tuple(bias_shard.shape))
-        ctx.save_for_backward(hc, gathered, sub, owned_true, mine)
-        return scores
-
-    @staticmethod
-    def backward(ctx, g):
-        _check_once_differentiable()
-        hc, gathered, sub, owned_true, mine = ctx.saved_tensors
-        t = ctx.num_true
-        n = hc.shape[0]
-        need_h, need_b, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[7], ctx.needs_input_grad[8]
-        g = g.to(hc.dtype)
-        g_sub = torch.cat([g[:, :t].masked_fill(~owned_true.view(n, t), 0.0), g.index_select(1, mine + t)], 1)
-        d_h, d_rows, d_b_rows = corrected_logits_backward(g_sub, hc, gathered, t, need_h, need_w, need_b)
-        if d_h is not None:
-            dist.all_reduce(d_h, group=ctx.group)  # each rank holds the part of its own columns
-            d_h = d_h.to(ctx.dtypes[0])
-        keep = torch.cat([owned_true, owned_true.new_ones(mine.shape[0])])
-        d_w = d_b = None
-        if d_rows is not None:
-            d_w = _scatter_rows(ctx.shapes[0], sub, d_rows.to(ctx.dtypes[1]), ctx.sparse, keep)
-        if d_b_rows is not None:
-            d_b = _scatter_rows(ctx.shapes[1], sub, d_b_rows.to(ctx.dtypes[2]), ctx.sparse, keep)
-        return d_h, None, None, None, None, None, None, d_b, d_w
-
-
-class _Head(torch.autograd.Function):
-    """The head of :func:`sampled_softmax_loss` over scores: ``- log E``, the masks, the loss.
-
-    forward(scores [N, T + S], logq [N*T + S], keep_true, removed, spec) -> loss [N]
-    """
-
-    @staticmethod
-    def forward(ctx, scores, logq, keep_true, removed, spec: _Spec):
-        n, t = scores.shape[0], spec.num_true
-        logits = torch.cat([scores[:, :t] - logq[: n * t].view(n, t), scores[:, t:] - logq[n * t:]], 1)
-        if removed is not None:
-            logits[:, t:].masked_fill_(removed, -math.inf)
-        if keep_true is not None:
-            logits[:, :t].masked_fill_(~keep_true, -math.inf)
-        loss, _, saved = softmax_head.forward(logits, keep_true, removed, spec)
-        ctx.spec, ctx.saved = spec, saved
-        ctx.save_for_backward(keep_true)
+        ctx.save_for_backward(hc, gathered, sub, owned_true, kt, cand, zt, lse, n_true, n_kept, live)
         return loss
 
     @staticmethod
     def backward(ctx, g_loss):
-        (keep_true,) = ctx.saved_tensors
-        return softmax_head.backward(g_loss, None, ctx.saved, keep_true, ctx.spec), None, None, None, None
+        _check_once_differentiable()
+        hc, gathered, sub, owned_true, kt, cand, zt, lse, n_true, n_kept, live = ctx.saved_tensors
+        spec = ctx.spec
+        t, eps = spec.num_true, spec.label_smoothing
+        g = torch.where(live, g_loss.to(lse.dtype), 0.0)[:, None]
+        # d loss / d o = g (softmax - target): target (1 - eps) / T_i + eps / K_i on a kept label,
+        # eps / K_i on a kept candidate (removed columns: softmax 0, target 0).
+        d_cand = torch.exp(cand - lse[:, None])
+        if eps:
+            d_cand = d_cand - torch.isfinite(cand) * (eps / n_kept)[:, None]
+        d_cand = d_cand * g
+        target_true = kt * ((1.0 - eps) / n_true.clamp(min=1.0) + (eps / n_kept if eps else 0.0))[:, None]
+        d_true = ((torch.exp(zt - lse[:, None]) - target_true) * g).masked_fill(~owned_true, 0.0)
+        need_h, need_b, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[9], ctx.needs_input_grad[10]
+        d_h, d_rows, d_b_rows = corrected_logits_backward(torch.cat([d_true, d_cand], 1), hc, gathered, t, need_h,
+                                                        need_w, need_b)
+        if d_h is not None:
+            dist.all_reduce(d_h, group=ctx.group)  # each rank holds the part of its own columns
+            d_h = d_h.to(ctx.dtypes[0])
+        # The rows of ignored labels and of labels owned elsewhere are not this rank's to touch.
+        keep = torch.cat([(owned_true & kt).reshape(-1), owned_true.new_ones(cand.shape[1])])
+        d_w = d_b = None
+        if d_rows is not None:
+            d_w = _scatter_rows(ctx.shapes[0], sub, d_rows.to(ctx.dtypes[1]), spec.sparse, keep)
+        if d_b_rows is not None:
+            d_b = _scatter_rows(ctx.shapes[1], sub, d_b_rows.to(ctx.dtypes[2]), spec.sparse, keep)
+        return d_h, None, None, None, None, None, None, None, None, d_b, d_w
 
 
 def _broadcast_draw(cand, true_count, samp_count, group, n, t, device):
@@ -293,9 +313,8 @@ def vocab_parallel_sampled_softmax_loss(
     ids, logq = ids.to(h.device), logq.to(h.device)
     removed = None if removed is None else removed.to(h.device)
     start, rows = shard_range(num_classes, rank, world)
-    scores = _OwnedScores.apply(h, ids, start, rows, t, sparse, group, bias, shard)
     spec = _Spec(t, (), "div", label_smoothing, bool(sparse))
-    loss = _Head.apply(scores, logq, valid, removed, spec)
+    loss = _VocabParallelSoftmax.apply(h, ids, logq, valid, removed, start, rows, spec, group, bias, shard)
     return _finish(loss, loss, valid, reduction, lead, False)
 
 
@@ -729,10 +748,11 @@ def vocab_parallel_bytes(batch: int, num_true: int, num_sampled: int, dim: int, 
     """Bytes each rank hands to the collectives in one call of
     :func:`vocab_parallel_sampled_softmax_loss` that draws its candidates (what
     :class:`CollectiveBytes` measures; a ring all-reduce of ``x`` bytes puts ``2 (P - 1) / P x``
-    on the wire): the agreement (10 int64), rank 0's draw (``2 S + N T`` float64), the scores
-    (``N (T + S)``) and, backward, the input gradient (``N D``), both in the compute dtype."""
+    on the wire): the agreement (10 int64), rank 0's draw (``2 S + N T`` float64), the head's
+    all-reduces (``N (T + 2)``, ``N``, ``N``) and, backward, the input gradient (``N D``), in
+    the compute dtype."""
     n, t, s, d = batch, num_true, num_sampled, dim
-    out = {"all_gather": 8 * 10, "broadcast": 8 * (2 * s + n * t), "all_reduce": element_size * n * (t + s)}
+    out = {"all_gather": 8 * 10, "broadcast": 8 * (2 * s + n * t), "all_reduce": element_size * n * (t + 4)}
     if backward:
         out["all_reduce"] += element_size * n * d
     return out
@@ -741,8 +761,8 @@ def vocab_parallel_bytes(batch: int, num_true: int, num_sampled: int, dim: int, 
 def megatron_exact_bytes(batch: int, dim: int, *, element_size: int = 4, backward: bool = True) -> dict:
     """The same count for Megatron-style vocabulary-parallel *exact* cross-entropy
     (``vocab_parallel_cross_entropy``): all-reduces of the row max, the target logit and the
-    sum of exponentials (``3 N``) and, backward, the input gradient (``N D``). Fewer bytes than
-    ours, but ``O(N V D / P)`` work per rank where ours is ``O(N S D / P)``."""
+    sum of exponentials (``3 N``) and, backward, the input gradient (``N D``), for
+    ``O(N V D / P)`` work per rank where ours is ``O(N S D / P)``."""
     return {"all_reduce": element_size * (3 * batch + (batch * dim if backward else 0))}
 
 
