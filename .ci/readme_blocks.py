@@ -28,6 +28,9 @@ def main(readme: str) -> int:
     ran = 0
     for i, code in enumerate(blocks):
         # Keras blocks need Keras and any one backend (it picks an installed one).
+        if "init_process_group" in code:  # a block for torchrun: tests/distributed runs it on 2 processes
+            print(f"block {i}: skipped (runs under torchrun)")
+            continue
         missing = sorted(m for m in imported_modules(code) if importlib.util.find_spec(m) is None)
         if missing:
             print(f"block {i}: skipped (needs {', '.join(missing)})")

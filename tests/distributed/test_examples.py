@@ -14,12 +14,13 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def _torchrun(script: str, *args: str) -> str:
+def _torchrun(script, *args: str) -> str:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                str(EXAMPLES / script), *args]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=EXAMPLES)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=Path(script).parent
+                              if Path(script).is_absolute() else EXAMPLES)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"{script} did not finish in 240 s:\n{e.stdout}\n{e.stderr}")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -39,3 +40,14 @@ def test_two_tower_with_negatives_across_ranks_learns():
     found = re.search(r"recall@10 ([\d.]+) -> ([\d.]+)", out)
     assert found, out
     assert float(found[2]) > float(found[1]) + 0.1, out
+
+
+def test_readme_blocks_for_torchrun_run_on_two_processes(tmp_path):
+    """The README's blocks that start a process group (skipped by the in-process docs test)."""
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    blocks = [b for b in re.findall(r"^```python\n(.*?)^```", readme, re.S | re.M) if "init_process_group" in b]
+    assert blocks, "the README has a torch.distributed block"
+    for i, code in enumerate(blocks):
+        script = tmp_path / f"block{i}.py"
+        script.write_text(code)
+        _torchrun(script)

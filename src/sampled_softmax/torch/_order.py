@@ -12,6 +12,7 @@ from .samplers import LogUniformSampler
 REMEDY = ("use sampler='learned_unigram' (learns the label frequencies), a UnigramSampler with the label counts, "
           "or sampler='uniform'")
 
+
 def device_counts(ids: torch.Tensor, num_classes: int) -> torch.Tensor:
     """:func:`sampled_softmax.order_check.label_counts` in torch ops, on the ids' device."""
     live = (ids >= 0) & (ids < num_classes)
