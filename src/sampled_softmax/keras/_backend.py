@@ -152,9 +152,11 @@ KERAS_ORDER_REMEDY = ("use sampler='learned_unigram' (learns the label frequenci
 def _observe_label_order(y, valid, num_classes: int) -> None:
     """The vocabulary-order check (:mod:`sampled_softmax.order_check`) on the labels: now when
     eager, through ``jax.debug.callback`` when jitted on JAX, ``tf.numpy_function`` in a
-    TensorFlow graph (``fit``'s step, which Keras does not XLA-compile here: its ``jit_compile=
-    "auto"`` keeps the layer's ops out of XLA). A step compiled with ``jit_compile=True`` cannot
-    call back to Python: there the check does not run (``run_eagerly=True`` runs it)."""
+    TensorFlow graph. An XLA-compiled TensorFlow step cannot call back to Python: there the
+    check does not run. Keras's ``jit_compile="auto"`` compiles ``fit``'s step with XLA only
+    when TensorFlow sees an accelerator (never on a CPU-only machine, nor under a
+    ``tf.distribute`` strategy); ``jit_compile=False`` or ``run_eagerly=True`` runs the check
+    there too."""
     from .. import order_check as OC
 
     check = OC.order_check("keras", num_classes, KERAS_ORDER_REMEDY)
