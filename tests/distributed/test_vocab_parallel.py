@@ -214,12 +214,14 @@ def _bad_input_worker(rank, world):
         "label owned by no rank": dict(y=torch.where(torch.arange(N) == 2, V + 3, labels) if rank == 1 else labels),
         "different num_sampled": dict(s=S + rank),
         "different labels": dict(y=labels.roll(rank)),
+        "a draw given on one rank": dict(sv=(torch.arange(S), torch.full((N, 1), 0.1), torch.full((S,), 0.1))
+                                         if rank == 0 else None),
     }
     messages = {}
     for name, case in cases.items():
         try:
             vocab_parallel_sampled_softmax_loss(case.get("w", shard), None, case.get("y", labels), inputs,
-                                                case.get("s", S), V)
+                                                case.get("s", S), V, sampled_values=case.get("sv"))
             messages[name] = None
         except SampledSoftmaxError as e:
             messages[name] = str(e)
@@ -251,3 +253,5 @@ def test_vocab_parallel_bad_input_is_an_error_on_every_rank(tmp_path):
         assert "`num_sampled` must be the same on every rank of the group; received [6, 7]" in \
             messages["different num_sampled"]
         assert "`labels (a checksum)` must be the same on every rank" in messages["different labels"]
+        assert "`sampled_values given` must be the same on every rank of the group; received [1, 0]" in \
+            messages["a draw given on one rank"]

@@ -279,8 +279,9 @@ def vocab_parallel_sampled_softmax_loss(
     try:
         prepared = _prepare_shard(weight_shard, bias_shard, labels, inputs, num_sampled, num_classes, num_true,
                                   ignore_index, label_smoothing, reduction, rank, world, generator)
-        fields = prepared.fields
-    except (SampledSoftmaxError, TypeError, ValueError) as e:
+        # Given or drawn decides which collectives follow: the ranks must agree on it.
+        fields = dict(prepared.fields, **{"sampled_values given": int(sampled_values is not None)})
+    except Exception as e:  # noqa: BLE001 - every rank must hear of it, whatever it is
         error = e
     names = ("num_sampled", "num_classes", "num_true", "dim", "rows of the batch", "labels (a checksum)",
              "bias given", "sampled_values given", "shard rows")
@@ -475,7 +476,7 @@ def vocab_parallel_full_softmax_loss(
         prepared = _prepare_shard(weight_shard, bias_shard, labels, inputs, 1, num_classes, num_true, ignore_index,
                                   label_smoothing, reduction, rank, world, None)
         fields = prepared.fields
-    except (SampledSoftmaxError, TypeError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - every rank must hear of it, whatever it is
         error, fields = e, {}
     names = ("num_sampled", "num_classes", "num_true", "dim", "rows of the batch", "labels (a checksum)",
              "bias given", "sampled_values given", "shard rows")
