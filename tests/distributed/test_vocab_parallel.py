@@ -138,27 +138,33 @@ def _training_problem():
     return table, encoder, batches
 
 
+def _train_steps(head_params, loss_of, encoder_init, batches):
+    """``len(batches)`` steps of a linear encoder and a head: ``loss_of(hidden, labels)``."""
+    encoder = torch.nn.Linear(D, D, bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        encoder.weight.copy_(encoder_init)
+    optimizers = [SparseRowAdam(head_params, lr=0.05), torch.optim.Adam(encoder.parameters(), lr=0.05)]
+    losses = []
+    for x, y in batches:
+        loss = loss_of(encoder(x), y)
+        for opt in optimizers:
+            opt.zero_grad()
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+        losses.append(loss.item())
+    return losses, encoder
+
+
 def _steps_worker(rank, world):
     from sampled_softmax.torch.distributed import VocabParallelSampledSoftmax
 
     table, encoder_init, batches = _training_problem()
     head = VocabParallelSampledSoftmax(D, V, S, bias=False, sparse=True, dtype=torch.float64)  # learned unigram
     head.load_full_table(table)
-    encoder = torch.nn.Linear(D, D, bias=False, dtype=torch.float64)
-    with torch.no_grad():
-        encoder.weight.copy_(encoder_init)
-    opt_head = SparseRowAdam(head.parameters(), lr=0.05)
-    opt_encoder = torch.optim.Adam(encoder.parameters(), lr=0.05)
     generator = torch.Generator().manual_seed(11)
-    losses = []
-    for x, y in batches:
-        loss = head(encoder(x), y, generator=generator)
-        opt_head.zero_grad()
-        opt_encoder.zero_grad()
-        loss.backward()
-        opt_head.step()
-        opt_encoder.step()
-        losses.append(loss.item())
+    losses, encoder = _train_steps(list(head.parameters()), lambda h, y: head(h, y, generator=generator),
+                                   encoder_init, batches)
     head.eval()
     x, y = batches[0]
     with torch.no_grad():
@@ -172,32 +178,20 @@ def test_vocab_parallel_module_steps_equal_one_process(tmp_path):
     world = 2
     results = spawn.run(_steps_worker, world, tmp_path)
     table, encoder_init, batches = _training_problem()
-    head = torch.nn.Module()
-    head.weight = torch.nn.Parameter(table.clone())
-    encoder = torch.nn.Linear(D, D, bias=False, dtype=torch.float64)
-    with torch.no_grad():
-        encoder.weight.copy_(encoder_init)
-    opt_head, opt_encoder = SparseRowAdam(head.parameters(), lr=0.05), torch.optim.Adam(encoder.parameters(), lr=0.05)
+    weight = torch.nn.Parameter(table.clone())
     generator = torch.Generator().manual_seed(11)
     sampler = LearnedUnigramSampler(V)
-    losses = []
-    for x, y in batches:
-        loss = sampled_softmax_loss(head.weight, None, y, encoder(x), S, V, generator=generator, sparse=True,
-                                    sampler=sampler, reduction="mean", implementation="python")
-        opt_head.zero_grad()
-        opt_encoder.zero_grad()
-        loss.backward()
-        opt_head.step()
-        opt_encoder.step()
-        losses.append(loss.item())
+    losses, encoder = _train_steps([weight], lambda h, y: sampled_softmax_loss(
+        weight, None, y, h, S, V, generator=generator, sparse=True, sampler=sampler, reduction="mean",
+        implementation="python"), encoder_init, batches)
     x, y = batches[0]
     with torch.no_grad():
-        eval_loss = full_softmax_loss(head.weight, None, y, encoder(x), reduction="mean").item()
+        eval_loss = full_softmax_loss(weight, None, y, encoder(x), reduction="mean").item()
     for rank, (r_losses, r_shard, r_encoder, r_eval, r_counts) in enumerate(results):
         torch.testing.assert_close(r_counts, sampler.counts, rtol=0, atol=0)
         start, rows = shard_range(V, rank, world)
         assert r_losses == pytest.approx(losses, rel=1e-12)
-        torch.testing.assert_close(r_shard, head.weight.detach()[start:start + rows], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(r_shard, weight.detach()[start:start + rows], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(r_encoder, encoder.weight.detach(), rtol=1e-12, atol=1e-12)
         assert r_eval == pytest.approx(eval_loss, rel=1e-12)
 

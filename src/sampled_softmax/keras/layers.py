@@ -18,7 +18,7 @@ from ._backend import (
 )
 from ._binding import _OWNER_ATTR, _STATE_ATTR, _check_compiled_loss, _find_upstream_layer, register
 from ._stages import candidate_columns, corrected_logits, sigmoid_head, softmax_head
-from .samplers import DRAWS, SAMPLERS, draw, expected_counts, uniforms
+from .samplers import DRAWS, SAMPLERS, SavesSeedState, draw, expected_counts, uniforms
 
 if TYPE_CHECKING:
     from .losses import SampledSoftmaxLoss
@@ -85,7 +85,7 @@ def _warn_counts_frozen(layer) -> None:
 
 
 @keras.saving.register_keras_serializable(package="sampled_softmax")
-class SampledSoftmax(keras.layers.Layer):
+class SampledSoftmax(SavesSeedState, keras.layers.Layer):
     r"""Softmax output layer over ``num_classes`` trained with sampled softmax (Jean et al. 2014).
 
     Replaces a final ``Dense(num_classes, activation="softmax")``. Owns the class table
@@ -525,21 +525,6 @@ class SampledSoftmax(keras.layers.Layer):
             # Keras leaves masked positions out of the mean: ignored targets do not dilute it.
             set_keras_mask(loss, ops.reshape(live, ops.shape(loss)))
         return loss
-
-    # Keras saves a layer's own variables but not its SeedGenerator's state: without it a
-    # resumed fit would draw the first epoch's candidates again.
-    _SEED_KEY = "seed_generator_state"
-
-    def save_own_variables(self, store):
-        super().save_own_variables(store)
-        store[self._SEED_KEY] = self.seed_generator.state
-
-    def load_own_variables(self, store):
-        keys = list(store.keys())
-        if self._SEED_KEY in keys:
-            self.seed_generator.state.assign(store[self._SEED_KEY])
-            store = {k: store[k] for k in keys if k != self._SEED_KEY}
-        super().load_own_variables(store)
 
     def get_config(self):
         config = super().get_config()

@@ -28,7 +28,7 @@ from .. import _validation as V
 from .. import frequency as F
 from ..samplers import unigram_weights
 from ._backend import keras, ops
-from .samplers import DRAWS, SAMPLERS, draw, expected_counts, uniforms
+from .samplers import DRAWS, SAMPLERS, SavesSeedState, draw, expected_counts, uniforms
 
 __all__ = ["InBatchSoftmax", "InBatchSoftmaxLoss", "StreamingFrequency", "CountMinFrequency", "CorpusSampler",
            "MixedNegatives", "mixed_negatives", "CorpusIndex", "RecallAtK"]
@@ -307,7 +307,7 @@ class CountMinFrequency(_HashedFrequency):
 
 
 @keras.saving.register_keras_serializable(package="sampled_softmax")
-class CorpusSampler(keras.layers.Layer):
+class CorpusSampler(SavesSeedState, keras.layers.Layer):
     """Draws ``num_sampled`` corpus candidates per call, shared by the batch, with the layer's seed
     generator: the ``sampled_values`` of :func:`mixed_negatives` (or of any ``sampled_values=``
     argument), in ``keras.ops`` on every backend, inside ``fit``.
@@ -332,8 +332,6 @@ class CorpusSampler(keras.layers.Layer):
         unigrams_in_weights: ``sampler="unigram"`` without ``unigrams``: the tables come from
             the saved weights (how a reloaded model rebuilds the layer).
     """
-
-    _SEED_KEY = "seed_generator_state"
 
     def __init__(self, num_classes: int, num_sampled: int, *, sampler: str = "uniform", draw: str = "unique_exact",
                  unigrams=None, distortion: float = 1.0, seed: int | None = None, unigrams_in_weights: bool = False,
@@ -404,19 +402,6 @@ class CorpusSampler(keras.layers.Layer):
         return (keras.KerasTensor((self.num_sampled,), dtype="int32"),
                 keras.KerasTensor((true_ids.shape[0], t), dtype="float32"),
                 keras.KerasTensor((self.num_sampled,), dtype="float32"))
-
-    # Keras saves a layer's variables but not its SeedGenerator's state: without it a resumed
-    # fit would draw the first epoch's candidates again.
-    def save_own_variables(self, store):
-        super().save_own_variables(store)
-        store[self._SEED_KEY] = self.seed_generator.state
-
-    def load_own_variables(self, store):
-        keys = list(store.keys())
-        if self._SEED_KEY in keys:
-            self.seed_generator.state.assign(store[self._SEED_KEY])
-            store = {k: store[k] for k in keys if k != self._SEED_KEY}
-        super().load_own_variables(store)
 
     def get_config(self):
         return dict(super().get_config(), num_classes=self.num_classes, num_sampled=self.num_sampled,

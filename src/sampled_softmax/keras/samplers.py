@@ -67,3 +67,22 @@ def expected_counts(draw_kind, num_sampled, cand, p_true, p_cand):
 def uniforms(num_sampled, seed_generator):
     """The draw's ``num_sampled`` uniforms from the layer's seed generator."""
     return keras.random.uniform((num_sampled,), dtype="float32", seed=seed_generator)
+
+
+class SavesSeedState:
+    """A mixin for a layer that draws with ``self.seed_generator``: Keras saves a layer's own
+    variables but not its SeedGenerator's state, so without this a resumed ``fit`` would draw
+    the first epoch's candidates again."""
+
+    _SEED_KEY = "seed_generator_state"
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store[self._SEED_KEY] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        if self._SEED_KEY in keys:
+            self.seed_generator.state.assign(store[self._SEED_KEY])
+            store = {k: store[k] for k in keys if k != self._SEED_KEY}
+        super().load_own_variables(store)
