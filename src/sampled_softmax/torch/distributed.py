@@ -516,8 +516,10 @@ class VocabParallelSampledSoftmax(torch.nn.Module):
             every rank since every rank sees the same labels), ``"log_uniform"``, ``"uniform"``
             or a sampler module.
         sparse: row-sparse gradients of the shard (for ``SparseRowAdam``).
-        num_true, remove_accidental_hits, ignore_index, label_smoothing, reduction: as in
+        num_true, remove_accidental_hits, label_smoothing, reduction: as in
             :func:`vocab_parallel_sampled_softmax_loss`.
+        ignore_index: target value that contributes nothing. Default -100 (as
+            :class:`~sampled_softmax.torch.SampledSoftmax` and ``F.cross_entropy``).
         chunk_size: rows per chunk of the exact loss.
 
     Shape:
@@ -527,7 +529,7 @@ class VocabParallelSampledSoftmax(torch.nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, num_sampled: int, *, group=None, bias: bool = True,
                  sampler: str | CandidateSampler = "learned_unigram", sparse: bool = False, num_true: int = 1,
-                 remove_accidental_hits: bool = True, ignore_index: int | None = None, label_smoothing: float = 0.0,
+                 remove_accidental_hits: bool = True, ignore_index: int | None = -100, label_smoothing: float = 0.0,
                  reduction: str = "mean", chunk_size: int = 8192, device=None, dtype=None):
         super().__init__()
         self.group = _group(group)
