@@ -382,7 +382,8 @@ class CorpusSampler(SavesSeedState, keras.layers.Layer):
         true2 = ops.cast(ops.reshape(true_ids, (ops.shape(true_ids)[0], -1)), "int32")
         tables = {}
         if self.sampler == "unigram":
-            tables = dict(cdf=ops.convert_to_tensor(self.sampling_cdf), probs=ops.convert_to_tensor(self.sampling_probs))
+            tables = dict(cdf=ops.convert_to_tensor(self.sampling_cdf),
+                          probs=ops.convert_to_tensor(self.sampling_probs))
         elif self.sampler == "learned_unigram":
             tables = dict(counts=ops.convert_to_tensor(self.sampling_counts))
         u = uniforms(self.num_sampled, self.seed_generator)

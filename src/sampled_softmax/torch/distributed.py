@@ -410,7 +410,8 @@ class _FullLoss(torch.autograd.Function):
         lse = global_max + torch.log(packed[:, 0])
         # target sums to 1 - eps over the kept labels; eps spreads over all V classes.
         live = (target.sum(1) > 0).to(cdt)
-        loss = lse * (target.sum(1) + eps * live) - (target * packed[:, 2:]).sum(1) - eps * live * packed[:, 1] / num_classes
+        loss = (lse * (target.sum(1) + eps * live) - (target * packed[:, 2:]).sum(1)
+                - eps * live * packed[:, 1] / num_classes)
         ctx.save_for_backward(hc, shard, bias, lse, safe, owned, target)
         ctx.meta = (eps, num_classes, chunk, group, h.dtype, shard.dtype)
         return loss
