@@ -56,7 +56,7 @@ DRAWS = tuple(kind.name for kind in DrawKind)
 
 __all__ = [
     "SAMPLERS", "DRAWS", "DistributionKind", "DrawKind", "uniform_probs", "log_uniform_probs", "unigram_weights",
-    "expected_count", "Distribution", "Uniform", "LogUniform", "Unigram", "sample_candidates",
+    "expected_count", "Distribution", "Uniform", "LogUniform", "Unigram", "CountsTree", "sample_candidates",
     "draw_from_uniforms", "first_distinct", "repeated_slots", "unique_draw_limit", "unique_draw_error",
     "check_true_classes",
 ]
@@ -208,6 +208,67 @@ class Unigram(Distribution):
         # side="right" skips zero-weight classes: cdf[k-1] <= x < cdf[k] needs weight(k) > 0.
         x = u * self._cdf[-1]
         return np.minimum(np.searchsorted(self._cdf, x, side="right"), self.num_classes - 1).astype(np.int64)
+
+
+class CountsTree(Distribution):
+    """A unigram distribution over counts that change, ``Q(k) = counts[k] / total``, kept in a
+    Fenwick (binary indexed) tree: adding a batch of ids costs ``O(n log V)`` and drawing ``S``
+    ids ``O(S log V)``, where :class:`Unigram` rebuilds its ``O(V)`` cumulative table for every
+    draw from new counts. For a learned sampler, whose counts grow by each batch's labels.
+
+    With integer counts (below ``2**53``) every sum is exact, so a draw equals
+    :class:`Unigram`'s inverse CDF (``searchsorted(cumsum(counts), u * total, side="right")``)
+    from the same uniforms, to the id.
+    """
+
+    name = "unigram"
+
+    def __init__(self, counts):
+        counts = np.array(counts, dtype=np.float64)
+        super().__init__(counts.size)
+        self.counts = counts
+        self.total = float(counts.sum())
+        # Node i holds the counts of (i - lowbit(i), i]: a difference of two prefix sums.
+        prefix = np.concatenate([[0.0], np.cumsum(counts)])
+        i = np.arange(counts.size + 1)
+        self._tree = prefix - prefix[i - (i & -i)]
+        self._top = 1 << (counts.size.bit_length() - 1)
+
+    @property
+    def support(self):
+        return int(np.count_nonzero(self.counts))
+
+    def add(self, ids, weights=1.0) -> None:
+        """``counts[ids] += weights`` (repeated ids add up)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        w = np.broadcast_to(np.asarray(weights, dtype=np.float64), ids.shape)
+        np.add.at(self.counts, ids, w)
+        self.total += float(w.sum())
+        node = ids + 1
+        while node.size:
+            np.add.at(self._tree, node, w)
+            node = node + (node & -node)
+            inside = node <= self.num_classes
+            node, w = node[inside], w[inside]
+
+    def probs(self, ids):
+        return self.counts[np.asarray(ids)] / self.total
+
+    def from_uniform(self, u):
+        # Descend from the largest power of two: the number of classes whose cumulative count
+        # is at most x, i.e. searchsorted(cdf, x, side="right").
+        x = np.asarray(u, dtype=np.float64) * self.total
+        pos = np.zeros(x.shape, dtype=np.int64)
+        step = self._top
+        while step:
+            nxt = pos + step
+            ok = nxt <= self.num_classes
+            below = np.zeros(x.shape, dtype=bool)
+            below[ok] = self._tree[nxt[ok]] <= x[ok]
+            x = np.where(below, x - self._tree[np.where(below, nxt, 0)], x)
+            pos = np.where(below, nxt, pos)
+            step >>= 1
+        return np.minimum(pos, self.num_classes - 1)
 
 
 def sample_candidates(

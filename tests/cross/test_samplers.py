@@ -221,3 +221,43 @@ def test_numpy_cpu_path_and_torch_ops_path_give_identical_draws(name, draw):
         assert torch.equal(a[0], b[0])
         for x, z in zip(a[1:], b[1:]):
             np.testing.assert_allclose(x.numpy(), z.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("num_classes", [1, 2, 3, 8, 9, 100, 1025])
+def test_counts_tree_draws_equal_the_cumulative_table(num_classes):
+    """The Fenwick tree of a learned sampler: after batches of additions (repeats, zero
+    counts), the same ids as ``searchsorted(cumsum(counts), u * total, side="right")`` from the
+    same uniforms, and the same probabilities."""
+    rng = np.random.default_rng(num_classes)
+    counts = rng.integers(0, 4, num_classes).astype(float)
+    counts[rng.integers(num_classes)] += 1
+    tree = NS.CountsTree(counts)
+    for _ in range(6):
+        ids = rng.integers(0, num_classes, 37)
+        tree.add(ids)
+        np.add.at(counts, ids, 1.0)
+        u = np.concatenate([rng.random(500), [0.0, np.nextafter(1.0, 0.0)]])
+        np.testing.assert_array_equal(tree.from_uniform(u), NS.Unigram(counts).from_uniform(u))
+        np.testing.assert_array_equal(tree.probs(np.arange(num_classes)), counts / counts.sum())
+
+
+def test_learned_sampler_follows_its_counts_after_a_load():
+    """The tree is derived from the counts buffer: loading other counts (or changing them in
+    place) makes the next draw follow them, exactly as a sampler built with those counts."""
+    trained = LearnedUnigramSampler(V)
+    for step in range(3):
+        trained(torch.randint(V, (16, 1), generator=torch.Generator().manual_seed(step)), 8)
+    fresh = LearnedUnigramSampler(V)
+    fresh(torch.zeros(4, 1, dtype=torch.int64), 8)  # its tree now holds other counts
+    fresh.load_state_dict(trained.state_dict())
+    for sampler in (fresh, trained):
+        sampler.eval()
+    draws = [s(torch.zeros(1, 1, dtype=torch.int64), 8, generator=torch.Generator().manual_seed(9))
+             for s in (fresh, trained)]
+    for a, b in zip(*draws):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with torch.no_grad():
+        trained.counts.fill_(1.0)
+        trained.counts[7] = 1e9  # in place: nearly every draw is class 7
+    cand, _, _ = trained(torch.zeros(1, 1, dtype=torch.int64), 1, generator=torch.Generator().manual_seed(0))
+    assert cand.tolist() == [7]

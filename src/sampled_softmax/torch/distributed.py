@@ -744,7 +744,7 @@ class DistributedLearnedUnigramSampler(LearnedUnigramSampler):
         dist.all_gather(every, padded, group=self.group)
         every = torch.cat(every)
         every = every[every >= 0]
-        self.counts.index_add_(0, every, torch.ones(every.numel(), dtype=self.counts.dtype, device=every.device))
+        self._add(every, torch.ones(every.numel(), dtype=self.counts.dtype, device=every.device))
 
 
 def vocab_parallel_bytes(batch: int, num_true: int, num_sampled: int, dim: int, *, element_size: int = 4,

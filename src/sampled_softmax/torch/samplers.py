@@ -292,22 +292,46 @@ class LearnedUnigramSampler(_TableSampler):
 
     Counts start at 1 for every class (as TensorFlow's) and each call in training mode adds the
     true classes it was given, after drawing. The counts are a buffer: ``state_dict`` saves and
-    restores them. Drawing rebuilds the cumulative table, an ``O(V)`` pass per call.
+    restores them. On the CPU the draw reads a Fenwick tree of the counts
+    (:class:`sampled_softmax.samplers.CountsTree`, updated with each batch: ``O((N T + S) log V)``
+    a step, the same draws as the cumulative table); on an accelerator it rebuilds the
+    cumulative table, one ``O(V)`` pass per draw.
     """
 
     def __init__(self, num_classes: int, *, draw: str = "unique"):
         super().__init__(num_classes, draw=draw)
         self.register_buffer("counts", torch.ones(num_classes, dtype=torch.float64))
+        self._tree = None  # derived from `counts`; rebuilt when they change other than by `update`
+        self._tree_of = None
 
     def _weights(self):
         return self.counts
+
+    def _counts_key(self):
+        return (self.counts.data_ptr(), self.counts._version)
+
+    def _distribution(self):
+        if self.counts.device.type != "cpu":
+            return super()._distribution()
+        if self._tree is None or self._tree_of != self._counts_key():
+            self._tree = NS.CountsTree(self.counts.numpy())
+            self._tree_of = self._counts_key()
+        return self._tree
 
     @torch.no_grad()
     def update(self, true_classes, valid=None):
         ones = torch.ones(true_classes.numel(), dtype=self.counts.dtype, device=self.counts.device)
         if valid is not None:
             ones = valid.reshape(-1).to(self.counts)
-        self.counts.index_add_(0, true_classes.reshape(-1).to(self.counts.device), ones)
+        self._add(true_classes.reshape(-1).to(self.counts.device), ones)
+
+    def _add(self, ids: torch.Tensor, weights: torch.Tensor) -> None:
+        """``counts[ids] += weights``, and the same in the tree if it is in step with them."""
+        in_step = self._tree is not None and self._tree_of == self._counts_key()
+        self.counts.index_add_(0, ids, weights)
+        if in_step:
+            self._tree.add(ids.cpu().numpy(), weights.cpu().numpy())
+            self._tree_of = self._counts_key()
 
 
 _BY_NAME = {"uniform": UniformSampler, "log_uniform": LogUniformSampler}
@@ -340,6 +364,7 @@ def sampler_from_tables(kind: str, num_classes: int, draw: str, support: int, we
         sampler.distortion, sampler.num_reserved_ids, sampler._support = 1.0, 0, support
     else:
         sampler.register_buffer("counts", counts)
+        sampler._tree = sampler._tree_of = None
     return sampler
 
 
