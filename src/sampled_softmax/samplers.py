@@ -228,11 +228,13 @@ class CountsTree(Distribution):
         super().__init__(counts.size)
         self.counts = counts
         self.total = float(counts.sum())
-        # Node i holds the counts of (i - lowbit(i), i]: a difference of two prefix sums.
+        # Node i holds the counts of (i - lowbit(i), i]: a difference of two prefix sums. Nodes
+        # past V up to the next power of two are +inf, so the descent never takes them and needs
+        # no bounds check.
+        self._top = 1 << (counts.size.bit_length() - 1)
         prefix = np.concatenate([[0.0], np.cumsum(counts)])
         i = np.arange(counts.size + 1)
-        self._tree = prefix - prefix[i - (i & -i)]
-        self._top = 1 << (counts.size.bit_length() - 1)
+        self._tree = np.concatenate([prefix - prefix[i - (i & -i)], np.full(2 * self._top - counts.size, np.inf)])
 
     @property
     def support(self):
@@ -261,12 +263,10 @@ class CountsTree(Distribution):
         pos = np.zeros(x.shape, dtype=np.int64)
         step = self._top
         while step:
-            nxt = pos + step
-            ok = nxt <= self.num_classes
-            below = np.zeros(x.shape, dtype=bool)
-            below[ok] = self._tree[nxt[ok]] <= x[ok]
-            x = np.where(below, x - self._tree[np.where(below, nxt, 0)], x)
-            pos = np.where(below, nxt, pos)
+            node = self._tree[pos + step]
+            below = node <= x
+            x -= np.where(below, node, 0.0)
+            pos += below * step
             step >>= 1
         return np.minimum(pos, self.num_classes - 1)
 
