@@ -14,6 +14,7 @@ import spawn
 from sampled_softmax.torch import LearnedUnigramSampler, SparseRowAdam, full_softmax_loss, sampled_softmax_loss
 
 V, D, N, S = 23, 5, 7, 6  # 23 classes: uneven shards on 2 and 4 ranks
+PER_RANK = 1  # rows of the batch each rank holds in the Partial FC case (PER_RANK * 4 <= N)
 
 CASES = {
     "f64 one label, bias": dict(dtype=torch.float64, t=1, bias=True),
@@ -91,6 +92,19 @@ def _vocab_parallel_worker(rank, world):
 
         out["full " + name] = _grads_of(full_fn, weight[start:start + rows],
                                         None if bias is None else bias[start:start + rows], inputs)
+    # Partial FC: each rank holds its own rows of the batch, gathered for the sharded loss.
+    from sampled_softmax.torch.distributed import all_gather_rows
+
+    weight, bias, labels, inputs, sampled = _problem(dict(dtype=torch.float64, t=1, bias=True, given=True), 99)
+    mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+    start, rows = shard_range(V, rank, world)
+    h = inputs[:PER_RANK * world][mine].clone().requires_grad_()
+    sv = (sampled[0], sampled[1][:PER_RANK * world], sampled[2])
+    loss = vocab_parallel_sampled_softmax_loss(weight[start:start + rows], bias[start:start + rows],
+                                               labels[:PER_RANK * world], all_gather_rows(h, sum_gradients=False),
+                                               S, V, sampled_values=sv, reduction="sum")
+    loss.backward()
+    out["partial fc"] = (loss.detach(), h.grad)
     return out
 
 
@@ -98,6 +112,18 @@ def _vocab_parallel_worker(rank, world):
 def test_vocab_parallel_equals_one_process(tmp_path, world):
     results = spawn.run(_vocab_parallel_worker, world, tmp_path)
     from sampled_softmax.torch.distributed import shard_range
+
+    # Partial FC: the gathered rows' loss and each rank's own rows' gradient.
+    weight, bias, labels, inputs, sampled = _problem(dict(dtype=torch.float64, t=1, bias=True, given=True), 99)
+    n = PER_RANK * world
+    h = inputs[:n].clone().requires_grad_()
+    loss = sampled_softmax_loss(weight, bias, labels[:n], h, S, V, sampled_values=(sampled[0], sampled[1][:n],
+                                                                                  sampled[2]), reduction="sum")
+    loss.backward()
+    for rank, result in enumerate(results):
+        r_loss, r_dh = result["partial fc"]
+        torch.testing.assert_close(r_loss, loss.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(r_dh, h.grad[rank * PER_RANK:(rank + 1) * PER_RANK], rtol=1e-12, atol=1e-12)
 
     for seed, (name, case) in enumerate(CASES.items()):
         weight, bias, labels, inputs, sampled = _problem(case, seed)

@@ -5,7 +5,7 @@ r"""Past one process with ``torch.distributed`` (gloo on CPU, NCCL on GPU, start
 ``r`` of the class table in TensorFlow's ``"div"`` layout (:func:`shard_range`: the first
 ``V mod P`` shards one row longer), and only that shard's optimizer state. The hidden states
 and labels are the same on every rank (as in Megatron's tensor parallelism; gather a
-data-parallel batch first with :func:`all_gather_rows`). One call:
+data-parallel batch first with ``all_gather_rows(h, sum_gradients=False)``). One call:
 
 1. *Agreement* (one all-gather of a few integers per rank): ``num_sampled``, ``num_classes``,
    the shapes, a checksum of the labels and each rank's shard size are compared; an argument a
@@ -578,30 +578,40 @@ class VocabParallelSampledSoftmax(torch.nn.Module):
 
 class _AllGatherRows(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, group):
+    def forward(ctx, x, group, sum_gradients=True):
         world = dist.get_world_size(group)
         parts = [torch.empty_like(x) for _ in range(world)]
         dist.all_gather(parts, x.contiguous(), group=group)
-        ctx.group, ctx.rank, ctx.rows = group, dist.get_rank(group), x.shape[0]
+        ctx.group, ctx.rank, ctx.rows, ctx.sum_gradients = group, dist.get_rank(group), x.shape[0], sum_gradients
         return torch.cat(parts)
 
     @staticmethod
     def backward(ctx, g):
-        # Every rank's loss may depend on this rank's rows: their gradient is the sum over ranks.
-        g = g.contiguous().clone()
-        dist.all_reduce(g, group=ctx.group)
-        return g[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows], None
+        if ctx.sum_gradients:
+            # Every rank's loss may depend on this rank's rows: their gradient is the sum over ranks.
+            g = g.contiguous().clone()
+            dist.all_reduce(g, group=ctx.group)
+        return g[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows], None, None
 
 
-def all_gather_rows(x: torch.Tensor, *, group=None) -> torch.Tensor:
-    """``[P * N, ...]``: every rank's ``x [N, ...]`` in rank order, differentiable (the gradient
-    of this rank's rows is the sum of every rank's). ``N`` must be the same on every rank."""
+def all_gather_rows(x: torch.Tensor, *, group=None, sum_gradients: bool = True) -> torch.Tensor:
+    """``[P * N, ...]``: every rank's ``x [N, ...]`` in rank order, differentiable. ``N`` must
+    be the same on every rank.
+
+    ``sum_gradients=True`` (default): each rank computes its own loss from the gathered rows
+    (in-batch negatives), so the gradient of this rank's rows is the sum of every rank's.
+    ``sum_gradients=False``: the loss downstream is one loss computed alike on every rank (a
+    vocabulary-parallel loss over the global batch, as insightface's Partial FC: data-parallel
+    hidden states, a sharded table), whose gradient each rank already holds in full: this
+    rank's rows take their slice of it. The gradients of parameters upstream are then each
+    rank's share of the global loss's: sum them over the ranks (or, under DDP, which averages,
+    scale the loss by ``P``)."""
     group = _group(group)
     _check_tensor("x", x)
     _agree(group, x.device, {"x's shape (a checksum)": _checksum(torch.tensor(list(x.shape[1:]) + [x.shape[0]])),
                              "x's dtype": zlib.crc32(str(x.dtype).encode())}, None)
     if x.requires_grad:
-        return _AllGatherRows.apply(x, group)
+        return _AllGatherRows.apply(x, group, bool(sum_gradients))
     return _AllGatherRows.forward(_Ctx(), x, group)
 
 
