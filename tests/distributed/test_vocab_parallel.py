@@ -238,6 +238,7 @@ def _bad_input_worker(rank, world):
         "different labels": dict(y=labels.roll(rank)),
         "a draw given on one rank": dict(sv=(torch.arange(S), torch.full((N, 1), 0.1), torch.full((S,), 0.1))
                                          if rank == 0 else None),
+        "a draw that fails": dict(s=V + 5),
     }
     messages = {}
     for name, case in cases.items():
@@ -277,3 +278,8 @@ def test_vocab_parallel_bad_input_is_an_error_on_every_rank(tmp_path):
         assert "`labels (a checksum)` must be the same on every rank" in messages["different labels"]
         assert "`sampled_values given` must be the same on every rank of the group; received [1, 0]" in \
             messages["a draw given on one rank"]
+        failed = messages["a draw that fails"]
+        if rank == 0:
+            assert "`num_sampled`" in failed and "28" in failed, failed
+        else:
+            assert "rank 0 of the group could not draw the candidates" in failed, failed

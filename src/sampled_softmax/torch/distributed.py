@@ -27,8 +27,8 @@ data-parallel batch first with ``all_gather_rows(h, sum_gradients=False)``). One
    scatters them into its shard (row-sparse with ``sparse=True``) and the input gradient is one
    all-reduce (sum) of ``[N, D]``.
 
-Bytes per rank and call (:func:`vocab_parallel_bytes`): 80 for the agreement,
-``8 (2 S + N T)`` for rank 0's draw, ``4 N (T + 4)`` in the head's all-reduces and ``4 N D`` for
+Bytes per rank and call (:func:`vocab_parallel_bytes`): 88 for the agreement,
+``8 (1 + 2 S + N T)`` for rank 0's draw, ``4 N (T + 4)`` in the head's all-reduces and ``4 N D`` for
 the input gradient (float32): never ``O(N V)``, never the table, and of Megatron's exact loss
 (``4 N (3 + D)``, :func:`megatron_exact_bytes`) but for the draw.
 :func:`vocab_parallel_full_softmax_loss` is the exact loss for evaluation (running
@@ -234,14 +234,29 @@ class _VocabParallelSoftmax(torch.autograd.Function):
         return d_h, None, None, None, None, None, None, None, None, d_b, d_w
 
 
-def _broadcast_draw(cand, true_count, samp_count, group, n, t, device):
-    """Rank 0's candidates and expected counts on every rank (one float64 broadcast)."""
-    packed = torch.cat([cand.to(device, torch.float64), samp_count.to(device, torch.float64).reshape(-1),
-                        true_count.to(device, torch.float64).reshape(-1)])
+def _broadcast_draw(draw, group, s, n, t, device):
+    """Rank 0's candidates and expected counts on every rank: one float64 broadcast of
+    ``1 + 2 S + N T`` numbers, the first saying whether rank 0's draw succeeded (every rank
+    draws, for its sampler's state, but only rank 0's draw is used or can fail the call)."""
+    rank = dist.get_rank(group)
+    failure = None
+    try:
+        cand, true_count, samp_count = draw()
+        packed = torch.cat([torch.zeros(1, dtype=torch.float64, device=device), cand.to(device, torch.float64),
+                            samp_count.to(device, torch.float64).reshape(-1),
+                            true_count.to(device, torch.float64).reshape(-1)])
+    except Exception as e:  # noqa: BLE001 - rank 0's is reported on every rank
+        failure = e
+        packed = torch.zeros(1 + 2 * s + n * t, dtype=torch.float64, device=device)
+        packed[0] = 1.0
     dist.broadcast(packed, src=dist.get_global_rank(group, 0), group=group)
-    s = cand.shape[0]
-    return (packed[:s].to(torch.int64), packed[2 * s:].view(n, t).to(torch.float32),
-            packed[s:2 * s].to(torch.float32))
+    if packed[0].item():
+        if rank == 0:
+            raise failure
+        raise SampledSoftmaxError("rank 0 of the group could not draw the candidates (its error says why), so no "
+                                  "rank can go on")
+    return (packed[1:1 + s].to(torch.int64), packed[1 + 2 * s:].view(n, t).to(torch.float32),
+            packed[1 + s:1 + 2 * s].to(torch.float32))
 
 
 def vocab_parallel_sampled_softmax_loss(
@@ -275,37 +290,43 @@ def vocab_parallel_sampled_softmax_loss(
     group = _group(group)
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     device = inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")
-    error, fields, prepared = None, {}, None
+    names = ("num_sampled", "num_classes", "num_true", "dim", "rows of the batch", "labels (a checksum)",
+             "bias given", "sampled_values given", "sampled_values (a checksum)", "shard rows")
+    error, fields, prepared, given, sampler_module = None, dict.fromkeys(names, 0), None, None, None
     try:
+        # Every check that could fail on one rank only runs before the first collective.
         prepared = _prepare_shard(weight_shard, bias_shard, labels, inputs, num_sampled, num_classes, num_true,
                                   ignore_index, label_smoothing, reduction, rank, world, generator)
+        y, valid = prepared.tensors[2], prepared.tensors[5]
+        if sampled_values is None:
+            if isinstance(sampler, DistributedLearnedUnigramSampler):
+                raise SampledSoftmaxError(
+                    "`sampler` must not be a DistributedLearnedUnigramSampler here: every rank sees the same "
+                    "labels, so it would count them once per rank; use LearnedUnigramSampler (its counts stay "
+                    "equal on every rank)")
+            sampler_module = _sampler_for(sampler, num_classes)
+        else:
+            given = _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid,
+                                          prepared.tensors[3].device)
         # Given or drawn decides which collectives follow: the ranks must agree on it.
-        fields = dict(prepared.fields, **{"sampled_values given": int(sampled_values is not None)})
+        fields = dict(prepared.fields, **{"sampled_values given": int(given is not None),
+                                          "sampled_values (a checksum)": 0 if given is None else
+                                          _checksum(given[0]) ^ _checksum(given[2])})
     except Exception as e:  # noqa: BLE001 - every rank must hear of it, whatever it is
         error = e
-    names = ("num_sampled", "num_classes", "num_true", "dim", "rows of the batch", "labels (a checksum)",
-             "bias given", "sampled_values given", "shard rows")
-    if error is not None:
-        fields = dict.fromkeys(names, 0)
-    table = _agree(group, device, fields, error, per_rank=("shard rows",))
+    table = _agree(group, device, {k: fields[k] for k in names}, error, per_rank=("shard rows",))
     _check_layout([r[-1] for r in table], prepared.num_classes, world)
     shard, bias, y, h, lead, valid, label_smoothing = prepared.tensors
     n, t = y.shape
-    if sampled_values is None:
-        if isinstance(sampler, DistributedLearnedUnigramSampler):
-            raise SampledSoftmaxError(
-                "`sampler` must not be a DistributedLearnedUnigramSampler here: every rank sees the same labels, so "
-                "it would count them once per rank; use LearnedUnigramSampler (its counts stay equal on every rank)")
-        sampler_module = _sampler_for(sampler, num_classes)
+    if given is None:
         draw = sampler_module._draw_values if type(sampler_module).forward is CandidateSampler.forward else (
             lambda *a: sampler_module(a[0], a[1], generator=a[2], ignore_index=a[3]))
-        cand, true_count, samp_count = draw(y, num_sampled, generator, None if valid is None else ignore_index)
-        cand, true_count, samp_count = _broadcast_draw(cand, true_count, samp_count, group, n, t, h.device)
+        cand, true_count, samp_count = _broadcast_draw(
+            lambda: draw(y, num_sampled, generator, None if valid is None else ignore_index), group, num_sampled, n,
+            t, h.device)
         padded = bool(torch.isinf(samp_count).any())
     else:
-        cand, true_count, samp_count, padded = _check_sampled_values(sampled_values, num_sampled, num_classes, y,
-                                                                     valid, h.device)
-        _agree(group, device, {"sampled_values (a checksum)": _checksum(cand) ^ _checksum(samp_count)}, None)
+        cand, true_count, samp_count, padded = given
         true_count = _true_count_rows(true_count, n, t)
     y_safe = y if valid is None else torch.where(valid, y, 0)
     cdt = _compute_dtype(h.dtype)
@@ -354,7 +375,7 @@ def _prepare_shard(shard, bias, labels, inputs, num_sampled, num_classes, num_tr
     valid = _check_label_values(y, num_classes, ignore_index)
     fields = {"num_sampled": num_sampled, "num_classes": num_classes, "num_true": num_true, "dim": dim,
               "rows of the batch": n, "labels (a checksum)": _checksum(y), "bias given": bias is not None,
-              "sampled_values given": 0, "shard rows": shard.shape[0]}
+              "sampled_values given": 0, "sampled_values (a checksum)": 0, "shard rows": shard.shape[0]}
     return _Prepared(fields, num_classes, (shard, bias, y, h, lead, valid, label_smoothing))
 
 
@@ -480,7 +501,7 @@ def vocab_parallel_full_softmax_loss(
     except Exception as e:  # noqa: BLE001 - every rank must hear of it, whatever it is
         error, fields = e, {}
     names = ("num_sampled", "num_classes", "num_true", "dim", "rows of the batch", "labels (a checksum)",
-             "bias given", "sampled_values given", "shard rows")
+             "bias given", "sampled_values given", "sampled_values (a checksum)", "shard rows")
     table = _agree(group, device, fields if error is None else dict.fromkeys(names, 0), error,
                    per_rank=("shard rows",))
     _check_layout([r[-1] for r in table], prepared.num_classes, world)
@@ -762,11 +783,11 @@ def vocab_parallel_bytes(batch: int, num_true: int, num_sampled: int, dim: int, 
     """Bytes each rank hands to the collectives in one call of
     :func:`vocab_parallel_sampled_softmax_loss` that draws its candidates (what
     :class:`CollectiveBytes` measures; a ring all-reduce of ``x`` bytes puts ``2 (P - 1) / P x``
-    on the wire): the agreement (10 int64), rank 0's draw (``2 S + N T`` float64), the head's
+    on the wire): the agreement (11 int64), rank 0's draw (``1 + 2 S + N T`` float64), the head's
     all-reduces (``N (T + 2)``, ``N``, ``N``) and, backward, the input gradient (``N D``), in
     the compute dtype."""
     n, t, s, d = batch, num_true, num_sampled, dim
-    out = {"all_gather": 8 * 10, "broadcast": 8 * (2 * s + n * t), "all_reduce": element_size * n * (t + 4)}
+    out = {"all_gather": 8 * 11, "broadcast": 8 * (1 + 2 * s + n * t), "all_reduce": element_size * n * (t + 4)}
     if backward:
         out["all_reduce"] += element_size * n * d
     return out
