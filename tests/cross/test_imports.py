@@ -17,7 +17,7 @@ def test_core_loads_no_framework():
 
 
 def test_torch_front_end_loads_only_torch():
-    assert loaded_after("import sampled_softmax.torch") == {"torch"}
+    assert loaded_after("import sampled_softmax.torch, sampled_softmax.torch.distributed") == {"torch"}
 
 
 def test_front_ends_ci_expects_are_importable():
