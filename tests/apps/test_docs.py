@@ -37,7 +37,7 @@ def test_the_readme_has_runnable_blocks():
 @pytest.mark.parametrize("code", BLOCKS)
 def test_block_runs_as_written(code, tmp_path, monkeypatch):
     if "init_process_group" in code:
-        pytest.skip("a block for torchrun: tests/distributed/test_examples.py runs it on 2 processes")
+        pytest.skip("a block for torchrun: tests/distributed/test_torchrun_examples.py runs it on 2 processes")
     for framework in ("torch", "tensorflow", "keras"):
         if re.search(rf"^\s*(import|from) {framework}\b", code, re.M):
             pytest.importorskip(framework)
