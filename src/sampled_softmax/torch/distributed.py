@@ -290,9 +290,7 @@ def vocab_parallel_sampled_softmax_loss(
     group = _group(group)
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     device = inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")
-    names = ("num_sampled", "num_classes", "num_true", "dim", "rows of the batch", "labels (a checksum)",
-             "bias given", "sampled_values given", "sampled_values (a checksum)", "shard rows")
-    error, fields, prepared, given, sampler_module = None, dict.fromkeys(names, 0), None, None, None
+    error, fields, prepared, given, sampler_module = None, dict.fromkeys(_AGREED, 0), None, None, None
     try:
         # Every check that could fail on one rank only runs before the first collective.
         prepared = _prepare_shard(weight_shard, bias_shard, labels, inputs, num_sampled, num_classes, num_true,
@@ -314,7 +312,7 @@ def vocab_parallel_sampled_softmax_loss(
                                           _checksum(given[0]) ^ _checksum(given[2])})
     except Exception as e:  # noqa: BLE001 - every rank must hear of it, whatever it is
         error = e
-    table = _agree(group, device, {k: fields[k] for k in names}, error, per_rank=("shard rows",))
+    table = _agree(group, device, {k: fields[k] for k in _AGREED}, error, per_rank=("shard rows",))
     _check_layout([r[-1] for r in table], prepared.num_classes, world)
     shard, bias, y, h, lead, valid, label_smoothing = prepared.tensors
     n, t = y.shape
@@ -338,6 +336,11 @@ def vocab_parallel_sampled_softmax_loss(
     spec = _Spec(t, (), "div", label_smoothing, bool(sparse))
     loss = _VocabParallelSoftmax.apply(h, ids, logq, valid, removed, start, rows, spec, group, bias, shard)
     return _finish(loss, loss, valid, reduction, lead, False)
+
+
+# What the ranks compare before a loss's first collective, in this order (_prepare_shard's fields).
+_AGREED = ("num_sampled", "num_classes", "num_true", "dim", "rows of the batch", "labels (a checksum)", "bias given",
+           "sampled_values given", "sampled_values (a checksum)", "shard rows")
 
 
 class _Prepared(NamedTuple):
@@ -500,9 +503,7 @@ def vocab_parallel_full_softmax_loss(
         fields = prepared.fields
     except Exception as e:  # noqa: BLE001 - every rank must hear of it, whatever it is
         error, fields = e, {}
-    names = ("num_sampled", "num_classes", "num_true", "dim", "rows of the batch", "labels (a checksum)",
-             "bias given", "sampled_values given", "sampled_values (a checksum)", "shard rows")
-    table = _agree(group, device, fields if error is None else dict.fromkeys(names, 0), error,
+    table = _agree(group, device, fields if error is None else dict.fromkeys(_AGREED, 0), error,
                    per_rank=("shard rows",))
     _check_layout([r[-1] for r in table], prepared.num_classes, world)
     shard, bias, y, h, lead, valid, eps = prepared.tensors
