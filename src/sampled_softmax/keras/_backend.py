@@ -175,17 +175,22 @@ def _observe_label_order(y, valid, num_classes: int) -> None:
         _order.observe(y, valid, num_classes, front="keras", remedy=KERAS_ORDER_REMEDY)
 
 
-def _take_rows(table, ids):
-    """``table[ids]`` for a weight: on TensorFlow a sparse read of the variable (``ResourceGather``).
+def _take_rows(tables, ids):
+    """``[table[ids] for table in tables]`` for weights (or their values); ``ids`` 1-D.
 
-    ``ops.take`` reads the whole variable first (``ReadVariableOp``); while that dense read is
-    alive, the optimizer's in-place row update of the variable must copy all of it.
+    On TensorFlow a sparse read of each variable (``ResourceGather``; ``ops.take`` reads the
+    whole variable first, and while that dense read is alive the optimizer's in-place row
+    update must copy all of it), whose gradient carries a repeated row's sum on its first read,
+    as Keras 3's optimizers need on TensorFlow (see :mod:`sampled_softmax.tensorflow._rows`).
     """
-    if keras.backend.backend() == "tensorflow" and isinstance(table, keras.Variable):
+    if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        return tf.gather(table.value, ids)
-    return ops.take(table, ids, axis=0)
+        from ..tensorflow import _rows
+
+        return _rows.sum_repeats([tf.gather(t.value if isinstance(t, keras.Variable) else t, ids)
+                                  for t in tables], ids)
+    return [ops.take(t, ids, axis=0) for t in tables]
 
 
 def _sum_over_replicas(x):

@@ -468,10 +468,9 @@ class SampledSoftmax(SavesSeedState, keras.layers.Layer):
                                              and self.objective != "negative_sampling",
                                              exclude_true=self.exclude_true)
         table = self.table if state is None else state["table"]
-        rows = ops.cast(_take_rows(table, ids), "float32")  # one gather: sparse rows on TF
-        bias_rows = None
-        if self.use_bias:
-            bias_rows = ops.cast(_take_rows(self.bias if state is None else state["bias"], ids), "float32")
+        tables = [table] + ([self.bias if state is None else state["bias"]] if self.use_bias else [])
+        gathered = [ops.cast(t, "float32") for t in _take_rows(tables, ids)]  # sparse rows on TF
+        rows, bias_rows = gathered[0], (gathered[1] if self.use_bias else None)
         logits = corrected_logits(h, rows, bias_rows, log_q, keep, T)
         if self.objective == "sampled_softmax":
             loss, live = softmax_head(logits, keep, T, self.label_smoothing)

@@ -5,7 +5,8 @@ change the import, nothing else), ``compute_accidental_hits``, and the exact
 The loss is the pipeline every front end shares: the columns of each row (labels, then the
 candidates; ``log E`` and the removed-candidate mask), the touched rows of the class table
 gathered with TensorFlow's own ``gather`` (so the gradients of weights and biases are
-``tf.IndexedSlices`` over those rows, as ``tf.nn``'s are), then the corrected logits and a
+``tf.IndexedSlices`` over those rows, as ``tf.nn``'s are, with a repeated row's gradient
+summed on its first read: see ``_rows``), then the corrected logits and a
 head, in one ``tf.custom_gradient`` with an explicit backward.
 """
 
@@ -17,7 +18,7 @@ import tensorflow as tf
 
 from .. import SampledSoftmaxError
 from .. import _validation as V
-from . import _order
+from . import _order, _rows
 from ._prepare import (
     _check, _check_label_values, _check_sampled_values, _compute_dtype, _nan_rows, _shards,
 )
@@ -156,12 +157,14 @@ def sigmoid_head(num_true, keep_true):
 # Stage 2 and the head in one custom gradient
 
 
-def sampled_loss(h, rows, b, logq, removed, keep_true, num_true, head, row_logq=None):
+def sampled_loss(h, rows, b, logq, removed, keep_true, num_true, head, row_logq=None, ids=None):
     """Per-row loss for ``h [N, D]`` over the gathered columns: ``rows [M, D]``, ``b [M]`` and
     ``logq [M]`` hold the ``N * T`` true columns then the ``S`` candidates. Stage 2 (corrected
     logits ``h . W + b - log E``, minus ``row_logq [N]`` on each row's candidates if given,
     removed columns masked) and ``head``, with an explicit backward. Gradients flow to ``h``,
-    ``rows`` and ``b`` whole, so no slice of them needs a gradient of its own."""
+    ``rows`` and ``b`` whole, so no slice of them needs a gradient of its own. Given the
+    columns' class ``ids [M]``, a repeated class's row and bias gradients are summed on its
+    first column, zeros on the others (see ``_rows``)."""
 
     @tf.custom_gradient
     def fused(h, rows, b):
@@ -197,6 +200,9 @@ def sampled_loss(h, rows, b, logq, removed, keep_true, num_true, head, row_logq=
                 d_true = tf.reshape(g_true[:, :, tf.newaxis] * h[:, tf.newaxis, :], [nt, -1])
             d_rows = tf.concat([d_true, tf.matmul(g_cand, h, transpose_a=True)], 0)
             d_b = tf.concat([tf.reshape(g_true, [-1]), tf.reduce_sum(g_cand, 0)], 0)
+            if ids is not None:
+                groups = _rows.repeats(ids)
+                d_rows, d_b = _rows.summed_on_first(d_rows, groups), _rows.summed_on_first(d_b, groups)
             return d_h, d_rows, d_b
 
         return loss, grad
@@ -381,7 +387,7 @@ def _sampled_head_loss(weights, biases, labels, inputs, num_sampled, num_classes
     rows = tf.cast(_gather(shards, ids, partition_strategy), cdt)
     b = tf.zeros(tf.shape(ids), cdt) if biases is None else tf.cast(_gather(bias_shards, ids, partition_strategy), cdt)
     loss = sampled_loss(tf.cast(inputs, cdt), rows, b, logq, removed, keep_true, num_true, make_head(keep_true),
-                        row_logq)
+                        row_logq, ids=ids)
     loss = _nan_rows(loss, labels, cand, true_count, samp_count, num_classes, keep_true)
     return _reduce(loss, None if keep_true is None else tf.reduce_any(keep_true, axis=1), reduction)
 

@@ -528,6 +528,35 @@ def test_lazy_adam_leaves_untouched_rows_and_their_moments_alone():
     np.testing.assert_allclose(W[1], W0[1] - 0.05 * np.sign(g1), rtol=1e-5)
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="row-sparse gradients exist on the TensorFlow backend only")
+@pytest.mark.parametrize("name", ["Adam", "RMSprop", "Adagrad", "Nadam"])
+def test_table_gradients_move_the_table_under_keras_optimizers_as_their_dense_form_does(name):
+    # Keras 3's optimizers on TensorFlow square a tf.IndexedSlices gradient's values before its
+    # repeated rows are summed: the layer's row-sparse gradients must survive that. Here rows repeat
+    # three ways: one label shared by several rows, a label drawn as a candidate, a padded repeat.
+    import tensorflow as tf
+
+    W, b, y, h, sv = problem(11)
+    y[:4, 0] = y[0, 0]
+    layer = built_layer(W, b)
+    svt = tuple(ops.convert_to_tensor(v) for v in sv)
+    with tf.GradientTape() as tape:
+        total = ops.sum(layer.sampled_loss(tf.constant(y[:, 0]), tf.constant(h), sampled_values=svt))
+    grads = tape.gradient(total, [layer.kernel, layer.bias])
+    assert all(isinstance(g, tf.IndexedSlices) for g in grads)
+    moved = {}
+    for form in ("as_given", "dense"):
+        table, bias = keras.Variable(W), keras.Variable(b)
+        optimizer = getattr(keras.optimizers, name)(0.1)
+        for _ in range(3):
+            given = grads if form == "as_given" else [tf.convert_to_tensor(g) for g in grads]
+            optimizer.apply_gradients(zip(given, [table, bias]))
+        moved[form] = [to_numpy(table), to_numpy(bias)]
+    for got, want, start in zip(moved["as_given"], moved["dense"], (W, b)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.any(moved["dense"][0] != W)
+
+
 def test_lazy_adam_trains_and_round_trips_in_a_saved_model(tmp_path):
     keras.utils.set_random_seed(5)
     x, y = corpus(128)

@@ -96,3 +96,40 @@ def test_ignored_labels_with_the_default_sampler_are_not_drawn_against():
     W, b, y, h, _ = problem(8)
     loss = sst.sampled_softmax_loss(W, b, y, h, 10, W.shape[0], num_true=2, ignore_index=IGNORE, seed=3)
     assert np.all(np.isfinite(loss.numpy())) and loss.numpy()[3] == 0.0
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+def test_table_gradients_move_the_table_under_keras_adam_as_their_dense_form_does(mode):
+    # Keras 3's optimizers on TensorFlow square a tf.IndexedSlices gradient's values before its
+    # repeated rows are summed (tf.nn's own gradients list a row once per read).
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("Keras's optimizers take TensorFlow gradients on the TensorFlow backend only")
+    W, b, y, h, sv = problem(5)
+    y[:5, 0] = y[0, 0]  # one label in many rows, and drawn as a candidate (problem's sv)
+    Wv, bv = tf.Variable(W), tf.Variable(b)
+
+    def step():
+        with tf.GradientTape() as tape:
+            loss = sst.sampled_softmax_loss(Wv, bv, tf.constant(np.maximum(y, 0)), tf.constant(h), len(sv[0]),
+                                            W.shape[0], num_true=y.shape[1],
+                                            sampled_values=tuple(tf.constant(v) for v in sv))
+            total = tf.reduce_sum(loss)
+        grads = tape.gradient(total, [Wv, bv])
+        return [(g.values, g.indices) for g in grads]
+
+    if mode != "eager":
+        step = tf.function(step, jit_compile=mode == "xla")
+    slices = [tf.IndexedSlices(v, i, tf.constant(x.shape, tf.int64)) for (v, i), x in zip(step(), (W, b))]
+    moved = {}
+    for form in ("as_given", "dense"):
+        table, bias = keras.Variable(W.astype(np.float32)), keras.Variable(b.astype(np.float32))
+        optimizer = keras.optimizers.Adam(0.1)
+        for _ in range(3):
+            given = [tf.IndexedSlices(tf.cast(g.values, tf.float32), g.indices, g.dense_shape) for g in slices]
+            if form == "dense":
+                given = [tf.convert_to_tensor(g) for g in given]
+            optimizer.apply_gradients(zip(given, [table, bias]))
+        moved[form] = [table.numpy(), bias.numpy()]
+    for got, want in zip(moved["as_given"], moved["dense"]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
