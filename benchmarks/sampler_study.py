@@ -18,6 +18,12 @@ and ``random`` (a seeded permutation). ``--front torch`` trains
 :class:`sampled_softmax.torch.SampledSoftmax`; ``--front keras`` the Keras layer with
 ``model.fit`` on the backend ``KERAS_BACKEND`` names (the full softmax there is
 ``Dense(V, "softmax")``). Every run starts from the same seed.
+
+On the TensorFlow backend, Keras 3's ``Adam`` squares each entry of a row-sparse gradient
+before summing a row's repeats (``sampled_softmax.tensorflow._rows``); the ``Embedding``'s
+gradient has repeats in every batch. ``--keras-adam summed`` (the default) sums them first, as
+tf.keras 2 did, so every backend trains with the same Adam; ``--keras-adam keras`` is Keras's
+own.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from .harness import dump
 
 ORDERS = ("frequency", "alphabetical", "random")
 SAMPLERS = ("log_uniform", "uniform", "unigram", "learned_unigram")
-SETTING = dict(tokens=120_000, valid=20_000, embed=64, hidden=128, seq_len=20, batch=32, lr=1e-3)
+SETTING = dict(tokens=120_000, valid=20_000, embed=64, hidden=128, seq_len=20, batch=32, lr=1e-3, keras_adam="summed")
 
 
 def load(corpus_dir: str, order: str, tokens: int, valid: int, seed: int = 0) -> dict:
@@ -132,8 +138,30 @@ def _torch_run(data, method, setting, epochs, seconds, seed):
     return dict(perplexity=math.exp(nll), seconds=elapsed, steps=steps, epochs=epoch)
 
 
+def _summed_repeats_adam():
+    import keras
+
+    class SummedRepeatsAdam(keras.optimizers.Adam):
+        """Keras's ``Adam`` with a TensorFlow row-sparse gradient's repeated rows summed first."""
+
+        def update_step(self, gradient, variable, learning_rate):
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow as tf
+
+                if isinstance(gradient, tf.IndexedSlices):
+                    rows, position = tf.unique(gradient.indices)
+                    gradient = tf.IndexedSlices(
+                        tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(rows)[0]), rows,
+                        gradient.dense_shape)
+            return super().update_step(gradient, variable, learning_rate)
+
+    return SummedRepeatsAdam
+
+
 def _keras_run(data, method, setting, epochs, seconds, seed):
     import keras
+
+    _SummedRepeatsAdam = _summed_repeats_adam()
 
     from sampled_softmax.keras import SampledSoftmax
 
@@ -150,7 +178,8 @@ def _keras_run(data, method, setting, epochs, seconds, seed):
         loss = head.loss
     model = keras.Sequential([keras.Input((None,), dtype="int32"), keras.layers.Embedding(V, setting["embed"]),
                               keras.layers.LSTM(setting["hidden"], return_sequences=True), head])
-    model.compile(optimizer=keras.optimizers.Adam(setting["lr"]), loss=loss)
+    summed = setting["keras_adam"] == "summed"
+    model.compile(optimizer=(_SummedRepeatsAdam if summed else keras.optimizers.Adam)(setting["lr"]), loss=loss)
     x, y = (a.astype("int32") for a in windows(data["train"], setting["seq_len"]))
     xv, yv = (a.astype("int32") for a in windows(data["valid"], setting["seq_len"]))
     steps = [0]
@@ -221,9 +250,11 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=SETTING["tokens"])
     ap.add_argument("--valid", type=int, default=SETTING["valid"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keras-adam", choices=("summed", "keras"), default="summed",
+                    help="TensorFlow backend: Adam with a row-sparse gradient's repeats summed first, or Keras's own")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
-    setting = dict(SETTING, tokens=args.tokens, valid=args.valid)
+    setting = dict(SETTING, tokens=args.tokens, valid=args.valid, keras_adam=args.keras_adam)
     res = run(f"{args.data}/{args.corpus}", front=args.front, orders=args.orders.split(","),
               samplers=args.samplers.split(","), num_sampled=[int(s) for s in args.num_sampled.split(",")],
               draws=args.draws.split(","), epochs=args.epochs, seconds=args.seconds, setting=setting,
