@@ -27,7 +27,8 @@ def repeats(ids):
     m = tf.shape(ids)[0]
     position = tf.range(m)
     descending, order = tf.math.top_k(-tf.cast(ids, tf.int64), k=m, sorted=True)
-    starts = tf.concat([tf.ones([1], tf.bool), tf.not_equal(descending[1:], descending[:-1])], 0)
+    before = tf.concat([descending[:1] + 1, descending[:-1]], 0)  # the first read differs from "before"
+    starts = tf.not_equal(descending, before)
     group = tf.scatter_nd(order[:, tf.newaxis], tf.cumsum(tf.cast(starts, tf.int32)) - 1, [m])
     first_read = tf.math.unsorted_segment_min(position, group, m)
     return group, tf.equal(tf.gather(first_read, group), position)

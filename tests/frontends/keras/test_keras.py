@@ -552,7 +552,7 @@ def test_table_gradients_move_the_table_under_keras_optimizers_as_their_dense_fo
             given = grads if form == "as_given" else [tf.convert_to_tensor(g) for g in grads]
             optimizer.apply_gradients(zip(given, [table, bias]))
         moved[form] = [to_numpy(table), to_numpy(bias)]
-    for got, want, start in zip(moved["as_given"], moved["dense"], (W, b)):
+    for got, want in zip(moved["as_given"], moved["dense"]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert np.any(moved["dense"][0] != W)
 

@@ -133,3 +133,23 @@ def test_table_gradients_move_the_table_under_keras_adam_as_their_dense_form_doe
         moved[form] = [table.numpy(), bias.numpy()]
     for got, want in zip(moved["as_given"], moved["dense"]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("m", [0, 1, 6, 60])
+def test_summed_on_first_keeps_the_dense_gradient_and_names_each_row_once(m):
+    from sampled_softmax.tensorflow import _rows
+
+    rng = np.random.default_rng(m)
+    ids = rng.integers(0, 7, m)
+    group, first = (t.numpy() for t in _rows.repeats(tf.constant(ids)))
+    same_id, same_group = ids[:, None] == ids[None, :], group[:, None] == group[None, :]
+    np.testing.assert_array_equal(same_group, same_id)
+    np.testing.assert_array_equal(first, [list(ids).index(i) == p for p, i in enumerate(ids)])
+    d = rng.normal(size=(m, 3))
+    out = _rows.summed_on_first(tf.constant(d), (tf.constant(group), tf.constant(first))).numpy()
+    dense, spread = np.zeros((7, 3)), np.zeros((7, 3))
+    np.add.at(dense, ids, d)
+    np.add.at(spread, ids, out)
+    np.testing.assert_allclose(spread, dense, rtol=1e-12, atol=1e-12)
+    assert np.all(out[~first] == 0)
+    np.testing.assert_allclose(out[first], dense[ids[first]], rtol=1e-12, atol=1e-12)
