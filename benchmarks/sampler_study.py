@@ -4,20 +4,21 @@ wall-clock: the study behind the defaults (issue 22).
 
     python -m benchmarks.sampler_study --data ../shared/data [--corpus ptb] [--front torch]
         [--orders frequency,alphabetical,random] [--samplers log_uniform,uniform,unigram,learned_unigram]
-        [--num-sampled 64,256,1024] [--draws default] [--epochs 3] [--seconds 0] [--json out.json]
+        [--num-sampled 64,256,1024] [--draws default] [--epochs 3] [--seconds 0] [--head-lr-scale 1]
+        [--keras-adam summed] [--json out.json]
     KERAS_BACKEND=jax python -m benchmarks.sampler_study --data ../shared/data --front keras ...
 
-The setting is seed 003's (the user who swaps ``Dense(V, "softmax")`` for ``SampledSoftmax``):
-the first ``--tokens`` (120,000) tokens of the training split, the vocabulary their distinct
-words (held-out words outside it become ``<unk>``), ``Embedding(V, 64) -> LSTM(128) -> head``,
-Adam (1e-3), windows of 20 tokens, batches of 32, ``--epochs`` epochs (or, with
-``--seconds T``, as many steps as ``T`` seconds allow); the held-out perplexity is the exact
-full softmax's on the first ``--valid`` tokens of the validation split. The vocabulary orders:
-``frequency`` (most frequent first, what log-uniform assumes), ``alphabetical`` (sorted words)
-and ``random`` (a seeded permutation). ``--front torch`` trains
-:class:`sampled_softmax.torch.SampledSoftmax`; ``--front keras`` the Keras layer with
-``model.fit`` on the backend ``KERAS_BACKEND`` names (the full softmax there is
-``Dense(V, "softmax")``). Every run starts from the same seed.
+The setting is seed 003's (the user who swaps ``Dense(V, "softmax")`` for ``SampledSoftmax``): the
+first ``--tokens`` (120,000) tokens of the training split, the vocabulary their distinct words
+(held-out words outside it become ``<unk>``), ``Embedding(V, 64) -> LSTM(128) -> head``, Adam
+(1e-3; ``--head-lr-scale k`` gives the PyTorch output layer ``k`` times it), windows of 20 tokens,
+batches of 32, ``--epochs`` epochs (or, with ``--seconds T``, as many steps as ``T`` seconds
+allow); the held-out perplexity is the exact full softmax's on the first ``--valid`` tokens of the
+validation split. The vocabulary orders: ``frequency`` (most frequent first, what log-uniform
+assumes), ``alphabetical`` (sorted words) and ``random`` (a seeded permutation). ``--front torch``
+trains :class:`sampled_softmax.torch.SampledSoftmax`; ``--front keras`` the Keras layer with
+``model.fit`` on the backend ``KERAS_BACKEND`` names (the full softmax there is ``Dense(V,
+"softmax")``). Every run starts from the same seed.
 
 On the TensorFlow backend, Keras 3's ``Adam`` squares each entry of a row-sparse gradient
 before summing a row's repeats (``sampled_softmax.tensorflow._rows``); the ``Embedding``'s
@@ -40,7 +41,8 @@ from .harness import dump
 
 ORDERS = ("frequency", "alphabetical", "random")
 SAMPLERS = ("log_uniform", "uniform", "unigram", "learned_unigram")
-SETTING = dict(tokens=120_000, valid=20_000, embed=64, hidden=128, seq_len=20, batch=32, lr=1e-3, keras_adam="summed")
+SETTING = dict(tokens=120_000, valid=20_000, embed=64, hidden=128, seq_len=20, batch=32, lr=1e-3, head_lr_scale=1.0,
+               keras_adam="summed")
 
 
 def load(corpus_dir: str, order: str, tokens: int, valid: int, seed: int = 0) -> dict:
@@ -112,7 +114,11 @@ def _torch_run(data, method, setting, epochs, seconds, seed):
             return self.out(h, y).loss
 
     model = LM()
-    opt = torch.optim.Adam(model.parameters(), lr=setting["lr"])
+    # The output layer's parameters in their own group: --head-lr-scale multiplies their rate.
+    head = [p for name, p in model.named_parameters() if name.startswith("out.")]
+    rest = [p for name, p in model.named_parameters() if not name.startswith("out.")]
+    opt = torch.optim.Adam([dict(params=rest), dict(params=head, lr=setting["lr"] * setting["head_lr_scale"])],
+                           lr=setting["lr"])
     x, y = (torch.from_numpy(a) for a in windows(data["train"], setting["seq_len"]))
     gen = torch.Generator().manual_seed(seed)
     steps, start = 0, time.perf_counter()
@@ -250,11 +256,17 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=SETTING["tokens"])
     ap.add_argument("--valid", type=int, default=SETTING["valid"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--head-lr-scale", type=float, default=1.0,
+                    help="PyTorch: the output layer's learning rate is this times --lr's (Adam's 1e-3)")
     ap.add_argument("--keras-adam", choices=("summed", "keras"), default="summed",
                     help="TensorFlow backend: Adam with a row-sparse gradient's repeats summed first, or Keras's own")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
-    setting = dict(SETTING, tokens=args.tokens, valid=args.valid, keras_adam=args.keras_adam)
+    if args.front == "keras" and args.head_lr_scale != 1.0:
+        ap.error("--head-lr-scale: Keras's optimizers take one learning rate for every weight; "
+                 f"use it with --front torch (got --front keras and {args.head_lr_scale})")
+    setting = dict(SETTING, tokens=args.tokens, valid=args.valid, keras_adam=args.keras_adam,
+                   head_lr_scale=args.head_lr_scale)
     res = run(f"{args.data}/{args.corpus}", front=args.front, orders=args.orders.split(","),
               samplers=args.samplers.split(","), num_sampled=[int(s) for s in args.num_sampled.split(",")],
               draws=args.draws.split(","), epochs=args.epochs, seconds=args.seconds, setting=setting,
