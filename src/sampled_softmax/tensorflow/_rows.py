@@ -20,27 +20,23 @@ from __future__ import annotations
 import tensorflow as tf
 
 
-def repeats(ids):
-    """``(group [M], first [M])`` for 1-D ``ids``: which distinct id each read is (numbered in
-    sorted order) and whether it is that id's first read. A sort (``top_k``, static shapes
-    under XLA) rather than ``tf.unique``, whose first output has a dynamic shape."""
+def first_reads(ids):
+    """``[M]``: for each read of 1-D ``ids``, the position of its id's first read. A sort
+    (``top_k``, static shapes under XLA) rather than ``tf.unique``, whose first output has a
+    dynamic shape."""
     m = tf.shape(ids)[0]
     position = tf.range(m)
     descending, order = tf.math.top_k(-tf.cast(ids, tf.int64), k=m, sorted=True)
     before = tf.concat([descending[:1] + 1, descending[:-1]], 0)  # the first read differs from "before"
-    starts = tf.not_equal(descending, before)
-    group = tf.scatter_nd(order[:, tf.newaxis], tf.cumsum(tf.cast(starts, tf.int32)) - 1, [m])
-    first_read = tf.math.unsorted_segment_min(position, group, m)
-    return group, tf.equal(tf.gather(first_read, group), position)
+    group = tf.scatter_nd(order[:, tf.newaxis], tf.cumsum(tf.cast(tf.not_equal(descending, before), tf.int32)) - 1,
+                          [m])
+    return tf.gather(tf.math.unsorted_segment_min(position, group, m), group)
 
 
-def summed_on_first(d, groups):
-    """``d [M, ...]``, a gradient at reads grouped by ``repeats``, with each group's sum on its
-    first read and zeros on the others."""
-    group, first = groups
-    sums = tf.math.unsorted_segment_sum(d, group, tf.shape(group)[0])
-    mask = tf.reshape(first, [-1] + [1] * (d.shape.rank - 1))
-    return tf.where(mask, tf.gather(sums, group), tf.zeros_like(d))
+def summed_on_first(d, first):
+    """``d [M, ...]``, a gradient at reads whose ``first_reads`` are ``first``, with each id's
+    sum on its first read and zeros on the others: one segment sum."""
+    return tf.math.unsorted_segment_sum(d, first, tf.shape(first)[0])
 
 
 def sum_repeats(tables_rows, ids):
@@ -50,8 +46,8 @@ def sum_repeats(tables_rows, ids):
     @tf.custom_gradient
     def identity(*xs):
         def backward(*ds):
-            groups = repeats(ids)
-            return [summed_on_first(d, groups) for d in ds]
+            first = first_reads(ids)
+            return [summed_on_first(d, first) for d in ds]
 
         return [tf.identity(x) for x in xs], backward
 

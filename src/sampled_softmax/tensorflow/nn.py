@@ -201,8 +201,8 @@ def sampled_loss(h, rows, b, logq, removed, keep_true, num_true, head, row_logq=
             d_rows = tf.concat([d_true, tf.matmul(g_cand, h, transpose_a=True)], 0)
             d_b = tf.concat([tf.reshape(g_true, [-1]), tf.reduce_sum(g_cand, 0)], 0)
             if ids is not None:
-                groups = _rows.repeats(ids)
-                d_rows, d_b = _rows.summed_on_first(d_rows, groups), _rows.summed_on_first(d_b, groups)
+                first = _rows.first_reads(ids)
+                d_rows, d_b = _rows.summed_on_first(d_rows, first), _rows.summed_on_first(d_b, first)
             return d_h, d_rows, d_b
 
         return loss, grad
