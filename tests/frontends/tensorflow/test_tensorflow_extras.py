@@ -98,8 +98,10 @@ def test_ignored_labels_with_the_default_sampler_are_not_drawn_against():
     assert np.all(np.isfinite(loss.numpy())) and loss.numpy()[3] == 0.0
 
 
-@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
-def test_table_gradients_move_the_table_under_keras_adam_as_their_dense_form_does(mode):
+@pytest.mark.parametrize("mode,loss,shards", [("eager", "softmax", None), ("graph", "softmax", None),
+                                              ("xla", "softmax", None), ("graph", "nce", None),
+                                              ("graph", "softmax", "div"), ("eager", "nce", "div")])
+def test_table_gradients_move_the_table_under_keras_adam_as_their_dense_form_does(mode, loss, shards):
     # Keras 3's optimizers on TensorFlow square a tf.IndexedSlices gradient's values before its
     # repeated rows are summed (tf.nn's own gradients list a row once per read).
     keras = pytest.importorskip("keras")
@@ -107,32 +109,40 @@ def test_table_gradients_move_the_table_under_keras_adam_as_their_dense_form_doe
         pytest.skip("Keras's optimizers take TensorFlow gradients on the TensorFlow backend only")
     W, b, y, h, sv = problem(5)
     y[:5, 0] = y[0, 0]  # one label in many rows, and drawn as a candidate (problem's sv)
-    Wv, bv = tf.Variable(W), tf.Variable(b)
+    if shards is None:
+        parts, bias_parts = [W], [b]
+    else:  # tf.nn's "div" shards: rows 0-29, then 30-59
+        parts, bias_parts = [W[:30], W[30:]], [b[:30], b[30:]]
+    variables = [tf.Variable(p) for p in parts] + [tf.Variable(p) for p in bias_parts]
+    fn = sst.sampled_softmax_loss if loss == "softmax" else sst.nce_loss
+    k = len(parts)
 
     def step():
         with tf.GradientTape() as tape:
-            loss = sst.sampled_softmax_loss(Wv, bv, tf.constant(np.maximum(y, 0)), tf.constant(h), len(sv[0]),
-                                            W.shape[0], num_true=y.shape[1],
-                                            sampled_values=tuple(tf.constant(v) for v in sv))
-            total = tf.reduce_sum(loss)
-        grads = tape.gradient(total, [Wv, bv])
+            weights, biases = (variables[:k], variables[k:]) if shards else (variables[0], variables[1])
+            per_row = fn(weights, biases, tf.constant(np.maximum(y, 0)), tf.constant(h), len(sv[0]), W.shape[0],
+                         num_true=y.shape[1], sampled_values=tuple(tf.constant(v) for v in sv))
+            total = tf.reduce_sum(per_row)
+        grads = tape.gradient(total, variables)
         return [(g.values, g.indices) for g in grads]
 
     if mode != "eager":
         step = tf.function(step, jit_compile=mode == "xla")
-    slices = [tf.IndexedSlices(v, i, tf.constant(x.shape, tf.int64)) for (v, i), x in zip(step(), (W, b))]
+    shapes = [p.shape for p in parts + bias_parts]
+    slices = [tf.IndexedSlices(v, i, tf.constant(shape, tf.int64)) for (v, i), shape in zip(step(), shapes)]
     moved = {}
     for form in ("as_given", "dense"):
-        table, bias = keras.Variable(W.astype(np.float32)), keras.Variable(b.astype(np.float32))
+        tables = [keras.Variable(p.astype(np.float32)) for p in parts + bias_parts]
         optimizer = keras.optimizers.Adam(0.1)
         for _ in range(3):
             given = [tf.IndexedSlices(tf.cast(g.values, tf.float32), g.indices, g.dense_shape) for g in slices]
             if form == "dense":
                 given = [tf.convert_to_tensor(g) for g in given]
-            optimizer.apply_gradients(zip(given, [table, bias]))
-        moved[form] = [table.numpy(), bias.numpy()]
+            optimizer.apply_gradients(zip(given, tables))
+        moved[form] = [t.numpy() for t in tables]
     for got, want in zip(moved["as_given"], moved["dense"]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert any(np.any(m != p) for m, p in zip(moved["dense"], parts + bias_parts))
 
 
 @pytest.mark.parametrize("m", [0, 1, 6, 60])
