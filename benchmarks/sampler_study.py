@@ -4,14 +4,14 @@ wall-clock: the study behind the defaults (issue 22).
 
     python -m benchmarks.sampler_study --data ../shared/data [--corpus ptb] [--front torch]
         [--orders frequency,alphabetical,random] [--samplers log_uniform,uniform,unigram,learned_unigram]
-        [--num-sampled 64,256,1024] [--draws default] [--epochs 3] [--seconds 0] [--head-lr-scale 1]
-        [--keras-adam summed] [--json out.json]
+        [--num-sampled 64,256,1024] [--draws default] [--epochs 3] [--seconds 0] [--lr 1e-3]
+        [--head-lr-scale 1] [--keras-adam summed] [--json out.json]
     KERAS_BACKEND=jax python -m benchmarks.sampler_study --data ../shared/data --front keras ...
 
 The setting is seed 003's (the user who swaps ``Dense(V, "softmax")`` for ``SampledSoftmax``): the
 first ``--tokens`` (120,000) tokens of the training split, the vocabulary their distinct words
 (held-out words outside it become ``<unk>``), ``Embedding(V, 64) -> LSTM(128) -> head``, Adam
-(1e-3; ``--head-lr-scale k`` gives the PyTorch output layer ``k`` times it), windows of 20 tokens,
+(``--lr``, 1e-3; ``--head-lr-scale k`` gives the PyTorch output layer ``k`` times it), windows of 20 tokens,
 batches of 32, ``--epochs`` epochs (or, with ``--seconds T``, as many steps as ``T`` seconds
 allow); the held-out perplexity is the exact full softmax's on the first ``--valid`` tokens of the
 validation split. The vocabulary orders: ``frequency`` (most frequent first, what log-uniform
@@ -256,6 +256,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=SETTING["tokens"])
     ap.add_argument("--valid", type=int, default=SETTING["valid"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=SETTING["lr"], help="Adam's learning rate")
     ap.add_argument("--head-lr-scale", type=float, default=1.0,
                     help="PyTorch: the output layer's learning rate is this times --lr's (Adam's 1e-3)")
     ap.add_argument("--keras-adam", choices=("summed", "keras"), default="summed",
@@ -265,7 +266,7 @@ def main(argv=None) -> int:
     if args.front == "keras" and args.head_lr_scale != 1.0:
         ap.error("--head-lr-scale: Keras's optimizers take one learning rate for every weight; "
                  f"use it with --front torch (got --front keras and {args.head_lr_scale})")
-    setting = dict(SETTING, tokens=args.tokens, valid=args.valid, keras_adam=args.keras_adam,
+    setting = dict(SETTING, tokens=args.tokens, valid=args.valid, lr=args.lr, keras_adam=args.keras_adam,
                    head_lr_scale=args.head_lr_scale)
     res = run(f"{args.data}/{args.corpus}", front=args.front, orders=args.orders.split(","),
               samplers=args.samplers.split(","), num_sampled=[int(s) for s in args.num_sampled.split(",")],
