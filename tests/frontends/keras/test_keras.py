@@ -563,6 +563,26 @@ def test_table_gradients_move_the_table_under_keras_optimizers_as_their_dense_fo
     assert np.any(moved["dense"][0] != W)
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="row-sparse gradients exist on the TensorFlow backend only")
+def test_lazy_adam_under_xla_updates_as_it_does_eagerly():
+    # fit's step is XLA-compiled on an accelerator; LazyAdam's distinct rows have a dynamic shape there.
+    import tensorflow as tf
+
+    W0 = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+    moved = {}
+    for xla in (False, True):
+        W, opt = keras.Variable(W0), LazyAdam(0.05)
+        opt.build([W])
+        step = tf.function(lambda g, i: opt.apply_gradients([(tf.IndexedSlices(g, i, tf.constant([40, 3], tf.int64)),
+                                                              W)]), jit_compile=xla)
+        for k, rows in enumerate([[1, 5, 5], [5, 9, 1, 1], [9]]):
+            step(tf.constant(np.random.default_rng(k).normal(size=(len(rows), 3)).astype(np.float32)),
+                 tf.constant(rows))
+        moved[xla] = to_numpy(W)
+    np.testing.assert_allclose(moved[True], moved[False], rtol=1e-6, atol=1e-7)
+    assert np.any(moved[True] != W0)
+
+
 def test_lazy_adam_trains_and_round_trips_in_a_saved_model(tmp_path):
     keras.utils.set_random_seed(5)
     x, y = corpus(128)
