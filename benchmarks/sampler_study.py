@@ -154,11 +154,11 @@ def _summed_repeats_adam():
             if keras.backend.backend() == "tensorflow":
                 import tensorflow as tf
 
+                from sampled_softmax.tensorflow._rows import distinct_rows
+
                 if isinstance(gradient, tf.IndexedSlices):
-                    rows, position = tf.unique(gradient.indices)
-                    gradient = tf.IndexedSlices(
-                        tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(rows)[0]), rows,
-                        gradient.dense_shape)
+                    rows, values = distinct_rows(gradient)
+                    gradient = tf.IndexedSlices(values, rows, gradient.dense_shape)
             return super().update_step(gradient, variable, learning_rate)
 
     return SummedRepeatsAdam
@@ -166,8 +166,6 @@ def _summed_repeats_adam():
 
 def _keras_run(data, method, setting, epochs, seconds, seed):
     import keras
-
-    _SummedRepeatsAdam = _summed_repeats_adam()
 
     from sampled_softmax.keras import SampledSoftmax
 
@@ -184,8 +182,8 @@ def _keras_run(data, method, setting, epochs, seconds, seed):
         loss = head.loss
     model = keras.Sequential([keras.Input((None,), dtype="int32"), keras.layers.Embedding(V, setting["embed"]),
                               keras.layers.LSTM(setting["hidden"], return_sequences=True), head])
-    summed = setting["keras_adam"] == "summed"
-    model.compile(optimizer=(_SummedRepeatsAdam if summed else keras.optimizers.Adam)(setting["lr"]), loss=loss)
+    adam = _summed_repeats_adam() if setting["keras_adam"] == "summed" else keras.optimizers.Adam
+    model.compile(optimizer=adam(setting["lr"]), loss=loss)
     x, y = (a.astype("int32") for a in windows(data["train"], setting["seq_len"]))
     xv, yv = (a.astype("int32") for a in windows(data["valid"], setting["seq_len"]))
     steps = [0]
@@ -257,9 +255,9 @@ def main(argv=None) -> int:
     ap.add_argument("--valid", type=int, default=SETTING["valid"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=SETTING["lr"], help="Adam's learning rate")
-    ap.add_argument("--head-lr-scale", type=float, default=1.0,
+    ap.add_argument("--head-lr-scale", type=float, default=SETTING["head_lr_scale"],
                     help="PyTorch: the output layer's learning rate is this times --lr's (Adam's 1e-3)")
-    ap.add_argument("--keras-adam", choices=("summed", "keras"), default="summed",
+    ap.add_argument("--keras-adam", choices=("summed", "keras"), default=SETTING["keras_adam"],
                     help="TensorFlow backend: Adam with a row-sparse gradient's repeats summed first, or Keras's own")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)

@@ -259,9 +259,11 @@ def _lazy_adam_update(optimizer, gradient, variable, learning_rate) -> bool:
 
     if not isinstance(gradient, tf.IndexedSlices):
         return False
+    from ..tensorflow import _rows
+
     dtype = variable.dtype
-    rows, position = tf.unique(gradient.indices)
-    g = tf.math.unsorted_segment_sum(tf.cast(gradient.values, dtype), position, tf.shape(rows)[0])
+    rows, g = _rows.distinct_rows(gradient)
+    g = tf.cast(g, dtype)
     step = tf.cast(optimizer.iterations + 1, dtype)
     beta_1, beta_2 = tf.cast(optimizer.beta_1, dtype), tf.cast(optimizer.beta_2, dtype)
     alpha = tf.cast(learning_rate, dtype) * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))

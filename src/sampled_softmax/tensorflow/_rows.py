@@ -52,3 +52,10 @@ def sum_repeats(tables_rows, ids):
         return [tf.identity(x) for x in xs], backward
 
     return identity(*tables_rows)
+
+
+def distinct_rows(gradient):
+    """``(rows, values)`` of a ``tf.IndexedSlices`` with its repeated rows summed: each row once
+    (a dynamic number of rows, for an optimizer's update inside its own step)."""
+    rows, position = tf.unique(gradient.indices)
+    return rows, tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(rows)[0])
