@@ -111,6 +111,25 @@ def unigram_weights(
     return w
 
 
+# Above 2**53 a float64 count no longer grows by 1: learned counts stop being counts.
+MAX_EXACT_COUNT = float(2 ** 53)
+
+
+def check_learned_counts(counts, name: str = "counts") -> None:
+    """Counts a learned unigram sampler may hold (its ``load_state_dict``): finite, ``>= 0``, a
+    positive total of at most ``2**53`` (float64 counts are exact integers up to there)."""
+    c = np.asarray(counts, dtype=np.float64)
+    finite = np.isfinite(c)
+    if not finite.all() or (c < 0).any():
+        k = int(np.flatnonzero(~finite | (c < 0))[0]) if c.ndim == 1 else -1
+        raise SampledSoftmaxError(f"`{name}` must be finite and >= 0; received {c.reshape(-1)[k]} for class {k}")
+    total = float(c.sum())
+    if not total > 0 or total > MAX_EXACT_COUNT:
+        raise SampledSoftmaxError(
+            f"`{name}` must have a total in (0, 2**53] (float64 counts are exact integers up to 2**53, and a draw "
+            f"needs a positive total); received a total of {total}")
+
+
 def check_true_classes(lo, hi, num_classes: int, ignore_index=None) -> None:
     """``true_classes`` given to a sampler lie in ``[0, num_classes)`` (``lo``/``hi``: the
     smallest and largest other than ``ignore_index``; None when there are none)."""

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._arguments import check_at_least, check_positive_float, comma_list
 from ._progress import progress_bar
 from .corpus import Corpus, read_corpus, zipf_markov
 from ..torch import LogUniformSampler, SampledSoftmax, SparseRowAdam, UniformSampler, UnigramSampler
@@ -299,10 +300,11 @@ def main(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, help="also stop each method after this many steps (default: no limit)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    for m in methods:
-        if m not in METHODS:
-            ap.error(f"--methods must be a subset of {','.join(METHODS)}; received {m!r}")
+    methods = comma_list(ap, "methods", args.methods, METHODS)
+    check_positive_float(ap, args, "budget", "lr")
+    check_at_least(ap, args, 1, "num_sampled", "dim", "batch", "seq_len", "curve_points", "valid_tokens",
+                   "max_steps")
+    check_at_least(ap, args, 2, "vocab")
     torch.set_num_threads(os.cpu_count() or 1)
 
     corpus = read_corpus(args.corpus) if args.corpus else zipf_markov(args.vocab, seed=args.seed)

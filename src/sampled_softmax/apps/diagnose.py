@@ -31,12 +31,14 @@ import os
 import numpy as np
 import torch
 
+from ._arguments import check_at_least, check_positive_float, comma_list
 from ._progress import progress_bar
 from ..torch import LogUniformSampler, UniformSampler, UnigramSampler
 from ..torch import full_softmax_loss, sampled_softmax_loss
 
 DRAWS = ("unique", "unique_exact", "with_replacement")
 ESTIMATORS = ("tensorflow", "exclude_true")
+SAMPLERS = ("uniform", "log_uniform", "unigram")
 
 
 def random_problem(vocab_size: int, dim: int, n: int, spread: float, seed: int = 0):
@@ -265,19 +267,30 @@ def main(argv=None) -> int:
     ap.add_argument("--picture-size", type=int, default=20, help="S of the picture's draws")
     ap.add_argument("--picture-draws", type=int, default=1000, help="draws averaged in the picture")
     args = ap.parse_args(argv)
-    estimators = [e for e in args.estimators.split(",") if e]
-    for e in estimators:
-        if e not in ESTIMATORS:
-            ap.error(f"--estimators: {e!r} is not one of {', '.join(ESTIMATORS)}")
+    # Every option checked before the estimation starts.
+    estimators = comma_list(ap, "estimators", args.estimators, ESTIMATORS)
+    sizes = comma_list(ap, "sizes", args.sizes, kind=int)
+    draws = comma_list(ap, "draws", args.draws, DRAWS)
+    samplers = comma_list(ap, "samplers", args.samplers, SAMPLERS)
+    check_at_least(ap, args, 1, "dim", "batch", "repeats", "picture_size", "picture_draws")
+    check_at_least(ap, args, 2, "vocab")
+    check_positive_float(ap, args, "spread")
+    if min(sizes) < 1:
+        ap.error(f"--sizes must be integers >= 1; received {min(sizes)}")
+    if "unique" in draws and not args.checkpoint and max(sizes) > args.vocab:
+        ap.error(f"--sizes must be at most --vocab ({args.vocab}) for draws without replacement; received "
+                 f"{max(sizes)}")
+    if estimators == ["exclude_true"] and "with_replacement" not in draws:
+        ap.error("--estimators exclude_true takes draws with replacement only: add with_replacement to --draws "
+                 f"(received --draws {','.join(draws)}), or add tensorflow to --estimators")
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        ap.error(f"--checkpoint {args.checkpoint!r} is not a file")
     if args.checkpoint:
         W, b, h, y, counts = load_checkpoint(args.checkpoint)
         source = args.checkpoint
     else:
         W, b, h, y, counts = random_problem(args.vocab, args.dim, args.batch, args.spread, args.seed)
         source = f"random: V={args.vocab}, D={args.dim}, N={args.batch}, logit spread {args.spread}"
-    sizes = [int(s) for s in args.sizes.split(",")]
-    draws = [d for d in args.draws.split(",") if d]
-    samplers = [s for s in args.samplers.split(",") if s]
     total = len(sizes) * len(draws) * len(samplers)
     with progress_bar(total, "diagnose") as bar:
         rows, (full_loss, full_db) = estimate(W, b, h, y, counts, sizes=sizes, draws=draws, samplers=samplers,

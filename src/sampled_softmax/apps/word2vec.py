@@ -95,8 +95,16 @@ def read_sentences(corpus: str) -> list[list[str]]:
         raise SampledSoftmaxError(f"`corpus` directory {corpus!r} holds no .txt file")
     sentences = []
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            sentences.extend(words for words in (line.split() for line in f) if words)
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    words = raw.decode("utf-8").split()
+                except UnicodeDecodeError as e:
+                    raise SampledSoftmaxError(
+                        f"`corpus` file {path!r} must be UTF-8 text; line {number} holds the bytes "
+                        f"{raw[e.start:e.end]!r} at column {e.start + 1} ({e.reason})") from None
+                if words:
+                    sentences.append(words)
     return sentences
 
 
@@ -268,16 +276,25 @@ def keep_probabilities(counts: np.ndarray, sample: float) -> np.ndarray:
 
 def skipgram_pairs(ids, sentence, window, rng):
     """(center, context) position pairs of one pass: each center's window shrunk to a random
-    ``1..window`` (word2vec's reduced window), within its sentence."""
+    ``1..window`` (word2vec's reduced window), within its sentence. No pair is further apart
+    than the longest sentence, so distances stop there whatever ``window`` is."""
     reach = window - rng.integers(0, window, size=len(ids))
-    centers, contexts = [], []
-    for d in range(1, window + 1):
+    centers, contexts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for d in range(1, min(window, _longest_sentence(sentence) - 1) + 1):
         same = sentence[d:] == sentence[:-d]
         left = np.nonzero(same & (reach[:-d] >= d))[0]  # center i, context i + d
         right = np.nonzero(same & (reach[d:] >= d))[0]  # center i + d, context i
         centers += [ids[left], ids[right + d]]
         contexts += [ids[left + d], ids[right]]
     return np.concatenate(centers), np.concatenate(contexts)
+
+
+def _longest_sentence(sentence: np.ndarray) -> int:
+    """Tokens of the longest sentence (``sentence``: each token's sentence number, in order)."""
+    if len(sentence) == 0:
+        return 0
+    starts = np.flatnonzero(np.diff(sentence)) + 1
+    return int(np.diff(np.concatenate([[0], starts, [len(sentence)]])).max())
 
 
 def train(sentences: Sequence[Sequence[str]], config: Word2VecConfig | None = None, *,
@@ -309,7 +326,8 @@ def train(sentences: Sequence[Sequence[str]], config: Word2VecConfig | None = No
     keep = keep_probabilities(counts.astype(np.float64), config.sample)
     # The learning rate falls linearly over all pairs; the pairs of an epoch are known once it is
     # drawn, so the schedule uses the expected number of pairs per epoch.
-    expected_pairs = float((keep[ids]).sum()) * (config.window + 1)
+    window = max(1, min(config.window, _longest_sentence(sentence) - 1))
+    expected_pairs = max(float((keep[ids]).sum()) * (window + 1), 1.0)
     total_pairs = expected_pairs * config.epochs
     done_pairs, words_done = 0, 0
     bar = progress_bar(config.epochs * len(ids), "word2vec") if progress else None
@@ -409,15 +427,32 @@ def evaluate(model: WordVectors, directory: str) -> dict:
     return results
 
 
+def _check_writable(ap: argparse.ArgumentParser, option: str, path: str) -> None:
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        ap.error(f"{option} {path!r} cannot be written: {e.strerror}")
+    if not existed:
+        os.remove(path)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sampled-softmax word2vec", description=__doc__.split("\n\n")[0])
     add_arguments(ap)
     args = ap.parse_args(argv)
+    _check_writable(ap, "--out", args.out)  # before the training, not after it
     config = Word2VecConfig(dim=args.dim, window=args.window, min_count=args.min_count, sample=args.sample,
                             negative=args.negative, epochs=args.epochs, alpha=args.alpha, min_alpha=args.min_alpha,
                             loss=args.loss, num_sampled=args.num_sampled, batch=args.batch, seed=args.seed,
                             threads=args.threads)
-    model = train(read_sentences(args.corpus), config)
+    try:
+        sentences = read_sentences(args.corpus)
+        config.check()
+    except SampledSoftmaxError as e:
+        ap.error(str(e).replace("`corpus`", "--corpus"))
+    model = train(sentences, config)
     print(f"{model.stats['vocabulary']} words, {model.stats['corpus_words']:,} corpus words, "
           f"{model.stats['wall_s']:.1f} s ({model.stats['words_per_s']:,.0f} words/s)")
     print(f"wrote {model.save_word2vec_format(args.out)}")

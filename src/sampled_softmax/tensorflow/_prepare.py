@@ -69,6 +69,29 @@ def _check(weights, biases, labels, inputs, num_sampled, num_classes, num_true, 
     return shards, bias_shards, num_classes, num_sampled
 
 
+WHOLE_LABELS = "`labels` must be whole numbers (floating labels are cast to int64, as tf.nn does); received"
+
+
+def _int64_labels(labels):
+    """``labels`` as int64. Floating labels must be whole numbers (tf.nn casts them, so 3.0 is
+    class 3): eager, another value is an error now; in a graph an assertion with the same
+    words; under XLA, which drops assertions, it becomes -1 (out of range: its row is nan)."""
+    if labels.dtype.is_integer:
+        return tf.cast(labels, tf.int64)
+    whole = tf.logical_and(tf.math.is_finite(labels), tf.equal(labels, tf.floor(labels)))
+    if tf.executing_eagerly():
+        if not bool(tf.reduce_all(whole)):
+            bad = float(tf.boolean_mask(labels, tf.logical_not(whole))[0])
+            raise SampledSoftmaxError(f"{WHOLE_LABELS} {bad}")
+        return tf.cast(labels, tf.int64)
+    flat_whole = tf.reshape(whole, [-1])
+    first_bad = tf.gather(tf.reshape(labels, [-1]), tf.argmin(tf.cast(flat_whole, tf.int32)))
+    check = tf.debugging.Assert(tf.reduce_all(whole), [WHOLE_LABELS, first_bad])
+    with tf.control_dependencies([check]):
+        return tf.where(whole, tf.cast(tf.where(whole, labels, tf.zeros_like(labels)), tf.int64),
+                        tf.constant(-1, tf.int64))
+
+
 def _check_label_values(labels, num_classes, keep=None, ignore_index=None):
     """Labels in ``[0, num_classes)`` (where ``keep``: those not equal to ``ignore_index``): an
     error now when eager; in a graph an assertion with the same words (a GPU gather would

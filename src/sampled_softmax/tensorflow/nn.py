@@ -20,7 +20,7 @@ from .. import SampledSoftmaxError
 from .. import _validation as V
 from . import _order, _rows
 from ._prepare import (
-    _check, _check_label_values, _check_sampled_values, _compute_dtype, _nan_rows, _shards,
+    _check, _check_label_values, _int64_labels, _check_sampled_values, _compute_dtype, _nan_rows, _shards,
 )
 
 __all__ = ["sampled_softmax_loss", "nce_loss", "full_softmax_loss", "full_logits", "compute_accidental_hits"]
@@ -359,7 +359,7 @@ def _sampled_head_loss(weights, biases, labels, inputs, num_sampled, num_classes
     labels = tf.convert_to_tensor(labels)
     shards, bias_shards, num_classes, num_sampled = _check(weights, biases, labels, inputs, num_sampled,
                                                            num_classes, num_true, partition_strategy)
-    labels = tf.reshape(tf.cast(labels, tf.int64), [-1, num_true])
+    labels = tf.reshape(_int64_labels(labels), [-1, num_true])
     keep_true = None if ignore_index is None else labels != ignore_index
     labels = _check_label_values(labels, num_classes, keep_true, ignore_index)
     if sampled_values is None:
@@ -418,7 +418,7 @@ def full_softmax_loss(weights, biases, labels, inputs, num_classes: int | None =
         labels = tf.convert_to_tensor(labels)
         shards, bias_shards, num_classes, _ = _check(weights, biases, labels, inputs, 1, num_classes or
                                                      sum(int(w.shape[0]) for w in _shards(weights)), num_true, "div")
-        labels = _check_label_values(tf.reshape(tf.cast(labels, tf.int64), [-1, num_true]), num_classes)
+        labels = _check_label_values(tf.reshape(_int64_labels(labels), [-1, num_true]), num_classes)
         logp = tf.nn.log_softmax(full_logits(shards, bias_shards, inputs))
         loss = -tf.reduce_mean(tf.gather(logp, labels, batch_dims=1), axis=1)
         bad = tf.reduce_any((labels < 0) | (labels >= num_classes), axis=1)  # see _nan_rows

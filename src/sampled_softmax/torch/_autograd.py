@@ -29,10 +29,10 @@ ONCE_DIFFERENTIABLE = (
     "(double backward, e.g. a gradient penalty through it) is not supported")
 
 
-def _check_once_differentiable() -> None:
+def _check_once_differentiable(loss: str = "sampled_softmax_loss") -> None:
     # Autograd runs a backward with grad mode on only for create_graph=True.
     if torch.is_grad_enabled():
-        raise RuntimeError(ONCE_DIFFERENTIABLE)
+        raise RuntimeError(ONCE_DIFFERENTIABLE.replace("sampled_softmax_loss", loss, 1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,7 +298,7 @@ class PerExampleLoss(torch.autograd.Function):
         cdt = _compute_dtype(h.dtype)
         hc = h if h.dtype == cdt else h.to(cdt)
         flat = ids.reshape(-1)
-        rows = table.index_select(0, flat).view(n, k, -1)
+        rows = table.index_select(0, flat).view(n, k, table.shape[1])
         rows = rows if rows.dtype == cdt else rows.to(cdt)
         logits = torch.bmm(rows, hc.unsqueeze(2)).squeeze(2)
         if bias is not None:
@@ -324,9 +324,16 @@ class PerExampleLoss(torch.autograd.Function):
         g = ctx.head.backward(g_loss, None, ctx.saved, keep_true, ctx.spec)
         d_h = torch.bmm(g.unsqueeze(1), rows).squeeze(1).to(ctx.dtypes[0]) if ctx.needs_input_grad[1] else None
         d_bias = d_table = None
+        keep = None
+        if ctx.spec.sparse and keep_true is not None:
+            # An ignored label's placeholder row, and the noise of a row with no kept label, are
+            # not touched by this step: a sparse optimizer must not see them.
+            n, t = keep_true.shape
+            live = keep_true.any(1, keepdim=True).expand(n, rows.shape[1] - t)
+            keep = torch.cat([keep_true, live], 1).reshape(-1)
         if ctx.needs_input_grad[8]:
-            d_rows = (g.unsqueeze(2) * hc.unsqueeze(1)).view(flat.shape[0], -1).to(ctx.dtypes[1])
-            d_table = _scatter_rows(ctx.shapes[0], flat, d_rows, ctx.spec.sparse, None)
+            d_rows = (g.unsqueeze(2) * hc.unsqueeze(1)).view(flat.shape[0], hc.shape[1]).to(ctx.dtypes[1])
+            d_table = _scatter_rows(ctx.shapes[0], flat, d_rows, ctx.spec.sparse, keep)
         if ctx.needs_input_grad[7]:
-            d_bias = _scatter_rows(ctx.shapes[1], flat, g.reshape(-1).to(ctx.dtypes[2]), ctx.spec.sparse, None)
+            d_bias = _scatter_rows(ctx.shapes[1], flat, g.reshape(-1).to(ctx.dtypes[2]), ctx.spec.sparse, keep)
         return None, d_h, None, None, None, None, None, d_bias, d_table

@@ -119,6 +119,7 @@ def record(route: str, reason: str = "") -> None:
 
 
 LOSSES = ("sampled_softmax", "nce", "negative_sampling")
+PER_EXAMPLE_COMPILED_ONLY = "it draws per-example noise for negative sampling only (the sigmoid head without log Q)"
 
 
 def explain(weights, biases, labels, inputs, num_sampled, num_classes, num_true=1, sampled_values=None, *,
@@ -141,17 +142,22 @@ def explain(weights, biases, labels, inputs, num_sampled, num_classes, num_true=
     check_choice("implementation", implementation, IMPLEMENTATIONS)
     check_choice("loss", loss, LOSSES)
     check_choice("noise", noise, ("shared", "per_example"))
+    if loss == "nce" and noise == "per_example":
+        raise SampledSoftmaxError("`noise='per_example'` is offered by sampled_softmax_loss and "
+                                  "negative_sampling_loss, not nce_loss; received loss='nce'")
     if implementation == "python":
         return Route("python", "implementation='python'")
     shards = weights if isinstance(weights, (list, tuple)) else [weights]
     ignored = ignore_index is not None and bool((labels == ignore_index).any())
     why = loss_obstacle(inputs.device.type, len(shards), num_true, ignored, label_smoothing,
                         (inputs.dtype, shards[0].dtype, None if biases is None else biases.dtype), exclude_true)
+    if why is None and noise == "per_example" and loss != "negative_sampling":
+        why = PER_EXAMPLE_COMPILED_ONLY
     if compiled(implementation, why) is None:  # raises for implementation="compiled"
         why = why or f"it could not be built ({_compiled.unavailable_reason()})"
         return Route("python", f"the compiled core cannot be used: {why}")
     draw_why = draw_obstacle(sampler, sampled_values)
-    if loss == "negative_sampling" and noise == "per_example":
+    if noise == "per_example":
         draw_why = "the noise of each example is drawn by its sampler (noise='per_example')"
     if draw_why is not None:
         return Route("compiled", f"the compiled core computes the loss but does not draw: {draw_why}")

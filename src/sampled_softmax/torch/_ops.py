@@ -15,6 +15,8 @@ gives only shapes, which are static:
   one), with ``sampled_softmax::loss_backward`` as its registered autograd formula; the row
   gradients are scattered into the table (dense, or sparse COO rows) by traceable code.
 * ``sampled_softmax::checked_labels``: the labels after the range check (the exact loss).
+* ``sampled_softmax::checked_values``: ``log_q``, ``sample_weight``, a temperature or ids after
+  their value check (the in-batch loss, the frequency estimators).
 
 The eager call does not go through them: it calls the same kernels directly, without the
 dispatcher's per-call cost. Ignored labels read the first candidate's row here (the eager path
@@ -29,6 +31,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .. import _validation as V
+from .. import frequency
 from . import _compiled
 from ._autograd import HeadKind, _check_once_differentiable, _targets, loss_backward as _loss_backward, loss_forward
 from ._columns import candidate_columns as _candidate_columns
@@ -60,6 +64,58 @@ def checked_labels(labels: Tensor, num_classes: int, ignore_index: Optional[int]
 @checked_labels.register_fake
 def _(labels, num_classes, ignore_index):
     return torch.empty_like(labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# sampled_softmax::checked_values: the value checks of the retrieval losses and the frequency
+# estimators, as an operator (a traced call cannot read values; the operator reads them when
+# the graph runs, and raises the eager call's error)
+
+
+def _check_log_q(x):
+    if x.numel():
+        V.check_log_q_values(float(x.min()), float(x.max()), bool(torch.isfinite(x).all()))
+
+
+def _check_sample_weight(x):
+    if x.numel():
+        V.check_sample_weight_values(float(x.min()), bool(torch.isfinite(x).all()))
+
+
+def _check_temperature(x):
+    V.check_temperature_value(float(x))
+
+
+def _check_ids(x):
+    if x.numel():
+        frequency.check_ids_values(int(x.min()))
+
+
+VALUE_CHECKS = {"log_q": _check_log_q, "sample_weight": _check_sample_weight, "temperature": _check_temperature,
+                "ids": _check_ids}
+
+
+@torch.library.custom_op("sampled_softmax::checked_values", mutates_args=())
+def _checked_values_op(x: Tensor, kind: str) -> Tensor:
+    VALUE_CHECKS[kind](x.detach())
+    return x.clone()
+
+
+@_checked_values_op.register_fake
+def _(x, kind):
+    return torch.empty_like(x)
+
+
+_checked_values_op.register_autograd(lambda ctx, g: (g, None))
+
+
+def checked_values(x: Tensor, kind: str) -> Tensor:
+    """``x`` after the check ``kind`` of :data:`VALUE_CHECKS`: read now when the call runs, by an
+    operator when it is traced (its error raised when the graph runs)."""
+    if traced(x):
+        return _checked_values_op(x, kind)
+    VALUE_CHECKS[kind](x.detach())
+    return x
 
 
 # ---------------------------------------------------------------------------------------------

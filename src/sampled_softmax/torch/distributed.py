@@ -7,10 +7,14 @@ r"""Past one process with ``torch.distributed`` (gloo on CPU, NCCL on GPU, start
 and labels are the same on every rank (as in Megatron's tensor parallelism; gather a
 data-parallel batch first with ``all_gather_rows(h, sum_gradients=False)``). One call:
 
-1. *Agreement* (one all-gather of a few integers per rank): ``num_sampled``, ``num_classes``,
-   the shapes, a checksum of the labels and each rank's shard size are compared; an argument a
-   rank rejects, or one the ranks disagree on, is a :class:`~sampled_softmax.SampledSoftmaxError`
-   raised on *every* rank (never a hang in a later collective).
+1. *Agreement* (one all-gather of 21 integers per rank): the loss (sampled or exact), the dtypes
+   of inputs, shard and bias and the device type, ``num_sampled``, ``num_classes``, the shapes,
+   checksums of the labels and of the inputs, ``reduction``, ``ignore_index``,
+   ``label_smoothing``, ``remove_accidental_hits``, ``subtract_log_q``, whether and which
+   ``sampled_values`` are given, and each rank's shard size; an argument a rank rejects, or one
+   the ranks disagree on, is a :class:`~sampled_softmax.SampledSoftmaxError` raised on *every*
+   rank (never a hang, nor gloo's abort, in a later collective). Only ``sparse``, ``generator``,
+   ``sampler`` (rank 0's draw is used) and ``chunk_size`` may differ between ranks.
 2. *Candidates*: every rank runs the sampler (so a learned sampler's counts stay equal on every
    rank: they all see the same labels) and rank 0's draw is broadcast, ``O(S + N T)`` numbers,
    so that all ranks use the same candidates whatever their generators. ``sampled_values`` given
@@ -27,7 +31,7 @@ data-parallel batch first with ``all_gather_rows(h, sum_gradients=False)``). One
    scatters them into its shard (row-sparse with ``sparse=True``) and the input gradient is one
    all-reduce (sum) of ``[N, D]``.
 
-Bytes per rank and call (:func:`vocab_parallel_bytes`): 88 for the agreement,
+Bytes per rank and call (:func:`vocab_parallel_bytes`): 168 for the agreement,
 ``8 (1 + 2 S + N T)`` for rank 0's draw, ``4 N (T + 4)`` in the head's all-reduces and ``4 N D`` for
 the input gradient (float32): never ``O(N V)``, never the table, and of Megatron's exact loss
 (``4 N (3 + D)``, :func:`megatron_exact_bytes`) but for the draw.
@@ -60,10 +64,11 @@ from .. import SampledSoftmaxError
 from .. import _validation as V
 from ._autograd import _check_once_differentiable, corrected_logits_backward, corrected_logits_forward
 from ._columns import candidate_columns
-from ._prepare import _check_label_values, _check_sampled_values, _check_tensor, _compute_dtype, _true_count_rows
+from ._prepare import _autocast_on, _check_label_values, _check_sampled_values, _check_tensor, _compute_dtype, _true_count_rows
 from ._rows import _scatter_rows, _Spec
 from .functional import _finish, _sampler_for
 from .samplers import CandidateSampler, LearnedUnigramSampler, check_generator, check_ignore_index
+from .. import SampledValues
 
 __all__ = [
     "shard_range", "vocab_parallel_sampled_softmax_loss", "vocab_parallel_full_softmax_loss",
@@ -109,12 +114,22 @@ def _checksum(x: torch.Tensor) -> int:
     return int((flat.to(torch.int64) * weights).sum())
 
 
+def _code(value) -> int:
+    """An agreed field as one int64: integers as they are, anything else (a dtype, a float, None,
+    a string) by a CRC of its ``repr``, which is the same on every rank for equal values."""
+    if isinstance(value, (bool, int)) and -2**63 <= int(value) < 2**63:
+        return int(value)
+    return zlib.crc32(repr(value).encode())
+
+
 def _agree(group, device, fields: dict, error: BaseException | None, *, per_rank: Sequence[str] = ()):
-    """All-gather ``fields`` (integers) and an error flag from every rank. Raises on every rank if
-    one rejected its arguments (its message is shared) or if a field outside ``per_rank``
-    differs between ranks. Returns the gathered ``[P, len(fields)]`` table as Python lists."""
+    """All-gather ``fields`` (integers, or values compared by :func:`_code`) and an error flag
+    from every rank, in one collective. Raises on every rank if one rejected its arguments (its
+    message is shared) or if a field outside ``per_rank`` differs between ranks (the values are
+    then gathered, so the message shows them as the ranks gave them). Returns the gathered
+    ``[P, len(fields)]`` table of codes as Python lists."""
     names = list(fields)
-    row = torch.tensor([0 if error is None else 1] + [int(fields[k]) for k in names], dtype=torch.int64,
+    row = torch.tensor([0 if error is None else 1] + [_code(fields[k]) for k in names], dtype=torch.int64,
                        device=device)
     world = dist.get_world_size(group)
     rows = [torch.empty_like(row) for _ in range(world)]
@@ -128,12 +143,21 @@ def _agree(group, device, fields: dict, error: BaseException | None, *, per_rank
             raise error
         p = failed[0]
         raise SampledSoftmaxError(f"rank {p} of the group rejected its arguments, so no rank can go on: {messages[p]}")
-    for j, name in enumerate(names, start=1):
-        values = [table[p][j] for p in range(world)]
-        if name not in per_rank and len(set(values)) > 1:
-            raise SampledSoftmaxError(f"`{name}` must be the same on every rank of the group; received {values} "
-                                      f"on ranks 0..{world - 1}")
+    differ = [j for j, name in enumerate(names, start=1)
+              if name not in per_rank and len({table[p][j] for p in range(world)}) > 1]
+    if differ:
+        # Every rank sees the same table, so every rank takes this branch: the gather is safe.
+        shown = [None] * world
+        dist.all_gather_object(shown, [_shown(fields[names[j - 1]]) for j in differ], group=group)
+        j = differ[0]
+        values = [shown[p][0] for p in range(world)]
+        raise SampledSoftmaxError(f"`{names[j - 1]}` must be the same on every rank of the group; received "
+                                  f"{', '.join(values)} on ranks 0..{world - 1}")
     return [r[1:] for r in table]
+
+
+def _shown(value) -> str:
+    return str(value) if isinstance(value, (torch.dtype, str)) else repr(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,6 +311,10 @@ def vocab_parallel_sampled_softmax_loss(
         reduction: ``"mean"`` (default) over the rows with a kept label, ``"sum"`` or ``"none"``.
         generator: for the sampler.
     """
+    if isinstance(inputs, torch.Tensor) and _autocast_on(inputs.device.type):
+        # As sampled_softmax_loss under autocast: computed and returned in float32 or wider.
+        with torch.autocast(inputs.device.type, enabled=False):
+            return vocab_parallel_sampled_softmax_loss(**locals())
     group = _group(group)
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     device = inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")
@@ -307,7 +335,10 @@ def vocab_parallel_sampled_softmax_loss(
             given = _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid,
                                           prepared.tensors[3].device)
         # Given or drawn decides which collectives follow: the ranks must agree on it.
-        fields = dict(prepared.fields, **{"sampled_values given": int(given is not None),
+        fields = dict(prepared.fields, **{_LOSS_FIELD: "sampled",
+                                          "remove_accidental_hits": bool(remove_accidental_hits),
+                                          "subtract_log_q": bool(subtract_log_q),
+                                          "sampled_values given": int(given is not None),
                                           "sampled_values (a checksum)": 0 if given is None else
                                           _checksum(given[0]) ^ _checksum(given[2])})
     except Exception as e:  # noqa: BLE001 - every rank must hear of it, whatever it is
@@ -338,8 +369,12 @@ def vocab_parallel_sampled_softmax_loss(
     return _finish(loss, loss, valid, reduction, lead, False)
 
 
-# What the ranks compare before a loss's first collective, in this order (_prepare_shard's fields).
-_AGREED = ("num_sampled", "num_classes", "num_true", "dim", "rows of the batch", "labels (a checksum)", "bias given",
+_LOSS_FIELD = "loss (sampled in training mode, exact in eval mode)"
+# What the ranks compare before a loss's first collective, in this order (_prepare_shard's fields):
+# whatever decides the collectives that follow (their number, shapes and dtypes) or the result.
+_AGREED = (_LOSS_FIELD, "inputs dtype", "weight_shard dtype", "bias_shard dtype", "device type", "num_sampled",
+           "num_classes", "num_true", "dim", "rows of the batch", "labels (a checksum)", "inputs (a checksum)",
+           "reduction", "ignore_index", "label_smoothing", "remove_accidental_hits", "subtract_log_q",
            "sampled_values given", "sampled_values (a checksum)", "shard rows")
 
 
@@ -377,7 +412,10 @@ def _prepare_shard(shard, bias, labels, inputs, num_sampled, num_classes, num_tr
     h = inputs.reshape(n, dim)
     valid = _check_label_values(y, num_classes, ignore_index)
     fields = {"num_sampled": num_sampled, "num_classes": num_classes, "num_true": num_true, "dim": dim,
-              "rows of the batch": n, "labels (a checksum)": _checksum(y), "bias given": bias is not None,
+              "rows of the batch": n, "labels (a checksum)": _checksum(y), "inputs (a checksum)": _checksum(h),
+              "inputs dtype": inputs.dtype, "weight_shard dtype": shard.dtype,
+              "bias_shard dtype": None if bias is None else bias.dtype, "device type": inputs.device.type,
+              "reduction": reduction, "ignore_index": ignore_index, "label_smoothing": label_smoothing,
               "sampled_values given": 0, "sampled_values (a checksum)": 0, "shard rows": shard.shape[0]}
     return _Prepared(fields, num_classes, (shard, bias, y, h, lead, valid, label_smoothing))
 
@@ -424,8 +462,8 @@ class _FullLoss(torch.autograd.Function):
         local = y_safe - start
         owned = (local >= 0) & (local < rows)
         safe = torch.where(owned, local, 0)
-        true_logits = torch.einsum("nd,ntd->nt", hc, shard.index_select(0, safe.reshape(-1)).view(*safe.shape, -1)
-                                   .to(cdt))
+        true_logits = torch.einsum("nd,ntd->nt", hc, shard.index_select(0, safe.reshape(-1))
+                                   .view(*safe.shape, shard.shape[1]).to(cdt))
         if bias is not None:
             true_logits = true_logits + bias.index_select(0, safe.reshape(-1)).view(safe.shape).to(cdt)
         packed = torch.cat([(sum_exp * torch.exp(running_max - global_max))[:, None], sum_logits[:, None],
@@ -465,7 +503,7 @@ class _FullLoss(torch.autograd.Function):
                 d_b[lo:hi] = d_z.sum(0)
         # The targets' columns: -target on the owned ones.
         d_true = torch.where(owned, -target * g[:, None], 0.0)
-        w_true = shard.index_select(0, safe.reshape(-1)).view(*safe.shape, -1).to(cdt)
+        w_true = shard.index_select(0, safe.reshape(-1)).view(*safe.shape, shard.shape[1]).to(cdt)
         d_h += torch.einsum("nt,ntd->nd", d_true, w_true)
         if d_w is not None:
             d_w.index_add_(0, safe.reshape(-1), (d_true[:, :, None] * hc[:, None, :]).reshape(-1, hc.shape[1]))
@@ -492,6 +530,10 @@ def vocab_parallel_full_softmax_loss(
     running max and sum of exponentials; an all-reduce (max) and one (sum) of ``O(N T)`` numbers
     give the log-sum-exp and the labels' logits. Same arguments as
     :func:`vocab_parallel_sampled_softmax_loss`."""
+    if isinstance(inputs, torch.Tensor) and _autocast_on(inputs.device.type):
+        # As sampled_softmax_loss under autocast: computed and returned in float32 or wider.
+        with torch.autocast(inputs.device.type, enabled=False):
+            return vocab_parallel_full_softmax_loss(**locals())
     group = _group(group)
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     device = inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")
@@ -500,11 +542,11 @@ def vocab_parallel_full_softmax_loss(
         chunk_size = V.check_positive_int("chunk_size", chunk_size)
         prepared = _prepare_shard(weight_shard, bias_shard, labels, inputs, 1, num_classes, num_true, ignore_index,
                                   label_smoothing, reduction, rank, world, None)
-        fields = prepared.fields
+        fields = dict(prepared.fields, **{_LOSS_FIELD: "exact", "remove_accidental_hits": False,
+                                          "subtract_log_q": False})
     except Exception as e:  # noqa: BLE001 - every rank must hear of it, whatever it is
-        error, fields = e, {}
-    table = _agree(group, device, fields if error is None else dict.fromkeys(_AGREED, 0), error,
-                   per_rank=("shard rows",))
+        error, fields = e, dict.fromkeys(_AGREED, 0)
+    table = _agree(group, device, {k: fields[k] for k in _AGREED}, error, per_rank=("shard rows",))
     _check_layout([r[-1] for r in table], prepared.num_classes, world)
     shard, bias, y, h, lead, valid, eps = prepared.tensors
     n, t = y.shape
@@ -629,9 +671,19 @@ def all_gather_rows(x: torch.Tensor, *, group=None, sum_gradients: bool = True) 
     rank's share of the global loss's: sum them over the ranks (or, under DDP, which averages,
     scale the loss by ``P``)."""
     group = _group(group)
-    _check_tensor("x", x)
-    _agree(group, x.device, {"x's shape (a checksum)": _checksum(torch.tensor(list(x.shape[1:]) + [x.shape[0]])),
-                             "x's dtype": zlib.crc32(str(x.dtype).encode())}, None)
+    error = None
+    try:
+        _check_tensor("x", x)
+    except Exception as e:  # noqa: BLE001 - every rank must hear of it
+        error = e
+    fields = {"x's shape": None, "x's dtype": None, "x's device type": None}
+    if error is None:
+        fields = {"x's shape": list(x.shape), "x's dtype": x.dtype, "x's device type": x.device.type}
+    _agree(group, x.device if error is None else torch.device("cpu"), fields, error)
+    return _gather_rows_agreed(x, group, sum_gradients)
+
+
+def _gather_rows_agreed(x, group, sum_gradients=True):
     if x.requires_grad:
         return _AllGatherRows.apply(x, group, bool(sum_gradients))
     return _AllGatherRows.forward(_Ctx(), x, group)
@@ -661,11 +713,24 @@ def gather_negatives(candidates: torch.Tensor, candidate_ids: torch.Tensor | Non
     gives the gradient of the single-process loss over the concatenated batch."""
     group = _group(group)
     rank, world = dist.get_rank(group), dist.get_world_size(group)
+    given = {"candidates": candidates, "candidate_ids": candidate_ids, "log_q": log_q}
+    error, fields = None, {}
+    for name, x in given.items():
+        fields.update({f"{name} given": x is not None, f"{name}'s shape": None, f"{name}'s dtype": None})
+    try:
+        for name, x in given.items():
+            if x is not None or name == "candidates":
+                _check_tensor(name, x)
+                fields.update({f"{name}'s shape": list(x.shape), f"{name}'s dtype": x.dtype})
+    except Exception as e:  # noqa: BLE001 - every rank must hear of it
+        error = e
+    device = candidates.device if isinstance(candidates, torch.Tensor) else torch.device("cpu")
+    _agree(group, device, fields, error)  # one agreement: every gather below then runs on every rank
 
     def own_first(x):
         if x is None:
             return None
-        full = all_gather_rows(x, group=group)
+        full = _gather_rows_agreed(x, group)
         b = x.shape[0]
         order = torch.cat([torch.arange(rank * b, (rank + 1) * b), torch.arange(0, rank * b),
                            torch.arange((rank + 1) * b, world * b)]).to(full.device)
@@ -690,8 +755,11 @@ def all_reduce_gradients(parameters, *, group=None) -> None:
     world = dist.get_world_size(group)
     params = [p for p in parameters]
     device = params[0].device if params else torch.device("cpu")
+    # Dtypes and devices too: gloo aborts the process on a collective of mismatched dtypes.
     _agree(group, device, {"parameters (count)": len(params), "parameters (a shape checksum)":
-                           _checksum(torch.tensor([d for p in params for d in p.shape] or [0]))}, None)
+                           _checksum(torch.tensor([d for p in params for d in p.shape] or [0])),
+                           "parameters' dtypes": ", ".join(str(p.dtype) for p in params),
+                           "parameters' device types": ", ".join(sorted({p.device.type for p in params}))}, None)
     if not params:
         return
     # 0: no gradient, 1: dense, 2: sparse; the ranks must agree on dense or sparse.
@@ -756,14 +824,60 @@ class DistributedLearnedUnigramSampler(LearnedUnigramSampler):
     the ``O(V)`` counts), so every rank's counts equal one process's over the concatenated
     batch and every rank draws from the same distribution. (Under DDP a plain learned sampler
     learns from its own rank's labels only, and DDP's buffer broadcast then keeps rank 0's.)
-    Call it on every rank at every step."""
+
+    Call it on every rank at every step. Each draw starts with one agreement between the ranks
+    (training or eval mode, and whether the call failed on a rank), so a rank whose loss rejects
+    its arguments, or one left in ``eval()``, is an error on every rank, never a hang. The
+    batch's labels are counted in the draw that reads them (on every rank alike, even where
+    that rank's loss fails afterwards), after the candidates are drawn."""
+
+    # The losses take part in this sampler's agreement when a call fails before its draw.
+    _collective = True
 
     def __init__(self, num_classes: int, *, group=None, draw: str = "unique"):
         super().__init__(num_classes, draw=draw)
         self.group = _group(group)
+        self._agreements = 0  # how many agreements this process took part in
+        self._counted = None  # the labels counted by the last draw, which `update` then skips
+
+    def _agree_call(self, error):
+        """The agreement every call begins with: training or eval, and whether a rank failed."""
+        self._agreements += 1
+        device = self.counts.device
+        _agree(self.group, device, {"training (the sampler's mode)": bool(self.training)}, error)
+
+    def _collect(self, true_classes, ignore_index, error=None):
+        """Agree, then (training) count every rank's labels; a rank that failed passes its error."""
+        self._agree_call(error)
+        if self.training:
+            valid = None if ignore_index is None else true_classes != ignore_index
+            self._gather_and_add(true_classes, valid)
+
+    def _draw_values(self, true_classes, num_sampled, generator, ignore_index, *, update=True) -> SampledValues:
+        error = None
+        try:  # what the draw checks: it must fail on every rank or on none
+            check_generator(generator)
+            V.check_num_sampled(num_sampled, self.num_classes, unique=self.draw == "unique", support=self.support)
+        except Exception as e:  # noqa: BLE001 - every rank must hear of it
+            error = e
+        self._agree_call(error)
+        drawn = super()._draw_values(true_classes, num_sampled, generator, ignore_index, update=False)
+        if self.training:
+            valid = None if ignore_index is None else true_classes != ignore_index
+            self._gather_and_add(true_classes, valid)
+            self._counted = true_classes
+        return drawn
 
     @torch.no_grad()
     def update(self, true_classes, valid=None):
+        if self._counted is not None:  # the draw that read these labels counted them already
+            self._counted = None
+            return
+        self._agree_call(None)
+        self._gather_and_add(true_classes, valid)
+
+    @torch.no_grad()
+    def _gather_and_add(self, true_classes, valid):
         world = dist.get_world_size(self.group)
         ids = true_classes.reshape(-1).to(self.counts.device, torch.int64)
         keep = torch.ones_like(ids, dtype=torch.bool) if valid is None else valid.reshape(-1).to(ids.device)
@@ -784,11 +898,11 @@ def vocab_parallel_bytes(batch: int, num_true: int, num_sampled: int, dim: int, 
     """Bytes each rank hands to the collectives in one call of
     :func:`vocab_parallel_sampled_softmax_loss` that draws its candidates (what
     :class:`CollectiveBytes` measures; a ring all-reduce of ``x`` bytes puts ``2 (P - 1) / P x``
-    on the wire): the agreement (11 int64), rank 0's draw (``1 + 2 S + N T`` float64), the head's
+    on the wire): the agreement (21 int64), rank 0's draw (``1 + 2 S + N T`` float64), the head's
     all-reduces (``N (T + 2)``, ``N``, ``N``) and, backward, the input gradient (``N D``), in
     the compute dtype."""
     n, t, s, d = batch, num_true, num_sampled, dim
-    out = {"all_gather": 8 * 11, "broadcast": 8 * (1 + 2 * s + n * t), "all_reduce": element_size * n * (t + 4)}
+    out = {"all_gather": 8 * (1 + len(_AGREED)), "broadcast": 8 * (1 + 2 * s + n * t), "all_reduce": element_size * n * (t + 4)}
     if backward:
         out["all_reduce"] += element_size * n * d
     return out

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .. import frequency as F
+from . import _ops
 
 __all__ = ["StreamingFrequency", "CountMinFrequency"]
 
@@ -43,12 +44,23 @@ class _HashedEstimator(nn.Module):
     def buckets(self, ids: torch.Tensor) -> torch.Tensor:
         """``[H, N]`` buckets of ``ids`` (the hashing of :func:`sampled_softmax.frequency.bucket_ids`)."""
         ids = _check_ids(ids).to(self.hash_tables.device)
-        if ids.numel() and ids.device.type == "cpu":  # values are checked where reading them is free
-            F.check_ids_values(int(ids.min()))
+        if ids.device.type == "cpu":  # values are checked where reading them is free (traced: an operator)
+            ids = _ops.checked_values(ids, "ids")
         h = torch.zeros((self.num_hashes, ids.numel()), dtype=torch.int64, device=ids.device)
         for i in range(8):
             h ^= self.hash_tables[:, i, (ids >> (8 * i)) & 255]
         return torch.remainder(h, self.num_buckets)
+
+    def _apply(self, fn, recurse=True):
+        # `.half()`, `.to(torch.bfloat16)` on a model move the estimate's state with it but must
+        # not round it: a float16 step count stops at 2048 and its gaps reach inf at 65504.
+        before = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers.get(name)
+            if old is not None and new is not None and new.dtype != old.dtype:
+                self._buffers[name] = old.to(device=new.device)
+        return self
 
     def log_q(self, ids: torch.Tensor) -> torch.Tensor:
         """``log`` of :meth:`probability` (float32), ``<= 0``."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import math
 import re
 from typing import Literal, Sequence, Union
@@ -32,7 +33,7 @@ from ._prepare import (
 from ._rows import _Spec
 from ..samplers import DrawKind, unique_draw_error, unique_draw_limit
 from .._validation import check_num_sampled
-from .samplers import CandidateSampler, check_generator, make_sampler, sampler_tables
+from .samplers import CandidateSampler, LearnedUnigramSampler, check_generator, make_sampler, sampler_tables
 
 __all__ = ["sampled_softmax_loss", "nce_loss", "negative_sampling_loss", "full_softmax_loss", "full_logits"]
 
@@ -57,17 +58,40 @@ def _named_sampler_with_replacement(name: str, num_classes: int) -> CandidateSam
     return type(_named_sampler(name, num_classes))(num_classes, draw="with_replacement")
 
 
-def _with_replacement_sampler(sampler, num_classes):
-    """``exclude_true``'s sampler: a name draws with replacement; a module must."""
+def _with_replacement_sampler(sampler, num_classes, setting="exclude_true=True"):
+    """The sampler of ``exclude_true`` and of per-example noise: a name draws with replacement;
+    a module must (its expected counts must be ``S q``)."""
     if isinstance(sampler, str):
         _named_sampler(sampler, num_classes)  # the usual check of the name
         return _named_sampler_with_replacement(sampler, num_classes)
     sampler = make_sampler(sampler, num_classes)
     if sampler.draw != "with_replacement":
         raise SampledSoftmaxError(
-            f"`sampler` must draw 'with_replacement' with exclude_true=True (its expected counts must be S q); "
+            f"`sampler` must draw 'with_replacement' with {setting} (its expected counts must be S q); "
             f"received a sampler with draw={sampler.draw!r}")
     return sampler
+
+
+def _agrees_on_failure(loss_fn):
+    """A sampler that starts every draw with a collective (``DistributedLearnedUnigramSampler``)
+    must hear of a call that fails on one rank before its draw, or the other ranks would wait
+    in that collective: the failing rank takes part in the agreement with its error."""
+
+    @functools.wraps(loss_fn)
+    def wrapper(*args, **kwargs):
+        sampler = kwargs.get("sampler")
+        if not getattr(sampler, "_collective", False):
+            return loss_fn(*args, **kwargs)
+        before = sampler._agreements
+        try:
+            return loss_fn(*args, **kwargs)
+        except Exception as e:
+            given = inspect.signature(loss_fn).bind(*args, **kwargs).arguments.get("sampled_values")
+            if sampler._agreements == before and given is None:
+                sampler._agree_call(e)  # raises e here, and the same error on every other rank
+            raise
+
+    return wrapper
 
 
 def _reduce(per_row: torch.Tensor, live: torch.Tensor | None, reduction: str, lead) -> torch.Tensor:
@@ -79,6 +103,7 @@ def _reduce(per_row: torch.Tensor, live: torch.Tensor | None, reduction: str, le
     return per_row.sum() / count
 
 
+@_agrees_on_failure
 def sampled_softmax_loss(
     weights: Tables, biases: Tables | None, labels: torch.Tensor, inputs: torch.Tensor, num_sampled: int,
     num_classes: int, num_true: int = 1, sampled_values: Sequence | None = None, remove_accidental_hits: bool = True,
@@ -240,13 +265,21 @@ def _general_path(head, weights, biases, labels, inputs, num_sampled, num_classe
     if sampled_values is None:
         sampler = _with_replacement_sampler(sampler, num_classes) if exclude_true else _sampler_for(sampler,
                                                                                                       num_classes)
-        # The raw labels: a learned sampler must not count ignored labels (as class 0).
-        draw = sampler._draw_values if type(sampler).forward is CandidateSampler.forward else (
-            lambda *a: sampler(a[0], a[1], generator=a[2], ignore_index=a[3]))
-        cand, true_count, samp_count = draw(y, num_sampled, generator, None if valid is None else ignore_index)
+        # The raw labels: a learned sampler must not count ignored labels (as class 0). It learns
+        # them after the checks below: a call that fails leaves its counts as they were.
+        ignored = None if valid is None else ignore_index
+        learns = type(sampler).forward is CandidateSampler.forward
+        if learns:
+            cand, true_count, samp_count = sampler._draw_values(y, num_sampled, generator, ignored, update=False)
+        else:
+            cand, true_count, samp_count = sampler(y, num_sampled, generator=generator, ignore_index=ignored)
         padded = sampler.draw == "unique_exact"
-        if subtract_log_q and sampler.support < sampler.num_classes:
+        # A learned sampler's counts may hold zeros (a loaded state): its support is not
+        # tracked, so its labels are checked (one comparison of [N, T] counts).
+        if subtract_log_q and (sampler.support < sampler.num_classes or isinstance(sampler, LearnedUnigramSampler)):
             _check_labels_can_be_drawn(y, valid, true_count, sampler)
+        if learns and sampler.training:
+            sampler.update(y if valid is None else torch.where(valid, y, 0), valid)
     else:
         cand, true_count, samp_count, padded = _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid, h.device)
 
@@ -272,6 +305,7 @@ def _general_path(head, weights, biases, labels, inputs, num_sampled, num_classe
     return _finish(loss, logp, valid, reduction, lead, return_log_prob)
 
 
+@_agrees_on_failure
 def nce_loss(
     weights: Tables, biases: Tables | None, labels: torch.Tensor, inputs: torch.Tensor, num_sampled: int,
     num_classes: int, num_true: int = 1, sampled_values: Sequence | None = None, remove_accidental_hits: bool = False,
@@ -312,6 +346,7 @@ def nce_loss(
                          subtract_log_q, sparse, implementation)
 
 
+@_agrees_on_failure
 def negative_sampling_loss(
     weights: Tables, biases: Tables | None, labels: torch.Tensor, inputs: torch.Tensor, num_sampled: int,
     num_classes: int, num_true: int = 1, sampled_values: Sequence | None = None, remove_accidental_hits: bool = False,
@@ -367,22 +402,36 @@ def _per_example(head, weights, biases, labels, inputs, num_sampled, num_classes
     if len(shards) > 1:
         raise SampledSoftmaxError("`weights` must be one [num_classes, dim] table with noise='per_example'; "
                                   f"received {len(shards)} shards")
-    sampler = _sampler_for(sampler, num_classes) if not exclude_true else _with_replacement_sampler(sampler,
-                                                                                                    num_classes)
-    if sampler.draw != "with_replacement":
-        raise SampledSoftmaxError(
-            f"`sampler` must draw 'with_replacement' with noise='per_example' (independent noise for each example); "
-            f"received a sampler with draw={sampler.draw!r}")
+    # A sampler given by name draws with replacement here, as with exclude_true; a module must.
+    sampler = _with_replacement_sampler(sampler, num_classes, "noise='per_example' (independent noise for each "
+                                                              "example)")
     y = y.long()
     n, t = y.shape
     k = num_sampled
     check_num_sampled(k, num_classes, unique=False)
     why = _loss_obstacle(shards, biases, h, t, valid, label_smoothing, exclude_true)
     if why is None and (head is not sigmoid_head or subtract_log_q):
-        why = "it draws per-example noise for negative sampling only (the sigmoid head without log Q)"
-    ext = _dispatch.compiled(implementation, why)
-    noise, _, _ = sampler._draw_values(y, n * k, generator, None if valid is None else ignore_index)
-    noise = noise.to(h.device).view(n, k)
+        why = _dispatch.PER_EXAMPLE_COMPILED_ONLY
+    ext = None if n == 0 else _dispatch.compiled(implementation, why)
+    kt = torch.ones_like(y, dtype=torch.bool) if valid is None else valid
+    y_safe = torch.where(kt, y, 0)
+    if n == 0:  # nothing to draw for: an empty loss, as on the shared path
+        noise = torch.empty(0, k, dtype=torch.int64, device=h.device)
+        if getattr(sampler, "_collective", False):  # its other ranks may have rows: take part
+            sampler._collect(y, ignore_index)
+    else:
+        # Drawn before the sampler learns this batch's labels: the correction below must be
+        # the distribution the noise came from.
+        noise, _, _ = sampler._draw_values(y, n * k, generator, None if valid is None else ignore_index,
+                                           update=False)
+        noise = noise.to(h.device).view(n, k)
+    logq = None
+    if subtract_log_q and n:
+        # The float32 expected counts of k draws, as a shared draw of k returns them.
+        counts = (sampler.probs(torch.cat([y_safe, noise], 1).reshape(-1)) * k).float().view(n, t + k)
+        _check_labels_can_be_drawn(y, valid, counts[:, :t], sampler)
+    if sampler.training and n:
+        sampler.update(y_safe, valid)
     if ext is not None:  # one label per row, none ignored
         _dispatch.record("compiled")
         loss = ext.per_example_core(h, shards[0], h.new_empty(0) if biases is None else biases,
@@ -390,16 +439,12 @@ def _per_example(head, weights, biases, labels, inputs, num_sampled, num_classes
                                     bool(sparse))
         return _finish(loss, None, None, reduction, lead, False)
     _dispatch.record("python")
-    kt = torch.ones_like(y, dtype=torch.bool) if valid is None else valid
-    y_safe = torch.where(kt, y, 0)
     removed = None
     if remove_accidental_hits or exclude_true:
         removed = ((noise.unsqueeze(2) == y_safe.unsqueeze(1)) & kt.unsqueeze(1)).any(2)
     ids = torch.cat([y_safe, noise], 1)
-    logq = None
-    if subtract_log_q:
-        # The float32 expected counts of k draws, as a shared draw of k returns them.
-        counts = (sampler.probs(ids.reshape(-1)) * k).float().view(n, t + k).to(_compute_dtype(h.dtype))
+    if subtract_log_q and n:
+        counts = counts.to(device=h.device, dtype=_compute_dtype(h.dtype))
         logq = torch.where(torch.cat([kt, torch.ones_like(noise, dtype=torch.bool)], 1), counts.log(), 0.0)
         if exclude_true:
             row_logq = exclusion_correction(y_safe, valid, counts[:, :t], removed, k, counts.dtype)

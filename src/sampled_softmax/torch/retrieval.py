@@ -18,6 +18,9 @@ import torch
 
 from .. import SampledSoftmaxError
 from .. import _validation as V
+from . import _ops
+from ._autograd import _check_once_differentiable
+from ._prepare import _autocast_on
 from .samplers import CandidateSampler
 
 __all__ = ["in_batch_softmax_loss", "in_batch_keep", "MixedNegatives", "mixed_negatives"]
@@ -44,8 +47,7 @@ def in_batch_keep(batch_size: int, num_candidates: int, *, candidate_ids=None, q
     if excluded_ids is not None:
         if candidate_ids is None:
             raise SampledSoftmaxError("`excluded_ids` needs `candidate_ids` (the ids to compare them with)")
-        hit = (candidate_ids[None, :, None] == excluded_ids[:, None, :]) & (excluded_ids[:, None, :] >= 0)
-        masks.append(~hit.any(dim=2))
+        masks.append(~_excluded_hits(candidate_ids, excluded_ids.to(candidate_ids.device)))
     if query_ids is not None:
         mask = torch.ones((b, c), dtype=torch.bool, device=device)
         mask[:, :b] = query_ids[:, None] != query_ids[None, :]
@@ -60,6 +62,26 @@ def in_batch_keep(batch_size: int, num_candidates: int, *, candidate_ids=None, q
     diag = torch.arange(b, device=keep.device)
     keep[diag, diag] = True
     return keep
+
+
+def _excluded_hits(candidate_ids: torch.Tensor, excluded_ids: torch.Tensor) -> torch.Tensor:
+    """``[B, C]``: whether candidate ``j``'s id is one of ``excluded_ids[i]`` (negative entries are
+    padding), in ``O(B C + B K)`` memory and static shapes: an id's key is the position of its
+    first copy among the sorted candidate ids; each row's excluded ids mark their keys in a
+    ``[B, C + 1]`` table (the last column collects the ids no candidate has), read back at each
+    candidate's key."""
+    b, c = excluded_ids.shape[0], candidate_ids.shape[0]
+    if c == 0:
+        return torch.zeros((b, 0), dtype=torch.bool, device=candidate_ids.device)
+    ids = candidate_ids.to(torch.int64)
+    ordered = torch.sort(ids).values
+    key = torch.searchsorted(ordered, ids)
+    ex = excluded_ids.to(torch.int64)
+    where = torch.searchsorted(ordered, ex).clamp_(max=c - 1)
+    found = (ordered[where] == ex) & (ex >= 0)
+    marked = torch.zeros((b, c + 1), dtype=torch.bool, device=candidate_ids.device)
+    marked.scatter_(1, torch.where(found, where, c), True)
+    return marked[:, key]
 
 
 class _InBatchSoftmax(torch.autograd.Function):
@@ -98,6 +120,7 @@ class _InBatchSoftmax(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
+        _check_once_differentiable("in_batch_softmax_loss")
         query, candidates, delta, t_tensor = ctx.saved_tensors
         t = ctx.t if t_tensor is None else t_tensor.detach().to(delta.dtype)
         g = grad_loss.to(delta.dtype)
@@ -194,16 +217,26 @@ def in_batch_softmax_loss(
         if temperature.numel() != 1 or not temperature.is_floating_point():
             raise SampledSoftmaxError(f"`temperature` must be a number or a floating scalar tensor; received "
                                       f"shape {list(temperature.shape)}, {temperature.dtype}")
-        V.check_temperature_value(float(temperature.detach()))
+        temperature = _ops.checked_values(temperature, "temperature")
     else:
         temperature = V.check_temperature(temperature)
-    if log_q is not None and log_q.numel():
-        lq = log_q.detach()
-        V.check_log_q_values(float(lq.min()), float(lq.max()), bool(torch.isfinite(lq).all()))
-    if sample_weight is not None and sample_weight.numel():
-        w = sample_weight.detach()
-        V.check_sample_weight_values(float(w.min()), bool(torch.isfinite(w).all()))
+    # Read now, or by an operator when traced (torch.compile, meta tensors).
+    if log_q is not None:
+        log_q = _ops.checked_values(log_q, "log_q")
+    if sample_weight is not None:
+        sample_weight = _ops.checked_values(sample_weight, "sample_weight")
+    if _autocast_on(query.device.type):
+        # As the sampled losses: computed, returned and differentiated in float32 or wider.
+        with torch.autocast(query.device.type, enabled=False):
+            return _in_batch_loss(query, candidates, candidate_ids, query_ids, log_q, temperature,
+                                  remove_accidental_hits, score_mask, excluded_ids, num_hard_negatives, sample_weight,
+                                  reduction, b, c)
+    return _in_batch_loss(query, candidates, candidate_ids, query_ids, log_q, temperature, remove_accidental_hits,
+                          score_mask, excluded_ids, num_hard_negatives, sample_weight, reduction, b, c)
 
+
+def _in_batch_loss(query, candidates, candidate_ids, query_ids, log_q, temperature, remove_accidental_hits,
+                   score_mask, excluded_ids, num_hard_negatives, sample_weight, reduction, b, c):
     compute = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
     device = query.device
     keep = in_batch_keep(b, c, candidate_ids=None if candidate_ids is None else candidate_ids.to(device),
@@ -261,6 +294,11 @@ def mixed_negatives(candidates: torch.Tensor, candidate_ids: torch.Tensor, in_ba
                                           tuple(in_batch_log_q.shape))
     V.check_integer_dtype("candidate_ids", _is_int(candidate_ids), str(candidate_ids.dtype))
     num_negatives = V.check_positive_int("num_negatives", num_negatives)
+    if candidate_ids.numel():  # the sampler would check them too, naming its own argument
+        lo, hi = (int(v) for v in torch.aminmax(candidate_ids))
+        if lo < 0 or hi >= sampler.num_classes:
+            raise SampledSoftmaxError(f"`candidate_ids` must be in [0, {sampler.num_classes - 1}] (the sampler's "
+                                      f"classes); received {lo if lo < 0 else hi}")
     cand, _, count = sampler(candidate_ids.reshape(-1, 1).to(torch.int64), num_negatives, generator=generator)
     cand, count = cand.to(candidates.device), count.to(candidates.device)
     padding = ~torch.isfinite(count)

@@ -111,8 +111,10 @@ class CandidateSampler(nn.Module):
             NS.check_true_classes(lo, hi, self.num_classes, ignore_index)
         return self._draw_values(true_classes, num_sampled, generator, ignore_index)
 
-    def _draw_values(self, true_classes, num_sampled, generator, ignore_index) -> SampledValues:
-        """:meth:`forward` for callers that checked ``true_classes`` already (the losses)."""
+    def _draw_values(self, true_classes, num_sampled, generator, ignore_index, *, update=True) -> SampledValues:
+        """:meth:`forward` for callers that checked ``true_classes`` already (the losses).
+        ``update=False``: the caller updates a learned sampler itself, after reading the
+        probabilities the draw used."""
         check_generator(generator)
         num_sampled = check_num_sampled(
             num_sampled, self.num_classes, unique=self.draw == "unique", support=self.support
@@ -125,7 +127,7 @@ class CandidateSampler(nn.Module):
             candidates, true_count, sampled_count = self._draw_torch(true_safe, num_sampled, generator)
         if valid is not None:
             true_count = true_count.masked_fill(~valid, 1.0)
-        if self.training:
+        if self.training and update:
             self.update(true_safe, valid)
         return SampledValues(candidates, true_count, sampled_count)
 
@@ -306,6 +308,22 @@ class LearnedUnigramSampler(_TableSampler):
 
     def _weights(self):
         return self.counts
+
+    # On the CPU the tree holds the counts' total and reads a probability in O(1): never an
+    # O(V) sum per call (per-example noise reads the probabilities of every draw).
+    def probs(self, ids):
+        if self.counts.device.type != "cpu":
+            return super().probs(ids)
+        return torch.from_numpy(self._distribution().probs(ids.detach().cpu().numpy())).to(ids.device)
+
+    def _total(self):
+        return self._distribution().total if self.counts.device.type == "cpu" else super()._total()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        counts = state_dict.get(prefix + "counts")
+        if isinstance(counts, torch.Tensor) and counts.shape == self.counts.shape:
+            NS.check_learned_counts(counts.detach().cpu().to(torch.float64).numpy(), "counts")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _counts_key(self):
         return (self.counts.data_ptr(), self.counts._version)

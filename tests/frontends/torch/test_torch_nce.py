@@ -183,7 +183,7 @@ def test_per_example_noise_routes():
 def test_per_example_noise_needs_independent_draws():
     W, h, y = torch.randn(30, 4), torch.randn(3, 4), torch.tensor([1, 2, 3])
     with pytest.raises(SampledSoftmaxError, match=r"`sampler` must draw 'with_replacement' with noise='per_example'"):
-        negative_sampling_loss(W, None, y, h, 5, 30, noise="per_example")
+        negative_sampling_loss(W, None, y, h, 5, 30, noise="per_example", sampler=LogUniformSampler(30))
     with pytest.raises(SampledSoftmaxError, match=r"`noise` must be one of 'shared', 'per_example'"):
         negative_sampling_loss(W, None, y, h, 5, 30, noise="each")
     with pytest.raises(SampledSoftmaxError, match=r"`sampled_values` cannot be given with noise='per_example'"):
