@@ -162,3 +162,32 @@ def test_summed_on_first_keeps_the_dense_gradient_and_names_each_row_once(m):
     is_first = first == np.arange(m)
     assert np.all(out[~is_first] == 0)
     np.testing.assert_allclose(out[is_first], dense[ids[is_first]], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize("fn", ["sampled_softmax_loss", "nce_loss", "full_softmax_loss"])
+def test_floating_labels_must_be_whole_numbers(mode, fn):
+    """tf.nn casts floating labels to int64: 3.0 is class 3 (the same loss as integer labels);
+    3.5 was truncated to 3 silently, and is now an error (a nan row under XLA, which drops
+    assertions, as for labels out of range)."""
+    W, b, y, h, sv = problem(7, T=1)
+    y = np.abs(y)
+    svt = tuple(tf.constant(v) for v in sv)
+
+    def loss(labels):
+        if fn == "full_softmax_loss":
+            return sst.full_softmax_loss(W, b, labels, h)
+        return getattr(sst, fn)(W, b, labels, h, 15, 60, sampled_values=svt)
+
+    call = {"eager": loss, "function": tf.function(loss), "xla": tf.function(loss, jit_compile=True)}[mode]
+    whole = call(tf.constant(y.astype(np.float32)))
+    np.testing.assert_allclose(whole.numpy(), call(tf.constant(y)).numpy(), rtol=1e-12)
+    fractional = y.astype(np.float32)
+    fractional[2, 0] += 0.5
+    if mode == "xla":
+        out = call(tf.constant(fractional)).numpy()
+        assert np.isnan(out[2]) and np.isfinite(np.delete(out, 2)).all()
+        return
+    error = SampledSoftmaxError if mode == "eager" else tf.errors.InvalidArgumentError
+    with pytest.raises(error, match=r"`labels` must be whole numbers .*received.*\.5"):
+        call(tf.constant(fractional))
