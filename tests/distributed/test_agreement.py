@@ -124,6 +124,14 @@ def _disagreement_worker(rank, world):
                                              torch.zeros(0, D, dtype=torch.float64), V, reduction="none")
     empty.sum().backward()
     out["empty"] = (tuple(empty.shape), tuple(w.grad.shape), float(w.grad.abs().sum()))
+    from sampled_softmax.torch.distributed import vocab_parallel_sampled_softmax_loss
+
+    w.grad = None
+    empty = vocab_parallel_sampled_softmax_loss(w, None, torch.zeros(0, dtype=torch.int64),
+                                                torch.zeros(0, D, dtype=torch.float64), S, V, reduction="none",
+                                                generator=torch.Generator().manual_seed(0))
+    empty.sum().backward()
+    out["empty sampled"] = (tuple(empty.shape), tuple(w.grad.shape), float(w.grad.abs().sum()))
     _ = (LearnedUnigramSampler, in_batch_softmax_loss)
     return out
 
@@ -167,9 +175,11 @@ def test_a_failed_step_leaves_the_learned_counts_equal_on_every_rank(disagreemen
     assert float(after0.sum() - before0.sum()) == 2 * N
 
 
-def test_the_exact_loss_takes_an_empty_batch(disagreements):
+def test_the_vocab_parallel_losses_take_an_empty_batch(disagreements):
     for out in disagreements:
-        assert out["empty"] == ((0,), (6 if out is disagreements[0] else 5, D), 0.0)
+        rows = 6 if out is disagreements[0] else 5
+        assert out["empty"] == ((0,), (rows, D), 0.0)
+        assert out["empty sampled"] == ((0,), (rows, D), 0.0)
 
 
 def _autocast_worker(rank, world):
