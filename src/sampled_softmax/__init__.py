@@ -31,3 +31,8 @@ class SampledValues(NamedTuple):
 class SampledSoftmaxError(ValueError):
     """An argument had the wrong value or shape; the message names it, the expectation and
     what was received."""
+
+    # TensorFlow's autograph re-raises an error from a traced function as its own type only when
+    # that type's __init__ is Exception's (else a StagingError, which `except
+    # SampledSoftmaxError` would miss); it takes the same arguments as ValueError's.
+    __init__ = Exception.__init__

@@ -286,6 +286,16 @@ def check_sampled_values_numpy(cand, true_count, samp_count, *, num_sampled, num
 # In-batch (retrieval) softmax
 
 
+def check_mixed_negatives_counts(largest_finite: float | None) -> None:
+    """``mixed_negatives``: the draw's finite expected counts are inclusion probabilities, at most 1
+    (``largest_finite``: the largest, None when there is none)."""
+    if largest_finite is not None and largest_finite > 1.0:
+        raise SampledSoftmaxError(
+            f"`sampled_values[2]` (sampled_expected_count) must be at most 1 for mixed negatives (an inclusion "
+            f"probability); received {largest_finite} (draw with draw='unique_exact': unique draws report S p "
+            f"when no draw repeats, and draws with replacement S p)")
+
+
 def check_in_batch_shapes(query_shape: Sequence[int], candidates_shape: Sequence[int], *, candidate_ids=None,
                           query_ids=None, log_q=None, score_mask=None, excluded_ids=None,
                           sample_weight=None) -> tuple[int, int, int]:
@@ -299,18 +309,24 @@ def check_in_batch_shapes(query_shape: Sequence[int], candidates_shape: Sequence
     if len(candidates_shape) != 2:
         raise SampledSoftmaxError(f"`candidates` must have shape [num_candidates, dim]; received shape "
                                   f"{candidates_shape}")
+    # A dimension may be None (unknown until run, a tf.function's input_signature): it is
+    # compared where both sides are known.
     (b, d), (c, dc) = query_shape, candidates_shape
-    if dc != d:
+
+    def differ(x, y):
+        return x is not None and y is not None and x != y
+
+    if differ(dc, d):
         raise SampledSoftmaxError(f"`candidates` last dimension must equal the query's dim {d}; received {dc}")
-    if c < b:
+    if b is not None and c is not None and c < b:
         raise SampledSoftmaxError(f"`candidates` must have at least as many rows as `query` ({b}: candidate i is "
                                   f"query i's positive); received {c}")
     for name, shape, want in (("candidate_ids", candidate_ids, [c]), ("log_q", log_q, [c]),
                               ("query_ids", query_ids, [b]), ("sample_weight", sample_weight, [b]),
                               ("score_mask", score_mask, [b, c])):
-        if shape is not None and list(shape) != want:
+        if shape is not None and (len(shape) != len(want) or any(differ(x, y) for x, y in zip(shape, want))):
             raise SampledSoftmaxError(f"`{name}` must have shape {want}; received shape {list(shape)}")
-    if excluded_ids is not None and (len(excluded_ids) != 2 or excluded_ids[0] != b):
+    if excluded_ids is not None and (len(excluded_ids) != 2 or differ(excluded_ids[0], b)):
         raise SampledSoftmaxError(f"`excluded_ids` must have shape [{b}, K] (per query, K ids; negative values are "
                                   f"padding); received shape {list(excluded_ids)}")
     return b, c, d

@@ -22,6 +22,11 @@ def observe(labels, valid, num_classes: int, front: str = "jax", remedy: str = R
     live = valid & (labels >= 0) & (labels < num_classes)
     counts = jnp.stack([live.sum(), (live & (labels >= OC.upper_half(num_classes))).sum()])
     if isinstance(counts, jax.core.Tracer):
-        jax.debug.callback(check.observe, counts)
+        try:
+            jax.debug.callback(check.observe, counts)
+        except NotImplementedError:
+            # Some traces take no host callback (eager shard_map in some JAX versions): the
+            # check waits for a call it can see (eager, or jitted); the loss goes on.
+            return
     else:
         check.observe(np.asarray(counts))

@@ -249,6 +249,7 @@ class _Call(NamedTuple):
     valid: jax.Array
     num_true: int
     lead: tuple
+    bad_draw: jax.Array | None  # under jit: given sampled_values that could not be checked are bad
 
 
 def _stage1(weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
@@ -265,7 +266,18 @@ def _stage1(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
     ids, log_q, keep = candidate_columns(y, valid, cand, true_count, samp_count,
                                          remove_accidental_hits=remove_accidental_hits,
                                          subtract_log_q=subtract_log_q, exclude_true=exclude_true, dtype=cdt)
-    return _Call(W, b, h.astype(cdt), ids, log_q, keep, y, valid, y.shape[1], lead)
+    bad_draw = None
+    if sampled_values is not None and not all(_concrete(v) for v in (cand, true_count, samp_count, y, valid)):
+        bad_draw = _bad_sampled_values(cand, true_count, samp_count, valid, num_classes)
+    return _Call(W, b, h.astype(cdt), ids, log_q, keep, y, valid, y.shape[1], lead, bad_draw)
+
+
+def _bad_sampled_values(cand, true_count, samp_count, valid, num_classes):
+    """Whether given ``sampled_values`` break the checks the eager call makes (a scalar bool):
+    under jit they are not known until run, and every row's loss is then nan."""
+    return (jnp.any((cand < 0) | (cand >= num_classes))
+            | jnp.any(valid & ~((true_count > 0) & jnp.isfinite(true_count)))
+            | jnp.any(~(samp_count > 0)))
 
 
 def _loss(head, weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
@@ -285,13 +297,16 @@ def _head_loss(head, c: _Call, h, rows, bias_rows, label_smoothing, reduction):
         loss, live = softmax_head(logits, c.keep, c.num_true, label_smoothing)
     else:
         loss, live = sigmoid_head(logits, c.keep, c.num_true)
-    return _reduced(loss, live, c.y, c.valid, c.lead, c.W.shape[0], reduction)
+    return _reduced(loss, live, c.y, c.valid, c.lead, c.W.shape[0], reduction, c.bad_draw)
 
 
-def _reduced(loss, live, y, valid, lead, num_classes, reduction):
-    """``loss [N]`` reduced; a label out of range (only possible under jit, where it cannot be
-    checked) makes its row's loss nan, never a plausible number."""
+def _reduced(loss, live, y, valid, lead, num_classes, reduction, bad_draw=None):
+    """``loss [N]`` reduced; a label out of range, or (``bad_draw``) sampled values the eager
+    call would refuse (only possible under jit, where they cannot be checked) make the loss
+    nan, never a plausible number."""
     bad = jnp.any(valid & ((y < 0) | (y >= num_classes)), axis=1)
+    if bad_draw is not None:
+        bad = bad | bad_draw
     loss = jnp.where(bad, jnp.nan, loss)
     if reduction == "none":
         return loss.reshape(lead)

@@ -128,7 +128,7 @@ def _parallel_loss(head, weights, biases, labels, inputs, num_sampled, num_class
     else:
         loss = lax.psum(jnp.sum(jnp.where(owned_columns, sigmoid_columns(logits, c.keep, t), 0.0), axis=1),
                         axis_name)
-    return _reduced(jnp.where(live, loss, 0.0), live, c.y, c.valid, c.lead, num_classes, reduction)
+    return _reduced(jnp.where(live, loss, 0.0), live, c.y, c.valid, c.lead, num_classes, reduction, c.bad_draw)
 
 
 def vocab_parallel_sampled_softmax_loss(

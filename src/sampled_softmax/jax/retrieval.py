@@ -152,7 +152,12 @@ def mixed_negatives(candidates, candidate_ids, in_batch_log_q, sampled_values, e
     extra = jnp.asarray(encode(cand))
     V.check_encoded_shape(list(extra.shape), m, d)
     padding = jnp.isinf(count)
-    log_e = jnp.log(jnp.where(padding, 1.0, count)).astype(in_batch_log_q.dtype)
+    if not isinstance(count, jax.core.Tracer):  # known now: checked now, as in the other front ends
+        finite = np.asarray(count)[np.isfinite(np.asarray(count))]
+        V.check_mixed_negatives_counts(float(finite.max()) if finite.size else None)
+    # Under jit a count above 1 (or not positive) is not a probability: its column's log_q is nan.
+    log_e = jnp.where((count > 1.0) & ~padding | ~(count > 0), jnp.nan,
+                      jnp.log(jnp.where(padding, 1.0, count))).astype(in_batch_log_q.dtype)
     score_mask = jnp.concatenate([jnp.ones((b, b), bool), jnp.broadcast_to(~padding[None, :], (b, m))], axis=1)
     return MixedNegatives(jnp.concatenate([candidates, extra.astype(candidates.dtype)]),
                           jnp.concatenate([candidate_ids, cand.astype(candidate_ids.dtype)]),

@@ -54,14 +54,19 @@ class Grads(NamedTuple):
 
 
 def value_and_row_grads(weights, biases, labels, inputs, num_sampled: int, num_classes: int, num_true: int = 1,
-                        sampled_values=None, remove_accidental_hits: bool = True, *, key=None, sampler="log_uniform",
+                        sampled_values=None, remove_accidental_hits: bool | None = None, *, key=None,
+                        sampler="log_uniform",
                         draw=None, ignore_index=None, label_smoothing: float = 0.0, subtract_log_q: bool = True,
                         exclude_true: bool = False, reduction: str = "mean", loss: str = "sampled_softmax"):
     """``(value, Grads)`` of a sampled loss (``loss``: ``"sampled_softmax"``, ``"nce"`` or
     ``"negative_sampling"``) reduced by ``reduction`` (``"mean"`` or ``"sum"``), with the
     arguments of :func:`sampled_softmax.jax.sampled_softmax_loss`. The table's gradient is the
-    ``N*T + S`` gathered rows' (:class:`RowGrads`); nothing of size ``V`` is made."""
+    ``N*T + S`` gathered rows' (:class:`RowGrads`); nothing of size ``V`` is made.
+    ``remove_accidental_hits`` defaults to the loss's own default: True for sampled softmax,
+    False for NCE and negative sampling (as ``nce_loss`` and ``tf.nn.nce_loss``)."""
     V.check_choice("loss", loss, ("sampled_softmax", "nce", "negative_sampling"))
+    if remove_accidental_hits is None:
+        remove_accidental_hits = loss == "sampled_softmax"
     V.check_choice("reduction", reduction, ("mean", "sum"))
     label_smoothing = V.check_label_smoothing(label_smoothing)
     if loss != "sampled_softmax" and label_smoothing:

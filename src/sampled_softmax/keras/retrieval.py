@@ -447,10 +447,7 @@ def mixed_negatives(candidates, candidate_ids, in_batch_log_q, sampled_values, e
     now = _values_now(count)
     if now is not None:
         finite = now[np.isfinite(now)]
-        if finite.size and finite.max() > 1.0:
-            raise SampledSoftmaxError(
-                f"`sampled_values[2]` (sampled_expected_count) must be at most 1 for mixed negatives (an inclusion "
-                f"probability); received {float(finite.max())} (draw with CorpusSampler(draw='unique_exact'))")
+        V.check_mixed_negatives_counts(float(finite.max()) if finite.size else None)
     extra = encode(cand)
     V.check_encoded_shape(list(_shape(extra)) if hasattr(extra, "shape") else type(extra).__name__, m, d)
     lq_dtype = _dtype(in_batch_log_q)

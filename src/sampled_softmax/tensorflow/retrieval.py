@@ -93,11 +93,13 @@ def in_batch_softmax_loss(
             V.check_floating_dtype(name, x.dtype.is_floating, x.dtype.name)
     if optional["score_mask"] is not None and optional["score_mask"].dtype != tf.bool:
         raise TypeError(f"`score_mask` must be a bool tensor (True keeps); received {optional['score_mask'].dtype.name}")
-    if None in _shape(query) or None in _shape(candidates):
-        raise SampledSoftmaxError(f"`query` and `candidates` need static shapes; received {_shape(query)} and "
-                                  f"{_shape(candidates)}")
+    if len(_shape(query)) != 2 or len(_shape(candidates)) != 2:  # their rank must be known
+        V.check_in_batch_shapes(_shape(query), _shape(candidates))
     b, c, _ = V.check_in_batch_shapes(_shape(query), _shape(candidates),
                                       **{k: _shape(v) for k, v in optional.items()})
+    # Unknown batch sizes (a tf.function's input_signature [None, D]) are read when it runs.
+    b = tf.shape(query)[0] if b is None else b
+    c = tf.shape(candidates)[0] if c is None else c
     V.check_choice("reduction", reduction, V.REDUCTIONS)
     V.check_bool("remove_accidental_hits", remove_accidental_hits)
     num_hard_negatives = V.check_num_hard_negatives(num_hard_negatives)
@@ -133,7 +135,7 @@ def in_batch_softmax_loss(
                           lambda: V.check_sample_weight_values(float(tf.reduce_min(weight)),
                                                                bool(tf.reduce_all(tf.math.is_finite(weight)))),
                           "`sample_weight` must be finite and >= 0")
-    if b == 0:
+    if isinstance(b, int) and b == 0:
         zero = tf.reduce_sum(candidates[:0]) + tf.zeros([0], cdt)
         return zero if reduction == "none" else tf.reduce_sum(zero)
 
@@ -148,7 +150,7 @@ def in_batch_softmax_loss(
         return loss
     if reduction == "sum":
         return tf.reduce_sum(loss)
-    return tf.reduce_sum(loss) / b
+    return tf.reduce_sum(loss) / tf.maximum(tf.cast(b, loss.dtype), 1.0)
 
 
 def _in_batch_rows(query, candidates, temperature, log_q, keep, num_hard_negatives):
@@ -157,7 +159,9 @@ def _in_batch_rows(query, candidates, temperature, log_q, keep, num_hard_negativ
     backward pass (TensorFlow's autodiff would keep the logits, their masked copy and the mask):
     ``d q = G c / t``, ``d c = G^T q / t``, ``d t = -sum((G c) * q) / t^2``,
     ``d log_q = -sum_i G_i``."""
-    b, c = query.shape[0], candidates.shape[0]
+    b, c = keep.shape  # static, or unknown (None) until run
+    b = tf.shape(query)[0] if b is None else b
+    c = tf.shape(candidates)[0] if c is None else c
 
     @tf.custom_gradient
     def rows(q, cand, t, lq):
@@ -167,10 +171,12 @@ def _in_batch_rows(query, candidates, temperature, log_q, keep, num_hard_negativ
         o = tf.linalg.matmul(scaled, cand, transpose_b=True) - lq[None, :]
         positive = tf.reduce_sum(scaled * cand[:b], axis=1) - lq[:b]
         kept = keep
-        if num_hard_negatives is not None and num_hard_negatives < c - 1:
+        if num_hard_negatives is not None and not (isinstance(c, int) and num_hard_negatives >= c - 1):
             eye = tf.cast(tf.eye(b, c), tf.bool)
             negatives = tf.where(kept & ~eye, o, tf.constant(float("-inf"), o.dtype))
-            top = tf.math.top_k(negatives, num_hard_negatives).indices
+            # At most c - 1: with c unknown, k >= c - 1 keeps every negative, as no limit does.
+            k = num_hard_negatives if isinstance(c, int) else tf.minimum(num_hard_negatives, c - 1)
+            top = tf.math.top_k(negatives, k).indices
             hard = tf.reduce_any(tf.one_hot(top, c, on_value=True, off_value=False, dtype=tf.bool), axis=1)
             kept = (kept & hard) | eye
         masked = tf.where(kept, o, tf.constant(float("-inf"), o.dtype))
@@ -324,11 +330,7 @@ def mixed_negatives(candidates, candidate_ids, in_batch_log_q, sampled_values, e
     count = tf.cast(count, in_batch_log_q.dtype)
     if tf.executing_eagerly():
         finite = tf.boolean_mask(count, ~tf.math.is_inf(count))
-        if tf.size(finite) and float(tf.reduce_max(finite)) > 1.0:
-            raise SampledSoftmaxError(
-                f"`sampled_values[2]` (sampled_expected_count) must be at most 1 for mixed negatives (an inclusion "
-                f"probability); received {float(tf.reduce_max(finite))} (tf.random's unique samplers report S p when "
-                f"no draw repeats: draw with sampled_softmax.tensorflow's samplers, draw='unique_exact')")
+        V.check_mixed_negatives_counts(float(tf.reduce_max(finite)) if tf.size(finite) else None)
     padding = tf.math.is_inf(count)
     log_e = tf.math.log(tf.where(padding, tf.ones_like(count), count))
     score_mask = tf.concat([tf.ones((b, b), tf.bool), tf.broadcast_to(~padding[None, :], (b, m))], axis=1)

@@ -191,3 +191,17 @@ def test_floating_labels_must_be_whole_numbers(mode, fn):
     error = SampledSoftmaxError if mode == "eager" else tf.errors.InvalidArgumentError
     with pytest.raises(error, match=r"`labels` must be whole numbers .*received.*\.5"):
         call(tf.constant(fractional))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_our_error_keeps_its_type_inside_a_tf_function(jit):
+    """Raised while a tf.function traces, it reached the caller as autograph's StagingError,
+    which `except SampledSoftmaxError` misses."""
+    W, b, y, h, _ = problem(3, T=1)
+
+    @tf.function(jit_compile=jit)
+    def step():
+        return sst.sampled_softmax_loss(W, b, np.abs(y), h, 500, 60)  # num_sampled > num_classes
+
+    with pytest.raises(SampledSoftmaxError, match="`num_sampled`"):
+        step()

@@ -145,3 +145,29 @@ def test_mixed_negatives_give_each_source_its_own_probability():
     above = (sv.sampled_candidates, sv.true_expected_count, tf.constant([1.4] + [0.5] * (M - 1)))
     with pytest.raises(SampledSoftmaxError, match=r"`sampled_values\[2\]` \(sampled_expected_count\) must be at most 1"):
         mixed_negatives(tf.gather(table, ids), ids, in_batch, above, lambda i: tf.gather(table, i))
+
+
+@pytest.mark.parametrize("hard", [None, 2, 50])
+def test_unknown_batch_sizes_in_a_tf_function_give_the_eager_loss_and_gradients(hard):
+    """A tf.function with input_signature [None, D] (how TF serves and trains): the same loss
+    and query gradient as the eager call on the same values."""
+    rng = np.random.default_rng(4)
+    q, c = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(7, 3)).astype(np.float32)
+    ids, log_q = np.array([1, 2, 1, 3, 4, 5, 6]), -rng.uniform(0.1, 2, 7).astype(np.float32)
+    excluded = np.array([[2], [5], [-1], [6], [1]])
+    weight = rng.uniform(0, 1, 5).astype(np.float32)
+
+    def loss_and_grad(q, c, ids, log_q, excluded, weight):
+        with tf.GradientTape() as tape:
+            tape.watch(q)
+            loss = in_batch_softmax_loss(q, c, candidate_ids=ids, log_q=log_q, excluded_ids=excluded,
+                                             num_hard_negatives=hard, query_ids=ids[:tf.shape(q)[0]],
+                                             sample_weight=weight, reduction="mean")
+        return loss, tape.gradient(loss, q)
+
+    spec = [tf.TensorSpec([None, 3]), tf.TensorSpec([None, 3]), tf.TensorSpec([None], tf.int64),
+            tf.TensorSpec([None]), tf.TensorSpec([None, None], tf.int64), tf.TensorSpec([None])]
+    traced = tf.function(loss_and_grad, input_signature=spec)
+    args = [tf.constant(x) for x in (q, c, ids, log_q, excluded, weight)]
+    for got, want in zip(traced(*args), loss_and_grad(*args)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-7)
