@@ -175,22 +175,40 @@ def _observe_label_order(y, valid, num_classes: int) -> None:
         _order.observe(y, valid, num_classes, front="keras", remedy=KERAS_ORDER_REMEDY)
 
 
-def _take_rows(tables, ids):
+def _take_rows(tables, ids, dense_gradient=()):
     """``[table[ids] for table in tables]`` for weights (or their values); ``ids`` 1-D.
 
     On TensorFlow a sparse read of each variable (``ResourceGather``; ``ops.take`` reads the
     whole variable first, and while that dense read is alive the optimizer's in-place row
     update must copy all of it), whose gradient carries a repeated row's sum on its first read,
     as Keras 3's optimizers need on TensorFlow (see :mod:`sampled_softmax.tensorflow._rows`).
+
+    ``dense_gradient``: positions of ``tables`` whose gradient must be a dense tensor: a table
+    another layer reads too (``tied_to``). TensorFlow concatenates the row-sparse gradients of
+    two reads of one variable, so a row both read would reach Keras's optimizers twice; a dense
+    gradient makes TensorFlow add the other read's into it, each row once (``O(V D)`` a step).
     """
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         from ..tensorflow import _rows
 
-        return _rows.sum_repeats([tf.gather(t.value if isinstance(t, keras.Variable) else t, ids)
-                                  for t in tables], ids)
+        values = [t.value if isinstance(t, keras.Variable) else t for t in tables]
+        values = [_rows.dense_gradient(v) if i in dense_gradient else v for i, v in enumerate(values)]
+        return _rows.sum_repeats([tf.gather(v, ids) for v in values], ids)
     return [ops.take(t, ids, axis=0) for t in tables]
+
+
+def _scale_for_replicas(loss):
+    """A mean loss's share of each replica under a tf.distribute strategy: divided by the number
+    of replicas, as Keras's own losses are (the replicas' gradients are then summed, and Keras
+    multiplies the reported loss back); ``loss`` itself on one device and on JAX and PyTorch."""
+    if keras.backend.backend() != "tensorflow":
+        return loss
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss if replicas == 1 else loss * (1.0 / replicas)
 
 
 def _sum_over_replicas(x):

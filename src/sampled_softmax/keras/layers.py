@@ -242,10 +242,12 @@ class SampledSoftmax(SavesSeedState, keras.layers.Layer):
             self.bias = self.add_weight(name="bias", shape=(self.num_classes,), initializer=self.bias_initializer,
                                         regularizer=self.bias_regularizer)
         if self.sampler == "unigram":
-            self.sampling_cdf = self.add_weight(name="sampling_cdf", shape=(self.num_classes,),
-                                                initializer="zeros", trainable=False)
-            self.sampling_probs = self.add_weight(name="sampling_probs", shape=(self.num_classes,),
-                                                  initializer="zeros", trainable=False)
+            # Sampling state is float32 under any dtype policy (autocast=False: never read in
+            # a mixed policy's bfloat16, whose counts stop at 256 and whose CDF has 8 bits).
+            self.sampling_cdf = self.add_weight(name="sampling_cdf", shape=(self.num_classes,), dtype="float32",
+                                                initializer="zeros", trainable=False, autocast=False)
+            self.sampling_probs = self.add_weight(name="sampling_probs", shape=(self.num_classes,), dtype="float32",
+                                                  initializer="zeros", trainable=False, autocast=False)
             if self._unigrams is not None:
                 cdf, probs = self._tables_from_weights(self._unigrams)
                 self.sampling_cdf.assign(cdf)
@@ -253,8 +255,9 @@ class SampledSoftmax(SavesSeedState, keras.layers.Layer):
         if self.sampler == "learned_unigram":
             # Under a tf.distribute strategy every replica adds all replicas' targets (see
             # sampled_loss), so the copies agree and their mean is the count.
-            self.sampling_counts = self.add_weight(name="sampling_counts", shape=(self.num_classes,),
-                                                   initializer="ones", trainable=False, aggregation="mean")
+            self.sampling_counts = self.add_weight(name="sampling_counts", shape=(self.num_classes,), dtype="float32",
+                                                   initializer="ones", trainable=False, aggregation="mean",
+                                                   autocast=False)
 
     @staticmethod
     def _tables_from_weights(weights):
@@ -469,7 +472,8 @@ class SampledSoftmax(SavesSeedState, keras.layers.Layer):
                                              exclude_true=self.exclude_true)
         table = self.table if state is None else state["table"]
         tables = [table] + ([self.bias if state is None else state["bias"]] if self.use_bias else [])
-        gathered = [ops.cast(t, "float32") for t in _take_rows(tables, ids)]  # sparse rows on TF
+        # Sparse rows on TF; a tied table's gradient is dense there (see _take_rows).
+        gathered = [ops.cast(t, "float32") for t in _take_rows(tables, ids, (0,) if self._tied_name else ())]
         rows, bias_rows = gathered[0], (gathered[1] if self.use_bias else None)
         logits = corrected_logits(h, rows, bias_rows, log_q, keep, T)
         if self.objective == "sampled_softmax":

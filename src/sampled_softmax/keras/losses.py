@@ -5,7 +5,7 @@ from __future__ import annotations
 import weakref
 
 from .. import SampledSoftmaxError
-from ._backend import get_keras_mask, get_tensor_attr, keras, ops
+from ._backend import _scale_for_replicas, get_keras_mask, get_tensor_attr, keras, ops
 from ._binding import _STATE_ATTR, _bound_layer, _warn_about_plain_metrics, bind_restored
 from .layers import SampledSoftmax, _shape
 
@@ -33,8 +33,8 @@ def _reduce(losses, sample_weight, mask, reduction):
     if reduction == "sum":
         return total
     if reduction == "mean_with_sample_weight" and weight is not None:
-        return ops.divide_no_nan(total, ops.sum(weight * ops.ones_like(losses)))
-    return ops.divide_no_nan(total, ops.cast(ops.size(losses), "float32"))
+        return _scale_for_replicas(ops.divide_no_nan(total, ops.sum(weight * ops.ones_like(losses))))
+    return _scale_for_replicas(ops.divide_no_nan(total, ops.cast(ops.size(losses), "float32")))
 
 
 @keras.saving.register_keras_serializable(package="sampled_softmax")

@@ -180,6 +180,9 @@ class _HashedFrequency(keras.layers.Layer):
     and their call: update in training, then ``log_q`` of the ids."""
 
     def __init__(self, num_buckets, num_hashes, seed, **kwargs):
+        # An estimate is state, not a model's arithmetic: float32 under any dtype policy (a
+        # mixed_bfloat16 policy would read its gaps and steps in bfloat16).
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.num_buckets, self.num_hashes, self.seed = num_buckets, num_hashes, seed
         tables = F.hash_tables(self.num_hashes, seed).astype("int32")
@@ -336,6 +339,8 @@ class CorpusSampler(SavesSeedState, keras.layers.Layer):
     def __init__(self, num_classes: int, num_sampled: int, *, sampler: str = "uniform", draw: str = "unique_exact",
                  unigrams=None, distortion: float = 1.0, seed: int | None = None, unigrams_in_weights: bool = False,
                  **kwargs):
+        # Its tables and counts are state: read and drawn from in float32 under any dtype policy.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.num_classes = V.check_positive_int("num_classes", num_classes)
         self.sampler = V.check_choice("sampler", sampler, SAMPLERS)

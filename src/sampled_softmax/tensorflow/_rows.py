@@ -39,19 +39,43 @@ def summed_on_first(d, first):
     return tf.math.unsorted_segment_sum(d, first, tf.shape(first)[0])
 
 
+def summed_once(ds, ids):
+    """``ds`` (gradients at the reads ``ids``), each id's sum on one read and zeros on the others,
+    as Keras 3's optimizers need. Under a ``tf.distribute`` strategy with several replicas the
+    gradients reaching the optimizer are every replica's reads concatenated (MirroredStrategy
+    concatenates ``tf.IndexedSlices``): a row a batch shares (its candidates) would be listed
+    once per replica. So there the sum is over every replica's reads (all-gathered, ``O(P M D)``)
+    and lands on the id's first read among them all, in replica order: after the cross-replica
+    concatenation each row is listed with its whole gradient once, as on one device."""
+    replica = tf.distribute.get_replica_context()
+    if replica is None or replica.num_replicas_in_sync == 1:
+        first = first_reads(ids)
+        return [summed_on_first(d, first) for d in ds]
+    m = tf.shape(ids)[0]
+    sizes = replica.all_gather(tf.reshape(m, [1]), axis=0)
+    offset = tf.reduce_sum(sizes[:replica.replica_id_in_sync_group])
+    first = first_reads(replica.all_gather(ids, axis=0))
+    return [summed_on_first(replica.all_gather(d, axis=0), first)[offset:offset + m] for d in ds]
+
+
 def sum_repeats(tables_rows, ids):
     """The tensors ``tables_rows`` (gathers at ``ids``) unchanged; backward, their gradients
-    through :func:`summed_on_first`."""
+    through :func:`summed_once`."""
 
     @tf.custom_gradient
     def identity(*xs):
         def backward(*ds):
-            first = first_reads(ids)
-            return [summed_on_first(d, first) for d in ds]
+            return summed_once(list(ds), ids)
 
         return [tf.identity(x) for x in xs], backward
 
     return identity(*tables_rows)
+
+
+@tf.custom_gradient
+def dense_gradient(table):
+    """``table`` unchanged; backward, its gradient as a dense tensor (not ``tf.IndexedSlices``)."""
+    return tf.identity(table), lambda d: tf.convert_to_tensor(d)
 
 
 def distinct_rows(gradient):

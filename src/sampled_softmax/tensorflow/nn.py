@@ -201,8 +201,7 @@ def sampled_loss(h, rows, b, logq, removed, keep_true, num_true, head, row_logq=
             d_rows = tf.concat([d_true, tf.matmul(g_cand, h, transpose_a=True)], 0)
             d_b = tf.concat([tf.reshape(g_true, [-1]), tf.reduce_sum(g_cand, 0)], 0)
             if ids is not None:
-                first = _rows.first_reads(ids)
-                d_rows, d_b = _rows.summed_on_first(d_rows, first), _rows.summed_on_first(d_b, first)
+                d_rows, d_b = _rows.summed_once([d_rows, d_b], ids)
             return d_h, d_rows, d_b
 
         return loss, grad
