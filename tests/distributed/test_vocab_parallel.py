@@ -273,10 +273,10 @@ def test_vocab_parallel_bad_input_is_an_error_on_every_rank(tmp_path):
             assert "`labels` must be in [0, 22]" in owned and "26" in owned, owned
         else:
             assert "rank 1 of the group rejected its arguments" in owned and "`labels` must be in [0, 22]" in owned
-        assert "`num_sampled` must be the same on every rank of the group; received [6, 7]" in \
+        assert "`num_sampled` must be the same on every rank of the group; received 6, 7 on ranks 0..1" in \
             messages["different num_sampled"]
         assert "`labels (a checksum)` must be the same on every rank" in messages["different labels"]
-        assert "`sampled_values given` must be the same on every rank of the group; received [1, 0]" in \
+        assert "`sampled_values given` must be the same on every rank of the group; received 1, 0 on ranks 0..1" in \
             messages["a draw given on one rank"]
         failed = messages["a draw that fails"]
         if rank == 0:
