@@ -56,7 +56,7 @@ def _rank(rank, world, directory, vocab, dim, batch, sampled, steps):
     draws = torch.Generator().manual_seed(2)
 
     def step():
-        loss = head(h, labels, generator=draws)
+        loss = head(h, labels, generator=draws).loss
         optimizer.zero_grad(set_to_none=True)
         h.grad = None
         loss.backward()

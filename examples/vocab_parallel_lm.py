@@ -74,7 +74,7 @@ def main(argv=None):
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
         x, y = (t.to(device) for t in next(data))
-        loss = head(backbone(x), y, generator=generator)
+        loss = head(backbone(x), y, generator=generator).loss
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -88,7 +88,7 @@ def main(argv=None):
         valid = corpus.valid[: (corpus.valid.size - 1) // args.length * args.length + 1]
         x = torch.from_numpy(valid[:-1].reshape(-1, args.length)).to(device)
         y = torch.from_numpy(valid[1:].reshape(-1, args.length)).to(device)
-        loss = head(backbone(x), y).item()
+        loss = head(backbone(x), y).loss.item()
     if rank == 0:
         print(f"{world} ranks, {head.weight.shape[0]} of {args.vocab} classes on rank 0: exact valid perplexity "
               f"{math.exp(loss):.1f} (unigram {corpus.unigram_perplexity():.1f}, best possible "

@@ -192,7 +192,7 @@ def _autocast_worker(rank, world):
     x, y = torch.randn(N, D), torch.randint(V, (N,))
     g = torch.Generator().manual_seed(2)
     with torch.autocast("cpu", torch.bfloat16):
-        loss = module(encoder(x), y, generator=g)
+        loss = module(encoder(x), y, generator=g).loss
     loss.backward()
     return loss.dtype, encoder.weight.grad.dtype, bool(torch.isfinite(encoder.weight.grad).all()), \
         module.weight.grad.dtype

@@ -191,13 +191,15 @@ def _steps_worker(rank, world):
     head = VocabParallelSampledSoftmax(D, V, S, bias=False, sparse=True, dtype=torch.float64)  # learned unigram
     head.load_full_table(table)
     generator = torch.Generator().manual_seed(11)
-    losses, encoder = _train_steps(list(head.parameters()), lambda h, y: head(h, y, generator=generator),
+    losses, encoder = _train_steps(list(head.parameters()), lambda h, y: head(h, y, generator=generator).loss,
                                    encoder_init, batches)
     head.eval()
     x, y = batches[0]
     with torch.no_grad():
-        eval_loss = head(encoder(x), y).item()
-    return losses, head.weight.detach().clone(), encoder.weight.detach().clone(), eval_loss, head.sampler.counts.clone()
+        out = head(encoder(x), y)
+        evaluation = (out.loss.item(), out.output, head.log_prob(encoder(x)), head.predict(encoder(x)))
+    return losses, head.weight.detach().clone(), encoder.weight.detach().clone(), evaluation, \
+        head.sampler.counts.clone()
 
 
 def test_vocab_parallel_module_steps_equal_one_process(tmp_path):
@@ -214,8 +216,14 @@ def test_vocab_parallel_module_steps_equal_one_process(tmp_path):
         implementation="python"), encoder_init, batches)
     x, y = batches[0]
     with torch.no_grad():
-        eval_loss = full_softmax_loss(weight, None, y, encoder(x), reduction="mean").item()
-    for rank, (r_losses, r_shard, r_encoder, r_eval, r_counts) in enumerate(results):
+        eval_loss, eval_logp = full_softmax_loss(weight, None, y, encoder(x), reduction="mean", return_log_prob=True)
+        eval_loss = eval_loss.item()
+        log_prob = torch.log_softmax(encoder(x) @ weight.t(), dim=-1)
+    for rank, (r_losses, r_shard, r_encoder, (r_eval, r_logp, r_log_prob, r_predict), r_counts) in enumerate(results):
+        # The module's output, log_prob and predict: SampledSoftmax's, over the whole table.
+        torch.testing.assert_close(r_logp, eval_logp, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(r_log_prob, log_prob, rtol=1e-12, atol=1e-12)
+        assert torch.equal(r_predict, log_prob.argmax(-1))
         torch.testing.assert_close(r_counts, sampler.counts, rtol=0, atol=0)
         start, rows = shard_range(V, rank, world)
         assert r_losses == pytest.approx(losses, rel=1e-12)
@@ -254,7 +262,7 @@ def _bad_input_worker(rank, world):
 
     h = inputs.float().requires_grad_()
     with CollectiveBytes() as sent:
-        loss = vocab_parallel_sampled_softmax_loss(shard.float(), None, labels, h, S, V)
+        loss = vocab_parallel_sampled_softmax_loss(shard.float(), None, labels, h, S, V, reduction="mean")
         loss.backward()
     return messages, bool(torch.isfinite(loss)), dict(sent.by_op)
 
@@ -283,3 +291,29 @@ def test_vocab_parallel_bad_input_is_an_error_on_every_rank(tmp_path):
             assert "`num_sampled`" in failed and "28" in failed, failed
         else:
             assert "rank 0 of the group could not draw the candidates" in failed, failed
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    (dict(num_sampled=0), "`num_sampled` must be"), (dict(in_features=0), "`in_features` must be"),
+    (dict(reduction="avg"), "`reduction` must be one of"), (dict(label_smoothing=1.5), "`label_smoothing`"),
+    (dict(num_true=0), "`num_true` must be"), (dict(num_sampled=50), "`num_sampled`"),
+])
+def test_the_module_checks_its_arguments_when_made(kwargs, words):
+    """Before the first forward (on every rank) and before it needs a process group."""
+    from sampled_softmax import SampledSoftmaxError
+    from sampled_softmax.torch.distributed import VocabParallelSampledSoftmax
+
+    args = dict(in_features=4, num_classes=20, num_sampled=5, sampler="uniform")
+    args.update(kwargs)
+    with pytest.raises(SampledSoftmaxError, match=words):
+        VocabParallelSampledSoftmax(args.pop("in_features"), args.pop("num_classes"), args.pop("num_sampled"), **args)
+
+
+def test_the_functions_default_to_per_example_losses_as_sampled_softmax_loss():
+    import inspect
+
+    from sampled_softmax.torch.distributed import vocab_parallel_full_softmax_loss, vocab_parallel_sampled_softmax_loss
+
+    for fn in (vocab_parallel_sampled_softmax_loss, vocab_parallel_full_softmax_loss, sampled_softmax_loss,
+               full_softmax_loss):
+        assert inspect.signature(fn).parameters["reduction"].default == "none", fn.__name__

@@ -31,10 +31,10 @@ data-parallel batch first with ``all_gather_rows(h, sum_gradients=False)``). One
    scatters them into its shard (row-sparse with ``sparse=True``) and the input gradient is one
    all-reduce (sum) of ``[N, D]``.
 
-Bytes per rank and call (:func:`vocab_parallel_bytes`): 168 for the agreement,
+Bytes per rank and call (``_traffic.vocab_parallel_bytes``): 168 for the agreement,
 ``8 (1 + 2 S + N T)`` for rank 0's draw, ``4 N (T + 4)`` in the head's all-reduces and ``4 N D`` for
 the input gradient (float32): never ``O(N V)``, never the table, and of Megatron's exact loss
-(``4 N (3 + D)``, :func:`megatron_exact_bytes`) but for the draw.
+(``4 N (3 + D)``, ``_traffic.megatron_exact_bytes``) but for the draw.
 :func:`vocab_parallel_full_softmax_loss` is the exact loss for evaluation (running
 max and sum of exponentials over chunks of the local shard, then an all-reduce of ``O(N T)``).
 

@@ -12,7 +12,7 @@ def vocab_parallel_bytes(batch: int, num_true: int, num_sampled: int, dim: int, 
                          backward: bool = True) -> dict:
     """Bytes each rank hands to the collectives in one call of
     :func:`vocab_parallel_sampled_softmax_loss` that draws its candidates (what
-    :class:`CollectiveBytes` measures; a ring all-reduce of ``x`` bytes puts ``2 (P - 1) / P x``
+    ``_traffic.CollectiveBytes`` measures; a ring all-reduce of ``x`` bytes puts ``2 (P - 1) / P x``
     on the wire): the agreement (21 int64), rank 0's draw (``1 + 2 S + N T`` float64), the head's
     all-reduces (``N (T + 2)``, ``N``, ``N``) and, backward, the input gradient (``N D``), in
     the compute dtype."""
@@ -33,8 +33,9 @@ def megatron_exact_bytes(batch: int, dim: int, *, element_size: int = 4, backwar
 
 class CollectiveBytes:
     """Counts the bytes each rank hands to ``torch.distributed``'s collectives while active (a
-    context manager that wraps ``all_reduce``, ``all_gather``, ``broadcast`` and
-    ``all_gather_object``): ``with CollectiveBytes() as sent: ...; sent.total``."""
+    context manager that wraps ``all_reduce``, ``all_gather`` and ``broadcast``; the
+    ``all_gather_object`` of an error path is not counted): ``with CollectiveBytes() as sent: ...;
+    sent.total``."""
 
     _NAMES = ("all_reduce", "all_gather", "broadcast")
 

@@ -18,7 +18,8 @@ from .._prepare import (
 )
 from .._rows import _scatter_rows, _Spec
 from ..functional import _finish, _sampler_for
-from ..samplers import CandidateSampler, LearnedUnigramSampler, check_generator, check_ignore_index
+from ..modules import SampledSoftmaxOutput
+from ..samplers import CandidateSampler, LearnedUnigramSampler, check_generator, check_ignore_index, make_sampler
 from ._group import _agree, _check_layout, _checksum, _group, shard_range
 from .data_parallel import DistributedLearnedUnigramSampler
 
@@ -35,7 +36,8 @@ class _VocabParallelSoftmax(torch.autograd.Function):
     those, and the input gradient is one all-reduce of ``[N, D]``.
 
     forward(h [N, D], ids [N*T + S] global, logq [N*T + S], keep_true [N, T] or None,
-            removed [N, S] or None, start, rows, spec, group, bias_shard, weight_shard) -> loss [N]
+            removed [N, S] or None, start, rows, spec, group, bias_shard, weight_shard)
+    -> (loss [N], log p of the labels [N], without gradient)
     """
 
     @staticmethod
@@ -80,14 +82,17 @@ class _VocabParallelSoftmax(torch.autograd.Function):
         if eps:
             loss = loss - eps * (true_sum + kept_sum) / n_kept
         loss = torch.where(live, loss, 0.0)
+        # The mean log-probability of the row's kept labels (the output of the module; no gradient).
+        logp = torch.where(live, true_sum / n_true.clamp(min=1.0) - lse, 0.0)
+        ctx.mark_non_differentiable(logp)
         ctx.group, ctx.spec = group, own_spec
         ctx.dtypes = (h.dtype, weight_shard.dtype, None if bias_shard is None else bias_shard.dtype)
         ctx.shapes = (tuple(weight_shard.shape), None if bias_shard is None else tuple(bias_shard.shape))
         ctx.save_for_backward(hc, gathered, sub, owned_true, kt, cand, zt, lse, n_true, n_kept, live)
-        return loss
+        return loss, logp
 
     @staticmethod
-    def backward(ctx, g_loss):
+    def backward(ctx, g_loss, _g_logp):
         _check_once_differentiable()
         hc, gathered, sub, owned_true, kt, cand, zt, lse, n_true, n_kept, live = ctx.saved_tensors
         spec = ctx.spec
@@ -145,10 +150,10 @@ def _broadcast_draw(draw, group, s, n, t, device):
 def vocab_parallel_sampled_softmax_loss(
     weight_shard: torch.Tensor, bias_shard: torch.Tensor | None, labels: torch.Tensor, inputs: torch.Tensor,
     num_sampled: int, num_classes: int, *, group=None, num_true: int = 1, sampled_values: Sequence | None = None,
-    remove_accidental_hits: bool = True, sampler: str | CandidateSampler = "log_uniform", reduction: str = "mean",
+    remove_accidental_hits: bool = True, sampler: str | CandidateSampler = "log_uniform", reduction: str = "none",
     ignore_index: int | None = None, label_smoothing: float = 0.0, subtract_log_q: bool = True,
-    generator: torch.Generator | None = None, sparse: bool = False,
-) -> torch.Tensor:
+    generator: torch.Generator | None = None, sparse: bool = False, return_log_prob: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r""":func:`sampled_softmax.torch.sampled_softmax_loss` with the class table sharded over the
     ranks of ``group`` (see the module's docstring for the algorithm and its traffic).
 
@@ -167,8 +172,11 @@ def vocab_parallel_sampled_softmax_loss(
         sampled_values: ``(candidates [S], true_expected_count, sampled_expected_count)``,
             identical on every rank; else rank 0's draw by ``sampler`` is broadcast.
         sampler: a name or a sampler module, run on every rank (see the module's docstring).
-        reduction: ``"mean"`` (default) over the rows with a kept label, ``"sum"`` or ``"none"``.
+        reduction: ``"none"`` (default, as ``sampled_softmax_loss``), ``"mean"`` over the rows
+            with a kept label, or ``"sum"``.
         generator: for the sampler.
+        return_log_prob: also return the sampled estimate of each row's mean ``log p`` of its
+            kept labels ``[...]`` (without gradient), as ``sampled_softmax_loss`` does.
     """
     if isinstance(inputs, torch.Tensor) and _autocast_on(inputs.device.type):
         # As sampled_softmax_loss under autocast: computed and returned in float32 or wider.
@@ -224,8 +232,8 @@ def vocab_parallel_sampled_softmax_loss(
     removed = None if removed is None else removed.to(h.device)
     start, rows = shard_range(num_classes, rank, world)
     spec = _Spec(t, (), "div", label_smoothing, bool(sparse))
-    loss = _VocabParallelSoftmax.apply(h, ids, logq, valid, removed, start, rows, spec, group, bias, shard)
-    return _finish(loss, loss, valid, reduction, lead, False)
+    loss, logp = _VocabParallelSoftmax.apply(h, ids, logq, valid, removed, start, rows, spec, group, bias, shard)
+    return _finish(loss, logp, valid, reduction, lead, return_log_prob)
 
 
 _LOSS_FIELD = "loss (sampled in training mode, exact in eval mode)"
@@ -286,12 +294,13 @@ def _prepare_shard(shard, bias, labels, inputs, num_sampled, num_classes, num_tr
 class _FullLoss(torch.autograd.Function):
     """Exact softmax cross-entropy over the sharded table, ``O(N x chunk)`` memory.
 
-    forward(h [N, D], y_safe [N, T], target [N, T] weights, eps, start, chunk, group, bias, shard)
-    -> loss [N]; the logits of a chunk are recomputed in backward.
+    forward(h [N, D], y_safe [N, T], target [N, T] weights, eps, start, chunk, group, bias, shard,
+            label_weights [N, T]) -> (loss [N], mean log p of the kept labels [N], without gradient);
+    the logits of a chunk are recomputed in backward.
     """
 
     @staticmethod
-    def forward(ctx, h, y_safe, target, eps, num_classes, start, chunk, group, bias, shard):
+    def forward(ctx, h, y_safe, target, eps, num_classes, start, chunk, group, bias, shard, label_weights):
         cdt = _compute_dtype(h.dtype)
         hc = h.to(cdt)
         n, rows = h.shape[0], shard.shape[0]
@@ -321,12 +330,15 @@ class _FullLoss(torch.autograd.Function):
         live = (target.sum(1) > 0).to(cdt)
         loss = (lse * (target.sum(1) + eps * live) - (target * packed[:, 2:]).sum(1)
                 - eps * live * packed[:, 1] / num_classes)
+        # The mean log-probability of the kept labels (label_weights: 1 / T_i on each).
+        logp = torch.where(label_weights.sum(1) > 0, (label_weights * packed[:, 2:]).sum(1) - lse, 0.0)
+        ctx.mark_non_differentiable(logp)
         ctx.save_for_backward(hc, shard, bias, lse, safe, owned, target)
         ctx.meta = (eps, num_classes, chunk, group, h.dtype, shard.dtype)
-        return loss
+        return loss, logp
 
     @staticmethod
-    def backward(ctx, g_loss):
+    def backward(ctx, g_loss, _g_logp):
         _check_once_differentiable()
         hc, shard, bias, lse, safe, owned, target = ctx.saved_tensors
         eps, num_classes, chunk, group, h_dtype, w_dtype = ctx.meta
@@ -358,7 +370,7 @@ class _FullLoss(torch.autograd.Function):
             d_b.index_add_(0, safe.reshape(-1), d_true.reshape(-1))
         dist.all_reduce(d_h, group=group)
         return (d_h.to(h_dtype), None, None, None, None, None, None, None,
-                None if d_b is None else d_b.to(bias.dtype), None if d_w is None else d_w.to(w_dtype))
+                None if d_b is None else d_b.to(bias.dtype), None if d_w is None else d_w.to(w_dtype), None)
 
 
 def _chunk_logits(hc, shard, bias, lo, hi, cdt):
@@ -368,9 +380,9 @@ def _chunk_logits(hc, shard, bias, lo, hi, cdt):
 
 def vocab_parallel_full_softmax_loss(
     weight_shard: torch.Tensor, bias_shard: torch.Tensor | None, labels: torch.Tensor, inputs: torch.Tensor,
-    num_classes: int, *, group=None, num_true: int = 1, reduction: str = "mean", ignore_index: int | None = None,
-    label_smoothing: float = 0.0, chunk_size: int = 8192,
-) -> torch.Tensor:
+    num_classes: int, *, group=None, num_true: int = 1, reduction: str = "none", ignore_index: int | None = None,
+    label_smoothing: float = 0.0, chunk_size: int = 8192, return_log_prob: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The exact :func:`sampled_softmax.torch.full_softmax_loss` over the sharded table, for
     evaluation (and differentiable): each rank runs over its shard in chunks of ``chunk_size``
     rows (``O(N chunk_size)`` memory, the chunk's logits recomputed in backward) keeping a
@@ -400,11 +412,13 @@ def vocab_parallel_full_softmax_loss(
     cdt = _compute_dtype(h.dtype)
     kept = torch.ones_like(y, dtype=torch.bool) if valid is None else valid
     n_true = kept.sum(1, keepdim=True).clamp(min=1)
-    target = kept.to(cdt) * (1.0 - eps) / n_true.to(cdt)
+    label_weights = kept.to(cdt) / n_true.to(cdt)
+    target = label_weights * (1.0 - eps)
     y_safe = y if valid is None else torch.where(valid, y, 0)
     start, _ = shard_range(num_classes, rank, world)
-    loss = _FullLoss.apply(h, y_safe, target, eps, num_classes, start, chunk_size, group, bias, shard)
-    return _finish(loss, loss, valid, reduction, lead, False)
+    loss, logp = _FullLoss.apply(h, y_safe, target, eps, num_classes, start, chunk_size, group, bias, shard,
+                                 label_weights)
+    return _finish(loss, logp, valid, reduction, lead, return_log_prob)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,51 +426,78 @@ def vocab_parallel_full_softmax_loss(
 
 
 class VocabParallelSampledSoftmax(torch.nn.Module):
-    r"""A sampled softmax output layer whose class table is sharded over the ranks of ``group``.
+    r""":class:`~sampled_softmax.torch.SampledSoftmax` with its class table sharded over the ranks
+    of ``group``: the same arguments, defaults, initialisation, output and evaluation methods.
 
     Each rank holds ``weight [V_r, D]`` (and ``bias [V_r]``), rows
     ``shard_range(num_classes, rank, world)`` of the table, and only their optimizer state. In
-    training mode, ``forward(inputs, labels)`` is
-    :func:`vocab_parallel_sampled_softmax_loss`; in eval mode the exact
-    :func:`vocab_parallel_full_softmax_loss`. Inputs and labels are the same on every rank.
+    training mode, ``forward(input, target)`` is :func:`vocab_parallel_sampled_softmax_loss`; in
+    eval mode the exact :func:`vocab_parallel_full_softmax_loss`. Input and target are the same on
+    every rank (gather a data-parallel batch with ``all_gather_rows(h, sum_gradients=False)``).
 
     Args:
         in_features: ``D``. num_classes: ``V``. num_sampled: ``S``.
-        group: process group (default: the world). bias: learn a bias. Default True.
+        group: process group (default: the world).
         sampler: ``"learned_unigram"`` (default, as :class:`~sampled_softmax.torch.SampledSoftmax`:
             a :class:`~sampled_softmax.torch.LearnedUnigramSampler`, whose counts stay equal on
             every rank since every rank sees the same labels), ``"log_uniform"``, ``"uniform"``
             or a sampler module.
-        sparse: row-sparse gradients of the shard (for ``SparseRowAdam``).
-        num_true, remove_accidental_hits, label_smoothing, reduction: as in
-            :func:`vocab_parallel_sampled_softmax_loss`.
-        ignore_index: target value that contributes nothing. Default -100 (as
-            :class:`~sampled_softmax.torch.SampledSoftmax` and ``F.cross_entropy``).
+        bias, remove_accidental_hits, sparse, reduction, ignore_index, label_smoothing,
+        subtract_log_q: as :class:`~sampled_softmax.torch.SampledSoftmax` (``reduction="mean"``,
+            ``ignore_index=-100``).
+        num_true: labels per example (``target [..., T]``). Default 1.
         chunk_size: rows per chunk of the exact loss.
 
     Shape:
-        ``inputs [..., D]``, ``labels [...]`` (or ``[..., T]``) → a scalar (or ``[...]`` with
-        ``reduction="none"``).
+        - input: ``[..., D]``; target: ``[...]`` or ``[..., T]``
+        - output: ``[...]`` (the mean ``log p`` of the kept targets: sampled in training, exact in
+          eval; without gradient); loss: scalar, or ``[...]`` for ``reduction="none"``
+
+    :meth:`logits`, :meth:`log_prob` and :meth:`predict` gather every rank's logits (``O(N V)``:
+    for evaluation), so every rank of the group must call them.
     """
 
-    def __init__(self, in_features: int, num_classes: int, num_sampled: int, *, group=None, bias: bool = True,
-                 sampler: str | CandidateSampler = "learned_unigram", sparse: bool = False, num_true: int = 1,
-                 remove_accidental_hits: bool = True, ignore_index: int | None = -100, label_smoothing: float = 0.0,
-                 reduction: str = "mean", chunk_size: int = 8192, device=None, dtype=None):
+    def __init__(self, in_features: int, num_classes: int, num_sampled: int, *, group=None,
+                 sampler: str | CandidateSampler = "learned_unigram", bias: bool = True,
+                 remove_accidental_hits: bool = True, sparse: bool = False, reduction: str = "mean",
+                 ignore_index: int | None = -100, label_smoothing: float = 0.0, subtract_log_q: bool = True,
+                 num_true: int = 1, chunk_size: int = 8192, device=None, dtype=None):
         super().__init__()
+        self.in_features = V.check_positive_int("in_features", in_features)
+        self.num_classes = V.check_positive_int("num_classes", num_classes)
+        self.num_sampled = V.check_positive_int("num_sampled", num_sampled)
+        self.num_true = V.check_positive_int("num_true", num_true)
+        self.chunk_size = V.check_positive_int("chunk_size", chunk_size)
+        self.reduction = V.check_choice("reduction", reduction, V.REDUCTIONS)
+        self.label_smoothing = V.check_label_smoothing(label_smoothing)
+        check_ignore_index(ignore_index)
+        self.ignore_index = ignore_index
+        self.remove_accidental_hits = bool(remove_accidental_hits)
+        self.subtract_log_q = bool(subtract_log_q)
+        self.sparse = bool(sparse)
+        if isinstance(sampler, str) and sampler == "learned_unigram":
+            sampler = LearnedUnigramSampler(self.num_classes).to(device)  # its counts are this module's state
+        if isinstance(sampler, DistributedLearnedUnigramSampler):
+            raise SampledSoftmaxError(
+                "`sampler` must not be a DistributedLearnedUnigramSampler here: every rank sees the same labels, so "
+                "it would count them once per rank; use LearnedUnigramSampler (its counts stay equal on every rank)")
+        self.sampler = make_sampler(sampler, self.num_classes)
+        V.check_num_sampled(self.num_sampled, self.num_classes, unique=self.sampler.draw == "unique",
+                            support=self.sampler.support)
         self.group = _group(group)
         self.rank, self.world_size = dist.get_rank(self.group), dist.get_world_size(self.group)
-        self.num_classes = V.check_positive_int("num_classes", num_classes)
         self.start, rows = shard_range(self.num_classes, self.rank, self.world_size)
-        self.num_sampled, self.num_true = num_sampled, num_true
-        # A module sampler is a submodule: its state (learned counts) is in state_dict.
-        self.sampler = LearnedUnigramSampler(self.num_classes) if sampler == "learned_unigram" else sampler
-        self.sparse, self.remove_accidental_hits = bool(sparse), remove_accidental_hits
-        self.ignore_index, self.label_smoothing, self.reduction = ignore_index, label_smoothing, reduction
-        self.chunk_size = chunk_size
-        self.weight = torch.nn.Parameter(torch.empty(rows, in_features, device=device, dtype=dtype))
-        self.bias = torch.nn.Parameter(torch.zeros(rows, device=device, dtype=dtype)) if bias else None
-        torch.nn.init.normal_(self.weight, std=in_features ** -0.5)
+        factory = {"device": device, "dtype": dtype}
+        self.weight = torch.nn.Parameter(torch.empty(rows, self.in_features, **factory))
+        self.bias = torch.nn.Parameter(torch.empty(rows, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # SampledSoftmax's (nn.Linear's) initialisation, on this rank's rows.
+        bound = 1.0 / math.sqrt(self.in_features)
+        torch.nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            torch.nn.init.uniform_(self.bias, -bound, bound)
 
     @torch.no_grad()
     def load_full_table(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
@@ -466,18 +507,48 @@ class VocabParallelSampledSoftmax(torch.nn.Module):
         if self.bias is not None and bias is not None:
             self.bias.copy_(bias[self.start:end])
 
-    def forward(self, inputs: torch.Tensor, labels: torch.Tensor, *, generator=None,
-                sampled_values=None) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, target: torch.Tensor, *, generator=None,
+                sampled_values=None) -> SampledSoftmaxOutput:
         common = dict(group=self.group, num_true=self.num_true, reduction=self.reduction,
-                      ignore_index=self.ignore_index, label_smoothing=self.label_smoothing)
+                      ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, return_log_prob=True)
         if self.training:
-            return vocab_parallel_sampled_softmax_loss(
-                self.weight, self.bias, labels, inputs, self.num_sampled, self.num_classes,
+            loss, output = vocab_parallel_sampled_softmax_loss(
+                self.weight, self.bias, target, input, self.num_sampled, self.num_classes,
                 sampled_values=sampled_values, remove_accidental_hits=self.remove_accidental_hits,
-                sampler=self.sampler, generator=generator, sparse=self.sparse, **common)
-        return vocab_parallel_full_softmax_loss(self.weight, self.bias, labels, inputs, self.num_classes,
-                                                chunk_size=self.chunk_size, **common)
+                sampler=self.sampler, generator=generator, sparse=self.sparse, subtract_log_q=self.subtract_log_q,
+                **common)
+        else:
+            loss, output = vocab_parallel_full_softmax_loss(self.weight, self.bias, target, input, self.num_classes,
+                                                            chunk_size=self.chunk_size, **common)
+        return SampledSoftmaxOutput(output, loss)
+
+    def logits(self, input: torch.Tensor) -> torch.Tensor:
+        """Exact logits ``[..., V]``: this rank's columns, all-gathered (every rank calls it)."""
+        if input.dim() == 0 or input.shape[-1] != self.in_features:
+            raise SampledSoftmaxError(f"`input` last dimension must be in_features={self.in_features}; received "
+                                      f"shape {list(input.shape)}")
+        cdt = _compute_dtype(input.dtype)
+        local = torch.nn.functional.linear(input.to(cdt), self.weight.to(cdt),
+                                           None if self.bias is None else self.bias.to(cdt))
+        # all_gather takes equal sizes: every shard padded to the longest ("div": the first ones).
+        longest = shard_range(self.num_classes, 0, self.world_size)[1]
+        flat = local.reshape(-1, local.shape[-1])
+        padded = torch.cat([flat, flat.new_zeros(flat.shape[0], longest - flat.shape[1])], 1).contiguous()
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded, group=self.group)
+        rows = [shard_range(self.num_classes, p, self.world_size)[1] for p in range(self.world_size)]
+        full = torch.cat([part[:, :r] for part, r in zip(parts, rows)], 1)
+        return full.reshape(*input.shape[:-1], self.num_classes)
+
+    def log_prob(self, input: torch.Tensor) -> torch.Tensor:
+        """Exact log-probabilities over all classes, ``[..., V]`` (every rank calls it)."""
+        return torch.log_softmax(self.logits(input), dim=-1)
+
+    def predict(self, input: torch.Tensor) -> torch.Tensor:
+        """The most likely class, ``[...]`` (every rank calls it)."""
+        return self.logits(input).argmax(dim=-1)
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, rows={self.start}..{self.start + self.weight.shape[0] - 1} "
-                f"(rank {self.rank} of {self.world_size}), dim={self.weight.shape[1]}, num_sampled={self.num_sampled}")
+        return (f"in_features={self.in_features}, num_classes={self.num_classes}, num_sampled={self.num_sampled}, "
+                f"rows={self.start}..{self.start + self.weight.shape[0] - 1} (rank {self.rank} of {self.world_size}), "
+                f"bias={self.bias is not None}, sparse={self.sparse}, reduction={self.reduction!r}")
