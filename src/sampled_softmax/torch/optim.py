@@ -191,13 +191,15 @@ class SparseRowAdam(torch.optim.Optimizer):
                 compiled = sparse and self.implementation != "python"
                 grad = _row_sparse(p.grad, p, check_rows=not compiled) if sparse else p.grad
                 state = self.state[p] or self._init_state(p, group)
+                ext = self._compiled_for(p, grad, state) if compiled else None
+                if compiled and ext is None:  # the Python step after all: check what the compiled one would
+                    _check_rows(grad._indices()[0], p)  # have, before the step is counted
                 state["step"] += 1
                 t = state["step"]
                 # sqrt(v / c2) + eps == (sqrt(v) + eps sqrt(c2)) / sqrt(c2): one pass fewer.
                 root_c2 = math.sqrt(1.0 - beta2**t)
                 step_size = -lr * root_c2 / (1.0 - beta1**t)
                 eps_term = eps * root_c2 if group.get("eps_placement", "adam") == "adam" else eps
-                ext = self._compiled_for(p, grad, state) if compiled else None
                 if ext is not None:
                     empty = p.new_empty(0)
                     try:
@@ -209,8 +211,6 @@ class SparseRowAdam(torch.optim.Optimizer):
                         _check_rows(grad._indices()[0], p)
                         raise
                     continue
-                if compiled:  # the Python step after all: check what the compiled one would have
-                    _check_rows(grad._indices()[0], p)
                 if sparse:
                     rows, g = _sum_duplicate_rows(grad)
                 else:  # dense gradient: every row, in place
