@@ -296,6 +296,14 @@ def check_mixed_negatives_counts(largest_finite: float | None) -> None:
             f"when no draw repeats, and draws with replacement S p)")
 
 
+def div_shard(num_classes: int, index: int, num_shards: int) -> tuple[int, int]:
+    """``(first class id, rows)`` of shard ``index`` of ``num_shards`` in TensorFlow's ``"div"``
+    layout: the first ``num_classes % num_shards`` shards hold one row more. The one statement of
+    the layout for every front end."""
+    base, extra = divmod(num_classes, num_shards)
+    return index * base + min(index, extra), base + (1 if index < extra else 0)
+
+
 def check_in_batch_shapes(query_shape: Sequence[int], candidates_shape: Sequence[int], *, candidate_ids=None,
                           query_ids=None, log_q=None, score_mask=None, excluded_ids=None,
                           sample_weight=None) -> tuple[int, int, int]:

@@ -1,8 +1,11 @@
 """Vocabulary-parallel sampled losses: the class table sharded over a mesh axis, under ``shard_map``.
 
-Device ``r`` of the ``P`` devices on ``axis_name`` holds rows ``[r R, (r + 1) R)`` of the table,
-``R = ceil(num_classes / P)`` (TensorFlow's ``"div"`` layout; :func:`shard_table` pads the last
-shard with zero rows, which are never sampled, never labels and masked in the full softmax). Every
+Device ``r`` of the ``P`` devices on ``axis_name`` holds shard ``r`` of TensorFlow's ``"div"``
+layout, the same rows as ``sampled_softmax.torch.distributed.shard_range(V, r, P)``: the first
+``V mod P`` shards hold ``ceil(V / P)`` rows, the others one fewer. ``shard_map`` needs shards of
+one size, so each is stored in ``R = ceil(V / P)`` rows, the shorter ones padded at their end with
+a zero row (:func:`shard_table`), which is never sampled, never a label and masked in the full
+softmax. A table sharded by the PyTorch front end is the same rows, shard by shard. Every
 device along the axis sees the same ``labels``, ``inputs`` and ``key``, so it draws the same
 candidates; each computes the corrected logits of the columns whose rows it owns, and the head
 combines them over the axis with a few collectives of ``O(N)`` values each, never the table
@@ -39,6 +42,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -51,31 +55,66 @@ from .functional import (
 
 __all__ = ["vocab_parallel_sampled_softmax_loss", "vocab_parallel_nce_loss",
            "vocab_parallel_negative_sampling_loss", "vocab_parallel_full_softmax_loss", "shard_table",
-           "rows_per_shard"]
+           "rows_per_shard", "div_layout", "unshard_table"]
 
 
 def rows_per_shard(num_classes: int, num_shards: int) -> int:
-    """``ceil(num_classes / num_shards)``: the rows of each shard (the last one padded)."""
+    """``ceil(num_classes / num_shards)``: the rows each shard is stored in (the ``"div"``
+    layout's longest shard; the shorter ones are padded to it)."""
     num_classes = V.check_positive_int("num_classes", num_classes)
     num_shards = V.check_positive_int("num_shards", num_shards)
     return -(-num_classes // num_shards)
 
 
+def div_layout(num_classes: int, num_shards: int) -> list[tuple[int, int]]:
+    """``[(first class id, rows)]`` of each shard of TensorFlow's ``"div"`` layout: the first
+    ``num_classes % num_shards`` shards hold one row more (:func:`sampled_softmax._validation.div_shard`)."""
+    num_classes = V.check_positive_int("num_classes", num_classes)
+    num_shards = V.check_positive_int("num_shards", num_shards)
+    return [V.div_shard(num_classes, p, num_shards) for p in range(num_shards)]
+
+
+def _shard_start_rows(num_classes, axis_name):
+    """This device's ``(first class id, rows)`` of the ``"div"`` layout, as traced integers."""
+    p = lax.axis_index(axis_name)
+    base, extra = divmod(num_classes, lax.axis_size(axis_name))
+    return p * base + jnp.minimum(p, extra), base + (p < extra).astype(jnp.int32)
+
+
 def shard_table(table, mesh, axis_name: str):
-    """``table [V, ...]`` padded with zero rows to ``P * ceil(V / P)`` rows and placed on ``mesh``
-    sharded by rows over ``axis_name`` (``P`` its size), the layout the ``vocab_parallel_*``
-    functions expect. Biases ``[V]`` work the same way."""
+    """``table [V, ...]`` in the ``"div"`` layout over the ``P`` devices of ``axis_name``: shard
+    ``r`` (the rows of :func:`div_layout`) stored in ``ceil(V / P)`` rows, zero-padded at its end,
+    and placed on ``mesh`` sharded by rows: the ``[P ceil(V / P), ...]`` array the
+    ``vocab_parallel_*`` functions expect. Biases ``[V]`` work the same way."""
     if axis_name not in mesh.shape:
         raise SampledSoftmaxError(f"`axis_name` must be an axis of the mesh {tuple(mesh.shape)}; received "
                                   f"{axis_name!r}")
     table = jnp.asarray(table)
     if table.ndim < 1 or table.shape[0] < 1:
         raise SampledSoftmaxError(f"`table` must have shape [num_classes, ...]; received shape {list(table.shape)}")
-    per = rows_per_shard(table.shape[0], mesh.shape[axis_name])
-    padding = per * mesh.shape[axis_name] - table.shape[0]
-    table = jnp.pad(table, [(0, padding)] + [(0, 0)] * (table.ndim - 1))
+    size = mesh.shape[axis_name]
+    if table.shape[0] < size:
+        raise SampledSoftmaxError(f"`table` must have at least as many rows as the {size} devices of axis "
+                                  f"{axis_name!r} (every device holds one class at least); received {table.shape[0]}")
+    per = rows_per_shard(table.shape[0], size)
+    widths = [(0, 0)] * (table.ndim - 1)
+    table = jnp.concatenate([jnp.pad(table[start:start + rows], [(0, per - rows)] + widths)
+                             for start, rows in div_layout(table.shape[0], size)])
     spec = PartitionSpec(axis_name, *([None] * (table.ndim - 1)))
     return jax.device_put(table, NamedSharding(mesh, spec))
+
+
+def unshard_table(table, num_classes: int, num_shards: int):
+    """The ``[V, ...]`` table (or its gradient, or a bias) of a ``[P ceil(V / P), ...]`` array in
+    :func:`shard_table`'s layout: each shard's rows without its padding, in order."""
+    xp = np if isinstance(table, np.ndarray) else jnp  # a NumPy array stays one (and keeps float64)
+    table = xp.asarray(table)
+    per = rows_per_shard(num_classes, num_shards)
+    if table.ndim < 1 or table.shape[0] != per * num_shards:
+        raise SampledSoftmaxError(f"`table` must have {num_shards} x ceil({num_classes} / {num_shards}) = "
+                                  f"{per * num_shards} rows (shard_table's layout); received shape {list(table.shape)}")
+    return xp.concatenate([table[p * per:p * per + rows] for p, (_, rows) in
+                           enumerate(div_layout(num_classes, num_shards))])
 
 
 def _shard_check(num_classes, axis_name):
@@ -96,11 +135,11 @@ def _shard_check(num_classes, axis_name):
     return check
 
 
-def _owned_rows(table, ids, axis_name):
+def _owned_rows(table, ids, num_classes, axis_name):
     """``(rows [M, ...], owned [M])``: this device's rows of ``ids`` (zero where another owns it)."""
-    per = table.shape[0]
-    local = ids - lax.axis_index(axis_name) * per
-    owned = (local >= 0) & (local < per)
+    start, rows_here = _shard_start_rows(num_classes, axis_name)
+    local = ids - start
+    owned = (local >= 0) & (local < rows_here)
     rows = jnp.take(table, jnp.where(owned, local, 0), axis=0)
     return jnp.where(owned.reshape(owned.shape + (1,) * (rows.ndim - 1)), rows, 0), owned
 
@@ -112,8 +151,8 @@ def _parallel_loss(head, weights, biases, labels, inputs, num_sampled, num_class
                        remove_accidental_hits, key, sampler, draw, ignore_index, subtract_log_q, False, reduction,
                        table_rows=_shard_check(num_classes, axis_name))
     n, t = c.y.shape
-    rows, owned = _owned_rows(c.W, c.ids, axis_name)
-    bias_rows = None if c.b is None else _owned_rows(c.b, c.ids, axis_name)[0]
+    rows, owned = _owned_rows(c.W, c.ids, num_classes, axis_name)
+    bias_rows = None if c.b is None else _owned_rows(c.b, c.ids, num_classes, axis_name)[0]
     logits = corrected_logits(c.h, rows, bias_rows, c.log_q, c.keep, t)
     owned_columns = jnp.concatenate([owned[: n * t].reshape(n, t), jnp.broadcast_to(owned[n * t:], (n, owned.shape[0] - n * t))], axis=1)
     mine = c.keep & owned_columns
@@ -188,12 +227,12 @@ def vocab_parallel_full_softmax_loss(weights, biases, labels, inputs, num_classe
     h = h.astype(_compute_dtype(h.dtype))
     per = W.shape[0]
     z = full_logits(W, b, h)  # [N, R]
-    first = lax.axis_index(axis_name) * per
-    real = (first + jnp.arange(per)) < num_classes
+    first, rows_here = _shard_start_rows(num_classes, axis_name)
+    real = jnp.arange(per) < rows_here  # the padding row of a shorter shard is no class
     m = lax.pmax(lax.stop_gradient(jnp.max(jnp.where(real, z, _lowest(z.dtype)), axis=1)), axis_name)
     lse = m + jnp.log(lax.psum(jnp.sum(jnp.where(real, jnp.exp(z - m[:, None]), 0.0), axis=1), axis_name))
     local = jnp.where(valid, y, 0) - first
-    own = valid & (local >= 0) & (local < per)
+    own = valid & (local >= 0) & (local < rows_here)
     picked = jnp.take_along_axis(z, jnp.clip(local, 0, per - 1), axis=1)
     n_true = jnp.sum(valid, axis=1).astype(z.dtype)
     label_logit = lax.psum(jnp.sum(jnp.where(own, picked, 0.0), axis=1), axis_name) / jnp.maximum(n_true, 1.0)

@@ -16,7 +16,7 @@ from sampled_softmax import SampledSoftmaxError  # noqa: E402
 from sampled_softmax import reference as R  # noqa: E402
 from sampled_softmax.jax import full_softmax_loss, nce_loss, negative_sampling_loss, sampled_softmax_loss  # noqa: E402
 from sampled_softmax.jax.parallel import (  # noqa: E402
-    rows_per_shard, shard_table, vocab_parallel_full_softmax_loss, vocab_parallel_nce_loss,
+    div_layout, rows_per_shard, shard_table, unshard_table, vocab_parallel_full_softmax_loss, vocab_parallel_nce_loss,
     vocab_parallel_negative_sampling_loss, vocab_parallel_sampled_softmax_loss,
 )
 
@@ -75,9 +75,11 @@ def test_sharded_equals_one_device_in_float64(rng, p, V, head, T, hits, ignore, 
         ref, (rW, rb, rh) = _value_and_grads(functools.partial(single, **kw), W, b, y, h, weights)
         np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-13)
         np.testing.assert_allclose(gh, rh, rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(gW[:V], rW, rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(gb[:V], rb, rtol=1e-10, atol=1e-12)
-        assert not np.any(np.asarray(gW[V:])), "the padding rows must get no gradient"
+        np.testing.assert_allclose(unshard_table(np.asarray(gW), V, p), rW, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(unshard_table(np.asarray(gb), V, p), rb, rtol=1e-10, atol=1e-12)
+        padding = np.ones(len(gW), bool)
+        padding[[k * rows_per_shard(V, p) + r for k, (_, n) in enumerate(div_layout(V, p)) for r in range(n)]] = False
+        assert not np.any(np.asarray(gW)[padding]), "the padding rows must get no gradient"
     if head == "softmax":  # and the reference itself agrees
         np.testing.assert_allclose(ours, R.sampled_softmax_loss(W, b, y, h, sv, remove_accidental_hits=hits,
                                                                 label_smoothing=eps,
@@ -101,7 +103,7 @@ def test_drawn_candidates_and_float32_without_biases(rng, p):
         grads = [np.asarray(g) for g in grads]
     ref, rgrads = jax.jit(jax.value_and_grad(lambda W_, h_: sampled_softmax_loss(W_, None, y, h_, **kw), (0, 1)))(W, h)
     np.testing.assert_allclose(ours, ref, rtol=1e-5)
-    np.testing.assert_allclose(grads[0][:V], rgrads[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(unshard_table(grads[0], V, p), rgrads[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grads[1], rgrads[1], rtol=1e-5, atol=1e-6)
 
 
@@ -118,7 +120,7 @@ def test_full_softmax_equals_the_exact_loss(rng, p, V, eps):
                                               np.ones(y.shape[0]))
         ref, (rW, rb, rh) = _value_and_grads(functools.partial(full_softmax_loss, **kw), W, b, y, h, np.ones(y.shape[0]))
     np.testing.assert_allclose(ours, ref, rtol=1e-12)
-    np.testing.assert_allclose(gW[:V], rW, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(unshard_table(np.asarray(gW), V, p), rW, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(gh, rh, rtol=1e-10, atol=1e-12)
 
 
@@ -140,3 +142,23 @@ def test_outside_shard_map_is_a_clear_error(rng):
         vocab_parallel_sampled_softmax_loss(W, b, y, h, len(sv[0]), 40, sampled_values=sv, axis_name="vocab")
     with pytest.raises(SampledSoftmaxError, match=r"`axis_name` must be an axis of the mesh"):
         shard_table(W, _mesh(2), "classes")
+
+
+@pytest.mark.parametrize("V,p", [(10, 4), (42, 4), (40, 2), (7, 7), (5, 1)])
+def test_the_layout_is_tensorflows_div_as_in_the_torch_front_end(V, p):
+    """The rows of each shard are those of torch.distributed.shard_range (for V=10 over 4:
+    3, 3, 2, 2, where ceil-and-pad would give 3, 3, 3, 1): a table sharded for one front end is
+    the other's, and shard_table / unshard_table invert each other."""
+    torch_distributed = pytest.importorskip("sampled_softmax.torch.distributed")
+    assert div_layout(V, p) == [torch_distributed.shard_range(V, r, p) for r in range(p)]
+    if V == 10:
+        assert [rows for _, rows in div_layout(V, p)] == [3, 3, 2, 2]
+    mesh = _mesh(p) if p <= 4 else None
+    table = np.arange(V * 2, dtype=np.float32).reshape(V, 2)
+    if mesh is not None:
+        sharded = np.asarray(shard_table(table, mesh, "vocab"))
+        per = rows_per_shard(V, p)
+        for k, (start, rows) in enumerate(div_layout(V, p)):
+            np.testing.assert_array_equal(sharded[k * per:k * per + rows], table[start:start + rows])
+            assert not np.any(sharded[k * per + rows:(k + 1) * per])
+        np.testing.assert_array_equal(unshard_table(sharded, V, p), table)

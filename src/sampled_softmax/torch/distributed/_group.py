@@ -32,8 +32,7 @@ def shard_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]
     if num_classes < world_size:
         raise SampledSoftmaxError(f"`num_classes` ({num_classes}) must be at least the world size ({world_size}): "
                                   f"every rank holds at least one class")
-    base, extra = divmod(num_classes, world_size)
-    return rank * base + min(rank, extra), base + (1 if rank < extra else 0)
+    return V.div_shard(num_classes, rank, world_size)
 
 
 def _checksum(x: torch.Tensor) -> int:
