@@ -207,6 +207,7 @@ def _keras(kw, loss="sampled_softmax"):
     call = {k: kw.pop(k) for k in ("labels", "inputs")}
     sampled_values = kw.pop("sampled_values", sv())
     W, b = kw.pop("weights"), kw.pop("biases")
+    kw.setdefault("ignore_index", None)  # the functions' default, so every front end reads one table row alike
     layer = SampledSoftmax(kw.pop("num_classes"), kw.pop("num_sampled"), loss=loss, **kw)
     layer.build((None, D))
     layer.kernel.assign(W)

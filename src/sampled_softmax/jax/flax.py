@@ -67,7 +67,7 @@ class SampledSoftmax(nnx.Module):
         remove_accidental_hits: remove candidates equal to a row's label. Default True (False
             for the two sigmoid losses, as in TensorFlow).
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
-        ignore_index: label value that contributes nothing. Default None.
+        ignore_index: label value that contributes nothing. Default -100, as the PyTorch and Keras layers.
         label_smoothing: ``eps`` in ``[0, 1]`` (softmax only). Default 0.
         loss: ``"sampled_softmax"`` (default), ``"nce"`` or ``"negative_sampling"``; eval mode is the
             exact full softmax for all three.
@@ -91,7 +91,7 @@ class SampledSoftmax(nnx.Module):
     def __init__(self, in_features: int, num_classes: int, num_sampled: int, *, rngs: nnx.Rngs,
                  sampler="learned_unigram", draw: Literal["unique_exact", "with_replacement"] | None = None,
                  use_bias: bool = True, remove_accidental_hits: bool | None = None,
-                 reduction: Literal["none", "mean", "sum"] = "mean", ignore_index: int | None = None,
+                 reduction: Literal["none", "mean", "sum"] = "mean", ignore_index: int | None = -100,
                  label_smoothing: float = 0.0,
                  loss: Literal["sampled_softmax", "nce", "negative_sampling"] = "sampled_softmax",
                  param_dtype=jnp.float32, deterministic: bool = False):

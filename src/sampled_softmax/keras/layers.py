@@ -124,13 +124,16 @@ class SampledSoftmax(SavesSeedState, keras.layers.Layer):
         distortion, num_reserved_ids: as ``tf.random.fixed_unigram_candidate_sampler``.
         num_true: labels per position (targets ``[..., num_true]``); each gets ``1 / T``.
         use_bias: learn a bias per class.
-        remove_accidental_hits: remove candidates equal to a true label from that row.
+        remove_accidental_hits: remove candidates equal to a true label from that row. Default
+            None: the loss's own default, True for sampled softmax, False for NCE and negative
+            sampling (as ``tf.nn.nce_loss``).
         subtract_log_q: subtract ``log E(k)`` (sampled softmax). ``False`` gives negative
             sampling's uncorrected logits.
         label_smoothing: ``eps`` in ``[0, 1]``, spread over each row's kept columns in training
             and over all ``V`` classes in evaluation.
-        ignore_index: targets equal to it contribute no loss and are left out of the mean
-            (like ``Embedding(mask_zero=True)``'s mask, which the layer also honours).
+        ignore_index: targets equal to it contribute no loss and are left out of the mean (like
+            ``Embedding(mask_zero=True)``'s mask, which the layer also honours). Default -100, as
+            the PyTorch and Flax layers (and ``F.cross_entropy``); None ignores no target.
         tied_to: an ``Embedding(V, D)`` layer whose table is also the class table (then the
             layer owns only the bias). The embedding must feed this layer in the same model.
         output: what the layer returns outside training: ``"probabilities"`` (default, like
@@ -156,8 +159,8 @@ class SampledSoftmax(SavesSeedState, keras.layers.Layer):
 
     def __init__(self, num_classes, num_sampled, *, sampler=None, draw=None,
                  unigrams=None, distortion=1.0, num_reserved_ids=0, num_true=1, use_bias=True,
-                 remove_accidental_hits=True, subtract_log_q=True, label_smoothing=0.0,
-                 ignore_index=None, tied_to=None, output="probabilities", seed=None,
+                 remove_accidental_hits=None, subtract_log_q=True, label_smoothing=0.0,
+                 ignore_index=-100, tied_to=None, output="probabilities", seed=None,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  kernel_regularizer=None, bias_regularizer=None, loss="sampled_softmax", exclude_true=False,
                  **kwargs):
@@ -175,10 +178,11 @@ class SampledSoftmax(SavesSeedState, keras.layers.Layer):
         self.draw = V.check_choice("draw", draw, DRAWS)
         self.num_true = V.check_positive_int("num_true", num_true)
         self.use_bias = bool(use_bias)
-        self.remove_accidental_hits = bool(remove_accidental_hits)
         self.subtract_log_q = bool(subtract_log_q)
         self.label_smoothing = V.check_label_smoothing(label_smoothing)
         self.objective = V.check_choice("loss", loss, LOSSES)
+        self.remove_accidental_hits = V.check_bool("remove_accidental_hits", self.objective == "sampled_softmax"
+                                                   if remove_accidental_hits is None else remove_accidental_hits)
         if self.exclude_true and self.draw != "with_replacement":
             raise SampledSoftmaxError(f"`draw` must be 'with_replacement' with exclude_true=True (the estimator needs "
                                       f"expected counts S q); received {self.draw!r}")

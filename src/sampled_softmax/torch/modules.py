@@ -51,7 +51,9 @@ class SampledSoftmax(nn.Module):
             ``state_dict``). ``benchmarks/sampler_study.py`` measures the choice.
         bias: learn a bias per class. Default True.
         weight: an existing ``[V, D]`` Parameter to share instead of creating one.
-        remove_accidental_hits: mask candidates equal to a row's label. Default True.
+        remove_accidental_hits: mask candidates equal to a row's label. Default None: the loss's
+            own default, True for sampled softmax, False for NCE and negative sampling (as
+            ``nce_loss`` and ``tf.nn.nce_loss``).
         sparse: sparse row gradients for ``weight`` and ``bias``. Default False.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
         ignore_index: target value that contributes nothing. Default -100.
@@ -85,7 +87,8 @@ class SampledSoftmax(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, num_sampled: int, *,
                  sampler: str | CandidateSampler = "learned_unigram", bias: bool = True,
-                 weight: torch.nn.Parameter | None = None, remove_accidental_hits: bool = True, sparse: bool = False,
+                 weight: torch.nn.Parameter | None = None, remove_accidental_hits: bool | None = None,
+                 sparse: bool = False,
                  reduction: Literal["none", "mean", "sum"] = "mean", ignore_index: int | None = -100,
                  label_smoothing: float = 0.0, subtract_log_q: bool = True,
                  implementation: Literal["auto", "compiled", "python"] = "auto",
@@ -99,11 +102,12 @@ class SampledSoftmax(nn.Module):
         self.reduction = V.check_choice("reduction", reduction, V.REDUCTIONS)
         self.label_smoothing = V.check_label_smoothing(label_smoothing)
         self.ignore_index = ignore_index
-        self.remove_accidental_hits = bool(remove_accidental_hits)
         self.subtract_log_q = bool(subtract_log_q)
         self.sparse = bool(sparse)
         self.implementation = V.check_choice("implementation", implementation, IMPLEMENTATIONS)
         self.loss = V.check_choice("loss", loss, LOSSES)
+        self.remove_accidental_hits = V.check_bool("remove_accidental_hits", self.loss == "sampled_softmax"
+                                                   if remove_accidental_hits is None else remove_accidental_hits)
         if self.loss != "sampled_softmax" and self.label_smoothing:
             raise V.SampledSoftmaxError(f"`label_smoothing` must be 0 with loss={self.loss!r} (a sum of logistic "
                                         f"losses has no softmax to smooth); received {self.label_smoothing}")

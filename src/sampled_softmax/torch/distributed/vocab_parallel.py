@@ -459,7 +459,7 @@ class VocabParallelSampledSoftmax(torch.nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, num_sampled: int, *, group=None,
                  sampler: str | CandidateSampler = "learned_unigram", bias: bool = True,
-                 remove_accidental_hits: bool = True, sparse: bool = False, reduction: str = "mean",
+                 remove_accidental_hits: bool | None = None, sparse: bool = False, reduction: str = "mean",
                  ignore_index: int | None = -100, label_smoothing: float = 0.0, subtract_log_q: bool = True,
                  num_true: int = 1, chunk_size: int = 8192, device=None, dtype=None):
         super().__init__()
@@ -472,7 +472,9 @@ class VocabParallelSampledSoftmax(torch.nn.Module):
         self.label_smoothing = V.check_label_smoothing(label_smoothing)
         check_ignore_index(ignore_index)
         self.ignore_index = ignore_index
-        self.remove_accidental_hits = bool(remove_accidental_hits)
+        # None: the sampled softmax's default (its only loss), as SampledSoftmax.
+        self.remove_accidental_hits = V.check_bool("remove_accidental_hits", True if remove_accidental_hits is None
+                                                   else remove_accidental_hits)
         self.subtract_log_q = bool(subtract_log_q)
         self.sparse = bool(sparse)
         if isinstance(sampler, str) and sampler == "learned_unigram":
