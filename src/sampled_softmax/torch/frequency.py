@@ -21,6 +21,7 @@ from torch import nn
 
 from .. import frequency as F
 from . import _ops
+from .samplers import keep_buffer_dtypes
 
 __all__ = ["StreamingFrequency", "CountMinFrequency"]
 
@@ -54,13 +55,7 @@ class _HashedEstimator(nn.Module):
     def _apply(self, fn, recurse=True):
         # `.half()`, `.to(torch.bfloat16)` on a model move the estimate's state with it but must
         # not round it: a float16 step count stops at 2048 and its gaps reach inf at 65504.
-        before = dict(self._buffers)
-        super()._apply(fn, recurse)
-        for name, old in before.items():
-            new = self._buffers.get(name)
-            if old is not None and new is not None and new.dtype != old.dtype:
-                self._buffers[name] = old.to(device=new.device)
-        return self
+        return keep_buffer_dtypes(self, super()._apply, fn, recurse)
 
     def log_q(self, ids: torch.Tensor) -> torch.Tensor:
         """``log`` of :meth:`probability` (float32), ``<= 0``."""

@@ -35,6 +35,19 @@ __all__ = [
 ]
 
 
+def keep_buffer_dtypes(module: nn.Module, apply, fn, recurse):
+    """``apply(fn, recurse)`` (a module's ``nn.Module._apply``) moving ``module``'s buffers to
+    their new device but keeping their dtypes: state such as counts and estimates, which a
+    model's ``.half()`` or ``.to(torch.bfloat16)`` must not round."""
+    before = dict(module._buffers)
+    apply(fn, recurse)
+    for name, old in before.items():
+        new = module._buffers.get(name)
+        if old is not None and new is not None and new.dtype != old.dtype:
+            module._buffers[name] = old.to(device=new.device)
+    return module
+
+
 def check_generator(generator) -> None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"`generator` must be a torch.Generator or None; received {type(generator).__name__}")
@@ -84,13 +97,7 @@ class CandidateSampler(nn.Module):
     def _apply(self, fn, recurse=True):
         # `.half()`, `.to(torch.bfloat16)` on a model move the sampler's tables with it but
         # must not round them: float16 cumulative counts overflow, bfloat16 counts stop at 2048.
-        before = dict(self._buffers)
-        super()._apply(fn, recurse)
-        for name, old in before.items():
-            new = self._buffers.get(name)
-            if old is not None and new is not None and new.dtype != old.dtype:
-                self._buffers[name] = old.to(device=new.device)
-        return self
+        return keep_buffer_dtypes(self, super()._apply, fn, recurse)
 
     def forward(
         self, true_classes: torch.Tensor, num_sampled: int, *, generator=None, ignore_index=None

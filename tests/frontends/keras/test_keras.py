@@ -528,6 +528,24 @@ def test_lazy_adam_leaves_untouched_rows_and_their_moments_alone():
     np.testing.assert_allclose(W[1], W0[1] - 0.05 * np.sign(g1), rtol=1e-5)
 
 
+def _moved_as_given_and_dense(name, grads, W, b):
+    """The table and bias after 3 steps of the Keras optimizer ``name`` on ``grads`` as given and
+    made dense; asserts they agree and returns both."""
+    import tensorflow as tf
+
+    moved = {}
+    for form in ("as_given", "dense"):
+        table, bias = keras.Variable(W), keras.Variable(b)
+        optimizer = getattr(keras.optimizers, name)(0.1)
+        for _ in range(3):
+            given = grads if form == "as_given" else [tf.convert_to_tensor(g) for g in grads]
+            optimizer.apply_gradients(zip(given, [table, bias]))
+        moved[form] = [to_numpy(table), to_numpy(bias)]
+    for got, want in zip(moved["as_given"], moved["dense"]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    return moved
+
+
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="row-sparse gradients exist on the TensorFlow backend only")
 @pytest.mark.parametrize("name,xla", [("Adam", False), ("RMSprop", False), ("Adagrad", False), ("Nadam", False),
                                       ("Adam", True)])
@@ -550,16 +568,7 @@ def test_table_gradients_move_the_table_under_keras_optimizers_as_their_dense_fo
     if xla:  # as fit's step is on an accelerator: the gradients' shapes must stay static
         gradients = tf.function(gradients, jit_compile=True)
     grads = [tf.IndexedSlices(v, i, tf.constant(x.shape, tf.int64)) for (v, i), x in zip(gradients(), (W, b))]
-    moved = {}
-    for form in ("as_given", "dense"):
-        table, bias = keras.Variable(W), keras.Variable(b)
-        optimizer = getattr(keras.optimizers, name)(0.1)
-        for _ in range(3):
-            given = grads if form == "as_given" else [tf.convert_to_tensor(g) for g in grads]
-            optimizer.apply_gradients(zip(given, [table, bias]))
-        moved[form] = [to_numpy(table), to_numpy(bias)]
-    for got, want in zip(moved["as_given"], moved["dense"]):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    moved = _moved_as_given_and_dense(name, grads, W, b)
     assert np.any(moved["dense"][0] != W)
 
 
@@ -583,16 +592,7 @@ def test_a_tied_table_moves_under_keras_optimizers_as_its_dense_gradient_does(na
     with tf.GradientTape() as tape:
         total = ops.sum(head.sampled_loss(tf.constant(y[:, 0]), embedding(tf.constant(tokens)), sampled_values=svt))
     grads = tape.gradient(total, [embedding.embeddings, head.bias])
-    moved = {}
-    for form in ("as_given", "dense"):
-        table, bias = keras.Variable(W), keras.Variable(b)
-        optimizer = getattr(keras.optimizers, name)(0.1)
-        for _ in range(3):
-            given = grads if form == "as_given" else [tf.convert_to_tensor(g) for g in grads]
-            optimizer.apply_gradients(zip(given, [table, bias]))
-        moved[form] = [to_numpy(table), to_numpy(bias)]
-    for got, want in zip(moved["as_given"], moved["dense"]):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    moved = _moved_as_given_and_dense(name, grads, W, b)
     assert np.any(moved["dense"][0][tokens] != W[tokens])
 
 

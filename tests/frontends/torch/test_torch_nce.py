@@ -110,7 +110,9 @@ def test_the_output_layer_trains_with_the_relatives_and_evaluates_exactly(rng, k
     y[0, 0] = -100
     out = layer(h, y, generator=torch.Generator().manual_seed(4))
     fn = nce_loss if kind == "nce" else negative_sampling_loss
-    per = fn(layer.weight, layer.bias, y, h, 8, 40, remove_accidental_hits=True, sampler=layer.sampler, ignore_index=-100,
+    # The layer's default is the loss's own: hits kept, as nce_loss and tf.nn.nce_loss.
+    assert not layer.remove_accidental_hits
+    per = fn(layer.weight, layer.bias, y, h, 8, 40, sampler=layer.sampler, ignore_index=-100,
              generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(out.output, -per)
     expected = {"none": per, "sum": per.sum(), "mean": per.sum() / (y != -100).sum()}[reduction]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Sequence
 
@@ -122,6 +123,20 @@ class _VocabParallelSoftmax(torch.autograd.Function):
         return d_h, None, None, None, None, None, None, None, None, d_b, d_w
 
 
+def _without_autocast(loss_fn):
+    """``loss_fn`` with autocast off, as ``sampled_softmax_loss`` under autocast: computed and
+    returned in float32 or wider, with one dtype in backward."""
+
+    @functools.wraps(loss_fn)
+    def wrapper(weight_shard, bias_shard, labels, inputs, *args, **kwargs):
+        if isinstance(inputs, torch.Tensor) and _autocast_on(inputs.device.type):
+            with torch.autocast(inputs.device.type, enabled=False):
+                return loss_fn(weight_shard, bias_shard, labels, inputs, *args, **kwargs)
+        return loss_fn(weight_shard, bias_shard, labels, inputs, *args, **kwargs)
+
+    return wrapper
+
+
 def _broadcast_draw(draw, group, s, n, t, device):
     """Rank 0's candidates and expected counts on every rank: one float64 broadcast of
     ``1 + 2 S + N T`` numbers, the first saying whether rank 0's draw succeeded (every rank
@@ -147,6 +162,7 @@ def _broadcast_draw(draw, group, s, n, t, device):
             packed[1 + s:1 + 2 * s].to(torch.float32))
 
 
+@_without_autocast
 def vocab_parallel_sampled_softmax_loss(
     weight_shard: torch.Tensor, bias_shard: torch.Tensor | None, labels: torch.Tensor, inputs: torch.Tensor,
     num_sampled: int, num_classes: int, *, group=None, num_true: int = 1, sampled_values: Sequence | None = None,
@@ -178,10 +194,6 @@ def vocab_parallel_sampled_softmax_loss(
         return_log_prob: also return the sampled estimate of each row's mean ``log p`` of its
             kept labels ``[...]`` (without gradient), as ``sampled_softmax_loss`` does.
     """
-    if isinstance(inputs, torch.Tensor) and _autocast_on(inputs.device.type):
-        # As sampled_softmax_loss under autocast: computed and returned in float32 or wider.
-        with torch.autocast(inputs.device.type, enabled=False):
-            return vocab_parallel_sampled_softmax_loss(**locals())
     group = _group(group)
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     device = inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")
@@ -378,6 +390,7 @@ def _chunk_logits(hc, shard, bias, lo, hi, cdt):
     return z if bias is None else z + bias[lo:hi].to(cdt)
 
 
+@_without_autocast
 def vocab_parallel_full_softmax_loss(
     weight_shard: torch.Tensor, bias_shard: torch.Tensor | None, labels: torch.Tensor, inputs: torch.Tensor,
     num_classes: int, *, group=None, num_true: int = 1, reduction: str = "none", ignore_index: int | None = None,
@@ -389,10 +402,6 @@ def vocab_parallel_full_softmax_loss(
     running max and sum of exponentials; an all-reduce (max) and one (sum) of ``O(N T)`` numbers
     give the log-sum-exp and the labels' logits. Same arguments as
     :func:`vocab_parallel_sampled_softmax_loss`."""
-    if isinstance(inputs, torch.Tensor) and _autocast_on(inputs.device.type):
-        # As sampled_softmax_loss under autocast: computed and returned in float32 or wider.
-        with torch.autocast(inputs.device.type, enabled=False):
-            return vocab_parallel_full_softmax_loss(**locals())
     group = _group(group)
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     device = inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")
