@@ -8,7 +8,7 @@ generated corpus, the best perplexity any model can reach. ``--full`` trains the
 a full softmax output (``nnx.Linear`` + cross-entropy) for the same number of steps, to compare.
 
     python examples/flax_lm.py                               # generated corpus, no download
-    python examples/flax_lm.py --corpus ../shared/data/wikitext-2 --minutes 5 --full
+    python examples/flax_lm.py --corpus data/wikitext-2 --minutes 5 --full
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ arrays with the sampled loss; ``evaluate`` reports the exact full-softmax loss, 
 validation perplexity against the unigram baseline. Runs on any Keras backend
 (``KERAS_BACKEND=tensorflow|jax|torch``).
 
-    python examples/keras_lm.py ../shared/data/wikitext-2 [--minutes 3] [--num-sampled 1024]
+    python examples/keras_lm.py data/wikitext-2 [--minutes 3] [--num-sampled 1024]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def windows(ids, length):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("corpus", help="directory with train.txt and valid.txt (e.g. ../shared/data/wikitext-2)")
+    ap.add_argument("corpus", help="directory with train.txt and valid.txt (e.g. data/wikitext-2)")
     ap.add_argument("--minutes", type=float, default=3.0, help="training time budget")
     ap.add_argument("--max-steps", type=int, help="stop after this many steps (default: the time budget only)")
     ap.add_argument("--num-sampled", type=int, default=1024)

@@ -11,8 +11,8 @@ The recipe:
 5. ``model.eval()`` for evaluation: the same layer then computes the exact full softmax.
 
 Runs without data: a next-token task over a Zipf-distributed synthetic vocabulary. With
-``--corpus DIR`` (a directory with ``train.txt`` and ``valid.txt``, e.g. ../shared/data/ptb or
-../shared/data/wikitext-2) it trains a small language model on that text instead.
+``--corpus DIR`` (a directory with ``train.txt`` and ``valid.txt``, e.g. data/ptb or
+data/wikitext-2) it trains a small language model on that text instead.
 
     python examples/torch_recipe.py [--vocab 100000] [--steps 300] [--corpus DIR] [--rowwise]
 """

@@ -1,7 +1,8 @@
-"""Sampled softmax for PyTorch, TensorFlow and Keras 3.
+"""Sampled softmax for PyTorch, TensorFlow, Keras 3 and JAX.
 
 ``import sampled_softmax`` loads NumPy only. Each front end imports its own framework:
-``sampled_softmax.torch``, ``sampled_softmax.tensorflow``, ``sampled_softmax.keras``.
+``sampled_softmax.torch``, ``sampled_softmax.tensorflow``, ``sampled_softmax.keras``,
+``sampled_softmax.jax``.
 """
 
 from typing import Any, NamedTuple

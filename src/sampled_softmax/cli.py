@@ -11,8 +11,7 @@ import sys
 
 from . import __version__
 
-FRONT_ENDS = {"torch": "torch", "tensorflow": "tensorflow", "keras": "keras"}
-KERAS_BACKENDS_ONLY = ("jax",)  # frameworks reached through the Keras front end
+FRONT_ENDS = {"torch": "torch", "tensorflow": "tensorflow", "keras": "keras", "jax": "jax"}
 
 
 def _info(_args) -> int:
@@ -40,12 +39,6 @@ def _info(_args) -> int:
             from sampled_softmax.torch import compiled_core_status
 
             print("  " + compiled_core_status())
-    for framework in KERAS_BACKENDS_ONLY:
-        try:
-            version = importlib.import_module(framework).__version__
-            print(f"{framework} {version}: usable as a Keras backend")
-        except ImportError:
-            print(f"{framework}: not installed (Keras backend unavailable)")
     return 0
 
 

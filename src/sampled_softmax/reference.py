@@ -19,7 +19,7 @@ smoothing ``eps``, the target puts ``(1 - eps) / T_i + eps / K_i`` on each kept 
 
 A row with no kept label (all ``ignore_index``) has loss 0 and no gradient.
 
-With ``exclude_true`` (the estimator of seed 001's article): negatives are draws from ``q``
+With ``exclude_true`` (the rejection estimator: the labels kept out of the sample): negatives are draws from ``q``
 conditioned on not being one of the row's labels, so a candidate equal to one of row ``i``'s
 labels is always removed (rejected), the true columns get no correction, and a kept candidate
 column gets the importance weight of the remaining draws:
@@ -269,7 +269,7 @@ def sampled_softmax_loss(
         labels: ``[B]`` or ``[B, T]`` integer labels.
         inputs: ``[B, D]`` hidden states.
         sampled_values: ``(candidates [S], true_expected_count [B, T], sampled_expected_count [S])``.
-        exclude_true: the article's estimator (module docstring): negatives conditioned on not
+        exclude_true: the rejection estimator (module docstring): negatives conditioned on not
             being a label; the expected counts must be those of draws with replacement.
 
     Example:

@@ -11,9 +11,9 @@ full-softmax mean loss and gradients:
   (``d loss / d h``), averaged over draws.
 
 Two estimators side by side (``--estimators``): TensorFlow's (``tensorflow``) and the one of
-the PyTorch article ``shared/seeds/001`` (``exclude_true``: labels rejected from the draws,
+the rejection estimator (``exclude_true``: labels rejected from the draws,
 correction ``log(k q / (1 - q_t))``; draws with replacement only). ``--picture`` also draws the
-article's picture for one example: its full softmax gradient over the classes that matter (a
+the picture for one example: its full softmax gradient over the classes that matter (a
 negative spike on the target, a positive forest on the others) against the sampled gradient of
 one draw (spikes on the drawn classes only) and the average of many draws, for both estimators.
 
@@ -165,7 +165,7 @@ def example_gradients(W, b, h, y, sampler, S, *, example=0, draws=1000, seed=0):
 
 
 def picture(grads, target: int, S: int, sampler_name: str, path: str, *, classes: int = 16, draws: int = 1000):
-    """The article's bar chart: over the target and the classes of largest full gradient, the
+    """The estimators' bar chart: over the target and the classes of largest full gradient, the
     full gradient, one draw's and the mean of ``draws``, one panel per estimator. Returns
     ``path``, or None without matplotlib."""
     try:
@@ -180,7 +180,7 @@ def picture(grads, target: int, S: int, sampler_name: str, path: str, *, classes
     shown = [target] + order
     x = np.arange(len(shown))
     titles = {"tensorflow": "TensorFlow's estimator: every column corrected by -log(S q), hits kept",
-              "exclude_true": "The article's (exclude_true): target rejected from the draws, -log(k q / (1 - q_t))"}
+              "exclude_true": "Rejection (exclude_true): target rejected from the draws, -log(k q / (1 - q_t))"}
     fig, axes = plt.subplots(2, 1, figsize=(10, 6.4), sharex=True)
     for ax, estimator in zip(axes, ESTIMATORS):
         one, mean = grads[estimator]
@@ -260,7 +260,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=".", help="where the PNG plots and diagnose.json go")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--estimators", default=",".join(ESTIMATORS),
-                    help="tensorflow (TensorFlow's) and/or exclude_true (the article's; draws with replacement)")
+                    help="tensorflow (TensorFlow's) and/or exclude_true (the rejection estimator; draws with replacement)")
     ap.add_argument("--picture", action="store_true",
                     help="also draw one example's full and sampled gradients for both estimators "
                          "(diagnose_estimators.png)")

@@ -14,10 +14,10 @@ word2vec and gensim do.
 Python API::
 
     from sampled_softmax.apps.word2vec import Word2VecConfig, read_sentences, train
-    model = train(read_sentences("../shared/data/wikitext-2"), Word2VecConfig(dim=100, epochs=5))
+    model = train(read_sentences("data/wikitext-2"), Word2VecConfig(dim=100, epochs=5))
     model.save_word2vec_format("vectors.txt")                  # gensim's KeyedVectors reads it
-    model.evaluate_analogies("../shared/data/word-eval/questions-words.txt")
-    model.evaluate_word_pairs("../shared/data/word-eval/wordsim353.tsv")
+    model.evaluate_analogies("data/word-eval/questions-words.txt")
+    model.evaluate_word_pairs("data/word-eval/wordsim353.tsv")
 """
 
 from __future__ import annotations

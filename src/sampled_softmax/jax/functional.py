@@ -346,7 +346,7 @@ def sampled_softmax_loss(
         ignore_index: label value to ignore (its column removed; an all-ignored row has loss 0).
         label_smoothing: ``eps`` in ``[0, 1]``.
         subtract_log_q: subtract ``log E`` (False: negative sampling's uncorrected logits).
-        exclude_true: the estimator of the PyTorch article (see
+        exclude_true: the rejection estimator (see
             :func:`sampled_softmax.torch.sampled_softmax_loss`): labels rejected from the draws,
             no correction on the labels, ``log(k_i q / (1 - Q_i))`` on the candidates.
         reduction: ``"none"`` (default, ``[...]``), ``"mean"`` over rows with a kept label, ``"sum"``.

@@ -145,7 +145,7 @@ class SampledSoftmax(SavesSeedState, keras.layers.Layer):
             (default), ``"nce"`` (noise-contrastive estimation, ``tf.nn.nce_loss``'s sigmoid head)
             or ``"negative_sampling"`` (NCE's head without ``- log E(k)``). ``label_smoothing``
             must be 0 with the last two. Evaluation is the exact softmax for all three.
-        exclude_true: the estimator of the PyTorch article (``shared/seeds/001``) instead of
+        exclude_true: the rejection estimator (the labels kept out of the sample) instead of
             TensorFlow's: candidates equal to a target are always rejected, targets get no
             correction, a kept candidate gets ``-log(k_i q(c) / (1 - Q_i))`` (``k_i`` the row's
             candidates left, ``Q_i`` the total ``q`` of its distinct kept targets). Needs

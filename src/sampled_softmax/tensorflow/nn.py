@@ -265,7 +265,7 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled: int, num_
         subtract_log_q: subtract ``log E``; False gives negative sampling's uncorrected logits.
         reduction: ``"none"`` (default, ``[batch]`` as ``tf.nn``), ``"mean"`` over the examples
             with a kept label, or ``"sum"``.
-        exclude_true: the estimator of the PyTorch article (``shared/seeds/001``) instead of
+        exclude_true: the rejection estimator (the labels kept out of the sample) instead of
             TensorFlow's: candidates equal to a row's label are always rejected, the true
             columns get no correction, a kept candidate gets ``-log(k_i q(c) / (1 - Q_i))``
             (``k_i`` the row's candidates left, ``Q_i`` the total ``q = E / S`` of its distinct

@@ -163,8 +163,8 @@ def sampled_softmax_loss(
             the candidates (the same ones the sampler module draws from the same generator).
             ``"compiled"`` requires the compiled core (an error says why it cannot be used);
             ``"python"`` never uses it. Both compute the same loss and gradients.
-        exclude_true: another estimator than TensorFlow's (the one of the PyTorch article
-            ``shared/seeds/001``): negatives are draws from ``q`` given that they are not one
+        exclude_true: another estimator than TensorFlow's (the rejection estimator, the labels
+            kept out of the sample): negatives are draws from ``q`` given that they are not one
             of the row's labels, so a candidate equal to a label is always
             rejected (removed), the true columns get no correction, and a kept candidate gets
             :math:`-\log(k_i\, q(c) / (1 - Q_i))`: ``k_i`` the row's candidates left after
@@ -393,7 +393,7 @@ def _per_example(head, weights, biases, labels, inputs, num_sampled, num_classes
     own columns ``[N, T + k]`` (its labels, then its noise) and ``head``. Negative sampling
     (word2vec's) runs on the compiled core where it applies (``"compiled"`` route); the rest is
     :class:`PerExampleLoss`. With ``subtract_log_q`` a column's correction is ``log(k q(c))``
-    (the expected count of ``k`` draws with replacement), with ``exclude_true`` the article's."""
+    (the expected count of ``k`` draws with replacement), with ``exclude_true`` the rejection estimator's."""
     check_generator(generator)
     _check_sparse_bias(biases, sparse)
     shards, biases, y, h, lead, num_classes, _, valid, label_smoothing = _prepare(
