@@ -11,7 +11,7 @@ from .order_check import VocabularyOrderWarning  # NumPy only
 
 __version__ = "0.1.0"
 
-__all__ = ["SampledValues", "SampledSoftmaxError", "VocabularyOrderWarning", "__version__"]
+__all__ = ["SampledValues", "MixedNegatives", "SampledSoftmaxError", "VocabularyOrderWarning", "__version__"]
 
 
 class SampledValues(NamedTuple):
@@ -27,6 +27,25 @@ class SampledValues(NamedTuple):
     sampled_candidates: Any
     true_expected_count: Any
     sampled_expected_count: Any
+
+
+class MixedNegatives(NamedTuple):
+    """What every front end's ``mixed_negatives`` returns (Yang et al. 2020): the batch's
+    candidates followed by ``M`` sampled ones, ready for ``in_batch_softmax_loss(query,
+    **mixed._asdict())``.
+
+    Attributes:
+        candidates: ``[B + M, D]``.
+        candidate_ids: ``[B + M]``.
+        log_q: ``[B + M]``, each column's own log probability of being a candidate (in-batch: the
+            frequency estimate; sampled: the draw's inclusion probability).
+        score_mask: ``[B, B + M]`` bool, False on the padding slots of the draw (repeats).
+    """
+
+    candidates: Any
+    candidate_ids: Any
+    log_q: Any
+    score_mask: Any
 
 
 class SampledSoftmaxError(ValueError):

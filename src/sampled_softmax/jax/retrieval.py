@@ -7,13 +7,13 @@ checked where they are concrete; under ``jit`` a bad value gives ``nan``.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import SampledSoftmaxError
+from .. import MixedNegatives, SampledSoftmaxError
 from .. import _validation as V
 from .functional import _concrete, _given_dtype
 
@@ -126,13 +126,6 @@ def in_batch_softmax_loss(
     return jnp.sum(loss) / max(b, 1)
 
 
-class MixedNegatives(NamedTuple):
-    """In-batch candidates followed by sampled ones (see :func:`mixed_negatives`)."""
-
-    candidates: jax.Array
-    candidate_ids: jax.Array
-    log_q: jax.Array
-    score_mask: jax.Array
 
 
 def mixed_negatives(candidates, candidate_ids, in_batch_log_q, sampled_values, encode) -> MixedNegatives:

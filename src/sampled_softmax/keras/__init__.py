@@ -43,10 +43,9 @@ from .layers import LOSSES, OUTPUTS, SampledSoftmax
 from .losses import SampledSoftmaxLoss
 from .metrics import Perplexity, SampledSoftmaxMetric
 from .optimizers import LazyAdam
-from .retrieval import (
-    CorpusIndex, CorpusSampler, CountMinFrequency, InBatchSoftmax, InBatchSoftmaxLoss, MixedNegatives, RecallAtK,
-    StreamingFrequency, mixed_negatives,
-)
+from .frequency import CountMinFrequency, StreamingFrequency
+from .index import CorpusIndex, RecallAtK
+from .retrieval import CorpusSampler, InBatchSoftmax, InBatchSoftmaxLoss, MixedNegatives, mixed_negatives
 from .samplers import DRAWS, SAMPLERS
 
 __all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxMetric", "Perplexity", "LazyAdam",

@@ -19,35 +19,19 @@ positive id (``candidate_ids``), the same query id, ``score_mask`` False or an i
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import numpy as np
 
-from .. import SampledSoftmaxError
+from .. import MixedNegatives, SampledSoftmaxError
 from .. import _validation as V
-from .. import frequency as F
 from ..samplers import unigram_weights
 from ._backend import keras, ops
+from ._arrays import _dtype, _shape, _values_now
+from .frequency import CountMinFrequency, StreamingFrequency  # noqa: F401 - their first home, still importable
+from .index import CorpusIndex, RecallAtK  # noqa: F401
 from .samplers import DRAWS, SAMPLERS, SavesSeedState, draw, expected_counts, uniforms
 
-__all__ = ["InBatchSoftmax", "InBatchSoftmaxLoss", "StreamingFrequency", "CountMinFrequency", "CorpusSampler",
-           "MixedNegatives", "mixed_negatives", "CorpusIndex", "RecallAtK"]
-
-
-def _shape(x):
-    return tuple(x.shape)
-
-
-def _dtype(x) -> str:
-    return keras.backend.standardize_dtype(x.dtype)
-
-
-def _values_now(x):
-    """``x`` as a NumPy array when its values are known (eager), else None (traced)."""
-    try:
-        return ops.convert_to_numpy(x)
-    except Exception:  # a tracer or a symbolic tensor: checked by the nan rule instead
-        return None
+__all__ = ["InBatchSoftmax", "InBatchSoftmaxLoss", "CorpusSampler", "MixedNegatives", "mixed_negatives"]
 
 
 @keras.saving.register_keras_serializable(package="sampled_softmax")
@@ -175,140 +159,6 @@ class InBatchSoftmaxLoss(keras.losses.Loss):
         return ops.logsumexp(logits, axis=1) - positive
 
 
-class _HashedFrequency(keras.layers.Layer):
-    """The hashing shared by the Keras estimators (:func:`sampled_softmax.frequency.bucket_ids`)
-    and their call: update in training, then ``log_q`` of the ids."""
-
-    def __init__(self, num_buckets, num_hashes, seed, **kwargs):
-        # An estimate is state, not a model's arithmetic: float32 under any dtype policy (a
-        # mixed_bfloat16 policy would read its gaps and steps in bfloat16).
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        self.num_buckets, self.num_hashes, self.seed = num_buckets, num_hashes, seed
-        tables = F.hash_tables(self.num_hashes, seed).astype("int32")
-        self._tables = tables  # [H, 8, 256]; bytes 4..7 of a 32-bit id are 0:
-        self._high_bytes = np.bitwise_xor.reduce(tables[:, 4:, 0], axis=1).astype("int32")
-        self.step = self.add_weight(shape=(), dtype="int32", initializer="zeros", trainable=False, name="step")
-
-    def buckets(self, ids):
-        """``[H, N]`` buckets of ``ids`` (:func:`sampled_softmax.frequency.bucket_ids`)."""
-        ids = ops.reshape(ops.convert_to_tensor(ids), (-1,))
-        if "int" not in _dtype(ids):
-            raise TypeError(f"`ids` must have an integer dtype; received {_dtype(ids)}")
-        now = _values_now(ids)
-        if now is not None and now.size and now.min() < 0:
-            raise SampledSoftmaxError(f"`ids` must be non-negative integers; received {now.min()}")
-        wide = _dtype(ids) in ("int64", "uint64")
-        tables = ops.convert_to_tensor(self._tables)
-        h = None
-        for i in range(8 if wide else 4):
-            byte = ops.cast(ops.bitwise_and(ops.right_shift(ids, 8 * i), 255), "int32")
-            part = ops.take(tables[:, i], byte, axis=1)
-            h = part if h is None else ops.bitwise_xor(h, part)
-        if not wide:
-            h = ops.bitwise_xor(h, ops.convert_to_tensor(self._high_bytes)[:, None])
-        return ops.mod(h, self.num_buckets)
-
-    def _indices(self, buckets):
-        rows = ops.broadcast_to(ops.arange(self.num_hashes, dtype="int32")[:, None], ops.shape(buckets))
-        return ops.reshape(ops.stack([rows, ops.cast(buckets, "int32")], axis=-1), (-1, 2))
-
-    def call(self, ids, training=None):
-        if training:
-            self.update(ids)
-        return ops.reshape(self.log_q(ids), ops.shape(ids))
-
-    def compute_output_spec(self, ids, training=None):
-        return keras.KerasTensor(ids.shape, dtype="float32")
-
-
-@keras.saving.register_keras_serializable(package="sampled_softmax")
-class StreamingFrequency(_HashedFrequency):
-    """Yi et al. 2019's streaming estimate of ``log_q`` (:class:`sampled_softmax.frequency.
-    LastSeenEstimator`, the same hashing as the PyTorch and TensorFlow ones) as a Keras layer: its
-    state is non-trainable weights (saved with the model); called on a batch's candidate ids it
-    updates in training and returns their ``log_q`` ``[B]`` (float32, ``<= 0``). The moving
-    average is float32 here (the JAX backend has no float64 by default).
-
-    Args:
-        num_buckets: buckets per hash function. Default ``2**20``.
-        num_hashes: hash functions (the estimate takes the largest gap). Default 1.
-        learning_rate: ``alpha`` of the moving average. Default 0.05.
-        seed: seeds the hash functions.
-    """
-
-    def __init__(self, num_buckets: int = 2**20, *, num_hashes: int = 1, learning_rate: float = 0.05, seed: int = 0,
-                 **kwargs):
-        num_buckets, num_hashes, learning_rate = F.check_estimator_args(num_buckets, num_hashes, learning_rate)
-        super().__init__(num_buckets, num_hashes, seed, **kwargs)
-        self.learning_rate = learning_rate
-        self.last_step = self.add_weight(shape=(self.num_hashes, self.num_buckets), dtype="int32",
-                                         initializer="zeros", trainable=False, name="last_step")
-        self.gap = self.add_weight(shape=(self.num_hashes, self.num_buckets), dtype="float32", initializer="zeros",
-                                   trainable=False, name="gap")
-
-    def update(self, ids):
-        buckets = self.buckets(ids)
-        step = self.step + 1
-        self.step.assign(step)
-        old = ops.take_along_axis(self.gap, buckets, axis=1)
-        since = ops.cast(step - ops.take_along_axis(self.last_step, buckets, axis=1), "float32")
-        new = ops.where(old > 0, (1 - self.learning_rate) * old + self.learning_rate * since,
-                        ops.cast(step, "float32"))
-        index = self._indices(buckets)
-        self.gap.assign(ops.scatter_update(self.gap, index, ops.reshape(new, (-1,))))
-        self.last_step.assign(ops.scatter_update(self.last_step, index,
-                                                 ops.reshape(ops.broadcast_to(step, ops.shape(buckets)), (-1,))))
-
-    def log_q(self, ids):
-        gaps = ops.max(ops.take_along_axis(self.gap, self.buckets(ids), axis=1), axis=0)
-        unseen = ops.cast(self.step + 1, "float32")
-        return -ops.log(ops.where(gaps > 0, gaps, unseen))
-
-    def get_config(self):
-        return dict(super().get_config(), num_buckets=self.num_buckets, num_hashes=self.num_hashes,
-                    learning_rate=self.learning_rate, seed=self.seed)
-
-
-@keras.saving.register_keras_serializable(package="sampled_softmax")
-class CountMinFrequency(_HashedFrequency):
-    """A count-min sketch of the id stream (:class:`sampled_softmax.frequency.CountMinEstimator`)
-    as a Keras layer, like :class:`StreamingFrequency`: an id's frequency ``f`` is its smallest
-    bucket count (at least 1) over the total, its ``log_q`` the log of ``1 - (1 - f) ** n`` for
-    the stream's mean batch size ``n``. Counts are int32 (at most ``2**31 - 1`` ids in all).
-
-    Args:
-        num_buckets: buckets per hash function. Default ``2**20``.
-        num_hashes: hash functions. Default 2.
-        seed: seeds the hash functions.
-    """
-
-    def __init__(self, num_buckets: int = 2**20, *, num_hashes: int = 2, seed: int = 0, **kwargs):
-        num_buckets, num_hashes, _ = F.check_estimator_args(num_buckets, num_hashes)
-        super().__init__(num_buckets, num_hashes, seed, **kwargs)
-        self.counts = self.add_weight(shape=(self.num_hashes, self.num_buckets), dtype="int32", initializer="zeros",
-                                      trainable=False, name="counts")
-        self.total = self.add_weight(shape=(), dtype="int32", initializer="zeros", trainable=False, name="total")
-
-    def update(self, ids):
-        buckets = self.buckets(ids)
-        self.step.assign(self.step + 1)
-        self.total.assign(self.total + ops.cast(ops.shape(buckets)[1], "int32"))
-        index = self._indices(buckets)
-        added = ops.scatter(index, ops.ones((ops.shape(index)[0],), "int32"), ops.shape(self.counts))
-        self.counts.assign(self.counts + added)
-
-    def log_q(self, ids):
-        count = ops.maximum(ops.min(ops.take_along_axis(self.counts, self.buckets(ids), axis=1), axis=0), 1)
-        total = ops.cast(ops.maximum(self.total, 1), "float32")
-        per_step = total / ops.cast(ops.maximum(self.step, 1), "float32")
-        f = ops.minimum(ops.cast(count, "float32") / total, 1.0)
-        return ops.log(-ops.expm1(per_step * ops.log1p(-f)))
-
-    def get_config(self):
-        return dict(super().get_config(), num_buckets=self.num_buckets, num_hashes=self.num_hashes, seed=self.seed)
-
-
 @keras.saving.register_keras_serializable(package="sampled_softmax")
 class CorpusSampler(SavesSeedState, keras.layers.Layer):
     """Draws ``num_sampled`` corpus candidates per call, shared by the batch, with the layer's seed
@@ -415,13 +265,6 @@ class CorpusSampler(SavesSeedState, keras.layers.Layer):
                     unigrams_in_weights=self.sampler == "unigram")
 
 
-class MixedNegatives(NamedTuple):
-    """In-batch candidates followed by sampled ones (see :func:`mixed_negatives`)."""
-
-    candidates: object
-    candidate_ids: object
-    log_q: object
-    score_mask: object
 
 
 def mixed_negatives(candidates, candidate_ids, in_batch_log_q, sampled_values, encode) -> MixedNegatives:
@@ -468,83 +311,3 @@ def mixed_negatives(candidates, candidate_ids, in_batch_log_q, sampled_values, e
     return MixedNegatives(ops.concatenate([candidates, ops.cast(extra, _dtype(candidates))], axis=0),
                           ops.concatenate([candidate_ids, ops.cast(cand, _dtype(candidate_ids))], axis=0),
                           ops.concatenate([in_batch_log_q, log_e], axis=0), score_mask)
-
-
-class CorpusIndex:
-    """Exact top-``k`` retrieval over a whole corpus, for evaluation: ``index(embeddings [N, D],
-    ids [N])`` once (e.g. the candidate tower over every item), then ``search(query [B, D], k)``
-    returns ``(scores [B, k], ids [B, k])``, best first. Scores are dot products, computed over
-    the corpus in chunks of ``chunk_size`` rows (memory ``B * chunk_size``), merging each chunk's
-    top ``k``."""
-
-    def __init__(self, chunk_size: int = 65_536):
-        from .._validation import check_positive_int
-
-        self.chunk_size = check_positive_int("chunk_size", chunk_size)
-        self.embeddings = self.ids = None
-
-    def index(self, embeddings, ids=None) -> "CorpusIndex":
-        embeddings = ops.convert_to_tensor(embeddings)
-        if len(_shape(embeddings)) != 2:
-            raise SampledSoftmaxError(f"`embeddings` must have shape [num_items, dim]; received shape "
-                                      f"{list(_shape(embeddings))}")
-        n = _shape(embeddings)[0]
-        ids = ops.arange(n, dtype="int32") if ids is None else ops.convert_to_tensor(ids)
-        if _shape(ids) != (n,):
-            raise SampledSoftmaxError(f"`ids` must have shape [{n}]; received shape {list(_shape(ids))}")
-        self.embeddings, self.ids = embeddings, ids
-        return self
-
-    def search(self, query, k: int = 10):
-        from .._validation import check_positive_int
-
-        if self.embeddings is None:
-            raise SampledSoftmaxError("the index is empty: call index(embeddings, ids) first")
-        k = check_positive_int("k", k)
-        n = _shape(self.embeddings)[0]
-        if k > n:
-            raise SampledSoftmaxError(f"`k` must be <= {n} (the indexed items); received {k}")
-        query = ops.convert_to_tensor(query)
-        best_scores = best_ids = None
-        for start in range(0, n, self.chunk_size):
-            chunk = self.embeddings[start:start + self.chunk_size]
-            scores = ops.matmul(query, ops.transpose(ops.cast(chunk, _dtype(query))))
-            top_scores, top = ops.top_k(scores, min(k, _shape(chunk)[0]))
-            top_ids = ops.take(self.ids[start:start + self.chunk_size], top)
-            if best_scores is not None:
-                top_scores = ops.concatenate([best_scores, top_scores], axis=1)
-                top_ids = ops.concatenate([best_ids, top_ids], axis=1)
-                top_scores, order = ops.top_k(top_scores, k)
-                top_ids = ops.take_along_axis(top_ids, order, axis=1)
-            best_scores, best_ids = top_scores, top_ids
-        return best_scores, best_ids
-
-
-@keras.saving.register_keras_serializable(package="sampled_softmax")
-class RecallAtK(keras.metrics.Metric):
-    """Recall@k over a :class:`CorpusIndex`: the share of queries whose true item id is among the
-    ``k`` best of the whole corpus. ``update_state(y_true ids [B], y_pred query embeddings
-    [B, D])``; use it in a loop over held-out pairs (``model.evaluate`` passes a model's output,
-    so give it the query tower's)."""
-
-    def __init__(self, index: CorpusIndex, k: int = 10, name: str | None = None, **kwargs):
-        super().__init__(name=name or f"recall_at_{k}", **kwargs)
-        self.corpus, self.k = index, k
-        self.hits = self.add_variable(shape=(), initializer="zeros", name="hits")
-        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        _, top = self.corpus.search(y_pred, self.k)
-        y_true = ops.reshape(ops.cast(ops.convert_to_tensor(y_true), _dtype(top)), (-1, 1))
-        hit = ops.cast(ops.any(top == y_true, axis=1), "float32")
-        weight = ops.ones_like(hit) if sample_weight is None else ops.cast(ops.reshape(sample_weight, (-1,)),
-                                                                            "float32")
-        self.hits.assign(self.hits + ops.sum(hit * weight))
-        self.count.assign(self.count + ops.sum(weight))
-
-    def result(self):
-        return ops.divide_no_nan(self.hits, self.count)
-
-    def reset_state(self):
-        self.hits.assign(0.0)
-        self.count.assign(0.0)

@@ -6,7 +6,8 @@ Imports TensorFlow (and no other framework).
 
 from .. import SampledSoftmaxError, SampledValues
 from .nn import compute_accidental_hits, full_logits, full_softmax_loss, nce_loss, sampled_softmax_loss
-from .retrieval import CountMinFrequency, StreamingFrequency, in_batch_softmax_loss, mixed_negatives
+from .frequency import CountMinFrequency, StreamingFrequency
+from .retrieval import in_batch_softmax_loss, mixed_negatives
 from .samplers import (
     LearnedUnigramSampler, all_candidate_sampler, fixed_unigram_candidate_sampler, learned_unigram_candidate_sampler,
     log_uniform_candidate_sampler, uniform_candidate_sampler, unigram_candidate_sampler,

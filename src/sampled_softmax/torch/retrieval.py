@@ -12,11 +12,11 @@ several.
 
 from __future__ import annotations
 
-from typing import Callable, Literal, NamedTuple
+from typing import Callable, Literal
 
 import torch
 
-from .. import SampledSoftmaxError
+from .. import MixedNegatives, SampledSoftmaxError
 from .. import _validation as V
 from . import _ops
 from ._autograd import _check_once_differentiable
@@ -257,18 +257,6 @@ def _in_batch_loss(query, candidates, candidate_ids, query_ids, log_q, temperatu
     return loss.sum() / max(b, 1)
 
 
-class MixedNegatives(NamedTuple):
-    """In-batch candidates followed by ``M`` sampled ones, ready for
-    ``in_batch_softmax_loss(query, **mixed._asdict())``: ``candidates [B + M, D]``,
-    ``candidate_ids [B + M]``, ``log_q [B + M]`` (each column's own log probability of being a
-    candidate: in-batch, the frequency estimate; sampled, the draw's inclusion probability), and
-    ``score_mask [B, B + M]`` removing the padding slots of the draw (repeats of a class drawn
-    already)."""
-
-    candidates: torch.Tensor
-    candidate_ids: torch.Tensor
-    log_q: torch.Tensor
-    score_mask: torch.Tensor
 
 
 def mixed_negatives(candidates: torch.Tensor, candidate_ids: torch.Tensor, in_batch_log_q: torch.Tensor,
