@@ -78,3 +78,11 @@ def test_the_loss_functions_share_their_defaults(arg):
             continue
         want = HITS.get(base) if arg == "remove_accidental_hits" else FUNCTION_DEFAULTS[arg]
         assert got == want, f"{name}: `{arg}` defaults to {got!r}, where the others give {want!r}"
+
+
+def test_the_row_sparse_adam_has_one_name_in_every_front_end():
+    from sampled_softmax.jax.sparse import lazy_adam
+    from sampled_softmax.keras import LazyAdam as KerasLazyAdam
+    from sampled_softmax.torch import LazyAdam, SparseRowAdam
+
+    assert LazyAdam is SparseRowAdam and KerasLazyAdam.__name__ == "LazyAdam" and lazy_adam.__name__ == "lazy_adam"

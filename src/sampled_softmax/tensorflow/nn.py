@@ -406,22 +406,42 @@ def full_logits(weights, biases, inputs, name: str = "full_logits") -> tf.Tensor
 
 
 def full_softmax_loss(weights, biases, labels, inputs, num_classes: int | None = None, num_true: int = 1,
-                      name: str = "full_softmax_loss") -> tf.Tensor:
-    """Exact softmax cross-entropy over all classes, for evaluation: ``[batch]``.
+                      name: str = "full_softmax_loss", *, ignore_index: int | None = None,
+                      label_smoothing: float = 0.0, reduction: Literal["none", "mean", "sum"] = "none") -> tf.Tensor:
+    r"""Exact softmax cross-entropy over all classes, for evaluation: ``[batch]``.
 
     Same weights, biases and labels as :func:`sampled_softmax_loss`; with ``num_true > 1`` the
-    target is ``1 / num_true`` on each label.
+    target is ``1 / num_true`` on each label. The extras of :func:`sampled_softmax_loss` (and of
+    the other front ends' exact losses): ``ignore_index`` drops a label from its row (a row with
+    none kept has loss 0), ``label_smoothing = eps`` spreads ``eps`` over all ``V`` classes,
+    ``reduction`` as there.
     """
     with tf.name_scope(name):
+        V.check_choice("reduction", reduction, V.REDUCTIONS)
+        eps = V.check_label_smoothing(label_smoothing)
+        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+            raise TypeError(f"`ignore_index` must be an int or None; received {type(ignore_index).__name__}")
         inputs = tf.convert_to_tensor(inputs)
         labels = tf.convert_to_tensor(labels)
         shards, bias_shards, num_classes, _ = _check(weights, biases, labels, inputs, 1, num_classes or
                                                      sum(int(w.shape[0]) for w in _shards(weights)), num_true, "div")
-        labels = _check_label_values(tf.reshape(_int64_labels(labels), [-1, num_true]), num_classes)
+        labels = tf.reshape(_int64_labels(labels), [-1, num_true])
+        keep = None if ignore_index is None else labels != ignore_index
+        labels = _check_label_values(labels, num_classes, keep, ignore_index)
+        safe = labels if keep is None else tf.where(keep, labels, tf.zeros_like(labels))
         logp = tf.nn.log_softmax(full_logits(shards, bias_shards, inputs))
-        loss = -tf.reduce_mean(tf.gather(logp, labels, batch_dims=1), axis=1)
-        bad = tf.reduce_any((labels < 0) | (labels >= num_classes), axis=1)  # see _nan_rows
-        return tf.where(bad, tf.constant(float("nan"), loss.dtype), loss)
+        picked = tf.gather(logp, safe, batch_dims=1)
+        kept = tf.ones_like(picked) if keep is None else tf.cast(keep, picked.dtype)
+        n_true = tf.reduce_sum(kept, axis=1)
+        live = n_true > 0
+        loss = -(1.0 - eps) * tf.reduce_sum(kept * picked, axis=1) / tf.maximum(n_true, 1.0)
+        if eps:
+            loss = loss - eps * tf.reduce_mean(logp, axis=1)
+        loss = tf.where(live, loss, tf.zeros_like(loss))
+        out_of_range = (labels < 0) | (labels >= num_classes)
+        bad = tf.reduce_any(out_of_range if keep is None else keep & out_of_range, axis=1)  # see _nan_rows
+        loss = tf.where(bad, tf.constant(float("nan"), loss.dtype), loss)
+        return _reduce(loss, None if keep is None else live, reduction)
 
 
 def compute_accidental_hits(true_classes, sampled_candidates, num_true, seed=None, name=None):

@@ -10,7 +10,7 @@ from ._dispatch import Route, explain as explain_route
 from .functional import full_logits, full_softmax_loss, nce_loss, negative_sampling_loss, sampled_softmax_loss
 from .modules import SampledSoftmax, SampledSoftmaxLoss, SampledSoftmaxOutput
 from .frequency import CountMinFrequency, StreamingFrequency
-from .optim import SparseRowAdam
+from .optim import LazyAdam, SparseRowAdam
 from .retrieval import MixedNegatives, in_batch_softmax_loss, mixed_negatives
 from .samplers import (
     CandidateSampler, LearnedUnigramSampler, LogUniformSampler, UniformSampler, UnigramSampler,
@@ -19,7 +19,7 @@ from .samplers import (
 __all__ = [
     "sampled_softmax_loss", "nce_loss", "negative_sampling_loss", "full_softmax_loss", "full_logits", "SampledSoftmax", "SampledSoftmaxLoss",
     "SampledSoftmaxOutput", "CandidateSampler", "UniformSampler", "LogUniformSampler",
-    "UnigramSampler", "LearnedUnigramSampler", "SparseRowAdam", "SampledValues", "SampledSoftmaxError",
+    "UnigramSampler", "LearnedUnigramSampler", "SparseRowAdam", "LazyAdam", "SampledValues", "SampledSoftmaxError",
     "explain_route", "Route", "compiled_core", "compiled_core_status", "compiled_core_is_built",
     "in_batch_softmax_loss", "mixed_negatives", "MixedNegatives", "StreamingFrequency", "CountMinFrequency",
 ]

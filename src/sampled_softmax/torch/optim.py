@@ -26,7 +26,7 @@ from .. import SampledSoftmaxError
 from .. import _validation as V
 from . import _dispatch
 
-__all__ = ["SparseRowAdam"]
+__all__ = ["SparseRowAdam", "LazyAdam"]
 
 
 def _sum_duplicate_rows(grad: torch.Tensor):
@@ -259,3 +259,8 @@ class SparseRowAdam(torch.optim.Optimizer):
         """Bytes of optimizer state held, all parameters together."""
         return sum(v.numel() * v.element_size() for s in self.state.values() for v in s.values()
                    if isinstance(v, torch.Tensor))
+
+
+# The concept's name in the other front ends (Keras ``LazyAdam``, JAX ``sparse.lazy_adam``, TensorFlow
+# Addons' ``LazyAdam``): the same optimizer.
+LazyAdam = SparseRowAdam

@@ -205,3 +205,25 @@ def test_our_error_keeps_its_type_inside_a_tf_function(jit):
 
     with pytest.raises(SampledSoftmaxError, match="`num_sampled`"):
         step()
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_the_exact_loss_takes_the_sampled_losss_extras(mode, reduction, eps):
+    """TensorFlow's full_softmax_loss with ignore_index, label_smoothing and reduction, against
+    the NumPy reference (as the other front ends' exact losses)."""
+    W, b, y, h, _ = problem(5, T=2)  # an ignored label, and a row with every label ignored
+
+    def loss():
+        return sst.full_softmax_loss(W, b, y, h, num_true=2, ignore_index=IGNORE, label_smoothing=eps,
+                                     reduction=reduction)
+
+    call = {"eager": loss, "function": tf.function(loss), "xla": tf.function(loss, jit_compile=True)}[mode]
+    per_row = R.full_softmax_loss(W, b, y, h, label_smoothing=eps, ignore_index=IGNORE)
+    live = (y != IGNORE).any(axis=1)
+    want = {"none": per_row, "sum": per_row.sum(), "mean": per_row.sum() / live.sum()}[reduction]
+    np.testing.assert_allclose(call().numpy(), want, rtol=1e-10, atol=1e-12)
+    # Its defaults are tf.nn's plain loss (and the other front ends' defaults).
+    np.testing.assert_allclose(sst.full_softmax_loss(W, b, np.abs(y), h, num_true=2).numpy(),
+                               R.full_softmax_loss(W, b, np.abs(y), h), rtol=1e-10)
