@@ -12,6 +12,7 @@ several.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Literal
 
 import torch
@@ -225,18 +226,18 @@ def in_batch_softmax_loss(
         log_q = _ops.checked_values(log_q, "log_q")
     if sample_weight is not None:
         sample_weight = _ops.checked_values(sample_weight, "sample_weight")
-    if _autocast_on(query.device.type):
-        # As the sampled losses: computed, returned and differentiated in float32 or wider.
-        with torch.autocast(query.device.type, enabled=False):
-            return _in_batch_loss(query, candidates, candidate_ids, query_ids, log_q, temperature,
-                                  remove_accidental_hits, score_mask, excluded_ids, num_hard_negatives, sample_weight,
-                                  reduction, b, c)
-    return _in_batch_loss(query, candidates, candidate_ids, query_ids, log_q, temperature, remove_accidental_hits,
-                          score_mask, excluded_ids, num_hard_negatives, sample_weight, reduction, b, c)
+    # As the sampled losses under autocast: computed, returned and differentiated in float32 or wider.
+    off = torch.autocast(query.device.type, enabled=False) if _autocast_on(query.device.type) else \
+        contextlib.nullcontext()
+    with off:
+        return _in_batch_loss(query, candidates, b, c, candidate_ids=candidate_ids, query_ids=query_ids, log_q=log_q,
+                              temperature=temperature, remove_accidental_hits=remove_accidental_hits,
+                              score_mask=score_mask, excluded_ids=excluded_ids, num_hard_negatives=num_hard_negatives,
+                              sample_weight=sample_weight, reduction=reduction)
 
 
-def _in_batch_loss(query, candidates, candidate_ids, query_ids, log_q, temperature, remove_accidental_hits,
-                   score_mask, excluded_ids, num_hard_negatives, sample_weight, reduction, b, c):
+def _in_batch_loss(query, candidates, b, c, *, candidate_ids, query_ids, log_q, temperature, remove_accidental_hits,
+                   score_mask, excluded_ids, num_hard_negatives, sample_weight, reduction):
     compute = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
     device = query.device
     keep = in_batch_keep(b, c, candidate_ids=None if candidate_ids is None else candidate_ids.to(device),
