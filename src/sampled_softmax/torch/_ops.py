@@ -126,9 +126,9 @@ def checked_values(x: Tensor, kind: str) -> Tensor:
 @torch.library.custom_op("sampled_softmax::columns", mutates_args=("counts",),
                          tags=(torch.Tag.nondeterministic_seeded,))
 def columns(
-    labels: Tensor, num_sampled: int, num_classes: int, kind: str, draw: str, support: int,
-    weights: Optional[Tensor], cdf: Optional[Tensor], counts: Optional[Tensor], update_counts: bool,
+    labels: Tensor, weights: Optional[Tensor], cdf: Optional[Tensor], counts: Optional[Tensor],
     candidates: Optional[Tensor], true_expected_count: Optional[Tensor], sampled_expected_count: Optional[Tensor],
+    *, num_sampled: int, num_classes: int, kind: str, draw: str, support: int, update_counts: bool,
     remove_accidental_hits: bool, subtract_log_q: bool, ignore_index: Optional[int], dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     from .samplers import sampler_from_tables
@@ -158,8 +158,8 @@ def columns(
 
 
 @columns.register_fake
-def _(labels, num_sampled, num_classes, kind, draw, support, weights, cdf, counts, update_counts, candidates,
-      true_expected_count, sampled_expected_count, remove_accidental_hits, subtract_log_q, ignore_index, dtype):
+def _(labels, weights, cdf, counts, candidates, true_expected_count, sampled_expected_count, *, num_sampled,
+      num_classes, kind, draw, support, update_counts, remove_accidental_hits, subtract_log_q, ignore_index, dtype):
     n, t = labels.shape
     s = num_sampled if candidates is None else candidates.shape[0]
     return (labels.new_empty(n * t + s, dtype=torch.int64), labels.new_empty(n * t + s, dtype=dtype),
@@ -182,7 +182,7 @@ def _core(h, shards, bias, num_true, keep, label_smoothing, implementation):
 @torch.library.custom_op("sampled_softmax::loss", mutates_args=())
 def loss(
     h: Tensor, shards: list[Tensor], bias: Optional[Tensor], ids: Tensor, logq: Tensor, keep_true: Tensor,
-    removed: Tensor, num_true: int, offsets: list[int], strategy: str, label_smoothing: float, sparse: bool,
+    removed: Tensor, *, num_true: int, offsets: list[int], strategy: str, label_smoothing: float, sparse: bool,
     implementation: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(loss [N], logp [N], logp_all [N, T + S], rows [N*T + S, D], route)``; ``route`` (0-d)
@@ -200,7 +200,7 @@ def loss(
 
 
 @loss.register_fake
-def _(h, shards, bias, ids, logq, keep_true, removed, num_true, offsets, strategy, label_smoothing, sparse,
+def _(h, shards, bias, ids, logq, keep_true, removed, *, num_true, offsets, strategy, label_smoothing, sparse,
       implementation):
     n, m = h.shape[0], ids.shape[0]
     cdt = _compute_dtype(h.dtype)
@@ -211,11 +211,13 @@ def _(h, shards, bias, ids, logq, keep_true, removed, num_true, offsets, strateg
 
 @torch.library.custom_op("sampled_softmax::loss_backward", mutates_args=())
 def loss_backward(
-    g_loss: Tensor, g_logp: Tensor, h: Tensor, rows: Tensor, ids: Tensor, logp_all: Tensor, keep_true: Tensor,
-    removed: Tensor, route: Tensor, num_true: int, label_smoothing: float, need_h: bool, need_w: bool, need_b: bool,
+    grads: Tensor, h: Tensor, rows: Tensor, ids: Tensor, logp_all: Tensor, keep_true: Tensor, removed: Tensor,
+    route: Tensor, *, num_true: int, label_smoothing: float, need_h: bool, need_w: bool, need_b: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(d_h [N, D], d_rows [N*T + S, D], d_b_rows [N*T + S])``, empty where not needed."""
+    """``(d_h [N, D], d_rows [N*T + S, D], d_b_rows [N*T + S])``, empty where not needed;
+    ``grads`` ``[2, N]``: the gradients of the loss and of ``logp``."""
     cdt = _compute_dtype(h.dtype)
+    g_loss, g_logp = grads[0], grads[1]
     if int(route):
         d_h, d_rows, d_b_rows = _compiled.extension().core_backward(g_loss - g_logp, h, rows, ids, logp_all,
                                                                      int(HeadKind.softmax), need_h, need_w, need_b)
@@ -237,17 +239,19 @@ def loss_backward(
 
 
 @loss_backward.register_fake
-def _(g_loss, g_logp, h, rows, ids, logp_all, keep_true, removed, route, num_true, label_smoothing, need_h,
+def _(grads, h, rows, ids, logp_all, keep_true, removed, route, *, num_true, label_smoothing, need_h,
       need_w, need_b):
     return (h.new_empty(h.shape if need_h else (0,)), rows.new_empty(rows.shape if need_w else (0,)),
             rows.new_empty(rows.shape[:1] if need_b else (0,)))
 
 
-def _setup_context(ctx, inputs, output):
-    h, shards, bias, ids, logq, keep_true, removed, num_true, offsets, strategy, eps, sparse, implementation = inputs
+def _setup_context(ctx, inputs, keyword_only_inputs, output):
+    h, shards, bias, ids, logq, keep_true, removed = inputs
     _, _, logp_all, rows, route = output
     ctx.save_for_backward(h, rows, ids, logp_all, keep_true, removed, route, bias, *shards)
-    ctx.settings = (num_true, tuple(offsets), strategy, eps, sparse)
+    settings = keyword_only_inputs
+    ctx.settings = (settings["num_true"], tuple(settings["offsets"]), settings["strategy"],
+                    settings["label_smoothing"], settings["sparse"])
 
 
 def _backward(ctx, g_loss, g_logp, _g_logp_all, _g_rows, _g_route):
@@ -259,17 +263,16 @@ def _backward(ctx, g_loss, g_logp, _g_logp_all, _g_rows, _g_route):
     need_b = bool(need_b) and bias is not None
     g_loss = torch.zeros_like(logp_all[:, 0]) if g_loss is None else g_loss
     g_logp = torch.zeros_like(logp_all[:, 0]) if g_logp is None else g_logp
-    d_h, d_rows, d_b_rows = loss_backward(g_loss, g_logp, h, rows, ids, logp_all, keep_true, removed, route,
-                                          num_true, eps, bool(need_h), any(needs_w), need_b)
+    d_h, d_rows, d_b_rows = loss_backward(
+        torch.stack([g_loss, g_logp]), h, rows, ids, logp_all, keep_true, removed, route, num_true=num_true,
+        label_smoothing=eps, need_h=bool(need_h), need_w=any(needs_w), need_b=need_b)
     spec = _Spec(num_true, offsets, strategy, eps, sparse)
     d_shards = _scatter_to_shards(shards, ids, d_rows, spec, None, needs_w) if any(needs_w) else [None] * len(shards)
     d_bias = None
     if need_b:
         d_bias = _scatter_rows(tuple(bias.shape), ids, d_b_rows.to(bias.dtype), sparse, None)
-    # One entry per input, lists as lists (h, shards, bias, ids, logq, keep, removed, num_true,
-    # offsets, strategy, label_smoothing, sparse, implementation).
-    return (d_h if need_h else None, d_shards, d_bias, None, None, None, None, None, [None] * len(offsets),
-            None, None, None, None)
+    # One entry per positional input, lists as lists (h, shards, bias, ids, logq, keep, removed).
+    return d_h if need_h else None, d_shards, d_bias, None, None, None, None
 
 
 torch.library.register_autograd("sampled_softmax::loss", _backward, setup_context=_setup_context)

@@ -4,6 +4,7 @@ shared messages of :mod:`sampled_softmax._validation`, before any route is chose
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -40,16 +41,61 @@ def _check_tensor(name, x, *, floating=None):
         V.check_integer_dtype(name, not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool, str(x.dtype))
 
 
-def _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_index, label_smoothing,
-             reduction, partition_strategy, check_values=True):
-    """Validate; return ``(shards, biases, y [N, T], h [N, D], lead, V, offsets, valid [N, T] or
-    None, label_smoothing)``. Without ``check_values`` (a traced call, which cannot read
-    values) the labels are not read and ``valid`` is None."""
+class LossCall(NamedTuple):
+    """One loss call as it was given (frozen): the head and every argument of the public
+    function, by name. The public functions build it; the router and every route read it."""
+
+    head: Any  # the _autograd head (softmax_head, sigmoid_head), None for the exact loss
+    weights: Any
+    biases: Any
+    labels: Any
+    inputs: Any
+    num_sampled: Any
+    num_classes: Any
+    num_true: Any = 1
+    sampled_values: Any = None
+    remove_accidental_hits: Any = True
+    sampler: Any = "log_uniform"
+    reduction: Any = "none"
+    ignore_index: Any = None
+    label_smoothing: Any = 0.0
+    generator: Any = None
+    partition_strategy: Any = "div"
+    subtract_log_q: Any = True
+    sparse: Any = False
+    return_log_prob: Any = False
+    implementation: Any = "auto"
+    exclude_true: Any = False
+    noise: Any = "shared"
+    group: Any = None  # the process group of a vocabulary-parallel call (the table sharded over it)
+
+
+class Prepared(NamedTuple):
+    """A checked call: the call, its table (shards), its ``[N, T]`` labels and ``[N, D]``
+    inputs, and the mask of kept labels (None when no label is ignored)."""
+
+    call: LossCall
+    shards: list
+    biases: torch.Tensor | None
+    y: torch.Tensor  # [N, T]
+    h: torch.Tensor  # [N, D]
+    lead: tuple  # the batch shape of the result
+    num_classes: int
+    offsets: tuple  # the first class of each shard (one table: empty)
+    valid: torch.Tensor | None  # [N, T] kept labels
+    label_smoothing: float
+
+
+def _prepare(call: LossCall, *, check_values: bool = True) -> Prepared:
+    """Validate ``call``'s tensors and settings. Without ``check_values`` (a traced call, which
+    cannot read values) the labels are not read and ``valid`` is None."""
+    weights, biases, labels, inputs = call.weights, call.biases, call.labels, call.inputs
     shards = _shards(weights)
     for i, w in enumerate(shards):
         _check_tensor("weights" if len(shards) == 1 else f"weights[{i}]", w, floating=True)
     _check_tensor("inputs", inputs, floating=True)
     _check_tensor("labels", labels, floating=False)
+    strategy = call.partition_strategy
     bias_shards = None
     if isinstance(biases, (list, tuple)):  # shards, in the weights' layout (tf.nn accepts them)
         bias_shards = list(biases)
@@ -62,25 +108,26 @@ def _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_inde
                 raise SampledSoftmaxError(f"`biases[{i}]` must be 1-D; received shape {list(b.shape)}")
     elif biases is not None:
         _check_tensor("biases", biases, floating=True)
-    V.check_choice("reduction", reduction, V.REDUCTIONS)
-    check_ignore_index(ignore_index)
-    label_smoothing = V.check_label_smoothing(label_smoothing)
-    num_classes, dim = V.check_weights_shapes([tuple(w.shape) for w in shards], num_classes, inputs.shape[-1] if inputs.dim() else -1)
-    V.check_choice("partition_strategy", partition_strategy, V.PARTITION_STRATEGIES)
+    V.check_choice("reduction", call.reduction, V.REDUCTIONS)
+    check_ignore_index(call.ignore_index)
+    label_smoothing = V.check_label_smoothing(call.label_smoothing)
+    num_classes, dim = V.check_weights_shapes([tuple(w.shape) for w in shards], call.num_classes,
+                                              inputs.shape[-1] if inputs.dim() else -1)
+    V.check_choice("partition_strategy", strategy, V.PARTITION_STRATEGIES)
     if bias_shards is not None:
-        V.shard_layout([b.shape[0] for b in bias_shards], num_classes, partition_strategy, name="biases")
+        V.shard_layout([b.shape[0] for b in bias_shards], num_classes, strategy, name="biases")
         # One [V] bias made from the shards; autograd hands each shard its part of the gradient.
-        biases = _full_table(bias_shards, partition_strategy)
+        biases = _full_table(bias_shards, strategy)
     V.check_biases_shape(None if biases is None else tuple(biases.shape), num_classes)
-    lead, num_true = V.resolve_label_shape(tuple(labels.shape), tuple(inputs.shape), num_true)
+    lead, num_true = V.resolve_label_shape(tuple(labels.shape), tuple(inputs.shape), call.num_true)
     offsets = ()
     if len(shards) > 1:
-        offsets = tuple(V.shard_layout([w.shape[0] for w in shards], num_classes, partition_strategy))
+        offsets = tuple(V.shard_layout([w.shape[0] for w in shards], num_classes, strategy))
     n = math.prod(lead)
     y = labels.reshape(n, num_true)
     h = inputs.reshape(n, dim)
-    valid = _check_label_values(y, num_classes, ignore_index) if check_values else None
-    return shards, biases, y, h, lead, num_classes, offsets, valid, label_smoothing
+    valid = _check_label_values(y, num_classes, call.ignore_index) if check_values else None
+    return Prepared(call, shards, biases, y, h, lead, num_classes, offsets, valid, label_smoothing)
 
 
 def _check_label_values(y: torch.Tensor, num_classes: int, ignore_index) -> torch.Tensor | None:

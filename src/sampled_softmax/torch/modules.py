@@ -11,7 +11,8 @@ from torch import nn
 
 from .. import _validation as V
 from ._dispatch import IMPLEMENTATIONS
-from .functional import _reduce, full_logits, full_softmax_loss, nce_loss, negative_sampling_loss, sampled_softmax_loss
+from ._routes import _reduce
+from .functional import full_logits, full_softmax_loss, nce_loss, negative_sampling_loss, sampled_softmax_loss
 from .samplers import CandidateSampler, LearnedUnigramSampler, make_sampler
 
 __all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxOutput", "LOSSES"]

@@ -12,13 +12,13 @@ import torch.distributed as dist
 
 from ... import SampledSoftmaxError
 from ... import _validation as V
-from .._autograd import _check_once_differentiable, corrected_logits_backward, corrected_logits_forward
+from .._autograd import _check_once_differentiable, softmax_head, corrected_logits_backward, corrected_logits_forward
 from .._columns import candidate_columns
 from .._prepare import (
-    _autocast_on, _check_label_values, _check_sampled_values, _check_tensor, _compute_dtype, _true_count_rows,
+    LossCall, _autocast_on, _check_label_values, _check_sampled_values, _check_tensor, _compute_dtype, _true_count_rows,
 )
 from .._rows import _scatter_rows, _Spec
-from ..functional import _finish, _sampler_for
+from .._routes import _finish, _sampler_for, route
 from ..modules import SampledSoftmaxOutput
 from ..samplers import CandidateSampler, LearnedUnigramSampler, check_generator, check_ignore_index, make_sampler
 from ._group import _agree, _check_layout, _checksum, _group, shard_range
@@ -162,7 +162,6 @@ def _broadcast_draw(draw, group, s, n, t, device):
             packed[1 + s:1 + 2 * s].to(torch.float32))
 
 
-@_without_autocast
 def vocab_parallel_sampled_softmax_loss(
     weight_shard: torch.Tensor, bias_shard: torch.Tensor | None, labels: torch.Tensor, inputs: torch.Tensor,
     num_sampled: int, num_classes: int, *, group=None, num_true: int = 1, sampled_values: Sequence | None = None,
@@ -194,16 +193,26 @@ def vocab_parallel_sampled_softmax_loss(
         return_log_prob: also return the sampled estimate of each row's mean ``log p`` of its
             kept labels ``[...]`` (without gradient), as ``sampled_softmax_loss`` does.
     """
-    group = _group(group)
+    return route(LossCall(
+        softmax_head, weight_shard, bias_shard, labels, inputs, num_sampled, num_classes, num_true=num_true,
+        sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits, sampler=sampler,
+        reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing, generator=generator,
+        subtract_log_q=subtract_log_q, sparse=sparse, return_log_prob=return_log_prob, group=_group(group)))
+
+
+def sampled_route(call: LossCall):
+    """The vocabulary-parallel route of the router (:func:`.._routes.route`): ``call.weights`` is
+    this rank's shard of the table sharded over ``call.group``."""
+    group, num_sampled, num_classes, generator = call.group, call.num_sampled, call.num_classes, call.generator
+    sampler, ignore_index = call.sampler, call.ignore_index
     rank, world = dist.get_rank(group), dist.get_world_size(group)
-    device = inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")
+    device = call.inputs.device if isinstance(call.inputs, torch.Tensor) else torch.device("cpu")
     error, fields, prepared, given, sampler_module = None, dict.fromkeys(_AGREED, 0), None, None, None
     try:
         # Every check that could fail on one rank only runs before the first collective.
-        prepared = _prepare_shard(weight_shard, bias_shard, labels, inputs, num_sampled, num_classes, num_true,
-                                  ignore_index, label_smoothing, reduction, rank, world, generator)
+        prepared = _prepare_shard(call)
         y, valid = prepared.tensors[2], prepared.tensors[5]
-        if sampled_values is None:
+        if call.sampled_values is None:
             if isinstance(sampler, DistributedLearnedUnigramSampler):
                 raise SampledSoftmaxError(
                     "`sampler` must not be a DistributedLearnedUnigramSampler here: every rank sees the same "
@@ -211,12 +220,12 @@ def vocab_parallel_sampled_softmax_loss(
                     "equal on every rank)")
             sampler_module = _sampler_for(sampler, num_classes)
         else:
-            given = _check_sampled_values(sampled_values, num_sampled, num_classes, y, valid,
+            given = _check_sampled_values(call.sampled_values, num_sampled, num_classes, y, valid,
                                           prepared.tensors[3].device)
         # Given or drawn decides which collectives follow: the ranks must agree on it.
         fields = dict(prepared.fields, **{_LOSS_FIELD: "sampled",
-                                          "remove_accidental_hits": bool(remove_accidental_hits),
-                                          "subtract_log_q": bool(subtract_log_q),
+                                          "remove_accidental_hits": bool(call.remove_accidental_hits),
+                                          "subtract_log_q": bool(call.subtract_log_q),
                                           "sampled_values given": int(given is not None),
                                           "sampled_values (a checksum)": 0 if given is None else
                                           _checksum(given[0]) ^ _checksum(given[2])})
@@ -239,13 +248,13 @@ def vocab_parallel_sampled_softmax_loss(
     y_safe = y if valid is None else torch.where(valid, y, 0)
     cdt = _compute_dtype(h.dtype)
     ids, logq, removed = candidate_columns(y_safe, valid, cand.to(h.device), true_count, samp_count, cdt,
-                                           remove_accidental_hits, subtract_log_q, padded)
+                                           call.remove_accidental_hits, call.subtract_log_q, padded)
     ids, logq = ids.to(h.device), logq.to(h.device)
     removed = None if removed is None else removed.to(h.device)
     start, rows = shard_range(num_classes, rank, world)
-    spec = _Spec(t, (), "div", label_smoothing, bool(sparse))
+    spec = _Spec(t, (), "div", label_smoothing, bool(call.sparse))
     loss, logp = _VocabParallelSoftmax.apply(h, ids, logq, valid, removed, start, rows, spec, group, bias, shard)
-    return _finish(loss, logp, valid, reduction, lead, return_log_prob)
+    return _finish(loss, logp, valid, call.reduction, lead, call.return_log_prob)
 
 
 _LOSS_FIELD = "loss (sampled in training mode, exact in eval mode)"
@@ -263,19 +272,20 @@ class _Prepared(NamedTuple):
     tensors: tuple
 
 
-def _prepare_shard(shard, bias, labels, inputs, num_sampled, num_classes, num_true, ignore_index, label_smoothing,
-                   reduction, rank, world, generator) -> _Prepared:
+def _prepare_shard(call: LossCall) -> _Prepared:
+    shard, bias, labels, inputs = call.weights, call.biases, call.labels, call.inputs
+    ignore_index, reduction = call.ignore_index, call.reduction
     _check_tensor("weight_shard", shard, floating=True)
     _check_tensor("inputs", inputs, floating=True)
     _check_tensor("labels", labels, floating=False)
     if bias is not None:
         _check_tensor("bias_shard", bias, floating=True)
-    check_generator(generator)
+    check_generator(call.generator)
     check_ignore_index(ignore_index)
     V.check_choice("reduction", reduction, V.REDUCTIONS)
-    label_smoothing = V.check_label_smoothing(label_smoothing)
-    num_classes = V.check_positive_int("num_classes", num_classes)
-    num_sampled = V.check_positive_int("num_sampled", num_sampled)
+    label_smoothing = V.check_label_smoothing(call.label_smoothing)
+    num_classes = V.check_positive_int("num_classes", call.num_classes)
+    num_sampled = V.check_positive_int("num_sampled", call.num_sampled)
     if shard.dim() != 2:
         raise SampledSoftmaxError(f"`weight_shard` must have shape [rows, dim]; received shape {list(shard.shape)}")
     dim = shard.shape[1]
@@ -285,7 +295,7 @@ def _prepare_shard(shard, bias, labels, inputs, num_sampled, num_classes, num_tr
     if bias is not None and tuple(bias.shape) != (shard.shape[0],):
         raise SampledSoftmaxError(f"`bias_shard` must have shape [{shard.shape[0]}] (the weight shard's rows); "
                                   f"received shape {list(bias.shape)}")
-    lead, num_true = V.resolve_label_shape(tuple(labels.shape), tuple(inputs.shape), num_true)
+    lead, num_true = V.resolve_label_shape(tuple(labels.shape), tuple(inputs.shape), call.num_true)
     n = math.prod(lead)
     y = labels.reshape(n, num_true).long()
     h = inputs.reshape(n, dim)
@@ -408,8 +418,9 @@ def vocab_parallel_full_softmax_loss(
     error, prepared = None, None
     try:
         chunk_size = V.check_positive_int("chunk_size", chunk_size)
-        prepared = _prepare_shard(weight_shard, bias_shard, labels, inputs, 1, num_classes, num_true, ignore_index,
-                                  label_smoothing, reduction, rank, world, None)
+        prepared = _prepare_shard(LossCall(None, weight_shard, bias_shard, labels, inputs, 1, num_classes,
+                                           num_true=num_true, reduction=reduction, ignore_index=ignore_index,
+                                           label_smoothing=label_smoothing))
         fields = dict(prepared.fields, **{_LOSS_FIELD: "exact", "remove_accidental_hits": False,
                                           "subtract_log_q": False})
     except Exception as e:  # noqa: BLE001 - every rank must hear of it, whatever it is
