@@ -40,7 +40,9 @@ def custom_vjp_rows(W, b, y, h, S, V, key):
 
     from sampled_softmax.jax.functional import _stage1, corrected_logits, softmax_target
 
-    c = _stage1(W, b, y, h, S, V, 1, None, True, key, "log_uniform", None, None, True, False, "sum")
+    c = _stage1(W, b, y, h, num_sampled=S, num_classes=V, num_true=1, sampled_values=None,
+                remove_accidental_hits=True, key=key, sampler="log_uniform", draw=None, ignore_index=None,
+                subtract_log_q=True, exclude_true=False, reduction="sum")
     target = softmax_target(c.keep, 1, 0.0, h.dtype)
 
     @jax.custom_vjp

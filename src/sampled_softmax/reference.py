@@ -243,7 +243,7 @@ def _softmax_xent(logits, keep, target):
 # The sampled softmax loss: the three stages
 
 
-def _stages(head, weights, biases, labels, inputs, sampled_values, remove_accidental_hits, subtract_log_q,
+def _stages(head, weights, biases, labels, inputs, sampled_values, *, remove_accidental_hits, subtract_log_q,
             ignore_index, exclude_true=False, **head_options):
     """The checked arguments through the three stages: ``(loss [B], d loss / d logits, ids)``."""
     _check(weights, biases, labels, inputs, sampled_values, ignore_index=ignore_index, **head_options)
@@ -280,8 +280,9 @@ def sampled_softmax_loss(
         >>> round(float(reference.sampled_softmax_loss(W, None, np.array([0]), h, sv)[0]), 4)
         1.4076
     """
-    loss, _, _ = _stages(softmax_head, weights, biases, labels, inputs, sampled_values, remove_accidental_hits,
-                         subtract_log_q, ignore_index, exclude_true, label_smoothing=label_smoothing)
+    loss, _, _ = _stages(softmax_head, weights, biases, labels, inputs, sampled_values,
+                         remove_accidental_hits=remove_accidental_hits, subtract_log_q=subtract_log_q,
+                         ignore_index=ignore_index, exclude_true=exclude_true, label_smoothing=label_smoothing)
     return loss
 
 
@@ -291,8 +292,9 @@ def sampled_softmax_grads(
 ):
     """Analytic gradients of ``sum_i grad_loss_i * loss_i``: ``(d_inputs, d_weights, d_biases)``
     (:func:`softmax_head`'s gradient through :func:`corrected_logits_grads`)."""
-    _, g, ids = _stages(softmax_head, weights, biases, labels, inputs, sampled_values, remove_accidental_hits,
-                        subtract_log_q, ignore_index, exclude_true, label_smoothing=label_smoothing)
+    _, g, ids = _stages(softmax_head, weights, biases, labels, inputs, sampled_values,
+                        remove_accidental_hits=remove_accidental_hits, subtract_log_q=subtract_log_q,
+                        ignore_index=ignore_index, exclude_true=exclude_true, label_smoothing=label_smoothing)
     if grad_loss is not None:
         g = g * np.asarray(grad_loss, np.float64)[:, None]
     return corrected_logits_grads(weights, biases, inputs, ids, g)
@@ -345,16 +347,18 @@ def nce_loss(weights, biases, labels, inputs, sampled_values, *, remove_accident
         >>> print(f"{loss[0]:.4f}")
         3.1333
     """
-    loss, _, _ = _stages(sigmoid_head, weights, biases, labels, inputs, sampled_values, remove_accidental_hits,
-                         subtract_log_q, ignore_index)
+    loss, _, _ = _stages(sigmoid_head, weights, biases, labels, inputs, sampled_values,
+                         remove_accidental_hits=remove_accidental_hits, subtract_log_q=subtract_log_q,
+                         ignore_index=ignore_index)
     return loss
 
 
 def nce_grads(weights, biases, labels, inputs, sampled_values, *, grad_loss=None, remove_accidental_hits=False,
               subtract_log_q=True, ignore_index=None):
     """Gradients of ``sum_i grad_loss_i * nce_loss_i``: ``(d_inputs, d_weights, d_biases)``."""
-    _, g, ids = _stages(sigmoid_head, weights, biases, labels, inputs, sampled_values, remove_accidental_hits,
-                        subtract_log_q, ignore_index)
+    _, g, ids = _stages(sigmoid_head, weights, biases, labels, inputs, sampled_values,
+                        remove_accidental_hits=remove_accidental_hits, subtract_log_q=subtract_log_q,
+                        ignore_index=ignore_index)
     if grad_loss is not None:
         g = g * np.asarray(grad_loss, np.float64)[:, None]
     return corrected_logits_grads(weights, biases, inputs, ids, g)
@@ -499,7 +503,7 @@ def hard_negatives(logits, keep, num_hard_negatives):
     return hard
 
 
-def _in_batch(query, candidates, candidate_ids, query_ids, log_q, temperature, remove_accidental_hits,
+def _in_batch(query, candidates, candidate_ids, query_ids, *, log_q, temperature, remove_accidental_hits,
               score_mask, excluded_ids, num_hard_negatives):
     query, candidates = np.asarray(query, np.float64), np.asarray(candidates, np.float64)
     b, c, _ = V.check_in_batch_shapes(
@@ -531,8 +535,9 @@ def in_batch_softmax_loss(query, candidates, *, candidate_ids=None, query_ids=No
     logits of :func:`in_batch_logits` and, with ``num_hard_negatives``, :func:`hard_negatives`.
     With ``C`` distinct candidates, no ``log_q`` and temperature 1 it is the full softmax
     cross-entropy over those ``C`` classes."""
-    _, _, loss, _ = _in_batch(query, candidates, candidate_ids, query_ids, log_q, temperature,
-                              remove_accidental_hits, score_mask, excluded_ids, num_hard_negatives)
+    _, _, loss, _ = _in_batch(query, candidates, candidate_ids, query_ids, log_q=log_q, temperature=temperature,
+                              remove_accidental_hits=remove_accidental_hits, score_mask=score_mask,
+                              excluded_ids=excluded_ids, num_hard_negatives=num_hard_negatives)
     return loss if sample_weight is None else loss * np.asarray(sample_weight, np.float64)
 
 
@@ -544,9 +549,11 @@ def in_batch_softmax_grads(query, candidates, *, grad_loss=None, candidate_ids=N
     ``G = grad_loss * sample_weight * (softmax(o) - target)`` (zero on removed columns):
     ``d query = G candidates / t``, ``d candidates = G^T query / t``,
     ``d t = -sum(G * (o + log_q)) / t`` and ``d log_q = -sum_i G_i``."""
-    query, candidates, loss, d_logits = _in_batch(query, candidates, candidate_ids, query_ids, log_q, temperature,
-                                                  remove_accidental_hits, score_mask, excluded_ids,
-                                                  num_hard_negatives)
+    query, candidates, loss, d_logits = _in_batch(query, candidates, candidate_ids, query_ids, log_q=log_q,
+                                                  temperature=temperature,
+                                                  remove_accidental_hits=remove_accidental_hits,
+                                                  score_mask=score_mask, excluded_ids=excluded_ids,
+                                                  num_hard_negatives=num_hard_negatives)
     g = np.ones(loss.shape) if grad_loss is None else np.asarray(grad_loss, np.float64)
     if sample_weight is not None:
         g = g * np.asarray(sample_weight, np.float64)

@@ -54,7 +54,8 @@ def test_a_sigmoid_head_in_pytorch(rng, T):
     W, b, y, h, sv = random_problem(rng, T=T)
     Wt, bt, ht = (torch.tensor(x, requires_grad=True) for x in (W, b, h))
     cand, tc, sc = (torch.as_tensor(v) for v in sv)
-    ids, logq, removed = candidate_columns(torch.as_tensor(y), None, cand, tc, sc, torch.float64, True, True, False)
+    ids, logq, removed = candidate_columns(torch.as_tensor(y), None, cand, tc, sc, torch.float64,
+                                           remove_accidental_hits=True, subtract_log_q=True)
     loss, _ = SampledLoss.apply(sigmoid, ht, ids, logq, None, removed, None, _Spec(T, (), "div", 0.0, False), bt, Wt)
     loss.sum().backward()
     ref_loss, (gh, gW, gb) = reference_loss_and_grads(W, b, y, h, sv)

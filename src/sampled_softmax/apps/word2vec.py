@@ -369,7 +369,8 @@ def train(sentences: Sequence[Sequence[str]], config: Word2VecConfig | None = No
                         p.scatter_add_(0, rows.unsqueeze(1).expand(-1, D), step_rows)
                         p.grad = None
             done_pairs += hi - lo
-            words_done += _advance(bar, len(ids), step, steps, epoch, config, words_done, start, lr)
+            words_done += _advance(bar, len(ids), step, steps, epoch, config, words_done=words_done, start=start,
+                                   lr=lr)
     if bar is not None:
         bar.close()
     wall = time.perf_counter() - start
@@ -379,7 +380,7 @@ def train(sentences: Sequence[Sequence[str]], config: Word2VecConfig | None = No
     return WordVectors(words, vectors.detach().numpy().copy(), counts, stats)
 
 
-def _advance(bar, num_words, step, steps, epoch, config, words_done, start, lr) -> int:
+def _advance(bar, num_words, step, steps, epoch, config, *, words_done, start, lr) -> int:
     """The corpus words one step covers (an epoch's words spread evenly over its steps), shown
     on the progress bar with the rate so far."""
     covered = (num_words * (step + 1)) // steps - (num_words * step) // steps

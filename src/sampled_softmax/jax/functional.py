@@ -202,7 +202,7 @@ def _compute_dtype(dtype):
     return jnp.float32 if dtype in (jnp.float16, jnp.bfloat16) else dtype
 
 
-def _columns(y, valid, num_sampled, num_classes, num_true, sampled_values, key, sampler, draw, exclude_true):
+def _columns(y, valid, num_sampled, num_classes, *, num_true, sampled_values, key, sampler, draw, exclude_true):
     """The candidates and their expected counts: given, or drawn from ``key``."""
     if sampled_values is None:
         if key is None:
@@ -252,7 +252,7 @@ class _Call(NamedTuple):
     bad_draw: jax.Array | None  # under jit: given sampled_values that could not be checked are bad
 
 
-def _stage1(weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+def _stage1(weights, biases, labels, inputs, *, num_sampled, num_classes, num_true, sampled_values,
             remove_accidental_hits, key, sampler, draw, ignore_index, subtract_log_q, exclude_true, reduction,
             table_rows=None) -> _Call:
     V.check_choice("reduction", reduction, V.REDUCTIONS)
@@ -261,8 +261,9 @@ def _stage1(weights, biases, labels, inputs, num_sampled, num_classes, num_true,
     W, b, y, h, lead, valid = _prepare(weights, biases, labels, inputs, num_classes, num_true, ignore_index,
                                        table_rows)
     cdt = _compute_dtype(h.dtype)
-    cand, true_count, samp_count = _columns(y, valid, num_sampled, num_classes, y.shape[1], sampled_values, key,
-                                            sampler, draw, exclude_true)
+    cand, true_count, samp_count = _columns(y, valid, num_sampled, num_classes, num_true=y.shape[1],
+                                            sampled_values=sampled_values, key=key, sampler=sampler, draw=draw,
+                                            exclude_true=exclude_true)
     ids, log_q, keep = candidate_columns(y, valid, cand, true_count, samp_count,
                                          remove_accidental_hits=remove_accidental_hits,
                                          subtract_log_q=subtract_log_q, exclude_true=exclude_true, dtype=cdt)
@@ -280,11 +281,13 @@ def _bad_sampled_values(cand, true_count, samp_count, valid, num_classes):
             | jnp.any(~(samp_count > 0)))
 
 
-def _loss(head, weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+def _loss(head, weights, biases, labels, inputs, *, num_sampled, num_classes, num_true, sampled_values,
           remove_accidental_hits, key, sampler, draw, ignore_index, label_smoothing, subtract_log_q, exclude_true,
           reduction):
-    c = _stage1(weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-                remove_accidental_hits, key, sampler, draw, ignore_index, subtract_log_q, exclude_true, reduction)
+    c = _stage1(weights, biases, labels, inputs, num_sampled=num_sampled, num_classes=num_classes, num_true=num_true,
+                sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits, key=key,
+                sampler=sampler, draw=draw, ignore_index=ignore_index, subtract_log_q=subtract_log_q,
+                exclude_true=exclude_true, reduction=reduction)
     rows = jnp.take(c.W, c.ids, axis=0)
     bias_rows = None if c.b is None else jnp.take(c.b, c.ids)
     return _head_loss(head, c, c.h, rows, bias_rows, label_smoothing, reduction)
@@ -363,9 +366,10 @@ def sampled_softmax_loss(
         1.4076
     """
     label_smoothing = V.check_label_smoothing(label_smoothing)
-    return _loss("softmax", weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-                 remove_accidental_hits, key, sampler, draw, ignore_index, label_smoothing, subtract_log_q,
-                 exclude_true, reduction)
+    return _loss("softmax", weights, biases, labels, inputs, num_sampled=num_sampled, num_classes=num_classes,
+                 num_true=num_true, sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits,
+                 key=key, sampler=sampler, draw=draw, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                 subtract_log_q=subtract_log_q, exclude_true=exclude_true, reduction=reduction)
 
 
 def nce_loss(
@@ -377,8 +381,10 @@ def nce_loss(
     r"""Noise-contrastive estimation, ``tf.nn.nce_loss``'s semantics: the corrected logits of
     :func:`sampled_softmax_loss`, each column a logistic classification (target ``1 / T`` on the
     labels, 0 on the candidates), summed per row. ``remove_accidental_hits`` defaults to False."""
-    return _loss("sigmoid", weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-                 remove_accidental_hits, key, sampler, draw, ignore_index, 0.0, subtract_log_q, False, reduction)
+    return _loss("sigmoid", weights, biases, labels, inputs, num_sampled=num_sampled, num_classes=num_classes,
+                 num_true=num_true, sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits,
+                 key=key, sampler=sampler, draw=draw, ignore_index=ignore_index, label_smoothing=0.0,
+                 subtract_log_q=subtract_log_q, exclude_true=False, reduction=reduction)
 
 
 def negative_sampling_loss(
@@ -389,8 +395,10 @@ def negative_sampling_loss(
 ) -> jax.Array:
     """Negative sampling (Mikolov et al. 2013): :func:`nce_loss` without the ``- log E``
     correction, over noise shared by the batch."""
-    return _loss("sigmoid", weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-                 remove_accidental_hits, key, sampler, draw, ignore_index, 0.0, False, False, reduction)
+    return _loss("sigmoid", weights, biases, labels, inputs, num_sampled=num_sampled, num_classes=num_classes,
+                 num_true=num_true, sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits,
+                 key=key, sampler=sampler, draw=draw, ignore_index=ignore_index, label_smoothing=0.0,
+                 subtract_log_q=False, exclude_true=False, reduction=reduction)
 
 
 def full_logits(weights, biases, inputs) -> jax.Array:

@@ -144,12 +144,14 @@ def _owned_rows(table, ids, num_classes, axis_name):
     return jnp.where(owned.reshape(owned.shape + (1,) * (rows.ndim - 1)), rows, 0), owned
 
 
-def _parallel_loss(head, weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+def _parallel_loss(head, weights, biases, labels, inputs, *, num_sampled, num_classes, num_true, sampled_values,
                    remove_accidental_hits, key, sampler, draw, ignore_index, label_smoothing, subtract_log_q,
                    reduction, axis_name):
-    c: _Call = _stage1(weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-                       remove_accidental_hits, key, sampler, draw, ignore_index, subtract_log_q, False, reduction,
-                       table_rows=_shard_check(num_classes, axis_name))
+    c: _Call = _stage1(weights, biases, labels, inputs, num_sampled=num_sampled, num_classes=num_classes,
+                       num_true=num_true, sampled_values=sampled_values,
+                       remove_accidental_hits=remove_accidental_hits, key=key, sampler=sampler, draw=draw,
+                       ignore_index=ignore_index, subtract_log_q=subtract_log_q, exclude_true=False,
+                       reduction=reduction, table_rows=_shard_check(num_classes, axis_name))
     n, t = c.y.shape
     rows, owned = _owned_rows(c.W, c.ids, num_classes, axis_name)
     bias_rows = None if c.b is None else _owned_rows(c.b, c.ids, num_classes, axis_name)[0]
@@ -182,9 +184,11 @@ def vocab_parallel_sampled_softmax_loss(
     ``inputs``, ``key`` and ``sampled_values`` are the same on every device of the axis. Returns the
     same loss on every device of the axis, equal to the single-device loss on the whole table."""
     label_smoothing = V.check_label_smoothing(label_smoothing)
-    return _parallel_loss("softmax", weights, biases, labels, inputs, num_sampled, num_classes, num_true,
-                          sampled_values, remove_accidental_hits, key, sampler, draw, ignore_index, label_smoothing,
-                          subtract_log_q, reduction, axis_name)
+    return _parallel_loss("softmax", weights, biases, labels, inputs, num_sampled=num_sampled,
+                          num_classes=num_classes, num_true=num_true, sampled_values=sampled_values,
+                          remove_accidental_hits=remove_accidental_hits, key=key, sampler=sampler, draw=draw,
+                          ignore_index=ignore_index, label_smoothing=label_smoothing, subtract_log_q=subtract_log_q,
+                          reduction=reduction, axis_name=axis_name)
 
 
 def vocab_parallel_nce_loss(
@@ -195,9 +199,11 @@ def vocab_parallel_nce_loss(
 ) -> jax.Array:
     """:func:`nce_loss` with the table sharded over ``axis_name`` (as
     :func:`vocab_parallel_sampled_softmax_loss`)."""
-    return _parallel_loss("sigmoid", weights, biases, labels, inputs, num_sampled, num_classes, num_true,
-                          sampled_values, remove_accidental_hits, key, sampler, draw, ignore_index, 0.0,
-                          subtract_log_q, reduction, axis_name)
+    return _parallel_loss("sigmoid", weights, biases, labels, inputs, num_sampled=num_sampled,
+                          num_classes=num_classes, num_true=num_true, sampled_values=sampled_values,
+                          remove_accidental_hits=remove_accidental_hits, key=key, sampler=sampler, draw=draw,
+                          ignore_index=ignore_index, label_smoothing=0.0, subtract_log_q=subtract_log_q,
+                          reduction=reduction, axis_name=axis_name)
 
 
 def vocab_parallel_negative_sampling_loss(
@@ -207,9 +213,11 @@ def vocab_parallel_negative_sampling_loss(
     reduction: Literal["none", "mean", "sum"] = "none",
 ) -> jax.Array:
     """:func:`negative_sampling_loss` with the table sharded over ``axis_name``."""
-    return _parallel_loss("sigmoid", weights, biases, labels, inputs, num_sampled, num_classes, num_true,
-                          sampled_values, remove_accidental_hits, key, sampler, draw, ignore_index, 0.0, False,
-                          reduction, axis_name)
+    return _parallel_loss("sigmoid", weights, biases, labels, inputs, num_sampled=num_sampled,
+                          num_classes=num_classes, num_true=num_true, sampled_values=sampled_values,
+                          remove_accidental_hits=remove_accidental_hits, key=key, sampler=sampler, draw=draw,
+                          ignore_index=ignore_index, label_smoothing=0.0, subtract_log_q=False, reduction=reduction,
+                          axis_name=axis_name)
 
 
 def vocab_parallel_full_softmax_loss(weights, biases, labels, inputs, num_classes: int, num_true: int = 1, *,

@@ -72,9 +72,11 @@ def value_and_row_grads(weights, biases, labels, inputs, num_sampled: int, num_c
     if loss != "sampled_softmax" and label_smoothing:
         raise SampledSoftmaxError(f"`label_smoothing` must be 0 with loss={loss!r}; received {label_smoothing}")
     head = "softmax" if loss == "sampled_softmax" else "sigmoid"
-    c = _stage1(weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-                remove_accidental_hits, key, sampler, draw, ignore_index,
-                subtract_log_q and loss != "negative_sampling", exclude_true, reduction)
+    c = _stage1(weights, biases, labels, inputs, num_sampled=num_sampled, num_classes=num_classes, num_true=num_true,
+                sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits, key=key,
+                sampler=sampler, draw=draw, ignore_index=ignore_index,
+                subtract_log_q=subtract_log_q and loss != "negative_sampling", exclude_true=exclude_true,
+                reduction=reduction)
     rows = jnp.take(c.W, c.ids, axis=0)
     bias_rows = None if c.b is None else jnp.take(c.b, c.ids)
 

@@ -291,10 +291,12 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled: int, num_
     with tf.name_scope(name):
         label_smoothing = V.check_label_smoothing(label_smoothing)
         exclude_true = V.check_bool("exclude_true", exclude_true)
-        return _sampled_head_loss(
-            weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-            remove_accidental_hits or exclude_true, seed, ignore_index, subtract_log_q, reduction,
-            lambda keep_true: softmax_head(num_true, keep_true, label_smoothing), exclude_true)
+        return _sampled_head_loss(weights, biases, labels, inputs, num_sampled, num_classes=num_classes,
+                                  num_true=num_true, sampled_values=sampled_values,
+                                  remove_accidental_hits=remove_accidental_hits or exclude_true, seed=seed,
+                                  ignore_index=ignore_index, subtract_log_q=subtract_log_q, reduction=reduction,
+                                  make_head=lambda keep_true: softmax_head(num_true, keep_true, label_smoothing),
+                                  exclude_true=exclude_true)
 
 
 def nce_loss(weights, biases, labels, inputs, num_sampled: int, num_classes: int, num_true: int = 1,
@@ -340,13 +342,14 @@ def nce_loss(weights, biases, labels, inputs, num_sampled: int, num_classes: int
         3.1333
     """
     with tf.name_scope(name):
-        return _sampled_head_loss(
-            weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-            remove_accidental_hits, None, ignore_index, subtract_log_q, reduction,
-            lambda keep_true: sigmoid_head(num_true, keep_true))
+        return _sampled_head_loss(weights, biases, labels, inputs, num_sampled, num_classes=num_classes,
+                                  num_true=num_true, sampled_values=sampled_values,
+                                  remove_accidental_hits=remove_accidental_hits, seed=None, ignore_index=ignore_index,
+                                  subtract_log_q=subtract_log_q, reduction=reduction,
+                                  make_head=lambda keep_true: sigmoid_head(num_true, keep_true))
 
 
-def _sampled_head_loss(weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+def _sampled_head_loss(weights, biases, labels, inputs, num_sampled, *, num_classes, num_true, sampled_values,
                        remove_accidental_hits, seed, ignore_index, subtract_log_q, reduction, make_head,
                        exclude_true=False):
     """The three stages for a head (``make_head(keep_true)``), after the shared checks."""

@@ -14,7 +14,7 @@ from .._validation import exclusion_error
 from ._prepare import _as_numpy_float
 
 
-def _columns_numpy(y_safe, valid, cand, true_count, samp_count, cdt, remove_hits, subtract_log_q, padded):
+def _columns_numpy(y_safe, valid, cand, true_count, samp_count, cdt, *, remove_hits, subtract_log_q, padded):
     """On the CPU: column ids ``[N*T + S]``, ``log E`` per column and the removed-candidate mask
     ``[N, S]`` (or None), built with NumPy, whose small-array operations cost a fraction of torch's."""
     n, t = y_safe.shape
@@ -44,7 +44,7 @@ def _columns_numpy(y_safe, valid, cand, true_count, samp_count, cdt, remove_hits
     return ids, logq, None if removed is None else torch.from_numpy(removed)
 
 
-def _columns_torch(y_safe, valid, cand, true_count, samp_count, cdt, remove_hits, subtract_log_q, padded):
+def _columns_torch(y_safe, valid, cand, true_count, samp_count, cdt, *, remove_hits, subtract_log_q, padded):
     """:func:`_columns_numpy` in torch ops, for accelerators."""
     n, t = y_safe.shape
     s = cand.shape[0]
@@ -70,15 +70,17 @@ def _columns_torch(y_safe, valid, cand, true_count, samp_count, cdt, remove_hits
     return ids, logq, removed
 
 
-def candidate_columns(y_safe, valid, cand, true_count, samp_count, cdt, remove_hits, subtract_log_q, padded):
+def candidate_columns(y_safe, valid, cand, true_count, samp_count, cdt, *, remove_accidental_hits, subtract_log_q,
+                      padded=False):
     """``(ids [N*T + S], log E [N*T + S], removed [N, S] or None)`` for labels ``y_safe [N, T]``
     (ignored ones replaced by 0, ``valid`` their mask or None) and candidates ``cand [S]``."""
     build = _columns_numpy if y_safe.device.type == "cpu" and cand.device.type == "cpu" else _columns_torch
-    return build(y_safe, valid, cand, true_count, samp_count, cdt, remove_hits, subtract_log_q, padded)
+    return build(y_safe, valid, cand, true_count, samp_count, cdt, remove_hits=remove_accidental_hits,
+                 subtract_log_q=subtract_log_q, padded=padded)
 
 
 def exclusion_correction(y_safe, valid, true_count, removed, num_sampled, cdt):
-    """Seed 001's estimator (``exclude_true``), after :func:`candidate_columns` (with the hits
+    """The rejection estimator's correction (``exclude_true``), after :func:`candidate_columns` (with the hits
     ``removed [N, S]``): ``row_logq_i = log(k_i / S) - log(1 - Q_i)`` ``[N]``, added to the
     ``log E(c) = log(S q(c))`` of row ``i``'s candidates (the true columns get none), so that a
     candidate's correction is ``log(k_i q(c) / (1 - Q_i))``: ``k_i`` the row's candidates left,

@@ -150,7 +150,8 @@ def columns(
     fill = cand[:1] if cand.numel() else y.new_zeros(1)
     y_safe = y if valid is None else torch.where(valid, y, fill)
     ids, logq, removed = _candidate_columns(y_safe, valid, cand, true_count, samp_count, dtype,
-                                            remove_accidental_hits, subtract_log_q, padded)
+                                            remove_accidental_hits=remove_accidental_hits,
+                                            subtract_log_q=subtract_log_q, padded=padded)
     s = cand.shape[0]
     removed = torch.zeros(n, s, dtype=torch.bool) if removed is None else removed.contiguous()
     keep = torch.ones(n, t, dtype=torch.bool) if valid is None else valid.clone()

@@ -181,7 +181,8 @@ def _general(call: LossCall):
     y_safe = y if valid is None else torch.where(valid, y, 0)
     cdt = _compute_dtype(h.dtype)
     ids, logq, removed = candidate_columns(y_safe, valid, cand, true_count, samp_count, cdt,
-                                           call.remove_accidental_hits, subtract_log_q, padded)
+                                           remove_accidental_hits=call.remove_accidental_hits,
+                                           subtract_log_q=subtract_log_q, padded=padded)
     row_logq = None
     if exclude_true and subtract_log_q:
         row_logq = exclusion_correction(y_safe, valid, true_count, removed, cand.shape[0], cdt)

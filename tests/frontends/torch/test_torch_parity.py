@@ -280,6 +280,7 @@ def test_numpy_and_torch_column_builders_agree(rng):
     sc[3] = float("inf")
     tc = torch.tensor(sv[1], dtype=torch.float32)
     for hits in (True, False):
-        a = F._columns_numpy(y_safe, valid, cand, tc, sc, torch.float32, hits, True, True)
-        b = F._columns_torch(y_safe, valid, cand, tc, sc, torch.float32, hits, True, True)
+        flags = dict(remove_hits=hits, subtract_log_q=True, padded=True)
+        a = F._columns_numpy(y_safe, valid, cand, tc, sc, torch.float32, **flags)
+        b = F._columns_torch(y_safe, valid, cand, tc, sc, torch.float32, **flags)
         assert torch.equal(a[0], b[0]) and torch.allclose(a[1], b[1]) and torch.equal(a[2], b[2])

@@ -248,7 +248,8 @@ def sampled_route(call: LossCall):
     y_safe = y if valid is None else torch.where(valid, y, 0)
     cdt = _compute_dtype(h.dtype)
     ids, logq, removed = candidate_columns(y_safe, valid, cand.to(h.device), true_count, samp_count, cdt,
-                                           call.remove_accidental_hits, call.subtract_log_q, padded)
+                                           remove_accidental_hits=call.remove_accidental_hits,
+                                           subtract_log_q=call.subtract_log_q, padded=padded)
     ids, logq = ids.to(h.device), logq.to(h.device)
     removed = None if removed is None else removed.to(h.device)
     start, rows = shard_range(num_classes, rank, world)
