@@ -2,7 +2,6 @@
 changelog and the benchmark plots, so that each lives in one place in the repository."""
 
 import os
-import re
 
 from mkdocs.structure.files import File
 
@@ -22,21 +21,3 @@ def on_files(files, config):
     files.append(File.generated(config, "benchmarks-full.md", content=full))
     files.append(File.generated(config, "changelog.md", content=_read("CHANGELOG.md")))
     return files
-
-
-_SECTION = re.compile(r'^--8<-- "README\.md:([\w-]+)"$', re.M)
-
-
-def _readme_section(name):
-    text = _read("README.md")
-    start, end = f"<!-- --8<-- [start:{name}] -->", f"<!-- --8<-- [end:{name}] -->"
-    return text[text.index(start) + len(start):text.index(end)]
-
-
-def on_page_markdown(markdown, page, config, files):
-    # A page made of README sections gets them here rather than from pymdownx.snippets, so that
-    # README's image links (docs/images/..., relative to the repository's root) can be made
-    # relative to the page before MkDocs checks them.
-    depth = page.file.src_uri.count("/")
-    markdown = _SECTION.sub(lambda m: _readme_section(m.group(1)), markdown)
-    return markdown.replace("](docs/images/", "](" + "../" * depth + "images/")

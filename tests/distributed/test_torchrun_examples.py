@@ -43,11 +43,11 @@ def test_two_tower_with_negatives_across_ranks_learns():
     assert float(found[2]) > float(found[1]) + 0.1, out
 
 
-def test_readme_blocks_for_torchrun_run_on_two_processes(tmp_path):
-    """The README's blocks that start a process group (skipped by the in-process docs test)."""
-    readme = (EXAMPLES.parent / "README.md").read_text()
+def test_docs_blocks_for_torchrun_run_on_two_processes(tmp_path):
+    """The documentation's blocks that start a process group (skipped by the in-process docs test)."""
+    readme = (EXAMPLES.parent / "docs" / "distributed.md").read_text()
     blocks = [b for b in re.findall(r"^```python\n(.*?)^```", readme, re.S | re.M) if "init_process_group" in b]
-    assert blocks, "the README has a torch.distributed block"
+    assert blocks, "docs/distributed.md has a torch.distributed block"
     for i, code in enumerate(blocks):
         script = tmp_path / f"block{i}.py"
         script.write_text(code)
