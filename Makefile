@@ -20,10 +20,16 @@ venv: $(STAMP)
 TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS)
 KERAS_TESTS := tests/frontends/keras tests/cross/test_bad_input.py tests/cross/test_properties.py tests/cross/test_heads.py tests/cross/test_exclude_true.py -k keras
+# FAST=1: a quick local loop, without the tests marked slow nor the second and third Keras backends.
+ifdef FAST
+test: $(STAMP)
+	$(PYTEST) -m "not slow"
+else
 test: $(STAMP)
 	$(PYTEST) --durations=15
 	KERAS_BACKEND=jax $(PYTEST) -p no:cacheprovider $(KERAS_TESTS)
 	KERAS_BACKEND=torch $(PYTEST) -p no:cacheprovider $(KERAS_TESTS)
+endif
 
 # The wheel and sdist as they would be published, with their metadata checked.
 dist: $(STAMP)

@@ -4,7 +4,7 @@ The NumPy reference of the front ends' estimators (each front end's estimator is
 these, step by step). Two estimators, both over hashed arrays of fixed size, deterministic, with
 no per-id storage:
 
-* :class:`LastSeenEstimator` (Yi et al. 2019, "Sampling-bias-corrected neural modeling for large
+* :class:`StreamingFrequency` (Yi et al. 2019, "Sampling-bias-corrected neural modeling for large
   corpus item recommendations", Algorithm 1): per bucket, the step ``A`` an id was last seen and
   an exponential moving average ``B`` of the number of steps between sightings; an id's
   probability of being in a batch is ``1 / B``. At step ``t`` (counted from 1), for every bucket
@@ -12,7 +12,7 @@ no per-id storage:
   first time a bucket is seen, so ``B >= 1``), then ``A[b] <- t``. An id counts once per step
   however often it is in the batch. With ``H`` hash functions the estimate takes the largest
   ``B`` (collisions only shorten gaps). An id never seen gets ``B = t + 1``.
-* :class:`CountMinEstimator` (a count-min sketch, as Pinterest's OmniSearchSage): per bucket a
+* :class:`CountMinFrequency` (a count-min sketch, as Pinterest's OmniSearchSage): per bucket a
   count of occurrences; an id's frequency ``f`` is its smallest count over the ``H`` hashes (at
   least 1) divided by the total, and its probability of being in a batch of the stream's mean
   size ``n`` is ``1 - (1 - f) ** n``. For a stationary stream; it does not forget.
@@ -33,7 +33,7 @@ import numpy as np
 from . import SampledSoftmaxError
 from ._validation import check_positive_int
 
-__all__ = ["hash_tables", "bucket_ids", "LastSeenEstimator", "CountMinEstimator", "check_estimator_args",
+__all__ = ["hash_tables", "bucket_ids", "StreamingFrequency", "CountMinFrequency", "check_estimator_args",
            "check_ids_values"]
 
 
@@ -68,7 +68,7 @@ def bucket_ids(ids, tables, num_buckets: int) -> np.ndarray:
     return h % num_buckets
 
 
-class LastSeenEstimator:
+class StreamingFrequency:
     """Yi et al.'s estimator (see the module docstring), float64."""
 
     def __init__(self, num_buckets: int = 2**20, *, num_hashes: int = 1, learning_rate: float = 0.05,
@@ -101,7 +101,7 @@ class LastSeenEstimator:
         return np.log(self.probability(ids))
 
 
-class CountMinEstimator:
+class CountMinFrequency:
     """A count-min sketch of the stream (see the module docstring), float64."""
 
     def __init__(self, num_buckets: int = 2**20, *, num_hashes: int = 2, seed: int = 0):
@@ -128,3 +128,8 @@ class CountMinEstimator:
 
     def log_q(self, ids) -> np.ndarray:
         return np.log(self.probability(ids))
+
+
+# The names of wave 2 (0.x), before the front ends' names were taken here too.
+LastSeenEstimator = StreamingFrequency
+CountMinEstimator = CountMinFrequency

@@ -58,6 +58,7 @@ def test_block_runs_as_written(code, tmp_path, monkeypatch):
     exec(compile(code, "<block>", "exec"), {"__name__": "__docs__"})
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "mkdocs.yml")), reason="no documentation site")
 def test_the_site_builds_strictly(tmp_path):
     pytest.importorskip("mkdocs")

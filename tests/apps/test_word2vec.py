@@ -75,6 +75,7 @@ def test_save_and_load_the_word2vec_text_format(tmp_path):
     assert np.array_equal(kv["b"], model.vectors[1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(os.path.join(DATA, "word-eval")), reason="../shared/data absent")
 def test_our_evaluation_is_gensims_on_the_real_sets(tmp_path):
     gensim = pytest.importorskip("gensim")
@@ -99,6 +100,7 @@ def planted_corpus(rng, sentences=400):
     return [list(rng.choice(topics[rng.integers(2)], size=8)) for _ in range(sentences)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["negative_sampling", "nce", "sampled_softmax"])
 def test_training_puts_words_of_one_topic_together(loss):
     rng = np.random.default_rng(0)
@@ -123,6 +125,7 @@ def test_bad_settings_are_clear_errors():
         W2V.read_sentences("/nonexistent/corpus")
 
 
+@pytest.mark.slow
 def test_the_command_line_trains_saves_and_evaluates(tmp_path, capsys):
     from sampled_softmax.cli import main
 

@@ -12,6 +12,8 @@ import torch
 import spawn
 from sampled_softmax import SampledSoftmaxError
 
+pytestmark = pytest.mark.slow
+
 V, D, N, S = 11, 4, 5, 3
 
 

@@ -13,6 +13,8 @@ import torch
 import spawn
 from sampled_softmax.torch import LearnedUnigramSampler, SampledSoftmax, SparseRowAdam, in_batch_softmax_loss
 
+pytestmark = pytest.mark.slow
+
 V_IN, V, D, B, S, STEPS = 40, 31, 6, 5, 8, 3
 
 

@@ -13,6 +13,8 @@ import torch
 import spawn
 from sampled_softmax.torch import LearnedUnigramSampler, SparseRowAdam, full_softmax_loss, sampled_softmax_loss
 
+pytestmark = pytest.mark.slow
+
 V, D, N, S = 23, 5, 7, 6  # 23 classes: uneven shards on 2 and 4 ranks
 PER_RANK = 1  # rows of the batch each rank holds in the Partial FC case (PER_RANK * 4 <= N)
 

@@ -17,10 +17,10 @@ from .. import MixedNegatives, SampledSoftmaxError
 from .. import _validation as V
 from .functional import _concrete, _given_dtype
 
-__all__ = ["in_batch_softmax_loss", "in_batch_keep", "mixed_negatives", "MixedNegatives"]
+__all__ = ["in_batch_softmax_loss", "in_batch_columns", "mixed_negatives", "MixedNegatives"]
 
 
-def in_batch_keep(batch_size: int, num_candidates: int, *, candidate_ids=None, query_ids=None, score_mask=None,
+def in_batch_columns(batch_size: int, num_candidates: int, *, candidate_ids=None, query_ids=None, score_mask=None,
                   excluded_ids=None, remove_accidental_hits: bool = True) -> jax.Array:
     """Stage 1: the keep mask ``[B, C]`` of :func:`sampled_softmax.reference.in_batch_columns`."""
     b, c = batch_size, num_candidates
@@ -100,7 +100,7 @@ def in_batch_softmax_loss(
         V.check_sample_weight_values(float(w.min()), bool(np.isfinite(w).all()))
 
     cdt = jnp.float32 if query.dtype in (jnp.float16, jnp.bfloat16) else query.dtype
-    keep = in_batch_keep(b, c, candidate_ids=optional["candidate_ids"], query_ids=optional["query_ids"],
+    keep = in_batch_columns(b, c, candidate_ids=optional["candidate_ids"], query_ids=optional["query_ids"],
                          score_mask=optional["score_mask"], excluded_ids=optional["excluded_ids"],
                          remove_accidental_hits=remove_accidental_hits)
     o = query.astype(cdt) @ candidates.astype(cdt).T / temperature
@@ -155,3 +155,7 @@ def mixed_negatives(candidates, candidate_ids, in_batch_log_q, sampled_values, e
     return MixedNegatives(jnp.concatenate([candidates, extra.astype(candidates.dtype)]),
                           jnp.concatenate([candidate_ids, cand.astype(candidate_ids.dtype)]),
                           jnp.concatenate([in_batch_log_q, log_e]), score_mask)
+
+
+# The name of wave 2 (0.x): the same function.
+in_batch_keep = in_batch_columns

@@ -65,7 +65,7 @@ class _HashedFrequency(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="sampled_softmax")
 class StreamingFrequency(_HashedFrequency):
     """Yi et al. 2019's streaming estimate of ``log_q`` (:class:`sampled_softmax.frequency.
-    LastSeenEstimator`, the same hashing as the PyTorch and TensorFlow ones) as a Keras layer: its
+    StreamingFrequency`, the same hashing as the PyTorch and TensorFlow ones) as a Keras layer: its
     state is non-trainable weights (saved with the model); called on a batch's candidate ids it
     updates in training and returns their ``log_q`` ``[B]`` (float32, ``<= 0``). The moving
     average is float32 here (the JAX backend has no float64 by default).
@@ -112,7 +112,7 @@ class StreamingFrequency(_HashedFrequency):
 
 @keras.saving.register_keras_serializable(package="sampled_softmax")
 class CountMinFrequency(_HashedFrequency):
-    """A count-min sketch of the id stream (:class:`sampled_softmax.frequency.CountMinEstimator`)
+    """A count-min sketch of the id stream (:class:`sampled_softmax.frequency.CountMinFrequency`)
     as a Keras layer, like :class:`StreamingFrequency`: an id's frequency ``f`` is its smallest
     bucket count (at least 1) over the total, its ``log_q`` the log of ``1 - (1 - f) ** n`` for
     the stream's mean batch size ``n``. Counts are int32 (at most ``2**31 - 1`` ids in all).

@@ -51,7 +51,7 @@ class _HashedEstimator(tf.Module):
 
 
 class StreamingFrequency(_HashedEstimator):
-    """Yi et al. 2019's estimator (:class:`sampled_softmax.frequency.LastSeenEstimator`), the
+    """Yi et al. 2019's estimator (:class:`sampled_softmax.frequency.StreamingFrequency`), the
     same as :class:`sampled_softmax.torch.StreamingFrequency`."""
 
     def __init__(self, num_buckets: int = 2**20, *, num_hashes: int = 1, learning_rate: float = 0.05,
@@ -83,7 +83,7 @@ class StreamingFrequency(_HashedEstimator):
 
 
 class CountMinFrequency(_HashedEstimator):
-    """A count-min sketch (:class:`sampled_softmax.frequency.CountMinEstimator`), the same as
+    """A count-min sketch (:class:`sampled_softmax.frequency.CountMinFrequency`), the same as
     :class:`sampled_softmax.torch.CountMinFrequency`."""
 
     def __init__(self, num_buckets: int = 2**20, *, num_hashes: int = 2, seed: int = 0, name: str | None = None):

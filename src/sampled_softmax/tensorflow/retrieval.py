@@ -18,14 +18,14 @@ from .. import MixedNegatives, SampledSoftmaxError
 from .. import _validation as V
 from .frequency import CountMinFrequency, StreamingFrequency  # noqa: F401 - their first home
 
-__all__ = ["in_batch_softmax_loss", "in_batch_keep", "mixed_negatives", "MixedNegatives", "StreamingFrequency", "CountMinFrequency"]
+__all__ = ["in_batch_softmax_loss", "in_batch_columns", "mixed_negatives", "MixedNegatives", "StreamingFrequency", "CountMinFrequency"]
 
 
 def _shape(x):
     return None if x is None else tuple(x.shape.as_list())
 
 
-def in_batch_keep(batch_size: int, num_candidates: int, *, candidate_ids=None, query_ids=None, score_mask=None,
+def in_batch_columns(batch_size: int, num_candidates: int, *, candidate_ids=None, query_ids=None, score_mask=None,
                   excluded_ids=None, remove_accidental_hits: bool = True) -> tf.Tensor:
     """Stage 1: the keep mask ``[B, C]`` of :func:`sampled_softmax.reference.in_batch_columns`."""
     b, c = batch_size, num_candidates
@@ -139,7 +139,7 @@ def in_batch_softmax_loss(
         zero = tf.reduce_sum(candidates[:0]) + tf.zeros([0], cdt)
         return zero if reduction == "none" else tf.reduce_sum(zero)
 
-    keep = in_batch_keep(b, c, candidate_ids=optional["candidate_ids"], query_ids=optional["query_ids"],
+    keep = in_batch_columns(b, c, candidate_ids=optional["candidate_ids"], query_ids=optional["query_ids"],
                          score_mask=optional["score_mask"], excluded_ids=optional["excluded_ids"],
                          remove_accidental_hits=remove_accidental_hits)
     loss = _in_batch_rows(tf.cast(query, cdt), tf.cast(candidates, cdt), temperature,
@@ -229,3 +229,7 @@ def mixed_negatives(candidates, candidate_ids, in_batch_log_q, sampled_values, e
     return MixedNegatives(tf.concat([candidates, tf.cast(extra, candidates.dtype)], 0),
                           tf.concat([candidate_ids, tf.cast(cand, candidate_ids.dtype)], 0),
                           tf.concat([in_batch_log_q, log_e], 0), score_mask)
+
+
+# The name of wave 2 (0.x): the same function.
+in_batch_keep = in_batch_columns

@@ -72,7 +72,7 @@ class _HashedEstimator(nn.Module):
 
 
 class StreamingFrequency(_HashedEstimator):
-    """Yi et al. 2019's estimator (:class:`sampled_softmax.frequency.LastSeenEstimator`): per hash
+    """Yi et al. 2019's estimator (:class:`sampled_softmax.frequency.StreamingFrequency`): per hash
     bucket the step last seen and a moving average of the gap between sightings; an id's
     probability of being in a batch is ``1 / gap``.
 
@@ -119,7 +119,7 @@ class StreamingFrequency(_HashedEstimator):
 
 
 class CountMinFrequency(_HashedEstimator):
-    """A count-min sketch (:class:`sampled_softmax.frequency.CountMinEstimator`): an id's frequency
+    """A count-min sketch (:class:`sampled_softmax.frequency.CountMinFrequency`): an id's frequency
     is its smallest bucket count over ``num_hashes`` hashes (at least 1) over the total, and its
     probability of being in a batch of the stream's mean size ``n`` is ``1 - (1 - f) ** n``.
     For a stationary stream (it does not forget).

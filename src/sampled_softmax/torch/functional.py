@@ -141,7 +141,7 @@ def nce_loss(
     num_classes: int, num_true: int = 1, sampled_values: Sequence | None = None, remove_accidental_hits: bool = False,
     *, sampler: str | CandidateSampler = "log_uniform", reduction: Reduction = "none", ignore_index: int | None = None,
     generator: torch.Generator | None = None, partition_strategy: Partition = "div", subtract_log_q: bool = True,
-    sparse: bool = False, implementation: Implementation = "auto",
+    sparse: bool = False, implementation: Implementation = "auto", noise: Noise = "shared",
 ) -> torch.Tensor:
     r"""Noise-contrastive estimation loss (Gutmann & Hyvarinen 2010), the semantics of ``tf.nn.nce_loss``.
 
@@ -155,7 +155,9 @@ def nce_loss(
     A removed column (an accidental hit with ``remove_accidental_hits=True``, "sampled
     logistic"; a padding slot; an ignored label) adds nothing. Same arguments as
     :func:`sampled_softmax_loss` without ``label_smoothing`` and ``return_log_prob``;
-    ``remove_accidental_hits`` defaults to False, as in ``tf.nn.nce_loss``. ``implementation``:
+    ``remove_accidental_hits`` defaults to False, as in ``tf.nn.nce_loss``. ``noise``: as for
+    :func:`sampled_softmax_loss` (``"per_example"``: each example's own ``num_sampled`` classes,
+    corrected by ``log(S q(c))``). ``implementation``:
     as for :func:`sampled_softmax_loss` (the compiled core computes this head too, and draws
     ``"uniform"`` / ``"log_uniform"`` candidates itself). Under ``torch.compile`` the call runs
     eagerly (a graph break).
@@ -176,7 +178,7 @@ def nce_loss(
         sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits, sampler=sampler,
         reduction=reduction, ignore_index=ignore_index, generator=generator,
         partition_strategy=partition_strategy, subtract_log_q=subtract_log_q, sparse=sparse,
-        implementation=implementation))
+        implementation=implementation, noise=noise))
 
 
 def negative_sampling_loss(

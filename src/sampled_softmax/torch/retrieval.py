@@ -13,7 +13,7 @@ several.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 
@@ -24,7 +24,7 @@ from ._autograd import _check_once_differentiable
 from ._prepare import _autocast_on
 from .samplers import CandidateSampler
 
-__all__ = ["in_batch_softmax_loss", "in_batch_keep", "MixedNegatives", "mixed_negatives"]
+__all__ = ["in_batch_softmax_loss", "in_batch_columns", "MixedNegatives", "mixed_negatives"]
 
 
 def _is_int(t: torch.Tensor) -> bool:
@@ -37,7 +37,7 @@ def _tensor(name, x, device=None):
     return x if device is None else x.to(device)
 
 
-def in_batch_keep(batch_size: int, num_candidates: int, *, candidate_ids=None, query_ids=None, score_mask=None,
+def in_batch_columns(batch_size: int, num_candidates: int, *, candidate_ids=None, query_ids=None, score_mask=None,
                   excluded_ids=None, remove_accidental_hits: bool = True, device=None) -> torch.Tensor | None:
     """Stage 1: the keep mask ``[B, C]`` of :func:`sampled_softmax.reference.in_batch_columns`
     (None when nothing is removed). The positive of row ``i`` (column ``i``) is always kept."""
@@ -240,7 +240,7 @@ def _in_batch_loss(query, candidates, b, c, *, candidate_ids, query_ids, log_q, 
                    score_mask, excluded_ids, num_hard_negatives, sample_weight, reduction):
     compute = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
     device = query.device
-    keep = in_batch_keep(b, c, candidate_ids=None if candidate_ids is None else candidate_ids.to(device),
+    keep = in_batch_columns(b, c, candidate_ids=None if candidate_ids is None else candidate_ids.to(device),
                          query_ids=query_ids, score_mask=score_mask, excluded_ids=excluded_ids,
                          remove_accidental_hits=remove_accidental_hits, device=device)
     if b == 0:
@@ -261,15 +261,44 @@ def _in_batch_loss(query, candidates, b, c, *, candidate_ids, query_ids, log_q, 
 
 
 def mixed_negatives(candidates: torch.Tensor, candidate_ids: torch.Tensor, in_batch_log_q: torch.Tensor,
-                    num_negatives: int, sampler: CandidateSampler,
-                    encode: Callable[[torch.Tensor], torch.Tensor], *,
+                    sampled_values: Sequence | None = None, encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    *args, num_negatives: int | None = None, sampler: CandidateSampler | None = None,
                     generator: torch.Generator | None = None) -> MixedNegatives:
-    """Mixed negative sampling (Yang et al. 2020): the batch's candidates plus ``num_negatives``
-    corpus candidates drawn by ``sampler`` (any of the library's, with ``draw="unique_exact"``,
-    whose expected counts are exact inclusion probabilities) and embedded by
-    ``encode(ids) -> [M, D]`` (the candidate tower). Each column keeps the probability of the source that put it there:
-    ``in_batch_log_q [B]`` (e.g. ``StreamingFrequency.log_q(candidate_ids)``) for the batch's,
-    ``log E(k)``, the probability that the draw includes ``k``, for the sampled ones."""
+    """Mixed negative sampling (Yang et al. 2020): the batch's ``candidates [B, D]`` plus ``M``
+    corpus candidates embedded by ``encode(ids) -> [M, D]`` (the candidate tower). Each column
+    keeps the probability of the source that put it there: ``in_batch_log_q [B]`` (e.g.
+    ``StreamingFrequency.log_q(candidate_ids)``) for the batch's, ``log E(k)``, the probability
+    that the draw includes ``k``, for the sampled ones.
+
+    The corpus candidates are either given, as in the TensorFlow and JAX front ends and the
+    reference: ``mixed_negatives(candidates, candidate_ids, in_batch_log_q, sampled_values,
+    encode)`` with ``sampled_values = (ids [M], true_expected_count (unused), expected_count
+    [M])`` from a sampler drawing ``"unique_exact"``; or drawn here:
+    ``mixed_negatives(candidates, candidate_ids, in_batch_log_q, num_negatives=M,
+    sampler=sampler, encode=encode, generator=...)`` (also accepted by position:
+    ``(candidates, candidate_ids, in_batch_log_q, M, sampler, encode)``), with any of the
+    library's samplers with ``draw="unique_exact"``, whose expected counts are exact inclusion
+    probabilities. Returns ``MixedNegatives(candidates [B + M, D], candidate_ids [B + M], log_q
+    [B + M], score_mask [B, B + M])`` for ``in_batch_softmax_loss(query, **mixed._asdict())``;
+    padding slots (an expected count of ``inf``) are masked out."""
+    if type(sampled_values) is int or isinstance(encode, CandidateSampler):  # (…, M, sampler, encode)
+        if num_negatives is not None or sampler is not None or len(args) != 1:
+            raise TypeError("mixed_negatives takes (candidates, candidate_ids, in_batch_log_q, num_negatives, "
+                            "sampler, encode) by position, or num_negatives= and sampler= by keyword, not both")
+        num_negatives, sampler, encode, sampled_values = sampled_values, encode, args[0], None
+    elif args:
+        raise TypeError(f"mixed_negatives takes at most 5 positional arguments (candidates, candidate_ids, "
+                        f"in_batch_log_q, sampled_values, encode); received {5 + len(args)}")
+    if encode is None:
+        raise TypeError("mixed_negatives needs `encode`, the candidate tower (ids [M] -> [M, D])")
+    if sampled_values is not None:
+        if num_negatives is not None or sampler is not None:
+            raise SampledSoftmaxError("`sampled_values` cannot be given with `num_negatives` or `sampler`: give the "
+                                      "candidates drawn, or the sampler to draw them")
+        return _mixed_given(candidates, candidate_ids, in_batch_log_q, sampled_values, encode)
+    if num_negatives is None or sampler is None:
+        raise SampledSoftmaxError("mixed_negatives needs `sampled_values`, or `num_negatives` and `sampler` to draw "
+                                  "them; received neither")
     candidates, candidate_ids = _tensor("candidates", candidates), _tensor("candidate_ids", candidate_ids)
     in_batch_log_q = _tensor("in_batch_log_q", in_batch_log_q)
     if not isinstance(sampler, CandidateSampler):
@@ -301,3 +330,31 @@ def mixed_negatives(candidates: torch.Tensor, candidate_ids: torch.Tensor, in_ba
     return MixedNegatives(torch.cat([candidates, extra.to(candidates.dtype)]),
                           torch.cat([candidate_ids, cand.to(candidate_ids.dtype)]),
                           torch.cat([in_batch_log_q, log_e.to(in_batch_log_q.device)]), score_mask)
+
+
+def _mixed_given(candidates, candidate_ids, in_batch_log_q, sampled_values, encode) -> MixedNegatives:
+    """:func:`mixed_negatives` with the corpus candidates given (as TensorFlow's and JAX's)."""
+    candidates, candidate_ids = _tensor("candidates", candidates), _tensor("candidate_ids", candidate_ids)
+    in_batch_log_q = _tensor("in_batch_log_q", in_batch_log_q)
+    cand, _, count = V.check_sampled_values_triple(sampled_values)
+    cand, count = _tensor("sampled_values[0]", cand), _tensor("sampled_values[2]", count)
+    b, d = V.check_mixed_negatives_shapes(tuple(candidates.shape), tuple(candidate_ids.shape),
+                                          tuple(in_batch_log_q.shape), tuple(cand.shape), tuple(count.shape))
+    V.check_integer_dtype("sampled_values[0]", _is_int(cand), str(cand.dtype))
+    m = cand.shape[0]
+    cand, count = cand.to(candidates.device), count.to(candidates.device, in_batch_log_q.dtype)
+    padding = torch.isinf(count)
+    finite = count[~padding]
+    V.check_mixed_negatives_counts(float(finite.max()) if finite.numel() else None)
+    extra = encode(cand)
+    V.check_encoded_shape(list(extra.shape) if isinstance(extra, torch.Tensor) else type(extra).__name__, m, d)
+    log_e = torch.where(padding, torch.ones_like(count), count).log()
+    score_mask = torch.ones((b, b + m), dtype=torch.bool, device=candidates.device)
+    score_mask[:, b:] = ~padding[None, :]
+    return MixedNegatives(torch.cat([candidates, extra.to(candidates.dtype)]),
+                          torch.cat([candidate_ids, cand.to(candidate_ids.dtype)]),
+                          torch.cat([in_batch_log_q, log_e]), score_mask)
+
+
+# The name of wave 2 (0.x): the same function.
+in_batch_keep = in_batch_columns

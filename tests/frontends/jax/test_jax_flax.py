@@ -94,6 +94,7 @@ def test_a_given_sampler_and_num_true():
     np.testing.assert_allclose(layer(h, y3, key=key), ref, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_training_with_optax_lowers_the_exact_loss():
     layer = SampledSoftmax(D, V, S, rngs=nnx.Rngs(0), use_bias=False)
     assert layer.bias is None

@@ -75,6 +75,7 @@ def test_nce_and_negative_sampling_match_reference(objective, T, hits, ignore):
         SampledSoftmax(60, 5, loss=objective, label_smoothing=0.1)
 
 
+@pytest.mark.slow
 def test_an_nce_head_fits_and_evaluates_exactly():
     keras.utils.set_random_seed(3)
     rng = np.random.default_rng(0)
@@ -205,6 +206,7 @@ def unigram_entropy(y):
     return -np.sum(p[p > 0] * np.log(p[p > 0]))
 
 
+@pytest.mark.slow
 def test_fit_trains_and_evaluate_reports_full_softmax_loss():
     keras.utils.set_random_seed(0)
     x, y = corpus()
@@ -233,6 +235,7 @@ def _exact_scores(probs, y, ignore_index=None):
     return np.mean((probs.argmax(-1) == y)[keep]), math.exp(np.mean(nll[keep]))
 
 
+@pytest.mark.slow
 def test_wrapped_metrics_score_the_full_softmax_in_fit_with_the_weights_the_loss_saw():
     keras.utils.set_random_seed(0)
     x, y = corpus(64)
@@ -255,6 +258,7 @@ def test_wrapped_metrics_score_the_full_softmax_in_fit_with_the_weights_the_loss
     assert 1 < ppl < V_LM * 2
 
 
+@pytest.mark.slow
 def test_wrapped_metrics_after_training_match_predict_and_survive_saving(tmp_path):
     keras.utils.set_random_seed(0)
     x, y = corpus(128)
@@ -323,6 +327,7 @@ def test_learned_unigram_counts_grow_with_the_targets_seen_and_survive_saving(tm
     np.testing.assert_allclose(true_count, npsamplers.expected_count(q[labels], 16, "unique_exact"), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_resumed_fit_continues_bit_identically(tmp_path):
     """fit one epoch, save, load, fit one more == fit two epochs: the candidates' seed state, the
     learned counts and the optimizer state all travel in the .keras file."""
@@ -407,6 +412,7 @@ def test_ignore_index_positions_are_left_out_of_the_mean():
     np.testing.assert_allclose(reduced, per_row[4:].mean(), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_tied_embedding_trains_the_shared_table_and_round_trips(tmp_path):
     keras.utils.set_random_seed(4)
     x, y = corpus(128)
@@ -616,6 +622,7 @@ def test_lazy_adam_under_xla_updates_as_it_does_eagerly():
     assert np.any(moved[True] != W0)
 
 
+@pytest.mark.slow
 def test_lazy_adam_trains_and_round_trips_in_a_saved_model(tmp_path):
     keras.utils.set_random_seed(5)
     x, y = corpus(128)
@@ -649,6 +656,7 @@ def _kernel(layer):
     return np.array(to_numpy(layer.kernel))
 
 
+@pytest.mark.slow
 def test_a_reloaded_subclassed_model_trains_its_own_output_layer(tmp_path):
     x, y = corpus(64)
     model = SubclassedLM()
@@ -664,6 +672,7 @@ def test_a_reloaded_subclassed_model_trains_its_own_output_layer(tmp_path):
     np.testing.assert_array_equal(_kernel(model.head), other)  # and the first model's stays put
 
 
+@pytest.mark.slow
 def test_two_checkpoints_of_one_model_each_train_their_own_layer(tmp_path):
     x, y = corpus(64)
     model, head = lm(SampledSoftmax(V_LM, num_sampled=8, seed=0), metrics=())
@@ -754,6 +763,7 @@ def test_wrong_target_shape_with_wrapped_metrics_is_the_clear_error(mode):
         getattr(model, mode)(x, y[:, :5], batch_size=32, verbose=0)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(BACKEND != "jax", reason="the pattern of Keras's JAX custom train_step guide")
 def test_jax_guide_custom_train_step_trains_like_fit():
     import jax
@@ -847,6 +857,7 @@ print("counts agree")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="MirroredStrategy")
 def test_learned_counts_aggregate_across_mirrored_replicas():
     import subprocess

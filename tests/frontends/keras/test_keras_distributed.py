@@ -14,7 +14,7 @@ import pytest
 
 from keras_layer_helpers import BACKEND
 
-pytestmark = pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute is TensorFlow's")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute is TensorFlow's")]
 
 
 @pytest.fixture(scope="module")

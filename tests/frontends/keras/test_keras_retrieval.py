@@ -94,6 +94,7 @@ def _two_towers(learn_temperature):
     return keras.Model([users, items], logits)
 
 
+@pytest.mark.slow
 def test_keras_two_tower_model_trains_with_fit_and_survives_saving(tmp_path):
     keras.utils.set_random_seed(0)
     model = _two_towers(learn_temperature=True)
@@ -137,10 +138,10 @@ def test_keras_frequency_estimators_equal_the_reference_train_in_fit_and_are_sav
     stream = [rng.choice(300, size=32, p=p / p.sum()).astype("int32") for _ in range(20)]
     if kind == "last_seen":
         cls, ours, ref = StreamingFrequency, StreamingFrequency(64, num_hashes=2, learning_rate=0.1, seed=4), \
-            NF.LastSeenEstimator(64, num_hashes=2, learning_rate=0.1, seed=4)
+            NF.StreamingFrequency(64, num_hashes=2, learning_rate=0.1, seed=4)
     else:
         cls, ours, ref = CountMinFrequency, CountMinFrequency(64, num_hashes=2, seed=4), \
-            NF.CountMinEstimator(64, num_hashes=2, seed=4)
+            NF.CountMinFrequency(64, num_hashes=2, seed=4)
     for ids in stream:
         log_q = ours(ids, training=True)
         ref.update(ids)
@@ -267,6 +268,7 @@ def test_keras_mixed_negatives_equal_the_reference_and_mask_padding_by_effect():
         CorpusSampler(V_, M, sampler="unigram")
 
 
+@pytest.mark.slow
 def test_keras_two_tower_with_mixed_negatives_trains_with_fit_and_survives_saving(tmp_path):
     """A functional two-tower model with mixed negatives (one shared item tower, the sampler's
     draw and the streaming estimate inside ``fit``): the loss falls, the reloaded model holds one

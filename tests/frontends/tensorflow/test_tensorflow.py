@@ -363,6 +363,7 @@ print("counts agree")
 """
 
 
+@pytest.mark.slow
 def test_learned_sampler_counts_aggregate_across_mirrored_replicas(tmp_path):
     import subprocess
     import sys

@@ -92,8 +92,8 @@ def test_estimators_equal_the_numpy_reference_and_survive_a_checkpoint(kind, tmp
     stream[2] = np.concatenate([stream[2], stream[2][:4], [2**40 + 3]])
     make = (lambda: StreamingFrequency(64, num_hashes=2, learning_rate=0.1, seed=4)) if kind == "last_seen" else \
         (lambda: CountMinFrequency(64, num_hashes=2, seed=4))
-    ref = NF.LastSeenEstimator(64, num_hashes=2, learning_rate=0.1, seed=4) if kind == "last_seen" else \
-        NF.CountMinEstimator(64, num_hashes=2, seed=4)
+    ref = NF.StreamingFrequency(64, num_hashes=2, learning_rate=0.1, seed=4) if kind == "last_seen" else \
+        NF.CountMinFrequency(64, num_hashes=2, seed=4)
     est = make()
     update = tf.function(lambda ids: est(ids))
     for i, ids in enumerate(stream):

@@ -99,6 +99,7 @@ def test_the_compiled_core_draws_and_computes_the_sigmoid_head_as_the_python_pat
     assert route.name == "compiled_draw"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["nce", "negative_sampling"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_the_output_layer_trains_with_the_relatives_and_evaluates_exactly(rng, kind, reduction):
@@ -166,6 +167,30 @@ def test_per_example_noise_is_negative_sampling_row_by_row(rng, hits, ignore, sp
     grad_W = Wt.grad.to_dense() if Wt.grad.is_sparse else Wt.grad
     assert Wt.grad.is_sparse == sparse
     np.testing.assert_allclose(grad_W.numpy(), d_W, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("hits,ignore", [(False, False), (True, True)])
+def test_nce_with_per_example_noise_is_nce_row_by_row_with_expected_counts_k_q(rng, hits, ignore):
+    """``nce_loss(noise="per_example")``: each row its own k draws with replacement, corrected by
+    ``log(k q(c))`` (the expected count of k draws), as the reference computes it row by row."""
+    V, k = 30, 5
+    W, b, y, h, _ = random_problem(rng, V=V, B=6)
+    if ignore:
+        y[2, 0] = -100
+    counts = rng.integers(1, 50, V).astype(float)
+    sampler = UnigramSampler(V, counts, distortion=0.75, draw="with_replacement")
+    q = counts ** 0.75 / np.sum(counts ** 0.75)
+    ignore_index = -100 if ignore else None
+    loss = nce_loss(torch.tensor(W), torch.tensor(b), torch.as_tensor(y[:, 0]), torch.tensor(h), k, V,
+                    sampler=sampler, noise="per_example", remove_accidental_hits=hits, ignore_index=ignore_index,
+                    generator=torch.Generator().manual_seed(2))
+    noise = sampler(torch.as_tensor(y), 6 * k, generator=torch.Generator().manual_seed(2),
+                    ignore_index=ignore_index)[0].view(6, k).numpy()
+    for i in range(6):
+        true_count = np.array([[k * q[max(y[i, 0], 0)]]])
+        sv = (noise[i], true_count, k * q[noise[i]])
+        ref = R.nce_loss(W, b, y[i:i + 1], h[i:i + 1], sv, remove_accidental_hits=hits, ignore_index=ignore_index)
+        np.testing.assert_allclose(loss[i].item(), ref[0], rtol=1e-6)
 
 
 @needs_compiled

@@ -172,6 +172,35 @@ def test_mixed_negatives_give_each_source_its_own_probability():
     assert torch.isfinite(loss)
 
 
+def test_mixed_negatives_take_a_given_draw_as_the_other_front_ends_do():
+    """The ``sampled_values`` form (TensorFlow's, JAX's, the reference's) equals the drawing form
+    on the same draw, and the reference; the keyword drawing form equals the positional one."""
+    V, M = 50, 12
+    table = torch.nn.Embedding(V, D)
+    ids = torch.tensor([3, 7, 7, 20])
+    in_batch = torch.log(torch.tensor([0.5, 0.25, 0.25, 0.125]))
+    sampler = LogUniformSampler(V, draw="unique_exact")
+    drawn = mixed_negatives(table(ids), ids, in_batch, M, sampler, table, generator=torch.Generator().manual_seed(3))
+    by_keyword = mixed_negatives(table(ids), ids, in_batch, num_negatives=M, sampler=sampler, encode=table,
+                                 generator=torch.Generator().manual_seed(3))
+    sv = sampler(ids[:, None], M, generator=torch.Generator().manual_seed(3))
+    given = mixed_negatives(table(ids), ids, in_batch, sv, table)
+    for other in (by_keyword, given):
+        for a, b in zip(drawn, other):
+            assert torch.equal(a, b)
+    ref = R.mixed_negatives(table(ids).detach().double().numpy(), ids.numpy(), in_batch.double().numpy(),
+                            (sv[0].numpy(), None, sv[2].double().numpy()),
+                            lambda i: table(torch.as_tensor(i)).detach().double().numpy())
+    for a, b in zip(given, ref):
+        np.testing.assert_allclose(a.detach().double().numpy(), b, rtol=1e-6)
+    with pytest.raises(SampledSoftmaxError, match="at most 1"):
+        mixed_negatives(table(ids), ids, in_batch, (sv[0], None, torch.full((M,), 2.0)), table)
+    with pytest.raises(SampledSoftmaxError, match="`sampled_values` cannot be given with"):
+        mixed_negatives(table(ids), ids, in_batch, sv, table, num_negatives=M, sampler=sampler)
+    with pytest.raises(TypeError, match="`encode`"):
+        mixed_negatives(table(ids), ids, in_batch, sv)
+
+
 def test_mixed_negatives_refuse_draws_with_replacement_and_bad_towers():
     ids = torch.arange(3)
     for draw in ("with_replacement", "unique"):
@@ -204,9 +233,9 @@ def test_estimators_equal_their_numpy_reference_step_by_step(kind, num_hashes):
     stream[3] = np.concatenate([stream[3], stream[3][:5], [2**40 + 7]])  # duplicates; an id past 32 bits
     if kind == "last_seen":
         ours, ref = StreamingFrequency(64, num_hashes=num_hashes, learning_rate=0.1, seed=5), \
-            NF.LastSeenEstimator(64, num_hashes=num_hashes, learning_rate=0.1, seed=5)
+            NF.StreamingFrequency(64, num_hashes=num_hashes, learning_rate=0.1, seed=5)
     else:
-        ours, ref = CountMinFrequency(64, num_hashes=num_hashes, seed=5), NF.CountMinEstimator(64, num_hashes=num_hashes, seed=5)
+        ours, ref = CountMinFrequency(64, num_hashes=num_hashes, seed=5), NF.CountMinFrequency(64, num_hashes=num_hashes, seed=5)
     probe = np.arange(0, 320, 7)
     for ids in stream:
         np.testing.assert_array_equal(ours.buckets(torch.from_numpy(ids)).numpy(),

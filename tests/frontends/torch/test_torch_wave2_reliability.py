@@ -15,7 +15,7 @@ from sampled_softmax.torch import (
     LearnedUnigramSampler, LogUniformSampler, SparseRowAdam, StreamingFrequency, UniformSampler, UnigramSampler,
     explain_route, in_batch_softmax_loss, mixed_negatives, negative_sampling_loss, nce_loss, sampled_softmax_loss,
 )
-from sampled_softmax.torch.retrieval import in_batch_keep
+from sampled_softmax.torch.retrieval import in_batch_columns
 
 V, D = 12, 4
 
@@ -158,7 +158,7 @@ def test_excluded_ids_mask_equals_the_elementwise_statement():
         # Kept: the row's own positive, or a column whose id is none of the row's excluded ids.
         expected = torch.tensor([[i == j or not any(int(ids[j]) == int(e) and int(e) >= 0 for e in excluded[i])
                                   for j in range(c)] for i in range(b)], dtype=torch.bool)
-        got = in_batch_keep(b, c, candidate_ids=ids, excluded_ids=excluded, remove_accidental_hits=False)
+        got = in_batch_columns(b, c, candidate_ids=ids, excluded_ids=excluded, remove_accidental_hits=False)
         assert torch.equal(got, expected)
 
 
