@@ -8,7 +8,7 @@ names the argument, what was expected and what was received.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 from . import SampledSoftmaxError
 
@@ -400,3 +400,65 @@ def check_encoded_shape(shape, num: int, dim: int) -> None:
     """``encode(ids)`` of ``mixed_negatives`` returns ``[M, D]`` embeddings."""
     if shape is None or list(shape) != [num, dim]:
         raise SampledSoftmaxError(f"`encode` must return [{num}, {dim}] embeddings; received {shape}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages and settings shared by the front ends' retrieval losses and output layers
+
+
+EXCLUDED_NEEDS_CANDIDATE_IDS = "`excluded_ids` needs `candidate_ids` (the ids to compare them with)"
+
+
+def temperature_shape_error(kind: str, shape, dtype) -> SampledSoftmaxError:
+    """A ``temperature`` given as a tensor that is not a floating scalar (``kind``: "tensor" or
+    "array")."""
+    return SampledSoftmaxError(f"`temperature` must be a number or a floating scalar {kind}; received shape "
+                               f"{list(shape)}, {dtype}")
+
+
+class OutputLayerSettings(NamedTuple):
+    """The settings every output layer shares, checked (:func:`check_output_layer`)."""
+
+    loss: str
+    reduction: str
+    label_smoothing: float
+    remove_accidental_hits: bool
+    ignore_index: int | None
+    exclude_true: bool
+    noise: str
+
+
+def check_output_layer(*, loss: str = "sampled_softmax", reduction: str = "mean", label_smoothing=0.0,
+                       remove_accidental_hits=None, ignore_index=-100, exclude_true=False,
+                       noise: str = "shared") -> OutputLayerSettings:
+    """The arguments of an output layer that every front end's takes (PyTorch's and the
+    vocabulary-parallel ``SampledSoftmax``, Keras's, Flax's), with their one default each:
+    ``remove_accidental_hits=None`` is the loss's own (True for the sampled softmax, False for
+    NCE and negative sampling, as ``tf.nn.nce_loss``); ``label_smoothing`` and ``exclude_true``
+    need the softmax."""
+    from .samplers import LOSSES, NOISE
+
+    loss = check_choice("loss", loss, LOSSES)
+    reduction = check_choice("reduction", reduction, REDUCTIONS)
+    label_smoothing = check_label_smoothing(label_smoothing)
+    if loss != "sampled_softmax" and label_smoothing:
+        raise SampledSoftmaxError(f"`label_smoothing` must be 0 with loss={loss!r} (a sum of logistic losses has no "
+                                  f"softmax to smooth); received {label_smoothing}")
+    remove_accidental_hits = check_bool("remove_accidental_hits", loss == "sampled_softmax"
+                                        if remove_accidental_hits is None else remove_accidental_hits)
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise TypeError(f"`ignore_index` must be an int or None; received {type(ignore_index).__name__}")
+    exclude_true = check_bool("exclude_true", exclude_true)
+    if exclude_true and loss != "sampled_softmax":
+        raise SampledSoftmaxError(f"`exclude_true=True` is an estimator of the softmax normalizer: it needs "
+                                  f"loss='sampled_softmax'; received {loss!r}")
+    noise = check_choice("noise", noise, NOISE)
+    return OutputLayerSettings(loss, reduction, label_smoothing, remove_accidental_hits, ignore_index, exclude_true,
+                               noise)
+
+
+def check_exclusion_draw(draw: str) -> None:
+    """``exclude_true=True`` on a layer that draws by name: its draws must be with replacement."""
+    if draw != "with_replacement":
+        raise SampledSoftmaxError(f"`draw` must be 'with_replacement' with exclude_true=True (the estimator needs "
+                                  f"expected counts S q); received {draw!r}")

@@ -468,7 +468,7 @@ def in_batch_columns(batch_size, num_candidates, *, candidate_ids=None, query_id
             ex = np.asarray(excluded_ids)
             keep &= ~((ids[None, :, None] == ex[:, None, :]) & (ex[:, None, :] >= 0)).any(axis=2)
     elif excluded_ids is not None:
-        raise SampledSoftmaxError("`excluded_ids` needs `candidate_ids` (the ids to compare them with)")
+        raise SampledSoftmaxError(V.EXCLUDED_NEEDS_CANDIDATE_IDS)
     if query_ids is not None:
         qid = np.asarray(query_ids)
         keep[:, :b] &= qid[:, None] != qid[None, :]

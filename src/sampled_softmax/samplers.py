@@ -53,9 +53,14 @@ class DrawKind(enum.IntEnum):
 
 SAMPLERS = tuple(kind.name for kind in DistributionKind)
 DRAWS = tuple(kind.name for kind in DrawKind)
+# The draws of a static number of candidates: what a traced step (XLA, Keras, JAX) can take.
+STATIC_DRAWS = (DrawKind.unique_exact.name, DrawKind.with_replacement.name)
+# The losses on the candidates (the heads), and the two ways to share noise, by name.
+LOSSES = ("sampled_softmax", "nce", "negative_sampling")
+NOISE = ("shared", "per_example")
 
 __all__ = [
-    "SAMPLERS", "DRAWS", "DistributionKind", "DrawKind", "uniform_probs", "log_uniform_probs", "unigram_weights",
+    "SAMPLERS", "DRAWS", "STATIC_DRAWS", "LOSSES", "NOISE", "DistributionKind", "DrawKind", "uniform_probs", "log_uniform_probs", "unigram_weights",
     "expected_count", "Distribution", "Uniform", "LogUniform", "Unigram", "CountsTree", "sample_candidates",
     "draw_from_uniforms", "first_distinct", "repeated_slots", "unique_draw_limit", "unique_draw_error",
     "check_true_classes",

@@ -21,14 +21,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .. import SampledSoftmaxError
 from .. import _validation as V
 from . import samplers as S
 from .functional import full_logits, full_softmax_loss, nce_loss, negative_sampling_loss, sampled_softmax_loss
 
 __all__ = ["SampledSoftmax", "SamplerCounts", "SamplerTable"]
 
-LOSSES = ("sampled_softmax", "nce", "negative_sampling")
 SAMPLER_NAMES = ("log_uniform", "uniform", "learned_unigram")
 
 
@@ -64,13 +62,16 @@ class SampledSoftmax(nnx.Module):
             :class:`sampled_softmax.jax.samplers.Sampler` (e.g. ``samplers.unigram(V, counts)``).
         draw: ``"unique_exact"`` (default) or ``"with_replacement"``.
         use_bias: learn a bias per class. Default True.
-        remove_accidental_hits: remove candidates equal to a row's label. Default True (False
-            for the two sigmoid losses, as in TensorFlow).
+        remove_accidental_hits: remove candidates equal to a row's label. Default None: the
+            loss's own, True for sampled softmax, False for the two sigmoid losses (as in TensorFlow).
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
         ignore_index: label value that contributes nothing. Default -100, as the PyTorch and Keras layers.
         label_smoothing: ``eps`` in ``[0, 1]`` (softmax only). Default 0.
         loss: ``"sampled_softmax"`` (default), ``"nce"`` or ``"negative_sampling"``; eval mode is the
             exact full softmax for all three.
+        exclude_true: the rejection estimator (the labels kept out of the sample), as for
+            :func:`sampled_softmax.jax.sampled_softmax_loss`; sampled softmax only, and ``draw``
+            then defaults to ``"with_replacement"``. Default False.
         param_dtype: the table's dtype. Default float32.
         deterministic: start in eval mode. Default False.
 
@@ -94,20 +95,21 @@ class SampledSoftmax(nnx.Module):
                  reduction: Literal["none", "mean", "sum"] = "mean", ignore_index: int | None = -100,
                  label_smoothing: float = 0.0,
                  loss: Literal["sampled_softmax", "nce", "negative_sampling"] = "sampled_softmax",
-                 param_dtype=jnp.float32, deterministic: bool = False):
+                 exclude_true: bool = False, param_dtype=jnp.float32, deterministic: bool = False):
         self.in_features = V.check_positive_int("in_features", in_features)
         self.num_classes = V.check_positive_int("num_classes", num_classes)
-        self.num_sampled = V.check_num_sampled(num_sampled, self.num_classes, unique=draw != "with_replacement")
-        self.loss = V.check_choice("loss", loss, LOSSES)
-        self.reduction = V.check_choice("reduction", reduction, V.REDUCTIONS)
-        self.label_smoothing = V.check_label_smoothing(label_smoothing)
-        if self.label_smoothing and self.loss != "sampled_softmax":
-            raise SampledSoftmaxError(f"`label_smoothing` must be 0 with loss={loss!r}; received {label_smoothing}")
+        settings = V.check_output_layer(loss=loss, reduction=reduction, label_smoothing=label_smoothing,
+                                         remove_accidental_hits=remove_accidental_hits, ignore_index=ignore_index,
+                                         exclude_true=exclude_true)
+        self.loss, self.reduction, self.label_smoothing = settings.loss, settings.reduction, settings.label_smoothing
+        self.remove_accidental_hits, self.ignore_index = settings.remove_accidental_hits, settings.ignore_index
+        self.exclude_true = settings.exclude_true
+        if draw is None and self.exclude_true:
+            draw = "with_replacement"  # the estimator's expected counts are S q
         self.draw = None if draw is None else V.check_choice("draw", draw, S.DRAWS)
-        if remove_accidental_hits is None:
-            remove_accidental_hits = self.loss == "sampled_softmax"
-        self.remove_accidental_hits = V.check_bool("remove_accidental_hits", remove_accidental_hits)
-        self.ignore_index = ignore_index
+        if self.exclude_true:
+            V.check_exclusion_draw(self.draw)
+        self.num_sampled = V.check_num_sampled(num_sampled, self.num_classes, unique=draw != "with_replacement")
         self.deterministic = V.check_bool("deterministic", deterministic)
         table = None
         if isinstance(sampler, S.Sampler):
@@ -152,7 +154,8 @@ class SampledSoftmax(nnx.Module):
                       reduction=self.reduction)
         args = (self.kernel[...], bias, labels, inputs, self.num_sampled, self.num_classes)
         if self.loss == "sampled_softmax":
-            out = sampled_softmax_loss(*args, label_smoothing=self.label_smoothing, **common)
+            out = sampled_softmax_loss(*args, label_smoothing=self.label_smoothing, exclude_true=self.exclude_true,
+                                       **common)
         elif self.loss == "nce":
             out = nce_loss(*args, **common)
         else:

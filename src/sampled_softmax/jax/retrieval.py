@@ -29,7 +29,7 @@ def in_batch_columns(batch_size: int, num_candidates: int, *, candidate_ids=None
         keep &= candidate_ids[None, :] != candidate_ids[:b, None]
     if excluded_ids is not None:
         if candidate_ids is None:
-            raise SampledSoftmaxError("`excluded_ids` needs `candidate_ids` (the ids to compare them with)")
+            raise SampledSoftmaxError(V.EXCLUDED_NEEDS_CANDIDATE_IDS)
         hit = (candidate_ids[None, :, None] == excluded_ids[:, None, :]) & (excluded_ids[:, None, :] >= 0)
         keep &= ~jnp.any(hit, axis=2)
     if query_ids is not None:
@@ -86,8 +86,7 @@ def in_batch_softmax_loss(
     else:
         temperature = jnp.asarray(temperature)
         if temperature.size != 1 or not jnp.issubdtype(temperature.dtype, jnp.floating):
-            raise SampledSoftmaxError(f"`temperature` must be a number or a floating scalar array; received shape "
-                                      f"{list(temperature.shape)}, {temperature.dtype}")
+            raise V.temperature_shape_error("array", temperature.shape, temperature.dtype)
         if _concrete(temperature):
             V.check_temperature_value(float(temperature.reshape(())))
         temperature = jnp.where(temperature > 0, temperature, jnp.nan).reshape(())

@@ -25,9 +25,9 @@ import numpy as np
 
 from .. import SampledSoftmaxError
 from .._validation import check_choice, check_num_sampled, check_positive_int
-from ..samplers import unigram_weights
+from ..samplers import STATIC_DRAWS, unigram_weights
 
-DRAWS = ("unique_exact", "with_replacement")
+DRAWS = STATIC_DRAWS
 SAMPLERS = ("uniform", "log_uniform", "unigram")
 
 __all__ = ["DRAWS", "SAMPLERS", "Sampler", "uniform", "log_uniform", "unigram", "learned_unigram_update",

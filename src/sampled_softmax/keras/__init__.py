@@ -39,7 +39,8 @@ Files: :mod:`.layers` (the layer), :mod:`.losses`, :mod:`.metrics`, :mod:`.optim
 """
 
 from .. import SampledSoftmaxError
-from .layers import LOSSES, OUTPUTS, SampledSoftmax
+from ..samplers import LOSSES
+from .layers import OUTPUTS, SampledSoftmax
 from .losses import SampledSoftmaxLoss
 from .metrics import Perplexity, SampledSoftmaxMetric
 from .optimizers import LazyAdam

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from .metrics import SampledSoftmaxMetric
 
 OUTPUTS = ("probabilities", "logits", "log_probabilities")
-LOSSES = ("sampled_softmax", "nce", "negative_sampling")
 
 
 def _shape(x) -> tuple:
@@ -173,27 +172,18 @@ class SampledSoftmax(SavesSeedState, keras.layers.Layer):
         # be updated, then draws from the counts as they are, with a warning, rather than failing.
         self._sampler_given = sampler is not None
         self.sampler = V.check_choice("sampler", "learned_unigram" if sampler is None else sampler, SAMPLERS)
-        self.exclude_true = V.check_bool("exclude_true", exclude_true)
+        settings = V.check_output_layer(loss=loss, label_smoothing=label_smoothing,
+                                         remove_accidental_hits=remove_accidental_hits, ignore_index=ignore_index,
+                                         exclude_true=exclude_true)
+        self.objective, self.label_smoothing = settings.loss, settings.label_smoothing
+        self.exclude_true, self.remove_accidental_hits = settings.exclude_true, settings.remove_accidental_hits
         draw = ("with_replacement" if self.exclude_true else "unique_exact") if draw is None else draw
         self.draw = V.check_choice("draw", draw, DRAWS)
+        if self.exclude_true:
+            V.check_exclusion_draw(self.draw)
         self.num_true = V.check_positive_int("num_true", num_true)
         self.use_bias = bool(use_bias)
         self.subtract_log_q = bool(subtract_log_q)
-        self.label_smoothing = V.check_label_smoothing(label_smoothing)
-        self.objective = V.check_choice("loss", loss, LOSSES)
-        self.remove_accidental_hits = V.check_bool("remove_accidental_hits", self.objective == "sampled_softmax"
-                                                   if remove_accidental_hits is None else remove_accidental_hits)
-        if self.exclude_true and self.draw != "with_replacement":
-            raise SampledSoftmaxError(f"`draw` must be 'with_replacement' with exclude_true=True (the estimator needs "
-                                      f"expected counts S q); received {self.draw!r}")
-        if self.exclude_true and self.objective != "sampled_softmax":
-            raise SampledSoftmaxError(f"`exclude_true=True` is an estimator of the softmax normalizer: it needs "
-                                      f"loss='sampled_softmax'; received {self.objective!r}")
-        if self.objective != "sampled_softmax" and self.label_smoothing:
-            raise SampledSoftmaxError(f"`label_smoothing` must be 0 with loss={self.objective!r} (a sum of logistic "
-                                      f"losses has no softmax to smooth); received {self.label_smoothing}")
-        if ignore_index is not None and not isinstance(ignore_index, int):
-            raise TypeError(f"`ignore_index` must be an int or None; received {type(ignore_index).__name__}")
         self.ignore_index = ignore_index
         self.output_mode = V.check_choice("output", output, OUTPUTS)
         self.seed = seed

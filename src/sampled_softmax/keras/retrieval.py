@@ -114,7 +114,7 @@ class InBatchSoftmax(keras.layers.Layer):
             keep = keep & (ids[None, :] != ids[:b, None])
         if optional["excluded_ids"] is not None:
             if ids is None:
-                raise SampledSoftmaxError("`excluded_ids` needs `candidate_ids` (the ids to compare them with)")
+                raise SampledSoftmaxError(V.EXCLUDED_NEEDS_CANDIDATE_IDS)
             ex = ops.cast(optional["excluded_ids"], ids.dtype)
             hit = (ids[None, :, None] == ex[:, None, :]) & (ex[:, None, :] >= 0)
             keep = keep & ~ops.any(hit, axis=2)

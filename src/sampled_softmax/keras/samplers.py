@@ -6,12 +6,12 @@ from __future__ import annotations
 import math
 
 from ._backend import keras, ops
-from ..samplers import DistributionKind, DrawKind
+from ..samplers import STATIC_DRAWS, DistributionKind
 
 # The samplers and draws of the Keras layer (``"unique"``, TensorFlow's data-dependent loop, is
 # not one: it cannot be traced by every backend).
 SAMPLERS = tuple(kind.name for kind in DistributionKind)
-DRAWS = (DrawKind.unique_exact.name, DrawKind.with_replacement.name)
+DRAWS = STATIC_DRAWS
 
 
 def _log_uniform_draw(u, num_classes):

@@ -34,7 +34,7 @@ def in_batch_columns(batch_size: int, num_candidates: int, *, candidate_ids=None
         keep &= tf.not_equal(candidate_ids[None, :], candidate_ids[:b, None])
     if excluded_ids is not None:
         if candidate_ids is None:
-            raise SampledSoftmaxError("`excluded_ids` needs `candidate_ids` (the ids to compare them with)")
+            raise SampledSoftmaxError(V.EXCLUDED_NEEDS_CANDIDATE_IDS)
         excluded_ids = tf.cast(excluded_ids, candidate_ids.dtype)
         hit = tf.equal(candidate_ids[None, :, None], excluded_ids[:, None, :]) & (excluded_ids[:, None, :] >= 0)
         keep &= ~tf.reduce_any(hit, axis=2)
@@ -111,8 +111,7 @@ def in_batch_softmax_loss(
         if not isinstance(temperature, tf.Variable):
             temperature = tf.convert_to_tensor(temperature)
         if temperature.shape.num_elements() != 1 or not temperature.dtype.is_floating:
-            raise SampledSoftmaxError(f"`temperature` must be a number or a floating scalar tensor; received shape "
-                                      f"{temperature.shape.as_list()}, {temperature.dtype.name}")
+            raise V.temperature_shape_error("tensor", temperature.shape.as_list(), temperature.dtype.name)
         t = tf.reshape(tf.cast(temperature, cdt), [])
         temperature = _checked("temperature", t, tf.math.is_finite(t) & (t > 0),
                                lambda: V.check_temperature_value(float(t)),

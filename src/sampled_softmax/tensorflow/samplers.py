@@ -11,10 +11,10 @@ import tensorflow as tf
 
 from .. import SampledSoftmaxError, SampledValues
 from .. import _validation as V
-from ..samplers import DrawKind
+from ..samplers import STATIC_DRAWS
 
 # The draws these samplers make (``"unique"`` is TensorFlow's own op).
-DRAWS = (DrawKind.unique_exact.name, DrawKind.with_replacement.name)
+DRAWS = STATIC_DRAWS
 
 __all__ = [
     "log_uniform_candidate_sampler", "uniform_candidate_sampler", "unigram_candidate_sampler",

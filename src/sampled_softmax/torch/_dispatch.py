@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 
 from .. import SampledSoftmaxError
-from ..samplers import DistributionKind
+from ..samplers import LOSSES, DistributionKind
 from . import _compiled
 from .samplers import LogUniformSampler, UniformSampler
 
@@ -118,7 +118,6 @@ def record(route: str, reason: str = "") -> None:
         log.debug("sampled_softmax: route %s%s", route, f" ({reason})" if reason else "")
 
 
-LOSSES = ("sampled_softmax", "nce", "negative_sampling")
 PER_EXAMPLE_COMPILED_ONLY = "it draws per-example noise for negative sampling only (the sigmoid head without log Q)"
 
 

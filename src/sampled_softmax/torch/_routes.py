@@ -24,7 +24,7 @@ import torch
 from .. import SampledSoftmaxError
 from .. import _validation as V
 from .._validation import check_num_sampled
-from ..samplers import DrawKind, unique_draw_error, unique_draw_limit
+from ..samplers import NOISE, DrawKind, unique_draw_error, unique_draw_limit
 from . import _dispatch, _ops, _order
 from ._autograd import HeadKind, PerExampleLoss, SampledLoss, sigmoid_head, softmax_head
 from ._columns import candidate_columns, exclusion_correction
@@ -36,7 +36,6 @@ from ._prepare import (
 from ._rows import _Spec
 from .samplers import CandidateSampler, LearnedUnigramSampler, check_generator, make_sampler
 
-NOISE = ("shared", "per_example")
 
 
 @functools.lru_cache(maxsize=64)

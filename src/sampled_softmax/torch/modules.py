@@ -10,14 +10,13 @@ import torch
 from torch import nn
 
 from .. import _validation as V
+from ..samplers import LOSSES  # the names of the training losses, in every front end
 from ._dispatch import IMPLEMENTATIONS
 from ._routes import _reduce
 from .functional import full_logits, full_softmax_loss, nce_loss, negative_sampling_loss, sampled_softmax_loss
 from .samplers import CandidateSampler, LearnedUnigramSampler, make_sampler
 
 __all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxOutput", "LOSSES"]
-
-LOSSES = ("sampled_softmax", "nce", "negative_sampling")
 
 
 class SampledSoftmaxOutput(NamedTuple):
@@ -68,6 +67,13 @@ class SampledSoftmax(nn.Module):
             False). With the last two, ``output`` in training mode is the per-example
             log-likelihood of their logistic classifications (minus the unreduced loss), and
             ``label_smoothing`` must be 0. Eval mode is the exact full softmax for all three.
+        exclude_true: the rejection estimator (the labels kept out of the sample), as for
+            :func:`~sampled_softmax.torch.sampled_softmax_loss`; sampled softmax only. Default
+            False.
+        noise: ``"shared"`` (default): one set of candidates per step for the batch;
+            ``"per_example"``: each example's own ``num_sampled`` (word2vec's way). With either
+            of these two, a sampler given by name draws with replacement (a module must), and
+            ``output`` in training mode is minus the unreduced loss.
 
     Shape:
         - input: ``[..., D]``
@@ -94,27 +100,33 @@ class SampledSoftmax(nn.Module):
                  label_smoothing: float = 0.0, subtract_log_q: bool = True,
                  implementation: Literal["auto", "compiled", "python"] = "auto",
                  loss: Literal["sampled_softmax", "nce", "negative_sampling"] = "sampled_softmax",
+                 exclude_true: bool = False, noise: Literal["shared", "per_example"] = "shared",
                  device=None, dtype=None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.in_features = V.check_positive_int("in_features", in_features)
         self.num_classes = V.check_positive_int("num_classes", num_classes)
         self.num_sampled = V.check_positive_int("num_sampled", num_sampled)
-        self.reduction = V.check_choice("reduction", reduction, V.REDUCTIONS)
-        self.label_smoothing = V.check_label_smoothing(label_smoothing)
-        self.ignore_index = ignore_index
+        settings = V.check_output_layer(loss=loss, reduction=reduction, label_smoothing=label_smoothing,
+                                         remove_accidental_hits=remove_accidental_hits, ignore_index=ignore_index,
+                                         exclude_true=exclude_true, noise=noise)
+        self.loss, self.reduction, self.label_smoothing = settings.loss, settings.reduction, settings.label_smoothing
+        self.remove_accidental_hits, self.ignore_index = settings.remove_accidental_hits, settings.ignore_index
+        self.exclude_true, self.noise = settings.exclude_true, settings.noise
         self.subtract_log_q = bool(subtract_log_q)
         self.sparse = bool(sparse)
         self.implementation = V.check_choice("implementation", implementation, IMPLEMENTATIONS)
-        self.loss = V.check_choice("loss", loss, LOSSES)
-        self.remove_accidental_hits = V.check_bool("remove_accidental_hits", self.loss == "sampled_softmax"
-                                                   if remove_accidental_hits is None else remove_accidental_hits)
-        if self.loss != "sampled_softmax" and self.label_smoothing:
-            raise V.SampledSoftmaxError(f"`label_smoothing` must be 0 with loss={self.loss!r} (a sum of logistic "
-                                        f"losses has no softmax to smooth); received {self.label_smoothing}")
+        # The rejection estimator and per-example noise need draws with replacement (E = S q).
+        draw = "with_replacement" if self.exclude_true or self.noise == "per_example" else "unique"
         if isinstance(sampler, str) and sampler == "learned_unigram":
-            sampler = LearnedUnigramSampler(num_classes).to(device)  # its counts are this module's state
+            sampler = LearnedUnigramSampler(num_classes, draw=draw).to(device)  # its counts are this module's state
+        elif isinstance(sampler, str) and draw == "with_replacement":
+            sampler = type(make_sampler(sampler, num_classes))(num_classes, draw=draw)
         self.sampler = make_sampler(sampler, num_classes)
+        if draw == "with_replacement" and self.sampler.draw != draw:
+            setting = "exclude_true=True" if self.exclude_true else "noise='per_example'"
+            raise V.SampledSoftmaxError(f"`sampler` must draw 'with_replacement' with {setting} (its expected counts "
+                                        f"must be S q); received a sampler with draw={self.sampler.draw!r}")
         V.check_num_sampled(num_sampled, num_classes, unique=self.sampler.draw == "unique", support=self.sampler.support)
         if weight is None:
             self.weight = nn.Parameter(torch.empty(num_classes, in_features, **factory))
@@ -142,36 +154,38 @@ class SampledSoftmax(nn.Module):
         return target.shape[-1] if target.dim() == input.dim() else 1
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, *, generator=None) -> SampledSoftmaxOutput:
-        if self.training and self.loss != "sampled_softmax":
-            relative = nce_loss if self.loss == "nce" else negative_sampling_loss
-            extra = {"subtract_log_q": self.subtract_log_q} if self.loss == "nce" else {}
-            num_true = self._num_true(input, target)
-            per_example = relative(
-                self.weight, self.bias, target, input, self.num_sampled, self.num_classes, num_true,
-                remove_accidental_hits=self.remove_accidental_hits, sampler=self.sampler, reduction="none",
-                ignore_index=self.ignore_index, generator=generator, sparse=self.sparse,
-                implementation=self.implementation, **extra,
-            )
-            live = None
-            if self.ignore_index is not None:
-                live = (target != self.ignore_index).reshape(per_example.numel(), num_true).any(1)
-            loss = _reduce(per_example.reshape(-1), live, self.reduction, per_example.shape)
-            return SampledSoftmaxOutput(per_example.neg(), loss)
-        if self.training:
-            loss, output = sampled_softmax_loss(
-                self.weight, self.bias, target, input, self.num_sampled, self.num_classes,
-                self._num_true(input, target), remove_accidental_hits=self.remove_accidental_hits,
-                sampler=self.sampler, reduction=self.reduction, ignore_index=self.ignore_index,
-                label_smoothing=self.label_smoothing, generator=generator,
-                subtract_log_q=self.subtract_log_q, sparse=self.sparse, return_log_prob=True,
-                implementation=self.implementation,
-            )
-        else:
+        if not self.training:
             loss, output = full_softmax_loss(
                 self.weight, self.bias, target, input, reduction=self.reduction,
                 ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, return_log_prob=True,
             )
-        return SampledSoftmaxOutput(output, loss)
+            return SampledSoftmaxOutput(output, loss)
+        num_true = self._num_true(input, target)
+        common = dict(remove_accidental_hits=self.remove_accidental_hits, sampler=self.sampler,
+                      ignore_index=self.ignore_index, generator=generator, sparse=self.sparse,
+                      implementation=self.implementation, noise=self.noise)
+        if self.loss == "sampled_softmax" and self.noise == "shared":
+            loss, output = sampled_softmax_loss(
+                self.weight, self.bias, target, input, self.num_sampled, self.num_classes, num_true,
+                reduction=self.reduction, label_smoothing=self.label_smoothing, subtract_log_q=self.subtract_log_q,
+                return_log_prob=True, exclude_true=self.exclude_true, **common)
+            return SampledSoftmaxOutput(output, loss)
+        # The relatives, and per-example noise: the output is minus the unreduced loss.
+        if self.loss == "sampled_softmax":
+            relative, extra = sampled_softmax_loss, {"subtract_log_q": self.subtract_log_q,
+                                                     "label_smoothing": self.label_smoothing,
+                                                     "exclude_true": self.exclude_true}
+        elif self.loss == "nce":
+            relative, extra = nce_loss, {"subtract_log_q": self.subtract_log_q}
+        else:
+            relative, extra = negative_sampling_loss, {}
+        per_example = relative(self.weight, self.bias, target, input, self.num_sampled, self.num_classes, num_true,
+                               reduction="none", **common, **extra)
+        live = None
+        if self.ignore_index is not None:
+            live = (target != self.ignore_index).reshape(per_example.numel(), num_true).any(1)
+        loss = _reduce(per_example.reshape(-1), live, self.reduction, per_example.shape)
+        return SampledSoftmaxOutput(per_example.neg(), loss)
 
     def logits(self, input: torch.Tensor) -> torch.Tensor:
         """Exact logits ``[..., V]``."""
@@ -188,7 +202,9 @@ class SampledSoftmax(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, num_classes={self.num_classes}, "
                 f"num_sampled={self.num_sampled}, bias={self.bias is not None}, sparse={self.sparse}, "
-                f"reduction={self.reduction!r}" + ("" if self.loss == "sampled_softmax" else f", loss={self.loss!r}"))
+                f"reduction={self.reduction!r}" + ("" if self.loss == "sampled_softmax" else f", loss={self.loss!r}")
+                + (", exclude_true=True" if self.exclude_true else "")
+                + ("" if self.noise == "shared" else f", noise={self.noise!r}"))
 
 
 # The first name of the layer, kept as an alias. Keras' ``SampledSoftmaxLoss`` is a loss object

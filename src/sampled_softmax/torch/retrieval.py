@@ -47,7 +47,7 @@ def in_batch_columns(batch_size: int, num_candidates: int, *, candidate_ids=None
         masks.append(candidate_ids[None, :] != candidate_ids[:b, None])
     if excluded_ids is not None:
         if candidate_ids is None:
-            raise SampledSoftmaxError("`excluded_ids` needs `candidate_ids` (the ids to compare them with)")
+            raise SampledSoftmaxError(V.EXCLUDED_NEEDS_CANDIDATE_IDS)
         masks.append(~_excluded_hits(candidate_ids, excluded_ids.to(candidate_ids.device)))
     if query_ids is not None:
         mask = torch.ones((b, c), dtype=torch.bool, device=device)
@@ -216,8 +216,7 @@ def in_batch_softmax_loss(
     num_hard_negatives = V.check_num_hard_negatives(num_hard_negatives)
     if isinstance(temperature, torch.Tensor):
         if temperature.numel() != 1 or not temperature.is_floating_point():
-            raise SampledSoftmaxError(f"`temperature` must be a number or a floating scalar tensor; received "
-                                      f"shape {list(temperature.shape)}, {temperature.dtype}")
+            raise V.temperature_shape_error("tensor", temperature.shape, temperature.dtype)
         temperature = _ops.checked_values(temperature, "temperature")
     else:
         temperature = V.check_temperature(temperature)

@@ -22,15 +22,17 @@ def _batch(seed=0, shape=(4, 5)):
     return jnp.asarray(rng.normal(size=shape + (D,)), jnp.float32), jnp.asarray(rng.integers(0, V, size=shape))
 
 
-@pytest.mark.parametrize("loss", ["sampled_softmax", "nce"])
-def test_training_mode_is_the_functional_loss_with_the_same_key(loss):
-    layer = SampledSoftmax(D, V, S, rngs=nnx.Rngs(0), loss=loss, ignore_index=-1, sampler="log_uniform")
+@pytest.mark.parametrize("loss,exclude_true", [("sampled_softmax", False), ("nce", False), ("sampled_softmax", True)])
+def test_training_mode_is_the_functional_loss_with_the_same_key(loss, exclude_true):
+    layer = SampledSoftmax(D, V, S, rngs=nnx.Rngs(0), loss=loss, ignore_index=-1, sampler="log_uniform",
+                           exclude_true=exclude_true)
     h, y = _batch()
     y = y.at[0, 0].set(-1)
     key = jax.random.key(3)
     fn = sampled_softmax_loss if loss == "sampled_softmax" else nce_loss
+    extra = dict(exclude_true=True, draw="with_replacement") if exclude_true else {}
     ref = fn(layer.kernel[...], layer.bias[...], y, h, S, V, key=key, ignore_index=-1, reduction="mean",
-             remove_accidental_hits=loss == "sampled_softmax")
+             remove_accidental_hits=loss == "sampled_softmax", **extra)
     np.testing.assert_allclose(layer(h, y, key=key), ref, rtol=1e-6)
 
 
@@ -116,7 +118,7 @@ def test_training_with_optax_lowers_the_exact_loss():
 @pytest.mark.parametrize("kw,message", [
     (dict(loss="softmax"), r"`loss` must be one of .*; received 'softmax'"),
     (dict(sampler="zipf"), r"`sampler` must be one of .*; received 'zipf'"),
-    (dict(loss="nce", label_smoothing=0.1), r"`label_smoothing` must be 0 with loss='nce'; received 0.1"),
+    (dict(loss="nce", label_smoothing=0.1), r"`label_smoothing` must be 0 with loss='nce' \(a sum of logistic losses has no softmax to smooth\); received 0.1"),
     (dict(num_sampled=V + 1), r"`num_sampled` must be <= 300 \(num_classes\) when drawing unique candidates"),
     (dict(reduction="avg"), r"`reduction` must be one of 'none', 'mean', 'sum'; received 'avg'"),
     (dict(sampler=samplers.uniform(V + 1)), r"`sampler` must cover num_classes=300; received a sampler over 301"),

@@ -3,9 +3,11 @@
 import io
 
 import numpy as np
+import pytest
 import torch
 
-from sampled_softmax.torch import (LearnedUnigramSampler, SampledSoftmaxLoss, SampledSoftmaxOutput,
+from sampled_softmax import SampledSoftmaxError
+from sampled_softmax.torch import (LearnedUnigramSampler, SampledSoftmax, SampledSoftmaxLoss, SampledSoftmaxOutput,
                                    SparseRowAdam, full_softmax_loss, sampled_softmax_loss)
 
 
@@ -116,3 +118,40 @@ def test_learned_sampler_does_not_count_ignored_labels():
     layer(torch.randn(3, 4), torch.tensor([5, -100, 7]))
     counts = layer.sampler.counts
     assert counts[5] == 2 and counts[7] == 2 and counts[0] == 1 and counts.sum() == 30 + 2
+
+
+@pytest.mark.parametrize("loss,exclude_true,noise", [("sampled_softmax", True, "shared"),
+                                                     ("sampled_softmax", False, "per_example"),
+                                                     ("sampled_softmax", True, "per_example"),
+                                                     ("nce", False, "per_example"),
+                                                     ("negative_sampling", False, "per_example")])
+def test_the_layer_takes_exclude_true_and_noise_as_the_functional_losses(loss, exclude_true, noise):
+    """The layer's training loss is the functional one with the same settings and generator (a
+    sampler given by name drawing with replacement, as the functional losses draw then)."""
+    from sampled_softmax.torch import LogUniformSampler, nce_loss, negative_sampling_loss, sampled_softmax_loss
+
+    torch.manual_seed(0)
+    layer = SampledSoftmax(8, 50, 6, sampler="log_uniform", loss=loss, exclude_true=exclude_true, noise=noise,
+                           reduction="none").double()
+    assert layer.sampler.draw == "with_replacement"
+    h, y = torch.randn(5, 8, dtype=torch.float64), torch.randint(50, (5,))
+    out = layer(h, y, generator=torch.Generator().manual_seed(3))
+    fn = {"sampled_softmax": sampled_softmax_loss, "nce": nce_loss, "negative_sampling": negative_sampling_loss}[loss]
+    extra = {"exclude_true": exclude_true} if loss == "sampled_softmax" else {}
+    want = fn(layer.weight, layer.bias, y, h, 6, 50, sampler=LogUniformSampler(50, draw="with_replacement"),
+              noise=noise, remove_accidental_hits=loss == "sampled_softmax", ignore_index=-100,
+              generator=torch.Generator().manual_seed(3), **extra)
+    torch.testing.assert_close(out.loss, want)
+    if noise == "per_example" or loss != "sampled_softmax":
+        torch.testing.assert_close(out.output, -want)
+
+
+def test_the_layer_refuses_what_its_estimator_cannot_use():
+    from sampled_softmax.torch import LogUniformSampler
+
+    with pytest.raises(SampledSoftmaxError, match=r"`sampler` must draw 'with_replacement' with exclude_true=True"):
+        SampledSoftmax(8, 50, 6, sampler=LogUniformSampler(50), exclude_true=True)
+    with pytest.raises(SampledSoftmaxError, match=r"`exclude_true=True` is an estimator of the softmax normalizer"):
+        SampledSoftmax(8, 50, 6, loss="nce", exclude_true=True)
+    with pytest.raises(SampledSoftmaxError, match=r"`noise` must be one of 'shared', 'per_example'"):
+        SampledSoftmax(8, 50, 6, noise="each")

@@ -489,13 +489,11 @@ class VocabParallelSampledSoftmax(torch.nn.Module):
         self.num_sampled = V.check_positive_int("num_sampled", num_sampled)
         self.num_true = V.check_positive_int("num_true", num_true)
         self.chunk_size = V.check_positive_int("chunk_size", chunk_size)
-        self.reduction = V.check_choice("reduction", reduction, V.REDUCTIONS)
-        self.label_smoothing = V.check_label_smoothing(label_smoothing)
-        check_ignore_index(ignore_index)
-        self.ignore_index = ignore_index
-        # None: the sampled softmax's default (its only loss), as SampledSoftmax.
-        self.remove_accidental_hits = V.check_bool("remove_accidental_hits", True if remove_accidental_hits is None
-                                                   else remove_accidental_hits)
+        # The output layers' shared settings (its one loss is the sampled softmax).
+        settings = V.check_output_layer(reduction=reduction, label_smoothing=label_smoothing,
+                                         remove_accidental_hits=remove_accidental_hits, ignore_index=ignore_index)
+        self.reduction, self.label_smoothing = settings.reduction, settings.label_smoothing
+        self.ignore_index, self.remove_accidental_hits = settings.ignore_index, settings.remove_accidental_hits
         self.subtract_log_q = bool(subtract_log_q)
         self.sparse = bool(sparse)
         if isinstance(sampler, str) and sampler == "learned_unigram":
