@@ -35,7 +35,7 @@ def test_a_sigmoid_head_in_pytorch(rng, T):
     from sampled_softmax.torch._rows import _Spec
 
     # -- the head, PyTorch: forward over the row logits (removed columns are -inf), backward
-    def forward(logits, keep_true, removed_cand, spec):
+    def forward(logits, valid, removed_cand, spec):
         keep = torch.isfinite(logits)
         target = torch.zeros_like(logits)
         target[:, :spec.num_true] = 1.0
@@ -44,7 +44,7 @@ def test_a_sigmoid_head_in_pytorch(rng, T):
         loss = torch.where(keep, per_column, 0.0).sum(1)
         return loss, -loss, (z, target, keep)
 
-    def backward(g_loss, g_logp, saved, keep_true, spec):
+    def backward(g_loss, g_logp, saved, valid, spec):
         z, target, keep = saved
         return torch.where(keep, torch.sigmoid(z) - target, 0.0) * g_loss.unsqueeze(1)
 
@@ -54,9 +54,9 @@ def test_a_sigmoid_head_in_pytorch(rng, T):
     W, b, y, h, sv = random_problem(rng, T=T)
     Wt, bt, ht = (torch.tensor(x, requires_grad=True) for x in (W, b, h))
     cand, tc, sc = (torch.as_tensor(v) for v in sv)
-    ids, logq, removed = candidate_columns(torch.as_tensor(y), None, cand, tc, sc, torch.float64,
+    ids, log_q, removed = candidate_columns(torch.as_tensor(y), None, cand, tc, sc, torch.float64,
                                            remove_accidental_hits=True, subtract_log_q=True)
-    loss, _ = SampledLoss.apply(sigmoid, ht, ids, logq, None, removed, None, _Spec(T, (), "div", 0.0, False), bt, Wt)
+    loss, _ = SampledLoss.apply(sigmoid, ht, ids, log_q, None, removed, None, _Spec(T, (), "div", 0.0, False), bt, Wt)
     loss.sum().backward()
     ref_loss, (gh, gW, gb) = reference_loss_and_grads(W, b, y, h, sv)
     np.testing.assert_allclose(loss.detach().numpy(), ref_loss, rtol=1e-12)
@@ -82,10 +82,10 @@ def test_a_sigmoid_head_in_tensorflow(rng, T):
     W, b, y, h, sv = random_problem(rng, T=T)
     Wv, bv, hv = tf.Variable(W), tf.Variable(b), tf.Variable(h)
     with tf.GradientTape() as tape:
-        ids, logq, removed = candidate_columns(tf.constant(y), None, tf.constant(sv[0]), tf.constant(sv[1]),
+        ids, log_q, removed = candidate_columns(tf.constant(y), None, tf.constant(sv[0]), tf.constant(sv[1]),
                                                tf.constant(sv[2]), remove_accidental_hits=True, subtract_log_q=True,
                                                dtype=tf.float64)
-        loss = sampled_loss(hv, tf.gather(Wv, ids), tf.gather(bv, ids), logq, removed, None, T, sigmoid)
+        loss = sampled_loss(hv, tf.gather(Wv, ids), tf.gather(bv, ids), log_q, removed, None, T, sigmoid)
         total = tf.reduce_sum(loss)
     grads = tape.gradient(total, [hv, Wv, bv])
     ref_loss, ref_grads = reference_loss_and_grads(W, b, y, h, sv)

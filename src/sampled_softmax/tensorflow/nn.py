@@ -45,39 +45,39 @@ def _gather_mod(shards, ids):
 # Stage 1: each row's columns
 
 
-def candidate_columns(labels, keep_true, cand, true_count, samp_count, *, remove_accidental_hits, subtract_log_q,
+def candidate_columns(labels, valid, cand, true_count, samp_count, *, remove_accidental_hits, subtract_log_q,
                       dtype):
-    """Stage 1: ``(ids [N*T + S], logq [N*T + S], removed [N, S])`` for ``labels [N, T]``
-    (``keep_true`` their mask, None when none is ignored; ignored labels' ids are 0) and the
-    candidates. ``logq`` is 0 for ignored labels and padding slots (expected count ``inf``),
+    """Stage 1: ``(ids [N*T + S], log_q [N*T + S], removed [N, S])`` for ``labels [N, T]``
+    (``valid`` their mask, None when none is ignored; ignored labels' ids are 0) and the
+    candidates. ``log_q`` is 0 for ignored labels and padding slots (expected count ``inf``),
     which are removed from every row; accidental hits of kept labels are removed from theirs."""
     n = tf.shape(labels)[0]
-    safe = labels if keep_true is None else tf.where(keep_true, labels, tf.zeros_like(labels))
+    safe = labels if valid is None else tf.where(valid, labels, tf.zeros_like(labels))
     ids = tf.concat([tf.reshape(safe, [-1]), cand], 0)
     padding = tf.logical_not(tf.math.is_finite(samp_count))
     removed = tf.broadcast_to(padding[tf.newaxis, :], [n, tf.shape(cand)[0]])
     if remove_accidental_hits:
         equal = labels[:, :, tf.newaxis] == cand[tf.newaxis, tf.newaxis, :]
-        if keep_true is not None:
-            equal = tf.logical_and(equal, keep_true[:, :, tf.newaxis])
+        if valid is not None:
+            equal = tf.logical_and(equal, valid[:, :, tf.newaxis])
         removed = tf.logical_or(removed, tf.reduce_any(equal, axis=1))
     if not subtract_log_q:
         return ids, tf.zeros(tf.shape(ids), dtype), removed
-    if keep_true is not None:
-        true_count = tf.where(keep_true, true_count, tf.ones_like(true_count))
+    if valid is not None:
+        true_count = tf.where(valid, true_count, tf.ones_like(true_count))
     samp_count = tf.where(padding, tf.ones_like(samp_count), samp_count)
-    logq = tf.math.log(tf.cast(tf.concat([tf.reshape(true_count, [-1]), samp_count], 0), dtype))
-    return ids, logq, removed
+    log_q = tf.math.log(tf.cast(tf.concat([tf.reshape(true_count, [-1]), samp_count], 0), dtype))
+    return ids, log_q, removed
 
 
-def exclusion_correction(labels, keep_true, true_count, removed, logq, num_sampled):
+def exclusion_correction(labels, valid, true_count, removed, log_q, num_sampled):
     """``exclude_true`` (the reference's module docstring), after :func:`candidate_columns`
-    with the hits removed: ``(logq, row_logq [N])``, ``logq`` 0 on the true columns and
-    ``row_logq_i = log(k_i / S) - log(1 - Q_i)`` subtracted from row ``i``'s candidates: ``k_i``
+    with the hits removed: ``(log_q, row_log_q [N])``, ``log_q`` 0 on the true columns and
+    ``row_log_q_i = log(k_i / S) - log(1 - Q_i)`` subtracted from row ``i``'s candidates: ``k_i``
     its candidates left, ``Q_i = sum E / S`` over its distinct kept labels."""
     n, t = tf.shape(labels)[0], labels.shape[1]
-    dtype = logq.dtype
-    kept = tf.ones_like(labels, tf.bool) if keep_true is None else keep_true
+    dtype = log_q.dtype
+    kept = tf.ones_like(labels, tf.bool) if valid is None else valid
     earlier = tf.linalg.band_part(tf.ones([t, t], tf.bool), -1, 0) & ~tf.eye(t, dtype=tf.bool)  # [j, j']: j' < j
     repeated = tf.reduce_any((labels[:, :, tf.newaxis] == labels[:, tf.newaxis, :]) & kept[:, tf.newaxis, :]
                              & earlier[tf.newaxis], axis=2)
@@ -94,10 +94,10 @@ def exclusion_correction(labels, keep_true, true_count, removed, logq, num_sampl
         with tf.control_dependencies([check]):
             Q = tf.identity(Q)
     safe_k = tf.maximum(k, 1.0)
-    row_logq = tf.where(k > 0, tf.math.log(safe_k / num_sampled) - tf.math.log1p(-tf.minimum(Q, 1.0)),
+    row_log_q = tf.where(k > 0, tf.math.log(safe_k / num_sampled) - tf.math.log1p(-tf.minimum(Q, 1.0)),
                         tf.zeros_like(k))
-    logq = tf.concat([tf.zeros([n * t], dtype), logq[n * t:]], 0)
-    return logq, row_logq
+    log_q = tf.concat([tf.zeros([n * t], dtype), log_q[n * t:]], 0)
+    return log_q, row_log_q
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,20 +105,20 @@ def exclusion_correction(labels, keep_true, true_count, removed, logq, num_sampl
 # value) to (loss [N], d loss / d logits [N, T + S]).
 
 
-def softmax_head(num_true, keep_true, label_smoothing):
+def softmax_head(num_true, valid, label_smoothing):
     """The sampled softmax cross-entropy: target ``1 / T`` on each true column, or with
-    ``keep_true``/``label_smoothing`` ``(1 - eps) / T_i + eps / K_i`` on each kept true column
+    ``valid``/``label_smoothing`` ``(1 - eps) / T_i + eps / K_i`` on each kept true column
     and ``eps / K_i`` on each kept candidate; a row without a kept label has loss 0 and no
     gradient."""
 
     def head(logits, removed):
         n, dtype = tf.shape(logits)[0], logits.dtype
-        if keep_true is None and not label_smoothing:
+        if valid is None and not label_smoothing:
             target = tf.concat([tf.fill([n, num_true], tf.constant(1.0 / num_true, dtype)),
                                 tf.zeros_like(logits[:, num_true:])], 1)
             # One fused kernel gives the loss and d loss / d logits = softmax - target.
             return tf.raw_ops.SoftmaxCrossEntropyWithLogits(features=logits, labels=target)
-        kt = tf.ones([n, num_true], dtype) if keep_true is None else tf.cast(keep_true, dtype)
+        kt = tf.ones([n, num_true], dtype) if valid is None else tf.cast(valid, dtype)
         kc = tf.cast(tf.logical_not(removed), dtype)
         n_true = tf.reduce_sum(kt, 1, keepdims=True)
         target = tf.concat([kt / tf.maximum(n_true, 1.0), tf.zeros_like(kc)], 1)
@@ -132,7 +132,7 @@ def softmax_head(num_true, keep_true, label_smoothing):
     return head
 
 
-def sigmoid_head(num_true, keep_true):
+def sigmoid_head(num_true, valid):
     """NCE's head (negative sampling's over uncorrected logits): each kept column a logistic
     classification, target ``1 / T_i`` on the kept true columns and 0 on the candidates; the
     row's loss is the sum of the sigmoid cross-entropies, its gradient ``sigmoid(o) - target``.
@@ -140,7 +140,7 @@ def sigmoid_head(num_true, keep_true):
 
     def head(logits, removed):
         n, dtype = tf.shape(logits)[0], logits.dtype
-        kt = tf.ones([n, num_true], tf.bool) if keep_true is None else keep_true
+        kt = tf.ones([n, num_true], tf.bool) if valid is None else valid
         keep = tf.concat([kt, tf.logical_not(removed)], 1)
         n_true = tf.reduce_sum(tf.cast(kt, dtype), 1, keepdims=True)
         target = tf.concat([tf.cast(kt, dtype) / tf.maximum(n_true, 1.0), tf.zeros_like(logits[:, num_true:])], 1)
@@ -157,10 +157,10 @@ def sigmoid_head(num_true, keep_true):
 # Stage 2 and the head in one custom gradient
 
 
-def sampled_loss(h, rows, b, logq, removed, keep_true, num_true, head, row_logq=None, ids=None):
+def sampled_loss(h, rows, b, log_q, removed, valid, num_true, head, row_log_q=None, ids=None):
     """Per-row loss for ``h [N, D]`` over the gathered columns: ``rows [M, D]``, ``b [M]`` and
-    ``logq [M]`` hold the ``N * T`` true columns then the ``S`` candidates. Stage 2 (corrected
-    logits ``h . W + b - log E``, minus ``row_logq [N]`` on each row's candidates if given,
+    ``log_q [M]`` hold the ``N * T`` true columns then the ``S`` candidates. Stage 2 (corrected
+    logits ``h . W + b - log E``, minus ``row_log_q [N]`` on each row's candidates if given,
     removed columns masked) and ``head``, with an explicit backward. Gradients flow to ``h``,
     ``rows`` and ``b`` whole, so no slice of them needs a gradient of its own. Given the
     columns' class ``ids [M]``, a repeated class's row and bias gradients are summed on its
@@ -170,7 +170,7 @@ def sampled_loss(h, rows, b, logq, removed, keep_true, num_true, head, row_logq=
     def fused(h, rows, b):
         n = tf.shape(h)[0]
         nt = n * num_true
-        corr = b - logq
+        corr = b - log_q
         w_true, w_cand = rows[:nt], rows[nt:]
         if num_true == 1:
             tl = tf.reduce_sum(h * w_true, axis=1, keepdims=True) + corr[:nt, tf.newaxis]
@@ -178,15 +178,15 @@ def sampled_loss(h, rows, b, logq, removed, keep_true, num_true, head, row_logq=
             w_true = tf.reshape(w_true, [n, num_true, -1])
             tl = tf.einsum("nd,ntd->nt", h, w_true) + tf.reshape(corr[:nt], [n, num_true])
         sl = tf.matmul(h, w_cand, transpose_b=True) + corr[tf.newaxis, nt:]
-        if row_logq is not None:
-            sl = sl - row_logq[:, tf.newaxis]
+        if row_log_q is not None:
+            sl = sl - row_log_q[:, tf.newaxis]
         # Removed columns take the lowest finite value: exp() of it underflows to exactly 0,
         # so their probability and gradient are exactly 0 (and, unlike -inf, it keeps a fused
         # kernel's 0 * logit terms finite: their targets are 0).
         lowest = tf.constant(sl.dtype.min, sl.dtype)
         sl = tf.where(removed, lowest, sl)
-        if keep_true is not None:
-            tl = tf.where(keep_true, tl, lowest)
+        if valid is not None:
+            tl = tf.where(valid, tl, lowest)
         loss, backprop = head(tf.concat([tl, sl], 1), removed)
 
         def grad(d_loss):
@@ -295,7 +295,7 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled: int, num_
                                   num_true=num_true, sampled_values=sampled_values,
                                   remove_accidental_hits=remove_accidental_hits or exclude_true, seed=seed,
                                   ignore_index=ignore_index, subtract_log_q=subtract_log_q, reduction=reduction,
-                                  make_head=lambda keep_true: softmax_head(num_true, keep_true, label_smoothing),
+                                  make_head=lambda valid: softmax_head(num_true, valid, label_smoothing),
                                   exclude_true=exclude_true)
 
 
@@ -346,13 +346,13 @@ def nce_loss(weights, biases, labels, inputs, num_sampled: int, num_classes: int
                                   num_true=num_true, sampled_values=sampled_values,
                                   remove_accidental_hits=remove_accidental_hits, seed=None, ignore_index=ignore_index,
                                   subtract_log_q=subtract_log_q, reduction=reduction,
-                                  make_head=lambda keep_true: sigmoid_head(num_true, keep_true))
+                                  make_head=lambda valid: sigmoid_head(num_true, valid))
 
 
 def _sampled_head_loss(weights, biases, labels, inputs, num_sampled, *, num_classes, num_true, sampled_values,
                        remove_accidental_hits, seed, ignore_index, subtract_log_q, reduction, make_head,
                        exclude_true=False):
-    """The three stages for a head (``make_head(keep_true)``), after the shared checks."""
+    """The three stages for a head (``make_head(valid)``), after the shared checks."""
     partition_strategy = "div"
     V.check_choice("reduction", reduction, V.REDUCTIONS)
     if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
@@ -362,36 +362,36 @@ def _sampled_head_loss(weights, biases, labels, inputs, num_sampled, *, num_clas
     shards, bias_shards, num_classes, num_sampled = _check(weights, biases, labels, inputs, num_sampled,
                                                            num_classes, num_true, partition_strategy)
     labels = tf.reshape(_int64_labels(labels), [-1, num_true])
-    keep_true = None if ignore_index is None else labels != ignore_index
-    labels = _check_label_values(labels, num_classes, keep_true, ignore_index)
+    valid = None if ignore_index is None else labels != ignore_index
+    labels = _check_label_values(labels, num_classes, valid, ignore_index)
     if sampled_values is None:
         V.check_num_sampled(num_sampled, num_classes, unique=not exclude_true)
-        _order.observe(labels, keep_true, num_classes)
-        true_classes = labels if keep_true is None else tf.where(keep_true, labels, tf.zeros_like(labels))
+        _order.observe(labels, valid, num_classes)
+        true_classes = labels if valid is None else tf.where(valid, labels, tf.zeros_like(labels))
         sampled_values = tf.random.log_uniform_candidate_sampler(
             true_classes=true_classes, num_true=num_true, num_sampled=num_sampled, unique=not exclude_true,
             range_max=num_classes, seed=seed)
     else:
         sampled_values = _check_sampled_values(sampled_values, num_sampled, num_classes, labels, num_true,
-                                               keep_true)
+                                               valid)
     cand, true_count, samp_count = (tf.stop_gradient(tf.convert_to_tensor(v)) for v in sampled_values)
     cand = tf.cast(cand, tf.int64)
     cdt = _compute_dtype(inputs.dtype)
     n = tf.shape(labels)[0]
     true_count = tf.broadcast_to(tf.reshape(true_count, [n, -1]), [n, num_true])
-    ids, logq, removed = candidate_columns(labels, keep_true, cand, true_count, samp_count,
+    ids, log_q, removed = candidate_columns(labels, valid, cand, true_count, samp_count,
                                            remove_accidental_hits=remove_accidental_hits,
                                            subtract_log_q=subtract_log_q, dtype=cdt)
-    row_logq = None
+    row_log_q = None
     if exclude_true and subtract_log_q:
-        logq, row_logq = exclusion_correction(labels if keep_true is None else tf.where(
-            keep_true, labels, tf.zeros_like(labels)), keep_true, true_count, removed, logq, num_sampled)
+        log_q, row_log_q = exclusion_correction(labels if valid is None else tf.where(
+            valid, labels, tf.zeros_like(labels)), valid, true_count, removed, log_q, num_sampled)
     rows = tf.cast(_gather(shards, ids, partition_strategy), cdt)
     b = tf.zeros(tf.shape(ids), cdt) if biases is None else tf.cast(_gather(bias_shards, ids, partition_strategy), cdt)
-    loss = sampled_loss(tf.cast(inputs, cdt), rows, b, logq, removed, keep_true, num_true, make_head(keep_true),
-                        row_logq, ids=ids)
-    loss = _nan_rows(loss, labels, cand, true_count, samp_count, num_classes, keep_true)
-    return _reduce(loss, None if keep_true is None else tf.reduce_any(keep_true, axis=1), reduction)
+    loss = sampled_loss(tf.cast(inputs, cdt), rows, b, log_q, removed, valid, num_true, make_head(valid),
+                        row_log_q, ids=ids)
+    loss = _nan_rows(loss, labels, cand, true_count, samp_count, num_classes, valid)
+    return _reduce(loss, None if valid is None else tf.reduce_any(valid, axis=1), reduction)
 
 
 def full_logits(weights, biases, inputs, name: str = "full_logits") -> tf.Tensor:

@@ -39,9 +39,9 @@ def _check_once_differentiable(loss: str = "sampled_softmax_loss") -> None:
 # Stage 2: corrected logits
 
 
-def corrected_logits_forward(h, ids, logq, keep_true, removed_cand, spec: _Spec, bias, shards, row_logq=None):
+def corrected_logits_forward(h, ids, log_q, valid, removed_cand, spec: _Spec, bias, shards, row_log_q=None):
     """``(logits [N, T + S], hc, rows)``: true columns first, removed columns ``-inf``;
-    ``row_logq [N]`` (``exclude_true``'s per-row term), if given, is subtracted from each row's
+    ``row_log_q [N]`` (``exclude_true``'s per-row term), if given, is subtracted from each row's
     candidate columns.
 
     ``hc`` and ``rows`` are the hidden states and the gathered rows ``[N*T + S, D]`` in the
@@ -56,19 +56,19 @@ def corrected_logits_forward(h, ids, logq, keep_true, removed_cand, spec: _Spec,
     rows = _gather_rows(shards, ids, spec, cdt)
     w_true, w_cand = rows.split([nt, s])
     # corr = b - log E for every touched column: true labels first, then candidates.
-    corr = logq.neg() if bias is None else bias.index_select(0, ids).to(cdt).sub_(logq)
+    corr = log_q.neg() if bias is None else bias.index_select(0, ids).to(cdt).sub_(log_q)
     corr_true, corr_cand = corr.split([nt, s])
     sl = torch.addmm(corr_cand.unsqueeze(0), hc, w_cand.t())
-    if row_logq is not None:
-        sl.sub_(row_logq.unsqueeze(1))
+    if row_log_q is not None:
+        sl.sub_(row_log_q.unsqueeze(1))
     if t == 1:
         tl = torch.linalg.vecdot(hc, w_true).add_(corr_true).unsqueeze_(1)
     else:
         tl = torch.bmm(w_true.view(n, t, -1), hc.unsqueeze(2)).squeeze(2).add_(corr_true.view(n, t))
     if removed_cand is not None:
         sl.masked_fill_(removed_cand, -math.inf)
-    if keep_true is not None:
-        tl.masked_fill_(~keep_true, -math.inf)
+    if valid is not None:
+        tl.masked_fill_(~valid, -math.inf)
     return torch.cat([tl, sl], 1), hc, rows
 
 
@@ -109,8 +109,8 @@ class HeadKind(enum.IntEnum):
 class Head(NamedTuple):
     """A loss over the row logits.
 
-    ``forward(logits, keep_true, removed_cand, spec) -> (loss [N], logp [N], saved)`` and
-    ``backward(g_loss, g_logp, saved, keep_true, spec) -> d loss / d logits [N, T + S]``
+    ``forward(logits, valid, removed_cand, spec) -> (loss [N], logp [N], saved)`` and
+    ``backward(g_loss, g_logp, saved, valid, spec) -> d loss / d logits [N, T + S]``
     (``g_loss``/``g_logp`` may be None). ``logp`` is the head's estimate of the targets'
     log-probability (``return_log_prob``).
     """
@@ -120,33 +120,33 @@ class Head(NamedTuple):
     backward: Callable
 
 
-def _softmax_forward(logits, keep_true, removed_cand, spec: _Spec):
+def _softmax_forward(logits, valid, removed_cand, spec: _Spec):
     n, t = logits.shape[0], spec.num_true
     s = logits.shape[1] - t
     # log_softmax is one fused, stable pass; backward needs only its exp.
     logp_all = torch.log_softmax(logits, 1)
     targets = None
-    if keep_true is None and spec.label_smoothing == 0.0:
+    if valid is None and spec.label_smoothing == 0.0:
         # Plain targets 1/T on the true columns, all of them kept.
         logp = logp_all[:, 0] if t == 1 else logp_all.narrow(1, 0, t).mean(1)
         loss = logp.neg()
     else:
-        if keep_true is not None:
+        if valid is not None:
             # A row with every column removed (only an ignored row) gives nan: make its
             # probabilities exactly 0 instead.
             logp_all.nan_to_num_(nan=-math.inf)
         keep_cand = None if removed_cand is None else ~removed_cand
-        targets = _targets(keep_true, keep_cand, n, t, s, spec.label_smoothing, logits.dtype, logits.device)
+        targets = _targets(valid, keep_cand, n, t, s, spec.label_smoothing, logits.dtype, logits.device)
         lp0 = logp_all.masked_fill(logp_all == -math.inf, 0.0)
         logp = (lp0 * targets[1]).sum(1)
         loss = logp.neg() if targets[0] is targets[1] else (lp0 * targets[0]).sum(1).neg_()
-        if keep_true is not None:
-            live = keep_true.any(1)
+        if valid is not None:
+            live = valid.any(1)
             loss, logp = torch.where(live, loss, 0.0), torch.where(live, logp, 0.0)
     return loss, logp, (logp_all, targets)
 
 
-def _softmax_backward(g_loss, g_logp, saved, keep_true, spec: _Spec):
+def _softmax_backward(g_loss, g_logp, saved, valid, spec: _Spec):
     logp_all, targets = saved
     t = spec.num_true
     # d loss / d logits = p - target_smoothed;  d logp / d logits = target_unsmoothed - p.
@@ -162,18 +162,18 @@ def _softmax_backward(g_loss, g_logp, saved, keep_true, spec: _Spec):
             g.sub_(a * t_smooth)
         if c is not None:
             g.add_(c * t_plain)
-        if keep_true is not None:
-            g.mul_(keep_true.any(1, keepdim=True))  # ignored rows: exactly no gradient
+        if valid is not None:
+            g.mul_(valid.any(1, keepdim=True))  # ignored rows: exactly no gradient
     return g
 
 
 softmax_head = Head("softmax", _softmax_forward, _softmax_backward)
 
 
-def _sigmoid_forward(logits, keep_true, removed_cand, spec: _Spec):
+def _sigmoid_forward(logits, valid, removed_cand, spec: _Spec):
     n, t = logits.shape[0], spec.num_true
     s = logits.shape[1] - t
-    kt = logits.new_ones(n, t, dtype=torch.bool) if keep_true is None else keep_true
+    kt = logits.new_ones(n, t, dtype=torch.bool) if valid is None else valid
     kc = logits.new_ones(n, s, dtype=torch.bool) if removed_cand is None else ~removed_cand
     keep = torch.cat([kt, kc], 1)
     n_true = kt.sum(1, keepdim=True)
@@ -187,7 +187,7 @@ def _sigmoid_forward(logits, keep_true, removed_cand, spec: _Spec):
     return loss, torch.zeros_like(loss), (z, target, keep, live)
 
 
-def _sigmoid_backward(g_loss, g_logp, saved, keep_true, spec: _Spec):
+def _sigmoid_backward(g_loss, g_logp, saved, valid, spec: _Spec):
     z, target, keep, live = saved
     g = torch.where(keep, torch.sigmoid(z) - target, 0.0).mul_(live)
     return g if g_loss is None else g.mul_(g_loss.to(g.dtype).unsqueeze(1))
@@ -199,14 +199,14 @@ def _sigmoid_backward(g_loss, g_logp, saved, keep_true, spec: _Spec):
 sigmoid_head = Head("sigmoid", _sigmoid_forward, _sigmoid_backward)
 
 
-def _targets(keep_true, keep_cand, n, t, s, eps, dtype, device):
+def _targets(valid, keep_cand, n, t, s, eps, dtype, device):
     """Target matrices ``(smoothed, unsmoothed)``, each ``[N, T + S]``.
 
     Unsmoothed: ``1 / T_i`` on each kept true column. Smoothed:
     ``(1 - eps) / T_i + eps / K_i`` on kept true columns and ``eps / K_i`` on kept candidates,
     with ``T_i`` kept labels and ``K_i`` kept columns in row ``i``.
     """
-    kt = torch.ones(n, t, dtype=dtype, device=device) if keep_true is None else keep_true.to(dtype)
+    kt = torch.ones(n, t, dtype=dtype, device=device) if valid is None else valid.to(dtype)
     kc = torch.ones(n, s, dtype=dtype, device=device) if keep_cand is None else keep_cand.to(dtype)
     n_true = kt.sum(1, keepdim=True).clamp_(min=1.0)
     plain = torch.cat([kt / n_true, torch.zeros_like(kc)], 1)
@@ -221,56 +221,56 @@ def _targets(keep_true, keep_cand, n, t, s, eps, dtype, device):
 # The softmax head through both stages (the traced operators of _ops.py call these)
 
 
-def loss_forward(h, ids, logq, keep_true, removed_cand, spec: _Spec, bias, shards):
+def loss_forward(h, ids, log_q, valid, removed_cand, spec: _Spec, bias, shards):
     """``(loss [N], logp [N], hc, rows, logp_all [N, T + S], targets)`` of the softmax head."""
-    logits, hc, rows = corrected_logits_forward(h, ids, logq, keep_true, removed_cand, spec, bias, shards)
-    loss, logp, (logp_all, targets) = _softmax_forward(logits, keep_true, removed_cand, spec)
+    logits, hc, rows = corrected_logits_forward(h, ids, log_q, valid, removed_cand, spec, bias, shards)
+    loss, logp, (logp_all, targets) = _softmax_forward(logits, valid, removed_cand, spec)
     # float16/bfloat16 inputs get float32 losses, as under autocast.
     return loss, logp, hc, rows, logp_all, targets
 
 
-def loss_backward(g_loss, g_logp, hc, rows, logp_all, keep_true, targets, num_true, need_h, need_w, need_b):
+def loss_backward(g_loss, g_logp, hc, rows, logp_all, valid, targets, num_true, need_h, need_w, need_b):
     """The softmax head's backward from :func:`loss_forward`'s values: ``(d_h, d_rows, d_b_rows)``."""
     spec = _Spec(num_true, (), "div", 0.0, False)
-    g = _softmax_backward(g_loss, g_logp, (logp_all, targets), keep_true, spec)
+    g = _softmax_backward(g_loss, g_logp, (logp_all, targets), valid, spec)
     return corrected_logits_backward(g, hc, rows, num_true, need_h, need_w, need_b)
 
 
 class SampledLoss(torch.autograd.Function):
     """Per-row loss of a head over the sampled logits, and its ``logp``.
 
-    forward(head, h [N, D], ids [N*T + S], logq [N*T + S], keep_true [N, T] or None,
-            removed_cand [N, S] or None, row_logq [N] or None, spec, bias [V] or None, *shards)
+    forward(head, h [N, D], ids [N*T + S], log_q [N*T + S], valid [N, T] or None,
+            removed_cand [N, S] or None, row_log_q [N] or None, spec, bias [V] or None, *shards)
             -> (loss [N], logp [N])
     """
 
     @staticmethod
-    def forward(ctx, head: Head, h, ids, logq, keep_true, removed_cand, row_logq, spec: _Spec, bias, *shards):
-        logits, hc, rows = corrected_logits_forward(h, ids, logq, keep_true, removed_cand, spec, bias, shards,
-                                                    row_logq)
-        loss, logp, saved = head.forward(logits, keep_true, removed_cand, spec)
+    def forward(ctx, head: Head, h, ids, log_q, valid, removed_cand, row_log_q, spec: _Spec, bias, *shards):
+        logits, hc, rows = corrected_logits_forward(h, ids, log_q, valid, removed_cand, spec, bias, shards,
+                                                    row_log_q)
+        loss, logp, saved = head.forward(logits, valid, removed_cand, spec)
         ctx.head, ctx.spec, ctx.saved = head, spec, saved
         ctx.dtypes = (h.dtype, None if bias is None else bias.dtype)
         ctx.num_columns = logits.shape[1]
-        ctx.save_for_backward(hc, rows, ids, keep_true, bias, *shards)
+        ctx.save_for_backward(hc, rows, ids, valid, bias, *shards)
         return loss, logp
 
     @staticmethod
     def backward(ctx, g_loss, g_logp):
         _check_once_differentiable()
-        hc, rows, ids, keep_true, bias, *shards = ctx.saved_tensors
+        hc, rows, ids, valid, bias, *shards = ctx.saved_tensors
         spec: _Spec = ctx.spec
         needs_w = ctx.needs_input_grad[9:]
         needs_b = ctx.needs_input_grad[8]
-        g = ctx.head.backward(g_loss, g_logp, ctx.saved, keep_true, spec)
+        g = ctx.head.backward(g_loss, g_logp, ctx.saved, valid, spec)
         d_h, d_rows, d_b_rows = corrected_logits_backward(g, hc, rows, spec.num_true, ctx.needs_input_grad[1],
                                                         any(needs_w), needs_b)
         if d_h is not None and d_h.dtype != ctx.dtypes[0]:
             d_h = d_h.to(ctx.dtypes[0])
         d_bias, d_shards = None, [None] * len(shards)
         keep_rows = None
-        if keep_true is not None and spec.sparse:
-            keep_rows = torch.cat([keep_true.reshape(-1), keep_true.new_ones(ctx.num_columns - spec.num_true)])
+        if valid is not None and spec.sparse:
+            keep_rows = torch.cat([valid.reshape(-1), valid.new_ones(ctx.num_columns - spec.num_true)])
         if d_rows is not None:
             d_shards = _scatter_to_shards(shards, ids, d_rows, spec, keep_rows, needs_w)
         if d_b_rows is not None:
@@ -284,8 +284,8 @@ class PerExampleLoss(torch.autograd.Function):
     """A head over columns of each example's own: ``ids [N, T + k]`` (its labels, then its
     noise), instead of the candidates a batch shares.
 
-    forward(head, h [N, D], ids, keep_true [N, T] or None, removed [N, k] or None,
-            logq [N, T + k] or None, spec, bias [V] or None, table [V, D]) -> loss [N]
+    forward(head, h [N, D], ids, valid [N, T] or None, removed [N, k] or None,
+            log_q [N, T + k] or None, spec, bias [V] or None, table [V, D]) -> loss [N]
 
     Word2vec's negative sampling draws its noise for each example: the logits are one dot
     product per (example, column), then the head; backward, the head's ``d loss / d logits``
@@ -293,7 +293,7 @@ class PerExampleLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, head: Head, h, ids, keep_true, removed, logq, spec: _Spec, bias, table):
+    def forward(ctx, head: Head, h, ids, valid, removed, log_q, spec: _Spec, bias, table):
         n, k = ids.shape
         cdt = _compute_dtype(h.dtype)
         hc = h if h.dtype == cdt else h.to(cdt)
@@ -303,34 +303,34 @@ class PerExampleLoss(torch.autograd.Function):
         logits = torch.bmm(rows, hc.unsqueeze(2)).squeeze(2)
         if bias is not None:
             logits += bias.index_select(0, flat).view(n, k).to(cdt)
-        if logq is not None:
-            logits -= logq
+        if log_q is not None:
+            logits -= log_q
         t = spec.num_true
         if removed is not None:
             logits[:, t:].masked_fill_(removed, -math.inf)
-        if keep_true is not None:
-            logits[:, :t].masked_fill_(~keep_true, -math.inf)
-        loss, _, saved = head.forward(logits, keep_true, removed, spec)
+        if valid is not None:
+            logits[:, :t].masked_fill_(~valid, -math.inf)
+        loss, _, saved = head.forward(logits, valid, removed, spec)
         ctx.head, ctx.spec, ctx.saved = head, spec, saved
         ctx.shapes = (tuple(table.shape), None if bias is None else tuple(bias.shape))
         ctx.dtypes = (h.dtype, table.dtype, None if bias is None else bias.dtype)
-        ctx.save_for_backward(hc, rows, flat, keep_true)
+        ctx.save_for_backward(hc, rows, flat, valid)
         return loss
 
     @staticmethod
     def backward(ctx, g_loss):
         _check_once_differentiable()
-        hc, rows, flat, keep_true = ctx.saved_tensors
-        g = ctx.head.backward(g_loss, None, ctx.saved, keep_true, ctx.spec)
+        hc, rows, flat, valid = ctx.saved_tensors
+        g = ctx.head.backward(g_loss, None, ctx.saved, valid, ctx.spec)
         d_h = torch.bmm(g.unsqueeze(1), rows).squeeze(1).to(ctx.dtypes[0]) if ctx.needs_input_grad[1] else None
         d_bias = d_table = None
         keep = None
-        if ctx.spec.sparse and keep_true is not None:
+        if ctx.spec.sparse and valid is not None:
             # An ignored label's placeholder row, and the noise of a row with no kept label, are
             # not touched by this step: a sparse optimizer must not see them.
-            n, t = keep_true.shape
-            live = keep_true.any(1, keepdim=True).expand(n, rows.shape[1] - t)
-            keep = torch.cat([keep_true, live], 1).reshape(-1)
+            n, t = valid.shape
+            live = valid.any(1, keepdim=True).expand(n, rows.shape[1] - t)
+            keep = torch.cat([valid, live], 1).reshape(-1)
         if ctx.needs_input_grad[8]:
             d_rows = (g.unsqueeze(2) * hc.unsqueeze(1)).view(flat.shape[0], hc.shape[1]).to(ctx.dtypes[1])
             d_table = _scatter_rows(ctx.shapes[0], flat, d_rows, ctx.spec.sparse, keep)

@@ -38,10 +38,10 @@ def _columns_numpy(y_safe, valid, cand, true_count, samp_count, cdt, *, remove_h
             counts[: n * t][~vn.reshape(-1)] = 1.0
         if padded:
             counts[n * t:][pad] = 1.0
-        logq = torch.from_numpy(np.log(counts))
+        log_q = torch.from_numpy(np.log(counts))
     else:
-        logq = torch.zeros(ids.shape[0], dtype=cdt)
-    return ids, logq, None if removed is None else torch.from_numpy(removed)
+        log_q = torch.zeros(ids.shape[0], dtype=cdt)
+    return ids, log_q, None if removed is None else torch.from_numpy(removed)
 
 
 def _columns_torch(y_safe, valid, cand, true_count, samp_count, cdt, *, remove_hits, subtract_log_q, padded):
@@ -64,10 +64,10 @@ def _columns_torch(y_safe, valid, cand, true_count, samp_count, cdt, *, remove_h
             counts[: n * t].masked_fill_(~valid.reshape(-1), 1.0)
         if padded:
             counts[n * t:].masked_fill_(pad, 1.0)
-        logq = counts.log()
+        log_q = counts.log()
     else:
-        logq = torch.zeros(ids.shape[0], dtype=cdt, device=ids.device)
-    return ids, logq, removed
+        log_q = torch.zeros(ids.shape[0], dtype=cdt, device=ids.device)
+    return ids, log_q, removed
 
 
 def candidate_columns(y_safe, valid, cand, true_count, samp_count, cdt, *, remove_accidental_hits, subtract_log_q,
@@ -81,7 +81,7 @@ def candidate_columns(y_safe, valid, cand, true_count, samp_count, cdt, *, remov
 
 def exclusion_correction(y_safe, valid, true_count, removed, num_sampled, cdt):
     """The rejection estimator's correction (``exclude_true``), after :func:`candidate_columns` (with the hits
-    ``removed [N, S]``): ``row_logq_i = log(k_i / S) - log(1 - Q_i)`` ``[N]``, added to the
+    ``removed [N, S]``): ``row_log_q_i = log(k_i / S) - log(1 - Q_i)`` ``[N]``, added to the
     ``log E(c) = log(S q(c))`` of row ``i``'s candidates (the true columns get none), so that a
     candidate's correction is ``log(k_i q(c) / (1 - Q_i))``: ``k_i`` the row's candidates left,
     ``Q_i`` the ``q = E / S`` of its distinct kept labels, in the compute dtype ``cdt``."""

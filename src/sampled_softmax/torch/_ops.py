@@ -149,13 +149,13 @@ def columns(
             (candidates, true_expected_count, sampled_expected_count), num_sampled, num_classes, y, valid, y.device)
     fill = cand[:1] if cand.numel() else y.new_zeros(1)
     y_safe = y if valid is None else torch.where(valid, y, fill)
-    ids, logq, removed = _candidate_columns(y_safe, valid, cand, true_count, samp_count, dtype,
+    ids, log_q, removed = _candidate_columns(y_safe, valid, cand, true_count, samp_count, dtype,
                                             remove_accidental_hits=remove_accidental_hits,
                                             subtract_log_q=subtract_log_q, padded=padded)
     s = cand.shape[0]
     removed = torch.zeros(n, s, dtype=torch.bool) if removed is None else removed.contiguous()
     keep = torch.ones(n, t, dtype=torch.bool) if valid is None else valid.clone()
-    return (ids.to(y.device), logq.to(y.device), removed.to(y.device), keep.to(y.device))
+    return (ids.to(y.device), log_q.to(y.device), removed.to(y.device), keep.to(y.device))
 
 
 @columns.register_fake
@@ -182,26 +182,26 @@ def _core(h, shards, bias, num_true, keep, label_smoothing, implementation):
 
 @torch.library.custom_op("sampled_softmax::loss", mutates_args=())
 def loss(
-    h: Tensor, shards: list[Tensor], bias: Optional[Tensor], ids: Tensor, logq: Tensor, keep_true: Tensor,
+    h: Tensor, shards: list[Tensor], bias: Optional[Tensor], ids: Tensor, log_q: Tensor, valid: Tensor,
     removed: Tensor, *, num_true: int, offsets: list[int], strategy: str, label_smoothing: float, sparse: bool,
     implementation: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(loss [N], logp [N], logp_all [N, T + S], rows [N*T + S, D], route)``; ``route`` (0-d)
     says which kernel ran (1: the compiled core), for the backward to use the same."""
-    keep = None if bool(keep_true.all()) else keep_true
+    keep = None if bool(valid.all()) else valid
     ext = _core(h, shards, bias, num_true, keep, label_smoothing, implementation)
     if ext is not None:
-        loss_, logp_all, rows = ext.core_forward(h, shards[0], h.new_empty(0) if bias is None else bias, ids, logq,
+        loss_, logp_all, rows = ext.core_forward(h, shards[0], h.new_empty(0) if bias is None else bias, ids, log_q,
                                                  removed, int(HeadKind.softmax))
         return loss_, loss_.neg(), logp_all, rows, torch.ones((), dtype=torch.int64)  # on the CPU: no sync
     spec = _Spec(num_true, tuple(offsets), strategy, label_smoothing, sparse)
     removed_cand = removed if bool(removed.any()) else None
-    loss_, logp, _, rows, logp_all, _ = loss_forward(h, ids, logq, keep, removed_cand, spec, bias, shards)
+    loss_, logp, _, rows, logp_all, _ = loss_forward(h, ids, log_q, keep, removed_cand, spec, bias, shards)
     return loss_, logp.clone(), logp_all, rows, torch.zeros((), dtype=torch.int64)
 
 
 @loss.register_fake
-def _(h, shards, bias, ids, logq, keep_true, removed, *, num_true, offsets, strategy, label_smoothing, sparse,
+def _(h, shards, bias, ids, log_q, valid, removed, *, num_true, offsets, strategy, label_smoothing, sparse,
       implementation):
     n, m = h.shape[0], ids.shape[0]
     cdt = _compute_dtype(h.dtype)
@@ -212,7 +212,7 @@ def _(h, shards, bias, ids, logq, keep_true, removed, *, num_true, offsets, stra
 
 @torch.library.custom_op("sampled_softmax::loss_backward", mutates_args=())
 def loss_backward(
-    grads: Tensor, h: Tensor, rows: Tensor, ids: Tensor, logp_all: Tensor, keep_true: Tensor, removed: Tensor,
+    grads: Tensor, h: Tensor, rows: Tensor, ids: Tensor, logp_all: Tensor, valid: Tensor, removed: Tensor,
     route: Tensor, *, num_true: int, label_smoothing: float, need_h: bool, need_w: bool, need_b: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(d_h [N, D], d_rows [N*T + S, D], d_b_rows [N*T + S])``, empty where not needed;
@@ -223,8 +223,8 @@ def loss_backward(
         d_h, d_rows, d_b_rows = _compiled.extension().core_backward(g_loss - g_logp, h, rows, ids, logp_all,
                                                                      int(HeadKind.softmax), need_h, need_w, need_b)
     else:
-        keep = None if bool(keep_true.all()) else keep_true
-        n, t = keep_true.shape
+        keep = None if bool(valid.all()) else valid
+        n, t = valid.shape
         s = logp_all.shape[1] - t
         targets = None
         if keep is not None or label_smoothing != 0.0:
@@ -240,16 +240,16 @@ def loss_backward(
 
 
 @loss_backward.register_fake
-def _(grads, h, rows, ids, logp_all, keep_true, removed, route, *, num_true, label_smoothing, need_h,
+def _(grads, h, rows, ids, logp_all, valid, removed, route, *, num_true, label_smoothing, need_h,
       need_w, need_b):
     return (h.new_empty(h.shape if need_h else (0,)), rows.new_empty(rows.shape if need_w else (0,)),
             rows.new_empty(rows.shape[:1] if need_b else (0,)))
 
 
 def _setup_context(ctx, inputs, keyword_only_inputs, output):
-    h, shards, bias, ids, logq, keep_true, removed = inputs
+    h, shards, bias, ids, log_q, valid, removed = inputs
     _, _, logp_all, rows, route = output
-    ctx.save_for_backward(h, rows, ids, logp_all, keep_true, removed, route, bias, *shards)
+    ctx.save_for_backward(h, rows, ids, logp_all, valid, removed, route, bias, *shards)
     settings = keyword_only_inputs
     ctx.settings = (settings["num_true"], tuple(settings["offsets"]), settings["strategy"],
                     settings["label_smoothing"], settings["sparse"])
@@ -257,7 +257,7 @@ def _setup_context(ctx, inputs, keyword_only_inputs, output):
 
 def _backward(ctx, g_loss, g_logp, _g_logp_all, _g_rows, _g_route):
     _check_once_differentiable()
-    h, rows, ids, logp_all, keep_true, removed, route, bias, *shards = ctx.saved_tensors
+    h, rows, ids, logp_all, valid, removed, route, bias, *shards = ctx.saved_tensors
     num_true, offsets, strategy, eps, sparse = ctx.settings
     need_h, need_shards, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
     needs_w = list(need_shards) if isinstance(need_shards, (list, tuple)) else [bool(need_shards)] * len(shards)
@@ -265,14 +265,14 @@ def _backward(ctx, g_loss, g_logp, _g_logp_all, _g_rows, _g_route):
     g_loss = torch.zeros_like(logp_all[:, 0]) if g_loss is None else g_loss
     g_logp = torch.zeros_like(logp_all[:, 0]) if g_logp is None else g_logp
     d_h, d_rows, d_b_rows = loss_backward(
-        torch.stack([g_loss, g_logp]), h, rows, ids, logp_all, keep_true, removed, route, num_true=num_true,
+        torch.stack([g_loss, g_logp]), h, rows, ids, logp_all, valid, removed, route, num_true=num_true,
         label_smoothing=eps, need_h=bool(need_h), need_w=any(needs_w), need_b=need_b)
     spec = _Spec(num_true, offsets, strategy, eps, sparse)
     d_shards = _scatter_to_shards(shards, ids, d_rows, spec, None, needs_w) if any(needs_w) else [None] * len(shards)
     d_bias = None
     if need_b:
         d_bias = _scatter_rows(tuple(bias.shape), ids, d_b_rows.to(bias.dtype), sparse, None)
-    # One entry per positional input, lists as lists (h, shards, bias, ids, logq, keep, removed).
+    # One entry per positional input, lists as lists (h, shards, bias, ids, log_q, keep, removed).
     return d_h if need_h else None, d_shards, d_bias, None, None, None, None
 
 

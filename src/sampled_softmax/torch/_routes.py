@@ -179,17 +179,17 @@ def _general(call: LossCall):
                                                                      p.num_classes, y, valid, h.device)
     y_safe = y if valid is None else torch.where(valid, y, 0)
     cdt = _compute_dtype(h.dtype)
-    ids, logq, removed = candidate_columns(y_safe, valid, cand, true_count, samp_count, cdt,
+    ids, log_q, removed = candidate_columns(y_safe, valid, cand, true_count, samp_count, cdt,
                                            remove_accidental_hits=call.remove_accidental_hits,
                                            subtract_log_q=subtract_log_q, padded=padded)
-    row_logq = None
+    row_log_q = None
     if exclude_true and subtract_log_q:
-        row_logq = exclusion_correction(y_safe, valid, true_count, removed, cand.shape[0], cdt)
-        logq = torch.cat([torch.zeros_like(logq[: n * t]), logq[n * t:]])
+        row_log_q = exclusion_correction(y_safe, valid, true_count, removed, cand.shape[0], cdt)
+        log_q = torch.cat([torch.zeros_like(log_q[: n * t]), log_q[n * t:]])
     head = call.head
     if ext is not None:
         _dispatch.record("compiled")
-        loss = ext.sampled_softmax_core(h, p.shards[0], h.new_empty(0) if p.biases is None else p.biases, ids, logq,
+        loss = ext.sampled_softmax_core(h, p.shards[0], h.new_empty(0) if p.biases is None else p.biases, ids, log_q,
                                         h.new_empty(0, dtype=torch.bool) if removed is None else removed,
                                         int(HeadKind[head.name]), bool(call.sparse))
         # One label, no smoothing: the softmax loss is -log p(target); the sigmoid head has no
@@ -198,7 +198,7 @@ def _general(call: LossCall):
     else:
         _dispatch.record("python")
         spec = _Spec(t, p.offsets, call.partition_strategy, p.label_smoothing, bool(call.sparse))
-        loss, logp = SampledLoss.apply(head, h, ids, logq, valid, removed, row_logq, spec, p.biases, *p.shards)
+        loss, logp = SampledLoss.apply(head, h, ids, log_q, valid, removed, row_log_q, spec, p.biases, *p.shards)
     return _finish(loss, logp, valid, call.reduction, p.lead, call.return_log_prob)
 
 
@@ -256,15 +256,15 @@ def _per_example(call: LossCall):
     if call.remove_accidental_hits or call.exclude_true:
         removed = ((noise.unsqueeze(2) == y_safe.unsqueeze(1)) & kt.unsqueeze(1)).any(2)
     ids = torch.cat([y_safe, noise], 1)
-    logq = None
+    log_q = None
     if subtract_log_q and n:
         counts = counts.to(device=h.device, dtype=_compute_dtype(h.dtype))
-        logq = torch.where(torch.cat([kt, torch.ones_like(noise, dtype=torch.bool)], 1), counts.log(), 0.0)
+        log_q = torch.where(torch.cat([kt, torch.ones_like(noise, dtype=torch.bool)], 1), counts.log(), 0.0)
         if call.exclude_true:
-            row_logq = exclusion_correction(y_safe, valid, counts[:, :t], removed, k, counts.dtype)
-            logq = torch.cat([torch.zeros_like(logq[:, :t]), logq[:, t:] + row_logq.unsqueeze(1)], 1)
+            row_log_q = exclusion_correction(y_safe, valid, counts[:, :t], removed, k, counts.dtype)
+            log_q = torch.cat([torch.zeros_like(log_q[:, :t]), log_q[:, t:] + row_log_q.unsqueeze(1)], 1)
     spec = _Spec(t, (), call.partition_strategy, p.label_smoothing, bool(call.sparse))
-    loss = PerExampleLoss.apply(head, h, ids, valid, removed, logq, spec, p.biases, p.shards[0])
+    loss = PerExampleLoss.apply(head, h, ids, valid, removed, log_q, spec, p.biases, p.shards[0])
     return _finish(loss, None, valid, call.reduction, p.lead, False)
 
 

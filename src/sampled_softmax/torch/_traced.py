@@ -64,12 +64,12 @@ def traced_route(call: LossCall):
                                       num_sampled, n, t)
         cand, true_count = cand.long(), _true_count_rows(true_count, n, t)
     update_counts = kind == "learned_unigram" and sampler.training
-    ids, logq, removed, keep = _ops.columns(
+    ids, log_q, removed, keep = _ops.columns(
         p.y.long(), weights_t, cdf, counts, cand, true_count, samp_count, num_sampled=num_sampled,
         num_classes=num_classes, kind=kind, draw=draw, support=support, update_counts=update_counts,
         remove_accidental_hits=bool(call.remove_accidental_hits),
         subtract_log_q=bool(call.subtract_log_q), ignore_index=call.ignore_index, dtype=_compute_dtype(h.dtype))
-    loss, logp, _, _, _ = _ops.loss(h, p.shards, p.biases, ids, logq, keep, removed, num_true=t,
+    loss, logp, _, _, _ = _ops.loss(h, p.shards, p.biases, ids, log_q, keep, removed, num_true=t,
                                     offsets=list(p.offsets), strategy=call.partition_strategy,
                                     label_smoothing=p.label_smoothing, sparse=bool(call.sparse),
                                     implementation=call.implementation)

@@ -36,13 +36,13 @@ class _VocabParallelSoftmax(torch.autograd.Function):
     log-sum-exp of every row; backward, ``d loss / d o`` of a rank's own columns follows from
     those, and the input gradient is one all-reduce of ``[N, D]``.
 
-    forward(h [N, D], ids [N*T + S] global, logq [N*T + S], keep_true [N, T] or None,
+    forward(h [N, D], ids [N*T + S] global, log_q [N*T + S], valid [N, T] or None,
             removed [N, S] or None, start, rows, spec, group, bias_shard, weight_shard)
     -> (loss [N], log p of the labels [N], without gradient)
     """
 
     @staticmethod
-    def forward(ctx, h, ids, logq, keep_true, removed, start, rows, spec: _Spec, group, bias_shard, weight_shard):
+    def forward(ctx, h, ids, log_q, valid, removed, start, rows, spec: _Spec, group, bias_shard, weight_shard):
         n, t = h.shape[0], spec.num_true
         nt = n * t
         local = ids - start
@@ -50,10 +50,10 @@ class _VocabParallelSoftmax(torch.autograd.Function):
         owned_true = owned[:nt].view(n, t)
         mine = owned[nt:].nonzero().squeeze(1)  # this rank's candidate columns (one read-back)
         sub = torch.cat([torch.where(owned[:nt], local[:nt], 0), local[nt:].index_select(0, mine)])
-        sub_logq = torch.cat([logq[:nt], logq[nt:].index_select(0, mine)])
+        sub_log_q = torch.cat([log_q[:nt], log_q[nt:].index_select(0, mine)])
         removed_sub = None if removed is None else removed.index_select(1, mine)
         own_spec = _Spec(t, (), "div", spec.label_smoothing, spec.sparse)
-        logits, hc, gathered = corrected_logits_forward(h, sub, sub_logq, None, removed_sub, own_spec, bias_shard,
+        logits, hc, gathered = corrected_logits_forward(h, sub, sub_log_q, None, removed_sub, own_spec, bias_shard,
                                                         (weight_shard,))
         cdt = logits.dtype
         cand = logits[:, t:]  # removed columns at -inf
@@ -69,7 +69,7 @@ class _VocabParallelSoftmax(torch.autograd.Function):
         shift_c = torch.where(torch.isfinite(cand_max), cand_max, 0.0)
         cand_sum = torch.exp(cand - shift_c[:, None]).sum(1)
         dist.all_reduce(cand_sum, group=group)
-        kt = torch.ones_like(owned_true) if keep_true is None else keep_true
+        kt = torch.ones_like(owned_true) if valid is None else valid
         zt = true_z.masked_fill(~kt, -math.inf)
         top = torch.maximum(cand_max, zt.amax(1))
         shift = torch.where(torch.isfinite(top), top, 0.0)
@@ -247,14 +247,14 @@ def sampled_route(call: LossCall):
         true_count = _true_count_rows(true_count, n, t)
     y_safe = y if valid is None else torch.where(valid, y, 0)
     cdt = _compute_dtype(h.dtype)
-    ids, logq, removed = candidate_columns(y_safe, valid, cand.to(h.device), true_count, samp_count, cdt,
+    ids, log_q, removed = candidate_columns(y_safe, valid, cand.to(h.device), true_count, samp_count, cdt,
                                            remove_accidental_hits=call.remove_accidental_hits,
                                            subtract_log_q=call.subtract_log_q, padded=padded)
-    ids, logq = ids.to(h.device), logq.to(h.device)
+    ids, log_q = ids.to(h.device), log_q.to(h.device)
     removed = None if removed is None else removed.to(h.device)
     start, rows = shard_range(num_classes, rank, world)
     spec = _Spec(t, (), "div", label_smoothing, bool(call.sparse))
-    loss, logp = _VocabParallelSoftmax.apply(h, ids, logq, valid, removed, start, rows, spec, group, bias, shard)
+    loss, logp = _VocabParallelSoftmax.apply(h, ids, log_q, valid, removed, start, rows, spec, group, bias, shard)
     return _finish(loss, logp, valid, call.reduction, lead, call.return_log_prob)
 
 
