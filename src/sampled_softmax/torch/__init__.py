@@ -1,7 +1,7 @@
 """PyTorch front end: ``sampled_softmax_loss``, ``full_softmax_loss``, the ``SampledSoftmax``
 output layer (also ``SampledSoftmaxLoss``),
-the candidate samplers as modules, ``SparseRowAdam`` for training steps that do not grow
-with the vocabulary, and for retrieval ``in_batch_softmax_loss``, ``mixed_negatives`` and the
+the candidate samplers as modules, ``SparseRowAdam`` and the fused table optimizers
+(``RowSGD``, ``RowAdagrad``, ``RowAdam``) for training steps that do not grow with the vocabulary, and for retrieval ``in_batch_softmax_loss``, ``mixed_negatives`` and the
 streaming frequency estimators. Imports PyTorch (and no other framework)."""
 
 from .. import SampledSoftmaxError, SampledValues
@@ -11,6 +11,7 @@ from .functional import full_logits, full_softmax_loss, nce_loss, negative_sampl
 from .modules import SampledSoftmax, SampledSoftmaxLoss, SampledSoftmaxOutput
 from .frequency import CountMinFrequency, StreamingFrequency
 from .optim import LazyAdam, SparseRowAdam
+from .table_optim import RowAdagrad, RowAdam, RowSGD, TableOptimizer
 from .retrieval import MixedNegatives, in_batch_softmax_loss, mixed_negatives
 from .samplers import (
     CandidateSampler, LearnedUnigramSampler, LogUniformSampler, UniformSampler, UnigramSampler,
@@ -22,4 +23,5 @@ __all__ = [
     "UnigramSampler", "LearnedUnigramSampler", "SparseRowAdam", "LazyAdam", "SampledValues", "SampledSoftmaxError",
     "explain_route", "Route", "compiled_core", "compiled_core_status", "compiled_core_is_built",
     "in_batch_softmax_loss", "mixed_negatives", "MixedNegatives", "StreamingFrequency", "CountMinFrequency",
+    "RowSGD", "RowAdagrad", "RowAdam", "TableOptimizer",
 ]

@@ -252,25 +252,35 @@ class SampledLoss(torch.autograd.Function):
         ctx.head, ctx.spec, ctx.saved = head, spec, saved
         ctx.dtypes = (h.dtype, None if bias is None else bias.dtype)
         ctx.num_columns = logits.shape[1]
-        ctx.save_for_backward(hc, rows, ids, valid, bias, *shards)
+        ctx.num_shards, ctx.has_bias = len(shards), bias is not None
+        # A fused table step updates the table in place in backward, which needs only its rows:
+        # the table is not saved (autograd would see it modified).
+        ctx.save_for_backward(hc, rows, ids, valid, *(() if spec.table_step is not None else (bias, *shards)))
         return loss, logp
 
     @staticmethod
     def backward(ctx, g_loss, g_logp):
         _check_once_differentiable()
-        hc, rows, ids, valid, bias, *shards = ctx.saved_tensors
+        hc, rows, ids, valid, *table = ctx.saved_tensors
         spec: _Spec = ctx.spec
+        step = spec.table_step  # a fused table optimizer: the rows' gradient goes to it
+        bias, shards = (None, [None] * ctx.num_shards) if step is not None else (table[0], table[1:])
         needs_w = ctx.needs_input_grad[9:]
         needs_b = ctx.needs_input_grad[8]
         g = ctx.head.backward(g_loss, g_logp, ctx.saved, valid, spec)
-        d_h, d_rows, d_b_rows = corrected_logits_backward(g, hc, rows, spec.num_true, ctx.needs_input_grad[1],
-                                                        any(needs_w), needs_b)
+        d_h, d_rows, d_b_rows = corrected_logits_backward(
+            g, hc, rows, spec.num_true, ctx.needs_input_grad[1], any(needs_w) or step is not None,
+            needs_b or (step is not None and ctx.has_bias))
         if d_h is not None and d_h.dtype != ctx.dtypes[0]:
             d_h = d_h.to(ctx.dtypes[0])
         d_bias, d_shards = None, [None] * len(shards)
         keep_rows = None
-        if valid is not None and spec.sparse:
+        if valid is not None and (spec.sparse or step is not None):
+            # An ignored label's placeholder row is not touched by this step.
             keep_rows = torch.cat([valid.reshape(-1), valid.new_ones(ctx.num_columns - spec.num_true)])
+        if step is not None:
+            step(ids, d_rows, d_b_rows, keep_rows)
+            return (None, d_h, None, None, None, None, None, None, None, *d_shards)
         if d_rows is not None:
             d_shards = _scatter_to_shards(shards, ids, d_rows, spec, keep_rows, needs_w)
         if d_b_rows is not None:
@@ -325,12 +335,17 @@ class PerExampleLoss(torch.autograd.Function):
         d_h = torch.bmm(g.unsqueeze(1), rows).squeeze(1).to(ctx.dtypes[0]) if ctx.needs_input_grad[1] else None
         d_bias = d_table = None
         keep = None
-        if ctx.spec.sparse and valid is not None:
+        step = ctx.spec.table_step  # a fused table optimizer: the rows' gradient goes to it
+        if (ctx.spec.sparse or step is not None) and valid is not None:
             # An ignored label's placeholder row, and the noise of a row with no kept label, are
             # not touched by this step: a sparse optimizer must not see them.
             n, t = valid.shape
             live = valid.any(1, keepdim=True).expand(n, rows.shape[1] - t)
             keep = torch.cat([valid, live], 1).reshape(-1)
+        if step is not None:
+            d_rows = (g.unsqueeze(2) * hc.unsqueeze(1)).view(flat.shape[0], hc.shape[1])
+            step(flat, d_rows, None if ctx.shapes[1] is None else g.reshape(-1), keep)
+            return None, d_h, None, None, None, None, None, None, None
         if ctx.needs_input_grad[8]:
             d_rows = (g.unsqueeze(2) * hc.unsqueeze(1)).view(flat.shape[0], hc.shape[1]).to(ctx.dtypes[1])
             d_table = _scatter_rows(ctx.shapes[0], flat, d_rows, ctx.spec.sparse, keep)

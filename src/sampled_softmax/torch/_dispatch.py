@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 
 from .. import SampledSoftmaxError
-from ..samplers import LOSSES, DistributionKind
+from ..samplers import LOSSES, NOISE, DistributionKind
 from . import _compiled
 from .samplers import LogUniformSampler, UniformSampler
 
@@ -119,14 +119,15 @@ def record(route: str, reason: str = "") -> None:
 
 
 PER_EXAMPLE_COMPILED_ONLY = "it draws per-example noise for negative sampling only (the sigmoid head without log Q)"
+TABLE_OPTIMIZER_PYTHON_ONLY = "a fused table_optimizer runs on the Python route (a compiled fused step is to come)"
 
 
 def explain(weights, biases, labels, inputs, num_sampled, num_classes, num_true=1, sampled_values=None, *,
             sampler="log_uniform", ignore_index=None, label_smoothing=0.0, implementation="auto",
-            loss="sampled_softmax", noise="shared", exclude_true=False) -> Route:
+            loss="sampled_softmax", noise="shared", exclude_true=False, table_optimizer=None) -> Route:
     """The route :func:`sampled_softmax_loss` (``loss="nce"``: :func:`nce_loss`;
-    ``"negative_sampling"``: :func:`negative_sampling_loss` with ``noise``) takes for these
-    arguments, and why. Per-example noise is drawn by its sampler: its routes are
+    ``"negative_sampling"``: :func:`negative_sampling_loss`; with ``noise`` and
+    ``table_optimizer`` as they take them) takes for these arguments, and why. Per-example noise is drawn by its sampler: its routes are
     ``"compiled"`` and ``"python"``.
 
     Example:
@@ -140,16 +141,15 @@ def explain(weights, biases, labels, inputs, num_sampled, num_classes, num_true=
 
     check_choice("implementation", implementation, IMPLEMENTATIONS)
     check_choice("loss", loss, LOSSES)
-    check_choice("noise", noise, ("shared", "per_example"))
-    if loss == "nce" and noise == "per_example":
-        raise SampledSoftmaxError("`noise='per_example'` is offered by sampled_softmax_loss and "
-                                  "negative_sampling_loss, not nce_loss; received loss='nce'")
+    check_choice("noise", noise, NOISE)
     if implementation == "python":
         return Route("python", "implementation='python'")
     shards = weights if isinstance(weights, (list, tuple)) else [weights]
     ignored = ignore_index is not None and bool((labels == ignore_index).any())
     why = loss_obstacle(inputs.device.type, len(shards), num_true, ignored, label_smoothing,
                         (inputs.dtype, shards[0].dtype, None if biases is None else biases.dtype), exclude_true)
+    if why is None and table_optimizer is not None:
+        why = TABLE_OPTIMIZER_PYTHON_ONLY
     if why is None and noise == "per_example" and loss != "negative_sampling":
         why = PER_EXAMPLE_COMPILED_ONLY
     if compiled(implementation, why) is None:  # raises for implementation="compiled"

@@ -68,6 +68,7 @@ class LossCall(NamedTuple):
     exclude_true: Any = False
     noise: Any = "shared"
     group: Any = None  # the process group of a vocabulary-parallel call (the table sharded over it)
+    table_optimizer: Any = None  # a fused table optimizer (table_optim.TableOptimizer), or None
 
 
 class Prepared(NamedTuple):

@@ -35,6 +35,7 @@ from ._prepare import (
 )
 from ._rows import _Spec
 from .samplers import CandidateSampler, LearnedUnigramSampler, check_generator, make_sampler
+from .table_optim import TableOptimizer
 
 
 
@@ -115,6 +116,9 @@ def _route(call: LossCall):
         # whatever the autocast dtype, on every route, so forward and backward agree on dtypes.
         with torch.autocast(inputs.device.type, enabled=False):
             return _route(call)
+    if call.table_optimizer is not None and not isinstance(call.table_optimizer, TableOptimizer):
+        raise TypeError(f"`table_optimizer` must be a RowSGD, RowAdagrad or RowAdam; received "
+                        f"{type(call.table_optimizer).__name__}")
     if call.group is not None:
         from .distributed.vocab_parallel import sampled_route
 
@@ -136,7 +140,8 @@ def _route(call: LossCall):
         return _per_example(call)
     if call.exclude_true:
         return _general(call._replace(remove_accidental_hits=True))
-    if call.implementation != "python" and _dispatch.draw_obstacle(call.sampler, call.sampled_values) is None:
+    if (call.implementation != "python" and call.table_optimizer is None
+            and _dispatch.draw_obstacle(call.sampler, call.sampled_values) is None):
         result = _compiled_draw(call)
         if result is not None:
             _dispatch.record("compiled_draw")
@@ -150,10 +155,12 @@ def _general(call: LossCall):
     check_generator(call.generator)
     _check_sparse_bias(call.biases, call.sparse)
     p = _prepare(call)
-    h, valid, exclude_true, subtract_log_q = p.h, p.valid, call.exclude_true, call.subtract_log_q
+    table_step = None if call.table_optimizer is None else _table_step(call, p)
+    h, valid, exclude_true, subtract_log_q = _inputs(p, table_step), p.valid, call.exclude_true, call.subtract_log_q
     y = p.y.long()
     n, t = y.shape
-    ext = _dispatch.compiled(call.implementation, _loss_obstacle(p))
+    ext = _dispatch.compiled(call.implementation, _loss_obstacle(p) or (table_step and
+                                                                        _dispatch.TABLE_OPTIMIZER_PYTHON_ONLY))
     if call.sampled_values is None:
         sampler = (_with_replacement_sampler(call.sampler, p.num_classes) if exclude_true
                    else _sampler_for(call.sampler, p.num_classes))
@@ -197,7 +204,7 @@ def _general(call: LossCall):
         logp = -loss if head is softmax_head else torch.zeros_like(loss)
     else:
         _dispatch.record("python")
-        spec = _Spec(t, p.offsets, call.partition_strategy, p.label_smoothing, bool(call.sparse))
+        spec = _Spec(t, p.offsets, call.partition_strategy, p.label_smoothing, bool(call.sparse), table_step)
         loss, logp = SampledLoss.apply(head, h, ids, log_q, valid, removed, row_log_q, spec, p.biases, *p.shards)
     return _finish(loss, logp, valid, call.reduction, p.lead, call.return_log_prob)
 
@@ -218,12 +225,13 @@ def _per_example(call: LossCall):
     # A sampler given by name draws with replacement here, as with exclude_true; a module must.
     sampler = _with_replacement_sampler(call.sampler, p.num_classes,
                                         "noise='per_example' (independent noise for each example)")
-    h, valid, head, subtract_log_q = p.h, p.valid, call.head, call.subtract_log_q
+    table_step = None if call.table_optimizer is None else _table_step(call, p)
+    h, valid, head, subtract_log_q = _inputs(p, table_step), p.valid, call.head, call.subtract_log_q
     y = p.y.long()
     n, t = y.shape
     k = call.num_sampled
     check_num_sampled(k, p.num_classes, unique=False)
-    why = _loss_obstacle(p)
+    why = _loss_obstacle(p) or (table_step and _dispatch.TABLE_OPTIMIZER_PYTHON_ONLY)
     if why is None and (head is not sigmoid_head or subtract_log_q):
         why = _dispatch.PER_EXAMPLE_COMPILED_ONLY
     ext = None if n == 0 else _dispatch.compiled(call.implementation, why)
@@ -263,7 +271,7 @@ def _per_example(call: LossCall):
         if call.exclude_true:
             row_log_q = exclusion_correction(y_safe, valid, counts[:, :t], removed, k, counts.dtype)
             log_q = torch.cat([torch.zeros_like(log_q[:, :t]), log_q[:, t:] + row_log_q.unsqueeze(1)], 1)
-    spec = _Spec(t, (), call.partition_strategy, p.label_smoothing, bool(call.sparse))
+    spec = _Spec(t, (), call.partition_strategy, p.label_smoothing, bool(call.sparse), table_step)
     loss = PerExampleLoss.apply(head, h, ids, valid, removed, log_q, spec, p.biases, p.shards[0])
     return _finish(loss, None, valid, call.reduction, p.lead, False)
 
@@ -339,3 +347,44 @@ def _loss_obstacle(p: Prepared):
                                    p.label_smoothing,
                                    (p.h.dtype, p.shards[0].dtype, None if p.biases is None else p.biases.dtype),
                                    p.call.exclude_true)
+
+
+def _table_step(call: LossCall, p: Prepared):
+    """The fused table optimizer's step for this call, checked now (before any draw): one table,
+    one bias tensor, neither requiring grad (the optimizer's alone), no sparse gradient asked."""
+    if len(p.shards) > 1:
+        raise SampledSoftmaxError("`weights` must be one [num_classes, dim] table with a table_optimizer; received "
+                                  f"{len(p.shards)} shards")
+    if isinstance(call.biases, (list, tuple)):
+        raise SampledSoftmaxError("`biases` must be one [num_classes] tensor with a table_optimizer; received a list "
+                                  "of shards")
+    table, bias = p.shards[0], p.biases
+    for name, tensor in (("weights", table), ("biases", bias)):
+        if tensor is not None and tensor.requires_grad:
+            raise SampledSoftmaxError(
+                f"`{name}` requires grad: with a table_optimizer the table is updated in the loss's backward and gets "
+                f"no gradient, so another optimizer training it would update it a second time. Call "
+                f"{name}.requires_grad_(False) (SampledSoftmax(table_optimizer=...) does)")
+    if call.sparse:
+        raise SampledSoftmaxError("`sparse=True` has no meaning with a table_optimizer (no gradient is returned for "
+                                  "the table); leave it False")
+    call.table_optimizer.bind(table, bias)
+    return functools.partial(_fused_step, call.table_optimizer, table, bias, table._version)
+
+
+def _fused_step(optimizer, table, bias, version, ids, d_rows, d_bias_rows, keep):
+    """Called by the backward of the loss: one step of ``optimizer`` on the rows it touched."""
+    if table._version != version:
+        raise SampledSoftmaxError(
+            "the table changed between this loss's forward and its backward (two losses on one table in one "
+            "backward, or gradients accumulated over several forwards): a table_optimizer applies each loss's "
+            "gradient in that loss's backward, so call backward after each forward")
+    optimizer.step_rows(table, bias, ids, d_rows, d_bias_rows, keep)
+
+
+def _inputs(p: Prepared, table_step):
+    """``p.h``; with a fused table step and autograd on, one that requires grad, so that the
+    loss's backward (which applies the step) runs even when only the table trains."""
+    if table_step is not None and torch.is_grad_enabled() and not p.h.requires_grad:
+        return p.h.detach().requires_grad_()
+    return p.h

@@ -3,9 +3,10 @@ shards (TensorFlow's ``"div"`` and ``"mod"`` layouts), and their gradients scatt
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
+
 
 class _Spec(NamedTuple):
     """Static settings of one call, carried from forward to backward."""
@@ -15,6 +16,9 @@ class _Spec(NamedTuple):
     strategy: str
     label_smoothing: float
     sparse: bool
+    # A fused table optimizer's step for this call (``_routes._table_step``), or None: the
+    # backward then applies the rows' gradient to the table instead of returning it.
+    table_step: Any = None
 
 
 def _locate(ids: torch.Tensor, spec: _Spec, num_shards: int):

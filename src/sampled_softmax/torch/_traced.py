@@ -25,6 +25,11 @@ def traced_route(call: LossCall):
     if call.head is not softmax_head:
         raise NotImplementedError("nce_loss and negative_sampling_loss do not take meta or fake tensors yet "
                                   "(torch.export, FakeTensorMode): run them on real tensors")
+    if call.table_optimizer is not None:
+        if torch.compiler.is_compiling():
+            return _eager_route(call)
+        raise NotImplementedError("a table_optimizer does not take meta or fake tensors (torch.export, "
+                                  "FakeTensorMode): its step updates the table in place; run it on real tensors")
     if call.exclude_true or call.noise != "shared":
         if torch.compiler.is_compiling():
             return _eager_route(call)

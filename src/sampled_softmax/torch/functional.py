@@ -27,6 +27,7 @@ from ._prepare import (
 )
 from ._routes import _reduce, route, route_eagerly
 from .samplers import CandidateSampler
+from .table_optim import TableOptimizer
 
 __all__ = ["sampled_softmax_loss", "nce_loss", "negative_sampling_loss", "full_softmax_loss", "full_logits"]
 
@@ -44,7 +45,7 @@ def sampled_softmax_loss(
     label_smoothing: float = 0.0, generator: torch.Generator | None = None, partition_strategy: Partition = "div",
     subtract_log_q: bool = True, sparse: bool = False, return_log_prob: bool = False,
     implementation: Implementation = "auto", exclude_true: bool = False,
-    noise: Noise = "shared",
+    noise: Noise = "shared", table_optimizer: TableOptimizer | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""Sampled softmax loss (Jean et al. 2014), the semantics of ``tf.nn.sampled_softmax_loss``.
 
@@ -110,6 +111,12 @@ def sampled_softmax_loss(
             ``"per_example"``: ``S`` candidates drawn for each example (with replacement, one
             weight table, no ``sampled_values`` nor ``return_log_prob``), corrected by
             ``log(S q(c))``, or with ``exclude_true`` as above. Python path only.
+        table_optimizer: a :class:`RowSGD`, :class:`RowAdagrad` or :class:`RowAdam` fused into
+            the backward: each distinct row the call touched (and its bias) is updated in place
+            with its summed gradient, and no gradient is returned for ``weights`` and
+            ``biases``, which must not require grad (the table is the fused optimizer's alone).
+            One weight table, one bias tensor, ``sparse=False``; the rest of the model keeps
+            its optimizer. Python route for now.
 
     Returns:
         The loss: shape ``[...]`` for ``reduction="none"``, else a scalar. With
@@ -133,7 +140,8 @@ def sampled_softmax_loss(
         sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits, sampler=sampler,
         reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing, generator=generator,
         partition_strategy=partition_strategy, subtract_log_q=subtract_log_q, sparse=sparse,
-        return_log_prob=return_log_prob, implementation=implementation, exclude_true=exclude_true, noise=noise))
+        return_log_prob=return_log_prob, implementation=implementation, exclude_true=exclude_true, noise=noise,
+        table_optimizer=table_optimizer))
 
 
 def nce_loss(
@@ -142,6 +150,7 @@ def nce_loss(
     *, sampler: str | CandidateSampler = "log_uniform", reduction: Reduction = "none", ignore_index: int | None = None,
     generator: torch.Generator | None = None, partition_strategy: Partition = "div", subtract_log_q: bool = True,
     sparse: bool = False, implementation: Implementation = "auto", noise: Noise = "shared",
+    table_optimizer: TableOptimizer | None = None,
 ) -> torch.Tensor:
     r"""Noise-contrastive estimation loss (Gutmann & Hyvarinen 2010), the semantics of ``tf.nn.nce_loss``.
 
@@ -157,7 +166,8 @@ def nce_loss(
     :func:`sampled_softmax_loss` without ``label_smoothing`` and ``return_log_prob``;
     ``remove_accidental_hits`` defaults to False, as in ``tf.nn.nce_loss``. ``noise``: as for
     :func:`sampled_softmax_loss` (``"per_example"``: each example's own ``num_sampled`` classes,
-    corrected by ``log(S q(c))``). ``implementation``:
+    corrected by ``log(S q(c))``). ``table_optimizer``: as for :func:`sampled_softmax_loss`.
+    ``implementation``:
     as for :func:`sampled_softmax_loss` (the compiled core computes this head too, and draws
     ``"uniform"`` / ``"log_uniform"`` candidates itself). Under ``torch.compile`` the call runs
     eagerly (a graph break).
@@ -178,7 +188,7 @@ def nce_loss(
         sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits, sampler=sampler,
         reduction=reduction, ignore_index=ignore_index, generator=generator,
         partition_strategy=partition_strategy, subtract_log_q=subtract_log_q, sparse=sparse,
-        implementation=implementation, noise=noise))
+        implementation=implementation, noise=noise, table_optimizer=table_optimizer))
 
 
 def negative_sampling_loss(
@@ -186,7 +196,7 @@ def negative_sampling_loss(
     num_classes: int, num_true: int = 1, sampled_values: Sequence | None = None, remove_accidental_hits: bool = False,
     *, sampler: str | CandidateSampler = "log_uniform", reduction: Reduction = "none", ignore_index: int | None = None,
     generator: torch.Generator | None = None, partition_strategy: Partition = "div", sparse: bool = False,
-    implementation: Implementation = "auto", noise: Noise = "shared",
+    implementation: Implementation = "auto", noise: Noise = "shared", table_optimizer: TableOptimizer | None = None,
 ) -> torch.Tensor:
     r"""Negative sampling (Mikolov et al. 2013): :func:`nce_loss` over uncorrected logits
     :math:`o_{ik} = h_i \cdot W_k + b_k`. With one label and noise classes :math:`c_k`,
@@ -200,7 +210,8 @@ def negative_sampling_loss(
     independently for each example (``noise="per_example"``: the sampler's draw must be
     ``"with_replacement"``, and ``sampled_values`` cannot be given; one weight table). With
     ``remove_accidental_hits`` a noise class equal to the example's label adds nothing, as
-    word2vec skips it. Same arguments as :func:`nce_loss` without ``subtract_log_q``.
+    word2vec skips it. Same arguments as :func:`nce_loss` without ``subtract_log_q`` (word2vec's
+    in-place update of the rows: ``table_optimizer=RowSGD(lr)``).
 
     Example:
         >>> import torch
@@ -216,7 +227,7 @@ def negative_sampling_loss(
         sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits, sampler=sampler,
         reduction=reduction, ignore_index=ignore_index, generator=generator,
         partition_strategy=partition_strategy, subtract_log_q=False, sparse=sparse, implementation=implementation,
-        noise=noise))
+        noise=noise, table_optimizer=table_optimizer))
 
 
 def full_logits(weights: Tables, biases: torch.Tensor | None, inputs: torch.Tensor, *,

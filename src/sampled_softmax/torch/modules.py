@@ -15,6 +15,7 @@ from ._dispatch import IMPLEMENTATIONS
 from ._routes import _reduce
 from .functional import full_logits, full_softmax_loss, nce_loss, negative_sampling_loss, sampled_softmax_loss
 from .samplers import CandidateSampler, LearnedUnigramSampler, make_sampler
+from .table_optim import TableOptimizer
 
 __all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxOutput", "LOSSES"]
 
@@ -74,6 +75,11 @@ class SampledSoftmax(nn.Module):
             ``"per_example"``: each example's own ``num_sampled`` (word2vec's way). With either
             of these two, a sampler given by name draws with replacement (a module must), and
             ``output`` in training mode is minus the unreduced loss.
+        table_optimizer: a :class:`~sampled_softmax.torch.RowSGD`, ``RowAdagrad`` or ``RowAdam``
+            fused into the loss's backward: the rows a training step touched (and their biases)
+            are updated in place, and ``weight`` and ``bias`` get no gradient (they are made not
+            to require grad, so the model's own optimizer leaves them alone). Its state is in this
+            layer's ``state_dict``. Default None: the table has a gradient, for any optimizer.
 
     Shape:
         - input: ``[..., D]``
@@ -101,7 +107,7 @@ class SampledSoftmax(nn.Module):
                  implementation: Literal["auto", "compiled", "python"] = "auto",
                  loss: Literal["sampled_softmax", "nce", "negative_sampling"] = "sampled_softmax",
                  exclude_true: bool = False, noise: Literal["shared", "per_example"] = "shared",
-                 device=None, dtype=None) -> None:
+                 table_optimizer: TableOptimizer | None = None, device=None, dtype=None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.in_features = V.check_positive_int("in_features", in_features)
@@ -141,6 +147,24 @@ class SampledSoftmax(nn.Module):
         self.bias = nn.Parameter(torch.empty(num_classes, **factory)) if bias else None
         self._owns_weight = weight is None
         self.reset_parameters()
+        self.table_optimizer = None
+        if table_optimizer is not None:
+            if not isinstance(table_optimizer, TableOptimizer):
+                raise TypeError(f"`table_optimizer` must be a RowSGD, RowAdagrad or RowAdam; received "
+                                f"{type(table_optimizer).__name__}")
+            if weight is not None:
+                raise V.SampledSoftmaxError(
+                    "`table_optimizer` needs the layer's own table: a shared `weight` (a tied embedding) is trained "
+                    "by the model's optimizer too, which would update it a second time")
+            if self.sparse:
+                raise V.SampledSoftmaxError("`sparse=True` has no meaning with a table_optimizer (no gradient is "
+                                            "returned for the table); leave it False")
+            # The table is the fused optimizer's alone: no gradient, so no other optimizer moves it.
+            self.weight.requires_grad_(False)
+            if self.bias is not None:
+                self.bias.requires_grad_(False)
+            table_optimizer.bind(self.weight, self.bias)
+            self.table_optimizer = table_optimizer
 
     def reset_parameters(self) -> None:
         # nn.Linear's initialisation; a shared weight is left as it is.
@@ -163,7 +187,7 @@ class SampledSoftmax(nn.Module):
         num_true = self._num_true(input, target)
         common = dict(remove_accidental_hits=self.remove_accidental_hits, sampler=self.sampler,
                       ignore_index=self.ignore_index, generator=generator, sparse=self.sparse,
-                      implementation=self.implementation, noise=self.noise)
+                      implementation=self.implementation, noise=self.noise, table_optimizer=self.table_optimizer)
         if self.loss == "sampled_softmax" and self.noise == "shared":
             loss, output = sampled_softmax_loss(
                 self.weight, self.bias, target, input, self.num_sampled, self.num_classes, num_true,

@@ -256,5 +256,6 @@ def test_explain_route_says_what_per_example_calls_take():
     W, h, y = _problem(dtype=torch.float32)
     route = explain_route(W, None, y, h, 5, V, noise="per_example")
     assert route.name == "python" and "negative sampling only" in route.reason
-    with pytest.raises(SampledSoftmaxError, match="not nce_loss"):
-        explain_route(W, None, y, h, 5, V, loss="nce", noise="per_example")
+    # nce_loss takes per-example noise too (issue 33), corrected by log(k q): the Python route.
+    route = explain_route(W, None, y, h, 5, V, loss="nce", noise="per_example")
+    assert route.name == "python" and "negative sampling only" in route.reason

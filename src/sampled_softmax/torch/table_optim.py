@@ -1,0 +1,221 @@
+"""Optimizers fused into the loss's backward pass for the class table: ``RowSGD``, ``RowAdagrad``
+and ``RowAdam``.
+
+A sampled loss touches ``N*T + S`` rows of a ``[V, D]`` table. With a separate optimizer its
+backward builds those rows' gradient (sparse, or a dense ``[V, D]``) and the optimizer reads it
+again; fused, the backward sums each distinct row's gradient and updates that row (and its bias,
+and the optimizer state of both) in place, as torchrec/FBGEMM's table-batched embeddings and
+word2vec do. No gradient is returned for the table: it is the fused optimizer's alone, so it must
+not require grad (:class:`~sampled_softmax.torch.SampledSoftmax` sets that up), and the rest of
+the model keeps its own optimizer.
+
+The arithmetic, for a touched row ``r`` with summed gradient ``g_r`` at fused step ``t`` (one per
+backward of a loss; rows a step does not touch keep their values and state):
+
+* ``RowSGD``: ``w_r -= lr g_r``.
+* ``RowAdagrad`` (FBGEMM's exact row-wise Adagrad): ``G_r += mean(g_r ** 2)``,
+  ``w_r -= lr g_r / (sqrt(G_r) + eps)``; one accumulator per row (per bias entry for the bias).
+* ``RowAdam``: ``torch.optim.Adam``'s update applied lazily, as
+  :class:`~sampled_softmax.torch.SparseRowAdam`: ``m_r = b1 m_r + (1 - b1) g_r``,
+  ``v_r = b2 v_r + (1 - b2) g_r^2``, ``w_r -= lr / (1 - b1^t) * m_r / (sqrt(v_r / (1 - b2^t)) + eps)``
+  with ``t`` the number of fused steps; ``rowwise=True`` keeps one ``v`` per row
+  (``mean(g_r ** 2)``).
+
+Each is a ``torch.nn.Module`` whose state (the step count and moments) is buffers, so it travels
+in the owning layer's ``state_dict`` and with ``.to(device)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import SampledSoftmaxError
+
+__all__ = ["TableOptimizer", "RowSGD", "RowAdagrad", "RowAdam"]
+
+
+def _positive(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number; received {type(value).__name__}")
+    value = float(value)
+    if not (value > 0 and math.isfinite(value)):
+        raise SampledSoftmaxError(f"`{name}` must be positive and finite; received {value}")
+    return value
+
+
+def _non_negative(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number; received {type(value).__name__}")
+    value = float(value)
+    if not (value >= 0 and math.isfinite(value)):
+        raise SampledSoftmaxError(f"`{name}` must be >= 0 and finite; received {value}")
+    return value
+
+
+def sum_rows(ids: torch.Tensor, values: torch.Tensor, keep: torch.Tensor | None):
+    """The distinct rows of ``ids`` (those ``keep`` marks) and their summed ``values``."""
+    if keep is not None:
+        ids, values = ids[keep], values[keep]
+    rows, inverse = torch.unique(ids, return_inverse=True)
+    summed = values.new_zeros((rows.shape[0],) + tuple(values.shape[1:]))
+    return rows, summed.index_add_(0, inverse, values)
+
+
+class TableOptimizer(torch.nn.Module):
+    """The base of the fused table optimizers: state buffers made for a ``[V, D]`` table and its
+    ``[V]`` bias (:meth:`bind`), and :meth:`step_rows`, which the loss's backward calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+        self._shape: tuple | None = None
+        self._bias_shape: tuple | None = None
+
+    def bind(self, table: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Make the state for ``table`` (and ``bias``), zero; a second call with the same shapes
+        keeps it (a loaded ``state_dict``, a resumed run)."""
+        shape, bias_shape = tuple(table.shape), None if bias is None else tuple(bias.shape)
+        if table.dim() != 2:
+            raise SampledSoftmaxError(f"`weights` must be one [num_classes, dim] table with a table_optimizer; "
+                                      f"received shape {list(shape)}")
+        if bias_shape is not None and bias_shape != shape[:1]:
+            raise SampledSoftmaxError(f"`biases` must have shape [{shape[0]}] with a table_optimizer; received shape "
+                                      f"{list(bias_shape)}")
+        if self._shape is not None:
+            if (shape, bias_shape) != (self._shape, self._bias_shape):
+                raise SampledSoftmaxError(
+                    f"this {type(self).__name__} holds the state of a table of shape {list(self._shape)}"
+                    f"{'' if self._bias_shape is None else ' with a bias'}; received a table of shape {list(shape)}"
+                    f"{'' if bias_shape is None else ' with a bias'}: give each table its own optimizer")
+            return
+        self._shape, self._bias_shape = shape, bias_shape
+        self._make_state(table, bias)
+
+    def _make_state(self, table: torch.Tensor, bias: torch.Tensor | None) -> None:
+        pass
+
+    @torch.no_grad()
+    def step_rows(self, table: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor, d_rows: torch.Tensor,
+                  d_bias_rows: torch.Tensor | None, keep: torch.Tensor | None) -> None:
+        """One fused step: the gradient ``d_rows [M, D]`` of the rows ``ids [M]`` (repeats
+        summed; ``keep [M]`` leaves out rows the step did not touch: ignored labels' placeholders),
+        and ``d_bias_rows [M]``, applied to ``table`` and ``bias`` in place."""
+        self.bind(table, bias)
+        rows, g = sum_rows(ids, d_rows, keep)
+        g_bias = None
+        if bias is not None and d_bias_rows is not None:
+            g_bias = sum_rows(ids, d_bias_rows, keep)[1]
+        self.step += 1
+        self._update_rows(table, bias, rows, g, g_bias, int(self.step))
+
+    def _update_rows(self, table, bias, rows, g, g_bias, t) -> None:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self._settings().items())
+
+    def _settings(self) -> dict:
+        return {}
+
+
+class RowSGD(TableOptimizer):
+    r"""Plain SGD on the touched rows, fused into the loss's backward: ``w_r -= lr g_r``."""
+
+    def __init__(self, lr: float) -> None:
+        super().__init__()
+        self.lr = _positive("lr", lr)
+
+    def _update_rows(self, table, bias, rows, g, g_bias, t):
+        table.index_add_(0, rows, g.to(table.dtype), alpha=-self.lr)
+        if g_bias is not None:
+            bias.index_add_(0, rows, g_bias.to(bias.dtype), alpha=-self.lr)
+
+    def _settings(self):
+        return {"lr": self.lr}
+
+
+class RowAdagrad(TableOptimizer):
+    r"""FBGEMM's exact row-wise Adagrad on the touched rows, fused into the loss's backward:
+    ``G_r += mean(g_r ** 2)``, ``w_r -= lr g_r / (sqrt(G_r) + eps)``; one accumulator per table
+    row (``[V]`` of state) and one per bias entry."""
+
+    def __init__(self, lr: float = 0.01, eps: float = 1e-10) -> None:
+        super().__init__()
+        self.lr, self.eps = _positive("lr", lr), _non_negative("eps", eps)
+
+    def _make_state(self, table, bias):
+        self.register_buffer("sum_sq", torch.zeros(table.shape[0], dtype=table.dtype, device=table.device))
+        if bias is not None:
+            self.register_buffer("bias_sum_sq", torch.zeros(bias.shape, dtype=bias.dtype, device=bias.device))
+
+    def _update_rows(self, table, bias, rows, g, g_bias, t):
+        acc = self.sum_sq.index_select(0, rows).add_(g.square().mean(1).to(self.sum_sq.dtype))
+        self.sum_sq.index_copy_(0, rows, acc)
+        table.index_add_(0, rows, (g / (acc.sqrt() + self.eps).to(g.dtype)[:, None]).to(table.dtype),
+                         alpha=-self.lr)
+        if g_bias is not None:
+            acc_b = self.bias_sum_sq.index_select(0, rows).add_(g_bias.square().to(self.bias_sum_sq.dtype))
+            self.bias_sum_sq.index_copy_(0, rows, acc_b)
+            bias.index_add_(0, rows, (g_bias / (acc_b.sqrt() + self.eps).to(g_bias.dtype)).to(bias.dtype),
+                            alpha=-self.lr)
+
+    def _settings(self):
+        return {"lr": self.lr, "eps": self.eps}
+
+
+class RowAdam(TableOptimizer):
+    r"""Adam on the touched rows, fused into the loss's backward: ``torch.optim.Adam``'s update
+    applied lazily, as :class:`~sampled_softmax.torch.SparseRowAdam` applies it to the summed row
+    gradient (``t`` counts the fused steps). ``rowwise=True`` keeps one second moment per row."""
+
+    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *,
+                 rowwise: bool = False) -> None:
+        super().__init__()
+        self.lr, self.eps = _positive("lr", lr), _non_negative("eps", eps)
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise SampledSoftmaxError(f"`betas` must be a pair (beta1, beta2); received {betas!r}")
+        b1, b2 = (_non_negative(f"betas[{i}]", b) for i, b in enumerate(betas))
+        if not (b1 < 1 and b2 < 1):
+            raise SampledSoftmaxError(f"`betas` must be in [0, 1); received {tuple(betas)}")
+        self.betas = (b1, b2)
+        if type(rowwise) is not bool:
+            raise TypeError(f"`rowwise` must be True or False; received {rowwise!r}")
+        self.rowwise = rowwise
+
+    def _make_state(self, table, bias):
+        z = dict(dtype=table.dtype, device=table.device)
+        self.register_buffer("exp_avg", torch.zeros(table.shape, **z))
+        self.register_buffer("exp_avg_sq", torch.zeros(table.shape[:1] if self.rowwise else table.shape, **z))
+        if bias is not None:
+            zb = dict(dtype=bias.dtype, device=bias.device)
+            self.register_buffer("bias_exp_avg", torch.zeros(bias.shape, **zb))
+            self.register_buffer("bias_exp_avg_sq", torch.zeros(bias.shape, **zb))
+
+    def _update_rows(self, table, bias, rows, g, g_bias, t):
+        b1, b2 = self.betas
+        root_c2 = math.sqrt(1.0 - b2**t)
+        step_size = -self.lr * root_c2 / (1.0 - b1**t)
+        eps = self.eps * root_c2  # sqrt(v / c2) + eps == (sqrt(v) + eps sqrt(c2)) / sqrt(c2)
+        self._update(table, self.exp_avg, self.exp_avg_sq, rows, g, step_size, eps)
+        if g_bias is not None:
+            self._update(bias, self.bias_exp_avg, self.bias_exp_avg_sq, rows, g_bias, step_size, eps)
+
+    def _update(self, param, exp_avg, exp_avg_sq, rows, g, step_size, eps):
+        b1, b2 = self.betas
+        g = g.to(exp_avg.dtype)
+        m = exp_avg.index_select(0, rows).lerp_(g, 1.0 - b1)
+        v = exp_avg_sq.index_select(0, rows)
+        if v.dim() < g.dim():  # row-wise second moment
+            v.mul_(b2).add_(g.square().mean(1), alpha=1.0 - b2)
+            denom = v.sqrt().add_(eps)[:, None]
+        else:
+            v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+            denom = v.sqrt().add_(eps)
+        exp_avg.index_copy_(0, rows, m)
+        exp_avg_sq.index_copy_(0, rows, v)
+        param.index_add_(0, rows, (m / denom).to(param.dtype), alpha=step_size)
+
+    def _settings(self):
+        return {"lr": self.lr, "betas": self.betas, "eps": self.eps, "rowwise": self.rowwise}
