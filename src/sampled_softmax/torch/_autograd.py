@@ -290,6 +290,32 @@ class SampledLoss(torch.autograd.Function):
         return (None, d_h, None, None, None, None, None, None, d_bias, *d_shards)
 
 
+class FusedCoreLoss(torch.autograd.Function):
+    """The compiled core's loss (one table, one label per row, nothing ignored) whose backward
+    hands the rows' gradient to a fused table optimizer instead of returning the table's.
+
+    forward(ext, head_kind, table_step, h [N, D], table [V, D], bias [V] or empty, ids [N + S],
+            log_q [N + S], removed) -> loss [N]
+    """
+
+    @staticmethod
+    def forward(ctx, ext, head_kind: int, table_step, h, table, bias, ids, log_q, removed):
+        loss, act, rows = ext.core_forward(h, table, bias, ids, log_q, removed, head_kind)
+        ctx.ext, ctx.head_kind, ctx.table_step, ctx.has_bias = ext, head_kind, table_step, bias.numel() > 0
+        ctx.save_for_backward(h, rows, ids, act)  # not the table: the step updates it in place
+        return loss
+
+    @staticmethod
+    def backward(ctx, g_loss):
+        _check_once_differentiable()
+        h, rows, ids, act = ctx.saved_tensors
+        need_h = ctx.needs_input_grad[3]
+        d_h, d_rows, d_b_rows = ctx.ext.core_backward(g_loss.contiguous(), h, rows, ids, act, ctx.head_kind, need_h,
+                                                      True, ctx.has_bias)
+        ctx.table_step(ids, d_rows, d_b_rows if ctx.has_bias else None, None)
+        return None, None, None, d_h if need_h else None, None, None, None, None, None
+
+
 class PerExampleLoss(torch.autograd.Function):
     """A head over columns of each example's own: ``ids [N, T + k]`` (its labels, then its
     noise), instead of the candidates a batch shares.

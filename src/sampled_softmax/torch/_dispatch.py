@@ -119,7 +119,7 @@ def record(route: str, reason: str = "") -> None:
 
 
 PER_EXAMPLE_COMPILED_ONLY = "it draws per-example noise for negative sampling only (the sigmoid head without log Q)"
-TABLE_OPTIMIZER_PYTHON_ONLY = "a fused table_optimizer runs on the Python route (a compiled fused step is to come)"
+TABLE_OPTIMIZER_PYTHON_ONLY = "with per-example noise a fused table_optimizer runs on the Python route"
 
 
 def explain(weights, biases, labels, inputs, num_sampled, num_classes, num_true=1, sampled_values=None, *,
@@ -148,7 +148,7 @@ def explain(weights, biases, labels, inputs, num_sampled, num_classes, num_true=
     ignored = ignore_index is not None and bool((labels == ignore_index).any())
     why = loss_obstacle(inputs.device.type, len(shards), num_true, ignored, label_smoothing,
                         (inputs.dtype, shards[0].dtype, None if biases is None else biases.dtype), exclude_true)
-    if why is None and table_optimizer is not None:
+    if why is None and table_optimizer is not None and noise == "per_example":
         why = TABLE_OPTIMIZER_PYTHON_ONLY
     if why is None and noise == "per_example" and loss != "negative_sampling":
         why = PER_EXAMPLE_COMPILED_ONLY

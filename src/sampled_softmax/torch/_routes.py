@@ -26,7 +26,7 @@ from .. import _validation as V
 from .._validation import check_num_sampled
 from ..samplers import NOISE, DrawKind, unique_draw_error, unique_draw_limit
 from . import _dispatch, _ops, _order
-from ._autograd import HeadKind, PerExampleLoss, SampledLoss, sigmoid_head, softmax_head
+from ._autograd import FusedCoreLoss, HeadKind, PerExampleLoss, SampledLoss, sigmoid_head, softmax_head
 from ._columns import candidate_columns, exclusion_correction
 from ._dispatch import IMPLEMENTATIONS
 from ._prepare import (
@@ -140,8 +140,7 @@ def _route(call: LossCall):
         return _per_example(call)
     if call.exclude_true:
         return _general(call._replace(remove_accidental_hits=True))
-    if (call.implementation != "python" and call.table_optimizer is None
-            and _dispatch.draw_obstacle(call.sampler, call.sampled_values) is None):
+    if call.implementation != "python" and _dispatch.draw_obstacle(call.sampler, call.sampled_values) is None:
         result = _compiled_draw(call)
         if result is not None:
             _dispatch.record("compiled_draw")
@@ -159,8 +158,7 @@ def _general(call: LossCall):
     h, valid, exclude_true, subtract_log_q = _inputs(p, table_step), p.valid, call.exclude_true, call.subtract_log_q
     y = p.y.long()
     n, t = y.shape
-    ext = _dispatch.compiled(call.implementation, _loss_obstacle(p) or (table_step and
-                                                                        _dispatch.TABLE_OPTIMIZER_PYTHON_ONLY))
+    ext = _dispatch.compiled(call.implementation, _loss_obstacle(p))
     if call.sampled_values is None:
         sampler = (_with_replacement_sampler(call.sampler, p.num_classes) if exclude_true
                    else _sampler_for(call.sampler, p.num_classes))
@@ -196,9 +194,12 @@ def _general(call: LossCall):
     head = call.head
     if ext is not None:
         _dispatch.record("compiled")
-        loss = ext.sampled_softmax_core(h, p.shards[0], h.new_empty(0) if p.biases is None else p.biases, ids, log_q,
-                                        h.new_empty(0, dtype=torch.bool) if removed is None else removed,
-                                        int(HeadKind[head.name]), bool(call.sparse))
+        core_args = (h, p.shards[0], h.new_empty(0) if p.biases is None else p.biases, ids, log_q,
+                     h.new_empty(0, dtype=torch.bool) if removed is None else removed)
+        if table_step is None:
+            loss = ext.sampled_softmax_core(*core_args, int(HeadKind[head.name]), bool(call.sparse))
+        else:
+            loss = FusedCoreLoss.apply(ext, int(HeadKind[head.name]), table_step, *core_args)
         # One label, no smoothing: the softmax loss is -log p(target); the sigmoid head has no
         # estimate of it (zeros, as on the Python path).
         logp = -loss if head is softmax_head else torch.zeros_like(loss)
@@ -323,14 +324,30 @@ def _compiled_draw(call: LossCall):
     ext = None if n == 0 else _dispatch.compiled("auto", None)
     if ext is None:
         return None
+    optimizer = call.table_optimizer
+    if optimizer is not None and (call.sparse or weights.requires_grad or (biases is not None and biases.requires_grad)
+                                  or not isinstance(optimizer, TableOptimizer)):
+        return None  # the general route says what is wrong
     kind = _dispatch.compiled_kind(sampler)
     h = inputs if inputs.dim() == 2 else inputs.reshape(n, inputs.shape[-1])
+    bias = inputs.new_empty(0) if biases is None else biases
+    head = int(HeadKind[call.head.name])
+    draw_args = (num_sampled, int(kind), int(DrawKind[draw]), generator, bool(call.remove_accidental_hits),
+                 bool(call.subtract_log_q))
     try:
-        loss = ext.sampled_softmax_sampled(h, weights, inputs.new_empty(0) if biases is None else biases,
-                                           labels.reshape(n), num_sampled, int(kind), int(DrawKind[draw]), generator,
-                                           bool(call.remove_accidental_hits), bool(call.subtract_log_q),
-                                           int(HeadKind[call.head.name]), bool(call.sparse), ignore_index,
-                                           unique_draw_limit(num_sampled))
+        if optimizer is None:
+            loss = ext.sampled_softmax_sampled(h, weights, bias, labels.reshape(n), *draw_args, head,
+                                               bool(call.sparse), ignore_index, unique_draw_limit(num_sampled))
+        else:  # the draw compiled, the loss's backward handing the rows' gradient to the optimizer
+            columns = ext.sampled_columns(h, weights, labels.reshape(n), *draw_args, ignore_index,
+                                          unique_draw_limit(num_sampled))
+            loss = None
+            if columns is not None:
+                optimizer.bind(weights, biases)
+                step = functools.partial(_fused_step, optimizer, weights, biases, weights._version)
+                if torch.is_grad_enabled() and not h.requires_grad:
+                    h = h.detach().requires_grad_()
+                loss = FusedCoreLoss.apply(ext, head, step, h, weights, bias, *columns)
     except ValueError as e:  # the unique draw's bound: the Python route's error, word for word
         found = re.search(r"unique draw stopped: num_sampled=(\d+) num_tries=(\d+) found=(\d+)", str(e))
         if found is None:

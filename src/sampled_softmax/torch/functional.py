@@ -116,7 +116,7 @@ def sampled_softmax_loss(
             with its summed gradient, and no gradient is returned for ``weights`` and
             ``biases``, which must not require grad (the table is the fused optimizer's alone).
             One weight table, one bias tensor, ``sparse=False``; the rest of the model keeps
-            its optimizer. Python route for now.
+            its optimizer. Compiled where the loss is (per-example noise: the Python route).
 
     Returns:
         The loss: shape ``[...]`` for ``reduction="none"``, else a scalar. With

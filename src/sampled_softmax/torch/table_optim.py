@@ -19,7 +19,8 @@ backward of a loss; rows a step does not touch keep their values and state):
   :class:`~sampled_softmax.torch.SparseRowAdam`: ``m_r = b1 m_r + (1 - b1) g_r``,
   ``v_r = b2 v_r + (1 - b2) g_r^2``, ``w_r -= lr / (1 - b1^t) * m_r / (sqrt(v_r / (1 - b2^t)) + eps)``
   with ``t`` the number of fused steps; ``rowwise=True`` keeps one ``v`` per row
-  (``mean(g_r ** 2)``).
+  (``mean(g_r ** 2)``). On the CPU its step is :class:`~sampled_softmax.torch.SparseRowAdam`'s
+  compiled pass (``implementation="auto"``, as there).
 
 Each is a ``torch.nn.Module`` whose state (the step count and moments) is buffers, so it travels
 in the owning layer's ``state_dict`` and with ``.to(device)``.
@@ -32,6 +33,8 @@ import math
 import torch
 
 from .. import SampledSoftmaxError
+from .. import _validation as V
+from . import _dispatch
 
 __all__ = ["TableOptimizer", "RowSGD", "RowAdagrad", "RowAdam"]
 
@@ -103,12 +106,22 @@ class TableOptimizer(torch.nn.Module):
         summed; ``keep [M]`` leaves out rows the step did not touch: ignored labels' placeholders),
         and ``d_bias_rows [M]``, applied to ``table`` and ``bias`` in place."""
         self.bind(table, bias)
-        rows, g = sum_rows(ids, d_rows, keep)
-        g_bias = None
-        if bias is not None and d_bias_rows is not None:
-            g_bias = sum_rows(ids, d_bias_rows, keep)[1]
+        if bias is None:
+            d_bias_rows = None
+        if keep is not None:
+            ids, d_rows = ids[keep], d_rows[keep]
+            d_bias_rows = None if d_bias_rows is None else d_bias_rows[keep]
         self.step += 1
-        self._update_rows(table, bias, rows, g, g_bias, int(self.step))
+        t = int(self.step)
+        if self._compiled_step(table, bias, ids, d_rows, d_bias_rows, t):
+            return
+        rows, g = sum_rows(ids, d_rows, None)
+        g_bias = None if d_bias_rows is None else sum_rows(ids, d_bias_rows, None)[1]
+        self._update_rows(table, bias, rows, g, g_bias, t)
+
+    def _compiled_step(self, table, bias, ids, d_rows, d_bias_rows, t) -> bool:
+        """The step in compiled code where there is one for it (True when it ran)."""
+        return False
 
     def _update_rows(self, table, bias, rows, g, g_bias, t) -> None:
         raise NotImplementedError
@@ -171,8 +184,9 @@ class RowAdam(TableOptimizer):
     gradient (``t`` counts the fused steps). ``rowwise=True`` keeps one second moment per row."""
 
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *,
-                 rowwise: bool = False) -> None:
+                 rowwise: bool = False, implementation: str = "auto") -> None:
         super().__init__()
+        self.implementation = V.check_choice("implementation", implementation, _dispatch.IMPLEMENTATIONS)
         self.lr, self.eps = _positive("lr", lr), _non_negative("eps", eps)
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise SampledSoftmaxError(f"`betas` must be a pair (beta1, beta2); received {betas!r}")
@@ -202,6 +216,29 @@ class RowAdam(TableOptimizer):
         if g_bias is not None:
             self._update(bias, self.bias_exp_avg, self.bias_exp_avg_sq, rows, g_bias, step_size, eps)
 
+    def _compiled_step(self, table, bias, ids, d_rows, d_bias_rows, t) -> bool:
+        # SparseRowAdam's compiled pass: duplicates summed and each row updated in one pass.
+        if self.implementation == "python":
+            return False
+        state = {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
+        why = _dispatch.adam_obstacle(table, d_rows.to(table.dtype), state)
+        if why is None and d_bias_rows is not None:
+            why = _dispatch.adam_obstacle(bias, d_bias_rows.to(bias.dtype), {"exp_avg": self.bias_exp_avg,
+                                                                             "exp_avg_sq": self.bias_exp_avg_sq})
+        ext = _dispatch.compiled(self.implementation, why)
+        if ext is None:
+            return False
+        b1, b2 = self.betas
+        root_c2 = math.sqrt(1.0 - b2**t)
+        step_size, eps = -self.lr * root_c2 / (1.0 - b1**t), self.eps * root_c2
+        empty = table.new_empty(0)
+        ext.sparse_row_adam_(table, empty, self.exp_avg, self.exp_avg_sq, ids, d_rows.to(table.dtype), b1, b2,
+                             step_size, eps)
+        if d_bias_rows is not None:
+            ext.sparse_row_adam_(bias, empty, self.bias_exp_avg, self.bias_exp_avg_sq, ids,
+                                 d_bias_rows.to(bias.dtype), b1, b2, step_size, eps)
+        return True
+
     def _update(self, param, exp_avg, exp_avg_sq, rows, g, step_size, eps):
         b1, b2 = self.betas
         g = g.to(exp_avg.dtype)
@@ -218,4 +255,5 @@ class RowAdam(TableOptimizer):
         param.index_add_(0, rows, (m / denom).to(param.dtype), alpha=step_size)
 
     def _settings(self):
-        return {"lr": self.lr, "betas": self.betas, "eps": self.eps, "rowwise": self.rowwise}
+        return {"lr": self.lr, "betas": self.betas, "eps": self.eps, "rowwise": self.rowwise,
+                "implementation": self.implementation}

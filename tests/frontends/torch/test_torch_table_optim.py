@@ -13,8 +13,8 @@ import torch
 
 from sampled_softmax import SampledSoftmaxError
 from sampled_softmax.torch import (
-    RowAdagrad, RowAdam, RowSGD, SampledSoftmax, SparseRowAdam, UnigramSampler, explain_route, nce_loss,
-    negative_sampling_loss, sampled_softmax_loss,
+    RowAdagrad, RowAdam, RowSGD, SampledSoftmax, SparseRowAdam, UnigramSampler, compiled_core, explain_route,
+    nce_loss, negative_sampling_loss, sampled_softmax_loss,
 )
 
 V, D, B, S = 40, 5, 9, 12
@@ -191,9 +191,14 @@ def test_bad_uses_are_clear_errors():
         sampled_softmax_loss([W[:20], W[20:]], None, y, h, S, V, table_optimizer=RowSGD(0.1))
     with pytest.raises(TypeError, match=r"`table_optimizer` must be a RowSGD, RowAdagrad or RowAdam; received SGD"):
         sampled_softmax_loss(W, None, y, h, S, V, table_optimizer=torch.optim.SGD([W.clone().requires_grad_()], 0.1))
-    with pytest.raises(SampledSoftmaxError, match=r"`implementation='compiled'` cannot be used: a fused"):
-        sampled_softmax_loss(W, None, y, h, S, V, table_optimizer=RowSGD(0.1), implementation="compiled")
-    assert explain_route(W, None, y, h, S, V, table_optimizer=RowSGD(0.1)).name == "python"
+    if compiled_core() is not None:
+        with pytest.raises(SampledSoftmaxError, match=r"`implementation='compiled'` cannot be used: with per-example"):
+            negative_sampling_loss(W, None, y, h, 3, V, table_optimizer=RowSGD(0.1), implementation="compiled",
+                                   noise="per_example")
+        assert explain_route(W, None, y, h, S, V, table_optimizer=RowSGD(0.1)).name == "compiled_draw"
+        route = explain_route(W, None, y, h, 3, V, table_optimizer=RowSGD(0.1), loss="negative_sampling",
+                              noise="per_example")
+        assert route.name == "python" and "fused table_optimizer" in route.reason
     opt = RowAdam()
     sampled_softmax_loss(W, None, y, h, S, V, table_optimizer=opt)
     with pytest.raises(SampledSoftmaxError, match=r"holds the state of a table of shape \[40, 5\]"):
@@ -230,3 +235,38 @@ def test_the_adagrad_formula_on_one_row_by_hand():
     G = (g ** 2).mean()
     np.testing.assert_allclose(W[1].numpy(), -0.5 * g / math.sqrt(G))
     assert torch.all(W[[0, 2]] == 0) and float(opt.sum_sq[1]) == G
+
+
+@pytest.mark.skipif(compiled_core() is None, reason="the compiled core cannot be built here")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("rowwise", [False, True])
+@pytest.mark.parametrize("head", ["sampled_softmax", "nce"])
+@pytest.mark.parametrize("sampler", ["uniform", "unigram"])
+def test_the_compiled_fused_step_equals_the_python_one(dtype, rowwise, head, sampler):
+    """The compiled routes (the draw compiled too with "uniform"; the core's loss and
+    SparseRowAdam's compiled pass in both) and the Python route (the autograd Function, torch
+    ops) make the same steps, bias and repeated rows included."""
+    if sampler == "unigram":
+        sampler = UnigramSampler(V, np.arange(1, V + 1))
+    torch.manual_seed(3)
+    W0, b0 = torch.randn(V, D, dtype=dtype), torch.randn(V, dtype=dtype)
+    tables = {impl: (W0.clone(), b0.clone(), RowAdam(lr=0.05, rowwise=rowwise, implementation=impl))
+              for impl in ("compiled", "python")}
+    fn = sampled_softmax_loss if head == "sampled_softmax" else nce_loss
+    for k in range(3):
+        h, y = _batch(k, dtype, ignore=False)
+        for impl, (W, b, opt) in tables.items():
+            hk = h.clone().requires_grad_()
+            loss = fn(W, b, y, hk, S, V, sampler=sampler, generator=torch.Generator().manual_seed(k),
+                      table_optimizer=opt, implementation=impl)
+            loss.sum().backward()
+            if impl == "compiled":
+                first = (loss.detach(), hk.grad)
+            else:
+                torch.testing.assert_close(loss.detach(), first[0], **TOL[dtype])
+                torch.testing.assert_close(hk.grad, first[1], **TOL[dtype])
+    (Wc, bc, oc), (Wp, bp, op) = tables["compiled"], tables["python"]
+    torch.testing.assert_close(Wc, Wp, **TOL[dtype])
+    torch.testing.assert_close(bc, bp, **TOL[dtype])
+    torch.testing.assert_close(oc.exp_avg_sq, op.exp_avg_sq, **TOL[dtype])
+    assert not torch.equal(Wc, W0)

@@ -13,6 +13,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("per_example_core", &ss::per_example_core, "A loss over each example's own noise columns, one table, one label per row");
   m.def("sampled_softmax_sampled", &ss::sampled_softmax_sampled,
         "Draw candidates (uniform or log-uniform) on the CPU, then a sampled loss");
+  m.def("sampled_columns", &ss::sampled_columns,
+        "Draw candidates (uniform or log-uniform) on the CPU: the columns' ids, log E and hits, without the loss");
   m.def("sparse_row_adam_", &ss::sparse_row_adam_, "SparseRowAdam's step for a sparse gradient, in place");
   m.def("core_forward", &ss::core_forward, "The loss's forward without autograd: loss, logp, gathered rows");
   m.def("core_backward", &ss::core_backward, "The loss's backward without autograd: d_h, d_rows, d_b_rows");

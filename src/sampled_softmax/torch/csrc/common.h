@@ -96,6 +96,11 @@ std::optional<Tensor> sampled_softmax_sampled(const Tensor& h, const Tensor& W, 
                                               int64_t draw, std::optional<at::Generator> generator,
                                               bool remove_hits, bool subtract_log_q, int64_t head, bool sparse,
                                               std::optional<int64_t> ignore_index, int64_t unique_draw_limit);
+std::optional<std::vector<Tensor>> sampled_columns(const Tensor& h, const Tensor& W, const Tensor& labels,
+                                                   int64_t num_sampled, int64_t distribution, int64_t draw,
+                                                   std::optional<at::Generator> generator, bool remove_hits,
+                                                   bool subtract_log_q, std::optional<int64_t> ignore_index,
+                                                   int64_t unique_draw_limit);
 
 // sparse_adam.cpp
 void sparse_row_adam_(Tensor param, Tensor moments, Tensor exp_avg, Tensor exp_avg_sq, const Tensor& indices,

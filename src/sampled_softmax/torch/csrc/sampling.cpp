@@ -9,6 +9,12 @@
 //   its order: change both or neither (tests/frontends/torch/test_torch_compiled.py compares them draw for draw).
 //   None, before drawing anything, when a label is outside [0, V) or equals ignore_index: the
 //   caller's general path then reports the error or handles the ignored labels.
+//
+// sampled_columns(h, W, labels, num_sampled, distribution, draw, generator, remove_hits,
+//                 subtract_log_q, ignore_index, unique_draw_limit)
+//                 -> [ids [N + S], logq [N + S], removed (flat indices i * S + j)] or None
+//   The same draw and columns without the loss, for a loss whose backward is the caller's (a
+//   fused table optimizer takes the rows' gradient from core_backward).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -51,12 +57,12 @@ float expected_count(double p, int64_t num_sampled, int64_t num_tries, DrawKind 
   return static_cast<float>(e);
 }
 
-// The loss from drawn candidates: column ids, log E (+inf removes a padding column from every
+// The columns of drawn candidates: column ids, log E (+inf removes a padding column from every
 // row) and the flat indices of accidental hits.
-Tensor loss_from_candidates(const Tensor& h, const Tensor& W, const Tensor& b, const Tensor& y,
-                            const std::vector<int64_t>& cand, const std::vector<char>& padding,
-                            const std::vector<int64_t>& hits, const ClassDistribution& dist, int64_t num_tries,
-                            DrawKind draw, bool subtract_log_q, int64_t head, bool sparse) {
+std::vector<Tensor> columns_from_candidates(const Tensor& h, const Tensor& y, const std::vector<int64_t>& cand,
+                                            const std::vector<char>& padding, const std::vector<int64_t>& hits,
+                                            const ClassDistribution& dist, int64_t num_tries, DrawKind draw,
+                                            bool subtract_log_q) {
   const int64_t n = y.numel(), s = static_cast<int64_t>(cand.size());
   Tensor ids = at::empty({n + s}, at::TensorOptions().dtype(at::kLong));
   int64_t* idp = ids.data_ptr<int64_t>();
@@ -78,7 +84,7 @@ Tensor loss_from_candidates(const Tensor& h, const Tensor& W, const Tensor& b, c
   });
   Tensor removed = at::empty({static_cast<int64_t>(hits.size())}, at::TensorOptions().dtype(at::kLong));
   std::copy(hits.begin(), hits.end(), removed.data_ptr<int64_t>());
-  return sampled_softmax_core(h, W, b, ids, logq, removed, head, sparse);
+  return {ids, logq, removed};
 }
 
 }  // namespace
@@ -89,6 +95,17 @@ std::optional<Tensor> sampled_softmax_sampled(const Tensor& h, const Tensor& W, 
                                               bool remove_hits, bool subtract_log_q, int64_t head, bool sparse,
                                               std::optional<int64_t> ignore_index, int64_t unique_draw_limit) {
   head_kind(head);
+  auto columns = sampled_columns(h, W, labels, num_sampled, distribution, draw_value, generator, remove_hits,
+                                 subtract_log_q, ignore_index, unique_draw_limit);
+  if (!columns) return std::nullopt;
+  return sampled_softmax_core(h, W, b, (*columns)[0], (*columns)[1], (*columns)[2], head, sparse);
+}
+
+std::optional<std::vector<Tensor>> sampled_columns(const Tensor& h, const Tensor& W, const Tensor& labels,
+                                                   int64_t num_sampled, int64_t distribution, int64_t draw_value,
+                                                   std::optional<at::Generator> generator, bool remove_hits,
+                                                   bool subtract_log_q, std::optional<int64_t> ignore_index,
+                                                   int64_t unique_draw_limit) {
   TORCH_CHECK(labels.device().is_cpu() && h.device().is_cpu(), "sampled_softmax_sampled runs on the CPU");
   TORCH_CHECK(distribution == static_cast<int64_t>(DistributionKind::kUniform) ||
                   distribution == static_cast<int64_t>(DistributionKind::kLogUniform),
@@ -152,7 +169,7 @@ std::optional<Tensor> sampled_softmax_sampled(const Tensor& h, const Tensor& W, 
       for (int64_t j = table.find(yp[i]); j >= 0; j = next[j]) hits.push_back(i * s + j);
     }
   }
-  return loss_from_candidates(h, W, b, y, cand, padding, hits, dist, num_tries, draw, subtract_log_q, head, sparse);
+  return columns_from_candidates(h, y, cand, padding, hits, dist, num_tries, draw, subtract_log_q);
 }
 
 }  // namespace sampled_softmax
