@@ -8,9 +8,9 @@ import pytest
 # argument -> its default everywhere it exists, per kind of callable.
 LAYER_DEFAULTS = {"ignore_index": -100, "remove_accidental_hits": None, "reduction": "mean",
                   "label_smoothing": 0.0, "sampler": {"learned_unigram", None}, "loss": "sampled_softmax",
-                  "exclude_true": False, "noise": "shared"}
+                  "exclude_true": False, "noise": "shared", "table_optimizer": None}
 FUNCTION_DEFAULTS = {"ignore_index": None, "reduction": "none", "label_smoothing": 0.0, "subtract_log_q": True,
-                     "num_true": 1, "exclude_true": False, "noise": "shared"}
+                     "num_true": 1, "exclude_true": False, "noise": "shared", "table_optimizer": None}
 # remove_accidental_hits of a function: TensorFlow's, per loss.
 HITS = {"sampled_softmax_loss": True, "vocab_parallel_sampled_softmax_loss": True, "nce_loss": False,
         "negative_sampling_loss": False, "vocab_parallel_nce_loss": False,

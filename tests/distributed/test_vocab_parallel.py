@@ -319,3 +319,60 @@ def test_the_functions_default_to_per_example_losses_as_sampled_softmax_loss():
     for fn in (vocab_parallel_sampled_softmax_loss, vocab_parallel_full_softmax_loss, sampled_softmax_loss,
                full_softmax_loss):
         assert inspect.signature(fn).parameters["reduction"].default == "none", fn.__name__
+
+
+def _fused_steps_worker(rank, world):
+    from sampled_softmax.torch import RowAdam
+    from sampled_softmax.torch.distributed import VocabParallelSampledSoftmax
+
+    table, encoder_init, batches = _training_problem()
+    head = VocabParallelSampledSoftmax(D, V, S, bias=True, sampler="uniform", dtype=torch.float64,
+                                       table_optimizer=RowAdam(lr=0.05))
+    head.load_full_table(table, torch.zeros(V, dtype=torch.float64))
+    encoder = torch.nn.Linear(D, D, bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        encoder.weight.copy_(encoder_init)
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=0.05)
+    generator = torch.Generator().manual_seed(11)
+    losses = []
+    for x, y in batches:
+        optimizer.zero_grad()
+        loss = head(encoder(x), y, generator=generator).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses, head.weight.detach().clone(), head.bias.detach().clone(), encoder.weight.detach().clone()
+
+
+def test_vocab_parallel_fused_table_optimizer_steps_equal_one_process(tmp_path):
+    """Each rank's RowAdam updates its own shard in backward: the shards, the biases and the
+    encoder after k steps equal one process's SampledSoftmax with a fused RowAdam on the whole table."""
+    from sampled_softmax.torch import RowAdam, SampledSoftmax
+    from sampled_softmax.torch.distributed import shard_range
+
+    world = 2
+    results = spawn.run(_fused_steps_worker, world, tmp_path)
+    table, encoder_init, batches = _training_problem()
+    head = SampledSoftmax(D, V, S, sampler="uniform", implementation="python", table_optimizer=RowAdam(lr=0.05)).double()
+    with torch.no_grad():
+        head.weight.copy_(table)
+        head.bias.zero_()
+    encoder = torch.nn.Linear(D, D, bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        encoder.weight.copy_(encoder_init)
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=0.05)
+    generator = torch.Generator().manual_seed(11)
+    losses = []
+    for x, y in batches:
+        optimizer.zero_grad()
+        loss = head(encoder(x), y, generator=generator).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    for rank, (r_losses, r_shard, r_bias, r_encoder) in enumerate(results):
+        start, rows = shard_range(V, rank, world)
+        assert r_losses == pytest.approx(losses, rel=1e-12)
+        torch.testing.assert_close(r_shard, head.weight[start:start + rows], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(r_bias, head.bias[start:start + rows], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(r_encoder, encoder.weight.detach(), rtol=1e-12, atol=1e-12)
+    assert not torch.equal(head.weight, table)

@@ -35,7 +35,7 @@ from ._prepare import (
 )
 from ._rows import _Spec
 from .samplers import CandidateSampler, LearnedUnigramSampler, check_generator, make_sampler
-from .table_optim import TableOptimizer
+from .table_optim import TableOptimizer, check_table_step
 
 
 
@@ -376,16 +376,7 @@ def _table_step(call: LossCall, p: Prepared):
         raise SampledSoftmaxError("`biases` must be one [num_classes] tensor with a table_optimizer; received a list "
                                   "of shards")
     table, bias = p.shards[0], p.biases
-    for name, tensor in (("weights", table), ("biases", bias)):
-        if tensor is not None and tensor.requires_grad:
-            raise SampledSoftmaxError(
-                f"`{name}` requires grad: with a table_optimizer the table is updated in the loss's backward and gets "
-                f"no gradient, so another optimizer training it would update it a second time. Call "
-                f"{name}.requires_grad_(False) (SampledSoftmax(table_optimizer=...) does)")
-    if call.sparse:
-        raise SampledSoftmaxError("`sparse=True` has no meaning with a table_optimizer (no gradient is returned for "
-                                  "the table); leave it False")
-    call.table_optimizer.bind(table, bias)
+    check_table_step(call.table_optimizer, table, bias, call.sparse)
     return functools.partial(_fused_step, call.table_optimizer, table, bias, table._version)
 
 

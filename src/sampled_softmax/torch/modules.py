@@ -15,7 +15,7 @@ from ._dispatch import IMPLEMENTATIONS
 from ._routes import _reduce
 from .functional import full_logits, full_softmax_loss, nce_loss, negative_sampling_loss, sampled_softmax_loss
 from .samplers import CandidateSampler, LearnedUnigramSampler, make_sampler
-from .table_optim import TableOptimizer
+from .table_optim import TableOptimizer, take_table
 
 __all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxOutput", "LOSSES"]
 
@@ -147,24 +147,8 @@ class SampledSoftmax(nn.Module):
         self.bias = nn.Parameter(torch.empty(num_classes, **factory)) if bias else None
         self._owns_weight = weight is None
         self.reset_parameters()
-        self.table_optimizer = None
-        if table_optimizer is not None:
-            if not isinstance(table_optimizer, TableOptimizer):
-                raise TypeError(f"`table_optimizer` must be a RowSGD, RowAdagrad or RowAdam; received "
-                                f"{type(table_optimizer).__name__}")
-            if weight is not None:
-                raise V.SampledSoftmaxError(
-                    "`table_optimizer` needs the layer's own table: a shared `weight` (a tied embedding) is trained "
-                    "by the model's optimizer too, which would update it a second time")
-            if self.sparse:
-                raise V.SampledSoftmaxError("`sparse=True` has no meaning with a table_optimizer (no gradient is "
-                                            "returned for the table); leave it False")
-            # The table is the fused optimizer's alone: no gradient, so no other optimizer moves it.
-            self.weight.requires_grad_(False)
-            if self.bias is not None:
-                self.bias.requires_grad_(False)
-            table_optimizer.bind(self.weight, self.bias)
-            self.table_optimizer = table_optimizer
+        self.table_optimizer = take_table(table_optimizer, self.weight, self.bias, shared=weight is not None,
+                                          sparse=self.sparse)
 
     def reset_parameters(self) -> None:
         # nn.Linear's initialisation; a shared weight is left as it is.

@@ -36,7 +36,7 @@ from .. import SampledSoftmaxError
 from .. import _validation as V
 from . import _dispatch
 
-__all__ = ["TableOptimizer", "RowSGD", "RowAdagrad", "RowAdam"]
+__all__ = ["TableOptimizer", "RowSGD", "RowAdagrad", "RowAdam", "check_table_step"]
 
 
 def _positive(name: str, value) -> float:
@@ -64,6 +64,45 @@ def sum_rows(ids: torch.Tensor, values: torch.Tensor, keep: torch.Tensor | None)
     rows, inverse = torch.unique(ids, return_inverse=True)
     summed = values.new_zeros((rows.shape[0],) + tuple(values.shape[1:]))
     return rows, summed.index_add_(0, inverse, values)
+
+
+def take_table(optimizer, weight: torch.Tensor, bias: torch.Tensor | None, *, shared: bool, sparse: bool):
+    """An output layer's table handed to its fused ``optimizer`` (None: nothing to do): made not
+    to require grad, so that the model's own optimizer leaves it alone, and the state made."""
+    if optimizer is None:
+        return None
+    if not isinstance(optimizer, TableOptimizer):
+        raise TypeError(f"`table_optimizer` must be a RowSGD, RowAdagrad or RowAdam; received {type(optimizer).__name__}")
+    if shared:
+        raise SampledSoftmaxError("`table_optimizer` needs the layer's own table: a shared `weight` (a tied embedding) "
+                                  "is trained by the model's optimizer too, which would update it a second time")
+    if sparse:
+        raise SampledSoftmaxError(SPARSE_MEANINGLESS)
+    weight.requires_grad_(False)
+    if bias is not None:
+        bias.requires_grad_(False)
+    optimizer.bind(weight, bias)
+    return optimizer
+
+
+SPARSE_MEANINGLESS = ("`sparse=True` has no meaning with a table_optimizer (no gradient is returned for the table); "
+                      "leave it False")
+
+
+def check_table_step(optimizer, table: torch.Tensor, bias: torch.Tensor | None, sparse: bool) -> None:
+    """A loss call's fused ``optimizer`` on ``table`` and ``bias``: neither may require grad (the
+    table is the optimizer's alone), and no sparse gradient is asked for."""
+    if not isinstance(optimizer, TableOptimizer):
+        raise TypeError(f"`table_optimizer` must be a RowSGD, RowAdagrad or RowAdam; received {type(optimizer).__name__}")
+    for name, tensor in (("weights", table), ("biases", bias)):
+        if tensor is not None and tensor.requires_grad:
+            raise SampledSoftmaxError(
+                f"`{name}` requires grad: with a table_optimizer the table is updated in the loss's backward and gets "
+                f"no gradient, so another optimizer training it would update it a second time. Call "
+                f"{name}.requires_grad_(False) (SampledSoftmax(table_optimizer=...) does)")
+    if sparse:
+        raise SampledSoftmaxError(SPARSE_MEANINGLESS)
+    optimizer.bind(table, bias)
 
 
 class TableOptimizer(torch.nn.Module):

@@ -13,7 +13,7 @@ def vocab_parallel_bytes(batch: int, num_true: int, num_sampled: int, dim: int, 
     """Bytes each rank hands to the collectives in one call of
     :func:`vocab_parallel_sampled_softmax_loss` that draws its candidates (what
     ``_traffic.CollectiveBytes`` measures; a ring all-reduce of ``x`` bytes puts ``2 (P - 1) / P x``
-    on the wire): the agreement (21 int64), rank 0's draw (``1 + 2 S + N T`` float64), the head's
+    on the wire): the agreement (``1 + len(_AGREED)`` int64: 22), rank 0's draw (``1 + 2 S + N T`` float64), the head's
     all-reduces (``N (T + 2)``, ``N``, ``N``) and, backward, the input gradient (``N D``), in
     the compute dtype."""
     n, t, s, d = batch, num_true, num_sampled, dim

@@ -12,15 +12,16 @@ import torch.distributed as dist
 
 from ... import SampledSoftmaxError
 from ... import _validation as V
-from .._autograd import _check_once_differentiable, softmax_head, corrected_logits_backward, corrected_logits_forward
+from .._autograd import _check_once_differentiable, corrected_logits_backward, corrected_logits_forward, softmax_head
 from .._columns import candidate_columns
 from .._prepare import (
     LossCall, _autocast_on, _check_label_values, _check_sampled_values, _check_tensor, _compute_dtype, _true_count_rows,
 )
 from .._rows import _scatter_rows, _Spec
-from .._routes import _finish, _sampler_for, route
+from .._routes import _finish, _fused_step, _sampler_for, route
 from ..modules import SampledSoftmaxOutput
 from ..samplers import CandidateSampler, LearnedUnigramSampler, check_generator, check_ignore_index, make_sampler
+from ..table_optim import TableOptimizer, check_table_step, take_table
 from ._group import _agree, _check_layout, _checksum, _group, shard_range
 from .data_parallel import DistributedLearnedUnigramSampler
 
@@ -52,7 +53,7 @@ class _VocabParallelSoftmax(torch.autograd.Function):
         sub = torch.cat([torch.where(owned[:nt], local[:nt], 0), local[nt:].index_select(0, mine)])
         sub_log_q = torch.cat([log_q[:nt], log_q[nt:].index_select(0, mine)])
         removed_sub = None if removed is None else removed.index_select(1, mine)
-        own_spec = _Spec(t, (), "div", spec.label_smoothing, spec.sparse)
+        own_spec = _Spec(t, (), "div", spec.label_smoothing, spec.sparse, spec.table_step)
         logits, hc, gathered = corrected_logits_forward(h, sub, sub_log_q, None, removed_sub, own_spec, bias_shard,
                                                         (weight_shard,))
         cdt = logits.dtype
@@ -108,6 +109,9 @@ class _VocabParallelSoftmax(torch.autograd.Function):
         target_true = kt * ((1.0 - eps) / n_true.clamp(min=1.0) + (eps / n_kept if eps else 0.0))[:, None]
         d_true = ((torch.exp(zt - lse[:, None]) - target_true) * g).masked_fill(~owned_true, 0.0)
         need_h, need_b, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[9], ctx.needs_input_grad[10]
+        step = spec.table_step  # a fused table optimizer: this rank's rows' gradient goes to it
+        if step is not None:
+            need_w, need_b = True, ctx.shapes[1] is not None
         d_h, d_rows, d_b_rows = corrected_logits_backward(torch.cat([d_true, d_cand], 1), hc, gathered, t, need_h,
                                                         need_w, need_b)
         if d_h is not None:
@@ -115,6 +119,9 @@ class _VocabParallelSoftmax(torch.autograd.Function):
             d_h = d_h.to(ctx.dtypes[0])
         # The rows of ignored labels and of labels owned elsewhere are not this rank's to touch.
         keep = torch.cat([(owned_true & kt).reshape(-1), owned_true.new_ones(cand.shape[1])])
+        if step is not None:
+            step(sub, d_rows, d_b_rows, keep)
+            return d_h, None, None, None, None, None, None, None, None, None, None
         d_w = d_b = None
         if d_rows is not None:
             d_w = _scatter_rows(ctx.shapes[0], sub, d_rows.to(ctx.dtypes[1]), spec.sparse, keep)
@@ -168,6 +175,7 @@ def vocab_parallel_sampled_softmax_loss(
     remove_accidental_hits: bool = True, sampler: str | CandidateSampler = "log_uniform", reduction: str = "none",
     ignore_index: int | None = None, label_smoothing: float = 0.0, subtract_log_q: bool = True,
     generator: torch.Generator | None = None, sparse: bool = False, return_log_prob: bool = False,
+    table_optimizer: TableOptimizer | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r""":func:`sampled_softmax.torch.sampled_softmax_loss` with the class table sharded over the
     ranks of ``group`` (see the module's docstring for the algorithm and its traffic).
@@ -192,12 +200,16 @@ def vocab_parallel_sampled_softmax_loss(
         generator: for the sampler.
         return_log_prob: also return the sampled estimate of each row's mean ``log p`` of its
             kept labels ``[...]`` (without gradient), as ``sampled_softmax_loss`` does.
+        table_optimizer: a fused :class:`~sampled_softmax.torch.RowSGD`, ``RowAdagrad`` or
+            ``RowAdam`` for this rank's shard (each rank its own, holding its shard's state), as
+            for ``sampled_softmax_loss``: the shard's touched rows are updated in backward.
     """
     return route(LossCall(
         softmax_head, weight_shard, bias_shard, labels, inputs, num_sampled, num_classes, num_true=num_true,
         sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits, sampler=sampler,
         reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing, generator=generator,
-        subtract_log_q=subtract_log_q, sparse=sparse, return_log_prob=return_log_prob, group=_group(group)))
+        subtract_log_q=subtract_log_q, sparse=sparse, return_log_prob=return_log_prob, group=_group(group),
+        table_optimizer=table_optimizer))
 
 
 def sampled_route(call: LossCall):
@@ -222,8 +234,12 @@ def sampled_route(call: LossCall):
         else:
             given = _check_sampled_values(call.sampled_values, num_sampled, num_classes, y, valid,
                                           prepared.tensors[3].device)
+        if call.table_optimizer is not None:
+            check_table_step(call.table_optimizer, prepared.tensors[0], prepared.tensors[1], call.sparse)
         # Given or drawn decides which collectives follow: the ranks must agree on it.
         fields = dict(prepared.fields, **{_LOSS_FIELD: "sampled",
+                                          "table_optimizer": None if call.table_optimizer is None else
+                                          type(call.table_optimizer).__name__,
                                           "remove_accidental_hits": bool(call.remove_accidental_hits),
                                           "subtract_log_q": bool(call.subtract_log_q),
                                           "sampled_values given": int(given is not None),
@@ -253,7 +269,12 @@ def sampled_route(call: LossCall):
     ids, log_q = ids.to(h.device), log_q.to(h.device)
     removed = None if removed is None else removed.to(h.device)
     start, rows = shard_range(num_classes, rank, world)
-    spec = _Spec(t, (), "div", label_smoothing, bool(call.sparse))
+    table_step = None
+    if call.table_optimizer is not None:
+        table_step = functools.partial(_fused_step, call.table_optimizer, shard, bias, shard._version)
+        if torch.is_grad_enabled() and not h.requires_grad:  # the backward (the step) must run
+            h = h.detach().requires_grad_()
+    spec = _Spec(t, (), "div", label_smoothing, bool(call.sparse), table_step)
     loss, logp = _VocabParallelSoftmax.apply(h, ids, log_q, valid, removed, start, rows, spec, group, bias, shard)
     return _finish(loss, logp, valid, call.reduction, lead, call.return_log_prob)
 
@@ -264,7 +285,7 @@ _LOSS_FIELD = "loss (sampled in training mode, exact in eval mode)"
 _AGREED = (_LOSS_FIELD, "inputs dtype", "weight_shard dtype", "bias_shard dtype", "device type", "num_sampled",
            "num_classes", "num_true", "dim", "rows of the batch", "labels (a checksum)", "inputs (a checksum)",
            "reduction", "ignore_index", "label_smoothing", "remove_accidental_hits", "subtract_log_q",
-           "sampled_values given", "sampled_values (a checksum)", "shard rows")
+           "sampled_values given", "sampled_values (a checksum)", "table_optimizer", "shard rows")
 
 
 class _Prepared(NamedTuple):
@@ -306,7 +327,8 @@ def _prepare_shard(call: LossCall) -> _Prepared:
               "inputs dtype": inputs.dtype, "weight_shard dtype": shard.dtype,
               "bias_shard dtype": None if bias is None else bias.dtype, "device type": inputs.device.type,
               "reduction": reduction, "ignore_index": ignore_index, "label_smoothing": label_smoothing,
-              "sampled_values given": 0, "sampled_values (a checksum)": 0, "shard rows": shard.shape[0]}
+              "sampled_values given": 0, "sampled_values (a checksum)": 0, "table_optimizer": None,
+              "shard rows": shard.shape[0]}
     return _Prepared(fields, num_classes, (shard, bias, y, h, lead, valid, label_smoothing))
 
 
@@ -468,6 +490,8 @@ class VocabParallelSampledSoftmax(torch.nn.Module):
             ``ignore_index=-100``).
         num_true: labels per example (``target [..., T]``). Default 1.
         chunk_size: rows per chunk of the exact loss.
+        table_optimizer: a fused row optimizer for this rank's shard, as for
+            :class:`~sampled_softmax.torch.SampledSoftmax` (each rank updates its own rows).
 
     Shape:
         - input: ``[..., D]``; target: ``[...]`` or ``[..., T]``
@@ -482,7 +506,8 @@ class VocabParallelSampledSoftmax(torch.nn.Module):
                  sampler: str | CandidateSampler = "learned_unigram", bias: bool = True,
                  remove_accidental_hits: bool | None = None, sparse: bool = False, reduction: str = "mean",
                  ignore_index: int | None = -100, label_smoothing: float = 0.0, subtract_log_q: bool = True,
-                 num_true: int = 1, chunk_size: int = 8192, device=None, dtype=None):
+                 num_true: int = 1, chunk_size: int = 8192, table_optimizer: TableOptimizer | None = None,
+                 device=None, dtype=None):
         super().__init__()
         self.in_features = V.check_positive_int("in_features", in_features)
         self.num_classes = V.check_positive_int("num_classes", num_classes)
@@ -512,6 +537,8 @@ class VocabParallelSampledSoftmax(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.empty(rows, self.in_features, **factory))
         self.bias = torch.nn.Parameter(torch.empty(rows, **factory)) if bias else None
         self.reset_parameters()
+        # Each rank's fused optimizer holds its own shard's state.
+        self.table_optimizer = take_table(table_optimizer, self.weight, self.bias, shared=False, sparse=self.sparse)
 
     def reset_parameters(self) -> None:
         # SampledSoftmax's (nn.Linear's) initialisation, on this rank's rows.
@@ -537,7 +564,7 @@ class VocabParallelSampledSoftmax(torch.nn.Module):
                 self.weight, self.bias, target, input, self.num_sampled, self.num_classes,
                 sampled_values=sampled_values, remove_accidental_hits=self.remove_accidental_hits,
                 sampler=self.sampler, generator=generator, sparse=self.sparse, subtract_log_q=self.subtract_log_q,
-                **common)
+                table_optimizer=self.table_optimizer, **common)
         else:
             loss, output = vocab_parallel_full_softmax_loss(self.weight, self.bias, target, input, self.num_classes,
                                                             chunk_size=self.chunk_size, **common)
