@@ -57,7 +57,8 @@ from ._group import shard_range
 from ._traffic import CollectiveBytes, megatron_exact_bytes, vocab_parallel_bytes  # noqa: F401
 from .data_parallel import DistributedLearnedUnigramSampler, all_reduce_buffers, all_reduce_gradients
 from .negatives import GatheredNegatives, all_gather_rows, gather_negatives
-from .vocab_parallel import VocabParallelSampledSoftmax, vocab_parallel_full_softmax_loss, vocab_parallel_sampled_softmax_loss
+from .layer import VocabParallelSampledSoftmax
+from .vocab_parallel import vocab_parallel_full_softmax_loss, vocab_parallel_sampled_softmax_loss
 
 __all__ = [
     "shard_range", "vocab_parallel_sampled_softmax_loss", "vocab_parallel_full_softmax_loss",
