@@ -321,14 +321,8 @@ def test_the_functions_default_to_per_example_losses_as_sampled_softmax_loss():
         assert inspect.signature(fn).parameters["reduction"].default == "none", fn.__name__
 
 
-def _fused_steps_worker(rank, world):
-    from sampled_softmax.torch import RowAdam
-    from sampled_softmax.torch.distributed import VocabParallelSampledSoftmax
-
-    table, encoder_init, batches = _training_problem()
-    head = VocabParallelSampledSoftmax(D, V, S, bias=True, sampler="uniform", dtype=torch.float64,
-                                       table_optimizer=RowAdam(lr=0.05))
-    head.load_full_table(table, torch.zeros(V, dtype=torch.float64))
+def _fused_train(head, encoder_init, batches):
+    """``len(batches)`` steps: the encoder with Adam, the head's table by its fused optimizer."""
     encoder = torch.nn.Linear(D, D, bias=False, dtype=torch.float64)
     with torch.no_grad():
         encoder.weight.copy_(encoder_init)
@@ -341,7 +335,19 @@ def _fused_steps_worker(rank, world):
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    return losses, head.weight.detach().clone(), head.bias.detach().clone(), encoder.weight.detach().clone()
+    return losses, encoder.weight.detach().clone()
+
+
+def _fused_steps_worker(rank, world):
+    from sampled_softmax.torch import RowAdam
+    from sampled_softmax.torch.distributed import VocabParallelSampledSoftmax
+
+    table, encoder_init, batches = _training_problem()
+    head = VocabParallelSampledSoftmax(D, V, S, bias=True, sampler="uniform", dtype=torch.float64,
+                                       table_optimizer=RowAdam(lr=0.05))
+    head.load_full_table(table, torch.zeros(V, dtype=torch.float64))
+    losses, encoder = _fused_train(head, encoder_init, batches)
+    return losses, head.weight.detach().clone(), head.bias.detach().clone(), encoder
 
 
 def test_vocab_parallel_fused_table_optimizer_steps_equal_one_process(tmp_path):
@@ -357,22 +363,11 @@ def test_vocab_parallel_fused_table_optimizer_steps_equal_one_process(tmp_path):
     with torch.no_grad():
         head.weight.copy_(table)
         head.bias.zero_()
-    encoder = torch.nn.Linear(D, D, bias=False, dtype=torch.float64)
-    with torch.no_grad():
-        encoder.weight.copy_(encoder_init)
-    optimizer = torch.optim.Adam(encoder.parameters(), lr=0.05)
-    generator = torch.Generator().manual_seed(11)
-    losses = []
-    for x, y in batches:
-        optimizer.zero_grad()
-        loss = head(encoder(x), y, generator=generator).loss
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses, encoder = _fused_train(head, encoder_init, batches)
     for rank, (r_losses, r_shard, r_bias, r_encoder) in enumerate(results):
         start, rows = shard_range(V, rank, world)
         assert r_losses == pytest.approx(losses, rel=1e-12)
         torch.testing.assert_close(r_shard, head.weight[start:start + rows], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(r_bias, head.bias[start:start + rows], rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(r_encoder, encoder.weight.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(r_encoder, encoder, rtol=1e-12, atol=1e-12)
     assert not torch.equal(head.weight, table)
