@@ -236,6 +236,7 @@ def test_vocab_parallel_module_steps_equal_one_process(tmp_path):
 
 def _bad_input_worker(rank, world):
     from sampled_softmax import SampledSoftmaxError
+    from sampled_softmax.torch import RowSGD
     from sampled_softmax.torch.distributed import shard_range, vocab_parallel_sampled_softmax_loss
 
     weight, bias, labels, inputs, _ = _problem(CASES["f64 one label, bias"], 0)
@@ -249,12 +250,15 @@ def _bad_input_worker(rank, world):
         "a draw given on one rank": dict(sv=(torch.arange(S), torch.full((N, 1), 0.1), torch.full((S,), 0.1))
                                          if rank == 0 else None),
         "a draw that fails": dict(s=V + 5),
+        "a table_optimizer on one rank": dict(opt=RowSGD(0.1) if rank == 0 else None),
+        "a shard that requires grad": dict(w=shard.clone().requires_grad_(rank == 1), opt=RowSGD(0.1)),
     }
     messages = {}
     for name, case in cases.items():
         try:
             vocab_parallel_sampled_softmax_loss(case.get("w", shard), None, case.get("y", labels), inputs,
-                                                case.get("s", S), V, sampled_values=case.get("sv"))
+                                                case.get("s", S), V, sampled_values=case.get("sv"),
+                                                table_optimizer=case.get("opt"))
             messages[name] = None
         except SampledSoftmaxError as e:
             messages[name] = str(e)
@@ -288,6 +292,10 @@ def test_vocab_parallel_bad_input_is_an_error_on_every_rank(tmp_path):
         assert "`labels (a checksum)` must be the same on every rank" in messages["different labels"]
         assert "`sampled_values given` must be the same on every rank of the group; received 1, 0 on ranks 0..1" in \
             messages["a draw given on one rank"]
+        assert "`table_optimizer` must be the same on every rank of the group; received RowSGD, None on ranks " \
+            "0..1" in messages["a table_optimizer on one rank"], messages["a table_optimizer on one rank"]
+        grad = messages["a shard that requires grad"]
+        assert "`weights` requires grad: with a table_optimizer" in grad, grad
         failed = messages["a draw that fails"]
         if rank == 0:
             assert "`num_sampled`" in failed and "28" in failed, failed

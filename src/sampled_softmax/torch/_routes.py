@@ -116,13 +116,13 @@ def _route(call: LossCall):
         # whatever the autocast dtype, on every route, so forward and backward agree on dtypes.
         with torch.autocast(inputs.device.type, enabled=False):
             return _route(call)
-    if call.table_optimizer is not None and not isinstance(call.table_optimizer, TableOptimizer):
-        raise TypeError(f"`table_optimizer` must be a RowSGD, RowAdagrad or RowAdam; received "
-                        f"{type(call.table_optimizer).__name__}")
-    if call.group is not None:
+    if call.group is not None:  # it checks the call itself, every rank hearing of any error
         from .distributed.vocab_parallel import sampled_route
 
         return sampled_route(call)
+    if call.table_optimizer is not None and not isinstance(call.table_optimizer, TableOptimizer):
+        raise TypeError(f"`table_optimizer` must be a RowSGD, RowAdagrad or RowAdam; received "
+                        f"{type(call.table_optimizer).__name__}")
     if _ops.traced(inputs):
         from ._traced import traced_route
 
