@@ -23,7 +23,9 @@ backward of a loss; rows a step does not touch keep their values and state):
   compiled pass (``implementation="auto"``, as there).
 
 Each is a ``torch.nn.Module`` whose state (the step count and moments) is buffers, so it travels
-in the owning layer's ``state_dict`` and with ``.to(device)``.
+in the owning layer's ``state_dict`` and with ``.to(device)``. A fused step sees the gradient of
+the one process it runs in: with the table replicated over data-parallel ranks (DDP), shard it
+instead (``VocabParallelSampledSoftmax(table_optimizer=...)``) or keep an unfused optimizer.
 """
 
 from __future__ import annotations
