@@ -1,5 +1,6 @@
-"""Run the README's Python blocks that need only what this environment has installed, each in
-a fresh namespace and folder, as a user would paste them (used by .ci/clean_room)."""
+"""Run the Python blocks of the README and of the given documentation pages that need only what
+this environment has installed, each in a fresh namespace and folder, as a user would paste them
+(used by .ci/clean_room)."""
 
 import ast
 import importlib.util
@@ -22,23 +23,25 @@ def imported_modules(code: str) -> set[str]:
     return names
 
 
-def main(readme: str) -> int:
-    with open(readme) as f:
-        blocks = FENCE.findall(f.read())
+def main(*pages: str) -> int:
+    blocks = []
+    for page in pages:
+        with open(page) as f:
+            blocks += [(f"{os.path.basename(page)} block {i}", code) for i, code in enumerate(FENCE.findall(f.read()))]
     ran = 0
-    for i, code in enumerate(blocks):
+    for name, code in blocks:
         # Keras blocks need Keras and any one backend (it picks an installed one).
         if "init_process_group" in code:  # a block for torchrun: tests/distributed runs it on 2 processes
-            print(f"block {i}: skipped (runs under torchrun)")
+            print(f"{name}: skipped (runs under torchrun)")
             continue
         missing = sorted(m for m in imported_modules(code) if importlib.util.find_spec(m) is None)
         if missing:
-            print(f"block {i}: skipped (needs {', '.join(missing)})")
+            print(f"{name}: skipped (needs {', '.join(missing)})")
             continue
         with tempfile.TemporaryDirectory() as folder:
             os.chdir(folder)
-            exec(compile(code, f"README block {i}", "exec"), {"__name__": "__readme__"})
-        print(f"block {i}: ran")
+            exec(compile(code, name, "exec"), {"__name__": "__readme__"})
+        print(f"{name}: ran")
         ran += 1
     if not ran:
         print("no block ran", file=sys.stderr)
@@ -47,4 +50,4 @@ def main(readme: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(*sys.argv[1:]))
