@@ -120,9 +120,6 @@ def _route(call: LossCall):
         from .distributed.vocab_parallel import sampled_route
 
         return sampled_route(call)
-    if call.table_optimizer is not None and not isinstance(call.table_optimizer, TableOptimizer):
-        raise TypeError(f"`table_optimizer` must be a RowSGD, RowAdagrad or RowAdam; received "
-                        f"{type(call.table_optimizer).__name__}")
     if _ops.traced(inputs):
         from ._traced import traced_route
 
@@ -155,7 +152,7 @@ def _general(call: LossCall):
     _check_sparse_bias(call.biases, call.sparse)
     p = _prepare(call)
     table_step = None if call.table_optimizer is None else _table_step(call, p)
-    h, valid, exclude_true, subtract_log_q = _inputs(p, table_step), p.valid, call.exclude_true, call.subtract_log_q
+    h, valid, exclude_true, subtract_log_q = _inputs(p.h, table_step), p.valid, call.exclude_true, call.subtract_log_q
     y = p.y.long()
     n, t = y.shape
     ext = _dispatch.compiled(call.implementation, _loss_obstacle(p))
@@ -227,12 +224,14 @@ def _per_example(call: LossCall):
     sampler = _with_replacement_sampler(call.sampler, p.num_classes,
                                         "noise='per_example' (independent noise for each example)")
     table_step = None if call.table_optimizer is None else _table_step(call, p)
-    h, valid, head, subtract_log_q = _inputs(p, table_step), p.valid, call.head, call.subtract_log_q
+    h, valid, head, subtract_log_q = _inputs(p.h, table_step), p.valid, call.head, call.subtract_log_q
     y = p.y.long()
     n, t = y.shape
     k = call.num_sampled
     check_num_sampled(k, p.num_classes, unique=False)
-    why = _loss_obstacle(p) or (table_step and _dispatch.TABLE_OPTIMIZER_PYTHON_ONLY)
+    why = _loss_obstacle(p)
+    if why is None and table_step is not None:
+        why = _dispatch.TABLE_OPTIMIZER_PYTHON_ONLY
     if why is None and (head is not sigmoid_head or subtract_log_q):
         why = _dispatch.PER_EXAMPLE_COMPILED_ONLY
     ext = None if n == 0 else _dispatch.compiled(call.implementation, why)
@@ -343,11 +342,8 @@ def _compiled_draw(call: LossCall):
                                           unique_draw_limit(num_sampled))
             loss = None
             if columns is not None:
-                optimizer.bind(weights, biases)
-                step = functools.partial(_fused_step, optimizer, weights, biases, weights._version)
-                if torch.is_grad_enabled() and not h.requires_grad:
-                    h = h.detach().requires_grad_()
-                loss = FusedCoreLoss.apply(ext, head, step, h, weights, bias, *columns)
+                step = optimizer.step_for(weights, biases)
+                loss = FusedCoreLoss.apply(ext, head, step, _inputs(h, step), weights, bias, *columns)
     except ValueError as e:  # the unique draw's bound: the Python route's error, word for word
         found = re.search(r"unique draw stopped: num_sampled=(\d+) num_tries=(\d+) found=(\d+)", str(e))
         if found is None:
@@ -377,22 +373,12 @@ def _table_step(call: LossCall, p: Prepared):
                                   "of shards")
     table, bias = p.shards[0], p.biases
     check_table_step(call.table_optimizer, table, bias, call.sparse)
-    return functools.partial(_fused_step, call.table_optimizer, table, bias, table._version)
+    return call.table_optimizer.step_for(table, bias)
 
 
-def _fused_step(optimizer, table, bias, version, ids, d_rows, d_bias_rows, keep):
-    """Called by the backward of the loss: one step of ``optimizer`` on the rows it touched."""
-    if table._version != version:
-        raise SampledSoftmaxError(
-            "the table changed between this loss's forward and its backward (two losses on one table in one "
-            "backward, or gradients accumulated over several forwards): a table_optimizer applies each loss's "
-            "gradient in that loss's backward, so call backward after each forward")
-    optimizer.step_rows(table, bias, ids, d_rows, d_bias_rows, keep)
-
-
-def _inputs(p: Prepared, table_step):
-    """``p.h``; with a fused table step and autograd on, one that requires grad, so that the
+def _inputs(h: torch.Tensor, table_step) -> torch.Tensor:
+    """``h``; with a fused table step and autograd on, one that requires grad, so that the
     loss's backward (which applies the step) runs even when only the table trains."""
-    if table_step is not None and torch.is_grad_enabled() and not p.h.requires_grad:
-        return p.h.detach().requires_grad_()
-    return p.h
+    if table_step is not None and torch.is_grad_enabled() and not h.requires_grad:
+        return h.detach().requires_grad_()
+    return h

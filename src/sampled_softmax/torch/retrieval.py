@@ -307,8 +307,7 @@ def mixed_negatives(candidates: torch.Tensor, candidate_ids: torch.Tensor, in_ba
             f"`sampler` must draw with draw='unique_exact' for mixed negatives: a column's log_q is the log of its "
             f"exact inclusion probability 1 - (1 - Q)^M (<= 1), where draw='unique' reports S Q when no draw repeats "
             f"and draw='with_replacement' S Q; received draw={sampler.draw!r}")
-    b, d = V.check_mixed_negatives_shapes(tuple(candidates.shape), tuple(candidate_ids.shape),
-                                          tuple(in_batch_log_q.shape))
+    V.check_mixed_negatives_shapes(tuple(candidates.shape), tuple(candidate_ids.shape), tuple(in_batch_log_q.shape))
     V.check_integer_dtype("candidate_ids", _is_int(candidate_ids), str(candidate_ids.dtype))
     num_negatives = V.check_positive_int("num_negatives", num_negatives)
     if candidate_ids.numel():  # the sampler would check them too, naming its own argument
@@ -317,18 +316,7 @@ def mixed_negatives(candidates: torch.Tensor, candidate_ids: torch.Tensor, in_ba
             raise SampledSoftmaxError(f"`candidate_ids` must be in [0, {sampler.num_classes - 1}] (the sampler's "
                                       f"classes); received {lo if lo < 0 else hi}")
     cand, _, count = sampler(candidate_ids.reshape(-1, 1).to(torch.int64), num_negatives, generator=generator)
-    cand, count = cand.to(candidates.device), count.to(candidates.device)
-    padding = ~torch.isfinite(count)
-    log_e = torch.where(padding, torch.ones_like(count), count).log().to(in_batch_log_q.dtype)
-    extra = encode(cand)
-    V.check_encoded_shape(list(extra.shape) if isinstance(extra, torch.Tensor) else type(extra).__name__,
-                          num_negatives, d)
-    # Repeats of the draw are padding slots, masked in every row (no host sync to find them).
-    score_mask = torch.ones((b, b + num_negatives), dtype=torch.bool, device=candidates.device)
-    score_mask[:, b:] = ~padding[None, :]
-    return MixedNegatives(torch.cat([candidates, extra.to(candidates.dtype)]),
-                          torch.cat([candidate_ids, cand.to(candidate_ids.dtype)]),
-                          torch.cat([in_batch_log_q, log_e.to(in_batch_log_q.device)]), score_mask)
+    return _mixed(candidates, candidate_ids, in_batch_log_q, cand, count, encode)
 
 
 def _mixed_given(candidates, candidate_ids, in_batch_log_q, sampled_values, encode) -> MixedNegatives:
@@ -337,14 +325,22 @@ def _mixed_given(candidates, candidate_ids, in_batch_log_q, sampled_values, enco
     in_batch_log_q = _tensor("in_batch_log_q", in_batch_log_q)
     cand, _, count = V.check_sampled_values_triple(sampled_values)
     cand, count = _tensor("sampled_values[0]", cand), _tensor("sampled_values[2]", count)
-    b, d = V.check_mixed_negatives_shapes(tuple(candidates.shape), tuple(candidate_ids.shape),
-                                          tuple(in_batch_log_q.shape), tuple(cand.shape), tuple(count.shape))
+    V.check_mixed_negatives_shapes(tuple(candidates.shape), tuple(candidate_ids.shape), tuple(in_batch_log_q.shape),
+                                   tuple(cand.shape), tuple(count.shape))
     V.check_integer_dtype("sampled_values[0]", _is_int(cand), str(cand.dtype))
+    finite = count[~torch.isinf(count)]
+    V.check_mixed_negatives_counts(float(finite.max()) if finite.numel() else None)
+    return _mixed(candidates, candidate_ids, in_batch_log_q, cand, count, encode)
+
+
+def _mixed(candidates, candidate_ids, in_batch_log_q, cand, count, encode) -> MixedNegatives:
+    """The batch's columns, then the ``M`` corpus candidates ``cand`` embedded by ``encode``, each
+    with its own source's log probability; the draw's repeats (an expected count of ``inf``) are
+    padding slots, masked in every row (no host sync to find them)."""
+    b, d = candidates.shape
     m = cand.shape[0]
     cand, count = cand.to(candidates.device), count.to(candidates.device, in_batch_log_q.dtype)
     padding = torch.isinf(count)
-    finite = count[~padding]
-    V.check_mixed_negatives_counts(float(finite.max()) if finite.numel() else None)
     extra = encode(cand)
     V.check_encoded_shape(list(extra.shape) if isinstance(extra, torch.Tensor) else type(extra).__name__, m, d)
     log_e = torch.where(padding, torch.ones_like(count), count).log()

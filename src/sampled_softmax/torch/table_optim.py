@@ -41,31 +41,25 @@ from . import _dispatch
 __all__ = ["TableOptimizer", "RowSGD", "RowAdagrad", "RowAdam", "check_table_step"]
 
 
-def _positive(name: str, value) -> float:
+def _number(name: str, value, *, positive: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`{name}` must be a number; received {type(value).__name__}")
     value = float(value)
-    if not (value > 0 and math.isfinite(value)):
-        raise SampledSoftmaxError(f"`{name}` must be positive and finite; received {value}")
+    if not ((value > 0 if positive else value >= 0) and math.isfinite(value)):
+        raise SampledSoftmaxError(f"`{name}` must be {'positive' if positive else '>= 0'} and finite; received {value}")
     return value
 
 
-def _non_negative(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a number; received {type(value).__name__}")
-    value = float(value)
-    if not (value >= 0 and math.isfinite(value)):
-        raise SampledSoftmaxError(f"`{name}` must be >= 0 and finite; received {value}")
-    return value
-
-
-def sum_rows(ids: torch.Tensor, values: torch.Tensor, keep: torch.Tensor | None):
-    """The distinct rows of ``ids`` (those ``keep`` marks) and their summed ``values``."""
-    if keep is not None:
-        ids, values = ids[keep], values[keep]
+def sum_rows(ids: torch.Tensor, values: torch.Tensor):
+    """The distinct rows of ``ids`` and their summed ``values``."""
     rows, inverse = torch.unique(ids, return_inverse=True)
     summed = values.new_zeros((rows.shape[0],) + tuple(values.shape[1:]))
     return rows, summed.index_add_(0, inverse, values)
+
+
+def _check_optimizer(optimizer) -> None:
+    if not isinstance(optimizer, TableOptimizer):
+        raise TypeError(f"`table_optimizer` must be a RowSGD, RowAdagrad or RowAdam; received {type(optimizer).__name__}")
 
 
 def take_table(optimizer, weight: torch.Tensor, bias: torch.Tensor | None, *, shared: bool, sparse: bool):
@@ -73,8 +67,7 @@ def take_table(optimizer, weight: torch.Tensor, bias: torch.Tensor | None, *, sh
     to require grad, so that the model's own optimizer leaves it alone, and the state made."""
     if optimizer is None:
         return None
-    if not isinstance(optimizer, TableOptimizer):
-        raise TypeError(f"`table_optimizer` must be a RowSGD, RowAdagrad or RowAdam; received {type(optimizer).__name__}")
+    _check_optimizer(optimizer)
     if shared:
         raise SampledSoftmaxError("`table_optimizer` needs the layer's own table: a shared `weight` (a tied embedding) "
                                   "is trained by the model's optimizer too, which would update it a second time")
@@ -94,8 +87,7 @@ SPARSE_MEANINGLESS = ("`sparse=True` has no meaning with a table_optimizer (no g
 def check_table_step(optimizer, table: torch.Tensor, bias: torch.Tensor | None, sparse: bool) -> None:
     """A loss call's fused ``optimizer`` on ``table`` and ``bias``: neither may require grad (the
     table is the optimizer's alone), and no sparse gradient is asked for."""
-    if not isinstance(optimizer, TableOptimizer):
-        raise TypeError(f"`table_optimizer` must be a RowSGD, RowAdagrad or RowAdam; received {type(optimizer).__name__}")
+    _check_optimizer(optimizer)
     for name, tensor in (("weights", table), ("biases", bias)):
         if tensor is not None and tensor.requires_grad:
             raise SampledSoftmaxError(
@@ -104,7 +96,6 @@ def check_table_step(optimizer, table: torch.Tensor, bias: torch.Tensor | None, 
                 f"{name}.requires_grad_(False) (SampledSoftmax(table_optimizer=...) does)")
     if sparse:
         raise SampledSoftmaxError(SPARSE_MEANINGLESS)
-    optimizer.bind(table, bias)
 
 
 class TableOptimizer(torch.nn.Module):
@@ -137,6 +128,23 @@ class TableOptimizer(torch.nn.Module):
         self._shape, self._bias_shape = shape, bias_shape
         self._make_state(table, bias)
 
+    def step_for(self, table: torch.Tensor, bias: torch.Tensor | None):
+        """The step one loss call's backward makes: :meth:`step_rows` on ``table`` and ``bias``,
+        refused if the table changed since this call (two losses on one table in one backward,
+        gradients accumulated over several forwards)."""
+        self.bind(table, bias)
+        version = table._version
+
+        def step(ids, d_rows, d_bias_rows, keep):
+            if table._version != version:
+                raise SampledSoftmaxError(
+                    "the table changed between this loss's forward and its backward (two losses on one table in one "
+                    "backward, or gradients accumulated over several forwards): a table_optimizer applies each "
+                    "loss's gradient in that loss's backward, so call backward after each forward")
+            self.step_rows(table, bias, ids, d_rows, d_bias_rows, keep)
+
+        return step
+
     def _make_state(self, table: torch.Tensor, bias: torch.Tensor | None) -> None:
         pass
 
@@ -156,8 +164,8 @@ class TableOptimizer(torch.nn.Module):
         t = int(self.step)
         if self._compiled_step(table, bias, ids, d_rows, d_bias_rows, t):
             return
-        rows, g = sum_rows(ids, d_rows, None)
-        g_bias = None if d_bias_rows is None else sum_rows(ids, d_bias_rows, None)[1]
+        rows, g = sum_rows(ids, d_rows)
+        g_bias = None if d_bias_rows is None else sum_rows(ids, d_bias_rows)[1]
         self._update_rows(table, bias, rows, g, g_bias, t)
 
     def _compiled_step(self, table, bias, ids, d_rows, d_bias_rows, t) -> bool:
@@ -179,7 +187,7 @@ class RowSGD(TableOptimizer):
 
     def __init__(self, lr: float) -> None:
         super().__init__()
-        self.lr = _positive("lr", lr)
+        self.lr = _number("lr", lr, positive=True)
 
     def _update_rows(self, table, bias, rows, g, g_bias, t):
         table.index_add_(0, rows, g.to(table.dtype), alpha=-self.lr)
@@ -197,7 +205,7 @@ class RowAdagrad(TableOptimizer):
 
     def __init__(self, lr: float = 0.01, eps: float = 1e-10) -> None:
         super().__init__()
-        self.lr, self.eps = _positive("lr", lr), _non_negative("eps", eps)
+        self.lr, self.eps = _number("lr", lr, positive=True), _number("eps", eps, positive=False)
 
     def _make_state(self, table, bias):
         self.register_buffer("sum_sq", torch.zeros(table.shape[0], dtype=table.dtype, device=table.device))
@@ -228,10 +236,10 @@ class RowAdam(TableOptimizer):
                  rowwise: bool = False, implementation: str = "auto") -> None:
         super().__init__()
         self.implementation = V.check_choice("implementation", implementation, _dispatch.IMPLEMENTATIONS)
-        self.lr, self.eps = _positive("lr", lr), _non_negative("eps", eps)
+        self.lr, self.eps = _number("lr", lr, positive=True), _number("eps", eps, positive=False)
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise SampledSoftmaxError(f"`betas` must be a pair (beta1, beta2); received {betas!r}")
-        b1, b2 = (_non_negative(f"betas[{i}]", b) for i, b in enumerate(betas))
+        b1, b2 = (_number(f"betas[{i}]", b, positive=False) for i, b in enumerate(betas))
         if not (b1 < 1 and b2 < 1):
             raise SampledSoftmaxError(f"`betas` must be in [0, 1); received {tuple(betas)}")
         self.betas = (b1, b2)

@@ -19,7 +19,7 @@ from .._prepare import (
     LossCall, _autocast_on, _check_label_values, _check_sampled_values, _check_tensor, _compute_dtype, _true_count_rows,
 )
 from .._rows import _scatter_rows, _Spec
-from .._routes import _finish, _fused_step, _sampler_for, route
+from .._routes import _finish, _inputs, _sampler_for, route
 from ..samplers import CandidateSampler, check_generator, check_ignore_index
 from ..table_optim import TableOptimizer, check_table_step
 from ._group import _agree, _check_layout, _checksum, _group, shard_range
@@ -269,11 +269,8 @@ def sampled_route(call: LossCall):
     ids, log_q = ids.to(h.device), log_q.to(h.device)
     removed = None if removed is None else removed.to(h.device)
     start, rows = shard_range(num_classes, rank, world)
-    table_step = None
-    if call.table_optimizer is not None:
-        table_step = functools.partial(_fused_step, call.table_optimizer, shard, bias, shard._version)
-        if torch.is_grad_enabled() and not h.requires_grad:  # the backward (the step) must run
-            h = h.detach().requires_grad_()
+    table_step = None if call.table_optimizer is None else call.table_optimizer.step_for(shard, bias)
+    h = _inputs(h, table_step)
     spec = _Spec(t, (), "div", label_smoothing, bool(call.sparse), table_step)
     loss, logp = _VocabParallelSoftmax.apply(h, ids, log_q, valid, removed, start, rows, spec, group, bias, shard)
     return _finish(loss, logp, valid, call.reduction, lead, call.return_log_prob)
