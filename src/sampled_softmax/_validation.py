@@ -462,3 +462,24 @@ def check_exclusion_draw(draw: str) -> None:
     if draw != "with_replacement":
         raise SampledSoftmaxError(f"`draw` must be 'with_replacement' with exclude_true=True (the estimator needs "
                                   f"expected counts S q); received {draw!r}")
+
+
+def check_excluded_ids_shape(shape: Sequence[int], lead: Sequence[int]) -> None:
+    """``excluded_ids`` of a sampled loss: ``[..., K]``, its batch shape that of ``inputs``."""
+    shape, lead = list(shape), list(lead)
+    if len(shape) != len(lead) + 1 or shape[:-1] != lead:
+        raise SampledSoftmaxError(f"`excluded_ids` must have shape {lead + ['K']} (the batch shape of `inputs`, then "
+                                  f"the ids each row must not see as negatives); received shape {shape}")
+
+
+def check_gbce(num_sampled: int, num_classes: int, t) -> float:
+    """gBCE's calibration ``t`` in ``[0, 1]``, and ``alpha = num_sampled / (num_classes - 1)`` in ``(0, 1]``."""
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        raise TypeError(f"`t` must be a number in [0, 1]; received {type(t).__name__}")
+    if not (0.0 <= float(t) <= 1.0):
+        raise SampledSoftmaxError(f"`t` must be in [0, 1] (0: plain BCE, 1: fully calibrated); received {t}")
+    if num_classes < 2 or not (1 <= num_sampled <= num_classes - 1):
+        raise SampledSoftmaxError(f"gBCE needs 1 <= num_sampled <= num_classes - 1 (alpha = num_sampled / "
+                                  f"(num_classes - 1) in (0, 1]); received num_sampled={num_sampled}, "
+                                  f"num_classes={num_classes}")
+    return float(t)

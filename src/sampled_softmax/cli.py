@@ -75,7 +75,8 @@ def _torch_command(module: str):
 
 
 _demo, _diagnose, _word2vec = _torch_command("demo"), _torch_command("diagnose"), _torch_command("word2vec")
-PASS_THROUGH = {"bench": _bench, "demo": _demo, "diagnose": _diagnose, "word2vec": _word2vec}
+_seqrec = _torch_command("seqrec")
+PASS_THROUGH = {"bench": _bench, "demo": _demo, "diagnose": _diagnose, "word2vec": _word2vec, "seqrec": _seqrec}
 PASS_THROUGH_HELP = {
     "bench": "the benchmark suite (options: python -m benchmarks --help)",
     "demo": "train a language model with full, sampled and adaptive softmax side by side "
@@ -84,6 +85,8 @@ PASS_THROUGH_HELP = {
                 "(options: sampled-softmax diagnose --help)",
     "word2vec": "skip-gram word vectors with negative sampling, NCE or sampled softmax "
                 "(options: sampled-softmax word2vec --help)",
+    "seqrec": "sequential recommendation: SASRec trained with any of the library's losses "
+              "(options: sampled-softmax seqrec --help)",
 }
 
 

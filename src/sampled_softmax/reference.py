@@ -52,7 +52,7 @@ from . import _validation as V
 __all__ = [
     "candidate_columns", "corrected_logits", "corrected_logits_grads", "softmax_head", "sigmoid_head",
     "sampled_logits", "sampled_softmax_loss", "sampled_softmax_grads", "nce_loss", "nce_grads",
-    "negative_sampling_loss", "negative_sampling_grads",
+    "negative_sampling_loss", "negative_sampling_grads", "gbce_beta", "gbce_head", "gbce_loss", "gbce_grads",
     "full_softmax_loss", "full_softmax_grads", "log_softmax",
     "in_batch_columns", "in_batch_logits", "hard_negatives", "in_batch_softmax_loss", "in_batch_softmax_grads",
     "mixed_negatives",
@@ -98,14 +98,16 @@ def _valid_labels(labels: np.ndarray, ignore_index) -> np.ndarray:
 
 
 def candidate_columns(labels, sampled_values, *, remove_accidental_hits=True, subtract_log_q=True,
-                      ignore_index=None, exclude_true=False):
+                      ignore_index=None, exclude_true=False, excluded_ids=None):
     """Stage 1: the columns of each row, ``(ids [B, T + S], log_q [B, T + S], keep [B, T + S])``.
 
     Row ``i`` has its ``T`` labels then the ``S`` shared candidates ``c``:
     ``ids[i] = (y_i1 .. y_iT, c_1 .. c_S)`` and ``log_q[i, k] = log E(ids[i, k])`` (0 everywhere
     with ``subtract_log_q=False``). ``keep[i, k]`` is False for an ignored label
     (``ignore_index``), a padding slot (``E(c_k) = inf``) and, with ``remove_accidental_hits``,
-    a candidate equal to one of row ``i``'s kept labels. Ignored labels' ids are 0.
+    a candidate equal to one of row ``i``'s kept labels, and a candidate whose id is one of
+    ``excluded_ids[i]`` (``[B, K]`` ids row ``i`` must not see as negatives, e.g. the items a user
+    already interacted with; negative entries are padding). Ignored labels' ids are 0.
 
     ``exclude_true`` (see the module docstring): hits are always removed; ``log_q`` is 0 on the
     true columns and ``log(k_i q(c) / (1 - Q_i))`` on row ``i``'s kept candidates.
@@ -129,6 +131,9 @@ def candidate_columns(labels, sampled_values, *, remove_accidental_hits=True, su
     if remove_accidental_hits or exclude_true:
         hits = (cand[None, None, :] == y[:, :, None]) & valid[:, :, None]
         keep_s &= ~hits.any(axis=1)
+    if excluded_ids is not None:
+        ex = np.asarray(excluded_ids).reshape(B, -1)
+        keep_s &= ~((cand[None, :, None] == ex[:, None, :]) & (ex[:, None, :] >= 0)).any(axis=2)
     if exclude_true and subtract_log_q:
         log_q = np.concatenate([np.zeros(y.shape), log_q[:, y.shape[1]:] + _exclusion_correction(
             y, valid, true_count, keep_s)[:, None]], axis=1)
@@ -192,11 +197,11 @@ def sampled_logits(
 
 
 def _sampled_logits(weights, biases, labels, inputs, sampled_values, *, remove_accidental_hits, subtract_log_q,
-                    ignore_index, exclude_true=False):
+                    ignore_index, exclude_true=False, excluded_ids=None):
     """:func:`sampled_logits` on checked arguments: ``(logits, keep, ids)``."""
     ids, log_q, keep = candidate_columns(labels, sampled_values, remove_accidental_hits=remove_accidental_hits,
                                          subtract_log_q=subtract_log_q, ignore_index=ignore_index,
-                                         exclude_true=exclude_true)
+                                         exclude_true=exclude_true, excluded_ids=excluded_ids)
     return corrected_logits(weights, biases, inputs, ids, log_q, keep), keep, ids
 
 
@@ -244,13 +249,16 @@ def _softmax_xent(logits, keep, target):
 
 
 def _stages(head, weights, biases, labels, inputs, sampled_values, *, remove_accidental_hits, subtract_log_q,
-            ignore_index, exclude_true=False, **head_options):
+            ignore_index, exclude_true=False, excluded_ids=None, **head_options):
     """The checked arguments through the three stages: ``(loss [B], d loss / d logits, ids)``."""
     _check(weights, biases, labels, inputs, sampled_values, ignore_index=ignore_index, **head_options)
+    if excluded_ids is not None:
+        V.check_excluded_ids_shape(np.shape(excluded_ids), np.shape(inputs)[:-1])
     y = _as_2d_labels(labels)
     logits, keep, ids = _sampled_logits(
         weights, biases, y, inputs, sampled_values, remove_accidental_hits=remove_accidental_hits,
         subtract_log_q=subtract_log_q, ignore_index=ignore_index, exclude_true=exclude_true,
+        excluded_ids=excluded_ids,
     )
     loss, g = head(logits, keep, y.shape[1], **head_options)
     return loss, g, ids
@@ -259,6 +267,7 @@ def _stages(head, weights, biases, labels, inputs, sampled_values, *, remove_acc
 def sampled_softmax_loss(
     weights, biases, labels, inputs, sampled_values, *,
     remove_accidental_hits=True, subtract_log_q=True, label_smoothing=0.0, ignore_index=None, exclude_true=False,
+    excluded_ids=None,
 ):
     """Per-example sampled softmax loss ``[B]`` in float64 (see the module docstring):
     :func:`candidate_columns`, :func:`corrected_logits`, :func:`softmax_head`.
@@ -271,6 +280,8 @@ def sampled_softmax_loss(
         sampled_values: ``(candidates [S], true_expected_count [B, T], sampled_expected_count [S])``.
         exclude_true: the rejection estimator (module docstring): negatives conditioned on not
             being a label; the expected counts must be those of draws with replacement.
+        excluded_ids: ``[B, K]`` ids each row must not see as negatives (removed from its
+            normalizer, as an accidental hit); negative entries are padding.
 
     Example:
         >>> import numpy as np
@@ -282,19 +293,22 @@ def sampled_softmax_loss(
     """
     loss, _, _ = _stages(softmax_head, weights, biases, labels, inputs, sampled_values,
                          remove_accidental_hits=remove_accidental_hits, subtract_log_q=subtract_log_q,
-                         ignore_index=ignore_index, exclude_true=exclude_true, label_smoothing=label_smoothing)
+                         ignore_index=ignore_index, exclude_true=exclude_true, excluded_ids=excluded_ids,
+                         label_smoothing=label_smoothing)
     return loss
 
 
 def sampled_softmax_grads(
     weights, biases, labels, inputs, sampled_values, *, grad_loss=None,
     remove_accidental_hits=True, subtract_log_q=True, label_smoothing=0.0, ignore_index=None, exclude_true=False,
+    excluded_ids=None,
 ):
     """Analytic gradients of ``sum_i grad_loss_i * loss_i``: ``(d_inputs, d_weights, d_biases)``
     (:func:`softmax_head`'s gradient through :func:`corrected_logits_grads`)."""
     _, g, ids = _stages(softmax_head, weights, biases, labels, inputs, sampled_values,
                         remove_accidental_hits=remove_accidental_hits, subtract_log_q=subtract_log_q,
-                        ignore_index=ignore_index, exclude_true=exclude_true, label_smoothing=label_smoothing)
+                        ignore_index=ignore_index, exclude_true=exclude_true, excluded_ids=excluded_ids,
+                        label_smoothing=label_smoothing)
     if grad_loss is not None:
         g = g * np.asarray(grad_loss, np.float64)[:, None]
     return corrected_logits_grads(weights, biases, inputs, ids, g)
@@ -332,7 +346,7 @@ def sigmoid_head(logits, keep, num_true):
 
 
 def nce_loss(weights, biases, labels, inputs, sampled_values, *, remove_accidental_hits=False, subtract_log_q=True,
-             ignore_index=None):
+             ignore_index=None, excluded_ids=None):
     """Per-example NCE loss ``[B]`` (float64), ``tf.nn.nce_loss``'s: :func:`candidate_columns`,
     :func:`corrected_logits` (``o = h . W + b - log E``), :func:`sigmoid_head`. Accidental hits
     are kept by default, as in ``tf.nn.nce_loss`` (removing them gives "sampled logistic").
@@ -349,23 +363,23 @@ def nce_loss(weights, biases, labels, inputs, sampled_values, *, remove_accident
     """
     loss, _, _ = _stages(sigmoid_head, weights, biases, labels, inputs, sampled_values,
                          remove_accidental_hits=remove_accidental_hits, subtract_log_q=subtract_log_q,
-                         ignore_index=ignore_index)
+                         ignore_index=ignore_index, excluded_ids=excluded_ids)
     return loss
 
 
 def nce_grads(weights, biases, labels, inputs, sampled_values, *, grad_loss=None, remove_accidental_hits=False,
-              subtract_log_q=True, ignore_index=None):
+              subtract_log_q=True, ignore_index=None, excluded_ids=None):
     """Gradients of ``sum_i grad_loss_i * nce_loss_i``: ``(d_inputs, d_weights, d_biases)``."""
     _, g, ids = _stages(sigmoid_head, weights, biases, labels, inputs, sampled_values,
                         remove_accidental_hits=remove_accidental_hits, subtract_log_q=subtract_log_q,
-                        ignore_index=ignore_index)
+                        ignore_index=ignore_index, excluded_ids=excluded_ids)
     if grad_loss is not None:
         g = g * np.asarray(grad_loss, np.float64)[:, None]
     return corrected_logits_grads(weights, biases, inputs, ids, g)
 
 
 def negative_sampling_loss(weights, biases, labels, inputs, sampled_values, *, remove_accidental_hits=False,
-                           ignore_index=None):
+                           ignore_index=None, excluded_ids=None):
     """Per-example negative sampling loss ``[B]`` (Mikolov et al. 2013), float64: NCE's sigmoid
     head over uncorrected logits ``o = h . W + b``. With one label and noise ``c``,
 
@@ -374,14 +388,79 @@ def negative_sampling_loss(weights, biases, labels, inputs, sampled_values, *, r
     (the expected counts in ``sampled_values`` are read only for padding slots).
     """
     return nce_loss(weights, biases, labels, inputs, sampled_values, remove_accidental_hits=remove_accidental_hits,
-                    subtract_log_q=False, ignore_index=ignore_index)
+                    subtract_log_q=False, ignore_index=ignore_index, excluded_ids=excluded_ids)
 
 
 def negative_sampling_grads(weights, biases, labels, inputs, sampled_values, *, grad_loss=None,
-                            remove_accidental_hits=False, ignore_index=None):
+                            remove_accidental_hits=False, ignore_index=None, excluded_ids=None):
     """Gradients of ``sum_i grad_loss_i * negative_sampling_loss_i``."""
     return nce_grads(weights, biases, labels, inputs, sampled_values, grad_loss=grad_loss,
-                     remove_accidental_hits=remove_accidental_hits, subtract_log_q=False, ignore_index=ignore_index)
+                     remove_accidental_hits=remove_accidental_hits, subtract_log_q=False, ignore_index=ignore_index,
+                     excluded_ids=excluded_ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# gBCE (Petrov & Macdonald 2023, gSASRec): the sigmoid head with the positives' term raised
+
+
+def gbce_beta(num_sampled, num_classes, t):
+    """gBCE's exponent ``beta = alpha (t (1 - 1/alpha) + 1/alpha)``, ``alpha = k / (V - 1)`` the
+    share of the ``V - 1`` negatives a row sees (``k`` of them): ``t = 0`` is plain BCE
+    (``beta = 1``), ``t = 1`` the fully calibrated ``beta = alpha``."""
+    V.check_gbce(num_sampled, num_classes, t)
+    alpha = num_sampled / (num_classes - 1)
+    return alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+
+
+def gbce_head(logits, keep, num_true, beta):
+    """Stage 3, gBCE's head: :func:`sigmoid_head` with each true column's term ``-target log s(o)``
+    multiplied by ``beta``, i.e. binary cross-entropy against the positive probability
+    ``s(o)^beta``; gradient ``s(o) (1 + (beta - 1) target) - beta target`` on kept columns."""
+    keep = np.asarray(keep, bool)
+    n_true = keep[:, :num_true].sum(axis=1, keepdims=True)
+    target = np.zeros(keep.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        target[:, :num_true] = np.where(keep[:, :num_true], 1.0 / n_true, 0.0)
+    z = np.where(keep, logits, 0.0)
+    log_s_pos, log_s_neg = -np.logaddexp(0.0, -z), -np.logaddexp(0.0, z)
+    per_column = -(beta * target * log_s_pos + (1.0 - target) * log_s_neg)
+    live = n_true[:, 0] > 0
+    loss = np.where(live, np.where(keep, per_column, 0.0).sum(axis=1), 0.0)
+    s = 1.0 / (1.0 + np.exp(-z))
+    grad = np.where(keep & live[:, None], s * (1.0 + (beta - 1.0) * target) - beta * target, 0.0)
+    return loss, grad
+
+
+def gbce_loss(weights, biases, labels, inputs, sampled_values, *, t=0.75, remove_accidental_hits=False,
+              ignore_index=None, excluded_ids=None):
+    """Per-example gBCE loss ``[B]`` (float64): :func:`negative_sampling_loss` with the positive's
+    probability raised to ``beta`` (:func:`gbce_beta` of the ``S`` candidates, ``V`` rows of
+    ``weights`` and ``t``). With one label and noise ``c``,
+
+        loss_i = - beta log s(o_iy) - sum_k log s(-o_ik)
+    """
+    loss, _ = _gbce(weights, biases, labels, inputs, sampled_values, t=t, remove_accidental_hits=remove_accidental_hits,
+                    ignore_index=ignore_index, excluded_ids=excluded_ids)
+    return loss
+
+
+def gbce_grads(weights, biases, labels, inputs, sampled_values, *, grad_loss=None, t=0.75,
+               remove_accidental_hits=False, ignore_index=None, excluded_ids=None):
+    """Gradients of ``sum_i grad_loss_i * gbce_loss_i``: ``(d_inputs, d_weights, d_biases)``."""
+    _, (g, ids) = _gbce(weights, biases, labels, inputs, sampled_values, t=t,
+                        remove_accidental_hits=remove_accidental_hits, ignore_index=ignore_index,
+                        excluded_ids=excluded_ids)
+    if grad_loss is not None:
+        g = g * np.asarray(grad_loss, np.float64)[:, None]
+    return corrected_logits_grads(weights, biases, inputs, ids, g)
+
+
+def _gbce(weights, biases, labels, inputs, sampled_values, *, t, remove_accidental_hits, ignore_index, excluded_ids):
+    beta = gbce_beta(np.asarray(sampled_values[0]).size, np.shape(weights)[0], t)
+    loss, g, ids = _stages(lambda o, keep, num_true: gbce_head(o, keep, num_true, beta), weights, biases, labels,
+                           inputs, sampled_values, remove_accidental_hits=remove_accidental_hits, subtract_log_q=False,
+                           ignore_index=ignore_index, excluded_ids=excluded_ids)
+    return loss, (g, ids)
 
 
 def log_softmax(weights, biases, inputs) -> np.ndarray:
@@ -430,170 +509,8 @@ def full_softmax_grads(weights, biases, labels, inputs, *, grad_loss=None, label
     return g @ W, g.T @ h, (None if biases is None else g.sum(axis=0))
 
 
-# ---------------------------------------------------------------------------------------------
-# In-batch softmax (two-tower retrieval): the same stages over the batch's own candidates
-#
-# Query ``i`` of ``B`` has its positive at candidate ``i``; candidates ``B..C-1`` are extra
-# negatives shared by every row. Stage 1 (:func:`in_batch_columns`) decides which columns each row
-# keeps, stage 2 (:func:`in_batch_logits`) computes
-#
-#     o[i, j] = q_i . c_j / temperature - log_q[j]
-#
-# (the correction is *not* divided by the temperature: scale, then correct, as TFRS' Retrieval
-# does; Yi et al. 2019 subtract ``log p_j`` from every column, the positive's too),
-# :func:`hard_negatives` may keep only each row's highest-scoring negatives, and the head is the
-# softmax cross-entropy with target 1 on column ``i``.
-
-
-def in_batch_columns(batch_size, num_candidates, *, candidate_ids=None, query_ids=None, score_mask=None,
-                     excluded_ids=None, remove_accidental_hits=True):
-    """Stage 1: the keep mask ``[B, C]``. Row ``i`` always keeps its positive (column ``i``);
-    a negative column ``j != i`` is removed when
-
-    * ``remove_accidental_hits`` and ``candidate_ids[j] == candidate_ids[i]`` (the row's own
-      positive item seen again, an accidental hit);
-    * ``query_ids[i] == query_ids[j]`` for an in-batch column ``j < B`` (the same query twice in
-      the batch: the other copy's positive is a positive of this row too);
-    * ``score_mask[i, j]`` is False (the caller's mask: True keeps);
-    * ``candidate_ids[j]`` is one of ``excluded_ids[i]`` (per-query ids to mask, e.g. items the
-      user already interacted with; negative entries are padding).
-    """
-    b, c = int(batch_size), int(num_candidates)
-    keep = np.ones((b, c), bool)
-    if candidate_ids is not None:
-        ids = np.asarray(candidate_ids)
-        if remove_accidental_hits:
-            keep &= ids[None, :] != ids[:b, None]
-        if excluded_ids is not None:
-            ex = np.asarray(excluded_ids)
-            keep &= ~((ids[None, :, None] == ex[:, None, :]) & (ex[:, None, :] >= 0)).any(axis=2)
-    elif excluded_ids is not None:
-        raise SampledSoftmaxError(V.EXCLUDED_NEEDS_CANDIDATE_IDS)
-    if query_ids is not None:
-        qid = np.asarray(query_ids)
-        keep[:, :b] &= qid[:, None] != qid[None, :]
-    if score_mask is not None:
-        keep &= np.asarray(score_mask, bool)
-    keep[np.arange(b), np.arange(b)] = True
-    return keep
-
-
-def in_batch_logits(query, candidates, keep, *, log_q=None, temperature=1.0):
-    """Stage 2: ``o [B, C] = query . candidates^T / temperature - log_q``, removed columns
-    ``-inf``."""
-    o = np.asarray(query, np.float64) @ np.asarray(candidates, np.float64).T / float(temperature)
-    if log_q is not None:
-        o = o - np.asarray(log_q, np.float64)[None, :]
-    return np.where(keep, o, -np.inf)
-
-
-def hard_negatives(logits, keep, num_hard_negatives):
-    """The keep mask with only each row's ``num_hard_negatives`` highest-logit kept negatives
-    (and its positive): TFRS' ``num_hard_negatives``. All of them when a row has no more."""
-    if num_hard_negatives is None:
-        return keep
-    b = keep.shape[0]
-    negatives = np.where(keep, logits, -np.inf)
-    negatives[np.arange(b), np.arange(b)] = -np.inf
-    order = np.argsort(-negatives, axis=1, kind="stable")[:, :num_hard_negatives]
-    hard = np.zeros_like(keep)
-    np.put_along_axis(hard, order, True, axis=1)
-    hard &= keep
-    hard[np.arange(b), np.arange(b)] = True
-    return hard
-
-
-def _in_batch(query, candidates, candidate_ids, query_ids, *, log_q, temperature, remove_accidental_hits,
-              score_mask, excluded_ids, num_hard_negatives):
-    query, candidates = np.asarray(query, np.float64), np.asarray(candidates, np.float64)
-    b, c, _ = V.check_in_batch_shapes(
-        query.shape, candidates.shape, candidate_ids=None if candidate_ids is None else np.shape(candidate_ids),
-        query_ids=None if query_ids is None else np.shape(query_ids), log_q=None if log_q is None else np.shape(log_q),
-        score_mask=None if score_mask is None else np.shape(score_mask),
-        excluded_ids=None if excluded_ids is None else np.shape(excluded_ids))
-    V.check_temperature(temperature)
-    V.check_num_hard_negatives(num_hard_negatives)
-    if log_q is not None:
-        lq = np.asarray(log_q, np.float64)
-        V.check_log_q_values(float(lq.min(initial=0.0)), float(lq.max(initial=-1.0)), bool(np.isfinite(lq).all()))
-    keep = in_batch_columns(b, c, candidate_ids=candidate_ids, query_ids=query_ids, score_mask=score_mask,
-                            excluded_ids=excluded_ids, remove_accidental_hits=remove_accidental_hits)
-    logits = in_batch_logits(query, candidates, keep, log_q=log_q, temperature=temperature)
-    keep = hard_negatives(logits, keep, num_hard_negatives)
-    logits = np.where(keep, logits, -np.inf)
-    target = np.zeros((b, c))
-    target[np.arange(b), np.arange(b)] = 1.0
-    loss, d_logits = _softmax_xent(logits, keep, target)
-    return query, candidates, loss, np.where(keep, d_logits, 0.0)
-
-
-def in_batch_softmax_loss(query, candidates, *, candidate_ids=None, query_ids=None, log_q=None, temperature=1.0,
-                          remove_accidental_hits=True, score_mask=None, excluded_ids=None, num_hard_negatives=None,
-                          sample_weight=None):
-    """Per-query in-batch softmax loss ``[B]`` in float64 (weighted by ``sample_weight``):
-    ``loss_i = logsumexp_kept(o_i) - o_ii`` over the columns of :func:`in_batch_columns`, the
-    logits of :func:`in_batch_logits` and, with ``num_hard_negatives``, :func:`hard_negatives`.
-    With ``C`` distinct candidates, no ``log_q`` and temperature 1 it is the full softmax
-    cross-entropy over those ``C`` classes."""
-    _, _, loss, _ = _in_batch(query, candidates, candidate_ids, query_ids, log_q=log_q, temperature=temperature,
-                              remove_accidental_hits=remove_accidental_hits, score_mask=score_mask,
-                              excluded_ids=excluded_ids, num_hard_negatives=num_hard_negatives)
-    return loss if sample_weight is None else loss * np.asarray(sample_weight, np.float64)
-
-
-def in_batch_softmax_grads(query, candidates, *, grad_loss=None, candidate_ids=None, query_ids=None, log_q=None,
-                           temperature=1.0, remove_accidental_hits=True, score_mask=None, excluded_ids=None,
-                           num_hard_negatives=None, sample_weight=None):
-    """Gradients of ``sum_i grad_loss_i * loss_i`` (``grad_loss`` default ones):
-    ``(d query [B, D], d candidates [C, D], d temperature, d log_q [C] or None)``. With
-    ``G = grad_loss * sample_weight * (softmax(o) - target)`` (zero on removed columns):
-    ``d query = G candidates / t``, ``d candidates = G^T query / t``,
-    ``d t = -sum(G * (o + log_q)) / t`` and ``d log_q = -sum_i G_i``."""
-    query, candidates, loss, d_logits = _in_batch(query, candidates, candidate_ids, query_ids, log_q=log_q,
-                                                  temperature=temperature,
-                                                  remove_accidental_hits=remove_accidental_hits,
-                                                  score_mask=score_mask, excluded_ids=excluded_ids,
-                                                  num_hard_negatives=num_hard_negatives)
-    g = np.ones(loss.shape) if grad_loss is None else np.asarray(grad_loss, np.float64)
-    if sample_weight is not None:
-        g = g * np.asarray(sample_weight, np.float64)
-    G = d_logits * g[:, None]
-    t = float(temperature)
-    scores = query @ candidates.T / t  # o + log_q
-    return (G @ candidates / t, G.T @ query / t, float(-np.sum(G * scores) / t),
-            None if log_q is None else -G.sum(axis=0))
-
-
-def mixed_negatives(candidates, candidate_ids, in_batch_log_q, sampled_values, encode):
-    """Mixed negative sampling (Yang et al. 2020): the columns of the in-batch loss when ``M``
-    corpus candidates are drawn besides the batch's own ``B``.
-
-    ``sampled_values = (cand [M], _, E [M])`` is a draw whose expected counts are inclusion
-    probabilities (``draw="unique_exact"``: ``E(k) = 1 - (1 - Q(k))^M``, ``inf`` on a padding
-    slot, the repeat of a class drawn already); ``encode(ids) -> [M, D]`` is the candidate tower.
-    Each column keeps the log probability of the source that put it there::
-
-        candidates = [candidates; encode(cand)]                 # [B + M, D]
-        candidate_ids = [candidate_ids; cand]                   # [B + M]
-        log_q = [in_batch_log_q; log E(cand)]                   # [B + M]
-        score_mask[i, j] = j < B or E(cand[j - B]) is finite    # [B, B + M]
-
-    Returns ``(candidates, candidate_ids, log_q, score_mask)`` (float64 arrays, ids int64) for
-    :func:`in_batch_softmax_loss`."""
-    candidates = np.asarray(candidates, np.float64)
-    candidate_ids, in_batch_log_q = np.asarray(candidate_ids), np.asarray(in_batch_log_q, np.float64)
-    cand, _, count = (np.asarray(v) for v in V.check_sampled_values_triple(sampled_values))
-    b, d = V.check_mixed_negatives_shapes(candidates.shape, candidate_ids.shape, in_batch_log_q.shape, cand.shape,
-                                          count.shape)
-    count = count.astype(np.float64)
-    padding = np.isinf(count)
-    if np.any(count[~padding] > 1.0):
-        raise SampledSoftmaxError(
-            f"`sampled_values[2]` (sampled_expected_count) must be at most 1 for mixed negatives (an inclusion "
-            f"probability); received {count[~padding].max()}")
-    extra = np.asarray(encode(cand), np.float64)
-    V.check_encoded_shape(list(extra.shape), cand.shape[0], d)
-    log_e = np.log(np.where(padding, 1.0, count))
-    score_mask = np.concatenate([np.ones((b, b), bool), np.broadcast_to(~padding[None, :], (b, cand.shape[0]))], 1)
-    return (np.concatenate([candidates, extra]), np.concatenate([candidate_ids, cand]).astype(np.int64),
-            np.concatenate([in_batch_log_q, log_e]), score_mask)
+# The in-batch softmax (two-tower retrieval) and mixed negatives: the same stages over the
+# batch's own candidates, in their own file.
+from ._reference_in_batch import (  # noqa: E402
+    hard_negatives, in_batch_columns, in_batch_logits, in_batch_softmax_grads, in_batch_softmax_loss, mixed_negatives,
+)

@@ -7,7 +7,9 @@ streaming frequency estimators. Imports PyTorch (and no other framework)."""
 from .. import SampledSoftmaxError, SampledValues
 from ._compiled import describe as compiled_core_status, extension as compiled_core, is_built as compiled_core_is_built
 from ._dispatch import Route, explain as explain_route
-from .functional import full_logits, full_softmax_loss, nce_loss, negative_sampling_loss, sampled_softmax_loss
+from .functional import (
+    full_logits, full_softmax_loss, gbce_loss, nce_loss, negative_sampling_loss, sampled_softmax_loss,
+)
 from .modules import SampledSoftmax, SampledSoftmaxLoss, SampledSoftmaxOutput
 from .frequency import CountMinFrequency, StreamingFrequency
 from .optim import LazyAdam, SparseRowAdam
@@ -18,7 +20,8 @@ from .samplers import (
 )
 
 __all__ = [
-    "sampled_softmax_loss", "nce_loss", "negative_sampling_loss", "full_softmax_loss", "full_logits", "SampledSoftmax", "SampledSoftmaxLoss",
+    "sampled_softmax_loss", "nce_loss", "negative_sampling_loss", "gbce_loss", "full_softmax_loss", "full_logits",
+    "SampledSoftmax", "SampledSoftmaxLoss",
     "SampledSoftmaxOutput", "CandidateSampler", "UniformSampler", "LogUniformSampler",
     "UnigramSampler", "LearnedUnigramSampler", "SparseRowAdam", "LazyAdam", "SampledValues", "SampledSoftmaxError",
     "explain_route", "Route", "compiled_core", "compiled_core_status", "compiled_core_is_built",

@@ -170,7 +170,9 @@ def _softmax_backward(g_loss, g_logp, saved, valid, spec: _Spec):
 softmax_head = Head("softmax", _softmax_forward, _softmax_backward)
 
 
-def _sigmoid_forward(logits, valid, removed_cand, spec: _Spec):
+def _sigmoid_columns(logits, valid, removed_cand, spec: _Spec):
+    """``(z, target, keep, live)``: the kept logits (0 where removed), the targets ``1 / T_i`` on
+    kept true columns, the keep mask and whether each row has a kept label."""
     n, t = logits.shape[0], spec.num_true
     s = logits.shape[1] - t
     kt = logits.new_ones(n, t, dtype=torch.bool) if valid is None else valid
@@ -178,10 +180,13 @@ def _sigmoid_forward(logits, valid, removed_cand, spec: _Spec):
     keep = torch.cat([kt, kc], 1)
     n_true = kt.sum(1, keepdim=True)
     target = torch.cat([kt.to(logits.dtype) / n_true.clamp(min=1), logits.new_zeros(n, s)], 1)
-    z = torch.where(keep, logits, 0.0)
+    return torch.where(keep, logits, 0.0), target, keep, (n_true > 0).to(logits.dtype)
+
+
+def _sigmoid_forward(logits, valid, removed_cand, spec: _Spec):
+    z, target, keep, live = _sigmoid_columns(logits, valid, removed_cand, spec)
     # max(z, 0) - z t + log(1 + exp(-|z|)) per kept column: the stable sigmoid cross-entropy.
     per_column = torch.nn.functional.binary_cross_entropy_with_logits(z, target, reduction="none")
-    live = (n_true > 0).to(logits.dtype)
     loss = torch.where(keep, per_column, 0.0).sum(1) * live[:, 0]
     # NCE has no estimate of log p(target): the second output is zeros.
     return loss, torch.zeros_like(loss), (z, target, keep, live)
@@ -197,6 +202,29 @@ def _sigmoid_backward(g_loss, g_logp, saved, valid, spec: _Spec):
 # without the -log E correction: each kept column a logistic classification, target 1 / T_i on
 # the kept true columns, 0 on the candidates; the row's loss is their sum.
 sigmoid_head = Head("sigmoid", _sigmoid_forward, _sigmoid_backward)
+
+
+def gbce_head(beta: float) -> Head:
+    """gBCE's head (Petrov & Macdonald 2023): the sigmoid head with each true column's term
+    ``-target log s(o)`` multiplied by ``beta`` (binary cross-entropy against ``s(o)^beta``);
+    ``d loss / d o = s(o) (1 + (beta - 1) target) - beta target`` on kept columns. Python
+    route only (the compiled core computes the softmax and sigmoid heads)."""
+
+    def forward(logits, valid, removed_cand, spec: _Spec):
+        z, target, keep, live = _sigmoid_columns(logits, valid, removed_cand, spec)
+        pos_weight = torch.tensor(beta, dtype=logits.dtype, device=logits.device)
+        per_column = torch.nn.functional.binary_cross_entropy_with_logits(z, target, reduction="none",
+                                                                          pos_weight=pos_weight)
+        loss = torch.where(keep, per_column, 0.0).sum(1) * live[:, 0]
+        return loss, torch.zeros_like(loss), (z, target, keep, live)
+
+    def backward(g_loss, g_logp, saved, valid, spec: _Spec):
+        z, target, keep, live = saved
+        g = torch.sigmoid(z).mul_(target * (beta - 1.0) + 1.0).sub_(target * beta)
+        g = torch.where(keep, g, 0.0).mul_(live)
+        return g if g_loss is None else g.mul_(g_loss.to(g.dtype).unsqueeze(1))
+
+    return Head("gbce", forward, backward)
 
 
 def _targets(valid, keep_cand, n, t, s, eps, dtype, device):

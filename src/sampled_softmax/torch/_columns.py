@@ -100,3 +100,33 @@ def exclusion_correction(y_safe, valid, true_count, removed, num_sampled, cdt):
         i = int(bad.nonzero()[0, 0])
         raise SampledSoftmaxError(exclusion_error(s, i, float(Q[i])))
     return torch.where(k > 0, torch.log(k / s) - torch.log1p(-Q), 0.0)
+
+
+def excluded_hits(candidate_ids: torch.Tensor, excluded_ids: torch.Tensor) -> torch.Tensor:
+    """``[B, C]``: whether candidate ``j``'s id is one of ``excluded_ids[i]`` (negative entries are
+    padding), in ``O(B C + B K)`` memory and static shapes: an id's key is the position of its
+    first copy among the sorted candidate ids; each row's excluded ids mark their keys in a
+    ``[B, C + 1]`` table (the last column collects the ids no candidate has), read back at each
+    candidate's key."""
+    b, c = excluded_ids.shape[0], candidate_ids.shape[0]
+    if c == 0:
+        return torch.zeros((b, 0), dtype=torch.bool, device=candidate_ids.device)
+    ids = candidate_ids.to(torch.int64)
+    ordered = torch.sort(ids).values
+    key = torch.searchsorted(ordered, ids)
+    ex = excluded_ids.to(torch.int64)
+    where = torch.searchsorted(ordered, ex).clamp_(max=c - 1)
+    found = (ordered[where] == ex) & (ex >= 0)
+    marked = torch.zeros((b, c + 1), dtype=torch.bool, device=candidate_ids.device)
+    marked.scatter_(1, torch.where(found, where, c), True)
+    return marked[:, key]
+
+
+def row_excluded_hits(noise: torch.Tensor, excluded_ids: torch.Tensor) -> torch.Tensor:
+    """``[N, k]``: whether ``noise[i, j]`` (row ``i``'s own candidates) is one of
+    ``excluded_ids[i]`` (negative entries are padding), by a search of each row's sorted ids."""
+    if excluded_ids.shape[1] == 0 or noise.numel() == 0:
+        return torch.zeros(noise.shape, dtype=torch.bool, device=noise.device)
+    ex = excluded_ids.to(device=noise.device, dtype=torch.int64).sort(1).values
+    where = torch.searchsorted(ex, noise.to(torch.int64)).clamp_(max=ex.shape[1] - 1)
+    return ex.gather(1, where) == noise

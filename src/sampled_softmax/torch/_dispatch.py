@@ -120,6 +120,8 @@ def record(route: str, reason: str = "") -> None:
 
 PER_EXAMPLE_COMPILED_ONLY = "it draws per-example noise for negative sampling only (the sigmoid head without log Q)"
 TABLE_OPTIMIZER_PYTHON_ONLY = "with per-example noise a fused table_optimizer runs on the Python route"
+EXCLUDED_IDS_PER_EXAMPLE = "with per-example noise, excluded_ids run on the Python route"
+HEAD_PYTHON_ONLY = "it computes the softmax and sigmoid heads only (gBCE's runs on the Python route)"
 
 
 def explain(weights, biases, labels, inputs, num_sampled, num_classes, num_true=1, sampled_values=None, *,

@@ -69,6 +69,7 @@ class LossCall(NamedTuple):
     noise: Any = "shared"
     group: Any = None  # the process group of a vocabulary-parallel call (the table sharded over it)
     table_optimizer: Any = None  # a fused table optimizer (table_optim.TableOptimizer), or None
+    excluded_ids: Any = None  # [..., K] ids each row must not see as negatives, or None
 
 
 class Prepared(NamedTuple):

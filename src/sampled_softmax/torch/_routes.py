@@ -27,7 +27,7 @@ from .._validation import check_num_sampled
 from ..samplers import NOISE, DrawKind, unique_draw_error, unique_draw_limit
 from . import _dispatch, _ops, _order
 from ._autograd import FusedCoreLoss, HeadKind, PerExampleLoss, SampledLoss, sigmoid_head, softmax_head
-from ._columns import candidate_columns, exclusion_correction
+from ._columns import candidate_columns, excluded_hits, exclusion_correction, row_excluded_hits
 from ._dispatch import IMPLEMENTATIONS
 from ._prepare import (
     LossCall, Prepared, _autocast_on, _check_labels_can_be_drawn, _check_not_transformed, _check_sampled_values,
@@ -116,6 +116,8 @@ def _route(call: LossCall):
         # whatever the autocast dtype, on every route, so forward and backward agree on dtypes.
         with torch.autocast(inputs.device.type, enabled=False):
             return _route(call)
+    if call.excluded_ids is not None or call.head.name not in HeadKind.__members__:
+        _check_python_only(call)
     if call.group is not None:  # it checks the call itself, every rank hearing of any error
         from .distributed.vocab_parallel import sampled_route
 
@@ -137,7 +139,8 @@ def _route(call: LossCall):
         return _per_example(call)
     if call.exclude_true:
         return _general(call._replace(remove_accidental_hits=True))
-    if call.implementation != "python" and _dispatch.draw_obstacle(call.sampler, call.sampled_values) is None:
+    if (call.implementation != "python" and call.excluded_ids is None and call.head.name in HeadKind.__members__
+            and _dispatch.draw_obstacle(call.sampler, call.sampled_values) is None):
         result = _compiled_draw(call)
         if result is not None:
             _dispatch.record("compiled_draw")
@@ -156,6 +159,7 @@ def _general(call: LossCall):
     y = p.y.long()
     n, t = y.shape
     ext = _dispatch.compiled(call.implementation, _loss_obstacle(p))
+    excluded = _excluded_rows(call, p)  # checked before any draw
     if call.sampled_values is None:
         sampler = (_with_replacement_sampler(call.sampler, p.num_classes) if exclude_true
                    else _sampler_for(call.sampler, p.num_classes))
@@ -184,6 +188,9 @@ def _general(call: LossCall):
     ids, log_q, removed = candidate_columns(y_safe, valid, cand, true_count, samp_count, cdt,
                                            remove_accidental_hits=call.remove_accidental_hits,
                                            subtract_log_q=subtract_log_q, padded=padded)
+    if excluded is not None:
+        hits = excluded_hits(cand.to(h.device), excluded)
+        removed = hits if removed is None else removed | hits.to(removed.device)
     row_log_q = None
     if exclude_true and subtract_log_q:
         row_log_q = exclusion_correction(y_safe, valid, true_count, removed, cand.shape[0], cdt)
@@ -230,8 +237,11 @@ def _per_example(call: LossCall):
     k = call.num_sampled
     check_num_sampled(k, p.num_classes, unique=False)
     why = _loss_obstacle(p)
+    excluded = _excluded_rows(call, p)
     if why is None and table_step is not None:
         why = _dispatch.TABLE_OPTIMIZER_PYTHON_ONLY
+    if why is None and excluded is not None:
+        why = _dispatch.EXCLUDED_IDS_PER_EXAMPLE
     if why is None and (head is not sigmoid_head or subtract_log_q):
         why = _dispatch.PER_EXAMPLE_COMPILED_ONLY
     ext = None if n == 0 else _dispatch.compiled(call.implementation, why)
@@ -263,6 +273,9 @@ def _per_example(call: LossCall):
     removed = None
     if call.remove_accidental_hits or call.exclude_true:
         removed = ((noise.unsqueeze(2) == y_safe.unsqueeze(1)) & kt.unsqueeze(1)).any(2)
+    if excluded is not None:
+        hits = row_excluded_hits(noise, excluded)
+        removed = hits if removed is None else removed | hits
     ids = torch.cat([y_safe, noise], 1)
     log_q = None
     if subtract_log_q and n:
@@ -354,8 +367,44 @@ def _compiled_draw(call: LossCall):
     return _finish(loss, -loss if call.return_log_prob else None, None, call.reduction, lead, call.return_log_prob)
 
 
+def _check_python_only(call: LossCall) -> None:
+    """``excluded_ids`` and the heads the compiled core lacks (gBCE's) run on the eager routes."""
+    what = "`excluded_ids`" if call.excluded_ids is not None else f"the {call.head.name} head"
+    if call.group is not None:
+        raise SampledSoftmaxError(f"{what} is not offered by the vocabulary-parallel loss")
+    if _ops.traced(call.inputs):
+        raise SampledSoftmaxError(f"{what} is not offered under torch.compile or with meta tensors (call the loss "
+                                  "eagerly)")
+    if call.excluded_ids is not None and call.exclude_true:
+        raise SampledSoftmaxError("`excluded_ids` cannot be given with exclude_true=True (the rejection estimator "
+                                  "excludes the labels only)")
+
+
+def _excluded_rows(call: LossCall, p: Prepared) -> torch.Tensor | None:
+    """``excluded_ids`` as ``[N, K]`` int64 on the inputs' device, checked: an integer tensor of
+    shape ``[..., K]`` over the batch shape of ``inputs``, each id ``< num_classes`` (negative
+    entries are padding)."""
+    ex = call.excluded_ids
+    if ex is None:
+        return None
+    if not isinstance(ex, torch.Tensor):
+        raise TypeError(f"`excluded_ids` must be an integer torch.Tensor; received {type(ex).__name__}")
+    V.check_integer_dtype("excluded_ids", not ex.is_floating_point() and not ex.is_complex()
+                          and ex.dtype != torch.bool, str(ex.dtype))
+    V.check_excluded_ids_shape(tuple(ex.shape), tuple(p.lead))
+    ex = ex.reshape(p.h.shape[0], ex.shape[-1]).to(device=p.h.device, dtype=torch.int64)
+    if ex.numel():
+        top = int(ex.max())
+        if top >= p.num_classes:
+            raise SampledSoftmaxError(f"`excluded_ids` must be < num_classes ({p.num_classes}), negative entries "
+                                      f"being padding; received {top}")
+    return ex
+
+
 def _loss_obstacle(p: Prepared):
     """:func:`_dispatch.loss_obstacle` of a checked call."""
+    if p.call.head is not None and p.call.head.name not in HeadKind.__members__:
+        return _dispatch.HEAD_PYTHON_ONLY
     return _dispatch.loss_obstacle(p.h.device.type, len(p.shards), p.y.shape[1], p.valid is not None,
                                    p.label_smoothing,
                                    (p.h.dtype, p.shards[0].dtype, None if p.biases is None else p.biases.dtype),

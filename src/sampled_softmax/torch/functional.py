@@ -20,7 +20,7 @@ import torch
 
 from .. import _validation as V
 from . import _ops
-from ._autograd import sigmoid_head, softmax_head
+from ._autograd import gbce_head, sigmoid_head, softmax_head
 from ._prepare import (
     LossCall, _autocast_on, _check_not_transformed, _check_tensor, _compute_dtype, _full_table, _LOW_PRECISION,
     _prepare, _shards,
@@ -29,7 +29,8 @@ from ._routes import _reduce, route, route_eagerly
 from .samplers import CandidateSampler
 from .table_optim import TableOptimizer
 
-__all__ = ["sampled_softmax_loss", "nce_loss", "negative_sampling_loss", "full_softmax_loss", "full_logits"]
+__all__ = ["sampled_softmax_loss", "nce_loss", "negative_sampling_loss", "gbce_loss", "full_softmax_loss",
+           "full_logits"]
 
 Tables = Union[torch.Tensor, Sequence[torch.Tensor]]  # one [V, ...] table or its shards
 Reduction = Literal["none", "mean", "sum"]
@@ -45,7 +46,7 @@ def sampled_softmax_loss(
     label_smoothing: float = 0.0, generator: torch.Generator | None = None, partition_strategy: Partition = "div",
     subtract_log_q: bool = True, sparse: bool = False, return_log_prob: bool = False,
     implementation: Implementation = "auto", exclude_true: bool = False,
-    noise: Noise = "shared", table_optimizer: TableOptimizer | None = None,
+    noise: Noise = "shared", table_optimizer: TableOptimizer | None = None, excluded_ids: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""Sampled softmax loss (Jean et al. 2014), the semantics of ``tf.nn.sampled_softmax_loss``.
 
@@ -117,6 +118,11 @@ def sampled_softmax_loss(
             ``biases``, which must not require grad (the table is the fused optimizer's alone).
             One weight table, one bias tensor, ``sparse=False``; the rest of the model keeps
             its optimizer. Compiled where the loss is (per-example noise: the Python route).
+        excluded_ids: integer ``[..., K]`` (the batch shape of ``inputs``): ids each row must not
+            see as negatives, removed from its normalizer as an accidental hit (probability 0,
+            gradient exactly 0), e.g. the items a user already interacted with; negative entries
+            are padding. Not with ``exclude_true``; the candidates are drawn in Python (the
+            compiled core computes the loss), per-example noise runs on the Python route.
 
     Returns:
         The loss: shape ``[...]`` for ``reduction="none"``, else a scalar. With
@@ -141,7 +147,7 @@ def sampled_softmax_loss(
         reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing, generator=generator,
         partition_strategy=partition_strategy, subtract_log_q=subtract_log_q, sparse=sparse,
         return_log_prob=return_log_prob, implementation=implementation, exclude_true=exclude_true, noise=noise,
-        table_optimizer=table_optimizer))
+        table_optimizer=table_optimizer, excluded_ids=excluded_ids))
 
 
 def nce_loss(
@@ -150,7 +156,7 @@ def nce_loss(
     *, sampler: str | CandidateSampler = "log_uniform", reduction: Reduction = "none", ignore_index: int | None = None,
     generator: torch.Generator | None = None, partition_strategy: Partition = "div", subtract_log_q: bool = True,
     sparse: bool = False, implementation: Implementation = "auto", noise: Noise = "shared",
-    table_optimizer: TableOptimizer | None = None,
+    table_optimizer: TableOptimizer | None = None, excluded_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Noise-contrastive estimation loss (Gutmann & Hyvarinen 2010), the semantics of ``tf.nn.nce_loss``.
 
@@ -166,7 +172,7 @@ def nce_loss(
     :func:`sampled_softmax_loss` without ``label_smoothing`` and ``return_log_prob``;
     ``remove_accidental_hits`` defaults to False, as in ``tf.nn.nce_loss``. ``noise``: as for
     :func:`sampled_softmax_loss` (``"per_example"``: each example's own ``num_sampled`` classes,
-    corrected by ``log(S q(c))``). ``table_optimizer``: as for :func:`sampled_softmax_loss`.
+    corrected by ``log(S q(c))``). ``table_optimizer``, ``excluded_ids``: as for :func:`sampled_softmax_loss`.
     ``implementation``:
     as for :func:`sampled_softmax_loss` (the compiled core computes this head too, and draws
     ``"uniform"`` / ``"log_uniform"`` candidates itself). Under ``torch.compile`` the call runs
@@ -188,7 +194,7 @@ def nce_loss(
         sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits, sampler=sampler,
         reduction=reduction, ignore_index=ignore_index, generator=generator,
         partition_strategy=partition_strategy, subtract_log_q=subtract_log_q, sparse=sparse,
-        implementation=implementation, noise=noise, table_optimizer=table_optimizer))
+        implementation=implementation, noise=noise, table_optimizer=table_optimizer, excluded_ids=excluded_ids))
 
 
 def negative_sampling_loss(
@@ -197,6 +203,7 @@ def negative_sampling_loss(
     *, sampler: str | CandidateSampler = "log_uniform", reduction: Reduction = "none", ignore_index: int | None = None,
     generator: torch.Generator | None = None, partition_strategy: Partition = "div", sparse: bool = False,
     implementation: Implementation = "auto", noise: Noise = "shared", table_optimizer: TableOptimizer | None = None,
+    excluded_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Negative sampling (Mikolov et al. 2013): :func:`nce_loss` over uncorrected logits
     :math:`o_{ik} = h_i \cdot W_k + b_k`. With one label and noise classes :math:`c_k`,
@@ -211,7 +218,8 @@ def negative_sampling_loss(
     ``"with_replacement"``, and ``sampled_values`` cannot be given; one weight table). With
     ``remove_accidental_hits`` a noise class equal to the example's label adds nothing, as
     word2vec skips it. Same arguments as :func:`nce_loss` without ``subtract_log_q`` (word2vec's
-    in-place update of the rows: ``table_optimizer=RowSGD(lr)``).
+    in-place update of the rows: ``table_optimizer=RowSGD(lr)``; ``excluded_ids`` as for
+    :func:`sampled_softmax_loss`).
 
     Example:
         >>> import torch
@@ -227,7 +235,51 @@ def negative_sampling_loss(
         sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits, sampler=sampler,
         reduction=reduction, ignore_index=ignore_index, generator=generator,
         partition_strategy=partition_strategy, subtract_log_q=False, sparse=sparse, implementation=implementation,
-        noise=noise, table_optimizer=table_optimizer))
+        noise=noise, table_optimizer=table_optimizer, excluded_ids=excluded_ids))
+
+
+def gbce_loss(
+    weights: Tables, biases: Tables | None, labels: torch.Tensor, inputs: torch.Tensor, num_sampled: int,
+    num_classes: int, num_true: int = 1, sampled_values: Sequence | None = None, remove_accidental_hits: bool = False,
+    *, t: float = 0.75, sampler: str | CandidateSampler = "uniform", reduction: Reduction = "none",
+    ignore_index: int | None = None, generator: torch.Generator | None = None, partition_strategy: Partition = "div",
+    sparse: bool = False, implementation: Implementation = "auto", noise: Noise = "shared",
+    table_optimizer: TableOptimizer | None = None, excluded_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""gBCE (Petrov & Macdonald 2023, gSASRec): :func:`negative_sampling_loss` with the
+    positive's probability raised to :math:`\beta`, which calibrates a model trained on ``k``
+    negatives of the ``V - 1`` (:math:`\alpha = k / (V - 1)`):
+
+    .. math::
+        \beta = \alpha\,\big(t\,(1 - 1/\alpha) + 1/\alpha\big),\qquad
+        \ell_i = -\beta \log \sigma(o_{i y_i}) - \sum_k \log \sigma(-o_{i c_k})
+
+    ``t = 0`` is negative sampling (:math:`\beta = 1`), ``t = 1`` full calibration
+    (:math:`\beta = \alpha`); gSASRec's default is 0.75. ``k`` is ``num_sampled`` (each row's
+    negatives, shared or per example). The same arguments as :func:`negative_sampling_loss` plus
+    ``t``; the default sampler is ``"uniform"``, the noise gBCE's calibration assumes. Python
+    route (the compiled core has no gBCE head).
+
+    Example:
+        >>> import torch
+        >>> from sampled_softmax.torch import gbce_loss
+        >>> W = torch.eye(3, 2, dtype=torch.float64)
+        >>> sv = (torch.tensor([1]), torch.ones(1, 1), torch.ones(1))
+        >>> gbce_loss(W, None, torch.tensor([0]), torch.tensor([[1.0, 2.0]], dtype=torch.float64), 1, 3,
+        ...           sampled_values=sv, t=1.0)
+        tensor([2.2836], dtype=torch.float64)
+    """
+    num_sampled, num_classes = V.check_positive_int("num_sampled", num_sampled), V.check_positive_int(
+        "num_classes", num_classes)
+    V.check_gbce(num_sampled, num_classes, t)
+    alpha = num_sampled / (num_classes - 1)
+    beta = alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+    return route_eagerly(LossCall(
+        gbce_head(beta), weights, biases, labels, inputs, num_sampled, num_classes, num_true=num_true,
+        sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits, sampler=sampler,
+        reduction=reduction, ignore_index=ignore_index, generator=generator,
+        partition_strategy=partition_strategy, subtract_log_q=False, sparse=sparse, implementation=implementation,
+        noise=noise, table_optimizer=table_optimizer, excluded_ids=excluded_ids))
 
 
 def full_logits(weights: Tables, biases: torch.Tensor | None, inputs: torch.Tensor, *,

@@ -21,6 +21,7 @@ from .. import MixedNegatives, SampledSoftmaxError
 from .. import _validation as V
 from . import _ops
 from ._autograd import _check_once_differentiable
+from ._columns import excluded_hits as _excluded_hits
 from ._prepare import _autocast_on
 from .samplers import CandidateSampler
 
@@ -63,26 +64,6 @@ def in_batch_columns(batch_size: int, num_candidates: int, *, candidate_ids=None
     diag = torch.arange(b, device=keep.device)
     keep[diag, diag] = True
     return keep
-
-
-def _excluded_hits(candidate_ids: torch.Tensor, excluded_ids: torch.Tensor) -> torch.Tensor:
-    """``[B, C]``: whether candidate ``j``'s id is one of ``excluded_ids[i]`` (negative entries are
-    padding), in ``O(B C + B K)`` memory and static shapes: an id's key is the position of its
-    first copy among the sorted candidate ids; each row's excluded ids mark their keys in a
-    ``[B, C + 1]`` table (the last column collects the ids no candidate has), read back at each
-    candidate's key."""
-    b, c = excluded_ids.shape[0], candidate_ids.shape[0]
-    if c == 0:
-        return torch.zeros((b, 0), dtype=torch.bool, device=candidate_ids.device)
-    ids = candidate_ids.to(torch.int64)
-    ordered = torch.sort(ids).values
-    key = torch.searchsorted(ordered, ids)
-    ex = excluded_ids.to(torch.int64)
-    where = torch.searchsorted(ordered, ex).clamp_(max=c - 1)
-    found = (ordered[where] == ex) & (ex >= 0)
-    marked = torch.zeros((b, c + 1), dtype=torch.bool, device=candidate_ids.device)
-    marked.scatter_(1, torch.where(found, where, c), True)
-    return marked[:, key]
 
 
 class _InBatchSoftmax(torch.autograd.Function):
