@@ -385,10 +385,12 @@ def main(argv=None) -> int:
     add_arguments(ap)
     args = ap.parse_args(argv)
     check_arguments(ap, args)
-    try:
+    try:  # before the training, not after it
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "results.json"), "a", encoding="utf-8"):
+        probe = os.path.join(args.out, ".seqrec-write-check")
+        with open(probe, "w", encoding="utf-8"):
             pass
+        os.remove(probe)
     except OSError as e:
         ap.error(f"--out {args.out!r} cannot be written: {e.strerror}")
     try:
