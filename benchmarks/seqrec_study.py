@@ -10,6 +10,7 @@ file exists, so an interrupted study resumes; ``--report`` only tabulates what i
 
     python -m benchmarks.seqrec_study [--data ../shared/data/beauty/beauty.txt] [--out DIR]
         [--configs full,paper_3000,...] [--seeds 0,1,2] [--threads 2] [--report]
+    python -m benchmarks.seqrec_study --timing --configs full,uniform_batch_3000,... [--rounds 3] [--steps 20]
 """
 
 from __future__ import annotations
@@ -69,6 +70,69 @@ def run(name: str, seed: int, args) -> dict | None:
         return json.load(f)
 
 
+def time_steps(config: list, data: str, steps: int, threads: int) -> dict:
+    """Seconds per training step of one configuration (the median of ``steps`` steps after 3
+    warm-up steps: the model, the loss, its backward and the Adam step) and this process's peak
+    memory. Run in a fresh process per configuration, so that the peak is its own."""
+    import time
+
+    import torch
+
+    from sampled_softmax.apps import seqrec
+    from sampled_softmax.apps.seqrec_data import leave_one_out, read_interactions
+
+    torch.set_num_threads(threads)
+    ap = argparse.ArgumentParser()
+    seqrec.add_arguments(ap)
+    args = ap.parse_args(["--data", data, "--out", "unused", *config])
+    seqrec.check_arguments(ap, args)
+    interactions = read_interactions(data)
+    split = leave_one_out(interactions)
+    torch.manual_seed(0)
+    model = seqrec.SASRec(interactions.num_items)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    loss_fn = seqrec.LossFunction(args, interactions, torch.Generator().manual_seed(0))
+    times = []
+    batches = seqrec.training_batches(split.train, 50, 128, np.random.default_rng(0))
+    for step, (inputs, labels) in enumerate(batches):
+        start = time.perf_counter()
+        loss = loss_fn(model, inputs, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+        if step == steps + 2:
+            break
+    import resource
+
+    return {"step_s": float(np.median(times[3:])), "steps_per_epoch": seqrec.num_training_steps(split.train, 128),
+            "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def timing(names: list, args) -> str:
+    """Seconds per epoch of each configuration against full cross-entropy: ``--rounds`` rounds,
+    each running every configuration once in turn (paired on a noisy machine); the median per
+    configuration, then the ratio of medians."""
+    per = {n: [] for n in names}
+    peak = {}
+    for _ in range(args.rounds):
+        for name in names:
+            code = ("import json, benchmarks.seqrec_study as s; print(json.dumps(s.time_steps("
+                    f"{CONFIGS[name]!r}, {args.data!r}, {args.steps}, {args.threads})))")
+            out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            per[name].append(r["step_s"] * r["steps_per_epoch"])
+            peak[name] = max(peak.get(name, 0.0), r["peak_memory_mb"])
+    full = float(np.median(per["full"])) if "full" in per else None
+    lines = [f"seconds per epoch ({args.threads} threads, median of {args.rounds} rounds of {args.steps} steps)",
+             "| configuration | s/epoch | full CE ÷ this | peak MB |", "|---|---|---|---|"]
+    for name in names:
+        med = float(np.median(per[name]))
+        lines.append(f"| {name} | {med:.1f} | {full / med:.1f}x | {peak[name]:.0f} |" if full else
+                     f"| {name} | {med:.1f} | – | {peak[name]:.0f} |")
+    return "\n".join(lines)
+
+
 def report(out: str) -> str:
     """The table of every finished run under ``out`` (mean and min..max over seeds) and the plot."""
     runs = {}
@@ -114,8 +178,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--report", action="store_true", help="only tabulate the finished runs")
+    ap.add_argument("--timing", action="store_true", help="only time the configurations' steps against full CE")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("extra", nargs="*", help="more seqrec options for every run (after --)")
     args = ap.parse_args(argv)
+    if args.timing:
+        names = [c for c in args.configs.split(",") if c]
+        print(timing(names if "full" in names else ["full", *names], args))
+        return 0
     if not args.report:
         names = [c for c in args.configs.split(",") if c]
         unknown = [c for c in names if c not in CONFIGS]
