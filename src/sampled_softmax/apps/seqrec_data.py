@@ -16,6 +16,7 @@ NumPy only: no framework is imported here.
 
 from __future__ import annotations
 
+import array
 import dataclasses
 
 import numpy as np
@@ -41,10 +42,7 @@ class Interactions:
 
     def item_counts(self) -> np.ndarray:
         """``[num_items + 1]`` training-split counts of each item (index 0, padding, is 0)."""
-        counts = np.zeros(self.num_items + 1, np.int64)
-        for s in self.sequences:
-            np.add.at(counts, s[:-2], 1)
-        return counts
+        return np.bincount(np.concatenate([s[:-2] for s in self.sequences]), minlength=self.num_items + 1)
 
 
 def _error(path: str, line: int, message: str) -> SampledSoftmaxError:
@@ -61,75 +59,77 @@ def _parse_int(path: str, line: int, field: str) -> int:
 
 def read_interactions(path: str, *, remap_ids: bool = False) -> Interactions:
     """Read and check ``path`` (see the module docstring). Raises :class:`SampledSoftmaxError`
-    naming the line of the first problem."""
+    naming the line of the first problem. One pass over the lines into three integer arrays
+    (user, item, line), then NumPy: a file of tens of millions of lines fits in memory."""
+    users, items, lines = array.array("q"), array.array("q"), array.array("q")
+    all_pairs = True
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            for number, line in enumerate(f, 1):
+                fields = line.split()
+                if not fields:
+                    continue
+                if len(fields) < 2:
+                    raise _error(path, number, f"one field ({fields[0]!r}); expected `user item` or "
+                                               "`user i1 i2 ...`")
+                all_pairs &= len(fields) == 2
+                user = _parse_int(path, number, fields[0])
+                for field in fields[1:]:
+                    users.append(user)
+                    items.append(_parse_int(path, number, field))
+                    lines.append(number)
     except OSError as e:
         raise SampledSoftmaxError(f"--data {path!r} cannot be read: {e.strerror}") from None
     except UnicodeDecodeError:
         raise SampledSoftmaxError(f"--data {path}: not a text file (expected `user item` lines)") from None
-    rows = [(number, line.split()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if not rows:
+    if not users:
         raise SampledSoftmaxError(f"--data {path}: the file holds no interactions (expected `user item` lines, or "
                                   "`user i1 i2 ...` lines)")
-    for number, fields in rows:
-        if len(fields) < 2:
-            raise _error(path, number, f"one field ({fields[0]!r}); expected `user item` or `user i1 i2 ...`")
-    pairs = all(len(fields) == 2 for _, fields in rows)
-    if pairs:
-        users, order, lines = _read_pairs(path, rows)
-        fmt = "user item"
-    else:
-        users, order, lines = _read_lists(path, rows)
-        fmt = "user i1 i2 ..."
-    sequences = [np.asarray(users[u], np.int64) for u in order]
-    item_lines = [np.asarray(lines[u], np.int64) for u in order]
-    for u, seq, where in zip(order, sequences, item_lines):
-        if len(seq) < MIN_INTERACTIONS:
-            raise _error(path, int(where[-1]), f"user {u} has {len(seq)} interaction{'s' * (len(seq) != 1)}; "
-                                               f"leave-one-out needs at least {MIN_INTERACTIONS} (a training item, "
-                                               "then the validation and the test targets)")
+    users, items, lines = (np.frombuffer(a, np.int64) for a in (users, items, lines))
     if remap_ids:
-        sequences, num_items = _remap(sequences)
+        items, num_items = _renumber(items)
     else:
-        num_items = _check_catalogue(path, sequences, item_lines)
-    return Interactions(sequences, order, num_items, fmt, path)
+        num_items = _check_catalogue(path, items, lines)
+    # Group by user, users in order of first appearance, each user's items in file order.
+    ids, first, which = np.unique(users, return_index=True, return_inverse=True)
+    rank = np.empty(len(ids), np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(ids))
+    order = np.argsort(rank[which], kind="stable")
+    counts = np.bincount(rank[which], minlength=len(ids))
+    bounds = np.cumsum(counts)[:-1]
+    user_order = ids[np.argsort(rank)]
+    item_groups, line_groups = np.split(items[order], bounds), np.split(lines[order], bounds)
+    if not all_pairs:
+        _check_one_line_per_user(path, user_order, line_groups)
+    short = np.flatnonzero(counts[np.argsort(rank)] < MIN_INTERACTIONS)
+    if short.size:
+        u = int(short[np.argmin([line_groups[k][-1] for k in short])])
+        n = len(item_groups[u])
+        raise _error(path, int(line_groups[u][-1]), f"user {int(user_order[u])} has {n} interaction{'s' * (n != 1)}; "
+                                                    f"leave-one-out needs at least {MIN_INTERACTIONS} (a training "
+                                                    "item, then the validation and the test targets)")
+    return Interactions(item_groups, user_order.tolist(), num_items, "user item" if all_pairs else "user i1 i2 ...",
+                        path)
 
 
-def _read_pairs(path, rows):
-    users, lines, order = {}, {}, []
-    for number, (u, i) in rows:
-        u, i = _parse_int(path, number, u), _parse_int(path, number, i)
-        if u not in users:
-            users[u], lines[u] = [], []
-            order.append(u)
-        users[u].append(i)
-        lines[u].append(number)
-    return users, order, lines
+def _check_one_line_per_user(path, user_order, line_groups) -> None:
+    """A ``user i1 i2 ...`` file has one line per user: the first user seen on a second line is an error."""
+    worst = None
+    for u, where in zip(user_order, line_groups):
+        again = np.flatnonzero(where != where[0])
+        if again.size and (worst is None or where[again[0]] < worst[1]):
+            worst = (int(u), int(where[again[0]]), int(where[0]))
+    if worst is not None:
+        u, line, first = worst
+        raise _error(path, line, f"user {u} again (first on line {first}): a `user i1 i2 ...` file has one line per "
+                                 "user; lines of different lengths are not `user item` pairs either")
 
 
-def _read_lists(path, rows):
-    users, lines, order, first = {}, {}, [], {}
-    for number, fields in rows:
-        u = _parse_int(path, number, fields[0])
-        if u in users:
-            raise _error(path, number, f"user {u} again (first on line {first[u]}): a `user i1 i2 ...` file has one "
-                                       "line per user; lines of different lengths are not `user item` pairs either")
-        first[u] = number
-        users[u] = [_parse_int(path, number, x) for x in fields[1:]]
-        lines[u] = [number] * (len(fields) - 1)
-        order.append(u)
-    return users, order, lines
-
-
-def _check_catalogue(path, sequences, item_lines) -> int:
+def _check_catalogue(path, items, lines) -> int:
     """The items must be exactly ``1..V``: the catalogue is every id up to the largest."""
-    items = np.concatenate(sequences)
-    where = np.concatenate(item_lines)
     low = int(items.argmin())
     if items[low] < 1:
-        raise _error(path, int(where[low]), f"item id {int(items[low])}: item ids start at 1 (0 is the padding "
+        raise _error(path, int(lines[low]), f"item id {int(items[low])}: item ids start at 1 (0 is the padding "
                                             "id); pass --remap-ids to number the items 1..V in order of appearance")
     top = int(items.argmax())
     num_items = int(items[top])
@@ -137,7 +137,7 @@ def _check_catalogue(path, sequences, item_lines) -> int:
     present[items] = True
     missing = np.flatnonzero(~present[1:]) + 1
     if missing.size:
-        raise _error(path, int(where[top]), f"item id {num_items} but {missing.size} id{'s' * (missing.size > 1)} "
+        raise _error(path, int(lines[top]), f"item id {num_items} but {missing.size} id{'s' * (missing.size > 1)} "
                                             f"below it never appear{'s' * (missing.size == 1)} (the first: "
                                             f"{int(missing[0])}): item ids must be contiguous, 1..V, as the "
                                             "catalogue is every id up to the largest; pass --remap-ids to number "
@@ -145,12 +145,12 @@ def _check_catalogue(path, sequences, item_lines) -> int:
     return num_items
 
 
-def _remap(sequences):
-    items = np.concatenate(sequences)
-    _, first = np.unique(items, return_index=True)
-    in_order = items[np.sort(first)]
-    new_id = {int(old): new for new, old in enumerate(in_order, 1)}
-    return [np.array([new_id[int(i)] for i in s], np.int64) for s in sequences], len(in_order)
+def _renumber(items):
+    """Item ids ``1..V`` in order of first appearance in the file: ``(items, V)``."""
+    ids, first, which = np.unique(items, return_index=True, return_inverse=True)
+    new = np.empty(len(ids), np.int64)
+    new[np.argsort(first, kind="stable")] = np.arange(1, len(ids) + 1)
+    return new[which], len(ids)
 
 
 @dataclasses.dataclass
