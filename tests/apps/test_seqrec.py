@@ -66,7 +66,9 @@ def test_leave_one_out_split():
     ("1 1\n1 2\n1 3\n2 x\n", r"line 4: 'x' is not an integer id"),
     ("1 1\n1 2\n1 3\n2 1.5\n", r"line 4: '1.5' is not an integer id"),
     ("1 1\n1 2\n1 5\n", r"line 3: item id 5 but 2 ids below it never appear \(the first: 3\).*--remap-ids"),
-    ("1 0\n1 2\n1 1\n", r"line 1: item id 0: item ids start at 1"),
+    ("1 -1\n1 2\n1 1\n", r"line 1: item id -1: item ids are 1..V \(or 0..V-1\)"),
+    ("1 0\n1 2\n1 3\n", r"line 3: item id 4 but 1 id below it never appears \(the first: 2\)"),
+    ("1 5 7 2\n1 5 7 3\n", r"line 2: user 1 again .*`user item timestamp`"),
     ("1 1 2 3\n2\n", "line 2: one field"),
     ("1 1 2 3\n2 2 3 1\n1 3 2 1\n", "line 3: user 1 again \\(first on line 1\\)"),
     ("1 1 2 3\n2 1\n", "line 2: user 2 has 1 interaction"),
@@ -98,6 +100,12 @@ def test_bad_options_are_errors_naming_them(tmp_path, capsys, argv, match):
     with pytest.raises(SystemExit):
         seqrec.main(["--data", path, "--out", str(tmp_path / "out"), *argv])
     assert __import__("re").search(match, capsys.readouterr().err)
+
+
+def test_zero_based_item_ids_are_the_same_catalogue(tmp_path):
+    data = read_interactions(_write(tmp_path, "1 0\n1 2\n1 1\n2 1\n2 0\n2 2\n"))
+    assert data.num_items == 3
+    assert [list(s) for s in data.sequences] == [[1, 3, 2], [2, 1, 3]]
 
 
 def test_remap_ids_numbers_items_in_order_of_appearance(tmp_path):

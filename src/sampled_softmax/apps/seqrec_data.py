@@ -7,7 +7,8 @@ Two formats, told apart by their lines:
   authors' files; users' lines may interleave);
 * ``user i1 i2 ...``: one user a line, the items in time order (S3-Rec's and RecBole's exports).
 
-Item ids are the catalogue: the integers ``1..V``, each used (0 is the padding id). Users need
+Item ids are the catalogue: the integers ``1..V``, each used (0-based files, ``0..V-1``, are
+read as ``1..V``: 0 is the model's padding id). Users need
 three interactions (the last one is the test target, the one before it the validation target,
 the rest is the training sequence). A file that breaks a rule is an error naming its line;
 ``remap_ids=True`` numbers arbitrary integer item ids ``1..V`` in order of first appearance.
@@ -86,10 +87,6 @@ def read_interactions(path: str, *, remap_ids: bool = False) -> Interactions:
         raise SampledSoftmaxError(f"--data {path}: the file holds no interactions (expected `user item` lines, or "
                                   "`user i1 i2 ...` lines)")
     users, items, lines = (np.frombuffer(a, np.int64) for a in (users, items, lines))
-    if remap_ids:
-        items, num_items = _renumber(items)
-    else:
-        num_items = _check_catalogue(path, items, lines)
     # Group by user, users in order of first appearance, each user's items in file order.
     ids, first, which = np.unique(users, return_index=True, return_inverse=True)
     rank = np.empty(len(ids), np.int64)
@@ -98,16 +95,23 @@ def read_interactions(path: str, *, remap_ids: bool = False) -> Interactions:
     counts = np.bincount(rank[which], minlength=len(ids))
     bounds = np.cumsum(counts)[:-1]
     user_order = ids[np.argsort(rank)]
-    item_groups, line_groups = np.split(items[order], bounds), np.split(lines[order], bounds)
+    line_groups = np.split(lines[order], bounds)
     if not all_pairs:
         _check_one_line_per_user(path, user_order, line_groups)
     short = np.flatnonzero(counts[np.argsort(rank)] < MIN_INTERACTIONS)
     if short.size:
         u = int(short[np.argmin([line_groups[k][-1] for k in short])])
-        n = len(item_groups[u])
+        n = len(line_groups[u])
         raise _error(path, int(line_groups[u][-1]), f"user {int(user_order[u])} has {n} interaction{'s' * (n != 1)}; "
                                                     f"leave-one-out needs at least {MIN_INTERACTIONS} (a training "
                                                     "item, then the validation and the test targets)")
+    if remap_ids:
+        items, num_items = _renumber(items)
+    else:
+        if items.min() == 0:  # 0-based ids (0..V-1): the same catalogue, shifted past the padding id 0
+            items = items + 1
+        num_items = _check_catalogue(path, items, lines)
+    item_groups = np.split(items[order], bounds)
     return Interactions(item_groups, user_order.tolist(), num_items, "user item" if all_pairs else "user i1 i2 ...",
                         path)
 
@@ -122,15 +126,17 @@ def _check_one_line_per_user(path, user_order, line_groups) -> None:
     if worst is not None:
         u, line, first = worst
         raise _error(path, line, f"user {u} again (first on line {first}): a `user i1 i2 ...` file has one line per "
-                                 "user; lines of different lengths are not `user item` pairs either")
+                                 "user, and lines of other lengths than 2 are not `user item` pairs either (a "
+                                 "`user item timestamp` file is neither: keep its first two columns, each user's "
+                                 "lines in time order)")
 
 
 def _check_catalogue(path, items, lines) -> int:
     """The items must be exactly ``1..V``: the catalogue is every id up to the largest."""
     low = int(items.argmin())
     if items[low] < 1:
-        raise _error(path, int(lines[low]), f"item id {int(items[low])}: item ids start at 1 (0 is the padding "
-                                            "id); pass --remap-ids to number the items 1..V in order of appearance")
+        raise _error(path, int(lines[low]), f"item id {int(items[low])}: item ids are 1..V (or 0..V-1); pass "
+                                            "--remap-ids to number the items 1..V in order of appearance")
     top = int(items.argmax())
     num_items = int(items[top])
     present = np.zeros(num_items + 1, bool)

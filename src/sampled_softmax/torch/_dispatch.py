@@ -126,10 +126,11 @@ HEAD_PYTHON_ONLY = "it computes the softmax and sigmoid heads only (gBCE's runs 
 
 def explain(weights, biases, labels, inputs, num_sampled, num_classes, num_true=1, sampled_values=None, *,
             sampler="log_uniform", ignore_index=None, label_smoothing=0.0, implementation="auto",
-            loss="sampled_softmax", noise="shared", exclude_true=False, table_optimizer=None) -> Route:
+            loss="sampled_softmax", noise="shared", exclude_true=False, table_optimizer=None,
+            excluded_ids=None) -> Route:
     """The route :func:`sampled_softmax_loss` (``loss="nce"``: :func:`nce_loss`;
-    ``"negative_sampling"``: :func:`negative_sampling_loss`; with ``noise`` and
-    ``table_optimizer`` as they take them) takes for these arguments, and why. Per-example noise is drawn by its sampler: its routes are
+    ``"negative_sampling"``: :func:`negative_sampling_loss`; ``"gbce"``: :func:`gbce_loss`; with
+    ``noise``, ``table_optimizer`` and ``excluded_ids`` as they take them) takes for these arguments, and why. Per-example noise is drawn by its sampler: its routes are
     ``"compiled"`` and ``"python"``.
 
     Example:
@@ -142,7 +143,7 @@ def explain(weights, biases, labels, inputs, num_sampled, num_classes, num_true=
     from .._validation import check_choice
 
     check_choice("implementation", implementation, IMPLEMENTATIONS)
-    check_choice("loss", loss, LOSSES)
+    check_choice("loss", loss, LOSSES + ("gbce",))
     check_choice("noise", noise, NOISE)
     if implementation == "python":
         return Route("python", "implementation='python'")
@@ -150,8 +151,12 @@ def explain(weights, biases, labels, inputs, num_sampled, num_classes, num_true=
     ignored = ignore_index is not None and bool((labels == ignore_index).any())
     why = loss_obstacle(inputs.device.type, len(shards), num_true, ignored, label_smoothing,
                         (inputs.dtype, shards[0].dtype, None if biases is None else biases.dtype), exclude_true)
+    if why is None and loss == "gbce":
+        why = HEAD_PYTHON_ONLY
     if why is None and table_optimizer is not None and noise == "per_example":
         why = TABLE_OPTIMIZER_PYTHON_ONLY
+    if why is None and excluded_ids is not None and noise == "per_example":
+        why = EXCLUDED_IDS_PER_EXAMPLE
     if why is None and noise == "per_example" and loss != "negative_sampling":
         why = PER_EXAMPLE_COMPILED_ONLY
     if compiled(implementation, why) is None:  # raises for implementation="compiled"
@@ -160,6 +165,8 @@ def explain(weights, biases, labels, inputs, num_sampled, num_classes, num_true=
     draw_why = draw_obstacle(sampler, sampled_values)
     if noise == "per_example":
         draw_why = "the noise of each example is drawn by its sampler (noise='per_example')"
+    elif excluded_ids is not None:
+        draw_why = "with excluded_ids the candidates are drawn in Python"
     if draw_why is not None:
         return Route("compiled", f"the compiled core computes the loss but does not draw: {draw_why}")
     return Route("compiled_draw", "")

@@ -171,3 +171,14 @@ def test_excluded_ids_refuse_exclude_true():
     with pytest.raises(SampledSoftmaxError, match="exclude_true"):
         sampled_softmax_loss(W, None, y, h, 4, V_, sampler=UnigramSampler(V_, np.ones(V_), draw="with_replacement"),
                              exclude_true=True, excluded_ids=torch.zeros(N_, 1, dtype=torch.int64))
+
+
+def test_explain_route_names_the_routes_of_gbce_and_excluded_ids():
+    from sampled_softmax.torch import compiled_core_is_built, explain_route
+
+    W, h, y = _problem()
+    gbce = explain_route(W, None, y, h, 4, V_, sampler="uniform", loss="gbce")
+    assert gbce.name == "python" and "gBCE" in gbce.reason
+    if compiled_core_is_built():
+        ex = explain_route(W.float(), None, y, h.float(), 4, V_, sampler="uniform", excluded_ids=torch.zeros(N_, 1))
+        assert ex.name == "compiled" and "excluded_ids" in ex.reason
