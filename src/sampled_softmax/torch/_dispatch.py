@@ -23,7 +23,7 @@ import torch
 from .. import SampledSoftmaxError
 from ..samplers import LOSSES, NOISE, DistributionKind
 from . import _compiled
-from .samplers import LogUniformSampler, UniformSampler
+from .samplers import LearnedUnigramSampler, LogUniformSampler, UniformSampler, UnigramSampler
 
 IMPLEMENTATIONS = ("auto", "compiled", "python")
 ROUTES = ("compiled_draw", "compiled", "python")
@@ -32,7 +32,8 @@ log = logging.getLogger("sampled_softmax")
 # The samplers the compiled core draws from itself (stateless, with a closed-form inverse CDF),
 # by name and by class.
 COMPILED_SAMPLERS = {"uniform": DistributionKind.uniform, "log_uniform": DistributionKind.log_uniform,
-                     UniformSampler: DistributionKind.uniform, LogUniformSampler: DistributionKind.log_uniform}
+                     UniformSampler: DistributionKind.uniform, LogUniformSampler: DistributionKind.log_uniform,
+                     UnigramSampler: DistributionKind.unigram, LearnedUnigramSampler: DistributionKind.learned_unigram}
 _DTYPES = (torch.float32, torch.float64)
 
 
@@ -76,7 +77,8 @@ def draw_obstacle(sampler, sampled_values) -> str | None:
         return "the candidates are given (sampled_values)"
     if compiled_kind(sampler) is None:
         name = sampler if isinstance(sampler, str) else type(sampler).__name__
-        return f"it draws from 'uniform' and 'log_uniform' only; received the sampler {name!r}"
+        return (f"it draws from 'uniform', 'log_uniform', UnigramSampler and LearnedUnigramSampler only; received "
+                f"the sampler {name!r}")
     return None
 
 

@@ -34,7 +34,7 @@ from ._prepare import (
     _check_sparse_bias, _compute_dtype, _prepare,
 )
 from ._rows import _Spec
-from .samplers import CandidateSampler, LearnedUnigramSampler, check_generator, make_sampler
+from .samplers import CandidateSampler, LearnedUnigramSampler, UnigramSampler, check_generator, make_sampler
 from .table_optim import TableOptimizer, check_table_step
 
 
@@ -341,6 +341,9 @@ def _compiled_draw(call: LossCall):
                                   or not isinstance(optimizer, TableOptimizer)):
         return None  # the general route says what is wrong
     kind = _dispatch.compiled_kind(sampler)
+    table = _draw_table(sampler, num_sampled, draw)
+    if table is None:
+        return None
     h = inputs if inputs.dim() == 2 else inputs.reshape(n, inputs.shape[-1])
     bias = inputs.new_empty(0) if biases is None else biases
     head = int(HeadKind[call.head.name])
@@ -349,10 +352,10 @@ def _compiled_draw(call: LossCall):
     try:
         if optimizer is None:
             loss = ext.sampled_softmax_sampled(h, weights, bias, labels.reshape(n), *draw_args, head,
-                                               bool(call.sparse), ignore_index, unique_draw_limit(num_sampled))
+                                               bool(call.sparse), ignore_index, unique_draw_limit(num_sampled), table)
         else:  # the draw compiled, the loss's backward handing the rows' gradient to the optimizer
             columns = ext.sampled_columns(h, weights, labels.reshape(n), *draw_args, ignore_index,
-                                          unique_draw_limit(num_sampled))
+                                          unique_draw_limit(num_sampled), table)
             loss = None
             if columns is not None:
                 step = optimizer.step_for(weights, biases)
@@ -362,9 +365,28 @@ def _compiled_draw(call: LossCall):
         if found is None:
             raise
         raise unique_draw_error(*(int(v) for v in found.groups())) from None
-    if loss is None:  # a label out of range or ignored: nothing was drawn
+    if loss is None:  # a label out of range, ignored or not drawable: nothing was drawn
         return None
+    if isinstance(sampler, LearnedUnigramSampler) and sampler.training:  # learns after its draw, as on every route
+        sampler.update(labels.reshape(n))
     return _finish(loss, -loss if call.return_log_prob else None, None, call.reduction, lead, call.return_log_prob)
+
+
+def _draw_table(sampler, num_sampled: int, draw: str) -> list | None:
+    """The compiled draw's ``table`` argument: ``[]`` for a closed-form distribution; a unigram
+    table's ``[weights, cdf, total]``, a learned one's ``[counts, Fenwick tree, total]`` (its
+    CPU tree, read in place). None where the general route must decide (a unique draw of more
+    classes than the table can give: its error)."""
+    if isinstance(sampler, str) or not isinstance(sampler, (UnigramSampler, LearnedUnigramSampler)):
+        return []
+    if draw == "unique" and num_sampled > sampler.support:
+        return None
+    if isinstance(sampler, UnigramSampler):
+        return [sampler.weights, sampler.cdf, sampler.cdf[-1]] if sampler.weights.device.type == "cpu" else None
+    if sampler.counts.device.type != "cpu":
+        return None
+    tree = sampler._distribution()
+    return [torch.from_numpy(tree.counts), torch.from_numpy(tree._tree), torch.tensor(tree.total, dtype=torch.float64)]
 
 
 def _check_python_only(call: LossCall) -> None:

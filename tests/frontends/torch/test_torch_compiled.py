@@ -10,7 +10,9 @@ import torch
 
 from sampled_softmax import SampledSoftmaxError
 from sampled_softmax import reference as R
-from sampled_softmax.torch import LogUniformSampler, UniformSampler, UnigramSampler, _compiled, sampled_softmax_loss
+from sampled_softmax.torch import (
+    LearnedUnigramSampler, LogUniformSampler, UniformSampler, UnigramSampler, _compiled, sampled_softmax_loss,
+)
 
 pytestmark = pytest.mark.skipif(_compiled.extension() is None,
                                 reason=f"compiled core unavailable: {_compiled.unavailable_reason()}")
@@ -108,20 +110,38 @@ def test_auto_routes_what_the_core_takes_and_falls_back_for_the_rest(monkeypatch
     for sampler in ("log_uniform", "uniform", LogUniformSampler(50, draw="unique_exact"), UniformSampler(50)):
         sampled_softmax_loss(W, b, y, h, 12, 50, sampler=sampler)
     assert ext.calls[1:] == ["sampled_softmax_sampled"] * 4
+    # The table samplers too (issue 36); a sampler module of another kind draws for itself.
     sampled_softmax_loss(W, b, y, h, 12, 50, sampler=UnigramSampler(50, np.arange(1, 51)))
+    sampled_softmax_loss(W, b, y, h, 12, 50, sampler=LearnedUnigramSampler(50))
+    assert ext.calls[-2:] == ["sampled_softmax_sampled"] * 2
+
+    class Reversed(LogUniformSampler):
+        pass
+
+    sampled_softmax_loss(W, b, y, h, 12, 50, sampler=Reversed(50))
     assert ext.calls[-1] == "sampled_softmax_core"
 
 
+def _unigram(V, *, draw):  # zero weights on some classes (not the labels 0..8): never drawn
+    k = np.arange(V)
+    return UnigramSampler(V, np.where((k % 7 == 5) & (k > 8), 0.0, 1.0 + k[::-1] % 11), draw=draw)
+
+
+def _learned(V, *, draw):  # counts learned from the labels of each call, after its draw
+    return LearnedUnigramSampler(V, draw=draw)
+
+
 @pytest.mark.parametrize("dtype,sampler,draw,hits,log_q", list(itertools.product(
-    (torch.float32, torch.float64), (LogUniformSampler, UniformSampler), ("unique", "with_replacement", "unique_exact"),
-    (True, False), (True, False))))
+    (torch.float32, torch.float64), (LogUniformSampler, UniformSampler, _unigram, _learned),
+    ("unique", "with_replacement", "unique_exact"), (True, False), (True, False))))
 def test_compiled_draw_is_the_python_samplers_draw(dtype, sampler, draw, hits, log_q):
     # Labels among the frequent classes, so that accidental hits occur (and repeats, with replacement).
     W, b, h, _, _ = case(V=60, N=40, dtype=dtype)
     y = torch.arange(40) % 9
-    kw = dict(sampler=sampler(60, draw=draw), remove_accidental_hits=hits, subtract_log_q=log_q, sparse=True)
-    results, states = [], []
+    results, states, samplers = [], [], []
     for impl in ("compiled", "python"):
+        samplers.append(sampler(60, draw=draw))
+        kw = dict(sampler=samplers[-1], remove_accidental_hits=hits, subtract_log_q=log_q, sparse=True)
         for t in (W, b, h):
             t.grad = None
         g = torch.Generator().manual_seed(3)
@@ -131,9 +151,24 @@ def test_compiled_draw_is_the_python_samplers_draw(dtype, sampler, draw, hits, l
         results.append((loss.detach(), W.grad.to_dense(), b.grad.to_dense(), h.grad))
         states.append(g.get_state())
     assert torch.equal(states[0], states[1])
+    if sampler is _learned:  # each call learned the same labels
+        assert torch.equal(samplers[0].counts, samplers[1].counts)
+        assert samplers[0].counts.sum() == 60 + 3 * 40
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
     for a, e in zip(*results):
         torch.testing.assert_close(a, e, **tol)
+
+
+def test_a_label_the_table_cannot_draw_is_the_same_error_on_the_compiled_route():
+    W, b, h, _, _ = case(V=60, N=40)
+    y = torch.arange(40) % 9
+    zero_at_3 = UnigramSampler(60, np.where(np.arange(60) == 3, 0.0, 1.0))
+    messages = []
+    for impl in ("auto", "python"):
+        with pytest.raises(SampledSoftmaxError, match="probability 0") as e:
+            sampled_softmax_loss(W, b, y, h, 25, 60, sampler=zero_at_3, implementation=impl)
+        messages.append(str(e.value))
+    assert messages[0] == messages[1]
 
 
 def test_compiled_draw_equals_the_float64_reference():

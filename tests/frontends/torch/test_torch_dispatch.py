@@ -9,7 +9,7 @@ import torch
 from sampled_softmax import SampledSoftmaxError
 from sampled_softmax.samplers import DistributionKind, DrawKind
 from sampled_softmax.torch import (
-    LogUniformSampler, SampledSoftmax, SampledSoftmaxLoss, UnigramSampler, compiled_core, explain_route,
+    LearnedUnigramSampler, LogUniformSampler, SampledSoftmax, SampledSoftmaxLoss, UnigramSampler, compiled_core, explain_route,
     sampled_softmax_loss,
 )
 from sampled_softmax.torch import _compiled
@@ -31,8 +31,15 @@ def test_routes_and_reasons():
     sv = (torch.arange(10), torch.ones(6, 1), torch.ones(10))
     route = explain_route(W, None, y, h, 10, 50, sampled_values=sv)
     assert route.name == "compiled" and "sampled_values" in route.reason
-    route = explain_route(W, None, y, h, 10, 50, sampler=UnigramSampler(50, torch.ones(50)))
-    assert route.name == "compiled" and "UnigramSampler" in route.reason
+    # The table samplers draw on the compiled route too (issue 36); another sampler module draws itself.
+    assert explain_route(W, None, y, h, 10, 50, sampler=UnigramSampler(50, torch.ones(50))).name == "compiled_draw"
+    assert explain_route(W, None, y, h, 10, 50, sampler=LearnedUnigramSampler(50)).name == "compiled_draw"
+
+    class Custom(UnigramSampler):
+        pass
+
+    route = explain_route(W, None, y, h, 10, 50, sampler=Custom(50, torch.ones(50)))
+    assert route.name == "compiled" and "Custom" in route.reason
     route = explain_route(W, None, y, h, 10, 50, label_smoothing=0.1)
     assert route == ("python", "the compiled core cannot be used: it takes label_smoothing=0; received 0.1")
     route = explain_route([W[:25], W[25:]], None, y, h, 10, 50)

@@ -15,7 +15,8 @@ using at::Tensor;
 // `sampled_softmax.samplers.DrawKind` and `DistributionKind`; bindings.cpp exports these for the check
 // `_compiled.py` makes when it loads a build (a mismatch is refused, never misread).
 enum class DrawKind : int64_t { kWithReplacement = 0, kUnique = 1, kUniqueExact = 2 };
-enum class DistributionKind : int64_t { kUniform = 0, kLogUniform = 1 };
+// kUnigram reads a cumulative table, kLearnedUnigram a Fenwick tree (`samplers.CountsTree`).
+enum class DistributionKind : int64_t { kUniform = 0, kLogUniform = 1, kUnigram = 2, kLearnedUnigram = 3 };
 // The head over a row's logits (`sampled_softmax.torch._autograd.HeadKind`): the softmax
 // cross-entropy, or a logistic loss per column (NCE, negative sampling).
 enum class HeadKind : int64_t { kSoftmax = 0, kSigmoid = 1 };
@@ -95,12 +96,13 @@ std::optional<Tensor> sampled_softmax_sampled(const Tensor& h, const Tensor& W, 
                                               const Tensor& labels, int64_t num_sampled, int64_t distribution,
                                               int64_t draw, std::optional<at::Generator> generator,
                                               bool remove_hits, bool subtract_log_q, int64_t head, bool sparse,
-                                              std::optional<int64_t> ignore_index, int64_t unique_draw_limit);
+                                              std::optional<int64_t> ignore_index, int64_t unique_draw_limit,
+                                              const std::vector<Tensor>& draw_table);
 std::optional<std::vector<Tensor>> sampled_columns(const Tensor& h, const Tensor& W, const Tensor& labels,
                                                    int64_t num_sampled, int64_t distribution, int64_t draw,
                                                    std::optional<at::Generator> generator, bool remove_hits,
                                                    bool subtract_log_q, std::optional<int64_t> ignore_index,
-                                                   int64_t unique_draw_limit);
+                                                   int64_t unique_draw_limit, const std::vector<Tensor>& draw_table);
 
 // sparse_adam.cpp
 void sparse_row_adam_(Tensor param, Tensor moments, Tensor exp_avg, Tensor exp_avg_sq, const Tensor& indices,

@@ -1,8 +1,11 @@
 // Candidate sampling on the CPU, then the loss: the twin of `samplers.draw_from_uniforms`.
 //
 // sampled_softmax_sampled(h, W, b, labels [N], num_sampled, distribution, draw, generator,
-//                         remove_hits, subtract_log_q, head, sparse, ignore_index, unique_draw_limit)
-//                         -> loss [N] or None
+//                         remove_hits, subtract_log_q, head, sparse, ignore_index, unique_draw_limit,
+//                         draw_table) -> loss [N] or None
+//   `draw_table`: [] for the uniform and log-uniform distributions; for a table's,
+//   [weights [V], search, total]: the cumulative weights (unigram) or the Fenwick tree of
+//   `samplers.CountsTree` (learned unigram), read in place (the draw does not change them).
 //   Draws the candidates as `sampled_softmax.torch.samplers` does (the same uniforms from the
 //   same generator, in the same order, the same classes, the same float32 expected counts), then
 //   the loss of loss.cpp with `head`. Parity with the Python sampler depends on consuming the uniforms in
@@ -28,16 +31,52 @@ struct ClassDistribution {
   DistributionKind kind;
   int64_t num_classes;
   double log_range;  // log(V + 1)
+  // A table's distribution (kUnigram, kLearnedUnigram): Q(k) = weights[k] / total, drawn from
+  // `search`, the cumulative weights (kUnigram) or the 1-based Fenwick tree of
+  // `samplers.CountsTree`, padded with +inf up to 2 * top (kLearnedUnigram).
+  const double* weights = nullptr;
+  const double* search = nullptr;
+  int64_t top = 0;
+  double total = 0;
 
   int64_t from_uniform(double u) const {
-    if (kind == DistributionKind::kUniform) return std::min<int64_t>(static_cast<int64_t>(u * num_classes), num_classes - 1);
-    // `% V` guards the round-off at u -> 1, as TensorFlow does.
-    return (static_cast<int64_t>(std::exp(u * log_range)) - 1) % num_classes;
+    switch (kind) {
+      case DistributionKind::kUniform:
+        return std::min<int64_t>(static_cast<int64_t>(u * num_classes), num_classes - 1);
+      case DistributionKind::kLogUniform:
+        // `% V` guards the round-off at u -> 1, as TensorFlow does.
+        return (static_cast<int64_t>(std::exp(u * log_range)) - 1) % num_classes;
+      case DistributionKind::kUnigram: {
+        // searchsorted(cdf, u * total, side="right"): skips zero-weight classes.
+        const double x = u * total;
+        return std::min<int64_t>(std::upper_bound(search, search + num_classes, x) - search, num_classes - 1);
+      }
+      case DistributionKind::kLearnedUnigram: {
+        // The tree's descent from its largest power of two, as CountsTree.from_uniform.
+        double x = u * total;
+        int64_t pos = 0;
+        for (int64_t step = top; step; step >>= 1) {
+          const double node = search[pos + step];
+          if (node <= x) {
+            x -= node;
+            pos += step;
+          }
+        }
+        return std::min<int64_t>(pos, num_classes - 1);
+      }
+    }
+    return 0;
   }
 
   double prob(int64_t k) const {
-    if (kind == DistributionKind::kUniform) return 1.0 / num_classes;
-    return std::log1p(1.0 / (static_cast<double>(k) + 1.0)) / log_range;
+    switch (kind) {
+      case DistributionKind::kUniform:
+        return 1.0 / num_classes;
+      case DistributionKind::kLogUniform:
+        return std::log1p(1.0 / (static_cast<double>(k) + 1.0)) / log_range;
+      default:
+        return weights[k] / total;
+    }
   }
 };
 
@@ -93,10 +132,11 @@ std::optional<Tensor> sampled_softmax_sampled(const Tensor& h, const Tensor& W, 
                                               const Tensor& labels, int64_t num_sampled, int64_t distribution,
                                               int64_t draw_value, std::optional<at::Generator> generator,
                                               bool remove_hits, bool subtract_log_q, int64_t head, bool sparse,
-                                              std::optional<int64_t> ignore_index, int64_t unique_draw_limit) {
+                                              std::optional<int64_t> ignore_index, int64_t unique_draw_limit,
+                                              const std::vector<Tensor>& draw_table) {
   head_kind(head);
   auto columns = sampled_columns(h, W, labels, num_sampled, distribution, draw_value, generator, remove_hits,
-                                 subtract_log_q, ignore_index, unique_draw_limit);
+                                 subtract_log_q, ignore_index, unique_draw_limit, draw_table);
   if (!columns) return std::nullopt;
   return sampled_softmax_core(h, W, b, (*columns)[0], (*columns)[1], (*columns)[2], head, sparse);
 }
@@ -105,10 +145,10 @@ std::optional<std::vector<Tensor>> sampled_columns(const Tensor& h, const Tensor
                                                    int64_t num_sampled, int64_t distribution, int64_t draw_value,
                                                    std::optional<at::Generator> generator, bool remove_hits,
                                                    bool subtract_log_q, std::optional<int64_t> ignore_index,
-                                                   int64_t unique_draw_limit) {
+                                                   int64_t unique_draw_limit, const std::vector<Tensor>& draw_table) {
   TORCH_CHECK(labels.device().is_cpu() && h.device().is_cpu(), "sampled_softmax_sampled runs on the CPU");
-  TORCH_CHECK(distribution == static_cast<int64_t>(DistributionKind::kUniform) ||
-                  distribution == static_cast<int64_t>(DistributionKind::kLogUniform),
+  TORCH_CHECK(distribution >= static_cast<int64_t>(DistributionKind::kUniform) &&
+                  distribution <= static_cast<int64_t>(DistributionKind::kLearnedUnigram),
               "sampled_softmax_sampled: unknown distribution ", distribution);
   TORCH_CHECK(draw_value >= static_cast<int64_t>(DrawKind::kWithReplacement) &&
                   draw_value <= static_cast<int64_t>(DrawKind::kUniqueExact),
@@ -117,12 +157,34 @@ std::optional<std::vector<Tensor>> sampled_columns(const Tensor& h, const Tensor
   const int64_t n = labels.numel(), s = num_sampled, num_classes = W.size(0);
   // The caller checks these with its own messages; here they only keep a unique draw finite.
   TORCH_CHECK(s >= 1 && (draw != DrawKind::kUnique || s <= num_classes), "num_sampled out of range for the draw");
-  const ClassDistribution dist{static_cast<DistributionKind>(distribution), num_classes,
-                               std::log1p(static_cast<double>(num_classes))};
+  ClassDistribution dist{static_cast<DistributionKind>(distribution), num_classes,
+                         std::log1p(static_cast<double>(num_classes))};
+  Tensor weights, search;  // held for the pointers below
+  if (dist.kind == DistributionKind::kUnigram || dist.kind == DistributionKind::kLearnedUnigram) {
+    TORCH_CHECK(draw_table.size() == 3,
+                "sampled_softmax_sampled: a table distribution needs [weights, search, total]");
+    weights = draw_table[0].to(at::kDouble).contiguous();
+    search = draw_table[1].to(at::kDouble).contiguous();
+    TORCH_CHECK(weights.numel() == num_classes, "sampled_softmax_sampled: the table has ", weights.numel(),
+                " weights for ", num_classes, " classes");
+    dist.weights = weights.data_ptr<double>();
+    dist.search = search.data_ptr<double>();
+    dist.total = draw_table[2].item<double>();
+    if (dist.kind == DistributionKind::kLearnedUnigram) {
+      dist.top = int64_t{1} << (63 - __builtin_clzll(static_cast<unsigned long long>(num_classes)));
+      TORCH_CHECK(search.numel() == 2 * dist.top + 1, "sampled_softmax_sampled: the tree has ", search.numel(),
+                  " nodes for ", num_classes, " classes");
+    } else {
+      TORCH_CHECK(search.numel() == num_classes, "sampled_softmax_sampled: the cumulative table has ",
+                  search.numel(), " entries for ", num_classes, " classes");
+    }
+  }
   Tensor y = labels.to(at::kLong).contiguous();
   const int64_t* yp = y.data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i) {
     if (yp[i] < 0 || yp[i] >= num_classes || (ignore_index && yp[i] == *ignore_index)) return std::nullopt;
+    // A label the table cannot draw has no log E: the caller's general path says so.
+    if (subtract_log_q && dist.weights != nullptr && !(dist.weights[yp[i]] > 0)) return std::nullopt;
   }
 
   // The draw, consuming the uniforms exactly as the Python sampler does.
