@@ -318,6 +318,17 @@ def sampled_softmax_grads(
 # NCE and negative sampling: the sigmoid head
 
 
+def _sigmoid_columns(logits, keep, num_true):
+    """``(keep, target, z, live)``: the keep mask, the targets ``1 / T_i`` on kept true columns,
+    the kept logits (0 where removed) and whether each row has a kept label."""
+    keep = np.asarray(keep, bool)
+    n_true = keep[:, :num_true].sum(axis=1, keepdims=True)
+    target = np.zeros(keep.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        target[:, :num_true] = np.where(keep[:, :num_true], 1.0 / n_true, 0.0)
+    return keep, target, np.where(keep, logits, 0.0), n_true[:, 0] > 0
+
+
 def sigmoid_head(logits, keep, num_true):
     """Stage 3, the sigmoid head of NCE (Gutmann & Hyvarinen 2010; ``tf.nn.nce_loss``) and of
     negative sampling: per-row loss ``[B]`` and ``d loss / d logits [B, K]``.
@@ -332,14 +343,8 @@ def sigmoid_head(logits, keep, num_true):
     removed column (accidental hit, padding, ignored label) adds nothing, as ``tf.nn``'s
     ``-FLT_MAX`` logit does; a row with no kept label has loss 0 and gradient 0.
     """
-    keep = np.asarray(keep, bool)
-    n_true = keep[:, :num_true].sum(axis=1, keepdims=True)
-    target = np.zeros(keep.shape)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        target[:, :num_true] = np.where(keep[:, :num_true], 1.0 / n_true, 0.0)
-    z = np.where(keep, logits, 0.0)
+    keep, target, z, live = _sigmoid_columns(logits, keep, num_true)
     per_column = np.maximum(z, 0.0) - z * target + np.log1p(np.exp(-np.abs(z)))
-    live = n_true[:, 0] > 0
     loss = np.where(live, np.where(keep, per_column, 0.0).sum(axis=1), 0.0)
     grad = np.where(keep & live[:, None], 1.0 / (1.0 + np.exp(-z)) - target, 0.0)
     return loss, grad
@@ -416,15 +421,9 @@ def gbce_head(logits, keep, num_true, beta):
     """Stage 3, gBCE's head: :func:`sigmoid_head` with each true column's term ``-target log s(o)``
     multiplied by ``beta``, i.e. binary cross-entropy against the positive probability
     ``s(o)^beta``; gradient ``s(o) (1 + (beta - 1) target) - beta target`` on kept columns."""
-    keep = np.asarray(keep, bool)
-    n_true = keep[:, :num_true].sum(axis=1, keepdims=True)
-    target = np.zeros(keep.shape)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        target[:, :num_true] = np.where(keep[:, :num_true], 1.0 / n_true, 0.0)
-    z = np.where(keep, logits, 0.0)
+    keep, target, z, live = _sigmoid_columns(logits, keep, num_true)
     log_s_pos, log_s_neg = -np.logaddexp(0.0, -z), -np.logaddexp(0.0, z)
     per_column = -(beta * target * log_s_pos + (1.0 - target) * log_s_neg)
-    live = n_true[:, 0] > 0
     loss = np.where(live, np.where(keep, per_column, 0.0).sum(axis=1), 0.0)
     s = 1.0 / (1.0 + np.exp(-z))
     grad = np.where(keep & live[:, None], s * (1.0 + (beta - 1.0) * target) - beta * target, 0.0)

@@ -34,3 +34,16 @@ class _NoBar:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend, or None without matplotlib (an
+    optional dependency: the ``apps`` extra); the applications then skip their figures."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt

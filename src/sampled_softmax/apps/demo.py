@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._arguments import check_at_least, check_positive_float, comma_list
-from ._progress import progress_bar
+from ._progress import progress_bar, pyplot
 from .corpus import Corpus, read_corpus, zipf_markov
 from ..torch import LogUniformSampler, SampledSoftmax, SparseRowAdam, UniformSampler, UnigramSampler
 
@@ -232,12 +232,8 @@ def table(results, corpus: Corpus) -> str:
 
 
 def plot(results, corpus: Corpus, path: str) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in results:

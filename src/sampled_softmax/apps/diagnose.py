@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ._arguments import check_at_least, check_positive_float, comma_list
-from ._progress import progress_bar
+from ._progress import progress_bar, pyplot
 from ..torch import LogUniformSampler, UniformSampler, UnigramSampler
 from ..torch import full_softmax_loss, sampled_softmax_loss
 
@@ -168,12 +168,8 @@ def picture(grads, target: int, S: int, sampler_name: str, path: str, *, classes
     """The estimators' bar chart: over the target and the classes of largest full gradient, the
     full gradient, one draw's and the mean of ``draws``, one panel per estimator. Returns
     ``path``, or None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     full = grads["full"]
     order = [int(k) for k in torch.argsort(full.abs(), descending=True) if int(k) != target][: classes - 1]
@@ -202,12 +198,8 @@ def picture(grads, target: int, S: int, sampler_name: str, path: str, *, classes
 
 
 def plots(rows, W, b, h, y, full_db, sampler, S, out_dir: str) -> list[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return []
     paths = []
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -34,7 +34,7 @@ from ..torch import (
     mixed_negatives, nce_loss, negative_sampling_loss, sampled_softmax_loss,
 )
 from ._arguments import check_at_least, check_positive_float
-from ._progress import progress_bar
+from ._progress import progress_bar, pyplot
 from .seqrec_data import Interactions, Split, leave_one_out, read_interactions
 
 LOSSES = ("full", "sampled_softmax", "nce", "negative_sampling", "gbce", "in_batch", "mixed")
@@ -303,12 +303,8 @@ def _config(args) -> dict:
 
 def plot(results: list, path: str) -> str | None:
     """Validation NDCG@10 against training seconds, one line per result; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in results:
