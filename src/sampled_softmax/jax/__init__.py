@@ -1,7 +1,7 @@
 """``sampled_softmax.jax``: the sampled losses as pure JAX functions with explicit PRNG keys.
 
 Losses (:mod:`.functional`): :func:`sampled_softmax_loss`, :func:`nce_loss`,
-:func:`negative_sampling_loss`, :func:`full_softmax_loss`, :func:`full_logits`, and for retrieval
+:func:`negative_sampling_loss`, :func:`gbce_loss`, :func:`full_softmax_loss`, :func:`full_logits`, and for retrieval
 :func:`in_batch_softmax_loss`; samplers
 (:mod:`.samplers`): pure functions of a key. Everything compiles under ``jax.jit`` with static
 ``num_sampled`` / ``num_classes`` / ``num_true``, and works under ``jax.grad`` and ``jax.vmap``.
@@ -11,11 +11,11 @@ Importing this module imports JAX only.
 from . import samplers
 from .retrieval import in_batch_softmax_loss, mixed_negatives
 from .functional import (
-    candidate_columns, corrected_logits, full_logits, full_softmax_loss, nce_loss, negative_sampling_loss,
+    candidate_columns, corrected_logits, full_logits, full_softmax_loss, gbce_loss, nce_loss, negative_sampling_loss,
     sampled_softmax_loss, sigmoid_head, softmax_head,
 )
 
 __all__ = [
-    "sampled_softmax_loss", "nce_loss", "negative_sampling_loss", "full_softmax_loss", "full_logits",
+    "sampled_softmax_loss", "nce_loss", "negative_sampling_loss", "gbce_loss", "full_softmax_loss", "full_logits",
     "candidate_columns", "corrected_logits", "softmax_head", "sigmoid_head", "samplers", "in_batch_softmax_loss", "mixed_negatives",
 ]

@@ -26,7 +26,7 @@ from . import _order
 from . import samplers as S
 
 __all__ = ["sampled_softmax_loss", "nce_loss", "negative_sampling_loss", "full_softmax_loss", "full_logits",
-           "candidate_columns", "corrected_logits", "softmax_head", "sigmoid_head"]
+           "candidate_columns", "corrected_logits", "softmax_head", "sigmoid_head", "gbce_loss"]
 
 # Removed columns take the lowest finite value of the compute dtype: exp() of it underflows to
 # exactly 0, and 0 * logit stays finite.
@@ -131,23 +131,27 @@ def softmax_head(logits, keep, num_true, label_smoothing=0.0):
     return jnp.where(live, loss, 0.0), live
 
 
-def sigmoid_columns(logits, keep, num_true):
+def sigmoid_columns(logits, keep, num_true, beta=1.0):
     """NCE's per-column logistic losses ``[N, T + S]``: target ``1 / T_i`` on the kept labels, 0
-    on the candidates, 0 where removed."""
+    on the candidates, 0 where removed. ``beta`` (gBCE's, a Python float) multiplies the
+    labels' ``-target log s(o)`` term."""
     kt = keep[:, :num_true].astype(logits.dtype)
     n_true = jnp.sum(kt, axis=1, keepdims=True)
     target = jnp.concatenate([kt / jnp.maximum(n_true, 1.0), jnp.zeros_like(logits[:, num_true:])], axis=1)
     z = jnp.where(keep, logits, 0.0)
-    per_column = jnp.maximum(z, 0.0) - z * target + jnp.log1p(jnp.exp(-jnp.abs(z)))
+    if beta == 1.0:
+        per_column = jnp.maximum(z, 0.0) - z * target + jnp.log1p(jnp.exp(-jnp.abs(z)))
+    else:  # -(beta t log s(z) + (1 - t) log s(-z))
+        per_column = beta * target * jax.nn.softplus(-z) + (1.0 - target) * jax.nn.softplus(z)
     return jnp.where(keep, per_column, 0.0)
 
 
-def sigmoid_head(logits, keep, num_true):
-    """NCE's head (negative sampling's over uncorrected logits): each kept column a logistic
-    classification (:func:`sigmoid_columns`); per row the sum ``[N]``, and the rows with a kept
-    label ``[N]``."""
+def sigmoid_head(logits, keep, num_true, beta=1.0):
+    """NCE's head (negative sampling's over uncorrected logits; gBCE's with ``beta``): each kept
+    column a logistic classification (:func:`sigmoid_columns`); per row the sum ``[N]``, and the
+    rows with a kept label ``[N]``."""
     live = jnp.any(keep[:, :num_true], axis=1)
-    return jnp.where(live, jnp.sum(sigmoid_columns(logits, keep, num_true), axis=1), 0.0), live
+    return jnp.where(live, jnp.sum(sigmoid_columns(logits, keep, num_true, beta), axis=1), 0.0), live
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,8 +302,8 @@ def _head_loss(head, c: _Call, h, rows, bias_rows, label_smoothing, reduction):
     logits = corrected_logits(h, rows, bias_rows, c.log_q, c.keep, c.num_true)
     if head == "softmax":
         loss, live = softmax_head(logits, c.keep, c.num_true, label_smoothing)
-    else:
-        loss, live = sigmoid_head(logits, c.keep, c.num_true)
+    else:  # "sigmoid", or ("gbce", beta)
+        loss, live = sigmoid_head(logits, c.keep, c.num_true, head[1] if isinstance(head, tuple) else 1.0)
     return _reduced(loss, live, c.y, c.valid, c.lead, c.W.shape[0], reduction, c.bad_draw)
 
 
@@ -396,6 +400,26 @@ def negative_sampling_loss(
     """Negative sampling (Mikolov et al. 2013): :func:`nce_loss` without the ``- log E``
     correction, over noise shared by the batch."""
     return _loss("sigmoid", weights, biases, labels, inputs, num_sampled=num_sampled, num_classes=num_classes,
+                 num_true=num_true, sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits,
+                 key=key, sampler=sampler, draw=draw, ignore_index=ignore_index, label_smoothing=0.0,
+                 subtract_log_q=False, exclude_true=False, reduction=reduction)
+
+
+def gbce_loss(
+    weights, biases, labels, inputs, num_sampled: int, num_classes: int, num_true: int = 1, sampled_values=None,
+    remove_accidental_hits: bool = False, *, t: float = 0.75, key: jax.Array | None = None, sampler="uniform",
+    draw: Literal["unique_exact", "with_replacement"] | None = None, ignore_index: int | None = None,
+    reduction: Literal["none", "mean", "sum"] = "none",
+) -> jax.Array:
+    """gBCE (Petrov & Macdonald 2023): :func:`negative_sampling_loss` with the labels'
+    probability raised to ``beta = alpha (t (1 - 1/alpha) + 1/alpha)``, ``alpha = k / (V - 1)``
+    (:func:`sampled_softmax.torch.gbce_loss`); the default sampler is ``"uniform"``."""
+    num_sampled, num_classes = V.check_positive_int("num_sampled", num_sampled), V.check_positive_int(
+        "num_classes", num_classes)
+    t = V.check_gbce(num_sampled, num_classes, t)
+    alpha = num_sampled / (num_classes - 1)
+    beta = alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+    return _loss(("gbce", beta), weights, biases, labels, inputs, num_sampled=num_sampled, num_classes=num_classes,
                  num_true=num_true, sampled_values=sampled_values, remove_accidental_hits=remove_accidental_hits,
                  key=key, sampler=sampler, draw=draw, ignore_index=ignore_index, label_smoothing=0.0,
                  subtract_log_q=False, exclude_true=False, reduction=reduction)

@@ -5,7 +5,7 @@ Imports TensorFlow (and no other framework).
 """
 
 from .. import SampledSoftmaxError, SampledValues
-from .nn import compute_accidental_hits, full_logits, full_softmax_loss, nce_loss, sampled_softmax_loss
+from .nn import compute_accidental_hits, full_logits, full_softmax_loss, gbce_loss, nce_loss, sampled_softmax_loss
 from .frequency import CountMinFrequency, StreamingFrequency
 from .retrieval import in_batch_softmax_loss, mixed_negatives
 from .samplers import (
@@ -14,7 +14,7 @@ from .samplers import (
 )
 
 __all__ = [
-    "sampled_softmax_loss", "nce_loss", "full_softmax_loss", "full_logits", "log_uniform_candidate_sampler",
+    "sampled_softmax_loss", "nce_loss", "gbce_loss", "full_softmax_loss", "full_logits", "log_uniform_candidate_sampler",
     "uniform_candidate_sampler", "unigram_candidate_sampler", "all_candidate_sampler", "compute_accidental_hits",
     "fixed_unigram_candidate_sampler", "learned_unigram_candidate_sampler", "LearnedUnigramSampler", "SampledValues",
     "SampledSoftmaxError", "in_batch_softmax_loss", "mixed_negatives", "StreamingFrequency", "CountMinFrequency",

@@ -132,11 +132,13 @@ def softmax_head(num_true, valid, label_smoothing):
     return head
 
 
-def sigmoid_head(num_true, valid):
+def sigmoid_head(num_true, valid, beta=1.0):
     """NCE's head (negative sampling's over uncorrected logits): each kept column a logistic
     classification, target ``1 / T_i`` on the kept true columns and 0 on the candidates; the
     row's loss is the sum of the sigmoid cross-entropies, its gradient ``sigmoid(o) - target``.
-    Removed columns add nothing; a row without a kept label has loss 0 and no gradient."""
+    Removed columns add nothing; a row without a kept label has loss 0 and no gradient. gBCE's
+    ``beta`` multiplies the labels' ``-target log sigmoid(o)`` term (gradient
+    ``sigmoid(o) (1 + (beta - 1) target) - beta target``)."""
 
     def head(logits, removed):
         n, dtype = tf.shape(logits)[0], logits.dtype
@@ -147,8 +149,13 @@ def sigmoid_head(num_true, valid):
         zero = tf.zeros_like(logits)
         z = tf.where(keep, logits, zero)
         live = tf.cast(n_true > 0, dtype)
-        per_column = tf.where(keep, tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=z), zero)
-        return tf.reduce_sum(per_column, 1) * live[:, 0], tf.where(keep, tf.sigmoid(z) - target, zero) * live
+        if beta == 1.0:
+            per_column = tf.where(keep, tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=z), zero)
+            return tf.reduce_sum(per_column, 1) * live[:, 0], tf.where(keep, tf.sigmoid(z) - target, zero) * live
+        per_column = tf.where(keep, tf.nn.weighted_cross_entropy_with_logits(labels=target, logits=z,
+                                                                              pos_weight=beta), zero)
+        grad = tf.sigmoid(z) * (1.0 + (beta - 1.0) * target) - beta * target
+        return tf.reduce_sum(per_column, 1) * live[:, 0], tf.where(keep, grad, zero) * live
 
     return head
 
@@ -351,7 +358,7 @@ def nce_loss(weights, biases, labels, inputs, num_sampled: int, num_classes: int
 
 def _sampled_head_loss(weights, biases, labels, inputs, num_sampled, *, num_classes, num_true, sampled_values,
                        remove_accidental_hits, seed, ignore_index, subtract_log_q, reduction, make_head,
-                       exclude_true=False):
+                       exclude_true=False, uniform=False):
     """The three stages for a head (``make_head(valid)``), after the shared checks."""
     partition_strategy = "div"
     V.check_choice("reduction", reduction, V.REDUCTIONS)
@@ -366,9 +373,11 @@ def _sampled_head_loss(weights, biases, labels, inputs, num_sampled, *, num_clas
     labels = _check_label_values(labels, num_classes, valid, ignore_index)
     if sampled_values is None:
         V.check_num_sampled(num_sampled, num_classes, unique=not exclude_true)
-        _order.observe(labels, valid, num_classes)
         true_classes = labels if valid is None else tf.where(valid, labels, tf.zeros_like(labels))
-        sampled_values = tf.random.log_uniform_candidate_sampler(
+        if not uniform:
+            _order.observe(labels, valid, num_classes)
+        draw = tf.random.uniform_candidate_sampler if uniform else tf.random.log_uniform_candidate_sampler
+        sampled_values = draw(
             true_classes=true_classes, num_true=num_true, num_sampled=num_sampled, unique=not exclude_true,
             range_max=num_classes, seed=seed)
     else:
@@ -392,6 +401,27 @@ def _sampled_head_loss(weights, biases, labels, inputs, num_sampled, *, num_clas
                         row_log_q, ids=ids)
     loss = _nan_rows(loss, labels, cand, true_count, samp_count, num_classes, valid)
     return _reduce(loss, None if valid is None else tf.reduce_any(valid, axis=1), reduction)
+
+
+def gbce_loss(weights, biases, labels, inputs, num_sampled: int, num_classes: int, num_true: int = 1,
+              sampled_values=None, remove_accidental_hits: bool = False, name: str = "gbce_loss", *, t: float = 0.75,
+              ignore_index: int | None = None, reduction: Literal["none", "mean", "sum"] = "none") -> tf.Tensor:
+    """gBCE (Petrov & Macdonald 2023): negative sampling (:func:`nce_loss` without ``log E``)
+    with the labels' probability raised to ``beta = alpha (t (1 - 1/alpha) + 1/alpha)``,
+    ``alpha = num_sampled / (num_classes - 1)`` (:func:`sampled_softmax.torch.gbce_loss`).
+    Without ``sampled_values`` the candidates are ``tf.random.uniform_candidate_sampler``'s,
+    the noise gBCE's calibration assumes."""
+    num_sampled, num_classes = V.check_positive_int("num_sampled", num_sampled), V.check_positive_int(
+        "num_classes", num_classes)
+    t = V.check_gbce(num_sampled, num_classes, t)
+    alpha = num_sampled / (num_classes - 1)
+    beta = alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+    with tf.name_scope(name):
+        return _sampled_head_loss(weights, biases, labels, inputs, num_sampled, num_classes=num_classes,
+                                  num_true=num_true, sampled_values=sampled_values,
+                                  remove_accidental_hits=remove_accidental_hits, seed=None, ignore_index=ignore_index,
+                                  subtract_log_q=False, reduction=reduction, uniform=True,
+                                  make_head=lambda valid: sigmoid_head(num_true, valid, beta))
 
 
 def full_logits(weights, biases, inputs, name: str = "full_logits") -> tf.Tensor:

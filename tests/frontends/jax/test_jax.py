@@ -171,3 +171,31 @@ def test_importing_the_front_end_loads_jax_only():
             "print(sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("t,T,hits", [(0.0, 1, False), (0.75, 1, True), (1.0, 3, False), (0.3, 3, True)])
+def test_gbce_equals_the_reference_in_float64_with_its_gradients(rng, t, T, hits):
+    from sampled_softmax.jax import gbce_loss
+
+    W, b, y, h, sv = random_problem(rng, T=T)
+    with jax.enable_x64(True):
+        def loss(W_, b_, h_):
+            return gbce_loss(W_, b_, y, h_, len(sv[0]), W.shape[0], num_true=T, sampled_values=sv, t=t,
+                             remove_accidental_hits=hits)
+
+        np.testing.assert_allclose(jax.jit(loss)(W, b, h), R.gbce_loss(W, b, y, h, sv, t=t,
+                                                                       remove_accidental_hits=hits), rtol=1e-12)
+        got = _grads(lambda *a: jnp.sum(loss(*a)), W, b, h)
+        for g, e in zip(got, R.gbce_grads(W, b, y, h, sv, t=t, remove_accidental_hits=hits)):
+            np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-12)
+    if t == 0.0:  # plain negative sampling
+        np.testing.assert_allclose(loss(W, b, h), negative_sampling_loss(
+            W, b, y, h, len(sv[0]), W.shape[0], num_true=T, sampled_values=sv, remove_accidental_hits=hits), rtol=1e-6)
+
+
+def test_gbce_bad_t_is_an_error_naming_it(rng):
+    from sampled_softmax.jax import gbce_loss
+
+    W, b, y, h, sv = random_problem(rng)
+    with pytest.raises(SampledSoftmaxError, match="`t` must be in"):
+        gbce_loss(W, b, y, h, len(sv[0]), W.shape[0], sampled_values=sv, t=1.5)

@@ -76,3 +76,37 @@ def test_negative_sampling_is_nce_without_log_q():
     W, b, y, h, sv = problem(9, dtype=np.float64)
     ours = sst.nce_loss(W, b, y, h, len(sv[0]), W.shape[0], sampled_values=sv, subtract_log_q=False).numpy()
     np.testing.assert_allclose(ours, R.negative_sampling_loss(W, b, y, h, sv), rtol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize("T,hits,t", [(1, False, 0.75), (3, True, 1.0), (2, False, 0.0)])
+def test_gbce_matches_the_reference(mode, T, hits, t):
+    W, b, y, h, sv = problem(11, T=T, dtype=np.float64)
+    y[1, 0] = -1  # an ignored label
+    Wv, bv, hv = tf.Variable(W), tf.Variable(b), tf.Variable(h)
+
+    def step():
+        with tf.GradientTape() as tape:
+            loss = sst.gbce_loss(Wv, bv, tf.constant(y), hv, len(sv[0]), W.shape[0], num_true=T,
+                                 sampled_values=tuple(tf.constant(v) for v in sv), remove_accidental_hits=hits,
+                                 ignore_index=-1, t=t)
+            total = tf.reduce_sum(loss)
+        return loss, tape.gradient(total, [hv, Wv, bv])
+
+    if mode != "eager":
+        step = tf.function(step, jit_compile=mode == "xla")
+    loss, grads = step()
+    kw = dict(remove_accidental_hits=hits, ignore_index=-1, t=t)
+    np.testing.assert_allclose(loss.numpy(), R.gbce_loss(W, b, y, h, sv, **kw), rtol=1e-10)
+    for ours, ref in zip(grads, R.gbce_grads(W, b, y, h, sv, **kw)):
+        np.testing.assert_allclose(tf.convert_to_tensor(ours).numpy(), ref, rtol=1e-9, atol=1e-12)
+
+
+def test_gbce_draws_uniform_candidates_and_refuses_a_bad_t():
+    from sampled_softmax import SampledSoftmaxError
+
+    W, b, y, h, _ = problem(3)
+    loss = sst.gbce_loss(W, b, y[:, :1], h, 5, W.shape[0])
+    assert loss.shape == (h.shape[0],) and np.isfinite(loss.numpy()).all()
+    with pytest.raises(SampledSoftmaxError, match="`t` must be in"):
+        sst.gbce_loss(W, b, y[:, :1], h, 5, W.shape[0], t=-1.0)
