@@ -186,3 +186,37 @@ def test_full_cross_entropy_learns_a_predictable_sequence(tmp_path):
     # The next item is the last one plus 1 (never seen by the user): a model that learned it
     # ranks it first; chance is 10 of the ~31 unseen items.
     assert results["test_hr@10"] > 0.9, results["test_hr@10"]
+
+
+def test_per_sequence_negatives_give_the_gradient_of_one_call_per_user(tmp_path):
+    """``--negatives sequence``: each user's own draw, its rows' sparse gradients added into the
+    table's once; the same loss and gradients as one plain (dense) library call per user."""
+    from sampled_softmax.torch import sampled_softmax_loss
+
+    path = _write(tmp_path, _pairs_text(_cycle_users(num_users=6, num_items=30)))
+    data = read_interactions(path)
+    ap = __import__("argparse").ArgumentParser()
+    seqrec.add_arguments(ap)
+    args = ap.parse_args(["--data", path, "--out", str(tmp_path), "--num-sampled", "7", "--negatives", "sequence",
+                          "--exclude-history", "--dropout", "0"])
+    seqrec.check_arguments(ap, args)
+    torch.manual_seed(0)
+    model = seqrec.SASRec(data.num_items, hidden=8, blocks=1, dropout=0.0)
+    inputs, labels = next(seqrec.training_batches(leave_one_out(data).train, 50, 6, np.random.default_rng(0)))
+    loss = seqrec.LossFunction(args, data, torch.Generator().manual_seed(5))(model, inputs, labels)
+    loss.backward()
+    ours = model.item_emb.weight.grad.clone()
+    model.zero_grad()
+    sampler, g = seqrec.make_sampler("uniform", data, "unique"), torch.Generator().manual_seed(5)
+    states, real = model(inputs), inputs != 0
+    total = 0
+    for b in range(inputs.shape[0]):
+        mask = real[b]
+        history = torch.cat([inputs[b, :1], labels[b]]) - 1
+        rows, y = states[b][mask], labels[b][mask] - 1
+        total = total + sampled_softmax_loss(model.output_table, None, y, rows, 7, data.num_items, sampler=sampler,
+                                             generator=g, excluded_ids=history.expand(len(y), -1), reduction="sum")
+    expected = total / real.sum()
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(ours, model.item_emb.weight.grad)

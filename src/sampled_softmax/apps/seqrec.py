@@ -154,15 +154,19 @@ class LossFunction:
             per_user = real.sum(1).tolist()
             pieces = zip(rows.split(per_user), y.split(per_user),
                          excluded.split(per_user) if excluded is not None else [None] * len(per_user))
-            total = sum(self._sampled(table, r, t, ex, "shared", "sum") for r, t, ex in pieces if len(t))
+            pieces = [p for p in pieces if len(p[1])]
+            # Each user's call returns its rows' gradient sparse, to its own view of the table;
+            # the views' backward adds them into one dense gradient (not B dense [V, D] tensors).
+            views = _Views.apply(table, len(pieces))
+            total = sum(self._sampled(v, r, t, ex, "shared", "sum", sparse=True) for v, (r, t, ex) in zip(views, pieces))
             return total / y.shape[0]
         return self._sampled(table, rows, y, excluded, "per_example" if a.negatives == "position" else "shared",
                              "mean")
 
-    def _sampled(self, table, rows, y, excluded, noise, reduction):
+    def _sampled(self, table, rows, y, excluded, noise, reduction, sparse=False):
         a = self.args
         common = dict(sampler=self.sampler, reduction=reduction, generator=self.generator, noise=noise,
-                      excluded_ids=excluded, remove_accidental_hits=True)
+                      excluded_ids=excluded, remove_accidental_hits=True, sparse=sparse)
         if a.loss == "sampled_softmax":
             return sampled_softmax_loss(table, None, y, rows, a.num_sampled, self.num_items,
                                         subtract_log_q=not a.no_log_q, **common)
@@ -185,6 +189,31 @@ class LossFunction:
         if a.no_log_q:
             columns["log_q"] = None
         return in_batch_softmax_loss(rows, **columns, excluded_ids=excluded)
+
+
+class _Views(torch.autograd.Function):
+    """``count`` views of the table, one per loss call; backward adds their sparse row gradients
+    into one dense gradient, each once (autograd would sum sparse gradients pairwise, copying
+    the growing sum at every call)."""
+
+    @staticmethod
+    def forward(ctx, table, count):
+        ctx.shape = table.shape
+        return tuple(table.view_as(table) for _ in range(count))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        total = None
+        for g in grads:
+            if g is None:
+                continue
+            if g.is_sparse:
+                if total is None:
+                    total = torch.zeros(ctx.shape, dtype=g.dtype, device=g.device)
+                total.index_add_(0, g._indices()[0], g._values())
+            else:
+                total = g.clone() if total is None else total.add_(g)
+        return total, None
 
 
 def make_sampler(kind: str, data: Interactions, draw: str):

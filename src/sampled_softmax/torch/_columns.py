@@ -114,7 +114,7 @@ def excluded_hits(candidate_ids: torch.Tensor, excluded_ids: torch.Tensor) -> to
     ids = candidate_ids.to(torch.int64)
     ordered = torch.sort(ids).values
     key = torch.searchsorted(ordered, ids)
-    ex = excluded_ids.to(torch.int64)
+    ex = excluded_ids.to(torch.int64).contiguous()
     where = torch.searchsorted(ordered, ex).clamp_(max=c - 1)
     found = (ordered[where] == ex) & (ex >= 0)
     marked = torch.zeros((b, c + 1), dtype=torch.bool, device=candidate_ids.device)
