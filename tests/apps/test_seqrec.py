@@ -208,6 +208,7 @@ def test_per_sequence_negatives_give_the_gradient_of_one_call_per_user(tmp_path)
     ours = model.item_emb.weight.grad.clone()
     model.zero_grad()
     sampler, g = seqrec.make_sampler("uniform", data, "unique"), torch.Generator().manual_seed(5)
+    assert type(sampler).__name__ == "UniformSampler"
     states, real = model(inputs), inputs != 0
     total = 0
     for b in range(inputs.shape[0]):

@@ -30,8 +30,8 @@ from torch import nn
 
 from .. import SampledSoftmaxError
 from ..torch import (
-    LearnedUnigramSampler, StreamingFrequency, UnigramSampler, full_softmax_loss, gbce_loss, in_batch_softmax_loss,
-    mixed_negatives, nce_loss, negative_sampling_loss, sampled_softmax_loss,
+    LearnedUnigramSampler, StreamingFrequency, UniformSampler, UnigramSampler, full_softmax_loss, gbce_loss,
+    in_batch_softmax_loss, mixed_negatives, nce_loss, negative_sampling_loss, sampled_softmax_loss,
 )
 from ._arguments import check_at_least, check_positive_float
 from ._progress import progress_bar, pyplot
@@ -222,8 +222,9 @@ def make_sampler(kind: str, data: Interactions, draw: str):
     seen so far)."""
     if kind == "learned":
         return LearnedUnigramSampler(data.num_items, draw=draw)
-    counts = np.ones(data.num_items) if kind == "uniform" else data.item_counts()[1:] + 1.0
-    return UnigramSampler(data.num_items, counts, draw=draw)
+    if kind == "uniform":
+        return UniformSampler(data.num_items, draw=draw)
+    return UnigramSampler(data.num_items, data.item_counts()[1:] + 1.0, draw=draw)
 
 
 @torch.no_grad()
