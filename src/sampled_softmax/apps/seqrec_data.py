@@ -139,15 +139,14 @@ def _check_catalogue(path, items, lines) -> int:
                                             "--remap-ids to number the items 1..V in order of appearance")
     top = int(items.argmax())
     num_items = int(items[top])
-    present = np.zeros(num_items + 1, bool)
-    present[items] = True
-    missing = np.flatnonzero(~present[1:]) + 1
-    if missing.size:
-        raise _error(path, int(lines[top]), f"item id {num_items} but {missing.size} id{'s' * (missing.size > 1)} "
-                                            f"below it never appear{'s' * (missing.size == 1)} (the first: "
-                                            f"{int(missing[0])}): item ids must be contiguous, 1..V, as the "
-                                            "catalogue is every id up to the largest; pass --remap-ids to number "
-                                            "the items 1..V in order of appearance")
+    distinct = np.unique(items)  # no table as long as the largest id: ids may be anything
+    if distinct.size != num_items:
+        missing = num_items - distinct.size
+        gap = int(np.flatnonzero(distinct != np.arange(1, distinct.size + 1))[0]) + 1
+        raise _error(path, int(lines[top]), f"item id {num_items} but {missing} id{'s' * (missing > 1)} below it "
+                                            f"never appear{'s' * (missing == 1)} (the first: {gap}): item ids must "
+                                            "be contiguous, 1..V, as the catalogue is every id up to the largest; "
+                                            "pass --remap-ids to number the items 1..V in order of appearance")
     return num_items
 
 
