@@ -67,6 +67,7 @@ def test_leave_one_out_split():
     ("1 1\n1 2\n1 3\n2 1.5\n", r"line 4: '1.5' is not an integer id"),
     ("1 1\n1 2\n1 5\n", r"line 3: item id 5 but 2 ids below it never appear \(the first: 3\).*--remap-ids"),
     ("1 1\n1 2\n1 3\n2 1\n2 99999999999999\n2 2\n", r"line 5: item id 99999999999999 but 99999999999995 ids below it never appear \(the first: 4\)"),
+    ("1 1\n1 2\n1 99999999999999999999\n", "line 3: id 99999999999999999999 does not fit in 64 bits"),
     ("1 -1\n1 2\n1 1\n", r"line 1: item id -1: item ids are 1..V \(or 0..V-1\)"),
     ("1 0\n1 2\n1 3\n", r"line 3: item id 4 but 1 id below it never appears \(the first: 2\)"),
     ("1 5 7 2\n1 5 7 3\n", r"line 2: user 1 again .*`user item timestamp`"),

@@ -52,10 +52,13 @@ def _error(path: str, line: int, message: str) -> SampledSoftmaxError:
 
 def _parse_int(path: str, line: int, field: str) -> int:
     try:
-        return int(field)
+        value = int(field)
     except ValueError:
         raise _error(path, line, f"{field!r} is not an integer id (expected `user item` or `user i1 i2 ...`, "
                                  "integers separated by spaces)") from None
+    if not -2**63 <= value < 2**63:
+        raise _error(path, line, f"id {field} does not fit in 64 bits; pass ids below 2**63")
+    return value
 
 
 def read_interactions(path: str, *, remap_ids: bool = False) -> Interactions:
