@@ -95,10 +95,13 @@ def test_a_bad_file_is_a_command_line_error_before_training(tmp_path, capsys):
     (["--loss", "full", "--num-sampled", "5"], "--num-sampled does not apply to --loss full"),
     (["--loss", "gbce", "--gbce-t", "2"], "--gbce-t must be in"),
     (["--num-sampled", "0"], "--num-sampled must be an integer >= 1"),
+    (["--data-of-threes"], "no user has more than 3 interactions"),
     (["--num-sampled", "12"], "--num-sampled must be smaller than the catalogue \\(12 items\\)"),
 ])
 def test_bad_options_are_errors_naming_them(tmp_path, capsys, argv, match):
     path = _write(tmp_path, _pairs_text(_cycle_users(4)))
+    if argv == ["--data-of-threes"]:
+        path, argv = _write(tmp_path, _pairs_text(_cycle_users(4, length=3)), "threes.txt"), []
     with pytest.raises(SystemExit):
         seqrec.main(["--data", path, "--out", str(tmp_path / "out"), *argv])
     assert __import__("re").search(match, capsys.readouterr().err)

@@ -423,6 +423,10 @@ def main(argv=None) -> int:
         ap.error(f"--out {args.out!r} cannot be written: {e.strerror}")
     try:
         data = read_interactions(args.data, remap_ids=args.remap_ids)
+        if not any(len(seq) > 3 for seq in data.sequences):
+            raise SampledSoftmaxError(f"--data {args.data}: no user has more than 3 interactions, so no training "
+                                      "sequence has a next item to learn (the last two are the validation and test "
+                                      "targets)")
         if args.num_sampled and args.loss != "full" and args.num_sampled >= data.num_items:
             raise SampledSoftmaxError(f"--num-sampled must be smaller than the catalogue ({data.num_items} items); "
                                       f"received {args.num_sampled}")
