@@ -101,7 +101,7 @@ def test_a_bad_file_is_a_command_line_error_before_training(tmp_path, capsys):
 def test_bad_options_are_errors_naming_them(tmp_path, capsys, argv, match):
     path = _write(tmp_path, _pairs_text(_cycle_users(4)))
     if argv == ["--data-of-threes"]:
-        path, argv = _write(tmp_path, _pairs_text(_cycle_users(4, length=3)), "threes.txt"), []
+        path, argv = _write(tmp_path, _pairs_text(_cycle_users(4, num_items=3, length=3)), "threes.txt"), []
     with pytest.raises(SystemExit):
         seqrec.main(["--data", path, "--out", str(tmp_path / "out"), *argv])
     assert __import__("re").search(match, capsys.readouterr().err)
