@@ -158,7 +158,8 @@ class LossFunction:
             # Each user's call returns its rows' gradient sparse, to its own view of the table;
             # the views' backward adds them into one dense gradient (not B dense [V, D] tensors).
             views = _Views.apply(table, len(pieces))
-            total = sum(self._sampled(v, r, t, ex, "shared", "sum", sparse=True) for v, (r, t, ex) in zip(views, pieces))
+            total = sum(self._sampled(view, r, t, ex, "shared", "sum", sparse=True)
+                        for view, (r, t, ex) in zip(views, pieces))
             return total / y.shape[0]
         return self._sampled(table, rows, y, excluded, "per_example" if a.negatives == "position" else "shared",
                              "mean")
