@@ -226,3 +226,21 @@ def test_per_sequence_negatives_give_the_gradient_of_one_call_per_user(tmp_path)
     expected.backward()
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(ours, model.item_emb.weight.grad)
+
+
+def test_ctrl_c_tests_the_best_epoch_so_far_and_progress_is_written_each_epoch(tmp_path, monkeypatch):
+    path = _write(tmp_path, _pairs_text(_cycle_users()))
+    out = tmp_path / "out"
+    real_evaluate, calls = seqrec.evaluate, []
+
+    def evaluate(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:  # the third epoch's validation: the user presses Ctrl-C
+            assert json.loads((out / "progress.json").read_text())["history"][-1]["epoch"] == 2
+            raise KeyboardInterrupt
+        return real_evaluate(*a, **k)
+
+    monkeypatch.setattr(seqrec, "evaluate", evaluate)
+    assert seqrec.main(["--data", path, "--out", str(out), "--epochs", "5", *SMALL, "--loss", "full"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["interrupted"] is True and results["epochs"] == 2 and len(calls) == 4

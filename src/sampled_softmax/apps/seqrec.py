@@ -282,35 +282,42 @@ def train(data: Interactions, args) -> dict:
     loss_fn = LossFunction(args, data, torch.Generator().manual_seed(args.seed))
     steps = num_training_steps(split.train, args.batch_size)
     history, best, best_state, best_epoch, waited, trained = [], -1.0, None, 0, 0, 0.0
-    epoch_seconds = []
-    for epoch in range(1, args.epochs + 1):
-        start = time.perf_counter()
-        with progress_bar(steps, f"{args.loss} epoch {epoch}") as bar:
-            for inputs, labels in training_batches(split.train, args.max_length, args.batch_size, rng):
-                loss = loss_fn(model, inputs, labels)
-                if not torch.isfinite(loss):
-                    raise SampledSoftmaxError(f"the {args.loss} loss is {float(loss)} at epoch {epoch}: training "
-                                              "diverged (lower --lr)")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                bar.update()
-                bar.set_postfix_str(f"loss {loss.item():.4f} best ndcg@10 {max(best, 0):.4f}", refresh=False)
-                if args.seconds and trained + time.perf_counter() - start >= args.seconds:
-                    break
-        epoch_seconds.append(time.perf_counter() - start)
-        trained += epoch_seconds[-1]
-        metrics = evaluate(model, valid_histories, valid_targets, args.max_length)
-        history.append({"epoch": epoch, "train_seconds": round(trained, 3), "loss": loss.item(),
-                        **{f"valid_{k}": v for k, v in metrics.items()}})
-        print(f"epoch {epoch}: {epoch_seconds[-1]:.1f} s, valid ndcg@10 {metrics['ndcg@10']:.4f} "
-              f"hr@10 {metrics['hr@10']:.4f}", file=sys.stderr)
-        if metrics["ndcg@10"] > best:
-            best, best_state, best_epoch, waited = metrics["ndcg@10"], copy.deepcopy(model.state_dict()), epoch, 0
-        else:
-            waited += 1
-        if waited >= args.patience or (args.seconds and trained >= args.seconds):
-            break
+    steps_done, interrupted = 0, False
+    try:
+        for epoch in range(1, args.epochs + 1):
+            start = time.perf_counter()
+            with progress_bar(steps, f"{args.loss} epoch {epoch}") as bar:
+                for inputs, labels in training_batches(split.train, args.max_length, args.batch_size, rng):
+                    loss = loss_fn(model, inputs, labels)
+                    if not torch.isfinite(loss):
+                        raise SampledSoftmaxError(f"the {args.loss} loss is {float(loss)} at epoch {epoch}: "
+                                                  "training diverged (lower --lr)")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    steps_done += 1
+                    bar.update()
+                    bar.set_postfix_str(f"loss {loss.item():.4f} best ndcg@10 {max(best, 0):.4f}", refresh=False)
+                    if args.seconds and trained + time.perf_counter() - start >= args.seconds:
+                        break
+            trained += time.perf_counter() - start
+            metrics = evaluate(model, valid_histories, valid_targets, args.max_length)
+            history.append({"epoch": epoch, "train_seconds": round(trained, 3), "loss": loss.item(),
+                            **{f"valid_{k}": v for k, v in metrics.items()}})
+            print(f"epoch {epoch}: {trained:.1f} s of training, valid ndcg@10 {metrics['ndcg@10']:.4f} "
+                  f"hr@10 {metrics['hr@10']:.4f}", file=sys.stderr)
+            if metrics["ndcg@10"] > best:
+                best, best_state, best_epoch, waited = metrics["ndcg@10"], copy.deepcopy(model.state_dict()), epoch, 0
+            else:
+                waited += 1
+            _write_json(getattr(args, "out", None), "progress.json", {"history": history, "best_epoch": best_epoch})
+            if waited >= args.patience or (args.seconds and trained >= args.seconds):
+                break
+    except KeyboardInterrupt:  # Ctrl-C: the best epoch so far is tested and reported
+        if best_state is None:
+            raise
+        interrupted = True
+        print(f"interrupted: testing the best epoch so far ({best_epoch})", file=sys.stderr)
     model.load_state_dict(best_state)
     best_valid = next(h for h in history if h["epoch"] == best_epoch)
     test = evaluate(model, split.test_history, split.test_target, args.max_length)
@@ -318,7 +325,7 @@ def train(data: Interactions, args) -> dict:
         **{f"test_{k}": v for k, v in test.items()},
         **{k: v for k, v in best_valid.items() if k.startswith("valid_")},
         "epochs": len(history), "best_epoch": best_epoch, "train_seconds": round(trained, 3),
-        "seconds_per_epoch": round(float(np.mean(epoch_seconds)), 3),
+        "seconds_per_epoch": round(trained * steps / max(steps_done, 1), 3), "interrupted": interrupted,
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "loss": args.loss, "config": _config(args),
         "data": {"path": os.path.abspath(data.path), "format": data.format, "users": len(data.sequences),
@@ -326,6 +333,16 @@ def train(data: Interactions, args) -> dict:
                  "valid_users": int(len(valid_users))},
         "history": history, "torch_threads": torch.get_num_threads(),
     }
+
+
+def _write_json(folder: str | None, name: str, value) -> None:
+    """``folder/name`` replaced whole (a reader never sees half a file); nothing without a folder."""
+    if folder is None:
+        return
+    path = os.path.join(folder, name)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def _config(args) -> dict:
@@ -436,9 +453,8 @@ def main(argv=None) -> int:
     print(f"{data.path}: {len(data.sequences):,} users, {data.num_items:,} items, {data.num_interactions:,} "
           f"interactions ({data.format})", file=sys.stderr)
     results = train(data, args)
+    _write_json(args.out, "results.json", results)
     path = os.path.join(args.out, "results.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
     figure = plot([results], os.path.join(args.out, "valid_ndcg.png"))
     print(f"test hr@10 {results['test_hr@10']:.4f} ndcg@10 {results['test_ndcg@10']:.4f} "
           f"(best epoch {results['best_epoch']} of {results['epochs']}, {results['train_seconds']:.0f} s)")
