@@ -202,7 +202,7 @@ def test_per_sequence_negatives_give_the_gradient_of_one_call_per_user(tmp_path)
     data = read_interactions(path)
     ap = __import__("argparse").ArgumentParser()
     seqrec.add_arguments(ap)
-    args = ap.parse_args(["--data", path, "--out", str(tmp_path), "--num-sampled", "7", "--negatives", "sequence",
+    args = ap.parse_args(["--data", path, "--out", str(tmp_path), "--num-sampled", "7", "--negatives", "sequence", "--sampler", "uniform",
                           "--exclude-history", "--dropout", "0"])
     seqrec.check_arguments(ap, args)
     torch.manual_seed(0)
