@@ -27,28 +27,33 @@ def test_matches_tf_nn_nce_loss(T, hits, shards, dtype):
         np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(r).numpy(), **tol)
 
 
-@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
-@pytest.mark.parametrize("T,hits,subtract", [(1, False, True), (3, True, True), (2, False, False)])
-def test_matches_the_reference(mode, T, hits, subtract):
-    W, b, y, h, sv = problem(7, T=T, dtype=np.float64)
+def _matches_the_reference(mode, loss_name, seed, T, kw):
+    """The TensorFlow loss ``loss_name`` and its gradients, eagerly, in a graph or under XLA,
+    against the reference's, with an ignored label."""
+    W, b, y, h, sv = problem(seed, T=T, dtype=np.float64)
     y[1, 0] = -1  # an ignored label
     Wv, bv, hv = tf.Variable(W), tf.Variable(b), tf.Variable(h)
 
     def step():
         with tf.GradientTape() as tape:
-            loss = sst.nce_loss(Wv, bv, tf.constant(y), hv, len(sv[0]), W.shape[0], num_true=T,
-                                sampled_values=tuple(tf.constant(v) for v in sv), remove_accidental_hits=hits,
-                                ignore_index=-1, subtract_log_q=subtract)
+            loss = getattr(sst, loss_name)(Wv, bv, tf.constant(y), hv, len(sv[0]), W.shape[0], num_true=T,
+                                           sampled_values=tuple(tf.constant(v) for v in sv), ignore_index=-1, **kw)
             total = tf.reduce_sum(loss)
         return loss, tape.gradient(total, [hv, Wv, bv])
 
     if mode != "eager":
         step = tf.function(step, jit_compile=mode == "xla")
     loss, grads = step()
-    kw = dict(remove_accidental_hits=hits, subtract_log_q=subtract, ignore_index=-1)
-    np.testing.assert_allclose(loss.numpy(), R.nce_loss(W, b, y, h, sv, **kw), rtol=1e-10)
-    for ours, ref in zip(grads, R.nce_grads(W, b, y, h, sv, **kw)):
+    np.testing.assert_allclose(loss.numpy(), getattr(R, loss_name)(W, b, y, h, sv, ignore_index=-1, **kw), rtol=1e-10)
+    reference_grads = getattr(R, loss_name.replace("_loss", "_grads"))(W, b, y, h, sv, ignore_index=-1, **kw)
+    for ours, ref in zip(grads, reference_grads):
         np.testing.assert_allclose(tf.convert_to_tensor(ours).numpy(), ref, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize("T,hits,subtract", [(1, False, True), (3, True, True), (2, False, False)])
+def test_matches_the_reference(mode, T, hits, subtract):
+    _matches_the_reference(mode, "nce_loss", 7, T, dict(remove_accidental_hits=hits, subtract_log_q=subtract))
 
 
 def test_library_samplers_compile_with_nce_under_xla():
@@ -81,25 +86,7 @@ def test_negative_sampling_is_nce_without_log_q():
 @pytest.mark.parametrize("mode", ["eager", "function", "xla"])
 @pytest.mark.parametrize("T,hits,t", [(1, False, 0.75), (3, True, 1.0), (2, False, 0.0)])
 def test_gbce_matches_the_reference(mode, T, hits, t):
-    W, b, y, h, sv = problem(11, T=T, dtype=np.float64)
-    y[1, 0] = -1  # an ignored label
-    Wv, bv, hv = tf.Variable(W), tf.Variable(b), tf.Variable(h)
-
-    def step():
-        with tf.GradientTape() as tape:
-            loss = sst.gbce_loss(Wv, bv, tf.constant(y), hv, len(sv[0]), W.shape[0], num_true=T,
-                                 sampled_values=tuple(tf.constant(v) for v in sv), remove_accidental_hits=hits,
-                                 ignore_index=-1, t=t)
-            total = tf.reduce_sum(loss)
-        return loss, tape.gradient(total, [hv, Wv, bv])
-
-    if mode != "eager":
-        step = tf.function(step, jit_compile=mode == "xla")
-    loss, grads = step()
-    kw = dict(remove_accidental_hits=hits, ignore_index=-1, t=t)
-    np.testing.assert_allclose(loss.numpy(), R.gbce_loss(W, b, y, h, sv, **kw), rtol=1e-10)
-    for ours, ref in zip(grads, R.gbce_grads(W, b, y, h, sv, **kw)):
-        np.testing.assert_allclose(tf.convert_to_tensor(ours).numpy(), ref, rtol=1e-9, atol=1e-12)
+    _matches_the_reference(mode, "gbce_loss", 11, T, dict(remove_accidental_hits=hits, t=t))
 
 
 def test_gbce_draws_uniform_candidates_and_refuses_a_bad_t():
