@@ -43,6 +43,8 @@ CONFIGS = {
                            "--negatives", "batch"],
     "popularity_logq_3000": ["--loss", "sampled_softmax", "--num-sampled", "3000", "--sampler", "popularity",
                              "--negatives", "batch"],
+    "popularity_logq_3000_excl": ["--loss", "sampled_softmax", "--num-sampled", "3000", "--sampler", "popularity",
+                                  "--negatives", "batch", "--exclude-history"],
     "popularity_nologq_3000": ["--loss", "sampled_softmax", "--num-sampled", "3000", "--sampler", "popularity",
                                "--negatives", "batch", "--no-log-q"],
     "learned_logq_3000": ["--loss", "sampled_softmax", "--num-sampled", "3000", "--sampler", "learned",
