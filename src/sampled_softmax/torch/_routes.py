@@ -116,7 +116,8 @@ def _route(call: LossCall):
         # whatever the autocast dtype, on every route, so forward and backward agree on dtypes.
         with torch.autocast(inputs.device.type, enabled=False):
             return _route(call)
-    if call.excluded_ids is not None or call.head.name not in HeadKind.__members__:
+    compiled_head = call.head.name in HeadKind.__members__  # gBCE's head is the Python route's
+    if call.excluded_ids is not None or not compiled_head:
         _check_python_only(call)
     if call.group is not None:  # it checks the call itself, every rank hearing of any error
         from .distributed.vocab_parallel import sampled_route
@@ -139,7 +140,7 @@ def _route(call: LossCall):
         return _per_example(call)
     if call.exclude_true:
         return _general(call._replace(remove_accidental_hits=True))
-    if (call.implementation != "python" and call.excluded_ids is None and call.head.name in HeadKind.__members__
+    if (call.implementation != "python" and call.excluded_ids is None and compiled_head
             and _dispatch.draw_obstacle(call.sampler, call.sampled_values) is None):
         result = _compiled_draw(call)
         if result is not None:
@@ -377,7 +378,7 @@ def _draw_table(sampler, num_sampled: int, draw: str) -> list | None:
     table's ``[weights, cdf, total]``, a learned one's ``[counts, Fenwick tree, total]`` (its
     CPU tree, read in place). None where the general route must decide (a unique draw of more
     classes than the table can give: its error)."""
-    if isinstance(sampler, str) or not isinstance(sampler, (UnigramSampler, LearnedUnigramSampler)):
+    if not isinstance(sampler, (UnigramSampler, LearnedUnigramSampler)):  # a name, or a closed form
         return []
     if draw == "unique" and num_sampled > sampler.support:
         return None
