@@ -180,11 +180,12 @@ class LossFunction:
     def _in_batch(self, table, rows, y, excluded):
         a = self.args
         self.frequency.update(y)
-        log_q = None if a.no_log_q else self.frequency.log_q(y)
+        in_batch_log_q = self.frequency.log_q(y)
         positives = table[y]
         if a.loss == "in_batch":
-            return in_batch_softmax_loss(rows, positives, candidate_ids=y, log_q=log_q, excluded_ids=excluded)
-        mixed = mixed_negatives(positives, y, self.frequency.log_q(y), num_negatives=a.num_sampled,
+            return in_batch_softmax_loss(rows, positives, candidate_ids=y, log_q=None if a.no_log_q else in_batch_log_q,
+                                         excluded_ids=excluded)
+        mixed = mixed_negatives(positives, y, in_batch_log_q, num_negatives=a.num_sampled,
                                 sampler=self.sampler, encode=lambda ids: table[ids], generator=self.generator)
         columns = mixed._asdict()
         if a.no_log_q:
