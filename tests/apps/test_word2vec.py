@@ -141,3 +141,157 @@ def test_the_command_line_trains_saves_and_evaluates(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "words/s" in printed and "wordsim353 spearman" in printed
     assert W2V.WordVectors.load_word2vec_format(str(out)).vectors.shape == (20, 8)
+
+
+# ---------------------------------------------------------------------------------------------
+# word2vec's compiled loop (csrc/word2vec.cpp)
+
+def _core():
+    from sampled_softmax.torch import _compiled
+
+    ext = _compiled.extension()
+    if ext is None:
+        pytest.skip(f"compiled core unavailable: {_compiled.unavailable_reason()}")
+    return ext
+
+
+def _loop(ext, vectors, table, ids, bounds, keep, probs, *, window, negative, alpha, seed=7, threads=1, record=True):
+    cdf = torch.from_numpy(np.cumsum(np.asarray(probs, np.float64)))
+    return ext.word2vec_train_(vectors, table, torch.as_tensor(ids, dtype=torch.int64),
+                               torch.as_tensor(bounds, dtype=torch.int64), torch.as_tensor(keep, dtype=torch.float64),
+                               cdf, window, negative, alpha, seed, threads, record)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_compiled_loop_is_sgd_on_negative_sampling_loss_pair_by_pair(dtype, tol):
+    """Each trained pair is one SGD step on the library's negative_sampling_loss of that pair
+    (reduction "sum", accidental hits removed), at the rows' values before the pair's step,
+    replayed here from the pairs and noise words the loop recorded."""
+    from sampled_softmax.torch import negative_sampling_loss
+
+    ext = _core()
+    rng = np.random.default_rng(0)
+    V, D, k, alpha = 12, 8, 4, 0.3
+    ids = rng.integers(0, V, size=60)
+    bounds = [0, 13, 13, 30, 31, 60]  # an empty and a one-word sentence among them
+    keep = rng.uniform(0.3, 1.0, size=V)
+    keep[:3] = 1.0
+    probs = rng.uniform(0.5, 2.0, size=V)
+    probs[5] = 0.0  # never drawn
+    vectors = torch.from_numpy(rng.normal(0, 0.5, (V, D))).to(dtype)
+    table = torch.from_numpy(rng.normal(0, 0.5, (V, D))).to(dtype)
+    vectors0, table0 = vectors.clone(), table.clone()
+    (pairs, kept), contexts, centers, noise = _loop(ext, vectors, table, ids, bounds, keep, probs, window=3,
+                                                    negative=k, alpha=alpha)
+    assert pairs == len(contexts) > 50 and kept <= 60
+    assert not (noise == 5).any() and (noise == centers[:, None]).any()  # a hit occurs, and is handled
+    W, E = vectors0.clone(), table0.clone()
+    ones = torch.ones(1, 1, dtype=dtype)
+    for x, y, z in zip(contexts.tolist(), centers.tolist(), noise):
+        h = W[x].clone().unsqueeze(0).requires_grad_(True)
+        rows = E.clone().requires_grad_(True)
+        loss = negative_sampling_loss(rows, None, torch.tensor([y]), h, k, V, remove_accidental_hits=True,
+                                      sampled_values=(z, ones, torch.ones(k, dtype=dtype)), reduction="sum")
+        loss.backward()
+        with torch.no_grad():
+            E -= alpha * rows.grad
+            W[x] -= alpha * h.grad[0]
+    torch.testing.assert_close(vectors, W, atol=tol, rtol=tol)
+    torch.testing.assert_close(table, E, atol=tol, rtol=tol)
+
+
+def test_compiled_loop_pairs_are_reduced_windows_over_the_kept_words():
+    """Every pair of a center with each kept word within a window of 1..window (the same for
+    both sides), inside its sentence; the dropped words (keep 0) are skipped, not counted; the
+    window's size is uniform over 1..window."""
+    ext = _core()
+    V, window = 3000, 4
+    ids = np.arange(V)
+    bounds = np.arange(0, V + 1, 30)
+    keep = np.where(ids % 7 == 3, 0.0, 1.0)
+    (pairs, kept), contexts, centers, _ = _loop(ext, torch.zeros(V, 2), torch.zeros(V, 2), ids, bounds, keep,
+                                                np.ones(V), window=window, negative=1, alpha=0.0, seed=3)
+    assert kept == int(keep.sum()) and pairs == len(centers)
+    assert not np.isin(contexts.numpy(), ids[keep == 0]).any() and not np.isin(centers.numpy(), ids[keep == 0]).any()
+    reaches = []
+    by_center: dict = {}
+    for x, y in zip(contexts.tolist(), centers.tolist()):
+        by_center.setdefault(y, []).append(x)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        sentence = [w for w in range(lo, hi) if keep[w]]
+        for i, c in enumerate(sentence):
+            got = sorted(by_center.get(c, []))
+            for reach in range(1, window + 1):
+                if got == sorted(sentence[j] for j in range(max(0, i - reach), min(len(sentence), i + reach + 1))
+                                 if j != i):
+                    break
+            else:
+                raise AssertionError(f"center {c}: contexts {got} are no window of {sentence}")
+            if window <= i < len(sentence) - window:  # windows unclipped by the sentence's ends
+                reaches.append(len(got) // 2)
+    counts = np.bincount(reaches, minlength=window + 1)[1:]
+    expected = len(reaches) / window
+    assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected)), counts
+
+
+def test_compiled_loop_draws_noise_from_the_table_and_keeps_words_with_their_probability():
+    ext = _core()
+    rng = np.random.default_rng(1)
+    V = 50
+    probs = rng.uniform(0, 1, V) ** 3
+    probs[[4, 9]] = 0.0
+    ids = rng.integers(0, V, size=4000)
+    keep = np.full(V, 0.5)
+    (pairs, kept), _, _, noise = _loop(ext, torch.zeros(V, 2), torch.zeros(V, 2), ids, [0, 4000], keep, probs,
+                                       window=2, negative=3, alpha=0.0, seed=11)
+    assert abs(kept - 2000) < 5 * np.sqrt(4000 * 0.25)
+    freq = np.bincount(noise.flatten().numpy(), minlength=V)
+    n = noise.numel()
+    p = probs / probs.sum()
+    assert freq[[4, 9]].sum() == 0
+    assert np.all(np.abs(freq - n * p) < 5 * np.sqrt(n * p * (1 - p)) + 1), (freq, n * p)
+
+
+def test_compiled_loop_with_two_workers_trains_every_sentence():
+    """Two worker threads split the sentences between them: the same pairs (by count) as one
+    worker would train (the draws differ), and the tables change only where words were."""
+    ext = _core()
+    V = 40
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, V - 5, size=5000)  # the last 5 words never occur
+    bounds = np.arange(0, 5001, 50)
+    vectors, table = torch.zeros(V, 4), torch.zeros(V, 4)
+    vectors[:, 0] = 1.0
+    pairs, kept = _loop(ext, vectors, table, ids, bounds, np.ones(V), np.r_[np.ones(V - 5), np.zeros(5)], window=1,
+                        negative=2, alpha=0.1, threads=2, record=False)[0].tolist()
+    assert kept == 5000 and pairs == 2 * (5000 - len(bounds) + 1)  # window 1: every neighbour, both ways
+    assert torch.all(table[-5:] == 0) and torch.all(vectors[-5:, 1:] == 0) and torch.all(table[:-5, 0] != 0)
+
+
+def test_compiled_and_python_routes_learn_the_same_topics():
+    rng = np.random.default_rng(0)
+    corpus = planted_corpus(rng)
+    sims = {}
+    for implementation in ("compiled", "python"):
+        if implementation == "compiled":
+            _core()
+        config = W2V.Word2VecConfig(dim=16, window=3, min_count=1, sample=0.0, negative=3, epochs=3, batch=256,
+                                    alpha=0.05, seed=3, implementation=implementation, threads=1)
+        model = W2V.train(corpus, config, progress=False)
+        assert model.stats["implementation"] == implementation
+        unit = model._unit()
+        topic = np.array([w[0] for w in model.words])
+        s = unit @ unit.T
+        sims[implementation] = s[topic[:, None] == topic[None, :]].mean() - s[topic[:, None] != topic[None, :]].mean()
+    assert sims["compiled"] > 0.3 and sims["python"] > 0.3
+
+
+def test_compiled_route_settings_are_checked():
+    with pytest.raises(SampledSoftmaxError, match=r"`implementation='compiled'` trains loss='negative_sampling'"):
+        W2V.Word2VecConfig(loss="nce", implementation="compiled").check()
+    with pytest.raises(SampledSoftmaxError, match=r"`implementation` must be one of 'auto', 'compiled', 'python'"):
+        W2V.Word2VecConfig(implementation="fast").check()
+    with pytest.raises(SampledSoftmaxError, match=r"`threads` must be None or an integer >= 1; received 0"):
+        W2V.Word2VecConfig(threads=0).check()
+    with pytest.raises(SampledSoftmaxError, match=r"`batch_words` must be an integer >= 1"):
+        W2V.Word2VecConfig(batch_words=0).check()

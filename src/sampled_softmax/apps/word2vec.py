@@ -11,6 +11,14 @@ plain SGD, its learning rate falling linearly from ``alpha`` to ``min_alpha``, a
 sparse rows a batch touches. Frequent words are subsampled and the window shrunk at random, as
 word2vec and gensim do.
 
+Negative sampling on the CPU runs word2vec's own loop, compiled (``implementation="auto"``, the
+compiled core's ``word2vec.cpp``): worker threads walk the corpus in stretches of
+``batch_words`` words each, each pair's noise drawn and its rows updated in place at once (one
+step of SGD on :func:`~sampled_softmax.torch.negative_sampling_loss` of that pair), the
+learning rate falling with the words done, as gensim does. ``implementation="python"`` trains
+batches of ``batch`` shuffled pairs through the loss and an optimizer instead (also the route of
+``"nce"`` and ``"sampled_softmax"``).
+
 Python API::
 
     from sampled_softmax.apps.word2vec import Word2VecConfig, read_sentences, train
@@ -39,6 +47,7 @@ from ._progress import progress_bar
 __all__ = ["Word2VecConfig", "WordVectors", "read_sentences", "train", "evaluate", "main"]
 
 LOSSES = ("negative_sampling", "nce", "sampled_softmax")
+IMPLEMENTATIONS = ("auto", "compiled", "python")
 
 
 @dataclasses.dataclass
@@ -60,12 +69,16 @@ class Word2VecConfig:
     # SparseRowAdam at this rate (falling linearly as alpha does); None: the best of
     # 0.005 / 0.02 / 0.05 on WikiText-2 (BENCHMARKS.md), 0.005 for sampled softmax, 0.02 for NCE.
     adam_lr: float | None = None
-    batch: int = 2048  # (center, context) pairs per step
+    batch: int = 2048  # (center, context) pairs per step (the Python route)
     seed: int = 1
     threads: int | None = None
+    # "auto": negative sampling in the compiled word2vec loop where the compiled core is built
+    # (else the Python route); "compiled": that loop or an error; "python": loss and optimizer.
+    implementation: Literal["auto", "compiled", "python"] = "auto"
+    batch_words: int = 10000  # words per worker per call of the compiled loop (gensim's job size)
 
     def check(self) -> "Word2VecConfig":
-        for name in ("dim", "window", "min_count", "negative", "epochs", "num_sampled", "batch"):
+        for name in ("dim", "window", "min_count", "negative", "epochs", "num_sampled", "batch", "batch_words"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SampledSoftmaxError(f"`{name}` must be an integer >= 1; received {value!r}")
@@ -77,6 +90,15 @@ class Word2VecConfig:
                 raise SampledSoftmaxError(f"`{name}` must be a finite number >= 0; received {value!r}")
         if self.loss not in LOSSES:
             raise SampledSoftmaxError(f"`loss` must be one of {', '.join(map(repr, LOSSES))}; received {self.loss!r}")
+        if self.implementation not in IMPLEMENTATIONS:
+            raise SampledSoftmaxError(f"`implementation` must be one of {', '.join(map(repr, IMPLEMENTATIONS))}; "
+                                      f"received {self.implementation!r}")
+        if self.implementation == "compiled" and self.loss != "negative_sampling":
+            raise SampledSoftmaxError(f"`implementation='compiled'` trains loss='negative_sampling' (word2vec's loop); "
+                                      f"received loss={self.loss!r}: use implementation='auto' or 'python'")
+        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
+                                         or self.threads < 1):
+            raise SampledSoftmaxError(f"`threads` must be None or an integer >= 1; received {self.threads!r}")
         return self
 
 
@@ -291,10 +313,7 @@ def skipgram_pairs(ids, sentence, window, rng):
 
 def _longest_sentence(sentence: np.ndarray) -> int:
     """Tokens of the longest sentence (``sentence``: each token's sentence number, in order)."""
-    if len(sentence) == 0:
-        return 0
-    starts = np.flatnonzero(np.diff(sentence)) + 1
-    return int(np.diff(np.concatenate([[0], starts, [len(sentence)]])).max())
+    return int(np.diff(sentence_bounds(sentence)).max()) if len(sentence) else 0
 
 
 def train(sentences: Sequence[Sequence[str]], config: Word2VecConfig | None = None, *,
@@ -302,11 +321,10 @@ def train(sentences: Sequence[Sequence[str]], config: Word2VecConfig | None = No
     """Skip-gram vectors for ``sentences`` (lists of words) with ``config``'s settings."""
     import torch
 
-    from ..torch import (
-        SparseRowAdam, UnigramSampler, nce_loss, negative_sampling_loss, sampled_softmax_loss,
-    )
+    from ..torch import UnigramSampler
 
     config = (config or Word2VecConfig()).check()
+    threads = config.threads or torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
     words, counts = build_vocabulary(sentences, config.min_count)
@@ -314,24 +332,95 @@ def train(sentences: Sequence[Sequence[str]], config: Word2VecConfig | None = No
     ids, sentence = _encode(sentences, index)
     V, D = len(words), config.dim
     rng = np.random.default_rng(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
     # word2vec's initialisation: small random input vectors, output vectors at zero.
     vectors = torch.nn.Parameter(torch.from_numpy(((rng.random((V, D)) - 0.5) / D).astype(np.float32)))
     table = torch.nn.Parameter(torch.zeros(V, D))
     shared = config.loss != "negative_sampling"
     sampler = UnigramSampler(V, counts.astype(np.float64), distortion=0.75,
                              draw="unique" if shared else "with_replacement")
+    keep = keep_probabilities(counts.astype(np.float64), config.sample)
+    ext = _word2vec_loop(config)
+    bar = progress_bar(config.epochs * len(ids), "word2vec") if progress else None
+    start = time.perf_counter()
+    if ext is not None:
+        _train_compiled(ext, ids, sentence, vectors, table, sampler, keep, config, rng, threads, bar, start)
+    else:
+        _train_batches(ids, sentence, vectors, table, sampler, keep, config, rng, bar, start)
+    if bar is not None:
+        bar.close()
+    wall = time.perf_counter() - start
+    stats = {"wall_s": wall, "words_per_s": config.epochs * len(ids) / wall, "vocabulary": V,
+             "corpus_words": int(sum(len(s) for s in sentences)), "trained_words": int(len(ids)),
+             "implementation": "python" if ext is None else "compiled", "config": dataclasses.asdict(config)}
+    return WordVectors(words, vectors.detach().numpy().copy(), counts, stats)
+
+
+def _word2vec_loop(config: Word2VecConfig):
+    """The compiled core, when ``config`` trains in word2vec's compiled loop; else None."""
+    if config.loss != "negative_sampling" or config.implementation == "python":
+        return None
+    from ..torch import _compiled
+
+    ext = _compiled.extension()
+    if ext is None and config.implementation == "compiled":
+        raise SampledSoftmaxError(f"`implementation='compiled'` cannot be used: the compiled core could not be built "
+                                  f"({_compiled.unavailable_reason()})")
+    return ext
+
+
+def sentence_bounds(sentence: np.ndarray) -> np.ndarray:
+    """Each sentence's first token and, last, the number of tokens (``sentence``: each token's
+    sentence number, in order)."""
+    return np.concatenate([[0], np.flatnonzero(np.diff(sentence)) + 1, [len(sentence)]]).astype(np.int64)
+
+
+def _train_compiled(ext, ids, sentence, vectors, table, sampler, keep, config, rng, threads, bar, start) -> None:
+    """word2vec's loop: calls of ``threads * batch_words`` words (whole sentences), each at one
+    learning rate, falling linearly with the words done, as gensim's jobs."""
+    import torch
+
+    bounds = sentence_bounds(sentence)
+    # The sentences each call starts at: one call per `threads * batch_words` words.
+    per_call = threads * config.batch_words
+    starts = np.unique(np.searchsorted(bounds[:-1], np.arange(0, len(ids), per_call), side="left"))
+    stops = np.append(starts[1:], len(bounds) - 1)
+    ids_t, bounds_t = torch.from_numpy(ids), torch.from_numpy(bounds)
+    keep_t = torch.from_numpy(np.asarray(keep, np.float64))
+    cdf = sampler.cdf.to(torch.float64).contiguous()
+    total_words = max(config.epochs * len(ids), 1)
+    words_done = 0
+    for epoch in range(config.epochs):
+        for first, last in zip(starts.tolist(), stops.tolist()):
+            lr = config.alpha - (config.alpha - config.min_alpha) * (words_done / total_words)
+            ext.word2vec_train_(vectors.data, table.data, ids_t, bounds_t[first:last + 1], keep_t, cdf, config.window,
+                                config.negative, lr, int(rng.integers(0, 2 ** 63)), threads, False)
+            covered = int(bounds[last] - bounds[first])
+            words_done += covered
+            if bar is not None:
+                bar.update(covered)
+                rate = words_done / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix_str(f"epoch {epoch + 1}/{config.epochs} {rate:,.0f} words/s lr {lr:.4f}",
+                                    refresh=False)
+
+
+def _train_batches(ids, sentence, vectors, table, sampler, keep, config, rng, bar, start) -> None:
+    """Batches of ``batch`` shuffled pairs through the library's loss, then SGD on the rows
+    (negative sampling) or ``SparseRowAdam`` (the shared-candidate losses)."""
+    import torch
+
+    from ..torch import SparseRowAdam, nce_loss, negative_sampling_loss, sampled_softmax_loss
+
+    V, D = vectors.shape
+    generator = torch.Generator().manual_seed(config.seed)
+    shared = config.loss != "negative_sampling"
     adam_lr = config.adam_lr if config.adam_lr is not None else {"nce": 0.02}.get(config.loss, 0.005)
     adam = SparseRowAdam([vectors, table], lr=adam_lr) if shared else None
-    keep = keep_probabilities(counts.astype(np.float64), config.sample)
     # The learning rate falls linearly over all pairs; the pairs of an epoch are known once it is
     # drawn, so the schedule uses the expected number of pairs per epoch.
     window = max(1, min(config.window, _longest_sentence(sentence) - 1))
     expected_pairs = max(float((keep[ids]).sum()) * (window + 1), 1.0)
     total_pairs = expected_pairs * config.epochs
     done_pairs, words_done = 0, 0
-    bar = progress_bar(config.epochs * len(ids), "word2vec") if progress else None
-    start = time.perf_counter()
     for epoch in range(config.epochs):
         kept = rng.random(len(ids)) < keep[ids]
         centers, contexts = skipgram_pairs(ids[kept], sentence[kept], config.window, rng)
@@ -371,13 +460,6 @@ def train(sentences: Sequence[Sequence[str]], config: Word2VecConfig | None = No
             done_pairs += hi - lo
             words_done += _advance(bar, len(ids), step, steps, epoch, config, words_done=words_done, start=start,
                                    lr=lr)
-    if bar is not None:
-        bar.close()
-    wall = time.perf_counter() - start
-    stats = {"wall_s": wall, "words_per_s": config.epochs * len(ids) / wall, "vocabulary": V,
-             "corpus_words": int(sum(len(s) for s in sentences)), "trained_words": int(len(ids)),
-             "config": dataclasses.asdict(config)}
-    return WordVectors(words, vectors.detach().numpy().copy(), counts, stats)
 
 
 def _advance(bar, num_words, step, steps, epoch, config, *, words_done, start, lr) -> int:

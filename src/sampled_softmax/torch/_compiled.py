@@ -1,5 +1,5 @@
 """The compiled core (``csrc/``: ``loss.cpp``, ``per_example.cpp``, ``sampling.cpp``,
-``sparse_adam.cpp``, ``bindings.cpp``), built on first use.
+``sparse_adam.cpp``, ``word2vec.cpp``, ``bindings.cpp``), built on first use.
 
 ``torch.utils.cpp_extension`` compiles it once per machine and PyTorch version (1-3 minutes;
 needs a C++ compiler and ``ninja``, found next to this Python without activating its
@@ -12,7 +12,8 @@ which computes the same thing, is used instead.
 The extension's functions: ``sampled_softmax_core`` (a sampled loss, softmax or sigmoid head,
 from given columns), ``per_example_core`` (the same over each example's own noise),
 ``sampled_softmax_sampled`` (the uniform or log-uniform draw on the CPU, then the loss),
-``sparse_row_adam_`` (``SparseRowAdam``'s sparse step), and ``core_forward`` /
+``sparse_row_adam_`` (``SparseRowAdam``'s sparse step), ``word2vec_train_`` (word2vec's training
+loop, :mod:`sampled_softmax.apps.word2vec`), and ``core_forward`` /
 ``core_backward`` for the traced operators. Which caller uses it, and when, is
 decided in :mod:`._dispatch` only.
 """
@@ -25,7 +26,7 @@ import threading
 
 _CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 _SOURCES = tuple(os.path.join(_CSRC, name) for name in ("loss.cpp", "per_example.cpp", "sampling.cpp",
-                                                            "sparse_adam.cpp", "bindings.cpp"))
+                                                            "sparse_adam.cpp", "word2vec.cpp", "bindings.cpp"))
 _HEADERS = (os.path.join(_CSRC, "common.h"),)
 # -fno-math-errno: sqrt in a loop vectorises only when it need not set errno. -march=native:
 # the build is this machine's own (its name carries the CPU's features, so a cache shared with

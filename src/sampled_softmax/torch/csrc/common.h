@@ -108,4 +108,9 @@ std::optional<std::vector<Tensor>> sampled_columns(const Tensor& h, const Tensor
 void sparse_row_adam_(Tensor param, Tensor moments, Tensor exp_avg, Tensor exp_avg_sq, const Tensor& indices,
                       const Tensor& values, double beta1, double beta2, double step_size, double eps_term);
 
+// word2vec.cpp
+std::vector<Tensor> word2vec_train_(Tensor vectors, Tensor table, const Tensor& ids, const Tensor& bounds,
+                                    const Tensor& keep, const Tensor& cdf, int64_t window, int64_t negative,
+                                    double alpha, int64_t seed, int64_t threads, bool record);
+
 }  // namespace sampled_softmax
