@@ -234,12 +234,16 @@ def test_compiled_loop_pairs_are_reduced_windows_over_the_kept_words():
     assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected)), counts
 
 
-def test_compiled_loop_draws_noise_from_the_table_and_keeps_words_with_their_probability():
+@pytest.mark.parametrize("skewed", [False, True])
+def test_compiled_loop_draws_noise_from_the_table_and_keeps_words_with_their_probability(skewed):
     ext = _core()
     rng = np.random.default_rng(1)
     V = 50
     probs = rng.uniform(0, 1, V) ** 3
     probs[[4, 9]] = 0.0
+    if skewed:  # most classes of weight 0, one of nearly all the mass
+        probs[10:] = 0.0
+        probs[0] = 1e3
     ids = rng.integers(0, V, size=4000)
     keep = np.full(V, 0.5)
     (pairs, kept), _, _, noise = _loop(ext, torch.zeros(V, 2), torch.zeros(V, 2), ids, [0, 4000], keep, probs,

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import itertools
 import math
 import os
 import sys
@@ -269,7 +270,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 def build_vocabulary(sentences: Sequence[Sequence[str]], min_count: int):
     """Words with at least ``min_count`` occurrences, most frequent first (ties in order of
     first appearance), and their counts."""
-    counts = collections.Counter(w for s in sentences for w in s)
+    counts = collections.Counter(itertools.chain.from_iterable(sentences))
     kept = [(w, c) for w, c in counts.items() if c >= min_count]
     kept.sort(key=lambda wc: -wc[1])  # stable: ties keep first appearance
     if not kept:
@@ -279,12 +280,12 @@ def build_vocabulary(sentences: Sequence[Sequence[str]], min_count: int):
 
 def _encode(sentences, index):
     """Token ids of the words in the vocabulary, and the sentence number of each."""
-    ids, sentence = [], []
-    for k, words in enumerate(sentences):
-        row = [index[w] for w in words if w in index]
-        ids.extend(row)
-        sentence.extend([k] * len(row))
-    return np.asarray(ids, dtype=np.int64), np.asarray(sentence, dtype=np.int64)
+    lengths = np.fromiter((len(words) for words in sentences), np.int64, len(sentences))
+    ids = np.fromiter((index.get(w, -1) for w in itertools.chain.from_iterable(sentences)), np.int64,
+                      int(lengths.sum()))
+    sentence = np.repeat(np.arange(len(sentences), dtype=np.int64), lengths)
+    known = ids >= 0
+    return ids[known], sentence[known]
 
 
 def keep_probabilities(counts: np.ndarray, sample: float) -> np.ndarray:

@@ -63,7 +63,8 @@ def value_and_row_grads(weights, biases, labels, inputs, num_sampled: int, num_c
     arguments of :func:`sampled_softmax.jax.sampled_softmax_loss`. The table's gradient is the
     ``N*T + S`` gathered rows' (:class:`RowGrads`); nothing of size ``V`` is made.
     ``remove_accidental_hits`` defaults to the loss's own default: True for sampled softmax,
-    False for NCE and negative sampling (as ``nce_loss`` and ``tf.nn.nce_loss``)."""
+    False for NCE and negative sampling (as ``nce_loss`` and ``tf.nn.nce_loss``). An ignored
+    label's slot has the padding id ``V`` (its class is not touched)."""
     V.check_choice("loss", loss, ("sampled_softmax", "nce", "negative_sampling"))
     if remove_accidental_hits is None:
         remove_accidental_hits = loss == "sampled_softmax"
@@ -85,8 +86,12 @@ def value_and_row_grads(weights, biases, labels, inputs, num_sampled: int, num_c
 
     value, (d_h, d_rows, d_bias_rows) = jax.value_and_grad(reduced, argnums=(0, 1, 2))(c.h, rows, bias_rows)
     d_inputs = d_h.astype(jnp.asarray(inputs).dtype).reshape(jnp.shape(inputs))
-    d_bias = None if c.b is None else RowGrads(c.ids, d_bias_rows.astype(c.b.dtype))
-    return value, Grads(RowGrads(c.ids, d_rows.astype(c.W.dtype)), d_bias, d_inputs)
+    # An ignored label's placeholder row (id 0) is not touched by the step: padding, so that a
+    # lazy optimizer neither decays its moments nor moves it.
+    touched = jnp.concatenate([c.valid.reshape(-1), jnp.ones(c.ids.shape[0] - c.valid.size, bool)])
+    ids = jnp.where(touched, c.ids, c.W.shape[0])
+    d_bias = None if c.b is None else RowGrads(ids, d_bias_rows.astype(c.b.dtype))
+    return value, Grads(RowGrads(ids, d_rows.astype(c.W.dtype)), d_bias, d_inputs)
 
 
 def unique_rows(grads: RowGrads, num_rows: int) -> RowGrads:

@@ -7,7 +7,7 @@
 //                 window, negative, alpha, seed, threads, record)
 //   ids: a stretch of the corpus as vocabulary ids; bounds: its sentences' offsets into ids.
 //   keep: each word's probability of surviving the subsampling; cdf: the noise distribution's
-//   cumulative weights (its last entry the total). For each kept center word and each context
+//   cumulative weights (its last entry the total; drawn from an alias table made of it). For each kept center word and each context
 //   word within a window shrunk to 1..window at random, the context's input vector h predicts
 //   the center word against `negative` noise words drawn from cdf, a noise word equal to the
 //   center adding nothing (an accidental hit). Each pair is one step of plain SGD at rate alpha
@@ -39,6 +39,51 @@ struct SplitMix {
   int64_t below(int64_t n) { return static_cast<int64_t>(next() % static_cast<uint64_t>(n)); }
 };
 
+// Walker's alias table of the weights whose cumulative sums are `cdf` (Vose's construction): a
+// draw is one random 64-bit number, a column and a coin, in O(1) where an inverse CDF searches
+// O(log V) (word2vec.c reads a 10^8-entry table instead; gensim bisects). Exact: each class is
+// drawn with probability w_k / total; a class of weight 0 never.
+struct AliasTable {
+  std::vector<double> prob;
+  std::vector<int64_t> alias;
+
+  explicit AliasTable(const double* cdf, int64_t n) : prob(n, 1.0), alias(n) {
+    const double total = cdf[n - 1];
+    std::vector<double> p(n);
+    std::vector<int64_t> zero, small, large;
+    int64_t some_positive = 0;
+    for (int64_t k = 0; k < n; ++k) {
+      p[k] = (cdf[k] - (k ? cdf[k - 1] : 0.0)) / total * static_cast<double>(n);
+      alias[k] = k;
+      if (p[k] <= 0.0) {
+        zero.push_back(k);
+      } else {
+        some_positive = k;
+        (p[k] < 1.0 ? small : large).push_back(k);
+      }
+    }
+    // The weight-0 classes first: while one is left, a class of p > 1 is too, so none of them
+    // is left over to the rounding at the end.
+    while ((!zero.empty() || !small.empty()) && !large.empty()) {
+      std::vector<int64_t>& from = zero.empty() ? small : zero;
+      const int64_t s = from.back(), l = large.back();
+      from.pop_back();
+      prob[s] = p[s] > 0.0 ? p[s] : 0.0;
+      alias[s] = l;
+      p[l] -= 1.0 - prob[s];
+      if (p[l] < 1.0) {
+        large.pop_back();
+        small.push_back(l);
+      }
+    }
+    // Left over (p is 1 up to rounding): always themselves; a weight-0 class never.
+    for (int64_t k : zero) {
+      prob[k] = 0.0;
+      alias[k] = some_positive;
+    }
+  }
+};
+
 struct Recorded {
   std::vector<int64_t> contexts, centers, noise;
 };
@@ -47,14 +92,16 @@ template <typename scalar_t>
 struct Trainer {
   scalar_t *vectors, *table;
   const int64_t *ids, *bounds;
-  const double *keep, *cdf;
+  const double* keep;
+  const AliasTable* noise;
   int64_t num_classes, dim, window, negative;
   scalar_t alpha;
 
   int64_t draw(SplitMix& rng) const {
-    const double u = rng.uniform() * cdf[num_classes - 1];
-    const int64_t k = std::upper_bound(cdf, cdf + num_classes, u) - cdf;
-    return std::min(k, num_classes - 1);
+    const uint64_t r = rng.next();
+    const int64_t k = static_cast<int64_t>(((r >> 32) * static_cast<uint64_t>(num_classes)) >> 32);
+    const double coin = static_cast<double>(r & 0xFFFFFFFFull) * 0x1.0p-32;
+    return coin < noise->prob[k] ? k : noise->alias[k];
   }
 
   // Sentences [first, last): returns pairs and kept words.
@@ -152,8 +199,9 @@ std::vector<Tensor> word2vec_train_(Tensor vectors, Tensor table, const Tensor& 
   for (int64_t p = bp[0]; p < bp[num_sentences]; ++p) {
     TORCH_CHECK_INDEX(ip[p] >= 0 && ip[p] < num_classes, "word2vec_train_: id ", ip[p], " outside the vocabulary");
   }
-  TORCH_CHECK(num_classes > 0 && cdf.data_ptr<double>()[num_classes - 1] > 0,
-              "word2vec_train_: the noise distribution must have a positive total");
+  TORCH_CHECK(num_classes > 0 && num_classes < (int64_t(1) << 32) && cdf.data_ptr<double>()[num_classes - 1] > 0,
+              "word2vec_train_: the noise distribution must have a positive total over fewer than 2^32 words");
+  const AliasTable noise(cdf.data_ptr<double>(), num_classes);
   // Workers take consecutive sentences, about as many words each.
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(threads, num_sentences));
   std::vector<int64_t> first(workers + 1, num_sentences);
@@ -168,7 +216,7 @@ std::vector<Tensor> word2vec_train_(Tensor vectors, Tensor table, const Tensor& 
   const uint64_t base = static_cast<uint64_t>(seed);
   AT_DISPATCH_FLOATING_TYPES(vectors.scalar_type(), "word2vec_train_", [&] {
     const Trainer<scalar_t> trainer{vectors.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(), ip, bp,
-                                    keep.data_ptr<double>(), cdf.data_ptr<double>(), num_classes, vectors.size(1),
+                                    keep.data_ptr<double>(), &noise, num_classes, vectors.size(1),
                                     window, negative, static_cast<scalar_t>(alpha)};
     auto work = [&](int64_t t) {
       counts[t] = trainer.run(first[t], first[t + 1], base + 0x632BE59BD9B4E019ull * static_cast<uint64_t>(t + 1),
