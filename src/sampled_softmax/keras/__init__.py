@@ -44,12 +44,14 @@ from .layers import OUTPUTS, SampledSoftmax
 from .losses import SampledSoftmaxLoss
 from .metrics import Perplexity, SampledSoftmaxMetric
 from .optimizers import LazyAdam
+from .table_optim import RowAdagrad, RowAdam, RowSGD
 from .frequency import CountMinFrequency, StreamingFrequency
 from .index import CorpusIndex, RecallAtK
 from .retrieval import CorpusSampler, InBatchSoftmax, InBatchSoftmaxLoss, MixedNegatives, mixed_negatives
 from .samplers import DRAWS, SAMPLERS
 
 __all__ = ["SampledSoftmax", "SampledSoftmaxLoss", "SampledSoftmaxMetric", "Perplexity", "LazyAdam",
+           "RowSGD", "RowAdagrad", "RowAdam",
            "InBatchSoftmax", "InBatchSoftmaxLoss", "StreamingFrequency", "CountMinFrequency", "CorpusIndex",
            "RecallAtK", "CorpusSampler", "MixedNegatives", "mixed_negatives",
            "SampledSoftmaxError", "SAMPLERS", "DRAWS", "OUTPUTS", "LOSSES"]

@@ -199,6 +199,35 @@ def _take_rows(tables, ids, dense_gradient=()):
     return [ops.take(t, ids, axis=0) for t in tables]
 
 
+def _scatter_add_rows(variable, ids, deltas) -> None:
+    """``variable[ids] += deltas`` in place (repeated ids add up): a sparse update of the
+    variable's buffer on TensorFlow and PyTorch; on JAX a functional ``.at[].add`` assigned back,
+    in place under the trainer's jit, which donates the state."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        value = variable.value if isinstance(variable, keras.Variable) else variable
+        value.scatter_add(tf.IndexedSlices(tf.cast(deltas, value.dtype), tf.cast(ids, tf.int64)))
+    elif backend == "torch":
+        import torch
+
+        with torch.no_grad():
+            value = variable.value
+            value.index_add_(0, ids.to(torch.int64), deltas.to(value.dtype))
+    else:
+        variable.assign(variable.value.at[ids].add(deltas.astype(variable.value.dtype)))
+
+
+def _in_replica_strategy() -> bool:
+    """Whether a tf.distribute strategy of more than one replica is in scope (TensorFlow only)."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1
+
+
 def _scale_for_replicas(loss):
     """A mean loss's share of each replica under a tf.distribute strategy: divided by the number
     of replicas, as Keras's own losses are (the replicas' gradients are then summed, and Keras

@@ -17,6 +17,7 @@ from ._backend import (
     set_tensor_attr,
 )
 from ._binding import _OWNER_ATTR, _STATE_ATTR, _check_compiled_loss, _find_upstream_layer, register
+from . import table_optim
 from ._stages import candidate_columns, corrected_logits, sigmoid_head, softmax_head
 from .samplers import DRAWS, SAMPLERS, SavesSeedState, draw, expected_counts, uniforms
 
@@ -150,6 +151,11 @@ class SampledSoftmax(SavesSeedState, keras.layers.Layer):
             candidates left, ``Q_i`` the total ``q`` of its distinct kept targets). Needs
             ``draw="with_replacement"`` and ``loss="sampled_softmax"``.
 
+        table_optimizer: :class:`~sampled_softmax.keras.RowSGD`, :class:`~sampled_softmax.keras.RowAdagrad`
+            or :class:`~sampled_softmax.keras.RowAdam`: the layer's loss updates the rows each training step
+            touched itself (the table and bias are then not trainable weights; the rest of the model keeps
+            the model's optimizer). See :mod:`sampled_softmax.keras.table_optim`.
+
     Shape:
         - Input: ``[..., D]`` (``[B, D]`` or sequences ``[B, T, D]``).
         - Output: ``[..., V]`` outside training; the input itself in training.
@@ -162,7 +168,7 @@ class SampledSoftmax(SavesSeedState, keras.layers.Layer):
                  ignore_index=-100, tied_to=None, output="probabilities", seed=None,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  kernel_regularizer=None, bias_regularizer=None, loss="sampled_softmax", exclude_true=False,
-                 **kwargs):
+                 table_optimizer=None, **kwargs):
         tied_name = kwargs.pop("tied_to_name", None)
         unigrams_in_weights = kwargs.pop("unigrams_in_weights", False)
         full_in_training = bool(kwargs.pop("full_output_in_training", False))
@@ -214,6 +220,15 @@ class SampledSoftmax(SavesSeedState, keras.layers.Layer):
         object.__setattr__(self, "_tied", tied_to)
         object.__setattr__(self, "_bound_loss", None)
         self._tied_name = tied_to.name if tied_to is not None else tied_name
+        self._table_optimizer = table_optim.get(table_optimizer)
+        if self._table_optimizer is not None:
+            if self._tied_name is not None:
+                raise SampledSoftmaxError("`table_optimizer` needs the layer's own table: a tied table (`tied_to`) is "
+                                          "trained by the model's optimizer too, which would update it a second time")
+            if self.kernel_regularizer is not None or self.bias_regularizer is not None:
+                raise SampledSoftmaxError("`kernel_regularizer` and `bias_regularizer` cannot be used with a "
+                                          "table_optimizer (the table is outside the model's optimizer, which "
+                                          "applies a regularizer's gradient)")
         self.supports_masking = True
         self._training_output = False
         # Set once a SampledSoftmaxMetric binds to the layer: training outputs then carry the
@@ -228,13 +243,15 @@ class SampledSoftmax(SavesSeedState, keras.layers.Layer):
         if dim is None:
             raise SampledSoftmaxError(f"`inputs` last dimension must be known; received shape {list(input_shape)}")
         self.input_dim = int(dim)
+        # With a table_optimizer the table is the loss's to update: outside the trainable set.
+        trainable = self._table_optimizer is None
         if self._tied_name is None:
             self.kernel = self.add_weight(
                 name="kernel", shape=(self.num_classes, self.input_dim), initializer=self.kernel_initializer,
-                regularizer=self.kernel_regularizer)
+                regularizer=self.kernel_regularizer, trainable=trainable)
         if self.use_bias:
             self.bias = self.add_weight(name="bias", shape=(self.num_classes,), initializer=self.bias_initializer,
-                                        regularizer=self.bias_regularizer)
+                                        regularizer=self.bias_regularizer, trainable=trainable)
         if self.sampler == "unigram":
             # Sampling state is float32 under any dtype policy (autocast=False: never read in
             # a mixed policy's bfloat16, whose counts stop at 256 and whose CDF has 8 bits).
@@ -252,6 +269,9 @@ class SampledSoftmax(SavesSeedState, keras.layers.Layer):
             self.sampling_counts = self.add_weight(name="sampling_counts", shape=(self.num_classes,), dtype="float32",
                                                    initializer="ones", trainable=False, aggregation="mean",
                                                    autocast=False)
+        if self._table_optimizer is not None:
+            # Not tracked again: add_weight tracks the variables already.
+            object.__setattr__(self, "_table_state", table_optim.make_state(self, self._table_optimizer))
 
     @staticmethod
     def _tables_from_weights(weights):
@@ -416,10 +436,11 @@ class SampledSoftmax(SavesSeedState, keras.layers.Layer):
         y2 = ops.reshape(ops.cast(y_true, "int32"), (-1, T))
         return _check_label_values(y2, self.num_classes, self.ignore_index), T
 
-    def sampled_loss(self, y_true, inputs, sampled_values=None, state=None):
+    def sampled_loss(self, y_true, inputs, sampled_values=None, state=None, pieces=None):
         """Per-position sampled softmax loss ``[...]`` (float32) from hidden states ``inputs
         [..., D]`` and targets; ``sampled_values`` overrides the layer's own draw; ``state``
-        (values read in the layer's call, see ``_STATE_ATTR``) the layer's variables."""
+        (values read in the layer's call, see ``_STATE_ATTR``) the layer's variables.
+        ``pieces``: a dict to receive what the fused table step needs (:meth:`table_step`)."""
         lead = _shape(inputs)[:-1]
         if _shape(inputs)[-1] not in (None, self.input_dim):
             raise SampledSoftmaxError(f"`inputs` last dimension must equal the weights' dim {self.input_dim}; "
@@ -475,7 +496,50 @@ class SampledSoftmax(SavesSeedState, keras.layers.Layer):
         else:
             loss, live = sigmoid_head(logits, keep, T)
         loss = self._nan_if_out_of_range(loss, y2, valid)
+        if pieces is not None:
+            pieces.update(h=h, ids=ids, logits=logits, keep=keep, live=live, num_true=T, valid=valid,
+                          num_labels=ops.shape(y2)[0] * T)
         return self._with_padding_mask(ops.reshape(loss, ops.shape(inputs)[:-1]), live)
+
+    def table_step(self, pieces: dict, position_weights) -> None:
+        """The fused table optimizer's step for one loss call: the gradient of ``sum(position_weights
+        * loss)`` with respect to the rows the loss gathered (``pieces`` from :meth:`sampled_loss`),
+        applied to those rows in place (see :mod:`.table_optim`)."""
+        if any(w.trainable for w in [self.kernel] + ([self.bias] if self.use_bias else [])):
+            raise SampledSoftmaxError(
+                f"SampledSoftmax {self.name!r}: its table is trainable again (`trainable` was set on the layer or "
+                f"the model after it was built), so the model's optimizer would update it a second time beside its "
+                f"table_optimizer: set layer.kernel.trainable = False (and layer.bias.trainable)")
+        T = pieces["num_true"]
+        h = ops.stop_gradient(pieces["h"])
+        logits, keep, live = (ops.stop_gradient(pieces[k]) for k in ("logits", "keep", "live"))
+        kt = ops.cast(keep[:, :T], "float32")
+        n_true = ops.maximum(ops.sum(kt, axis=1, keepdims=True), 1.0)
+        if self.objective == "sampled_softmax":
+            n_kept = ops.sum(ops.cast(keep, "float32"), axis=1, keepdims=True)
+            on_true = ops.concatenate([ops.ones_like(logits[:, :T]), ops.zeros_like(logits[:, T:])], axis=1)
+            eps = self.label_smoothing
+            target = ops.where(keep, on_true * (1.0 - eps) / n_true + eps / n_kept, 0.0)
+            d_logits = ops.softmax(logits, axis=1) - target  # removed columns: probability 0, target 0
+        else:
+            target = ops.concatenate([kt / n_true, ops.zeros_like(logits[:, T:])], axis=1)
+            d_logits = ops.where(keep, ops.sigmoid(ops.where(keep, logits, 0.0)) - target, 0.0)
+        weights = ops.reshape(ops.cast(ops.stop_gradient(position_weights), "float32"), (-1, 1))
+        g = ops.where(live[:, None], d_logits, 0.0) * weights
+        n, d = ops.shape(h)[0], ops.shape(h)[1]
+        d_true = ops.reshape(g[:, :T, None] * h[:, None, :], (-1, d))
+        d_rows = ops.concatenate([d_true, ops.matmul(ops.transpose(g[:, T:]), h)], axis=0)
+        d_bias = ops.concatenate([ops.reshape(g[:, :T], (-1,)), ops.sum(g[:, T:], axis=0)]) if self.use_bias else None
+        # An ignored target's placeholder row is not touched by the step: its id becomes padding.
+        ids = pieces["ids"]
+        label_ids = ops.where(ops.reshape(pieces["valid"], (-1,)), ids[:n * T], self.num_classes)
+        ids = ops.concatenate([ops.cast(label_ids, "int32"), ops.cast(ids[n * T:], "int32")], axis=0)
+        table_optim.apply_step(self, self._table_optimizer, self._table_state, ids, d_rows, d_bias)
+
+    @property
+    def table_optimizer(self):
+        """The fused table optimizer (:mod:`.table_optim`), or None."""
+        return self._table_optimizer
 
     def _checked_sampled_values(self, sampled_values, y2, valid):
         """Dtypes and shapes; values too where they are known now (eager)."""
@@ -539,6 +603,8 @@ class SampledSoftmax(SavesSeedState, keras.layers.Layer):
         )
         if self._tied_name is not None:
             config["tied_to_name"] = self._tied_name
+        if self._table_optimizer is not None:
+            config["table_optimizer"] = keras.saving.serialize_keras_object(self._table_optimizer)
         if self._full_in_training:
             config["full_output_in_training"] = True
         if self.sampler == "unigram":
