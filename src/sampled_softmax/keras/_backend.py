@@ -199,6 +199,17 @@ def _take_rows(tables, ids, dense_gradient=()):
     return [ops.take(t, ids, axis=0) for t in tables]
 
 
+def _gather_rows(variable, ids):
+    """``variable[ids]``: on TensorFlow a sparse read of the variable (``ResourceGather``), since a
+    dense read alive at the in-place update that follows makes TensorFlow copy all of it."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        value = variable.value if isinstance(variable, keras.Variable) else variable
+        return tf.gather(value, ids)
+    return ops.take(variable.value, ids, axis=0)
+
+
 def _scatter_add_rows(variable, ids, deltas) -> None:
     """``variable[ids] += deltas`` in place (repeated ids add up): a sparse update of the
     variable's buffer on TensorFlow and PyTorch; on JAX a functional ``.at[].add`` assigned back,

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 
 from .. import SampledSoftmaxError
-from ._backend import _scatter_add_rows, keras, ops
+from ._backend import _gather_rows, _scatter_add_rows, keras, ops
 
 __all__ = ["TableOptimizer", "RowSGD", "RowAdagrad", "RowAdam"]
 
@@ -219,8 +219,8 @@ def apply_step(layer, optimizer: TableOptimizer, state: dict, ids, d_rows, d_bia
         params.append(("bias", layer.bias, summed[1]))
     for name, param, g in params:
         names = [f"{name}_{slot}" for slot, _ in optimizer.slots(0, len(param.shape) > 1)]
-        slot_rows = [ops.take(ops.convert_to_tensor(state[n]), safe, axis=0) for n in names]
-        param_rows = ops.take(ops.convert_to_tensor(param), safe, axis=0)
+        slot_rows = [_gather_rows(state[n], safe) for n in names]
+        param_rows = _gather_rows(param, safe)
         d_param, d_slots = optimizer.deltas(param_rows, slot_rows, g, t)
         for variable, delta in [(param, d_param)] + [(state[n], d) for n, d in zip(names, d_slots)]:
             mask = real if len(delta.shape) == 1 else ops.expand_dims(real, -1)
