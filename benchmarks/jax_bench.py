@@ -139,40 +139,51 @@ def loss_methods(V, S, D, B, seed=0):
 
 
 def step_times(vocabs, D=300, B=256, S=100, repeats=30, seed=0) -> dict:
-    """Median seconds of a jitted training step (loss, row gradients, lazy Adam, in-place update
-    of a donated table) at each vocabulary in ``vocabs``, the vocabularies' steps interleaved
-    round by round so that a drift of the machine affects them alike."""
+    """Median seconds of a jitted training step at each vocabulary in ``vocabs``, two ways:
+    ``"lazy_adam"`` (loss and row gradients, ``lazy_adam``, ``apply_row_updates`` of a donated
+    table) and ``"fused"`` (``value_and_table_step`` with ``row_adam``, table and state donated).
+    All steps interleaved round by round, so that a drift of the machine affects them alike.
+    Returns ``{(V, method): seconds}``."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from sampled_softmax.jax.sparse import apply_row_updates, lazy_adam, value_and_row_grads
+    from sampled_softmax.jax.table_optim import row_adam, value_and_table_step
 
     rng = np.random.default_rng(seed)
     h = jnp.asarray(rng.normal(size=(B, D)).astype(np.float32))
-    opt = lazy_adam(1e-3)
+    opt, fused_opt = lazy_adam(1e-3), row_adam(1e-3)
     runs = {}
     for V in vocabs:
         y = jnp.asarray(rng.integers(0, V, (B, 1)))
-        b = jnp.zeros(V, jnp.float32)
 
-        @functools.partial(jax.jit, donate_argnums=(0, 1))
-        def step(W, state, key, b=b, y=y, V=V):
+        @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+        def step(W, b, state, key, y=y, V=V):
             loss, grads = value_and_row_grads(W, b, y, h, S, V, key=key)
-            updates, state = opt.update(grads.weights, state)
-            return apply_row_updates(W, updates), state, loss
+            w_updates, w_state = opt.update(grads.weights, state[0])
+            b_updates, b_state = opt.update(grads.biases, state[1])
+            return apply_row_updates(W, w_updates), apply_row_updates(b, b_updates), (w_state, b_state), loss
 
-        W = jnp.asarray(rng.normal(size=(V, D)).astype(np.float32) * 0.05)
-        runs[V] = [step, W, opt.init(W)]
+        @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+        def fused_step(W, b, state, key, y=y, V=V):
+            loss, s = value_and_table_step(fused_opt, state, W, b, y, h, S, V, key=key)
+            return s.weights, s.biases, s.state, loss
+
+        for method, fn in (("lazy_adam", step), ("fused", fused_step)):
+            W = jnp.asarray(rng.normal(size=(V, D)).astype(np.float32) * 0.05)
+            b = jnp.zeros(V, jnp.float32)
+            state = (opt.init(W), opt.init(b)) if method == "lazy_adam" else fused_opt.init(W, b)
+            runs[(V, method)] = [fn, W, b, state]
     keys = jax.random.split(jax.random.key(seed), repeats + 3)
-    times = {V: [] for V in vocabs}
+    times = {k: [] for k in runs}
     for i in range(repeats + 3):
-        for V, run in runs.items():
+        for k, run in runs.items():
             start = time.perf_counter()
-            run[1], run[2], loss = run[0](run[1], run[2], keys[i])
+            run[1], run[2], run[3], loss = run[0](run[1], run[2], run[3], keys[i])
             jax.block_until_ready(loss)
-            times[V].append(time.perf_counter() - start)
-    return {V: float(np.median(t[3:])) for V, t in times.items()}
+            times[k].append(time.perf_counter() - start)
+    return {k: float(np.median(t[3:])) for k, t in times.items()}
 
 
 def main(argv=None) -> int:
@@ -189,11 +200,13 @@ def main(argv=None) -> int:
             lines.append(f"  {other} / ours jax rows: {paired_ratio(samples, other, 'ours jax rows'):.2f}x")
     vocabs = [int(v) for v in args.vocabs.split(",") if v]
     steps = step_times(vocabs, repeats=args.repeats)
-    lines.append("training step with lazy_adam (B=256, S=100, D=300), median ms:")
-    lines += [f"  V={V:>9,}: {t * 1e3:.3f}" for V, t in steps.items()]
+    lines.append("training step (B=256, S=100, D=300, table and bias), median ms: lazy_adam | fused row_adam")
+    lines += [f"  V={V:>9,}: {steps[(V, 'lazy_adam')] * 1e3:.3f} | {steps[(V, 'fused')] * 1e3:.3f}  "
+              f"(lazy_adam / fused {steps[(V, 'lazy_adam')] / steps[(V, 'fused')]:.2f}x)" for V in vocabs]
     if len(vocabs) > 1:
-        lines.append(f"  V={vocabs[-1]:,} / V={vocabs[0]:,}: {steps[vocabs[-1]] / steps[vocabs[0]]:.2f} "
-                     f"(goal: at most 1.5)")
+        for method in ("lazy_adam", "fused"):
+            lines.append(f"  {method}: V={vocabs[-1]:,} / V={vocabs[0]:,}: "
+                         f"{steps[(vocabs[-1], method)] / steps[(vocabs[0], method)]:.2f} (goal: at most 1.5)")
     print("\n".join(lines))
     return 0
 
