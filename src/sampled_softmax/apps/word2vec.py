@@ -343,10 +343,11 @@ def train(sentences: Sequence[Sequence[str]], config: Word2VecConfig | None = No
     ext = _word2vec_loop(config)
     bar = progress_bar(config.epochs * len(ids), "word2vec") if progress else None
     start = time.perf_counter()
+    run = _Run(ids, sentence, vectors, table, sampler, keep, config, rng, bar, start)
     if ext is not None:
-        _train_compiled(ext, ids, sentence, vectors, table, sampler, keep, config, rng, threads, bar, start)
+        _train_compiled(ext, run, threads)
     else:
-        _train_batches(ids, sentence, vectors, table, sampler, keep, config, rng, bar, start)
+        _train_batches(run)
     if bar is not None:
         bar.close()
     wall = time.perf_counter() - start
@@ -354,6 +355,23 @@ def train(sentences: Sequence[Sequence[str]], config: Word2VecConfig | None = No
              "corpus_words": int(sum(len(s) for s in sentences)), "trained_words": int(len(ids)),
              "implementation": "python" if ext is None else "compiled", "config": dataclasses.asdict(config)}
     return WordVectors(words, vectors.detach().numpy().copy(), counts, stats)
+
+
+@dataclasses.dataclass
+class _Run:
+    """One training run's corpus (token ids and sentence numbers), tables, noise sampler,
+    subsampling probabilities, settings, generator and progress bar."""
+
+    ids: np.ndarray
+    sentence: np.ndarray
+    vectors: object
+    table: object
+    sampler: object
+    keep: np.ndarray
+    config: Word2VecConfig
+    rng: np.random.Generator
+    bar: object
+    start: float
 
 
 def _word2vec_loop(config: Word2VecConfig):
@@ -375,10 +393,12 @@ def sentence_bounds(sentence: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.flatnonzero(np.diff(sentence)) + 1, [len(sentence)]]).astype(np.int64)
 
 
-def _train_compiled(ext, ids, sentence, vectors, table, sampler, keep, config, rng, threads, bar, start) -> None:
+def _train_compiled(ext, run: _Run, threads: int) -> None:
     """word2vec's loop: calls of ``threads * batch_words`` words (whole sentences), each at one
     learning rate, falling linearly with the words done, as gensim's jobs."""
     import torch
+
+    ids, sentence, config, rng, bar = run.ids, run.sentence, run.config, run.rng, run.bar
 
     bounds = sentence_bounds(sentence)
     # The sentences each call starts at: one call per `threads * batch_words` words.
@@ -386,28 +406,31 @@ def _train_compiled(ext, ids, sentence, vectors, table, sampler, keep, config, r
     starts = np.unique(np.searchsorted(bounds[:-1], np.arange(0, len(ids), per_call), side="left"))
     stops = np.append(starts[1:], len(bounds) - 1)
     ids_t, bounds_t = torch.from_numpy(ids), torch.from_numpy(bounds)
-    keep_t = torch.from_numpy(np.asarray(keep, np.float64))
-    cdf = sampler.cdf.to(torch.float64).contiguous()
+    keep_t = torch.from_numpy(np.asarray(run.keep, np.float64))
+    cdf = run.sampler.cdf.to(torch.float64).contiguous()
     total_words = max(config.epochs * len(ids), 1)
     words_done = 0
     for epoch in range(config.epochs):
         for first, last in zip(starts.tolist(), stops.tolist()):
             lr = config.alpha - (config.alpha - config.min_alpha) * (words_done / total_words)
-            ext.word2vec_train_(vectors.data, table.data, ids_t, bounds_t[first:last + 1], keep_t, cdf, config.window,
-                                config.negative, lr, int(rng.integers(0, 2 ** 63)), threads, False)
+            ext.word2vec_train_(run.vectors.data, run.table.data, ids_t, bounds_t[first:last + 1], keep_t, cdf,
+                                config.window, config.negative, lr, int(rng.integers(0, 2 ** 63)), threads, False)
             covered = int(bounds[last] - bounds[first])
             words_done += covered
             if bar is not None:
                 bar.update(covered)
-                rate = words_done / max(time.perf_counter() - start, 1e-9)
+                rate = words_done / max(time.perf_counter() - run.start, 1e-9)
                 bar.set_postfix_str(f"epoch {epoch + 1}/{config.epochs} {rate:,.0f} words/s lr {lr:.4f}",
                                     refresh=False)
 
 
-def _train_batches(ids, sentence, vectors, table, sampler, keep, config, rng, bar, start) -> None:
+def _train_batches(run: _Run) -> None:
     """Batches of ``batch`` shuffled pairs through the library's loss, then SGD on the rows
     (negative sampling) or ``SparseRowAdam`` (the shared-candidate losses)."""
     import torch
+
+    ids, sentence, vectors, table, sampler, keep = run.ids, run.sentence, run.vectors, run.table, run.sampler, run.keep
+    config, rng, bar, start = run.config, run.rng, run.bar, run.start
 
     from ..torch import SparseRowAdam, nce_loss, negative_sampling_loss, sampled_softmax_loss
 
@@ -492,7 +515,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--alpha", type=float, default=defaults.alpha, help="initial learning rate")
     ap.add_argument("--min-alpha", type=float, default=defaults.min_alpha, help="final learning rate")
     ap.add_argument("--loss", choices=LOSSES, default=defaults.loss)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=None, help="worker threads (default: torch's thread count)")
+    ap.add_argument("--implementation", choices=IMPLEMENTATIONS, default=defaults.implementation,
+                    help="negative sampling in word2vec's compiled loop (auto: where it builds) or through the loss")
     ap.add_argument("--out", default="vectors.txt", help="where to save the vectors (word2vec text format)")
     ap.add_argument("--eval", default=None, metavar="DIR",
                     help="evaluate on DIR's questions-words.txt, wordsim353.tsv and simlex999.txt")
@@ -530,7 +555,7 @@ def main(argv=None) -> int:
     config = Word2VecConfig(dim=args.dim, window=args.window, min_count=args.min_count, sample=args.sample,
                             negative=args.negative, epochs=args.epochs, alpha=args.alpha, min_alpha=args.min_alpha,
                             loss=args.loss, num_sampled=args.num_sampled, batch=args.batch, seed=args.seed,
-                            threads=args.threads)
+                            threads=args.threads, implementation=args.implementation)
     try:
         sentences = read_sentences(args.corpus)
         config.check()

@@ -497,44 +497,12 @@ class SampledSoftmax(SavesSeedState, keras.layers.Layer):
             loss, live = sigmoid_head(logits, keep, T)
         loss = self._nan_if_out_of_range(loss, y2, valid)
         if pieces is not None:
-            pieces.update(h=h, ids=ids, logits=logits, keep=keep, live=live, num_true=T, valid=valid,
-                          num_labels=ops.shape(y2)[0] * T)
+            pieces.update(h=h, ids=ids, logits=logits, keep=keep, live=live, num_true=T, valid=valid)
         return self._with_padding_mask(ops.reshape(loss, ops.shape(inputs)[:-1]), live)
 
     def table_step(self, pieces: dict, position_weights) -> None:
-        """The fused table optimizer's step for one loss call: the gradient of ``sum(position_weights
-        * loss)`` with respect to the rows the loss gathered (``pieces`` from :meth:`sampled_loss`),
-        applied to those rows in place (see :mod:`.table_optim`)."""
-        if any(w.trainable for w in [self.kernel] + ([self.bias] if self.use_bias else [])):
-            raise SampledSoftmaxError(
-                f"SampledSoftmax {self.name!r}: its table is trainable again (`trainable` was set on the layer or "
-                f"the model after it was built), so the model's optimizer would update it a second time beside its "
-                f"table_optimizer: set layer.kernel.trainable = False (and layer.bias.trainable)")
-        T = pieces["num_true"]
-        h = ops.stop_gradient(pieces["h"])
-        logits, keep, live = (ops.stop_gradient(pieces[k]) for k in ("logits", "keep", "live"))
-        kt = ops.cast(keep[:, :T], "float32")
-        n_true = ops.maximum(ops.sum(kt, axis=1, keepdims=True), 1.0)
-        if self.objective == "sampled_softmax":
-            n_kept = ops.sum(ops.cast(keep, "float32"), axis=1, keepdims=True)
-            on_true = ops.concatenate([ops.ones_like(logits[:, :T]), ops.zeros_like(logits[:, T:])], axis=1)
-            eps = self.label_smoothing
-            target = ops.where(keep, on_true * (1.0 - eps) / n_true + eps / n_kept, 0.0)
-            d_logits = ops.softmax(logits, axis=1) - target  # removed columns: probability 0, target 0
-        else:
-            target = ops.concatenate([kt / n_true, ops.zeros_like(logits[:, T:])], axis=1)
-            d_logits = ops.where(keep, ops.sigmoid(ops.where(keep, logits, 0.0)) - target, 0.0)
-        weights = ops.reshape(ops.cast(ops.stop_gradient(position_weights), "float32"), (-1, 1))
-        g = ops.where(live[:, None], d_logits, 0.0) * weights
-        n, d = ops.shape(h)[0], ops.shape(h)[1]
-        d_true = ops.reshape(g[:, :T, None] * h[:, None, :], (-1, d))
-        d_rows = ops.concatenate([d_true, ops.matmul(ops.transpose(g[:, T:]), h)], axis=0)
-        d_bias = ops.concatenate([ops.reshape(g[:, :T], (-1,)), ops.sum(g[:, T:], axis=0)]) if self.use_bias else None
-        # An ignored target's placeholder row is not touched by the step: its id becomes padding.
-        ids = pieces["ids"]
-        label_ids = ops.where(ops.reshape(pieces["valid"], (-1,)), ids[:n * T], self.num_classes)
-        ids = ops.concatenate([ops.cast(label_ids, "int32"), ops.cast(ids[n * T:], "int32")], axis=0)
-        table_optim.apply_step(self, self._table_optimizer, self._table_state, ids, d_rows, d_bias)
+        """The fused table optimizer's step for one loss call (:func:`.table_optim.table_step`)."""
+        table_optim.table_step(self, pieces, position_weights)
 
     @property
     def table_optimizer(self):

@@ -91,3 +91,23 @@ def test_a_jitted_step_with_a_donated_table_trains(rng):
         weights, state, loss = step(weights, state, jax.random.key(i))
         losses.append(float(loss))
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5
+
+
+def test_an_ignored_label_touches_no_row_under_lazy_adam(rng):
+    """An ignored label's slot is padding (id V): lazy Adam neither moves its placeholder row 0
+    nor decays that row's moments."""
+    W, b, _, h, _ = random_problem(rng, V=20, B=3)
+    sv = (np.array([5, 6, 7]), np.ones((3, 1)), np.ones(3))
+    opt = lazy_adam(0.1)
+    with jax.enable_x64(True):
+        _, grads = value_and_row_grads(W, b, np.array([0, 1, 2]), h, 3, 20, sampled_values=sv)
+        state = opt.init(jnp.asarray(W))
+        updates, state = opt.update(grads.weights, state)
+        W1 = apply_row_updates(jnp.asarray(W), updates)
+        _, grads = value_and_row_grads(W1, b, np.array([-100, 1, 2]), h, 3, 20, sampled_values=sv, ignore_index=-100)
+        assert int(grads.weights.ids[0]) == 20  # the padding id
+        updates, state2 = opt.update(grads.weights, state)
+        W2 = apply_row_updates(W1, updates)
+        np.testing.assert_array_equal(W2[0], W1[0])
+        np.testing.assert_array_equal(state2.mu[0], state.mu[0])
+        assert not np.array_equal(W2[1], W1[1])
