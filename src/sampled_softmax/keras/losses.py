@@ -6,7 +6,8 @@ import weakref
 
 from .. import SampledSoftmaxError
 from ._backend import (
-    _in_replica_strategy, _in_stateless_scope, _in_symbolic_scope, _scale_for_replicas, get_keras_mask, get_tensor_attr, keras, ops,
+    _in_replica_strategy, _in_stateless_scope, _in_symbolic_scope, _scale_for_replicas, get_keras_mask,
+    get_tensor_attr, keras, ops,
 )
 from ._binding import _STATE_ATTR, _bound_layer, _calling_model, _warn_about_plain_metrics, bind_restored
 from .layers import SampledSoftmax, _shape
