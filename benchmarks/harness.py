@@ -178,3 +178,28 @@ def median_memory_run(argv: list[str], *, runs: int = MEMORY_RUNS) -> dict:
     return dict(rows[len(rows) // 2], peak_extra_mb_runs=[r["peak_extra_mb"] for r in rows],
                 allocator="MALLOC_MMAP_THRESHOLD_=131072")
 
+
+
+def per_backend(module: str, payload: dict, backends, extra_args=(), progress=None) -> list[dict]:
+    """Run ``python -m module --child JSON(payload) *extra_args`` once per Keras backend (Keras
+    fixes its backend at import), each from the checkout's root; each child prints its result as
+    JSON on its last line. A failed child gives ``{"backend", "skipped": why}``."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    results = []
+    for backend in backends:
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+        proc = subprocess.run([sys.executable, "-m", module, "--child", json.dumps(payload), *extra_args],
+                              capture_output=True, text=True, env=env,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            results.append({"backend": backend, "skipped": f"failed or not installed: {tail[0]}"})
+        else:
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        if progress:
+            progress(backend)
+    return results

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 
 FULL = dict(V=100_000, B=32, T=32, embed=256, hidden=1024, S=1024, repeats=3)
@@ -71,19 +69,9 @@ def measure(shape: dict) -> dict:
 
 def run(*, quick=False, smoke=False, backends=("tensorflow", "jax", "torch"), progress=None) -> dict:
     shape = SMOKE if smoke else (QUICK if quick else FULL)
-    results = []
-    for backend in backends:
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.keras_fit", "--child", json.dumps(shape)],
-                              capture_output=True, text=True, env=env,
-                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            results.append({"backend": backend, "skipped": f"failed or not installed: {tail[0]}"})
-        else:
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        if progress:
-            progress(backend)
+    from benchmarks import harness
+
+    results = harness.per_backend("benchmarks.keras_fit", shape, backends, progress=progress)
     return {"case": {k: v for k, v in shape.items() if k != "repeats"}, "backends": results}
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 FULL = dict(B=32, T=32, D=128, S=1024, inputs=10_000, small=10_000, large=1_000_000, dense=100_000)
@@ -75,17 +74,9 @@ def measure(shape: dict, repeats: int) -> dict:
 
 def run(*, quick=False, backends=("tensorflow", "jax", "torch"), repeats=5) -> dict:
     shape = QUICK if quick else FULL
-    results = []
-    for backend in backends:
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.keras_table_step", "--child", json.dumps(shape),
-                               "--repeats", str(repeats)], capture_output=True, text=True, env=env,
-                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            results.append({"backend": backend, "skipped": f"failed: {tail[0]}"})
-        else:
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    from benchmarks import harness
+
+    results = harness.per_backend("benchmarks.keras_table_step", shape, backends, ("--repeats", str(repeats)))
     return {"shape": shape, "backends": results}
 
 

@@ -59,6 +59,17 @@ def check_exclusion_counts(y, valid, cand, true_count, samp_count) -> None:
         raise SampledSoftmaxError(exclusion_error(s, int(bad[0]), float(Q[bad[0]])))
 
 
+def check_number(name: str, value, *, positive: bool) -> float:
+    """A finite real number, ``> 0`` (``positive``) or ``>= 0``, as a float (an optimizer's rate,
+    epsilon, betas)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number; received {type(value).__name__}")
+    value = float(value)
+    if not ((value > 0 if positive else value >= 0) and math.isfinite(value)):
+        raise SampledSoftmaxError(f"`{name}` must be {'positive' if positive else '>= 0'} and finite; received {value}")
+    return value
+
+
 def check_positive_int(name: str, value, *, minimum: int = 1) -> int:
     if isinstance(value, bool) or type(value).__name__ == "bool_":
         raise TypeError(f"`{name}` must be an int; received bool")

@@ -333,8 +333,9 @@ def train(sentences: Sequence[Sequence[str]], config: Word2VecConfig | None = No
     ids, sentence = _encode(sentences, index)
     V, D = len(words), config.dim
     rng = np.random.default_rng(config.seed)
-    # word2vec's initialisation: small random input vectors, output vectors at zero.
-    vectors = torch.nn.Parameter(torch.from_numpy(((rng.random((V, D)) - 0.5) / D).astype(np.float32)))
+    # gensim 4's initialisation (its defaults are ours): input vectors uniform in [-1/D, 1/D)
+    # (word2vec.c's range is half that), output vectors at zero.
+    vectors = torch.nn.Parameter(torch.from_numpy(((rng.random((V, D)) * 2.0 - 1.0) / D).astype(np.float32)))
     table = torch.nn.Parameter(torch.zeros(V, D))
     shared = config.loss != "negative_sampling"
     sampler = UnigramSampler(V, counts.astype(np.float64), distortion=0.75,

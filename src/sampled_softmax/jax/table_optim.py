@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import SampledSoftmaxError
+from .. import _validation as V
 from .sparse import RowGrads, unique_rows, value_and_row_grads
 
 __all__ = ["TableState", "TableOptimizer", "TableStep", "row_sgd", "row_adagrad", "row_adam",
@@ -70,15 +71,6 @@ class TableStep(NamedTuple):
     biases: jax.Array | None
     state: TableState
     inputs_grad: jax.Array
-
-
-def _number(name: str, value, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a number; received {type(value).__name__}")
-    value = float(value)
-    if not ((value > 0 if positive else value >= 0) and value < float("inf")):
-        raise SampledSoftmaxError(f"`{name}` must be {'positive' if positive else '>= 0'} and finite; received {value}")
-    return value
 
 
 def _rows(array, ids):
@@ -128,7 +120,7 @@ def _mean_square(values):
 
 def row_sgd(learning_rate: float) -> TableOptimizer:
     """Plain SGD on the touched rows: ``w_r -= lr g_r`` (repeats add up; no state but the count)."""
-    lr = _number("learning_rate", learning_rate, positive=True)
+    lr = V.check_number("learning_rate", learning_rate, positive=True)
 
     def update_rows(param, slots, g, t):
         return param.at[g.ids].add((-lr * g.values).astype(param.dtype), mode="drop"), slots
@@ -139,8 +131,8 @@ def row_sgd(learning_rate: float) -> TableOptimizer:
 def row_adagrad(learning_rate: float = 0.01, eps: float = 1e-10) -> TableOptimizer:
     """FBGEMM's exact row-wise Adagrad: ``G_r += mean(g_r ** 2)``, ``w_r -= lr g_r / (sqrt(G_r) + eps)``;
     one accumulator per row (``[V]``) and per bias entry."""
-    lr = _number("learning_rate", learning_rate, positive=True)
-    eps = _number("eps", eps, positive=False)
+    lr = V.check_number("learning_rate", learning_rate, positive=True)
+    eps = V.check_number("eps", eps, positive=False)
 
     def make_slots(param):
         return (jnp.zeros(param.shape[:1], param.dtype),)
@@ -159,9 +151,9 @@ def row_adam(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999, ep
     """Adam on the touched rows (``-lr m_hat / (sqrt(v_hat) + eps)``, as :func:`~sampled_softmax.jax.sparse.lazy_adam`);
     ``rowwise=True`` keeps one second moment per row, fed with the row's mean squared gradient
     (the bias keeps one per entry either way)."""
-    lr = _number("learning_rate", learning_rate, positive=True)
-    eps = _number("eps", eps, positive=False)
-    b1, b2 = _number("b1", b1, positive=False), _number("b2", b2, positive=False)
+    lr = V.check_number("learning_rate", learning_rate, positive=True)
+    eps = V.check_number("eps", eps, positive=False)
+    b1, b2 = V.check_number("b1", b1, positive=False), V.check_number("b2", b2, positive=False)
     if not (b1 < 1 and b2 < 1):
         raise SampledSoftmaxError(f"`b1` and `b2` must be in [0, 1); received {b1}, {b2}")
     if type(rowwise) is not bool:

@@ -29,21 +29,11 @@ same as PyTorch's (:mod:`sampled_softmax.torch.table_optim`) and JAX's
 
 from __future__ import annotations
 
-import math
-
 from .. import SampledSoftmaxError
+from .. import _validation as V
 from ._backend import _gather_rows, _scatter_add_rows, keras, ops
 
 __all__ = ["TableOptimizer", "RowSGD", "RowAdagrad", "RowAdam"]
-
-
-def _number(name: str, value, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a number; received {type(value).__name__}")
-    value = float(value)
-    if not ((value > 0 if positive else value >= 0) and math.isfinite(value)):
-        raise SampledSoftmaxError(f"`{name}` must be {'positive' if positive else '>= 0'} and finite; received {value}")
-    return value
 
 
 class TableOptimizer:
@@ -89,7 +79,7 @@ class RowSGD(TableOptimizer):
     """Plain SGD on the rows a step touched: ``w_r -= learning_rate g_r``."""
 
     def __init__(self, learning_rate: float = 0.01):
-        self.learning_rate = _number("learning_rate", learning_rate, positive=True)
+        self.learning_rate = V.check_number("learning_rate", learning_rate, positive=True)
 
     def deltas(self, param_rows, slot_rows, g, t):
         return -self.learning_rate * g, []
@@ -105,8 +95,8 @@ class RowAdagrad(TableOptimizer):
     bias entry."""
 
     def __init__(self, learning_rate: float = 0.01, epsilon: float = 1e-10):
-        self.learning_rate = _number("learning_rate", learning_rate, positive=True)
-        self.epsilon = _number("epsilon", epsilon, positive=False)
+        self.learning_rate = V.check_number("learning_rate", learning_rate, positive=True)
+        self.epsilon = V.check_number("epsilon", epsilon, positive=False)
 
     def slots(self, width, per_row_ok):
         return [("sum_sq", True)]
@@ -128,9 +118,9 @@ class RowAdam(TableOptimizer):
 
     def __init__(self, learning_rate: float = 1e-3, beta_1: float = 0.9, beta_2: float = 0.999,
                  epsilon: float = 1e-8, rowwise: bool = False):
-        self.learning_rate = _number("learning_rate", learning_rate, positive=True)
-        self.epsilon = _number("epsilon", epsilon, positive=False)
-        self.beta_1, self.beta_2 = _number("beta_1", beta_1, positive=False), _number("beta_2", beta_2, positive=False)
+        self.learning_rate = V.check_number("learning_rate", learning_rate, positive=True)
+        self.epsilon = V.check_number("epsilon", epsilon, positive=False)
+        self.beta_1, self.beta_2 = V.check_number("beta_1", beta_1, positive=False), V.check_number("beta_2", beta_2, positive=False)
         if not (self.beta_1 < 1 and self.beta_2 < 1):
             raise SampledSoftmaxError(f"`beta_1` and `beta_2` must be in [0, 1); received {self.beta_1}, {self.beta_2}")
         if type(rowwise) is not bool:

@@ -41,15 +41,6 @@ from . import _dispatch
 __all__ = ["TableOptimizer", "RowSGD", "RowAdagrad", "RowAdam", "check_table_step"]
 
 
-def _number(name: str, value, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a number; received {type(value).__name__}")
-    value = float(value)
-    if not ((value > 0 if positive else value >= 0) and math.isfinite(value)):
-        raise SampledSoftmaxError(f"`{name}` must be {'positive' if positive else '>= 0'} and finite; received {value}")
-    return value
-
-
 def sum_rows(ids: torch.Tensor, values: torch.Tensor):
     """The distinct rows of ``ids`` and their summed ``values``."""
     rows, inverse = torch.unique(ids, return_inverse=True)
@@ -187,7 +178,7 @@ class RowSGD(TableOptimizer):
 
     def __init__(self, lr: float) -> None:
         super().__init__()
-        self.lr = _number("lr", lr, positive=True)
+        self.lr = V.check_number("lr", lr, positive=True)
 
     def _update_rows(self, table, bias, rows, g, g_bias, t):
         table.index_add_(0, rows, g.to(table.dtype), alpha=-self.lr)
@@ -205,7 +196,7 @@ class RowAdagrad(TableOptimizer):
 
     def __init__(self, lr: float = 0.01, eps: float = 1e-10) -> None:
         super().__init__()
-        self.lr, self.eps = _number("lr", lr, positive=True), _number("eps", eps, positive=False)
+        self.lr, self.eps = V.check_number("lr", lr, positive=True), V.check_number("eps", eps, positive=False)
 
     def _make_state(self, table, bias):
         self.register_buffer("sum_sq", torch.zeros(table.shape[0], dtype=table.dtype, device=table.device))
@@ -236,10 +227,10 @@ class RowAdam(TableOptimizer):
                  rowwise: bool = False, implementation: str = "auto") -> None:
         super().__init__()
         self.implementation = V.check_choice("implementation", implementation, _dispatch.IMPLEMENTATIONS)
-        self.lr, self.eps = _number("lr", lr, positive=True), _number("eps", eps, positive=False)
+        self.lr, self.eps = V.check_number("lr", lr, positive=True), V.check_number("eps", eps, positive=False)
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise SampledSoftmaxError(f"`betas` must be a pair (beta1, beta2); received {betas!r}")
-        b1, b2 = (_number(f"betas[{i}]", b, positive=False) for i, b in enumerate(betas))
+        b1, b2 = (V.check_number(f"betas[{i}]", b, positive=False) for i, b in enumerate(betas))
         if not (b1 < 1 and b2 < 1):
             raise SampledSoftmaxError(f"`betas` must be in [0, 1); received {tuple(betas)}")
         self.betas = (b1, b2)
