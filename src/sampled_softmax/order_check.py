@@ -77,6 +77,8 @@ class OrderCheck:
         # A front end's counts not yet read back from its device, and how many labels they may hold.
         self.device_counts, self.device_labels = None, 0
         self._lock = threading.Lock()
+        # What a front end must do when the check starts over (a TensorFlow graph's flag).
+        self.on_reset: list = []
 
     def observe(self, counts) -> None:
         with self._lock:
@@ -97,6 +99,8 @@ class OrderCheck:
             self.counts[:] = 0
             self.pending, self.share = True, None
             self.device_counts, self.device_labels = None, 0
+        for hook in self.on_reset:
+            hook()
 
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # site-packages or src

@@ -225,3 +225,27 @@ def test_tensorflow_drop_in_warns_eager_and_in_a_graph(graph):
             for batch in np.split(labels, 4):
                 step(tf.constant(batch), tf.ones((512, 4)))
         assert len(order_warnings(record)) == expected, (graph, expected)
+
+
+def test_tensorflow_graph_stops_calling_back_once_the_verdict_is_in(monkeypatch):
+    """A step traced while the check is pending calls back to Python (a host round trip) until
+    the verdict, then skips the callback; ``reset`` makes it count again."""
+    tf = pytest.importorskip("tensorflow")
+    from sampled_softmax.tensorflow import sampled_softmax_loss
+
+    W, b = tf.zeros((V, 4)), tf.zeros(V)
+    step = tf.function(lambda y, h: sampled_softmax_loss(W, b, y, h, 16, V, seed=0))
+    check = OC.order_check("tensorflow", V, "")
+    calls = []
+    observe = check.observe
+    monkeypatch.setattr(check, "observe", lambda counts: (calls.append(1), observe(counts)))
+    y = zipf_labels(OC.LABELS_TO_CHECK, V).reshape(-1, 1)
+    for batch in np.split(y, 4):
+        step(tf.constant(batch), tf.ones((512, 4)))
+    assert len(calls) == 4 and not check.pending
+    for batch in np.split(y, 4):
+        step(tf.constant(batch), tf.ones((512, 4)))
+    assert len(calls) == 4
+    OC.reset()
+    step(tf.constant(y[:512]), tf.ones((512, 4)))
+    assert len(calls) == 5 and check.pending

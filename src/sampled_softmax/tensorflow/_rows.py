@@ -12,7 +12,12 @@ Here each id's summed gradient goes on its first read and zeros on its repeats. 
 the same tensor when made dense, keeps ``tf.gather``'s indices and static shape (the distinct
 ids of ``tf.unique`` have a bounded dynamic shape, which XLA hands back padded with garbage), and
 every optimizer's elementwise step, which maps 0 to 0, sees each row's whole gradient once.
-The cost is a sort of the ``M`` ids and a segment sum of the ``[M, D]`` gradient.
+
+The cost is finding each read's first read (a hash table of the ``M`` ids, ``tf.unique``; a sort
+under XLA, where ``tf.unique``'s bounded dynamic shape is unwelcome) and moving only the repeated
+reads' rows. Where the gradient is the caller's own fresh tensor (the losses' backward), the rows
+move in place (``InplaceAdd``, ``InplaceUpdate``): no pass over the ``[M, D]`` gradient, whose
+segment sum cost more than the rest of the loss's extra work at ``S = 8192`` (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -20,12 +25,22 @@ from __future__ import annotations
 import tensorflow as tf
 
 
+def in_xla() -> bool:
+    """Whether ops are being traced into an XLA computation (``jit_compile=True``)."""
+    from tensorflow.python.framework import ops
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph())
+
+
 def first_reads(ids):
-    """``[M]``: for each read of 1-D ``ids``, the position of its id's first read. A sort
-    (``top_k``, static shapes under XLA) rather than ``tf.unique``, whose first output has a
-    dynamic shape."""
+    """``[M]``: for each read of 1-D ``ids``, the position of its id's first read: from
+    ``tf.unique``'s index (a hash table), or under XLA from a sort (``top_k``, static shapes)."""
     m = tf.shape(ids)[0]
     position = tf.range(m)
+    if not in_xla():
+        _, group = tf.unique(ids, out_idx=tf.int32)
+        return tf.gather(tf.math.unsorted_segment_min(position, group, m), group)
     descending, order = tf.math.top_k(-tf.cast(ids, tf.int64), k=m, sorted=True)
     before = tf.concat([descending[:1] + 1, descending[:-1]], 0)  # the first read differs from "before"
     group = tf.scatter_nd(order[:, tf.newaxis], tf.cumsum(tf.cast(tf.not_equal(descending, before), tf.int32)) - 1,
@@ -33,24 +48,38 @@ def first_reads(ids):
     return tf.gather(tf.math.unsorted_segment_min(position, group, m), group)
 
 
-def summed_on_first(d, first):
+def summed_on_first(d, first, *, in_place=False):
     """``d [M, ...]``, a gradient at reads whose ``first_reads`` are ``first``, with each id's
-    sum on its first read and zeros on the others: one segment sum."""
-    return tf.math.unsorted_segment_sum(d, first, tf.shape(first)[0])
+    sum on its first read and zeros on the others. ``in_place``: ``d`` is the caller's own
+    fresh tensor, read by nothing else; outside XLA its repeated reads' rows are then moved
+    within its buffer (``InplaceAdd`` aliases its input), else one segment sum of ``d``."""
+    if not in_place:
+        return tf.math.unsorted_segment_sum(d, first, tf.shape(first)[0])
+    repeats = tf.reshape(tf.where(tf.not_equal(first, tf.range(tf.shape(first)[0]))), [-1])
+    repeats = tf.cast(repeats, tf.int32)
+    moved = tf.gather(d, repeats)
+    if in_xla():  # XLA updates its own buffers in place
+        summed = tf.tensor_scatter_nd_add(d, tf.gather(first, repeats)[:, tf.newaxis], moved)
+        return tf.tensor_scatter_nd_update(summed, repeats[:, tf.newaxis], tf.zeros_like(moved))
+    # `moved` is an input of the add, so it is read before the buffer changes; the add applies
+    # repeated targets one after another (several repeats of one id all land on its first read).
+    summed = tf.raw_ops.InplaceAdd(x=d, i=tf.gather(first, repeats), v=moved)
+    return tf.raw_ops.InplaceUpdate(x=summed, i=repeats, v=tf.zeros_like(moved))
 
 
-def summed_once(ds, ids):
+def summed_once(ds, ids, *, in_place=False):
     """``ds`` (gradients at the reads ``ids``), each id's sum on one read and zeros on the others,
     as Keras 3's optimizers need. Under a ``tf.distribute`` strategy with several replicas the
     gradients reaching the optimizer are every replica's reads concatenated (MirroredStrategy
     concatenates ``tf.IndexedSlices``): a row a batch shares (its candidates) would be listed
     once per replica. So there the sum is over every replica's reads (all-gathered, ``O(P M D)``)
     and lands on the id's first read among them all, in replica order: after the cross-replica
-    concatenation each row is listed with its whole gradient once, as on one device."""
+    concatenation each row is listed with its whole gradient once, as on one device.
+    ``in_place``: the ``ds`` are the caller's own fresh tensors (see :func:`summed_on_first`)."""
     replica = tf.distribute.get_replica_context()
     if replica is None or replica.num_replicas_in_sync == 1:
         first = first_reads(ids)
-        return [summed_on_first(d, first) for d in ds]
+        return [summed_on_first(d, first, in_place=in_place) for d in ds]
     m = tf.shape(ids)[0]
     sizes = replica.all_gather(tf.reshape(m, [1]), axis=0)
     offset = tf.reduce_sum(sizes[:replica.replica_id_in_sync_group])

@@ -208,7 +208,7 @@ def sampled_loss(h, rows, b, log_q, removed, valid, num_true, head, row_log_q=No
             d_rows = tf.concat([d_true, tf.matmul(g_cand, h, transpose_a=True)], 0)
             d_b = tf.concat([tf.reshape(g_true, [-1]), tf.reduce_sum(g_cand, 0)], 0)
             if ids is not None:
-                d_rows, d_b = _rows.summed_once([d_rows, d_b], ids)
+                d_rows, d_b = _rows.summed_once([d_rows, d_b], ids, in_place=True)
             return d_h, d_rows, d_b
 
         return loss, grad

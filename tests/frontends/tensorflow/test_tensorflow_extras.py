@@ -145,16 +145,27 @@ def test_table_gradients_move_the_table_under_keras_adam_as_their_dense_form_doe
     assert any(np.any(m != p) for m, p in zip(moved["dense"], parts + bias_parts))
 
 
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize("in_place", [False, True])
 @pytest.mark.parametrize("m", [0, 1, 6, 60])
-def test_summed_on_first_keeps_the_dense_gradient_and_names_each_row_once(m):
+def test_summed_on_first_keeps_the_dense_gradient_and_names_each_row_once(m, in_place, mode):
+    """Each id's reads summed on its first read, zeros on the others: by a segment sum, or
+    (``in_place``) by moving the repeated reads' rows within the gradient's buffer, which
+    outside XLA the gradient's own ``InplaceAdd`` aliases."""
     from sampled_softmax.tensorflow import _rows
 
     rng = np.random.default_rng(m)
     ids = rng.integers(0, 7, m)
-    first = _rows.first_reads(tf.constant(ids)).numpy()
-    np.testing.assert_array_equal(first, [list(ids).index(i) for i in ids])
     d = rng.normal(size=(m, 3))
-    out = _rows.summed_on_first(tf.constant(d), tf.constant(first)).numpy()
+
+    def run(ids, d):
+        first = _rows.first_reads(ids)
+        return first, _rows.summed_on_first(d * 1.0, first, in_place=in_place)  # d * 1: a fresh tensor
+
+    if mode != "eager":
+        run = tf.function(run, jit_compile=mode == "xla")
+    first, out = (t.numpy() for t in run(tf.constant(ids), tf.constant(d)))
+    np.testing.assert_array_equal(first, [list(ids).index(i) for i in ids])
     dense, spread = np.zeros((7, 3)), np.zeros((7, 3))
     np.add.at(dense, ids, d)
     np.add.at(spread, ids, out)
