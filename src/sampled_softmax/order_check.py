@@ -14,7 +14,8 @@ each front end and vocabulary size, when the upper half holds more than
 of the first steps, on their device (no host synchronisation), and one read of two numbers when
 enough labels are seen; afterwards nothing runs, except that a JAX step jitted while the check
 was pending keeps its ``jax.debug.callback`` (it returns at once; about 0.15 ms a step on this
-machine, ``benchmarks/sampler_costs.py``). ``SAMPLED_SOFTMAX_ORDER_CHECK=0`` turns the check off.
+machine, ``benchmarks/sampler_costs.py``), and a TensorFlow graph traced while it was pending
+keeps a ``tf.cond`` on a flag that skips its callback (``benchmarks/tf_drop_in.py``). ``SAMPLED_SOFTMAX_ORDER_CHECK=0`` turns the check off.
 """
 
 from __future__ import annotations
