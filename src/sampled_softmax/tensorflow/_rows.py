@@ -23,6 +23,7 @@ segment sum cost more than the rest of the loss's extra work at ``S = 8192`` (BE
 from __future__ import annotations
 
 import tensorflow as tf
+from tensorflow.python.eager import record
 
 
 def in_xla() -> bool:
@@ -51,9 +52,11 @@ def first_reads(ids):
 def summed_on_first(d, first, *, in_place=False):
     """``d [M, ...]``, a gradient at reads whose ``first_reads`` are ``first``, with each id's
     sum on its first read and zeros on the others. ``in_place``: ``d`` is the caller's own
-    fresh tensor, read by nothing else; outside XLA its repeated reads' rows are then moved
-    within its buffer (``InplaceAdd`` aliases its input), else one segment sum of ``d``."""
-    if not in_place:
+    fresh tensor, read by nothing else; its repeated reads' rows are then moved within its
+    buffer (``InplaceAdd`` aliases its input; a scatter under XLA), unless a tape records the
+    backward (``InplaceAdd`` has no gradient); else one segment sum of ``d``."""
+    # A tape recording this backward (a gradient of the gradient) needs ops it can differentiate.
+    if not in_place or record.could_possibly_record():
         return tf.math.unsorted_segment_sum(d, first, tf.shape(first)[0])
     repeats = tf.reshape(tf.where(tf.not_equal(first, tf.range(tf.shape(first)[0]))), [-1])
     repeats = tf.cast(repeats, tf.int32)

@@ -238,3 +238,30 @@ def test_the_exact_loss_takes_the_sampled_losss_extras(mode, reduction, eps):
     # Its defaults are tf.nn's plain loss (and the other front ends' defaults).
     np.testing.assert_allclose(sst.full_softmax_loss(W, b, np.abs(y), h, num_true=2).numpy(),
                                R.full_softmax_loss(W, b, np.abs(y), h), rtol=1e-10)
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_a_gradient_of_the_tables_gradient_equals_tf_nn(graph):
+    """A tape recording the backward (a penalty on the table's gradient) differentiates the
+    repeated rows' sum: the in-place move, which has no gradient, is left out there."""
+    rng = np.random.default_rng(0)
+    W = tf.Variable(rng.normal(size=(20, 4)))
+    b = tf.Variable(np.zeros(20))
+    h = tf.constant(rng.normal(size=(6, 4)))
+    y = tf.constant([[1], [1], [2], [3], [1], [5]], tf.int64)  # repeats, and 1 is also a candidate
+    sv = (tf.constant([1, 7, 9], tf.int64), tf.fill([6, 1], tf.constant(0.5, tf.float64)),
+          tf.constant([0.5, 0.2, 0.1], tf.float64))
+
+    def penalty_gradient(loss_fn):
+        with tf.GradientTape() as outer:
+            outer.watch(h)
+            with tf.GradientTape() as inner:
+                inner.watch(h)
+                loss = tf.reduce_sum(loss_fn(W, b, y, h, 3, 20, sampled_values=sv))
+            penalty = tf.reduce_sum(tf.convert_to_tensor(inner.gradient(loss, W)) ** 2)
+        return outer.gradient(penalty, h)
+
+    run = tf.function(penalty_gradient) if graph else penalty_gradient
+    got = run(sst.sampled_softmax_loss).numpy()
+    want = run(tf.nn.sampled_softmax_loss).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
