@@ -84,3 +84,22 @@ def test_two_tower_example_learns_to_retrieve():
     before, after = load("two_tower").main(["--users", "200", "--items", "1000", "--steps", "80", "--batch", "128",
                                             "--extra", "64"])
     assert after[10] > before[10] + 0.2 and after[100] > before[100] + 0.3
+
+
+def test_demo_training_stops_at_max_steps_whatever_the_budget():
+    """``budget * steps / max_steps`` rounds below ``budget`` for some budgets (100 + 68/7 does,
+    with 150 steps): the step count must still stop training, at exactly ``max_steps`` (the
+    budget, in seconds, is far more than 150 tiny steps take)."""
+    import torch
+
+    from sampled_softmax.apps.corpus import zipf_markov
+    from sampled_softmax.apps.demo import LanguageModel, train, windows
+
+    budget = 100 + 68 / 7
+    assert budget * 150 / 150 < budget  # the rounding this test is about
+    corpus = zipf_markov(50, 4000, 400, seed=0)
+    torch.manual_seed(0)
+    model = LanguageModel(corpus.vocab_size, 8, "full")
+    run = train(model, corpus, budget=budget, batch=2, seq_len=5, lr=1e-3, seed=0,
+                curve_valid=windows(corpus.valid, 8, 64), curve_times=[budget / 2, budget], max_steps=150)
+    assert run["steps"] == 150 and len(run["curve"]) == 2

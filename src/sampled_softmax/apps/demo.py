@@ -145,8 +145,8 @@ def train(model: LanguageModel, corpus: Corpus, *, budget: float, batch: int, se
     offsets = np.arange(seq_len + 1)
     curve_times, milestones = sorted(curve_times), sorted(milestones)
     bar = progress_bar(len(curve_times), f"{label:<31}")
-    curve, at_milestones, steps, trained, clock = [], [], 0, 0.0, 0.0
-    while clock < budget:
+    curve, at_milestones, steps, trained, clock, done = [], [], 0, 0.0, 0.0, False
+    while not done:
         idx = rng.integers(0, starts_max, batch)[:, None] + offsets
         chunk = torch.from_numpy(corpus.train[idx])
         t0 = time.perf_counter()
@@ -159,13 +159,15 @@ def train(model: LanguageModel, corpus: Corpus, *, budget: float, batch: int, se
         steps += 1
         # Progress in budget seconds: wall time, or the share of max_steps done if that is further.
         clock = trained if not max_steps else max(trained, budget * steps / max_steps)
-        while curve_times and (clock >= curve_times[0] or clock >= budget):
+        # The step count decides by itself: budget * steps / max_steps can round below budget.
+        done = clock >= budget or (bool(max_steps) and steps >= max_steps)
+        while curve_times and (clock >= curve_times[0] or done):
             curve_times.pop(0)
             ppl = perplexity(model, curve_valid)
             curve.append((trained, ppl))
             bar.set_postfix_str(f"{trained:6.1f}s ppl {ppl:8.1f}", refresh=False)
             bar.update()
-        while milestones and (clock >= milestones[0] or clock >= budget):
+        while milestones and (clock >= milestones[0] or done):
             milestones.pop(0)
             at_milestones.append({"wall_s": trained, "steps": steps,
                                   "valid_perplexity": perplexity(model, milestone_valid)})
