@@ -44,25 +44,18 @@ std::vector<Tensor> head_forward(const Tensor& logits, HeadKind head) {
   Tensor x = logits.clone();
   x.select(1, 0).neg_();
   Tensor loss = x.clamp_min(0).add_(x.abs().neg_().exp_().log1p_()).sum(1);
-  Tensor act = at::sigmoid(logits);
+  Tensor act = at::sigmoid(logits).contiguous();
   return {loss, act};
 }
 
-// d loss_i / d o_ik = g_i * (p_ik - [k == 0]), p = exp(act) (softmax) or act (sigmoid).
+// d loss_i / d o_ik = g_i * (p_ik - [k == 0]), p = exp(act) (softmax) or act (sigmoid). ATen's
+// element-wise ops, not a loop here: they run on PyTorch's threads (this extension is built
+// without OpenMP, so a loop of its own is one thread), and at large S these passes are the
+// loss's biggest cost after the matrix products.
 Tensor head_grad(const Tensor& act, const Tensor& grad_loss, HeadKind head) {
-  Tensor g = head == HeadKind::kSoftmax ? act.exp() : act.contiguous().clone();
-  Tensor go = grad_loss.to(act.scalar_type()).contiguous();
-  const int64_t n = g.size(0), c = g.size(1);
-  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "sampled_softmax_head_grad", [&] {
-    scalar_t* gp = g.data_ptr<scalar_t>();
-    const scalar_t* gop = go.data_ptr<scalar_t>();
-    for (int64_t i = 0; i < n; ++i) {
-      scalar_t* gi = gp + i * c;
-      const scalar_t gi_out = gop[i];
-      for (int64_t k = 0; k < c; ++k) gi[k] *= gi_out;
-      gi[0] -= gi_out;
-    }
-  });
+  Tensor go = grad_loss.to(act.scalar_type()).reshape({-1, 1});
+  Tensor g = head == HeadKind::kSoftmax ? at::exp(act).mul_(go) : at::mul(act, go);
+  g.narrow(1, 0, 1).sub_(go);
   return g;
 }
 
@@ -77,7 +70,12 @@ std::vector<Tensor> core_forward(const Tensor& h, const Tensor& W, const Tensor&
   Tensor rows = W.index_select(0, ids);
   Tensor w_cand = rows.narrow(0, n, s);
   Tensor corr = at::empty({m}, h.options());
-  Tensor logits = at::empty({n, s + 1}, h.options());
+  // The row logits [N, S + 1] as a view of a wider buffer whose candidate block starts on a
+  // 64-byte boundary, every row: the GEMM below writes into it at MKL's speed (with rows of an
+  // odd S + 1 it ran 20-25% slower at S = 8192), for one strided read by the head.
+  constexpr int64_t kAlign = 16;
+  const int64_t width = (kAlign + s + kAlign - 1) / kAlign * kAlign;
+  Tensor logits = at::empty({n, width}, h.options()).narrow(1, kAlign - 1, s + 1);
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "sampled_softmax_core_corr", [&] {
     // corr = b[ids] - log E: one pass instead of a gather and a subtraction.
     const int64_t* id = ids.data_ptr<int64_t>();
@@ -100,11 +98,11 @@ std::vector<Tensor> core_forward(const Tensor& h, const Tensor& W, const Tensor&
     const scalar_t* wp = rows.data_ptr<scalar_t>();
     const scalar_t* c = corr.data_ptr<scalar_t>();
     scalar_t* lp = logits.data_ptr<scalar_t>();
-    for (int64_t i = 0; i < n; ++i) lp[i * (s + 1)] = dot(hp + i * d, wp + i * d, d) + c[i];
+    for (int64_t i = 0; i < n; ++i) lp[i * width] = dot(hp + i * d, wp + i * d, d) + c[i];
     if (removed.numel() > 0 && removed.scalar_type() == at::kLong) {
       const int64_t* r = removed.data_ptr<int64_t>();
       const scalar_t minus_inf = -std::numeric_limits<scalar_t>::infinity();
-      for (int64_t k = 0; k < removed.numel(); ++k) lp[(r[k] / s) * (s + 1) + 1 + r[k] % s] = minus_inf;
+      for (int64_t k = 0; k < removed.numel(); ++k) lp[(r[k] / s) * width + 1 + r[k] % s] = minus_inf;
     }
   });
   if (removed.numel() > 0 && removed.scalar_type() == at::kBool) {
@@ -121,46 +119,23 @@ std::vector<Tensor> core_backward(const Tensor& grad_loss, const Tensor& h_in, c
   const Tensor h = h_in.contiguous();
   const int64_t n = h.size(0), m = ids.size(0), s = m - n, d = h.size(1);
   Tensor g = head_grad(act, grad_loss, head_kind(head));
-  Tensor d_rows = need_w ? at::empty({m, d}, h.options()) : Tensor();
-  Tensor d_b_rows = need_b ? at::zeros({m}, h.options()) : Tensor();
-  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "sampled_softmax_core_rows", [&] {
-    const scalar_t* gp = g.data_ptr<scalar_t>();
-    if (need_w) {  // true rows: d W_{y_i} = g_i0 h_i
-      const scalar_t* hp = h.data_ptr<scalar_t>();
-      scalar_t* dp = d_rows.data_ptr<scalar_t>();
-      for (int64_t i = 0; i < n; ++i) {
-        const scalar_t gt = gp[i * (s + 1)];
-        for (int64_t k = 0; k < d; ++k) dp[i * d + k] = gt * hp[i * d + k];
-      }
-    }
-    if (need_b) {  // true columns, then each candidate column summed over the rows
-      scalar_t* db = d_b_rows.data_ptr<scalar_t>();
-      for (int64_t i = 0; i < n; ++i) {
-        const scalar_t* gi = gp + i * (s + 1);
-        db[i] = gi[0];
-        for (int64_t j = 0; j < s; ++j) db[n + j] += gi[1 + j];
-      }
-    }
-  });
-  Tensor g_cand = g.narrow(1, 1, s);
-  Tensor w_cand = rows.narrow(0, n, s);
-  Tensor d_h;
-  if (need_h) {
-    d_h = at::mm(g_cand, w_cand);
-    AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "sampled_softmax_core_dh", [&] {
-      const scalar_t* gp = g.data_ptr<scalar_t>();
-      const scalar_t* wp = rows.data_ptr<scalar_t>();
-      scalar_t* dh = d_h.data_ptr<scalar_t>();
-      for (int64_t i = 0; i < n; ++i) {
-        const scalar_t gt = gp[i * (s + 1)];
-        for (int64_t k = 0; k < d; ++k) dh[i * d + k] += gt * wp[i * d + k];
-      }
-    });
-  }
-  if (need_w) {
+  Tensor g_true = g.narrow(1, 0, 1), g_cand = g.narrow(1, 1, s);
+  Tensor w_true = rows.narrow(0, 0, n), w_cand = rows.narrow(0, n, s);
+  Tensor d_rows, d_b_rows, d_h;
+  if (need_w) {  // true rows: d W_{y_i} = g_i0 h_i; candidates: g_cand^T h
+    d_rows = at::empty({m, d}, h.options());
+    Tensor d_true = d_rows.narrow(0, 0, n);
+    at::mul_out(d_true, h, g_true);
     Tensor d_cand = d_rows.narrow(0, n, s);
     at::mm_out(d_cand, g_cand.t(), h);
   }
+  if (need_b) {  // true columns, then each candidate column summed over the rows
+    d_b_rows = at::empty({m}, h.options());
+    d_b_rows.narrow(0, 0, n).copy_(g_true.squeeze(1));
+    Tensor d_b_cand = d_b_rows.narrow(0, n, s);
+    at::sum_out(d_b_cand, g_cand, 0);
+  }
+  if (need_h) d_h = at::mm(g_cand, w_cand).addcmul_(w_true, g_true);
   return {d_h, d_rows, d_b_rows};
 }
 
