@@ -164,14 +164,15 @@ def sigmoid_head(num_true, valid, beta=1.0):
 # Stage 2 and the head in one custom gradient
 
 
-def sampled_loss(h, rows, b, log_q, removed, valid, num_true, head, row_log_q=None, ids=None):
+def sampled_loss(h, rows, b, log_q, removed, valid, num_true, head, row_log_q=None, ids=None, num_classes=None):
     """Per-row loss for ``h [N, D]`` over the gathered columns: ``rows [M, D]``, ``b [M]`` and
     ``log_q [M]`` hold the ``N * T`` true columns then the ``S`` candidates. Stage 2 (corrected
     logits ``h . W + b - log E``, minus ``row_log_q [N]`` on each row's candidates if given,
     removed columns masked) and ``head``, with an explicit backward. Gradients flow to ``h``,
     ``rows`` and ``b`` whole, so no slice of them needs a gradient of its own. Given the
     columns' class ``ids [M]``, a repeated class's row and bias gradients are summed on its
-    first column, zeros on the others (see ``_rows``)."""
+    first column, zeros on the others (see ``_rows``; ``num_classes``, the ids' range, lets XLA
+    find repeats without a sort)."""
 
     @tf.custom_gradient
     def fused(h, rows, b):
@@ -208,7 +209,7 @@ def sampled_loss(h, rows, b, log_q, removed, valid, num_true, head, row_log_q=No
             d_rows = tf.concat([d_true, tf.matmul(g_cand, h, transpose_a=True)], 0)
             d_b = tf.concat([tf.reshape(g_true, [-1]), tf.reduce_sum(g_cand, 0)], 0)
             if ids is not None:
-                d_rows, d_b = _rows.summed_once([d_rows, d_b], ids, in_place=True)
+                d_rows, d_b = _rows.summed_once([d_rows, d_b], ids, in_place=True, num_classes=num_classes)
             return d_h, d_rows, d_b
 
         return loss, grad
@@ -398,7 +399,7 @@ def _sampled_head_loss(weights, biases, labels, inputs, num_sampled, *, num_clas
     rows = tf.cast(_gather(shards, ids, partition_strategy), cdt)
     b = tf.zeros(tf.shape(ids), cdt) if biases is None else tf.cast(_gather(bias_shards, ids, partition_strategy), cdt)
     loss = sampled_loss(tf.cast(inputs, cdt), rows, b, log_q, removed, valid, num_true, make_head(valid),
-                        row_log_q, ids=ids)
+                        row_log_q, ids=ids, num_classes=num_classes)
     loss = _nan_rows(loss, labels, cand, true_count, samp_count, num_classes, valid)
     return _reduce(loss, None if valid is None else tf.reduce_any(valid, axis=1), reduction)
 

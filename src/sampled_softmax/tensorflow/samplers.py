@@ -12,6 +12,7 @@ import tensorflow as tf
 from .. import SampledSoftmaxError, SampledValues
 from .. import _validation as V
 from ..samplers import STATIC_DRAWS
+from . import _rows
 
 # The draws these samplers make (``"unique"`` is TensorFlow's own op).
 DRAWS = STATIC_DRAWS
@@ -28,12 +29,9 @@ def _draw_uniforms(n, generator):
     return generator.uniform([n], dtype=tf.float64)
 
 
-def _repeated_slots(values):
-    """True where a value already appeared at an earlier position (sort-based, static shapes)."""
-    order = tf.argsort(values, stable=True)
-    sorted_values = tf.gather(values, order)
-    repeat_sorted = tf.concat([[False], sorted_values[1:] == sorted_values[:-1]], 0)
-    return tf.scatter_nd(order[:, tf.newaxis], repeat_sorted, tf.shape(values))
+def _repeated_slots(values, num_classes):
+    """True where a value in ``[0, num_classes)`` already appeared at an earlier position."""
+    return tf.not_equal(_rows.first_reads(values, num_classes), tf.range(tf.shape(values)[0]))
 
 
 def _checked_true_classes(true_classes, num_classes):
@@ -69,7 +67,7 @@ def _candidate_sampler(true_classes, num_sampled, num_classes, draw, generator, 
     else:
         true_count = -tf.math.expm1(num_sampled * tf.math.log1p(-p_true))
         samp_count = -tf.math.expm1(num_sampled * tf.math.log1p(-p_cand))
-        samp_count = tf.where(_repeated_slots(candidates), tf.constant(float("inf"), tf.float64), samp_count)
+        samp_count = tf.where(_repeated_slots(candidates, num_classes), tf.constant(float("inf"), tf.float64), samp_count)
     return SampledValues(candidates, tf.cast(true_count, tf.float32), tf.cast(samp_count, tf.float32))
 
 

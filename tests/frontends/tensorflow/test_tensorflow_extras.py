@@ -145,13 +145,15 @@ def test_table_gradients_move_the_table_under_keras_adam_as_their_dense_form_doe
     assert any(np.any(m != p) for m, p in zip(moved["dense"], parts + bias_parts))
 
 
+@pytest.mark.parametrize("num_classes", [None, 7])
 @pytest.mark.parametrize("mode", ["eager", "function", "xla"])
 @pytest.mark.parametrize("in_place", [False, True])
 @pytest.mark.parametrize("m", [0, 1, 6, 60])
-def test_summed_on_first_keeps_the_dense_gradient_and_names_each_row_once(m, in_place, mode):
+def test_summed_on_first_keeps_the_dense_gradient_and_names_each_row_once(m, in_place, mode, num_classes):
     """Each id's reads summed on its first read, zeros on the others: by a segment sum, or
     (``in_place``) by moving the repeated reads' rows within the gradient's buffer, which
-    outside XLA the gradient's own ``InplaceAdd`` aliases."""
+    outside XLA the gradient's own ``InplaceAdd`` aliases. The first reads under XLA come from
+    a sort, or with the ids' range from a table of first positions."""
     from sampled_softmax.tensorflow import _rows
 
     rng = np.random.default_rng(m)
@@ -159,13 +161,13 @@ def test_summed_on_first_keeps_the_dense_gradient_and_names_each_row_once(m, in_
     d = rng.normal(size=(m, 3))
 
     def run(ids, d):
-        first = _rows.first_reads(ids)
+        first = _rows.first_reads(ids, num_classes)
         return first, _rows.summed_on_first(d * 1.0, first, in_place=in_place)  # d * 1: a fresh tensor
 
     if mode != "eager":
         run = tf.function(run, jit_compile=mode == "xla")
     first, out = (t.numpy() for t in run(tf.constant(ids), tf.constant(d)))
-    np.testing.assert_array_equal(first, [list(ids).index(i) for i in ids])
+    np.testing.assert_array_equal(first, [list(ids).index(i) for i in ids])  # the first occurrence, by list.index
     dense, spread = np.zeros((7, 3)), np.zeros((7, 3))
     np.add.at(dense, ids, d)
     np.add.at(spread, ids, out)
@@ -265,3 +267,24 @@ def test_a_gradient_of_the_tables_gradient_equals_tf_nn(graph):
     got = run(sst.sampled_softmax_loss).numpy()
     want = run(tf.nn.sampled_softmax_loss).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("num_classes", [50, 10**6])
+def test_xla_unique_exact_padding_slots_are_the_repeats_whatever_finds_them(num_classes):
+    """``draw="unique_exact"`` under XLA marks every repeated candidate (and only those) as a
+    padding slot, whether the repeats are found through a table of the ``V`` classes (small ``V``)
+    or a sort (``V`` far above the draws); the first copy keeps its expected count."""
+    from sampled_softmax.tensorflow import _rows
+
+    S = 40
+    assert (num_classes <= _rows.TABLE_READS_RATIO * S) == (num_classes == 50)  # both routes are taken
+    labels = tf.constant([[0], [3]], tf.int64)
+    gen = tf.random.Generator.from_seed(5)
+    # Candidates in few classes even when V is large: repeats must occur on both routes.
+    fn = tf.function(lambda: sst.unigram_candidate_sampler(labels, S, num_classes, [1.0] * 8 + [0.0] * (num_classes - 8),
+                                                           generator=gen), jit_compile=True)
+    cand, _, samp = (t.numpy() for t in fn())
+    repeat = np.array([c in cand[:j] for j, c in enumerate(cand)])
+    assert repeat.any() and not repeat.all()
+    np.testing.assert_array_equal(np.isinf(samp), repeat)
+    np.testing.assert_allclose(samp[~repeat], 1 - (1 - 1 / 8) ** S, rtol=1e-6)
