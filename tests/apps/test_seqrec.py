@@ -97,6 +97,9 @@ def test_a_bad_file_is_a_command_line_error_before_training(tmp_path, capsys):
     (["--num-sampled", "0"], "--num-sampled must be an integer >= 1"),
     (["--data-of-threes"], "no user has more than 3 interactions"),
     (["--num-sampled", "12"], "--num-sampled must be smaller than the catalogue \\(12 items\\)"),
+    (["--popularity-power", "0"], "--popularity-power must be in \\(0, 1\\]; received 0.0"),
+    (["--popularity-power", "1.5"], "--popularity-power must be in \\(0, 1\\]; received 1.5"),
+    (["--sampler", "uniform", "--popularity-power", "0.5"], "--popularity-power applies to --sampler popularity"),
 ])
 def test_bad_options_are_errors_naming_them(tmp_path, capsys, argv, match):
     path = _write(tmp_path, _pairs_text(_cycle_users(4)))
@@ -105,6 +108,20 @@ def test_bad_options_are_errors_naming_them(tmp_path, capsys, argv, match):
     with pytest.raises(SystemExit):
         seqrec.main(["--data", path, "--out", str(tmp_path / "out"), *argv])
     assert __import__("re").search(match, capsys.readouterr().err)
+
+
+def test_popularity_power_draws_in_proportion_to_the_counts_raised_to_it(tmp_path):
+    """``--popularity-power a``: item ``i`` drawn with probability ``(count_i + 1) ** a / sum``,
+    written here from the training split's counts, not from the sampler's own table."""
+    path = _write(tmp_path, _pairs_text(_cycle_users(6)))
+    data = read_interactions(path)
+    counts = np.bincount(np.concatenate([s[:-2] for s in data.sequences]), minlength=data.num_items + 1)[1:]
+    for power in (1.0, 0.5):
+        want = (counts + 1.0) ** power
+        assert power == 1.0 or np.ptp(want) > 0  # counts that differ, so the power matters
+        sampler = seqrec.make_sampler("popularity", data, "with_replacement", power)
+        cand, _, expected = sampler(torch.zeros(1, 1, dtype=torch.long), 10, generator=torch.Generator().manual_seed(0))
+        np.testing.assert_allclose(expected.numpy(), 10 * want[cand.numpy()] / want.sum(), rtol=1e-6)
 
 
 def test_zero_based_item_ids_are_the_same_catalogue(tmp_path):

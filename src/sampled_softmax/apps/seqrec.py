@@ -132,7 +132,7 @@ class LossFunction:
         if args.loss not in ("full", "in_batch"):
             draw = "unique_exact" if args.loss == "mixed" else (
                 "with_replacement" if args.negatives == "position" else "unique")
-            self.sampler = make_sampler(args.sampler, data, draw)
+            self.sampler = make_sampler(args.sampler, data, draw, args.popularity_power)
         self.frequency = StreamingFrequency(num_buckets=max(4 * data.num_items, 1024), seed=args.seed) \
             if args.loss in ("in_batch", "mixed") else None
 
@@ -218,15 +218,15 @@ class _Views(torch.autograd.Function):
         return total, None
 
 
-def make_sampler(kind: str, data: Interactions, draw: str):
+def make_sampler(kind: str, data: Interactions, draw: str, power: float = 1.0):
     """The negatives' distribution over the ``V`` items: ``uniform``, ``popularity`` (the
-    training split's counts) or ``learned`` (TensorFlow's learned unigram: counts of the labels
-    seen so far)."""
+    training split's counts, each plus one, raised to ``power``) or ``learned`` (TensorFlow's
+    learned unigram: counts of the labels seen so far)."""
     if kind == "learned":
         return LearnedUnigramSampler(data.num_items, draw=draw)
     if kind == "uniform":
         return UniformSampler(data.num_items, draw=draw)
-    return UnigramSampler(data.num_items, data.item_counts()[1:] + 1.0, draw=draw)
+    return UnigramSampler(data.num_items, data.item_counts()[1:] + 1.0, distortion=power, draw=draw)
 
 
 @torch.no_grad()
@@ -379,6 +379,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--sampler", choices=SAMPLERS, default="popularity",
                     help="the negatives' distribution: popularity (the training split's counts, the default: with "
                          "the log Q correction it beat uniform on Beauty), uniform, or learned (the labels seen)")
+    ap.add_argument("--popularity-power", type=float, default=1.0,
+                    help="--sampler popularity draws item i with probability proportional to count_i ** power "
+                         "(1: the counts; 0.5 flatter; word2vec uses 0.75)")
     ap.add_argument("--no-log-q", action="store_true", help="do not subtract log Q (the sampling correction)")
     ap.add_argument("--negatives", choices=NEGATIVES, default=None,
                     help="negatives shared by the batch, by each user's sequence, or drawn per position "
@@ -412,6 +415,10 @@ def check_arguments(ap: argparse.ArgumentParser, args) -> None:
         check_positive_float(ap, args, "seconds")
     if not 0.0 <= args.dropout < 1.0:
         ap.error(f"--dropout must be in [0, 1); received {args.dropout}")
+    if not 0.0 < args.popularity_power <= 1.0:
+        ap.error(f"--popularity-power must be in (0, 1]; received {args.popularity_power}")
+    if args.popularity_power != 1.0 and args.sampler != "popularity":
+        ap.error(f"--popularity-power applies to --sampler popularity only; received --sampler {args.sampler}")
     if not 0.0 <= args.gbce_t <= 1.0:
         ap.error(f"--gbce-t must be in [0, 1]; received {args.gbce_t}")
     if args.hidden % args.heads:
