@@ -195,7 +195,7 @@ def _take_rows(tables, ids, dense_gradient=()):
 
         values = [t.value if isinstance(t, keras.Variable) else t for t in tables]
         values = [_rows.dense_gradient(v) if i in dense_gradient else v for i, v in enumerate(values)]
-        return _rows.sum_repeats([tf.gather(v, ids) for v in values], ids)
+        return _rows.sum_repeats([tf.gather(v, ids) for v in values], ids, num_classes=values[0].shape[0])
     return [ops.take(t, ids, axis=0) for t in tables]
 
 

@@ -106,14 +106,14 @@ def summed_once(ds, ids, *, in_place=False, num_classes=None):
     return [summed_on_first(replica.all_gather(d, axis=0), first)[offset:offset + m] for d in ds]
 
 
-def sum_repeats(tables_rows, ids):
+def sum_repeats(tables_rows, ids, num_classes=None):
     """The tensors ``tables_rows`` (gathers at ``ids``) unchanged; backward, their gradients
-    through :func:`summed_once`."""
+    through :func:`summed_once` (``num_classes``: the tables' rows, when known)."""
 
     @tf.custom_gradient
     def identity(*xs):
         def backward(*ds):
-            return summed_once(list(ds), ids)
+            return summed_once(list(ds), ids, num_classes=num_classes)
 
         return [tf.identity(x) for x in xs], backward
 
