@@ -185,6 +185,7 @@ def run(*, repeats=30, block=10, seed=0, quick=False, shape=None, progress=None,
         ratios["tf.nn / kernel floor (the most any implementation on these kernels can gain)"] = paired_ratio(
             samples, "tf.nn", "kernel floor")
         ratios["tf.nn / tf kernel floor"] = paired_ratio(samples, "tf.nn", "tf kernel floor")
+        ratios["ours tf xla / tf kernel floor"] = paired_ratio(samples, "ours tf xla", "tf kernel floor")
     ratios["ours sparse / kernel floor"] = paired_ratio(samples, "ours sparse", "kernel floor")
     for ours_tf in ("ours tf", "ours tf xla"):
         if ours_tf in samples:
