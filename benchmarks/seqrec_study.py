@@ -171,7 +171,9 @@ def report(out: str) -> str:
         json.dump(summary, f, indent=1)
     from sampled_softmax.apps.seqrec import plot
 
-    labelled = [r | {"label": f"{name} seed {r['config']['seed']}"} for name, rs in runs.items() for r in rs]
+    # One line per configuration (its lowest seed): every seed of every configuration is unreadable.
+    labelled = [min(rs, key=lambda r: r["config"]["seed"]) for rs in runs.values()]
+    labelled = [r | {"label": f"{name} seed {r['config']['seed']}"} for name, r in zip(runs, labelled)]
     plot(labelled, os.path.join(out, "valid_ndcg.png"))
     return "\n".join(lines)
 

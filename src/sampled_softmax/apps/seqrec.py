@@ -356,10 +356,11 @@ def plot(results: list, path: str) -> str | None:
     if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
+    for i, r in enumerate(results):
         label = r.get("label", r["loss"])
+        # Past the colour cycle's ten colours, dashed lines: no two lines look alike.
         ax.plot([h["train_seconds"] for h in r["history"]], [h["valid_ndcg@10"] for h in r["history"]],
-                marker="o", markersize=3, label=label)
+                marker="o", markersize=3, linestyle="-" if i < 10 else "--", label=label)
     ax.set_xlabel("training seconds")
     ax.set_ylabel("validation NDCG@10")
     ax.grid(alpha=0.3)
