@@ -57,6 +57,7 @@ CONFIGS = {
                            "--negatives", "batch"],
     "in_batch_logq": ["--loss", "in_batch"],
     "mixed_3000": ["--loss", "mixed", "--num-sampled", "3000", "--sampler", "uniform"],
+    "mixed_popularity_3000": ["--loss", "mixed", "--num-sampled", "3000", "--sampler", "popularity"],
     "nce_3000": ["--loss", "nce", "--num-sampled", "3000", "--sampler", "uniform", "--negatives", "batch"],
     "gbce_256": ["--loss", "gbce", "--num-sampled", "256", "--sampler", "uniform", "--negatives", "position",
                  "--gbce-t", "0.75"],

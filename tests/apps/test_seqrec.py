@@ -261,3 +261,18 @@ def test_ctrl_c_tests_the_best_epoch_so_far_and_progress_is_written_each_epoch(t
     assert seqrec.main(["--data", path, "--out", str(out), "--epochs", "5", *SMALL, "--loss", "full"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["interrupted"] is True and results["epochs"] == 2 and len(calls) == 4
+
+
+def test_every_study_configuration_is_a_command_line_seqrec_accepts():
+    """Each configuration of ``benchmarks.seqrec_study`` parses and passes seqrec's checks, so
+    that a misspelt option fails here and not an hour into a study."""
+    import argparse
+
+    from benchmarks.seqrec_study import CONFIGS
+
+    for name, options in CONFIGS.items():
+        ap = argparse.ArgumentParser(prog=name, exit_on_error=False)
+        seqrec.add_arguments(ap)
+        args = ap.parse_args(["--data", "d.txt", "--out", "o", *options])
+        seqrec.check_arguments(ap, args)  # ap.error raises SystemExit: the test fails naming the configuration
+        assert args.loss in seqrec.LOSSES and (args.num_sampled or args.loss in ("full", "in_batch")), name
