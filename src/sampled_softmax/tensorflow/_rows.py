@@ -14,10 +14,11 @@ ids of ``tf.unique`` have a bounded dynamic shape, which XLA hands back padded w
 every optimizer's elementwise step, which maps 0 to 0, sees each row's whole gradient once.
 
 The cost is finding each read's first read (a hash table of the ``M`` ids, ``tf.unique``; under
-XLA, where ``tf.unique``'s bounded dynamic shape is unwelcome, a table of first positions or a sort) and moving only the repeated
-reads' rows. Where the gradient is the caller's own fresh tensor (the losses' backward), the rows
-move in place (``InplaceAdd``, ``InplaceUpdate``): no pass over the ``[M, D]`` gradient, whose
-segment sum cost more than the rest of the loss's extra work at ``S = 8192`` (BENCHMARKS.md).
+XLA, where ``tf.unique``'s bounded dynamic shape is unwelcome, a table of first positions or a
+sort) and moving only the repeated reads' rows. Where the gradient is the caller's own fresh
+tensor (the losses' backward), the rows move in place (``InplaceAdd``, ``InplaceUpdate``): no
+pass over the ``[M, D]`` gradient, whose segment sum cost more than the rest of the loss's extra
+work at ``S = 8192`` (BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -67,7 +67,8 @@ def _candidate_sampler(true_classes, num_sampled, num_classes, draw, generator, 
     else:
         true_count = -tf.math.expm1(num_sampled * tf.math.log1p(-p_true))
         samp_count = -tf.math.expm1(num_sampled * tf.math.log1p(-p_cand))
-        samp_count = tf.where(_repeated_slots(candidates, num_classes), tf.constant(float("inf"), tf.float64), samp_count)
+        samp_count = tf.where(_repeated_slots(candidates, num_classes), tf.constant(float("inf"), tf.float64),
+                              samp_count)
     return SampledValues(candidates, tf.cast(true_count, tf.float32), tf.cast(samp_count, tf.float32))
 
 
