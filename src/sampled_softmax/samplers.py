@@ -33,8 +33,8 @@ from ._validation import check_choice, check_num_sampled, check_positive_int
 
 
 class DistributionKind(enum.IntEnum):
-    """The sampler distributions by name. The compiled PyTorch core takes the closed-form ones
-    (``uniform``, ``log_uniform``) by these values (``csrc/common.h``)."""
+    """The sampler distributions by name. The compiled PyTorch core takes them by these values
+    (``csrc/common.h``)."""
 
     uniform = 0
     log_uniform = 1

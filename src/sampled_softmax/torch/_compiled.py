@@ -77,6 +77,12 @@ def extension():
     return _state["ext"]
 
 
+def loaded():
+    """The extension if this process has already loaded it, else None: for work that is worth
+    the compiled code only where it is at hand (never a build)."""
+    return _state.get("ext")
+
+
 def is_built() -> bool:
     """Whether this process has the extension already, or a build for this CPU is cached
     (loading it is quick)."""

@@ -28,6 +28,7 @@ from .. import SampledSoftmaxError, SampledValues
 from .._validation import check_choice, check_num_sampled, check_positive_int
 from .. import samplers as NS
 from ..samplers import DRAWS, unigram_weights
+from . import _compiled
 
 __all__ = [
     "CandidateSampler", "UniformSampler", "LogUniformSampler", "UnigramSampler",
@@ -355,7 +356,15 @@ class LearnedUnigramSampler(_TableSampler):
         in_step = self._tree is not None and self._tree_of == self._counts_key()
         self.counts.index_add_(0, ids, weights)
         if in_step:
-            self._tree.add(ids.cpu().numpy(), weights.cpu().numpy())
+            tree = self._tree
+            ext = _compiled.loaded()
+            if ext is not None and ids.device.type == "cpu":  # one call, not a NumPy call per tree level
+                w = weights.to(torch.float64).contiguous()
+                ext.counts_tree_add_(torch.from_numpy(tree.counts), torch.from_numpy(tree._tree),
+                                     ids.to(torch.int64).contiguous(), w)
+                tree.total += float(w.sum())
+            else:
+                tree.add(ids.cpu().numpy(), weights.cpu().numpy())
             self._tree_of = self._counts_key()
 
 

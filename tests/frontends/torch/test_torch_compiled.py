@@ -159,6 +159,82 @@ def test_compiled_draw_is_the_python_samplers_draw(dtype, sampler, draw, hits, l
         torch.testing.assert_close(a, e, **tol)
 
 
+@pytest.mark.parametrize("draw", ["unique", "with_replacement", "unique_exact"])
+def test_compiled_learned_draw_is_the_python_draw_on_a_skewed_table_of_many_blocks(draw):
+    # S = 300 of 3,000 classes: a unique draw reads several blocks of the chunk's uniforms, each
+    # in lanes of descents taken together; the counts learned from skewed labels (ids 0..49
+    # 40 times each, then the rest), so that many draws repeat.
+    V, S = 3000, 300
+    W, b, h, _, _ = case(V=V, N=64, dtype=torch.float64)
+    y = torch.arange(64) % 50
+    losses, counts = [], []
+    for impl in ("compiled", "python"):
+        sampler = LearnedUnigramSampler(V, draw=draw)
+        for _ in range(40):
+            sampler.update(torch.arange(50))
+        g = torch.Generator().manual_seed(5)
+        losses.append(torch.cat([sampled_softmax_loss(W, b, y, h, S, V, sampler=sampler, generator=g,
+                                                      implementation=impl) for _ in range(3)]).detach())
+        counts.append(sampler.counts.clone())
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-12, atol=1e-13)
+    assert torch.equal(counts[0], counts[1])
+
+
+def _prefix_sums(tree, V):  # the Fenwick query, written from its definition: node i sums (i - lowbit(i), i]
+    out = np.zeros(V + 1)
+    for k in range(1, V + 1):
+        i, total = k, 0.0
+        while i:
+            total += tree[i]
+            i -= i & -i
+        out[k] = total
+    return out
+
+
+@pytest.mark.parametrize("V", [1, 2, 7, 64, 1000, 4097])
+def test_the_compiled_count_update_is_the_numpy_trees_node_for_node(V):
+    from sampled_softmax import samplers as NS
+
+    rng = np.random.default_rng(V)
+    counts = rng.integers(1, 5, V).astype(np.float64)
+    ours, theirs = NS.CountsTree(counts), NS.CountsTree(counts)
+    ids, w = rng.integers(0, V, 300), rng.integers(0, 3, 300).astype(np.float64)
+    _compiled.extension().counts_tree_add_(torch.from_numpy(ours.counts), torch.from_numpy(ours._tree),
+                                           torch.from_numpy(ids), torch.from_numpy(w))
+    theirs.add(ids, w)
+    np.testing.assert_array_equal(ours.counts, theirs.counts)
+    np.testing.assert_array_equal(ours._tree, theirs._tree)
+    expected = counts.copy()
+    np.add.at(expected, ids, w)
+    np.testing.assert_array_equal(_prefix_sums(ours._tree, V), np.concatenate([[0.0], np.cumsum(expected)]))
+
+
+def test_the_compiled_count_update_checks_every_id_before_it_changes_anything():
+    from sampled_softmax import samplers as NS
+
+    tree = NS.CountsTree(np.ones(10))
+    before = tree._tree.copy()
+    with pytest.raises(IndexError, match=r"id 10 is outside \[0, 10\)"):
+        _compiled.extension().counts_tree_add_(torch.from_numpy(tree.counts), torch.from_numpy(tree._tree),
+                                               torch.tensor([3, 10]), torch.ones(2, dtype=torch.float64))
+    np.testing.assert_array_equal(tree._tree, before)
+    np.testing.assert_array_equal(tree.counts, np.ones(10))
+
+
+def test_a_learned_samplers_tree_after_updates_is_the_tree_of_its_counts():
+    sampler = LearnedUnigramSampler(1000)
+    sampler(torch.zeros(1, 1, dtype=torch.long), 5)  # the tree is built on the first draw, which learns label 0
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        sampler.update(torch.from_numpy(rng.zipf(1.3, 200) % 1000))
+    sampler.update(torch.arange(8), torch.tensor([True, False] * 4))  # masked labels add nothing
+    from sampled_softmax import samplers as NS
+
+    fresh = NS.CountsTree(sampler.counts.numpy())
+    np.testing.assert_array_equal(sampler._tree._tree, fresh._tree)
+    assert sampler._tree.total == fresh.total == float(sampler.counts.sum()) == 1000 + 1 + 5 * 200 + 4
+
+
 def test_a_label_the_table_cannot_draw_is_the_same_error_on_the_compiled_route():
     W, b, h, _, _ = case(V=60, N=40)
     y = torch.arange(40) % 9

@@ -16,6 +16,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Draw candidates (uniform or log-uniform) on the CPU, then a sampled loss");
   m.def("sampled_columns", &ss::sampled_columns,
         "Draw candidates (uniform or log-uniform) on the CPU: the columns' ids, log E and hits, without the loss");
+  m.def("counts_tree_add_", &ss::counts_tree_add_,
+        "A learned unigram sampler's counts and Fenwick tree (samplers.CountsTree) updated in place");
   m.def("sparse_row_adam_", &ss::sparse_row_adam_, "SparseRowAdam's step for a sparse gradient, in place");
   // The GIL released: word2vec's trainer runs for seconds, and other Python threads (a progress
   // bar, a data loader) go on meanwhile.
@@ -30,6 +32,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   draw["unique_exact"] = static_cast<int64_t>(ss::DrawKind::kUniqueExact);
   distribution["uniform"] = static_cast<int64_t>(ss::DistributionKind::kUniform);
   distribution["log_uniform"] = static_cast<int64_t>(ss::DistributionKind::kLogUniform);
+  distribution["unigram"] = static_cast<int64_t>(ss::DistributionKind::kUnigram);
+  distribution["learned_unigram"] = static_cast<int64_t>(ss::DistributionKind::kLearnedUnigram);
   head["softmax"] = static_cast<int64_t>(ss::HeadKind::kSoftmax);
   head["sigmoid"] = static_cast<int64_t>(ss::HeadKind::kSigmoid);
   m.attr("DRAW") = draw;

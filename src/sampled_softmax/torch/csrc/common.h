@@ -103,6 +103,8 @@ std::optional<std::vector<Tensor>> sampled_columns(const Tensor& h, const Tensor
                                                    std::optional<at::Generator> generator, bool remove_hits,
                                                    bool subtract_log_q, std::optional<int64_t> ignore_index,
                                                    int64_t unique_draw_limit, const std::vector<Tensor>& draw_table);
+// CountsTree.add in place: counts[ids] += weights, and the Fenwick tree's nodes over each id.
+void counts_tree_add_(Tensor counts, Tensor tree, const Tensor& ids, const Tensor& weights);
 
 // sparse_adam.cpp
 void sparse_row_adam_(Tensor param, Tensor moments, Tensor exp_avg, Tensor exp_avg_sq, const Tensor& indices,

@@ -18,6 +18,9 @@
 //                 -> [ids [N + S], logq [N + S], removed (flat indices i * S + j)] or None
 //   The same draw and columns without the loss, for a loss whose backward is the caller's (a
 //   fused table optimizer takes the rows' gradient from core_backward).
+//
+// counts_tree_add_(counts [V], tree [2 top + 1], ids [n], weights [n])
+//   A learned unigram sampler's update: `samplers.CountsTree.add` on its arrays, in place.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -66,6 +69,36 @@ struct ClassDistribution {
       }
     }
     return 0;
+  }
+
+  // from_uniform of u[0..count) into out: a tree's descents taken together, level by level, so
+  // their cache misses overlap (one descent's loads depend on each other; a 1M-class tree is
+  // 16 MB, and its lower levels miss the cache on every draw).
+  void from_uniforms(const double* u, int64_t count, int64_t* out) const {
+    if (kind != DistributionKind::kLearnedUnigram) {
+      for (int64_t k = 0; k < count; ++k) out[k] = from_uniform(u[k]);
+      return;
+    }
+    constexpr int64_t kLanes = 16;
+    for (int64_t start = 0; start < count; start += kLanes) {
+      const int64_t lanes = std::min(kLanes, count - start);
+      double x[kLanes];
+      int64_t pos[kLanes];
+      for (int64_t l = 0; l < lanes; ++l) {
+        x[l] = u[start + l] * total;
+        pos[l] = 0;
+      }
+      for (int64_t step = top; step; step >>= 1) {
+        for (int64_t l = 0; l < lanes; ++l) {
+          const double node = search[pos[l] + step];
+          if (node <= x[l]) {
+            x[l] -= node;
+            pos[l] += step;
+          }
+        }
+      }
+      for (int64_t l = 0; l < lanes; ++l) out[start + l] = std::min<int64_t>(pos[l], num_classes - 1);
+    }
   }
 
   double prob(int64_t k) const {
@@ -202,18 +235,24 @@ std::optional<std::vector<Tensor>> sampled_columns(const Tensor& h, const Tensor
                         " num_tries=", tries, " found=", found);
       Tensor u = uniforms(chunk, generator);
       const double* up = u.data_ptr<double>();
-      for (int64_t k = 0; k < chunk && found < s; ++k) {
-        const int64_t c = dist.from_uniform(up[k]);
-        ++tries;
-        if (table.find_or_insert(c, found) < 0) cand[found++] = c;
+      // The classes of the chunk's uniforms a block at a time (a block's descents overlap),
+      // taken in order until S are distinct.
+      constexpr int64_t kBlock = 64;
+      int64_t classes[kBlock];
+      for (int64_t k = 0; k < chunk && found < s; k += kBlock) {
+        const int64_t block = std::min(kBlock, chunk - k);
+        dist.from_uniforms(up + k, block, classes);
+        for (int64_t l = 0; l < block && found < s; ++l) {
+          ++tries;
+          if (table.find_or_insert(classes[l], found) < 0) cand[found++] = classes[l];
+        }
       }
     }
     num_tries = tries;
   } else {
     Tensor u = uniforms(s, generator);
-    const double* up = u.data_ptr<double>();
+    dist.from_uniforms(u.data_ptr<double>(), s, cand.data());
     for (int64_t j = 0; j < s; ++j) {
-      cand[j] = dist.from_uniform(up[j]);
       tail[j] = j;
       const int64_t first = table.find_or_insert(cand[j], j);
       if (first >= 0) {
@@ -232,6 +271,37 @@ std::optional<std::vector<Tensor>> sampled_columns(const Tensor& h, const Tensor
     }
   }
   return columns_from_candidates(h, y, cand, padding, hits, dist, num_tries, draw, subtract_log_q);
+}
+
+void counts_tree_add_(Tensor counts, Tensor tree, const Tensor& ids, const Tensor& weights) {
+  TORCH_CHECK(counts.device().is_cpu() && tree.device().is_cpu() && ids.device().is_cpu() && weights.device().is_cpu(),
+              "counts_tree_add_ runs on the CPU");
+  TORCH_CHECK(counts.scalar_type() == at::kDouble && tree.scalar_type() == at::kDouble &&
+                  weights.scalar_type() == at::kDouble && ids.scalar_type() == at::kLong,
+              "counts_tree_add_ takes float64 counts, tree and weights and int64 ids");
+  TORCH_CHECK(counts.is_contiguous() && tree.is_contiguous() && ids.is_contiguous() && weights.is_contiguous(),
+              "counts_tree_add_ takes contiguous tensors");
+  const int64_t num_classes = counts.numel(), n = ids.numel();
+  TORCH_CHECK(num_classes >= 1 && weights.numel() == n, "counts_tree_add_: ", n, " ids and ", weights.numel(),
+              " weights for ", num_classes, " classes");
+  const int64_t top = int64_t{1} << (63 - __builtin_clzll(static_cast<unsigned long long>(num_classes)));
+  TORCH_CHECK(tree.numel() == 2 * top + 1, "counts_tree_add_: the tree has ", tree.numel(), " nodes for ",
+              num_classes, " classes");
+  const int64_t* id = ids.data_ptr<int64_t>();
+  for (int64_t k = 0; k < n; ++k) {  // every id checked before anything changes
+    TORCH_CHECK_INDEX(id[k] >= 0 && id[k] < num_classes, "counts_tree_add_: id ", id[k], " is outside [0, ",
+                      num_classes, ")");
+  }
+  double* c = counts.data_ptr<double>();
+  double* t = tree.data_ptr<double>();
+  const double* w = weights.data_ptr<double>();
+  // Node i holds the counts of (i - lowbit(i), i] (CountsTree): an id's count is in the nodes
+  // from id + 1 up by lowbit. The counts are integers, so every sum is exact in any order and
+  // the tree equals CountsTree.add's, node for node.
+  for (int64_t k = 0; k < n; ++k) {
+    c[id[k]] += w[k];
+    for (int64_t node = id[k] + 1; node <= num_classes; node += node & -node) t[node] += w[k];
+  }
 }
 
 }  // namespace sampled_softmax
