@@ -51,6 +51,8 @@ CONFIGS = {
                                   "--popularity-power", "0.5", "--negatives", "batch"],
     "popularity_logq_sequence_3000": ["--loss", "sampled_softmax", "--num-sampled", "3000", "--sampler",
                                       "popularity", "--negatives", "sequence"],
+    "popularity_exclude_true_3000": ["--loss", "sampled_softmax", "--num-sampled", "3000", "--sampler",
+                                     "popularity", "--negatives", "batch", "--exclude-true"],
     "learned_logq_3000": ["--loss", "sampled_softmax", "--num-sampled", "3000", "--sampler", "learned",
                           "--negatives", "batch"],
     "uniform_batch_1000": ["--loss", "sampled_softmax", "--num-sampled", "1000", "--sampler", "uniform",

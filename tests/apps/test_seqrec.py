@@ -100,6 +100,9 @@ def test_a_bad_file_is_a_command_line_error_before_training(tmp_path, capsys):
     (["--popularity-power", "0"], "--popularity-power must be in \\(0, 1\\]; received 0.0"),
     (["--popularity-power", "1.5"], "--popularity-power must be in \\(0, 1\\]; received 1.5"),
     (["--sampler", "uniform", "--popularity-power", "0.5"], "--popularity-power applies to --sampler popularity"),
+    (["--loss", "nce", "--exclude-true"], "--exclude-true applies to --loss sampled_softmax only; received --loss nce"),
+    (["--exclude-true", "--exclude-history"], "--exclude-true takes neither --exclude-history nor --no-log-q"),
+    (["--exclude-true", "--no-log-q"], "--exclude-true takes neither --exclude-history nor --no-log-q"),
 ])
 def test_bad_options_are_errors_naming_them(tmp_path, capsys, argv, match):
     path = _write(tmp_path, _pairs_text(_cycle_users(4)))
@@ -180,6 +183,7 @@ SMALL = ["--hidden", "16", "--blocks", "1", "--batch-size", "16", "--valid-users
     ["--loss", "sampled_softmax", "--num-sampled", "5", "--negatives", "sequence", "--exclude-history",
      "--no-log-q"],
     ["--loss", "sampled_softmax", "--num-sampled", "4", "--negatives", "position", "--sampler", "learned"],
+    ["--loss", "sampled_softmax", "--num-sampled", "5", "--exclude-true"],
     ["--loss", "nce", "--num-sampled", "5"],
     ["--loss", "negative_sampling", "--exclude-history"],
     ["--loss", "gbce", "--num-sampled", "3"],
@@ -243,6 +247,36 @@ def test_per_sequence_negatives_give_the_gradient_of_one_call_per_user(tmp_path)
     expected.backward()
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(ours, model.item_emb.weight.grad)
+
+
+def test_exclude_true_is_the_librarys_rejection_estimator_over_draws_with_replacement(tmp_path):
+    """``--exclude-true``: the batch's shared negatives drawn with replacement from the
+    popularity sampler, and the loss of one library call with ``exclude_true=True``."""
+    from sampled_softmax.torch import sampled_softmax_loss
+
+    path = _write(tmp_path, _pairs_text(_cycle_users(num_users=6, num_items=30)))
+    data = read_interactions(path)
+    ap = __import__("argparse").ArgumentParser()
+    seqrec.add_arguments(ap)
+    args = ap.parse_args(["--data", path, "--out", str(tmp_path), "--num-sampled", "7", "--exclude-true",
+                          "--dropout", "0"])
+    seqrec.check_arguments(ap, args)
+    torch.manual_seed(0)
+    model = seqrec.SASRec(data.num_items, hidden=8, blocks=1, dropout=0.0)
+    inputs, labels = next(seqrec.training_batches(leave_one_out(data).train, 50, 6, np.random.default_rng(0)))
+    function = seqrec.LossFunction(args, data, torch.Generator().manual_seed(5))
+    assert function.sampler.draw == "with_replacement"
+    loss = function(model, inputs, labels)
+    real = inputs != 0
+    sampler = seqrec.make_sampler("popularity", data, "with_replacement")
+    expected = sampled_softmax_loss(model.output_table, None, labels[real] - 1, model(inputs)[real], 7, data.num_items,
+                                    sampler=sampler, generator=torch.Generator().manual_seed(5), exclude_true=True,
+                                    reduction="mean")
+    torch.testing.assert_close(loss, expected)
+    tf_estimator = sampled_softmax_loss(model.output_table, None, labels[real] - 1, model(inputs)[real], 7,
+                                        data.num_items, sampler=sampler, generator=torch.Generator().manual_seed(5),
+                                        reduction="mean")
+    assert not torch.allclose(loss, tf_estimator)  # the option changes the estimator
 
 
 def test_ctrl_c_tests_the_best_epoch_so_far_and_progress_is_written_each_epoch(tmp_path, monkeypatch):

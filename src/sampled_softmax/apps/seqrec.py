@@ -131,7 +131,7 @@ class LossFunction:
         self.sampler = None
         if args.loss not in ("full", "in_batch"):
             draw = "unique_exact" if args.loss == "mixed" else (
-                "with_replacement" if args.negatives == "position" else "unique")
+                "with_replacement" if args.negatives == "position" or args.exclude_true else "unique")
             self.sampler = make_sampler(args.sampler, data, draw, args.popularity_power)
         self.frequency = StreamingFrequency(num_buckets=max(4 * data.num_items, 1024), seed=args.seed) \
             if args.loss in ("in_batch", "mixed") else None
@@ -170,7 +170,7 @@ class LossFunction:
                       excluded_ids=excluded, remove_accidental_hits=True, sparse=sparse)
         if a.loss == "sampled_softmax":
             return sampled_softmax_loss(table, None, y, rows, a.num_sampled, self.num_items,
-                                        subtract_log_q=not a.no_log_q, **common)
+                                        subtract_log_q=not a.no_log_q, exclude_true=a.exclude_true, **common)
         if a.loss == "nce":
             return nce_loss(table, None, y, rows, a.num_sampled, self.num_items, **common)
         if a.loss == "negative_sampling":
@@ -389,6 +389,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                          "(default: batch for sampled_softmax and nce, position for negative_sampling and gbce)")
     ap.add_argument("--exclude-history", action="store_true",
                     help="remove each user's own items from its negatives")
+    ap.add_argument("--exclude-true", action="store_true",
+                    help="--loss sampled_softmax with the rejection estimator: the label is kept out of its "
+                         "negatives and gets no log Q correction (TensorFlow's estimator corrects it as if it had "
+                         "been drawn); the negatives are drawn with replacement")
     ap.add_argument("--gbce-t", type=float, default=0.75, help="gBCE's calibration t in [0, 1]")
     ap.add_argument("--epochs", type=int, default=100, help="at most this many epochs")
     ap.add_argument("--patience", type=int, default=10, help="epochs without a better validation NDCG@10")
@@ -430,6 +434,11 @@ def check_arguments(ap: argparse.ArgumentParser, args) -> None:
                 ap.error(f"{option} does not apply to --loss {args.loss} (it draws no negatives)")
     if args.loss == "mixed" and args.negatives is not None:
         ap.error("--negatives does not apply to --loss mixed (its corpus negatives are shared by the batch)")
+    if args.exclude_true and args.loss != "sampled_softmax":
+        ap.error(f"--exclude-true applies to --loss sampled_softmax only; received --loss {args.loss}")
+    if args.exclude_true and (args.exclude_history or args.no_log_q):
+        ap.error("--exclude-true takes neither --exclude-history nor --no-log-q (its estimator is the log Q "
+                 "correction of negatives drawn from the sampler alone)")
     if args.loss == "full" and args.exclude_history:
         ap.error("--exclude-history does not apply to --loss full (it has no negatives to remove from)")
     args.num_sampled = args.num_sampled or DEFAULT_NUM_SAMPLED.get(args.loss)

@@ -69,8 +69,8 @@ def _with_replacement_sampler(sampler, num_classes, setting="exclude_true=True")
 
 
 def _reduce(per_row: torch.Tensor, live: torch.Tensor | None, reduction: str, lead) -> torch.Tensor:
-    if reduction == "none":
-        return per_row.reshape(lead)
+    if reduction == "none":  # a view costs an autograd node; a loss of the right shape needs none
+        return per_row if per_row.shape == lead else per_row.reshape(lead)
     if reduction == "sum":
         return per_row.sum()
     count = per_row.new_tensor(per_row.numel()) if live is None else live.sum().to(per_row.dtype)
