@@ -49,6 +49,8 @@ CONFIGS = {
                                "--negatives", "batch", "--no-log-q"],
     "popularity_sqrt_logq_3000": ["--loss", "sampled_softmax", "--num-sampled", "3000", "--sampler", "popularity",
                                   "--popularity-power", "0.5", "--negatives", "batch"],
+    "popularity_skewed_logq_3000": ["--loss", "sampled_softmax", "--num-sampled", "3000", "--sampler", "popularity",
+                                    "--popularity-power", "1.5", "--negatives", "batch"],
     "popularity_logq_sequence_3000": ["--loss", "sampled_softmax", "--num-sampled", "3000", "--sampler",
                                       "popularity", "--negatives", "sequence"],
     "popularity_exclude_true_3000": ["--loss", "sampled_softmax", "--num-sampled", "3000", "--sampler",

@@ -97,8 +97,8 @@ def test_a_bad_file_is_a_command_line_error_before_training(tmp_path, capsys):
     (["--num-sampled", "0"], "--num-sampled must be an integer >= 1"),
     (["--data-of-threes"], "no user has more than 3 interactions"),
     (["--num-sampled", "12"], "--num-sampled must be smaller than the catalogue \\(12 items\\)"),
-    (["--popularity-power", "0"], "--popularity-power must be in \\(0, 1\\]; received 0.0"),
-    (["--popularity-power", "1.5"], "--popularity-power must be in \\(0, 1\\]; received 1.5"),
+    (["--popularity-power", "0"], "--popularity-power must be in \\(0, 4\\]; received 0.0"),
+    (["--popularity-power", "4.5"], "--popularity-power must be in \\(0, 4\\]; received 4.5"),
     (["--sampler", "uniform", "--popularity-power", "0.5"], "--popularity-power applies to --sampler popularity"),
     (["--loss", "nce", "--exclude-true"], "--exclude-true applies to --loss sampled_softmax only; received --loss nce"),
     (["--exclude-true", "--exclude-history"], "--exclude-true takes neither --exclude-history nor --no-log-q"),
@@ -119,7 +119,7 @@ def test_popularity_power_draws_in_proportion_to_the_counts_raised_to_it(tmp_pat
     path = _write(tmp_path, _pairs_text(_cycle_users(6)))
     data = read_interactions(path)
     counts = np.bincount(np.concatenate([s[:-2] for s in data.sequences]), minlength=data.num_items + 1)[1:]
-    for power in (1.0, 0.5):
+    for power in (1.0, 0.5, 1.5):
         want = (counts + 1.0) ** power
         assert power == 1.0 or np.ptp(want) > 0  # counts that differ, so the power matters
         sampler = seqrec.make_sampler("popularity", data, "with_replacement", power)

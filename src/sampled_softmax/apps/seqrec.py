@@ -382,7 +382,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                          "the log Q correction it beat uniform on Beauty), uniform, or learned (the labels seen)")
     ap.add_argument("--popularity-power", type=float, default=1.0,
                     help="--sampler popularity draws item i with probability proportional to count_i ** power "
-                         "(1: the counts; 0.5 flatter; word2vec uses 0.75)")
+                         "(1: the counts; 0.5 flatter, word2vec's 0.75; above 1 more skewed), in (0, 4]")
     ap.add_argument("--no-log-q", action="store_true", help="do not subtract log Q (the sampling correction)")
     ap.add_argument("--negatives", choices=NEGATIVES, default=None,
                     help="negatives shared by the batch, by each user's sequence, or drawn per position "
@@ -420,8 +420,8 @@ def check_arguments(ap: argparse.ArgumentParser, args) -> None:
         check_positive_float(ap, args, "seconds")
     if not 0.0 <= args.dropout < 1.0:
         ap.error(f"--dropout must be in [0, 1); received {args.dropout}")
-    if not 0.0 < args.popularity_power <= 1.0:
-        ap.error(f"--popularity-power must be in (0, 1]; received {args.popularity_power}")
+    if not (0.0 < args.popularity_power <= 4.0):
+        ap.error(f"--popularity-power must be in (0, 4]; received {args.popularity_power}")
     if args.popularity_power != 1.0 and args.sampler != "popularity":
         ap.error(f"--popularity-power applies to --sampler popularity only; received --sampler {args.sampler}")
     if not 0.0 <= args.gbce_t <= 1.0:

@@ -345,6 +345,10 @@ def _compiled_draw(call: LossCall):
     table = _draw_table(sampler, num_sampled, draw)
     if table is None:
         return None
+    # A learned sampler in training learns the labels in the same call, after its draw.
+    learns = isinstance(sampler, LearnedUnigramSampler) and sampler.training
+    if learns:
+        table = table + [sampler.counts]
     h = inputs if inputs.dim() == 2 else inputs.reshape(n, inputs.shape[-1])
     bias = inputs.new_empty(0) if biases is None else biases
     head = int(HeadKind[call.head.name])
@@ -368,8 +372,8 @@ def _compiled_draw(call: LossCall):
         raise unique_draw_error(*(int(v) for v in found.groups())) from None
     if loss is None:  # a label out of range, ignored or not drawable: nothing was drawn
         return None
-    if isinstance(sampler, LearnedUnigramSampler) and sampler.training:  # learns after its draw, as on every route
-        sampler.update(labels.reshape(n))
+    if learns:  # the compiled call learned the labels after its draw, as every route does
+        sampler._learned_in_place(n)
     return _finish(loss, -loss if call.return_log_prob else None, None, call.reduction, lead, call.return_log_prob)
 
 
@@ -377,14 +381,15 @@ def _draw_table(sampler, num_sampled: int, draw: str) -> list | None:
     """The compiled draw's ``table`` argument: ``[]`` for a closed-form distribution; a unigram
     table's ``[weights, cdf, total]``, a learned one's ``[counts, Fenwick tree, total]`` (its
     CPU tree, read in place). None where the general route must decide (a unique draw of more
-    classes than the table can give: its error)."""
+    classes than the table can give: its error; counts that are not float64, e.g. after
+    ``module.float()``)."""
     if not isinstance(sampler, (UnigramSampler, LearnedUnigramSampler)):  # a name, or a closed form
         return []
     if draw == "unique" and num_sampled > sampler.support:
         return None
     if isinstance(sampler, UnigramSampler):
         return [sampler.weights, sampler.cdf, sampler.cdf[-1]] if sampler.weights.device.type == "cpu" else None
-    if sampler.counts.device.type != "cpu":
+    if sampler.counts.device.type != "cpu" or sampler.counts.dtype != torch.float64:
         return None
     tree = sampler._distribution()
     return [torch.from_numpy(tree.counts), torch.from_numpy(tree._tree), torch.tensor(tree.total, dtype=torch.float64)]

@@ -351,6 +351,12 @@ class LearnedUnigramSampler(_TableSampler):
             ones = valid.reshape(-1).to(self.counts)
         self._add(true_classes.reshape(-1).to(self.counts.device), ones)
 
+    def _learned_in_place(self, count: int) -> None:
+        """The compiled draw added ``count`` labels to the counts and the tree (each once): the
+        tree's total follows, and the tree stays in step with the counts."""
+        self._tree.total += float(count)
+        self._tree_of = self._counts_key()
+
     def _add(self, ids: torch.Tensor, weights: torch.Tensor) -> None:
         """``counts[ids] += weights``, and the same in the tree if it is in step with them."""
         in_step = self._tree is not None and self._tree_of == self._counts_key()

@@ -235,6 +235,37 @@ def test_a_learned_samplers_tree_after_updates_is_the_tree_of_its_counts():
     assert sampler._tree.total == fresh.total == float(sampler.counts.sum()) == 1000 + 1 + 5 * 200 + 4
 
 
+def test_the_compiled_draw_learns_its_labels_in_the_same_call(monkeypatch):
+    from sampled_softmax import samplers as NS
+
+    ext = _CountingExtension(_compiled.extension())
+    monkeypatch.setattr(_compiled, "extension", lambda: ext)
+    W, b, h, _, _ = case(V=60, N=40)
+    y = torch.arange(40) % 9
+    sampler = LearnedUnigramSampler(60)
+    for _ in range(3):
+        sampled_softmax_loss(W, b, y, h, 25, 60, sampler=sampler)
+    assert ext.calls == ["sampled_softmax_sampled"] * 3  # no other call: the update was the draw's
+    want = torch.ones(60, dtype=torch.float64).index_add_(0, y.repeat(3), torch.ones(120, dtype=torch.float64))
+    assert torch.equal(sampler.counts, want)
+    fresh = NS.CountsTree(sampler.counts.numpy())
+    np.testing.assert_array_equal(sampler._tree._tree, fresh._tree)
+    assert sampler._tree.total == fresh.total == 180.0
+    sampler.eval()  # not in training: nothing learned
+    sampled_softmax_loss(W, b, y, h, 25, 60, sampler=sampler)
+    assert torch.equal(sampler.counts, want)
+
+
+def test_float32_counts_take_the_general_route_and_learn_there():
+    W, b, h, _, _ = case(V=60, N=40)
+    y = torch.arange(40) % 9
+    sampler = LearnedUnigramSampler(60)
+    sampler.counts = sampler.counts.float()  # a buffer the compiled draw does not learn into
+    for impl in ("auto", "python"):
+        sampled_softmax_loss(W, b, y, h, 25, 60, sampler=sampler, implementation=impl)
+    assert sampler.counts.dtype == torch.float32 and float(sampler.counts.sum()) == 60 + 2 * 40
+
+
 def test_a_label_the_table_cannot_draw_is_the_same_error_on_the_compiled_route():
     W, b, h, _, _ = case(V=60, N=40)
     y = torch.arange(40) % 9

@@ -5,7 +5,10 @@
 //                         draw_table) -> loss [N] or None
 //   `draw_table`: [] for the uniform and log-uniform distributions; for a table's,
 //   [weights [V], search, total]: the cumulative weights (unigram) or the Fenwick tree of
-//   `samplers.CountsTree` (learned unigram), read in place (the draw does not change them).
+//   `samplers.CountsTree` (learned unigram), read in place. A learned table may add the
+//   sampler's own counts [V] (float64): the sampler then learns the labels after the draw, in
+//   the same call (counts, tree counts and tree += 1 at each label; the caller adds N to its
+//   total), as `LearnedUnigramSampler.update` would.
 //   Draws the candidates as `sampled_softmax.torch.samplers` does (the same uniforms from the
 //   same generator, in the same order, the same classes, the same float32 expected counts), then
 //   the loss of loss.cpp with `head`. Parity with the Python sampler depends on consuming the uniforms in
@@ -194,8 +197,9 @@ std::optional<std::vector<Tensor>> sampled_columns(const Tensor& h, const Tensor
                          std::log1p(static_cast<double>(num_classes))};
   Tensor weights, search;  // held for the pointers below
   if (dist.kind == DistributionKind::kUnigram || dist.kind == DistributionKind::kLearnedUnigram) {
-    TORCH_CHECK(draw_table.size() == 3,
-                "sampled_softmax_sampled: a table distribution needs [weights, search, total]");
+    TORCH_CHECK(draw_table.size() == 3 || (draw_table.size() == 4 && dist.kind == DistributionKind::kLearnedUnigram),
+                "sampled_softmax_sampled: a table distribution needs [weights, search, total] (and a learned one may "
+                "add the counts it learns into)");
     weights = draw_table[0].to(at::kDouble).contiguous();
     search = draw_table[1].to(at::kDouble).contiguous();
     TORCH_CHECK(weights.numel() == num_classes, "sampled_softmax_sampled: the table has ", weights.numel(),
@@ -270,7 +274,16 @@ std::optional<std::vector<Tensor>> sampled_columns(const Tensor& h, const Tensor
       for (int64_t j = table.find(yp[i]); j >= 0; j = next[j]) hits.push_back(i * s + j);
     }
   }
-  return columns_from_candidates(h, y, cand, padding, hits, dist, num_tries, draw, subtract_log_q);
+  auto columns = columns_from_candidates(h, y, cand, padding, hits, dist, num_tries, draw, subtract_log_q);
+  if (draw_table.size() == 4) {  // the learned sampler learns its labels, after its draw
+    Tensor counts = draw_table[3];
+    TORCH_CHECK(counts.scalar_type() == at::kDouble && counts.numel() == num_classes,
+                "sampled_softmax_sampled: the counts to learn into must be float64 [", num_classes, "]");
+    Tensor ones = at::ones({n}, at::TensorOptions().dtype(at::kDouble));
+    counts.index_add_(0, y, ones);  // the buffer's version moves, as with the sampler's own update
+    counts_tree_add_(draw_table[0], draw_table[1], y, ones);
+  }
+  return columns;
 }
 
 void counts_tree_add_(Tensor counts, Tensor tree, const Tensor& ids, const Tensor& weights) {
