@@ -51,6 +51,8 @@ CONFIGS = {
                                   "--popularity-power", "0.5", "--negatives", "batch"],
     "popularity_skewed_logq_3000": ["--loss", "sampled_softmax", "--num-sampled", "3000", "--sampler", "popularity",
                                     "--popularity-power", "1.5", "--negatives", "batch"],
+    "popularity_squared_logq_3000": ["--loss", "sampled_softmax", "--num-sampled", "3000", "--sampler",
+                                     "popularity", "--popularity-power", "2", "--negatives", "batch"],
     "popularity_logq_sequence_3000": ["--loss", "sampled_softmax", "--num-sampled", "3000", "--sampler",
                                       "popularity", "--negatives", "sequence"],
     "popularity_exclude_true_3000": ["--loss", "sampled_softmax", "--num-sampled", "3000", "--sampler",

@@ -55,12 +55,21 @@ def candidate_columns(labels, valid, cand, true_count, samp_count, *, remove_acc
     safe = labels if valid is None else tf.where(valid, labels, tf.zeros_like(labels))
     ids = tf.concat([tf.reshape(safe, [-1]), cand], 0)
     padding = tf.logical_not(tf.math.is_finite(samp_count))
-    removed = tf.broadcast_to(padding[tf.newaxis, :], [n, tf.shape(cand)[0]])
     if remove_accidental_hits:
-        equal = labels[:, :, tf.newaxis] == cand[tf.newaxis, tf.newaxis, :]
-        if valid is not None:
-            equal = tf.logical_and(equal, valid[:, :, tf.newaxis])
-        removed = tf.logical_or(removed, tf.reduce_any(equal, axis=1))
+        # One [N, S] pass per step where it can be: one label a row compares directly, and the
+        # padding slots join the hits by broadcasting, not as a materialised [N, S] mask.
+        if labels.shape[1] == 1:
+            hits = labels == cand[tf.newaxis, :]
+            if valid is not None:
+                hits = tf.logical_and(hits, valid)
+        else:
+            equal = labels[:, :, tf.newaxis] == cand[tf.newaxis, tf.newaxis, :]
+            if valid is not None:
+                equal = tf.logical_and(equal, valid[:, :, tf.newaxis])
+            hits = tf.reduce_any(equal, axis=1)
+        removed = tf.logical_or(hits, padding[tf.newaxis, :])
+    else:
+        removed = tf.broadcast_to(padding[tf.newaxis, :], [n, tf.shape(cand)[0]])
     if not subtract_log_q:
         return ids, tf.zeros(tf.shape(ids), dtype), removed
     if valid is not None:
