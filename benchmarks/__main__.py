@@ -163,6 +163,10 @@ def main(argv=None) -> int:
               fused["stock sparse / recipe fused"], fused["stock sparse / recipe fused"] >= 2, "{:.2f}x")
         _goal(goals, "train step with the fused RowAdam >= 1.3x faster than SparseRowAdam (issue 35)",
               fused["recipe / recipe fused"], fused["recipe / recipe fused"] >= 1.3, "{:.2f}x")
+        _goal(goals, "train step at the layer's defaults >= 2x faster than Embedding(sparse) + SparseAdam (issue 36)",
+              fused["stock sparse / recipe defaults"], fused["stock sparse / recipe defaults"] >= 2, "{:.2f}x")
+        _goal(goals, "train step at the layer's defaults within 1.15x of the same with sampler='log_uniform' (issue 36)",
+              fused["recipe defaults / recipe"], fused["recipe defaults / recipe"] <= 1.15, "{:.2f}x")
         goals.append(f"- [context] were the table's update free: recipe / recipe without its table step "
                      f"{fused['recipe / recipe without its table step']:.2f}x, stock sparse / recipe without its table "
                      f"step {fused['stock sparse / recipe without its table step']:.2f}x (the most any fused step "
@@ -185,6 +189,13 @@ def main(argv=None) -> int:
         rec = {r["V"]: r["peak_extra_mb"] for r in payload["memory"] if r["method"] == "recipe"}
         small, big = rec[10_000], rec[max(rec)]
         _goal(goals, "peak extra memory at largest V within 10% of V=10k", big / small, big <= 1.1 * small, "{:.2f}x")
+    for res in payload.get("loss_by_num_sampled") or []:  # issue 36's goals at each S
+        S, r = res["case"]["S"], res["ratios"]
+        for key, bound, at_most in (("ours sparse / kernel floor", 1.15, True),
+                                    ("ours tf xla / tf kernel floor", 1.1, True), ("tf.nn / ours tf", 1.0, False)):
+            if key in r:
+                _goal(goals, f"S={S}: {key} {'<=' if at_most else '>='} {bound}x (issue 36)", r[key],
+                      r[key] <= bound if at_most else r[key] >= bound, "{:.2f}x")
     if payload.get("loss_by_num_sampled"):
         from . import sweeps
 
