@@ -381,8 +381,8 @@ def _draw_table(sampler, num_sampled: int, draw: str) -> list | None:
     """The compiled draw's ``table`` argument: ``[]`` for a closed-form distribution; a unigram
     table's ``[weights, cdf, total]``, a learned one's ``[counts, Fenwick tree, total]`` (its
     CPU tree, read in place). None where the general route must decide (a unique draw of more
-    classes than the table can give: its error; counts that are not float64, e.g. after
-    ``module.float()``)."""
+    classes than the table can give: its error; counts that are not float64, e.g. a float32
+    tensor assigned to the buffer)."""
     if not isinstance(sampler, (UnigramSampler, LearnedUnigramSampler)):  # a name, or a closed form
         return []
     if draw == "unique" and num_sampled > sampler.support:

@@ -13,9 +13,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sampled_softmax_core", &ss::sampled_softmax_core, "A sampled loss (softmax or sigmoid head), one table, one label per row");
   m.def("per_example_core", &ss::per_example_core, "A loss over each example's own noise columns, one table, one label per row");
   m.def("sampled_softmax_sampled", &ss::sampled_softmax_sampled,
-        "Draw candidates (uniform or log-uniform) on the CPU, then a sampled loss");
+        "Draw candidates (uniform, log-uniform or a unigram table) on the CPU, then a sampled loss");
   m.def("sampled_columns", &ss::sampled_columns,
-        "Draw candidates (uniform or log-uniform) on the CPU: the columns' ids, log E and hits, without the loss");
+        "Draw candidates on the CPU: the columns' ids, log E and hits, without the loss");
   m.def("counts_tree_add_", &ss::counts_tree_add_,
         "A learned unigram sampler's counts and Fenwick tree (samplers.CountsTree) updated in place");
   m.def("sparse_row_adam_", &ss::sparse_row_adam_, "SparseRowAdam's step for a sparse gradient, in place");
